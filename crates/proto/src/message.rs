@@ -1,0 +1,219 @@
+//! Message types. One enum, [`Message`], covers every request and reply; a
+//! frame's request id pairs a reply with its request.
+//!
+//! Strings and vectors here come from the network: the decoder bounds them by
+//! the frame size, and receivers check the semantic limits
+//! ([`MAX_NAME_LEN`], [`MAX_TEXT_LEN`]) before storing anything.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Longest component name a registration may carry.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest free-text field (export path, error message, refusal reason).
+pub const MAX_TEXT_LEN: usize = 4096;
+/// Length of handshake nonces and proofs.
+pub const NONCE_LEN: usize = 32;
+
+/// What a peer is in the cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Monitor,
+    Processor,
+    Memory,
+    Storage,
+    /// A user-side tool (`lego status`, `lego run`, tests): never registers.
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Monitor => "monitor",
+            Role::Processor => "processor",
+            Role::Memory => "memory",
+            Role::Storage => "storage",
+            Role::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Load figures a component reports with every heartbeat.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Load {
+    Processor {
+        cores: u32,
+        /// ExCache quota granted to runtimes on this processor, in bytes.
+        excache_quota: u64,
+        /// ExCache bytes currently resident across its runtimes.
+        excache_used: u64,
+    },
+    Memory {
+        /// Size of the page pool, in bytes.
+        capacity: u64,
+        /// Bytes of the pool holding pages.
+        used: u64,
+    },
+    Storage {
+        /// The directory tree this storage manager exports.
+        export: String,
+        total: u64,
+        free: u64,
+    },
+}
+
+impl Load {
+    /// The role whose load this is.
+    pub fn role(&self) -> Role {
+        match self {
+            Load::Processor { .. } => Role::Processor,
+            Load::Memory { .. } => Role::Memory,
+            Load::Storage { .. } => Role::Storage,
+        }
+    }
+}
+
+/// A component announcing itself to the monitor.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Cluster-unique name, stable across restarts of the component
+    /// (`memory-0`); the monitor keys membership by it.
+    pub name: String,
+    pub role: Role,
+    /// Where the component serves requests.
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub load: Load,
+}
+
+/// Health of a member as the monitor sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Alive,
+    /// Silent for longer than the monitor's dead-after interval.
+    Dead,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Alive => "alive",
+            Health::Dead => "dead",
+        })
+    }
+}
+
+/// One row of the monitor's membership table.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub registration: Registration,
+    pub health: Health,
+    pub load: Load,
+    /// Milliseconds since the last heartbeat (or registration) arrived.
+    pub heartbeat_age_ms: u64,
+}
+
+/// The monitor's whole view of the cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub heartbeat_interval_ms: u64,
+    pub dead_after_ms: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// Why a request failed, in a form the requester can act on.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request is malformed or violates a limit.
+    BadRequest,
+    /// The receiver does not serve this kind of request.
+    Unsupported,
+    /// A heartbeat from a component the monitor does not know: register.
+    UnknownComponent,
+    /// Another live component already holds this name.
+    NameTaken,
+    Internal,
+}
+
+/// An error reply.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Every message a Lego peer sends.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    // --- handshake (see `lego-transport` for the exchange) ---
+    /// Client → server: who I am, and a fresh nonce to prove the server knows
+    /// the cluster secret.
+    Hello {
+        role: Role,
+        name: String,
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Server → client: the server's proof over both nonces, and its own nonce.
+    Challenge {
+        nonce: [u8; NONCE_LEN],
+        proof: [u8; NONCE_LEN],
+    },
+    /// Client → server: the client's proof over both nonces.
+    Prove { proof: [u8; NONCE_LEN] },
+    /// Server → client: authenticated; requests may follow.
+    Welcome { role: Role, name: String },
+    /// Either side: the handshake failed, and why.
+    Refused { reason: String },
+
+    // --- generic ---
+    Ping,
+    Pong,
+    Error(ErrorReply),
+
+    // --- membership (monitor) ---
+    Register(Registration),
+    /// Reply to `Register`: how often the component must heartbeat.
+    Registered { heartbeat_interval_ms: u64 },
+    Heartbeat { name: String, load: Load },
+    HeartbeatAck,
+    /// Ask the monitor for its view of the cluster.
+    GetClusterView,
+    ClusterView(ClusterView),
+}
+
+impl Message {
+    /// A short name for logs and errors (never the contents).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Challenge { .. } => "Challenge",
+            Message::Prove { .. } => "Prove",
+            Message::Welcome { .. } => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::Ping => "Ping",
+            Message::Pong => "Pong",
+            Message::Error(_) => "Error",
+            Message::Register(_) => "Register",
+            Message::Registered { .. } => "Registered",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::HeartbeatAck => "HeartbeatAck",
+            Message::GetClusterView => "GetClusterView",
+            Message::ClusterView(_) => "ClusterView",
+        }
+    }
+
+    /// Shorthand for an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Message {
+        Message::Error(ErrorReply {
+            code,
+            message: message.into(),
+        })
+    }
+}
