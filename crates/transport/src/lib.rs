@@ -1,0 +1,26 @@
+//! The transport between Lego components: TCP with `TCP_NODELAY`, an
+//! authenticated and version-checked handshake, a pipelining client and a
+//! thread-per-connection server.
+//!
+//! The interface is narrow on purpose — [`Connection::call`] sends one
+//! request and waits for its reply, [`Service::handle`] serves one — so an
+//! RDMA transport can later sit behind the same two calls.
+//!
+//! Every connection begins with [`handshake`]: both sides exchange the
+//! protocol preamble, then prove knowledge of the [`ClusterSecret`] to each
+//! other with keyed hashes over fresh nonces, so the secret itself never
+//! crosses the wire.
+
+mod client;
+mod error;
+pub mod handshake;
+mod io;
+mod secret;
+mod server;
+
+pub use client::{Backoff, Client, ClientConfig, Connection};
+pub use error::TransportError;
+pub use handshake::Identity;
+pub use io::{write_frame, FrameReader, ReadError};
+pub use secret::{ClusterSecret, SecretError};
+pub use server::{PeerInfo, Reply, Server, ServerConfig, Service};

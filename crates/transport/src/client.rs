@@ -1,0 +1,368 @@
+//! The client side: a pipelined [`Connection`], and a [`Client`] that
+//! (re)connects with bounded backoff.
+//!
+//! Pipelining without a reader thread: many threads may have requests in
+//! flight on one connection; whichever of them finds the socket unattended
+//! reads it, files each reply it receives under that reply's request id, and
+//! wakes the others. A lone caller therefore reads its own reply on its own
+//! thread — no hand-off between threads on the latency-critical path.
+
+use crate::error::TransportError;
+use crate::handshake::{self, Identity};
+use crate::io::{write_frame, FrameReader, ReadError, WriteError};
+use crate::secret::ClusterSecret;
+use lego_proto::{Frame, FrameLimits, Message};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Requests that may be in flight on one connection at once.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Replies received but not yet collected, and who is reading the socket.
+struct Mailbox {
+    /// Request id → its reply once it arrived. An id is present from the
+    /// moment its request is sent until its caller collects or gives up.
+    waiting: HashMap<u64, Option<Frame>>,
+    /// Set once the connection is unusable; every later call fails with it.
+    broken: Option<String>,
+    /// True while one caller is reading the socket for everyone.
+    reader_busy: bool,
+}
+
+/// One authenticated connection to a peer.
+pub struct Connection {
+    addr: SocketAddr,
+    peer: Identity,
+    writer: Mutex<TcpStream>,
+    reader: Mutex<FrameReader<TcpStream>>,
+    mailbox: Mutex<Mailbox>,
+    arrived: Condvar,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (no invariant spans the critical sections), so poisoning is ignored.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Connection {
+    /// Connects to `addr` and runs the handshake.
+    pub fn open(
+        addr: SocketAddr,
+        secret: &ClusterSecret,
+        me: &Identity,
+        timeout: Duration,
+    ) -> Result<Connection, TransportError> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        let read_half = stream
+            .try_clone()
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        let mut reader = FrameReader::new(read_half, FrameLimits::HANDSHAKE);
+        let peer = handshake::client(&mut stream, &mut reader, addr, secret, me, timeout)?;
+        Ok(Connection {
+            addr,
+            peer,
+            writer: Mutex::new(stream),
+            reader: Mutex::new(reader),
+            mailbox: Mutex::new(Mailbox {
+                waiting: HashMap::new(),
+                broken: None,
+                reader_busy: false,
+            }),
+            arrived: Condvar::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer's identity, as it stated during the handshake.
+    pub fn peer(&self) -> &Identity {
+        &self.peer
+    }
+
+    /// True once an error has made this connection unusable.
+    pub fn is_broken(&self) -> bool {
+        lock(&self.mailbox).broken.is_some()
+    }
+
+    /// Sends one request and waits up to `timeout` for its reply.
+    pub fn call(
+        &self,
+        message: &Message,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Frame, TransportError> {
+        let request = message.kind();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut mailbox = lock(&self.mailbox);
+            if let Some(reason) = &mailbox.broken {
+                return Err(self.gone(reason.clone()));
+            }
+            if mailbox.waiting.len() >= MAX_IN_FLIGHT {
+                return Err(TransportError::PeerGone {
+                    addr: self.addr,
+                    reason: format!("{MAX_IN_FLIGHT} requests already in flight"),
+                });
+            }
+            mailbox.waiting.insert(id, None);
+        }
+        let sent = write_frame(&mut *lock(&self.writer), id, message, payload);
+        if let Err(e) = sent {
+            let mut mailbox = lock(&self.mailbox);
+            mailbox.waiting.remove(&id);
+            return Err(match e {
+                WriteError::Encode(source) => TransportError::Encode {
+                    addr: self.addr,
+                    request,
+                    source,
+                },
+                WriteError::Io(e) => {
+                    let reason = format!("sending {request}: {e}");
+                    self.break_connection(&mut mailbox, reason.clone());
+                    self.gone(reason)
+                }
+            });
+        }
+        self.await_reply(id, request, Instant::now() + timeout, timeout)
+    }
+
+    fn await_reply(
+        &self,
+        id: u64,
+        request: &'static str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Frame, TransportError> {
+        let mut mailbox = lock(&self.mailbox);
+        loop {
+            if let Some(Some(_)) = mailbox.waiting.get(&id) {
+                let reply = mailbox.waiting.remove(&id).flatten();
+                return reply.ok_or_else(|| self.gone("reply vanished".into()));
+            }
+            if let Some(reason) = &mailbox.broken {
+                let reason = reason.clone();
+                mailbox.waiting.remove(&id);
+                return Err(self.gone(reason));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                mailbox.waiting.remove(&id);
+                return Err(TransportError::Timeout {
+                    addr: self.addr,
+                    request,
+                    after: timeout,
+                });
+            }
+            let remaining = deadline - now;
+            if mailbox.reader_busy {
+                mailbox = self
+                    .arrived
+                    .wait_timeout(mailbox, remaining)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+                continue;
+            }
+            // Nobody is reading: read one frame for everyone.
+            mailbox.reader_busy = true;
+            drop(mailbox);
+            let result = {
+                let mut reader = lock(&self.reader);
+                // A zero timeout means "block forever" to the socket layer.
+                let _ = reader
+                    .get_ref()
+                    .set_read_timeout(Some(remaining.max(Duration::from_millis(1))));
+                reader.read_frame()
+            };
+            mailbox = lock(&self.mailbox);
+            mailbox.reader_busy = false;
+            match result {
+                Ok(frame) => {
+                    if let Some(slot) = mailbox.waiting.get_mut(&frame.id) {
+                        *slot = Some(frame);
+                    }
+                    // Replies to requests whose callers gave up are dropped.
+                }
+                Err(ReadError::TimedOut) => {}
+                Err(ReadError::Codec(source)) => {
+                    let reason = format!("malformed frame: {source}");
+                    self.break_connection(&mut mailbox, reason);
+                }
+                Err(e) => self.break_connection(&mut mailbox, e.to_string()),
+            }
+            self.arrived.notify_all();
+        }
+    }
+
+    fn break_connection(&self, mailbox: &mut Mailbox, reason: String) {
+        if mailbox.broken.is_none() {
+            mailbox.broken = Some(reason);
+            let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+        }
+        self.arrived.notify_all();
+    }
+
+    fn gone(&self, reason: String) -> TransportError {
+        TransportError::PeerGone {
+            addr: self.addr,
+            reason,
+        }
+    }
+}
+
+/// How persistently a [`Client`] reconnects.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay after the first failed attempt; doubled after each further one.
+    pub initial: Duration,
+    /// Ceiling on the delay between attempts.
+    pub max_delay: Duration,
+    /// Give up once this much time has passed since the first attempt.
+    pub give_up_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Settings shared by every connection a [`Client`] makes.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub secret: ClusterSecret,
+    pub identity: Identity,
+    /// Bound on connecting and on the handshake.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for each reply.
+    pub request_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl ClientConfig {
+    pub fn new(secret: ClusterSecret, identity: Identity) -> ClientConfig {
+        ClientConfig {
+            secret,
+            identity,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A connection to one peer that is re-established when it breaks.
+///
+/// A request is never resent behind the caller's back (it may not be
+/// idempotent): a call on a broken connection fails, and the next call
+/// reconnects.
+pub struct Client {
+    addr: SocketAddr,
+    config: ClientConfig,
+    current: Mutex<Option<Arc<Connection>>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, config: ClientConfig) -> Client {
+        Client {
+            addr,
+            config,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends one request with the configured timeout.
+    pub fn call(&self, message: &Message, payload: &[u8]) -> Result<Frame, TransportError> {
+        let connection = self.connection()?;
+        let result = connection.call(message, payload, self.config.request_timeout);
+        if let Err(e) = &result {
+            if e.breaks_connection() {
+                self.forget(&connection);
+            }
+        }
+        result
+    }
+
+    /// The live connection, connecting (with backoff) if there is none.
+    pub fn connection(&self) -> Result<Arc<Connection>, TransportError> {
+        let mut current = lock(&self.current);
+        if let Some(connection) = current.as_ref() {
+            if !connection.is_broken() {
+                return Ok(Arc::clone(connection));
+            }
+        }
+        *current = None;
+        let connection = Arc::new(self.connect_with_backoff()?);
+        *current = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// Drops the connection so the next call makes a new one.
+    fn forget(&self, broken: &Arc<Connection>) {
+        let mut current = lock(&self.current);
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            *current = None;
+        }
+    }
+
+    fn connect_with_backoff(&self) -> Result<Connection, TransportError> {
+        let backoff = self.config.backoff;
+        let started = Instant::now();
+        let mut delay = backoff.initial;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let err = match Connection::open(
+                self.addr,
+                &self.config.secret,
+                &self.config.identity,
+                self.config.connect_timeout,
+            ) {
+                Ok(connection) => return Ok(connection),
+                Err(e) => e,
+            };
+            // Refusals are answers, not outages: retrying cannot help.
+            let permanent = matches!(
+                err,
+                TransportError::WrongSecret { .. }
+                    | TransportError::VersionMismatch { .. }
+                    | TransportError::Refused { .. }
+                    | TransportError::NotLego { .. }
+            );
+            let elapsed = started.elapsed();
+            if permanent || elapsed + delay > backoff.give_up_after {
+                if permanent || attempts == 1 {
+                    return Err(err);
+                }
+                return Err(TransportError::Unreachable {
+                    addr: self.addr,
+                    attempts,
+                    elapsed,
+                    last: Box::new(err),
+                });
+            }
+            tracing::debug!(addr = %self.addr, attempts, "connect failed, retrying in {delay:?}: {err}");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(backoff.max_delay);
+        }
+    }
+}

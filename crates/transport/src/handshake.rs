@@ -1,0 +1,266 @@
+//! The connection handshake.
+//!
+//! ```text
+//! client                                   server
+//!   "LEGO" version          ──►◄──          "LEGO" version     (both check)
+//!   Hello{role, name, nc}   ──►
+//!                           ◄──  Challenge{ns, proof_s = H(k, "server", nc, ns)}
+//!   (check proof_s)
+//!   Prove{proof_c = H(k, "client", nc, ns)} ──►
+//!                           ◄──  Welcome{role, name}      (or Refused{reason})
+//! ```
+//!
+//! `H(k, ..)` is BLAKE3 keyed with the cluster secret. Each side proves
+//! knowledge of the secret over a nonce the other chose, so neither a
+//! recorded exchange nor a reflected proof authenticates anyone, and the
+//! secret never crosses the wire. Any deviation closes the connection.
+
+use crate::error::TransportError;
+use crate::io::{write_frame, FrameReader, ReadError};
+use crate::secret::ClusterSecret;
+use lego_proto::{
+    FrameLimits, Message, Preamble, Role, MAX_NAME_LEN, MAX_TEXT_LEN, NONCE_LEN, PREAMBLE_LEN,
+    PROTOCOL_VERSION,
+};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Who one end of a connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Role,
+    pub name: String,
+}
+
+impl Identity {
+    pub fn new(role: Role, name: impl Into<String>) -> Identity {
+        Identity {
+            role,
+            name: name.into(),
+        }
+    }
+}
+
+/// Handshake frames use request id 0; requests start at 1.
+const HANDSHAKE_ID: u64 = 0;
+
+fn proof(
+    secret: &ClusterSecret,
+    side: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new_keyed(secret.key());
+    hasher.update(b"lego handshake v1 ");
+    hasher.update(side);
+    hasher.update(client_nonce);
+    hasher.update(server_nonce);
+    hasher.finalize()
+}
+
+/// Compares in constant time (`blake3::Hash`'s equality is).
+fn proof_matches(expected: blake3::Hash, received: &[u8; NONCE_LEN]) -> bool {
+    expected == blake3::Hash::from(*received)
+}
+
+fn nonce(addr: SocketAddr) -> Result<[u8; NONCE_LEN], TransportError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| TransportError::Handshake {
+        addr,
+        detail: format!("no randomness for a nonce: {e}"),
+    })?;
+    Ok(nonce)
+}
+
+fn io_err(addr: SocketAddr, what: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Handshake {
+        addr,
+        detail: format!("{what}: {e}"),
+    }
+}
+
+fn send(stream: &mut TcpStream, addr: SocketAddr, message: &Message) -> Result<(), TransportError> {
+    write_frame(stream, HANDSHAKE_ID, message, &[]).map_err(|e| io_err(addr, "sending", e))
+}
+
+fn receive(
+    reader: &mut FrameReader<TcpStream>,
+    addr: SocketAddr,
+) -> Result<Message, TransportError> {
+    match reader.read_frame() {
+        Ok(frame) => Ok(frame.message),
+        Err(ReadError::Codec(source)) => Err(TransportError::Codec { addr, source }),
+        Err(ReadError::TimedOut) => Err(io_err(addr, "waiting for the peer", "timed out")),
+        Err(e) => Err(io_err(addr, "receiving", e)),
+    }
+}
+
+/// Exchanges and checks preambles.
+fn exchange_preambles(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), TransportError> {
+    stream
+        .write_all(&Preamble::ours().encode())
+        .map_err(|e| io_err(addr, "sending the preamble", e))?;
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    stream.read_exact(&mut theirs).map_err(|e| TransportError::NotLego {
+        addr,
+        detail: format!("no preamble ({e})"),
+    })?;
+    let preamble = Preamble::decode(&theirs).map_err(|e| TransportError::NotLego {
+        addr,
+        detail: e.to_string(),
+    })?;
+    if preamble.version != PROTOCOL_VERSION {
+        return Err(TransportError::VersionMismatch {
+            addr,
+            ours: PROTOCOL_VERSION,
+            theirs: preamble.version,
+        });
+    }
+    Ok(())
+}
+
+fn refused(addr: SocketAddr, reason: String) -> TransportError {
+    let mut reason = reason;
+    reason.truncate(MAX_TEXT_LEN);
+    TransportError::Refused { addr, reason }
+}
+
+fn unexpected(addr: SocketAddr, wanted: &str, got: &Message) -> TransportError {
+    io_err(addr, "protocol violation", format!("expected {wanted}, got {}", got.kind()))
+}
+
+/// Runs the client side on a fresh connection. Returns the server's identity.
+pub fn client(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader<TcpStream>,
+    addr: SocketAddr,
+    secret: &ClusterSecret,
+    me: &Identity,
+    timeout: Duration,
+) -> Result<Identity, TransportError> {
+    set_timeouts(stream, addr, Some(timeout))?;
+    reader.set_limits(FrameLimits::HANDSHAKE);
+    exchange_preambles(stream, addr)?;
+    let client_nonce = nonce(addr)?;
+    send(
+        stream,
+        addr,
+        &Message::Hello {
+            role: me.role,
+            name: me.name.clone(),
+            nonce: client_nonce,
+        },
+    )?;
+    let server_nonce = match receive(reader, addr)? {
+        Message::Challenge { nonce, proof: p } => {
+            if !proof_matches(proof(secret, b"server", &client_nonce, &nonce), &p) {
+                let _ = send(
+                    stream,
+                    addr,
+                    &Message::Refused {
+                        reason: "your proof does not match our cluster secret".into(),
+                    },
+                );
+                return Err(TransportError::WrongSecret { addr });
+            }
+            nonce
+        }
+        Message::Refused { reason } => return Err(refused(addr, reason)),
+        other => return Err(unexpected(addr, "Challenge", &other)),
+    };
+    send(
+        stream,
+        addr,
+        &Message::Prove {
+            proof: *proof(secret, b"client", &client_nonce, &server_nonce).as_bytes(),
+        },
+    )?;
+    let peer = match receive(reader, addr)? {
+        Message::Welcome { role, name } => Identity { role, name },
+        Message::Refused { reason } => return Err(refused(addr, reason)),
+        other => return Err(unexpected(addr, "Welcome", &other)),
+    };
+    reader.set_limits(FrameLimits::DEFAULT);
+    set_timeouts(stream, addr, None)?;
+    Ok(peer)
+}
+
+/// Runs the server side on an accepted connection. Returns the client's
+/// identity once it has proved it holds the cluster secret.
+pub fn server(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader<TcpStream>,
+    addr: SocketAddr,
+    secret: &ClusterSecret,
+    me: &Identity,
+    timeout: Duration,
+) -> Result<Identity, TransportError> {
+    set_timeouts(stream, addr, Some(timeout))?;
+    reader.set_limits(FrameLimits::HANDSHAKE);
+    exchange_preambles(stream, addr)?;
+    let (peer, client_nonce) = match receive(reader, addr)? {
+        Message::Hello { role, name, nonce } => {
+            if name.len() > MAX_NAME_LEN {
+                let _ = send(
+                    stream,
+                    addr,
+                    &Message::Refused {
+                        reason: format!("name is longer than {MAX_NAME_LEN} bytes"),
+                    },
+                );
+                return Err(io_err(addr, "bad Hello", "name too long"));
+            }
+            (Identity { role, name }, nonce)
+        }
+        other => return Err(unexpected(addr, "Hello", &other)),
+    };
+    let server_nonce = nonce(addr)?;
+    send(
+        stream,
+        addr,
+        &Message::Challenge {
+            nonce: server_nonce,
+            proof: *proof(secret, b"server", &client_nonce, &server_nonce).as_bytes(),
+        },
+    )?;
+    match receive(reader, addr)? {
+        Message::Prove { proof: p } => {
+            if !proof_matches(proof(secret, b"client", &client_nonce, &server_nonce), &p) {
+                let _ = send(
+                    stream,
+                    addr,
+                    &Message::Refused {
+                        reason: "wrong cluster secret".into(),
+                    },
+                );
+                return Err(TransportError::WrongSecret { addr });
+            }
+        }
+        // The client found our proof wrong: the secrets differ.
+        Message::Refused { .. } => return Err(TransportError::WrongSecret { addr }),
+        other => return Err(unexpected(addr, "Prove", &other)),
+    }
+    send(
+        stream,
+        addr,
+        &Message::Welcome {
+            role: me.role,
+            name: me.name.clone(),
+        },
+    )?;
+    reader.set_limits(FrameLimits::DEFAULT);
+    set_timeouts(stream, addr, None)?;
+    Ok(peer)
+}
+
+fn set_timeouts(
+    stream: &TcpStream,
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<(), TransportError> {
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|_| stream.set_write_timeout(timeout))
+        .map_err(|e| io_err(addr, "setting socket timeouts", e))
+}

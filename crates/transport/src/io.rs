@@ -1,0 +1,199 @@
+//! Reading and writing frames on a stream.
+
+use lego_proto::{decode_frame, encode_frame_header, CodecError, Frame, FrameLimits, Message};
+use std::io::{self, IoSlice, Read, Write};
+use thiserror::Error;
+
+/// How much the read buffer grows by when a frame's size is not yet known.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("peer closed the connection in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    #[error("read timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("read failed: {0}")]
+    Io(io::Error),
+}
+
+/// Decodes frames from a stream, keeping partial frames across read
+/// timeouts so a timeout never desynchronises the stream.
+pub struct FrameReader<R> {
+    stream: R,
+    buf: Vec<u8>,
+    /// `buf[start..end]` holds bytes received and not yet decoded.
+    start: usize,
+    end: usize,
+    limits: FrameLimits,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(stream: R, limits: FrameLimits) -> FrameReader<R> {
+        FrameReader {
+            stream,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            limits,
+        }
+    }
+
+    pub fn set_limits(&mut self, limits: FrameLimits) {
+        self.limits = limits;
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.stream
+    }
+
+    /// Reads until one whole frame has arrived. Limits are enforced as soon
+    /// as the bytes that carry them are in, before the frame is buffered.
+    pub fn read_frame(&mut self) -> Result<Frame, ReadError> {
+        loop {
+            if let Some((frame, used)) = decode_frame(&self.buf[self.start..self.end], self.limits)? {
+                self.start += used;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                return Ok(frame);
+            }
+            self.make_room();
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) if self.start == self.end => return Err(ReadError::Closed),
+                Ok(0) => {
+                    return Err(ReadError::Truncated {
+                        buffered: self.end - self.start,
+                    })
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    return Err(ReadError::TimedOut)
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    /// Ensures free space after `end`: the rest of the frame being received
+    /// when its length is known (already checked against the limits by
+    /// `decode_frame`), and never less than a small read.
+    fn make_room(&mut self) {
+        let pending = self.end - self.start;
+        let frame_total = match self.buf[self.start..self.end].get(..4) {
+            Some(len) => 4 + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize,
+            None => 0,
+        };
+        let free_wanted = frame_total.saturating_sub(pending).max(4096);
+        if self.buf.len() - self.end >= free_wanted {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+        }
+        if self.buf.len() - self.end < free_wanted {
+            self.buf.resize(self.end + free_wanted.max(READ_CHUNK), 0);
+        }
+    }
+}
+
+/// Writes one frame: the encoded header, then the payload straight from the
+/// caller's buffer (no copy through the serializer).
+pub fn write_frame(
+    stream: &mut impl Write,
+    id: u64,
+    message: &Message,
+    payload: &[u8],
+) -> Result<(), WriteError> {
+    let mut header = Vec::with_capacity(64);
+    encode_frame_header(id, message, payload.len(), &mut header).map_err(WriteError::Encode)?;
+    let mut slices = [IoSlice::new(&header), IoSlice::new(payload)];
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match stream.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(WriteError::Io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "peer stopped accepting data",
+                )))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WriteError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Encode(CodecError),
+    #[error("write failed: {0}")]
+    Io(io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its bytes a few at a time.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len() - self.pos);
+            out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn frames_reassemble_from_any_split() {
+        let mut wire = Vec::new();
+        let big = vec![0xab; 300_000];
+        write_frame(&mut wire, 1, &Message::Ping, &[]).unwrap();
+        write_frame(&mut wire, 2, &Message::Pong, &big).unwrap();
+        write_frame(&mut wire, 3, &Message::HeartbeatAck, b"tail").unwrap();
+        for step in [1, 7, 4096, 1 << 20] {
+            let mut reader = FrameReader::new(
+                Trickle {
+                    data: wire.clone(),
+                    pos: 0,
+                    step,
+                },
+                FrameLimits::DEFAULT,
+            );
+            assert_eq!(reader.read_frame().unwrap(), Frame::new(1, Message::Ping));
+            let second = reader.read_frame().unwrap();
+            assert_eq!((second.id, second.payload.len()), (2, big.len()));
+            assert_eq!(second.payload, big);
+            assert_eq!(reader.read_frame().unwrap().payload, b"tail");
+            assert!(matches!(reader.read_frame(), Err(ReadError::Closed)));
+        }
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_reported_as_truncation() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, 1, &Message::Ping, &[1, 2, 3]).unwrap();
+        wire.pop();
+        let mut reader = FrameReader::new(&wire[..], FrameLimits::DEFAULT);
+        assert!(matches!(reader.read_frame(), Err(ReadError::Truncated { .. })));
+    }
+}

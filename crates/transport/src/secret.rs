@@ -1,0 +1,143 @@
+//! The cluster secret: 32 random bytes, stored as hex in a file of mode
+//! 0600 that `lego up` writes into the cluster's state directory.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const SECRET_LEN: usize = 32;
+
+#[derive(Debug, Error)]
+pub enum SecretError {
+    #[error("cannot read the cluster secret {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the cluster secret {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the cluster secret {path} is not {expected} hex digits")]
+    Malformed { path: PathBuf, expected: usize },
+    #[error("the cluster secret {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("cannot draw random bytes for a cluster secret: {0}")]
+    Random(String),
+}
+
+/// A shared key every component and client of one cluster holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret([u8; SECRET_LEN]);
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> ClusterSecret {
+        ClusterSecret(bytes)
+    }
+
+    /// A fresh secret from the kernel's random source.
+    pub fn generate() -> Result<ClusterSecret, SecretError> {
+        let mut bytes = [0u8; SECRET_LEN];
+        getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
+        Ok(ClusterSecret(bytes))
+    }
+
+    pub(crate) fn key(&self) -> &[u8; SECRET_LEN] {
+        &self.0
+    }
+
+    /// Reads a secret written by [`ClusterSecret::write_new`]. Refuses a
+    /// file that others can read, as ssh does for private keys.
+    pub fn load(path: &Path) -> Result<ClusterSecret, SecretError> {
+        let read_err = |source| SecretError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = fs::metadata(path).map_err(read_err)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SecretError::Exposed {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = fs::read_to_string(path).map_err(read_err)?;
+        Self::parse_hex(text.trim()).ok_or_else(|| SecretError::Malformed {
+            path: path.to_owned(),
+            expected: SECRET_LEN * 2,
+        })
+    }
+
+    /// Creates `path` with mode 0600 holding this secret; fails if it exists.
+    pub fn write_new(&self, path: &Path) -> Result<(), SecretError> {
+        let write_err = |source| SecretError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(write_err)?;
+        writeln!(file, "{}", self.to_hex()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn parse_hex(text: &str) -> Option<ClusterSecret> {
+        let digits = text.as_bytes();
+        if digits.len() != SECRET_LEN * 2 {
+            return None;
+        }
+        let mut bytes = [0u8; SECRET_LEN];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            *byte = (hi * 16 + lo) as u8;
+        }
+        Some(ClusterSecret(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        let secret = ClusterSecret::generate().unwrap();
+        assert_eq!(ClusterSecret::parse_hex(&secret.to_hex()), Some(secret));
+        assert_eq!(ClusterSecret::parse_hex("zz"), None);
+        assert_eq!(ClusterSecret::parse_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn written_secret_is_private_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("lego-secret-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        let secret = ClusterSecret::generate().unwrap();
+        secret.write_new(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(ClusterSecret::load(&path).unwrap(), secret);
+        assert!(secret.write_new(&path).is_err(), "an existing secret is not overwritten");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ClusterSecret::load(&path), Err(SecretError::Exposed { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,233 @@
+//! The transport against a real server on loopback.
+
+use lego_proto::{ErrorCode, Frame, Message, Preamble, Role};
+use lego_transport::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Echoes payloads back; `Heartbeat` with a name of digits sleeps that many
+/// milliseconds first (to make replies arrive out of order).
+struct Echo;
+
+impl Service for Echo {
+    fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
+        match request.message {
+            Message::Heartbeat { name, .. } => {
+                if let Ok(ms) = name.parse::<u64>() {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                Reply {
+                    message: Message::HeartbeatAck,
+                    payload: request.payload,
+                }
+            }
+            other => Message::error(ErrorCode::Unsupported, other.kind()).into(),
+        }
+    }
+}
+
+fn server(secret: &ClusterSecret) -> Server {
+    Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "echo")),
+        Arc::new(Echo),
+    )
+    .unwrap()
+}
+
+fn client_config(secret: &ClusterSecret) -> ClientConfig {
+    ClientConfig::new(secret.clone(), Identity::new(Role::Client, "test"))
+}
+
+fn heartbeat(name: &str) -> Message {
+    Message::Heartbeat {
+        name: name.into(),
+        load: lego_proto::Load::Memory {
+            capacity: 1,
+            used: 0,
+        },
+    }
+}
+
+#[test]
+fn authenticated_calls_carry_payloads_both_ways() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let conn = Connection::open(
+        server.local_addr(),
+        &secret,
+        &Identity::new(Role::Client, "test"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(conn.peer(), &Identity::new(Role::Memory, "echo"));
+    let page: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    let reply = conn.call(&heartbeat("x"), &page, Duration::from_secs(2)).unwrap();
+    assert_eq!(reply.message, Message::HeartbeatAck);
+    assert_eq!(reply.payload, page);
+    let pong = conn.call(&Message::Ping, &[], Duration::from_secs(2)).unwrap();
+    assert_eq!(pong.message, Message::Pong);
+}
+
+#[test]
+fn wrong_secret_is_refused_on_both_sides() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let other = ClusterSecret::generate().unwrap();
+    let err = Connection::open(
+        server.local_addr(),
+        &other,
+        &Identity::new(Role::Client, "intruder"),
+        Duration::from_secs(2),
+    )
+    .err()
+    .expect("a client with the wrong secret must be refused");
+    assert!(matches!(err, TransportError::WrongSecret { .. }), "{err}");
+    assert!(err.to_string().contains(&server.local_addr().to_string()));
+}
+
+#[test]
+fn pipelined_requests_from_many_threads_get_their_own_replies() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let client = Arc::new(Client::new(server.local_addr(), client_config(&secret)));
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let client = Arc::clone(&client);
+            std::thread::spawn(move || {
+                for i in 0..50u8 {
+                    let payload = vec![t, i, t ^ i];
+                    let reply = client.call(&heartbeat("0"), &payload).unwrap();
+                    assert_eq!(reply.payload, payload);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn a_slow_reply_times_out_and_the_connection_stays_usable() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let conn = Connection::open(
+        server.local_addr(),
+        &secret,
+        &Identity::new(Role::Client, "test"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let err = conn
+        .call(&heartbeat("300"), b"slow", Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    // The late reply is discarded; the next call gets its own.
+    let reply = conn.call(&heartbeat("0"), b"fast", Duration::from_secs(2)).unwrap();
+    assert_eq!(reply.payload, b"fast");
+}
+
+#[test]
+fn a_dead_peer_gives_a_clear_error_after_bounded_backoff() {
+    // A port that was just free and has nothing listening.
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let secret = ClusterSecret::generate().unwrap();
+    let mut config = client_config(&secret);
+    config.backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+        give_up_after: Duration::from_millis(300),
+    };
+    let client = Client::new(addr, config);
+    let started = Instant::now();
+    let err = client.call(&Message::Ping, &[]).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let text = err.to_string();
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(matches!(err, TransportError::Unreachable { attempts, .. } if attempts > 1), "{text}");
+}
+
+#[test]
+fn the_client_keeps_trying_until_a_late_server_appears() {
+    let secret = ClusterSecret::generate().unwrap();
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let late = {
+        let secret = secret.clone();
+        std::thread::spawn(move || {
+            // Deliberately late: the client's first attempts must fail.
+            std::thread::sleep(Duration::from_millis(300));
+            Server::bind(
+                addr,
+                ServerConfig::new(secret, Identity::new(Role::Memory, "late")),
+                Arc::new(Echo),
+            )
+            .unwrap()
+        })
+    };
+    let client = Client::new(addr, client_config(&secret));
+    assert_eq!(client.call(&Message::Ping, &[]).unwrap().message, Message::Pong);
+    let _server = late.join().unwrap();
+}
+
+/// Opens a raw socket and completes the preamble exchange only.
+fn raw_after_preamble(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&Preamble::ours().encode()).unwrap();
+    let mut theirs = [0u8; 8];
+    s.read_exact(&mut theirs).unwrap();
+    s
+}
+
+/// Waits for the server to close `s`, with a deadline.
+fn closed_by_server(mut s: TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn garbage_and_giant_frames_close_only_their_own_connection() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let addr = server.local_addr();
+    let client = Client::new(addr, client_config(&secret));
+    assert_eq!(client.call(&Message::Ping, &[]).unwrap().message, Message::Pong);
+
+    // 1 MiB of pseudo-random bytes instead of a preamble.
+    let mut garbage = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in garbage.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(&garbage); // the server may close before all is sent
+    assert!(closed_by_server(s));
+
+    // A well-formed prefix announcing a 4 GiB frame.
+    let mut s = raw_after_preamble(addr);
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    s.write_all(&1u64.to_le_bytes()).unwrap();
+    assert!(closed_by_server(s));
+
+    // The established client is still served.
+    assert_eq!(client.call(&Message::Ping, &[]).unwrap().message, Message::Pong);
+}
