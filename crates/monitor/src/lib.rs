@@ -1,0 +1,17 @@
+//! The global monitor and the link components keep to it.
+//!
+//! The monitor owns cluster membership: components register with their
+//! role, address and capacity, then heartbeat with their load; one silent
+//! for longer than the dead-after interval is marked dead, and one that
+//! speaks again comes back. Its state is soft: a restarted monitor starts
+//! empty and live components re-register on their own (the [`link`] sees
+//! the monitor vanish and registers again), so nothing is lost by killing it.
+//!
+//! Later issues add coarse-grained placement here (which processor runs a
+//! process, which memory managers hold its regions).
+
+pub mod link;
+mod membership;
+
+pub use link::{join_cluster, ComponentConfig, ComponentLink, JoinedComponent, LinkConfig};
+pub use membership::{Membership, MonitorConfig, MonitorServer};
