@@ -1,1 +1,125 @@
-fn main() {}
+//! `lego`: every Lego component and every user command, in one binary.
+
+mod cluster;
+mod serve;
+mod state;
+mod status;
+mod units;
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lego",
+    version,
+    about = "Lego: a user-space splitkernel for disaggregated datacenters",
+    long_about = "Lego runs the splitkernel of LegoOS as ordinary Linux processes: processor, \
+memory and storage managers, each its own failure domain, plus a global monitor, talking over \
+TCP.\n\nStart a local cluster with `lego up`, look at it with `lego status`, stop it with \
+`lego down`. The long-running subcommands (monitor, processor, memory, storage) are the \
+components themselves; `lego up` starts them for you."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster in the background and wait until it is healthy
+    Up(cluster::UpArgs),
+    /// Stop every process `lego up` started
+    Down(StateArgs),
+    /// Show every component of the cluster: health, capacity, use, last heartbeat
+    Status(status::StatusArgs),
+    /// Start a component of the local cluster again, with its recorded arguments and address
+    /// (stopping it first if it is still running)
+    Restart(cluster::RestartArgs),
+    /// Send a signal (default KILL) to a component of the local cluster, to inject a failure
+    Kill(cluster::KillArgs),
+    /// Run the global monitor: cluster membership and failure detection
+    Monitor(serve::MonitorArgs),
+    /// Run a processor manager: runs applications and their ExCache
+    Processor(serve::ProcessorArgs),
+    /// Run a memory manager: owns address spaces and a pool of pages
+    Memory(serve::MemoryArgs),
+    /// Run a storage manager: serves an exported directory tree, statelessly
+    Storage(serve::StorageArgs),
+}
+
+/// Which local cluster a command acts on.
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// The cluster's state directory [default: $XDG_STATE_HOME/lego or ~/.local/state/lego]
+    #[arg(long, env = "LEGO_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+}
+
+impl StateArgs {
+    pub fn dir(&self) -> state::StateDir {
+        state::StateDir::new(self.state.clone().unwrap_or_else(state::default_state_dir))
+    }
+}
+
+/// How a component finds its cluster.
+#[derive(Args, Debug, Clone)]
+pub struct JoinArgs {
+    /// This component's name in the cluster; keep it across restarts [default: ROLE-PID]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to serve on; port 0 picks a free port
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The monitor's address [default: the monitor of the cluster in --state]
+    #[arg(long)]
+    pub monitor: Option<SocketAddr>,
+    /// File holding the cluster secret [default: DIR/secret of --state]
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+fn init_logging(default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LEGO_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let long_running = matches!(
+        cli.command,
+        Command::Monitor(_) | Command::Processor(_) | Command::Memory(_) | Command::Storage(_)
+    );
+    init_logging(if long_running { "info" } else { "warn" });
+    let result = match cli.command {
+        Command::Up(args) => cluster::up(args),
+        Command::Down(args) => cluster::down(args),
+        Command::Status(args) => status::status(args),
+        Command::Restart(args) => cluster::restart(args),
+        Command::Kill(args) => cluster::kill(args),
+        Command::Monitor(args) => serve::monitor(args),
+        Command::Processor(args) => serve::processor(args),
+        Command::Memory(args) => serve::memory(args),
+        Command::Storage(args) => serve::storage(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if long_running {
+                tracing::error!("{e:#}");
+            }
+            eprintln!("lego: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
