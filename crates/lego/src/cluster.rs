@@ -32,31 +32,31 @@ pub struct UpArgs {
     #[command(flatten)]
     pub state: StateArgs,
     /// Processor managers to start
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub processors: usize,
     /// Memory managers to start
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub memories: usize,
     /// Storage managers to start
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub storages: usize,
     /// Capacity of each memory manager's page pool (e.g. 512M, 4G)
-    #[arg(long, value_parser = parse_size, default_value = "4G")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
     pub memory_capacity: u64,
     /// ExCache quota of each processor (e.g. 64M)
-    #[arg(long, value_parser = parse_size, default_value = "512M")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
     pub excache: u64,
     /// Directory the storage managers export
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub export: PathBuf,
     /// How often components heartbeat to the monitor
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub heartbeat_interval: Duration,
     /// Silence after which the monitor marks a component dead [default: 2.5 heartbeat intervals]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dead_after: Option<Duration>,
     /// Give up if the cluster is not healthy within this time
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
 }
 
@@ -67,7 +67,7 @@ pub struct RestartArgs {
     #[command(flatten)]
     pub state: StateArgs,
     /// Give up if the component is not back within this time
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
 }
 
@@ -102,12 +102,23 @@ pub fn fetch_view(client: &Client) -> Result<ClusterView> {
     }
 }
 
-fn spawn(dir: &StateDir, name: &str, args: &[String]) -> Result<Child> {
+/// How `spawn` opens a component's log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Log {
+    /// A new cluster: start the log afresh.
+    Fresh,
+    /// A restart: keep what the component logged before.
+    Append,
+}
+
+fn spawn(dir: &StateDir, name: &str, args: &[String], log: Log) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the lego executable")?;
     let log_path = dir.log(name);
     let log = OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
+        .append(log == Log::Append)
+        .truncate(log == Log::Fresh)
         .open(&log_path)
         .with_context(|| format!("cannot open the log {}", log_path.display()))?;
     let log_err = log.try_clone()?;
@@ -122,7 +133,13 @@ fn spawn(dir: &StateDir, name: &str, args: &[String]) -> Result<Child> {
         .with_context(|| format!("cannot start {name} ({} {})", exe.display(), args.join(" ")))
 }
 
-fn record_for(dir: &StateDir, name: &str, role: Role, pid: u32, args: Vec<String>) -> ComponentRecord {
+fn record_for(
+    dir: &StateDir,
+    name: &str,
+    role: Role,
+    pid: u32,
+    args: Vec<String>,
+) -> ComponentRecord {
     ComponentRecord {
         name: name.to_string(),
         role,
@@ -230,7 +247,10 @@ pub fn up(args: UpArgs) -> Result<()> {
                 live.pid
             );
         }
-        eprintln!("lego: clearing the state of a cluster that is no longer running in {}", dir.root.display());
+        eprintln!(
+            "lego: clearing the state of a cluster that is no longer running in {}",
+            dir.root.display()
+        );
     }
     dir.clear()?;
     ClusterSecret::generate()?.write_new(&dir.secret())?;
@@ -284,16 +304,26 @@ fn start_all(
     if let Some(dead_after) = args.dead_after {
         monitor_args.extend(["--dead-after".into(), format_duration(dead_after)]);
     }
-    let mut monitor_child = spawn(dir, "monitor", &monitor_args)?;
+    let mut monitor_child = spawn(dir, "monitor", &monitor_args, Log::Fresh)?;
     let monitor_pid = monitor_child.id();
     let placeholder: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
     let mut record = ClusterRecord::new(placeholder);
-    record
-        .components
-        .push(record_for(dir, "monitor", Role::Monitor, monitor_pid, monitor_args.clone()));
+    record.components.push(record_for(
+        dir,
+        "monitor",
+        Role::Monitor,
+        monitor_pid,
+        monitor_args.clone(),
+    ));
     dir.save(&record)?;
-    let monitor_addr = wait_for_addr_file(&addr_file, &mut monitor_child, deadline)
-        .map_err(|e| anyhow!("{e}; last lines of {}:\n{}", dir.log("monitor").display(), log_tail(&dir.log("monitor"), 20)))?;
+    let monitor_addr =
+        wait_for_addr_file(&addr_file, &mut monitor_child, deadline).map_err(|e| {
+            anyhow!(
+                "{e}; last lines of {}:\n{}",
+                dir.log("monitor").display(),
+                log_tail(&dir.log("monitor"), 20)
+            )
+        })?;
     children.push(("monitor".into(), monitor_child));
     // From now on the monitor keeps this address, also across `lego restart monitor`.
     record.monitor = monitor_addr;
@@ -334,8 +364,10 @@ fn start_all(
         plan.push((name, Role::Storage, a));
     }
     for (name, role, a) in plan {
-        let child = spawn(dir, &name, &a)?;
-        record.components.push(record_for(dir, &name, role, child.id(), a));
+        let child = spawn(dir, &name, &a, Log::Fresh)?;
+        record
+            .components
+            .push(record_for(dir, &name, role, child.id(), a));
         children.push((name, child));
         dir.save(&record)?;
     }
@@ -351,7 +383,10 @@ fn start_all(
         for (name, child) in children.iter_mut() {
             if let Some(status) = child.try_wait()? {
                 let c = record.component(name).expect("every child is recorded");
-                return Err(failure_report(c, &format!("exited during startup ({status})")));
+                return Err(failure_report(
+                    c,
+                    &format!("exited during startup ({status})"),
+                ));
             }
         }
         // The monitor may be briefly busy; only the deadline makes this fatal.
@@ -377,7 +412,10 @@ fn start_all(
             .expect("something is not ready");
             return Err(failure_report(
                 &laggard,
-                &format!("was not registered and alive within {}", format_duration(args.timeout)),
+                &format!(
+                    "was not registered and alive within {}",
+                    format_duration(args.timeout)
+                ),
             ));
         }
         std::thread::sleep(POLL);
@@ -428,26 +466,41 @@ pub fn restart(args: RestartArgs) -> Result<()> {
     let mut record = dir.require()?;
     let Some(component) = record.component(&args.name).cloned() else {
         let names: Vec<&str> = record.components.iter().map(|c| c.name.as_str()).collect();
-        bail!("no component named {} in this cluster (it has: {})", args.name, names.join(", "));
+        bail!(
+            "no component named {} in this cluster (it has: {})",
+            args.name,
+            names.join(", ")
+        );
     };
     if component.is_running() {
         stop(std::slice::from_ref(&component));
     }
-    let mut child = spawn(&dir, &component.name, &component.args)?;
+    let mut child = spawn(&dir, &component.name, &component.args, Log::Append)?;
     let pid = child.id();
-    let entry = record.component_mut(&component.name).expect("looked up above");
+    let entry = record
+        .component_mut(&component.name)
+        .expect("looked up above");
     entry.pid = pid;
     dir.save(&record)?;
-    let fresh = record.component(&component.name).expect("looked up above").clone();
+    let fresh = record
+        .component(&component.name)
+        .expect("looked up above")
+        .clone();
 
     let deadline = Instant::now() + args.timeout;
     let client = monitor_client(&dir, record.monitor)?;
     loop {
         if let Some(status) = child.try_wait()? {
-            return Err(failure_report(&fresh, &format!("exited during restart ({status})")));
+            return Err(failure_report(
+                &fresh,
+                &format!("exited during restart ({status})"),
+            ));
         }
         let ready = match fetch_view(&client) {
-            Ok(view) => fresh.role == Role::Monitor || not_ready(&view, std::slice::from_ref(&fresh)).is_empty(),
+            Ok(view) => {
+                fresh.role == Role::Monitor
+                    || not_ready(&view, std::slice::from_ref(&fresh)).is_empty()
+            }
             Err(_) => false,
         };
         if ready {
@@ -464,7 +517,9 @@ pub fn restart(args: RestartArgs) -> Result<()> {
     println!(
         "Restarted {} (pid {pid}) at {}",
         fresh.name,
-        fresh.addr.map_or("its recorded address".into(), |a| a.to_string())
+        fresh
+            .addr
+            .map_or("its recorded address".into(), |a| a.to_string())
     );
     Ok(())
 }
@@ -488,11 +543,20 @@ pub fn kill(args: KillArgs) -> Result<()> {
     let record = dir.require()?;
     let Some(component) = record.component(&args.name) else {
         let names: Vec<&str> = record.components.iter().map(|c| c.name.as_str()).collect();
-        bail!("no component named {} in this cluster (it has: {})", args.name, names.join(", "));
+        bail!(
+            "no component named {} in this cluster (it has: {})",
+            args.name,
+            names.join(", ")
+        );
     };
     if !signal(component, sig) {
         bail!("{} (pid {}) is not running", component.name, component.pid);
     }
-    println!("Sent SIG{} to {} (pid {})", args.signal.trim_start_matches("SIG").to_ascii_uppercase(), component.name, component.pid);
+    println!(
+        "Sent SIG{} to {} (pid {})",
+        args.signal.trim_start_matches("SIG").to_ascii_uppercase(),
+        component.name,
+        component.pid
+    );
     Ok(())
 }

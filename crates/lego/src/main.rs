@@ -85,7 +85,8 @@ pub struct JoinArgs {
 
 fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LEGO_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("LEGO_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -115,11 +116,31 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let message = render_error(&e);
+            // A component's stderr is its log: say it once, as a log line.
             if long_running {
-                tracing::error!("{e:#}");
+                tracing::error!("{message}");
+            } else {
+                eprintln!("lego: error: {message}");
             }
-            eprintln!("lego: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, joined by ": ", skipping a cause whose text
+/// the message before it already ends with (many errors quote their source).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -24,10 +24,10 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
     /// How often components must heartbeat
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub heartbeat_interval: Duration,
     /// Silence after which a component is marked dead [default: 2.5 heartbeat intervals]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dead_after: Option<Duration>,
     /// Name of this process in `lego up`'s records
     #[arg(long, default_value = "monitor")]
@@ -44,7 +44,7 @@ pub struct ProcessorArgs {
     #[command(flatten)]
     pub join: JoinArgs,
     /// ExCache quota for the applications this processor runs (e.g. 512M)
-    #[arg(long, value_parser = parse_size, default_value = "512M")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
     pub excache: u64,
 }
 
@@ -53,7 +53,7 @@ pub struct MemoryArgs {
     #[command(flatten)]
     pub join: JoinArgs,
     /// Bytes of memory this manager hands out as pages (e.g. 4G)
-    #[arg(long, value_parser = parse_size, default_value = "4G")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
     pub capacity: u64,
 }
 
@@ -74,12 +74,13 @@ fn load_secret(secret_file: &Option<PathBuf>, state: &StateArgs) -> Result<Clust
 fn component_config(role: Role, join: &JoinArgs) -> Result<ComponentConfig> {
     let monitor = match join.monitor {
         Some(addr) => addr,
-        None => join
-            .state
-            .dir()
-            .require()
-            .context("no --monitor given, and no cluster to take it from")?
-            .monitor,
+        None => {
+            join.state
+                .dir()
+                .require()
+                .context("no --monitor given, and no cluster to take it from")?
+                .monitor
+        }
     };
     Ok(ComponentConfig {
         name: join

@@ -152,8 +152,12 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let record: ClusterRecord = serde_json::from_str(&text)
-            .with_context(|| format!("{} is corrupt; remove it after stopping any lego processes", path.display()))?;
+        let record: ClusterRecord = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is corrupt; remove it after stopping any lego processes",
+                path.display()
+            )
+        })?;
         if record.version != STATE_VERSION {
             bail!(
                 "{} was written by another version of lego (state format {}, this build reads {STATE_VERSION})",
@@ -189,7 +193,9 @@ impl StateDir {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()))
+                }
             }
         }
         Ok(())

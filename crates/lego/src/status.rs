@@ -28,10 +28,15 @@ pub fn status(args: StatusArgs) -> Result<()> {
             dir.root.display()
         )
     })?;
-    view.members
-        .sort_by(|a, b| (a.registration.role, &a.registration.name).cmp(&(b.registration.role, &b.registration.name)));
+    view.members.sort_by(|a, b| {
+        (a.registration.role, &a.registration.name)
+            .cmp(&(b.registration.role, &b.registration.name))
+    });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&record, &view))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&record, &view))?
+        );
     } else {
         print!("{}", table(&record, &view));
     }
@@ -54,7 +59,10 @@ fn capacity_and_use(load: &Load) -> (String, String) {
             } else {
                 *used as f64 * 100.0 / *capacity as f64
             };
-            (format_size(*capacity), format!("{} ({percent:.0}%)", format_size(*used)))
+            (
+                format_size(*capacity),
+                format!("{} ({percent:.0}%)", format_size(*used)),
+            )
         }
         Load::Storage {
             export,
@@ -69,8 +77,15 @@ fn capacity_and_use(load: &Load) -> (String, String) {
 
 /// Recorded components the monitor does not know (yet): just after a
 /// monitor restart, before they re-register, or dead before it started.
-fn unknown_to_monitor<'a>(record: &'a ClusterRecord, view: &ClusterView) -> impl Iterator<Item = &'a ComponentRecord> {
-    let known: Vec<String> = view.members.iter().map(|m| m.registration.name.clone()).collect();
+fn unknown_to_monitor<'a>(
+    record: &'a ClusterRecord,
+    view: &ClusterView,
+) -> impl Iterator<Item = &'a ComponentRecord> {
+    let known: Vec<String> = view
+        .members
+        .iter()
+        .map(|m| m.registration.name.clone())
+        .collect();
     record
         .components
         .iter()
@@ -103,7 +118,14 @@ fn member_row(m: &MemberStatus) -> [String; 8] {
 
 fn table(record: &ClusterRecord, view: &ClusterView) -> String {
     let mut rows: Vec<[String; 8]> = vec![[
-        "ID", "ROLE", "ADDRESS", "HEALTH", "CAPACITY", "USE", "HEARTBEAT", "PID",
+        "ID",
+        "ROLE",
+        "ADDRESS",
+        "HEALTH",
+        "CAPACITY",
+        "USE",
+        "HEARTBEAT",
+        "PID",
     ]
     .map(String::from)];
     let monitor_pid = record

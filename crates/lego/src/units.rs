@@ -24,7 +24,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let bad = || format!("invalid size {text:?}: expected a number with an optional unit, e.g. 512M or 4G");
+    let bad = || {
+        format!("invalid size {text:?}: expected a number with an optional unit, e.g. 512M or 4G")
+    };
     let bytes = if number.contains('.') {
         let value: f64 = number.parse().map_err(|_| bad())?;
         let bytes = value * (1u64 << shift) as f64;
@@ -73,8 +75,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" | "min" => value * 60.0,
-        "" => return Err(format!("invalid duration {text:?}: add a unit (ms, s or m)")),
-        other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (use ms, s or m)")),
+        "" => {
+            return Err(format!(
+                "invalid duration {text:?}: add a unit (ms, s or m)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?} (use ms, s or m)"
+            ))
+        }
     };
     if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e9) {
         return Err(format!("invalid duration {text:?}: must be positive"));

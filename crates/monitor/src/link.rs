@@ -58,8 +58,10 @@ impl ComponentLink {
 }
 
 fn run(config: LinkConfig, load: impl Fn() -> Load, stop: &AtomicBool) {
-    let mut client_config =
-        ClientConfig::new(config.secret.clone(), Identity::new(config.role, &config.name));
+    let mut client_config = ClientConfig::new(
+        config.secret.clone(),
+        Identity::new(config.role, &config.name),
+    );
     client_config.backoff = Backoff {
         give_up_after: Duration::from_secs(1),
         ..Backoff::default()
@@ -91,7 +93,12 @@ fn run(config: LinkConfig, load: impl Fn() -> Load, stop: &AtomicBool) {
         };
         let outcome = client.call(&message, &[]).map(|reply| reply.message);
         state = match (outcome, registering) {
-            (Ok(Message::Registered { heartbeat_interval_ms }), true) => {
+            (
+                Ok(Message::Registered {
+                    heartbeat_interval_ms,
+                }),
+                true,
+            ) => {
                 let interval = Duration::from_millis(heartbeat_interval_ms.clamp(10, 60_000));
                 info!(
                     "registered with the monitor at {} as {} (heartbeat every {interval:?})",
@@ -104,15 +111,28 @@ fn run(config: LinkConfig, load: impl Fn() -> Load, stop: &AtomicBool) {
                 failing = false;
                 state
             }
-            (Ok(Message::Error(ErrorReply { code: ErrorCode::UnknownComponent, .. })), _) => {
-                info!("the monitor at {} does not know us (it restarted?): registering again", config.monitor);
+            (
+                Ok(Message::Error(ErrorReply {
+                    code: ErrorCode::UnknownComponent,
+                    ..
+                })),
+                _,
+            ) => {
+                info!(
+                    "the monitor at {} does not know us (it restarted?): registering again",
+                    config.monitor
+                );
                 // Register right away rather than after a full interval.
                 state = State::Unregistered;
                 continue;
             }
             (Ok(other), _) => {
                 if !failing {
-                    warn!("the monitor at {} answered {message:?} with {other:?}", config.monitor, message = message.kind());
+                    warn!(
+                        "the monitor at {} answered {message:?} with {other:?}",
+                        config.monitor,
+                        message = message.kind()
+                    );
                 }
                 failing = true;
                 State::Unregistered
@@ -171,7 +191,11 @@ where
         ServerConfig::new(config.secret.clone(), Identity::new(role, &config.name)),
         service,
     )?;
-    info!("{role} {} listening on {}", config.name, server.local_addr());
+    info!(
+        "{role} {} listening on {}",
+        config.name,
+        server.local_addr()
+    );
     let link = ComponentLink::start(
         LinkConfig {
             monitor: config.monitor,

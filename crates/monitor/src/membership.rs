@@ -130,12 +130,19 @@ impl Membership {
         }
         let mut members = self.members();
         let Some(member) = members.get_mut(name) else {
-            return Message::error(ErrorCode::UnknownComponent, format!("{name} is not registered"));
+            return Message::error(
+                ErrorCode::UnknownComponent,
+                format!("{name} is not registered"),
+            );
         };
         if load.role() != member.registration.role {
             return Message::error(
                 ErrorCode::BadRequest,
-                format!("{name} is a {} but reported {} load", member.registration.role, load.role()),
+                format!(
+                    "{name} is a {} but reported {} load",
+                    member.registration.role,
+                    load.role()
+                ),
             );
         }
         if member.health == Health::Dead {
@@ -203,7 +210,12 @@ fn check_registration(peer: &PeerInfo, r: &Registration) -> Result<(), String> {
         return Err(format!("a {} does not register", r.role));
     }
     if r.load.role() != r.role {
-        return Err(format!("{} {} reported {} load", r.role, r.name, r.load.role()));
+        return Err(format!(
+            "{} {} reported {} load",
+            r.role,
+            r.name,
+            r.load.role()
+        ));
     }
     if let Load::Storage { export, .. } = &r.load {
         if export.len() > MAX_TEXT_LEN {
@@ -237,7 +249,10 @@ pub struct MonitorServer {
 
 impl MonitorServer {
     pub fn start(config: MonitorConfig) -> std::io::Result<MonitorServer> {
-        let membership = Arc::new(Membership::new(config.heartbeat_interval, config.dead_after));
+        let membership = Arc::new(Membership::new(
+            config.heartbeat_interval,
+            config.dead_after,
+        ));
         let server = Server::bind(
             config.listen,
             ServerConfig::new(config.secret, Identity::new(Role::Monitor, "monitor")),
@@ -245,7 +260,8 @@ impl MonitorServer {
         )?;
         // Check often enough that detection lags the dead-after interval by
         // at most a tenth of a heartbeat interval.
-        let tick = (config.heartbeat_interval / 10).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let tick = (config.heartbeat_interval / 10)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
         let detector = Arc::downgrade(&membership);
         thread::Builder::new()
             .name("failure detector".into())

@@ -29,7 +29,10 @@ impl Service for Processor {
     fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
         Message::error(
             ErrorCode::Unsupported,
-            format!("the processor manager does not serve {} yet", request.message.kind()),
+            format!(
+                "the processor manager does not serve {} yet",
+                request.message.kind()
+            ),
         )
         .into()
     }

@@ -153,8 +153,7 @@ pub fn encode_frame_header(
             max: MAX_PAYLOAD_LEN,
         });
     }
-    let header =
-        postcard::to_stdvec(message).map_err(|e| CodecError::BadHeader(e.to_string()))?;
+    let header = postcard::to_stdvec(message).map_err(|e| CodecError::BadHeader(e.to_string()))?;
     let header_len = header.len();
     if header_len > MAX_HEADER_LEN {
         return Err(CodecError::HeaderTooLarge {
@@ -177,10 +176,7 @@ pub fn encode_frame_header(
 /// Returns `Ok(None)` when `buf` holds only part of a frame (read more and
 /// call again), `Ok(Some((frame, consumed)))` when a whole frame was decoded,
 /// and an error as soon as the bytes present violate the format or `limits`.
-pub fn decode_frame(
-    buf: &[u8],
-    limits: FrameLimits,
-) -> Result<Option<(Frame, usize)>, CodecError> {
+pub fn decode_frame(buf: &[u8], limits: FrameLimits) -> Result<Option<(Frame, usize)>, CodecError> {
     let Some(len_bytes) = buf.get(..4) else {
         return Ok(None);
     };

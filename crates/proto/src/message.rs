@@ -166,11 +166,18 @@ pub enum Message {
         proof: [u8; NONCE_LEN],
     },
     /// Client → server: the client's proof over both nonces.
-    Prove { proof: [u8; NONCE_LEN] },
+    Prove {
+        proof: [u8; NONCE_LEN],
+    },
     /// Server → client: authenticated; requests may follow.
-    Welcome { role: Role, name: String },
+    Welcome {
+        role: Role,
+        name: String,
+    },
     /// Either side: the handshake failed, and why.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 
     // --- generic ---
     Ping,
@@ -180,8 +187,13 @@ pub enum Message {
     // --- membership (monitor) ---
     Register(Registration),
     /// Reply to `Register`: how often the component must heartbeat.
-    Registered { heartbeat_interval_ms: u64 },
-    Heartbeat { name: String, load: Load },
+    Registered {
+        heartbeat_interval_ms: u64,
+    },
+    Heartbeat {
+        name: String,
+        load: Load,
+    },
     HeartbeatAck,
     /// Ask the monitor for its view of the cluster.
     GetClusterView,

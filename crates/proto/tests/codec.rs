@@ -21,16 +21,21 @@ fn text() -> impl Strategy<Value = String> {
 
 fn load() -> impl Strategy<Value = Load> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(cores, excache_quota, excache_used)| {
-            Load::Processor {
-                cores,
-                excache_quota,
-                excache_used,
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+            |(cores, excache_quota, excache_used)| {
+                Load::Processor {
+                    cores,
+                    excache_quota,
+                    excache_used,
+                }
             }
-        }),
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(capacity, used)| Load::Memory { capacity, used }),
-        (text(), any::<u64>(), any::<u64>())
-            .prop_map(|(export, total, free)| Load::Storage { export, total, free }),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(export, total, free)| Load::Storage {
+            export,
+            total,
+            free
+        }),
     ]
 }
 
@@ -73,8 +78,11 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (role(), text(), any::<[u8; 32]>())
-            .prop_map(|(role, name, nonce)| Message::Hello { role, name, nonce }),
+        (role(), text(), any::<[u8; 32]>()).prop_map(|(role, name, nonce)| Message::Hello {
+            role,
+            name,
+            nonce
+        }),
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(nonce, proof)| Message::Challenge { nonce, proof }),
         any::<[u8; 32]>().prop_map(|proof| Message::Prove { proof }),
@@ -90,13 +98,18 @@ fn message() -> impl Strategy<Value = Message> {
         (text(), load()).prop_map(|(name, load)| Message::Heartbeat { name, load }),
         Just(Message::HeartbeatAck),
         Just(Message::GetClusterView),
-        (any::<u64>(), any::<u64>(), prop::collection::vec(member(), 0..6)).prop_map(
-            |(heartbeat_interval_ms, dead_after_ms, members)| Message::ClusterView(ClusterView {
-                heartbeat_interval_ms,
-                dead_after_ms,
-                members,
-            })
-        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(member(), 0..6)
+        )
+            .prop_map(|(heartbeat_interval_ms, dead_after_ms, members)| {
+                Message::ClusterView(ClusterView {
+                    heartbeat_interval_ms,
+                    dead_after_ms,
+                    members,
+                })
+            }),
     ]
 }
 
@@ -182,13 +195,20 @@ fn handshake_limits_refuse_large_frames() {
         decode_frame(&bytes, FrameLimits::HANDSHAKE),
         Err(CodecError::FrameTooLarge { .. })
     ));
-    assert!(decode_frame(&bytes, FrameLimits::DEFAULT).unwrap().is_some());
+    assert!(decode_frame(&bytes, FrameLimits::DEFAULT)
+        .unwrap()
+        .is_some());
 }
 
 #[test]
 fn preamble_checks_magic_and_carries_version() {
     let ours = Preamble::ours().encode();
-    assert_eq!(Preamble::decode(&ours), Ok(Preamble { version: PROTOCOL_VERSION }));
+    assert_eq!(
+        Preamble::decode(&ours),
+        Ok(Preamble {
+            version: PROTOCOL_VERSION
+        })
+    );
     assert_eq!(
         Preamble::decode(b"GET / HT"),
         Err(CodecError::BadMagic(*b"GET "))

@@ -43,7 +43,10 @@ impl Service for Export {
     fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
         Message::error(
             ErrorCode::Unsupported,
-            format!("the storage manager does not serve {} yet", request.message.kind()),
+            format!(
+                "the storage manager does not serve {} yet",
+                request.message.kind()
+            ),
         )
         .into()
     }
@@ -77,10 +80,13 @@ pub struct StorageManager {
 
 impl StorageManager {
     pub fn start(config: StorageConfig) -> Result<StorageManager, StorageError> {
-        let root = config.export.canonicalize().map_err(|source| StorageError::Export {
-            path: config.export.clone(),
-            source,
-        })?;
+        let root = config
+            .export
+            .canonicalize()
+            .map_err(|source| StorageError::Export {
+                path: config.export.clone(),
+                source,
+            })?;
         if !root.is_dir() {
             return Err(StorageError::NotADirectory { path: root });
         }

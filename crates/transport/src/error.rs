@@ -57,6 +57,9 @@ impl TransportError {
     /// True when the connection this error came from is unusable and a new
     /// one must be made.
     pub fn breaks_connection(&self) -> bool {
-        !matches!(self, TransportError::Timeout { .. } | TransportError::Encode { .. })
+        !matches!(
+            self,
+            TransportError::Timeout { .. } | TransportError::Encode { .. }
+        )
     }
 }

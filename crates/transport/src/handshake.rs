@@ -102,10 +102,12 @@ fn exchange_preambles(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), Tr
         .write_all(&Preamble::ours().encode())
         .map_err(|e| io_err(addr, "sending the preamble", e))?;
     let mut theirs = [0u8; PREAMBLE_LEN];
-    stream.read_exact(&mut theirs).map_err(|e| TransportError::NotLego {
-        addr,
-        detail: format!("no preamble ({e})"),
-    })?;
+    stream
+        .read_exact(&mut theirs)
+        .map_err(|e| TransportError::NotLego {
+            addr,
+            detail: format!("no preamble ({e})"),
+        })?;
     let preamble = Preamble::decode(&theirs).map_err(|e| TransportError::NotLego {
         addr,
         detail: e.to_string(),
@@ -127,7 +129,11 @@ fn refused(addr: SocketAddr, reason: String) -> TransportError {
 }
 
 fn unexpected(addr: SocketAddr, wanted: &str, got: &Message) -> TransportError {
-    io_err(addr, "protocol violation", format!("expected {wanted}, got {}", got.kind()))
+    io_err(
+        addr,
+        "protocol violation",
+        format!("expected {wanted}, got {}", got.kind()),
+    )
 }
 
 /// Runs the client side on a fresh connection. Returns the server's identity.

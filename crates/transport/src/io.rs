@@ -55,7 +55,8 @@ impl<R: Read> FrameReader<R> {
     /// as the bytes that carry them are in, before the frame is buffered.
     pub fn read_frame(&mut self) -> Result<Frame, ReadError> {
         loop {
-            if let Some((frame, used)) = decode_frame(&self.buf[self.start..self.end], self.limits)? {
+            if let Some((frame, used)) = decode_frame(&self.buf[self.start..self.end], self.limits)?
+            {
                 self.start += used;
                 if self.start == self.end {
                     self.start = 0;
@@ -74,7 +75,10 @@ impl<R: Read> FrameReader<R> {
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return Err(ReadError::TimedOut)
                 }
@@ -194,6 +198,9 @@ mod tests {
         write_frame(&mut wire, 1, &Message::Ping, &[1, 2, 3]).unwrap();
         wire.pop();
         let mut reader = FrameReader::new(&wire[..], FrameLimits::DEFAULT);
-        assert!(matches!(reader.read_frame(), Err(ReadError::Truncated { .. })));
+        assert!(matches!(
+            reader.read_frame(),
+            Err(ReadError::Truncated { .. })
+        ));
     }
 }

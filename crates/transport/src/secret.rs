@@ -24,7 +24,9 @@ pub enum SecretError {
     },
     #[error("the cluster secret {path} is not {expected} hex digits")]
     Malformed { path: PathBuf, expected: usize },
-    #[error("the cluster secret {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "the cluster secret {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     Exposed { path: PathBuf, mode: u32 },
     #[error("cannot draw random bytes for a cluster secret: {0}")]
     Random(String),
@@ -133,11 +135,20 @@ mod tests {
         let path = dir.join("secret");
         let secret = ClusterSecret::generate().unwrap();
         secret.write_new(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(ClusterSecret::load(&path).unwrap(), secret);
-        assert!(secret.write_new(&path).is_err(), "an existing secret is not overwritten");
+        assert!(
+            secret.write_new(&path).is_err(),
+            "an existing secret is not overwritten"
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(ClusterSecret::load(&path), Err(SecretError::Exposed { .. })));
+        assert!(matches!(
+            ClusterSecret::load(&path),
+            Err(SecretError::Exposed { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -205,7 +205,10 @@ fn serve_connection(mut stream: TcpStream, addr: SocketAddr, shared: &Shared) {
             let _ = write_frame(
                 &mut stream,
                 id,
-                &Message::error(ErrorCode::Internal, format!("reply to {request} failed: {e}")),
+                &Message::error(
+                    ErrorCode::Internal,
+                    format!("reply to {request} failed: {e}"),
+                ),
                 &[],
             );
             return;

@@ -64,10 +64,14 @@ fn authenticated_calls_carry_payloads_both_ways() {
     .unwrap();
     assert_eq!(conn.peer(), &Identity::new(Role::Memory, "echo"));
     let page: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-    let reply = conn.call(&heartbeat("x"), &page, Duration::from_secs(2)).unwrap();
+    let reply = conn
+        .call(&heartbeat("x"), &page, Duration::from_secs(2))
+        .unwrap();
     assert_eq!(reply.message, Message::HeartbeatAck);
     assert_eq!(reply.payload, page);
-    let pong = conn.call(&Message::Ping, &[], Duration::from_secs(2)).unwrap();
+    let pong = conn
+        .call(&Message::Ping, &[], Duration::from_secs(2))
+        .unwrap();
     assert_eq!(pong.message, Message::Pong);
 }
 
@@ -126,7 +130,9 @@ fn a_slow_reply_times_out_and_the_connection_stays_usable() {
         .unwrap_err();
     assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
     // The late reply is discarded; the next call gets its own.
-    let reply = conn.call(&heartbeat("0"), b"fast", Duration::from_secs(2)).unwrap();
+    let reply = conn
+        .call(&heartbeat("0"), b"fast", Duration::from_secs(2))
+        .unwrap();
     assert_eq!(reply.payload, b"fast");
 }
 
@@ -150,7 +156,10 @@ fn a_dead_peer_gives_a_clear_error_after_bounded_backoff() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let text = err.to_string();
     assert!(text.contains(&addr.to_string()), "{text}");
-    assert!(matches!(err, TransportError::Unreachable { attempts, .. } if attempts > 1), "{text}");
+    assert!(
+        matches!(err, TransportError::Unreachable { attempts, .. } if attempts > 1),
+        "{text}"
+    );
 }
 
 #[test]
@@ -174,7 +183,10 @@ fn the_client_keeps_trying_until_a_late_server_appears() {
         })
     };
     let client = Client::new(addr, client_config(&secret));
-    assert_eq!(client.call(&Message::Ping, &[]).unwrap().message, Message::Pong);
+    assert_eq!(
+        client.call(&Message::Ping, &[]).unwrap().message,
+        Message::Pong
+    );
     let _server = late.join().unwrap();
 }
 
@@ -207,7 +219,10 @@ fn garbage_and_giant_frames_close_only_their_own_connection() {
     let server = server(&secret);
     let addr = server.local_addr();
     let client = Client::new(addr, client_config(&secret));
-    assert_eq!(client.call(&Message::Ping, &[]).unwrap().message, Message::Pong);
+    assert_eq!(
+        client.call(&Message::Ping, &[]).unwrap().message,
+        Message::Pong
+    );
 
     // 1 MiB of pseudo-random bytes instead of a preamble.
     let mut garbage = vec![0u8; 1 << 20];
@@ -229,5 +244,8 @@ fn garbage_and_giant_frames_close_only_their_own_connection() {
     assert!(closed_by_server(s));
 
     // The established client is still served.
-    assert_eq!(client.call(&Message::Ping, &[]).unwrap().message, Message::Pong);
+    assert_eq!(
+        client.call(&Message::Ping, &[]).unwrap().message,
+        Message::Pong
+    );
 }
