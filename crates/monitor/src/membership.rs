@@ -289,3 +289,156 @@ impl MonitorServer {
         &self.membership
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(role: Role, name: &str) -> PeerInfo {
+        PeerInfo {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            identity: Identity::new(role, name),
+        }
+    }
+
+    fn registration(name: &str, port: u16, pid: u32) -> Registration {
+        Registration {
+            name: name.into(),
+            role: Role::Memory,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid,
+            load: Load::Memory {
+                capacity: 1 << 30,
+                used: 0,
+            },
+        }
+    }
+
+    fn ask(m: &Membership, peer: &PeerInfo, message: Message) -> Message {
+        m.handle(peer, Frame::new(1, message)).message
+    }
+
+    fn code(reply: Message) -> Option<ErrorCode> {
+        match reply {
+            Message::Error(e) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_live_name_cannot_be_taken_by_another_process() {
+        let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
+        let p = peer(Role::Memory, "memory-0");
+        assert!(matches!(
+            ask(&m, &p, Message::Register(registration("memory-0", 1000, 1))),
+            Message::Registered {
+                heartbeat_interval_ms: 1000
+            }
+        ));
+        // The same process registering again (after a lost reply) is fine.
+        assert!(matches!(
+            ask(&m, &p, Message::Register(registration("memory-0", 1000, 1))),
+            Message::Registered { .. }
+        ));
+        assert_eq!(
+            code(ask(
+                &m,
+                &p,
+                Message::Register(registration("memory-0", 1001, 2))
+            )),
+            Some(ErrorCode::NameTaken)
+        );
+    }
+
+    #[test]
+    fn a_dead_name_can_be_taken_over_by_its_restarted_component() {
+        let m = Membership::new(Duration::from_millis(10), Duration::from_millis(1));
+        let p = peer(Role::Memory, "memory-0");
+        ask(&m, &p, Message::Register(registration("memory-0", 1000, 1)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.view().members[0].health != Health::Dead {
+            assert!(Instant::now() < deadline, "never marked dead");
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(matches!(
+            ask(&m, &p, Message::Register(registration("memory-0", 1001, 2))),
+            Message::Registered { .. }
+        ));
+        let view = m.view();
+        assert_eq!(view.members.len(), 1);
+        assert_eq!(view.members[0].registration.pid, 2);
+    }
+
+    #[test]
+    fn heartbeats_must_come_from_the_component_they_name() {
+        let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
+        ask(
+            &m,
+            &peer(Role::Memory, "memory-0"),
+            Message::Register(registration("memory-0", 1000, 1)),
+        );
+        let load = Load::Memory {
+            capacity: 1 << 30,
+            used: 4096,
+        };
+        let spoof = Message::Heartbeat {
+            name: "memory-0".into(),
+            load: load.clone(),
+        };
+        assert_eq!(
+            code(ask(&m, &peer(Role::Memory, "memory-1"), spoof.clone())),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            ask(&m, &peer(Role::Memory, "memory-0"), spoof),
+            Message::HeartbeatAck
+        );
+        assert_eq!(m.view().members[0].load, load);
+        let unknown = Message::Heartbeat {
+            name: "memory-9".into(),
+            load,
+        };
+        assert_eq!(
+            code(ask(&m, &peer(Role::Memory, "memory-9"), unknown)),
+            Some(ErrorCode::UnknownComponent)
+        );
+    }
+
+    #[test]
+    fn registrations_are_checked() {
+        let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut bad_name = registration("memory 0!", 1000, 1);
+        assert_eq!(
+            code(ask(
+                &m,
+                &peer(Role::Memory, "memory 0!"),
+                Message::Register(bad_name.clone())
+            )),
+            Some(ErrorCode::BadRequest)
+        );
+        bad_name.name = "x".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            code(ask(
+                &m,
+                &peer(Role::Memory, &bad_name.name),
+                Message::Register(bad_name)
+            )),
+            Some(ErrorCode::BadRequest)
+        );
+        let mut wrong_load = registration("memory-0", 1000, 1);
+        wrong_load.load = Load::Processor {
+            cores: 1,
+            excache_quota: 0,
+            excache_used: 0,
+        };
+        assert_eq!(
+            code(ask(
+                &m,
+                &peer(Role::Memory, "memory-0"),
+                Message::Register(wrong_load)
+            )),
+            Some(ErrorCode::BadRequest)
+        );
+        assert!(m.view().members.is_empty());
+    }
+}

@@ -249,3 +249,37 @@ fn garbage_and_giant_frames_close_only_their_own_connection() {
         Message::Pong
     );
 }
+
+#[test]
+fn a_peer_speaking_another_protocol_version_is_refused() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    // As a client: send a future version; the server closes on us.
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.write_all(&Preamble { version: 999 }.encode()).unwrap();
+    assert!(closed_by_server(s));
+
+    // As a server: a fake peer answering with another version.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&Preamble { version: 999 }.encode()).unwrap();
+        let mut theirs = [0u8; 8];
+        let _ = s.read_exact(&mut theirs);
+    });
+    let err = Connection::open(
+        addr,
+        &secret,
+        &Identity::new(Role::Client, "test"),
+        Duration::from_secs(2),
+    )
+    .err()
+    .expect("another version is refused");
+    assert!(
+        matches!(err, TransportError::VersionMismatch { theirs: 999, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&addr.to_string()));
+    fake.join().unwrap();
+}
