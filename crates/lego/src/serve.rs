@@ -90,6 +90,7 @@ fn component_config(role: Role, join: &JoinArgs) -> Result<ComponentConfig> {
         listen: join.listen,
         monitor,
         secret: load_secret(&join.secret_file, &join.state)?,
+        unix_socket: None,
     })
 }
 

@@ -49,11 +49,20 @@ fn capacity_and_use(load: &Load) -> (String, String) {
             cores,
             excache_quota,
             excache_used,
+            processes,
         } => (
             format!("{cores} cores, ExCache {}", format_size(*excache_quota)),
-            format!("ExCache {}", format_size(*excache_used)),
+            format!(
+                "ExCache {}, {} processes",
+                format_size(*excache_used),
+                processes.len()
+            ),
         ),
-        Load::Memory { capacity, used } => {
+        Load::Memory {
+            capacity,
+            used,
+            committed,
+        } => {
             let percent = if *capacity == 0 {
                 0.0
             } else {
@@ -61,7 +70,11 @@ fn capacity_and_use(load: &Load) -> (String, String) {
             };
             (
                 format_size(*capacity),
-                format!("{} ({percent:.0}%)", format_size(*used)),
+                format!(
+                    "{} ({percent:.0}%), {} committed",
+                    format_size(*used),
+                    format_size(*committed)
+                ),
             )
         }
         Load::Storage {
@@ -179,8 +192,24 @@ fn load_json(load: &Load) -> serde_json::Value {
             cores,
             excache_quota,
             excache_used,
-        } => json!({"cores": cores, "excache_quota": excache_quota, "excache_used": excache_used}),
-        Load::Memory { capacity, used } => json!({"capacity": capacity, "used": used}),
+            processes,
+        } => json!({
+            "cores": cores,
+            "excache_quota": excache_quota,
+            "excache_used": excache_used,
+            "processes": processes.iter().map(|p| json!({
+                "pid": p.pid,
+                "host_pid": p.host_pid,
+                "command": p.command,
+                "home_memory": p.home_memory,
+                "excache_quota": p.excache_quota,
+            })).collect::<Vec<_>>(),
+        }),
+        Load::Memory {
+            capacity,
+            used,
+            committed,
+        } => json!({"capacity": capacity, "used": used, "committed": committed}),
         Load::Storage {
             export,
             total,

@@ -53,6 +53,7 @@ impl MemoryManager {
         let joined = join_cluster(Role::Memory, config.component, pool, move || Load::Memory {
             capacity: reporter.capacity,
             used: reporter.used.load(Ordering::Relaxed),
+            committed: 0,
         })?;
         Ok(MemoryManager { joined })
     }

@@ -24,6 +24,8 @@ pub struct LinkConfig {
     pub role: Role,
     /// Where this component serves requests.
     pub addr: SocketAddr,
+    /// Its Unix socket for requests carrying descriptors, if it has one.
+    pub unix_socket: Option<String>,
 }
 
 /// A running link. Dropping it stops the heartbeats.
@@ -80,6 +82,7 @@ fn run(config: LinkConfig, load: impl Fn() -> Load, stop: &AtomicBool) {
                     addr: config.addr,
                     pid: std::process::id(),
                     load: load(),
+                    unix_socket: config.unix_socket.clone(),
                 }),
                 true,
             ),
@@ -160,6 +163,9 @@ pub struct ComponentConfig {
     pub listen: SocketAddr,
     pub monitor: SocketAddr,
     pub secret: ClusterSecret,
+    /// A Unix socket the component serves besides TCP (advertised to the
+    /// monitor).
+    pub unix_socket: Option<String>,
 }
 
 /// A component that serves requests and is registered with the monitor.
@@ -203,6 +209,7 @@ where
             name: config.name,
             role,
             addr: server.local_addr(),
+            unix_socket: config.unix_socket,
         },
         load,
     )?;

@@ -310,7 +310,9 @@ mod tests {
             load: Load::Memory {
                 capacity: 1 << 30,
                 used: 0,
+                committed: 0,
             },
+            unix_socket: None,
         }
     }
 
@@ -380,6 +382,7 @@ mod tests {
         let load = Load::Memory {
             capacity: 1 << 30,
             used: 4096,
+            committed: 8192,
         };
         let spoof = Message::Heartbeat {
             name: "memory-0".into(),
@@ -430,6 +433,7 @@ mod tests {
             cores: 1,
             excache_quota: 0,
             excache_used: 0,
+            processes: Vec::new(),
         };
         assert_eq!(
             code(ask(

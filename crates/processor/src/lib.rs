@@ -57,6 +57,7 @@ impl ProcessorManager {
                 cores: reporter.cores,
                 excache_quota: reporter.excache_quota,
                 excache_used: reporter.excache_used.load(Ordering::Relaxed),
+                processes: Vec::new(),
             }
         })?;
         Ok(ProcessorManager { joined })

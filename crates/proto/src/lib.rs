@@ -13,13 +13,17 @@
 //! [`CodecError`]; nothing in this crate panics on input from the network.
 
 pub mod frame;
+pub mod memory;
 pub mod message;
+pub mod process;
 
 pub use frame::{
     decode_frame, encode_frame_header, CodecError, Frame, FrameLimits, Preamble, FRAME_PREFIX_LEN,
     MAX_FRAME_LEN, MAX_HEADER_LEN, MAX_PAYLOAD_LEN, PREAMBLE_LEN,
 };
+pub use memory::*;
 pub use message::*;
+pub use process::*;
 
 /// The protocol version this build speaks. Bump it whenever the encoding of
 /// any [`Message`] changes; peers with a different version are refused during

@@ -5,6 +5,8 @@
 //! the frame size, and receivers check the semantic limits
 //! ([`MAX_NAME_LEN`], [`MAX_TEXT_LEN`]) before storing anything.
 
+use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId};
+use crate::process::{ExitReport, LaunchSpec, ProcessInfo};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -54,12 +56,16 @@ pub enum Load {
         excache_quota: u64,
         /// ExCache bytes currently resident across its runtimes.
         excache_used: u64,
+        /// The processes it runs.
+        processes: Vec<ProcessInfo>,
     },
     Memory {
         /// Size of the page pool, in bytes.
         capacity: u64,
         /// Bytes of the pool holding pages.
         used: u64,
+        /// Bytes promised to writable mappings (never more than capacity).
+        committed: u64,
     },
     Storage {
         /// The directory tree this storage manager exports.
@@ -91,6 +97,9 @@ pub struct Registration {
     pub addr: SocketAddr,
     pub pid: u32,
     pub load: Load,
+    /// A Unix socket on the component's host for requests that carry file
+    /// descriptors (a processor's launch socket).
+    pub unix_socket: Option<String>,
 }
 
 /// Health of a member as the monitor sees it.
@@ -198,6 +207,69 @@ pub enum Message {
     /// Ask the monitor for its view of the cluster.
     GetClusterView,
     ClusterView(ClusterView),
+
+    // --- placement (monitor) ---
+    /// Where should a new process run? Optionally on a named processor.
+    PlaceProcess {
+        processor: Option<String>,
+    },
+    /// A processor to run it on and its home memory manager.
+    Placement {
+        processor: Registration,
+        memory: Registration,
+    },
+
+    // --- processes (processor, over its launch socket) ---
+    /// Start a program; the request carries the program's stdin, stdout and
+    /// stderr as descriptors.
+    Launch(LaunchSpec),
+    Launched {
+        pid: ProcessId,
+        host_pid: u32,
+    },
+    /// Wait for a process to end.
+    WaitProcess {
+        pid: ProcessId,
+    },
+    Exited(ExitReport),
+
+    // --- memory (memory manager) ---
+    /// Build a new address space for `pid` from the ELF image in the
+    /// payload, replacing any it had.
+    Exec {
+        pid: ProcessId,
+    },
+    ExecLoaded(ExecImage),
+    /// An address-space call of `pid`.
+    Memory {
+        pid: ProcessId,
+        op: MemoryOp,
+    },
+    MemoryDone(MemoryOpDone),
+    /// The call failed with this errno, as Linux would fail it.
+    MemoryFailed {
+        errno: i32,
+    },
+    /// The contents of one page of `pid` (page-aligned `addr`).
+    FetchPage {
+        pid: ProcessId,
+        addr: u64,
+    },
+    /// Reply: the page is in the payload.
+    Page,
+    /// Reply: the page holds only zeros (no payload).
+    ZeroPage,
+    /// Take back dirty pages; the payload holds one page per address.
+    WriteBack {
+        pid: ProcessId,
+        addrs: Vec<u64>,
+    },
+    WrittenBack,
+    /// `pid` is gone: free its address space and pages.
+    ReleaseProcess {
+        pid: ProcessId,
+    },
+    Released,
 }
 
 impl Message {
@@ -218,6 +290,24 @@ impl Message {
             Message::HeartbeatAck => "HeartbeatAck",
             Message::GetClusterView => "GetClusterView",
             Message::ClusterView(_) => "ClusterView",
+            Message::PlaceProcess { .. } => "PlaceProcess",
+            Message::Placement { .. } => "Placement",
+            Message::Launch(_) => "Launch",
+            Message::Launched { .. } => "Launched",
+            Message::WaitProcess { .. } => "WaitProcess",
+            Message::Exited(_) => "Exited",
+            Message::Exec { .. } => "Exec",
+            Message::ExecLoaded(_) => "ExecLoaded",
+            Message::Memory { .. } => "Memory",
+            Message::MemoryDone(_) => "MemoryDone",
+            Message::MemoryFailed { .. } => "MemoryFailed",
+            Message::FetchPage { .. } => "FetchPage",
+            Message::Page => "Page",
+            Message::ZeroPage => "ZeroPage",
+            Message::WriteBack { .. } => "WriteBack",
+            Message::WrittenBack => "WrittenBack",
+            Message::ReleaseProcess { .. } => "ReleaseProcess",
+            Message::Released => "Released",
         }
     }
 

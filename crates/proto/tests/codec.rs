@@ -19,18 +19,45 @@ fn text() -> impl Strategy<Value = String> {
     ".{0,80}"
 }
 
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..40)
+}
+
+fn process_info() -> impl Strategy<Value = ProcessInfo> {
+    (any::<u64>(), any::<u32>(), text(), text(), any::<u64>()).prop_map(
+        |(pid, host_pid, command, home_memory, excache_quota)| ProcessInfo {
+            pid,
+            host_pid,
+            command,
+            home_memory,
+            excache_quota,
+        },
+    )
+}
+
 fn load() -> impl Strategy<Value = Load> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-            |(cores, excache_quota, excache_used)| {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(process_info(), 0..3)
+        )
+            .prop_map(|(cores, excache_quota, excache_used, processes)| {
                 Load::Processor {
                     cores,
                     excache_quota,
                     excache_used,
+                    processes,
                 }
+            }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(capacity, used, committed)| {
+            Load::Memory {
+                capacity,
+                used,
+                committed,
             }
-        ),
-        (any::<u64>(), any::<u64>()).prop_map(|(capacity, used)| Load::Memory { capacity, used }),
+        }),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(export, total, free)| Load::Storage {
             export,
             total,
@@ -44,15 +71,196 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn registration() -> impl Strategy<Value = Registration> {
-    (text(), role(), addr(), any::<u32>(), load()).prop_map(|(name, role, addr, pid, load)| {
-        Registration {
+    (
+        text(),
+        role(),
+        addr(),
+        any::<u32>(),
+        load(),
+        prop::option::of(text()),
+    )
+        .prop_map(|(name, role, addr, pid, load, unix_socket)| Registration {
             name,
             role,
             addr,
             pid,
             load,
-        }
-    })
+            unix_socket,
+        })
+}
+
+fn range_change() -> impl Strategy<Value = RangeChange> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        prop::option::of((any::<u32>(), any::<bool>())),
+        any::<bool>(),
+    )
+        .prop_map(|(start, end, mapped, discard)| RangeChange {
+            start,
+            end,
+            state: match mapped {
+                Some((prot, populated)) => RangeState::Mapped { prot, populated },
+                None => RangeState::Unmapped,
+            },
+            discard,
+        })
+}
+
+fn memory_op() -> impl Strategy<Value = MemoryOp> {
+    let n = any::<u64>;
+    prop_oneof![
+        (n(), n(), any::<u32>(), any::<u32>()).prop_map(|(addr, len, prot, flags)| {
+            MemoryOp::Mmap {
+                addr,
+                len,
+                prot,
+                flags,
+            }
+        }),
+        (n(), n()).prop_map(|(addr, len)| MemoryOp::Munmap { addr, len }),
+        (n(), n(), any::<u32>()).prop_map(|(addr, len, prot)| MemoryOp::Mprotect {
+            addr,
+            len,
+            prot
+        }),
+        (n(), n(), n(), any::<u32>(), n()).prop_map(
+            |(old_addr, old_len, new_len, flags, new_addr)| MemoryOp::Mremap {
+                old_addr,
+                old_len,
+                new_len,
+                flags,
+                new_addr
+            }
+        ),
+        n().prop_map(|addr| MemoryOp::Brk { addr }),
+        (n(), n(), any::<u32>()).prop_map(|(addr, len, advice)| MemoryOp::Madvise {
+            addr,
+            len,
+            advice
+        }),
+    ]
+}
+
+fn stats() -> impl Strategy<Value = ExcacheStats> {
+    (
+        prop::array::uniform8(any::<u64>()),
+        any::<u64>(),
+        prop::collection::vec(any::<u64>(), 0..40),
+    )
+        .prop_map(
+            |(a, bytes_written_back, miss_latency_log2_ns)| ExcacheStats {
+                quota_bytes: a[0],
+                peak_resident_bytes: a[1],
+                misses: a[2],
+                zero_fills: a[3],
+                evictions: a[4],
+                writebacks: a[5],
+                writeback_batches: a[6],
+                bytes_fetched: a[7],
+                bytes_written_back,
+                miss_latency_log2_ns,
+            },
+        )
+}
+
+fn exit_status() -> impl Strategy<Value = ExitStatus> {
+    prop_oneof![
+        any::<i32>().prop_map(ExitStatus::Code),
+        any::<i32>().prop_map(ExitStatus::Signal),
+    ]
+}
+
+fn process_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        prop::option::of(text()).prop_map(|processor| Message::PlaceProcess { processor }),
+        (registration(), registration())
+            .prop_map(|(processor, memory)| Message::Placement { processor, memory }),
+        (
+            bytes(),
+            prop::collection::vec(bytes(), 0..4),
+            prop::collection::vec(bytes(), 0..4),
+            bytes(),
+            any::<u64>(),
+            addr(),
+            text()
+        )
+            .prop_map(|(program, argv, envp, cwd, excache, memory, memory_name)| {
+                Message::Launch(LaunchSpec {
+                    program,
+                    argv,
+                    envp,
+                    cwd,
+                    excache,
+                    memory,
+                    memory_name,
+                })
+            }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(pid, host_pid)| Message::Launched { pid, host_pid }),
+        any::<u64>().prop_map(|pid| Message::WaitProcess { pid }),
+        (
+            any::<u64>(),
+            exit_status(),
+            prop::option::of(text()),
+            prop::option::of(stats())
+        )
+            .prop_map(|(pid, status, error, stats)| Message::Exited(ExitReport {
+                pid,
+                status,
+                error,
+                stats
+            })),
+    ]
+}
+
+fn memory_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        any::<u64>().prop_map(|pid| Message::Exec { pid }),
+        (
+            prop::array::uniform6(any::<u64>()),
+            any::<u16>(),
+            any::<u16>(),
+            prop::collection::vec(range_change(), 0..5)
+        )
+            .prop_map(
+                |(a, phnum, phent, mappings)| Message::ExecLoaded(ExecImage {
+                    entry: a[0],
+                    phdr: a[1],
+                    phnum,
+                    phent,
+                    load_bias: a[2],
+                    brk: a[3],
+                    stack_top: a[4],
+                    mappings,
+                })
+            ),
+        (any::<u64>(), memory_op()).prop_map(|(pid, op)| Message::Memory { pid, op }),
+        (
+            any::<u64>(),
+            prop::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..3),
+            prop::collection::vec(range_change(), 0..5)
+        )
+            .prop_map(
+                |(result, moves, changes)| Message::MemoryDone(MemoryOpDone {
+                    result,
+                    moves: moves
+                        .into_iter()
+                        .map(|(from, to, len)| RangeMove { from, to, len })
+                        .collect(),
+                    changes,
+                })
+            ),
+        any::<i32>().prop_map(|errno| Message::MemoryFailed { errno }),
+        (any::<u64>(), any::<u64>()).prop_map(|(pid, addr)| Message::FetchPage { pid, addr }),
+        Just(Message::Page),
+        Just(Message::ZeroPage),
+        (any::<u64>(), prop::collection::vec(any::<u64>(), 0..8))
+            .prop_map(|(pid, addrs)| Message::WriteBack { pid, addrs }),
+        Just(Message::WrittenBack),
+        any::<u64>().prop_map(|pid| Message::ReleaseProcess { pid }),
+        Just(Message::Released),
+    ]
 }
 
 fn member() -> impl Strategy<Value = MemberStatus> {
@@ -77,6 +285,10 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![control_message(), process_message(), memory_message()]
+}
+
+fn control_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (role(), text(), any::<[u8; 32]>()).prop_map(|(role, name, nonce)| Message::Hello {
             role,

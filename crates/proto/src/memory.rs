@@ -1,0 +1,159 @@
+//! Types of the memory protocol: a processor's runtime asking its process's
+//! home memory manager to change the address space, fetch pages and take
+//! pages back.
+//!
+//! Every request names the process; the memory manager keeps no per-
+//! connection state, so a runtime may reconnect (or be replaced) freely.
+
+use serde::{Deserialize, Serialize};
+
+/// Cluster-wide process identifier, chosen by the processor that starts the
+/// process (random, so processors need not coordinate).
+pub type ProcessId = u64;
+
+/// Size of a page on the wire and in every address space.
+pub const PAGE_SIZE: usize = 4096;
+
+/// Most pages one write-back batch may carry (bounded by the payload limit).
+pub const MAX_WRITEBACK_PAGES: usize = crate::MAX_PAYLOAD_LEN / PAGE_SIZE;
+
+/// Longest program image an `Exec` may carry.
+pub const MAX_IMAGE_LEN: usize = crate::MAX_PAYLOAD_LEN;
+
+/// An address-space call, with Linux's arguments (x86-64 values for prot,
+/// flags and advice). The memory manager applies Linux's semantics for
+/// anonymous private memory.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MemoryOp {
+    Mmap {
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+    },
+    Munmap {
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        addr: u64,
+        len: u64,
+        prot: u32,
+    },
+    Mremap {
+        old_addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    },
+    Brk {
+        addr: u64,
+    },
+    Madvise {
+        addr: u64,
+        len: u64,
+        advice: u32,
+    },
+}
+
+impl MemoryOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MemoryOp::Mmap { .. } => "mmap",
+            MemoryOp::Munmap { .. } => "munmap",
+            MemoryOp::Mprotect { .. } => "mprotect",
+            MemoryOp::Mremap { .. } => "mremap",
+            MemoryOp::Brk { .. } => "brk",
+            MemoryOp::Madvise { .. } => "madvise",
+        }
+    }
+}
+
+/// The state of a range of an address space after an operation.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeState {
+    /// Not mapped: any access faults.
+    Unmapped,
+    /// Mapped with these protections (PROT_* bits).
+    Mapped {
+        prot: u32,
+        /// Pages may hold contents on the memory manager (a loaded program
+        /// segment); otherwise every page not yet written back is zero and
+        /// the processor fills it locally without asking.
+        populated: bool,
+    },
+}
+
+/// One range an operation changed, for the processor's mirror of the
+/// address space.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeChange {
+    pub start: u64,
+    pub end: u64,
+    pub state: RangeState,
+    /// The memory manager dropped the contents of this range (munmap,
+    /// MADV_DONTNEED, a move): the processor must drop its cached copies
+    /// without writing them back.
+    pub discard: bool,
+}
+
+/// A move of page contents made by `mremap`: the processor moves its cached
+/// pages of `[from, from + len)` to `to` the same way.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeMove {
+    pub from: u64,
+    pub to: u64,
+    pub len: u64,
+}
+
+/// Reply to a successful [`MemoryOp`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemoryOpDone {
+    /// The syscall's return value (an address for mmap, mremap and brk).
+    pub result: u64,
+    /// Moves to apply before the changes.
+    pub moves: Vec<RangeMove>,
+    pub changes: Vec<RangeChange>,
+}
+
+/// The address space an `Exec` built: what the processor needs to start the
+/// program (auxiliary vector values) and to mirror the mappings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExecImage {
+    pub entry: u64,
+    /// Address of the program headers in memory (AT_PHDR).
+    pub phdr: u64,
+    pub phnum: u16,
+    pub phent: u16,
+    /// Load bias of a position-independent program (0 for ET_EXEC).
+    pub load_bias: u64,
+    /// Initial program break.
+    pub brk: u64,
+    /// Top of the initial stack; the stack mapping ends here.
+    pub stack_top: u64,
+    /// Every mapping of the new address space.
+    pub mappings: Vec<RangeChange>,
+}
+
+/// Counters of one process's ExCache, reported when it exits.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExcacheStats {
+    pub quota_bytes: u64,
+    /// Most bytes resident at once.
+    pub peak_resident_bytes: u64,
+    /// Faults served by fetching a page from a memory manager.
+    pub misses: u64,
+    /// Faults served by zero-filling a never-written page locally.
+    pub zero_fills: u64,
+    pub evictions: u64,
+    /// Dirty pages written back.
+    pub writebacks: u64,
+    /// Write-back batches sent.
+    pub writeback_batches: u64,
+    pub bytes_fetched: u64,
+    pub bytes_written_back: u64,
+    /// Miss latency histogram: bucket i counts misses that took
+    /// [2^i, 2^(i+1)) nanoseconds.
+    pub miss_latency_log2_ns: Vec<u64>,
+}

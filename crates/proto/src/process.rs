@@ -1,0 +1,64 @@
+//! Types of the process protocol: `lego run` asking a processor manager to
+//! start a program, and learning how it ended.
+
+use crate::memory::{ExcacheStats, ProcessId};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Most argv plus envp entries a launch may carry, and their total size.
+pub const MAX_ARGS: usize = 64 * 1024;
+pub const MAX_ARGS_BYTES: usize = 2 << 20;
+
+/// What to run, where its memory lives, and how.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// The program, as the user named it (resolved by `lego run`).
+    pub program: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub envp: Vec<Vec<u8>>,
+    pub cwd: Vec<u8>,
+    /// ExCache quota for this process, in bytes.
+    pub excache: u64,
+    /// The process's home memory manager.
+    pub memory: SocketAddr,
+    pub memory_name: String,
+}
+
+/// How a process ended.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code & 0xff,
+            ExitStatus::Signal(sig) => 128 + sig,
+        }
+    }
+}
+
+/// The end of a process, as its processor saw it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExitReport {
+    pub pid: ProcessId,
+    pub status: ExitStatus,
+    /// Set when the runtime, not the program, ended the process (a lost
+    /// memory manager, an unloadable program): what went wrong.
+    pub error: Option<String>,
+    pub stats: Option<ExcacheStats>,
+}
+
+/// A process as its processor reports it to the monitor.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: ProcessId,
+    /// The runtime's pid on the processor's host.
+    pub host_pid: u32,
+    pub command: String,
+    pub home_memory: String,
+    pub excache_quota: u64,
+}
