@@ -47,6 +47,7 @@ fn heartbeat(name: &str) -> Message {
         load: lego_proto::Load::Memory {
             capacity: 1,
             used: 0,
+            committed: 0,
         },
     }
 }
