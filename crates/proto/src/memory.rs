@@ -14,6 +14,15 @@ pub type ProcessId = u64;
 /// Size of a page on the wire and in every address space.
 pub const PAGE_SIZE: usize = 4096;
 
+/// Lowest address an application may map (Linux's default mmap_min_addr).
+pub const USER_MIN: u64 = 0x1_0000;
+
+/// End of every application address space (64 TiB). Below the x86-64
+/// user limit on purpose: a processor's runtime reserves
+/// `[USER_MIN, USER_END)` in its own process as the arena the application
+/// lives in, and keeps its own code, heap and stacks above.
+pub const USER_END: u64 = 0x4000_0000_0000;
+
 /// Most pages one write-back batch may carry (bounded by the payload limit).
 pub const MAX_WRITEBACK_PAGES: usize = crate::MAX_PAYLOAD_LEN / PAGE_SIZE;
 
