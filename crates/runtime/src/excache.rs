@@ -1,0 +1,450 @@
+//! The ExCache: the processor's bounded, software-managed cache of the
+//! application's remote memory. Resident arena pages are the cache; the
+//! quota bounds how many there are.
+//!
+//! Invariants:
+//! - `resident.len() <= quota_pages` whenever the lock is released.
+//! - A page is either resident, or its contents are on the memory manager
+//!   (`remote` or a populated range), or it is zero.
+//! - Nothing touches arena memory that may be non-resident while holding
+//!   the lock: such a touch faults, and the fault thread needs the lock.
+
+use crate::arena::{Arena, PAGE};
+use crate::uffd::PageRegion;
+use lego_proto::ExcacheStats;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Fewest pages an ExCache may hold.
+pub const MIN_QUOTA_PAGES: usize = 64;
+/// Most pages evicted (and written back) together.
+const MAX_EVICT_BATCH: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum CacheError {
+    /// The memory manager could not be reached or refused: fatal.
+    #[error("{0}")]
+    Remote(String),
+    #[error("{0}")]
+    Host(#[from] std::io::Error),
+}
+
+/// Where page contents live when they are not resident.
+pub trait Backing: Send + Sync {
+    /// Fills `buf` with the page at `addr`; returns false (leaving `buf`
+    /// unspecified) when the page holds only zeros.
+    fn fetch(&self, addr: u64, buf: &mut [u8]) -> Result<bool, CacheError>;
+    /// Stores dirty pages: `data` holds one page per address, in order.
+    fn write_back(&self, addrs: &[u64], data: &[u8]) -> Result<(), CacheError>;
+}
+
+/// Chooses victims. Told about every page that becomes resident or stops
+/// being resident for another reason (munmap, discard).
+pub trait EvictionPolicy: Send {
+    fn inserted(&mut self, page: u64);
+    fn removed(&mut self, page: u64);
+    /// Picks up to `n` resident pages to evict and forgets them.
+    fn victims(&mut self, n: usize, out: &mut Vec<u64>);
+}
+
+/// First in, first out: the page resident longest goes first.
+#[derive(Default)]
+pub struct Fifo {
+    queue: VecDeque<u64>,
+    live: HashSet<u64>,
+}
+
+impl EvictionPolicy for Fifo {
+    fn inserted(&mut self, page: u64) {
+        if self.live.insert(page) {
+            self.queue.push_back(page);
+        }
+    }
+
+    fn removed(&mut self, page: u64) {
+        // The queue entry goes stale and is skipped when reached.
+        self.live.remove(&page);
+        if self.queue.len() > 2 * self.live.len() + 1024 {
+            let live = &self.live;
+            self.queue.retain(|p| live.contains(p));
+        }
+    }
+
+    fn victims(&mut self, n: usize, out: &mut Vec<u64>) {
+        while out.len() < n {
+            let Some(page) = self.queue.pop_front() else {
+                return;
+            };
+            if self.live.remove(&page) {
+                out.push(page);
+            }
+        }
+    }
+}
+
+/// Ranges `[start, end)` whose pages may hold contents on the memory
+/// manager (loaded program segments).
+#[derive(Default)]
+struct RangeSet {
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    fn contains(&self, addr: u64) -> bool {
+        self.ranges
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(_, &end)| addr < end)
+    }
+
+    fn remove(&mut self, start: u64, end: u64) {
+        let overlapping: Vec<(u64, u64)> = self
+            .ranges
+            .range(..end)
+            .filter(|(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.ranges.remove(&s);
+            if s < start {
+                self.ranges.insert(s, start);
+            }
+            if e > end {
+                self.ranges.insert(end, e);
+            }
+        }
+    }
+
+    fn insert(&mut self, start: u64, end: u64) {
+        self.remove(start, end);
+        self.ranges.insert(start, end);
+    }
+}
+
+struct State {
+    quota_pages: usize,
+    resident: HashSet<u64>,
+    policy: Box<dyn EvictionPolicy>,
+    /// Pages written back at least once since they were last discarded.
+    remote: BTreeSet<u64>,
+    populated: RangeSet,
+    stats: ExcacheStats,
+    /// Scratch buffers, kept to avoid allocating on the miss path.
+    page_buf: Vec<u8>,
+    victims: Vec<u64>,
+    dirty: Vec<u64>,
+    writeback_buf: Vec<u8>,
+    regions: Vec<PageRegion>,
+}
+
+pub struct ExCache {
+    state: Mutex<State>,
+    zero_page: Vec<u8>,
+}
+
+/// Bucket of the miss latency histogram for `ns` nanoseconds.
+fn latency_bucket(ns: u64) -> usize {
+    (63 - ns.max(1).leading_zeros()) as usize
+}
+
+impl ExCache {
+    pub fn new(quota_bytes: u64, policy: Box<dyn EvictionPolicy>) -> ExCache {
+        let quota_pages = ((quota_bytes / PAGE) as usize).max(MIN_QUOTA_PAGES);
+        ExCache {
+            state: Mutex::new(State {
+                quota_pages,
+                resident: HashSet::with_capacity(quota_pages),
+                policy,
+                remote: BTreeSet::new(),
+                populated: RangeSet::default(),
+                stats: ExcacheStats {
+                    quota_bytes: quota_pages as u64 * PAGE,
+                    miss_latency_log2_ns: vec![0; 40],
+                    ..ExcacheStats::default()
+                },
+                page_buf: vec![0; PAGE as usize],
+                victims: Vec::new(),
+                dirty: Vec::new(),
+                writeback_buf: Vec::new(),
+                regions: Vec::new(),
+            }),
+            zero_page: vec![0; PAGE as usize],
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under this lock ends the runtime (see `fatal`), so a
+        // poisoned lock is never observed by a survivor that could misuse it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> ExcacheStats {
+        self.lock().stats.clone()
+    }
+
+    pub fn resident_bytes(&self) -> u64 {
+        self.lock().resident.len() as u64 * PAGE
+    }
+
+    /// Marks `[start, end)` as holding contents on the memory manager.
+    pub fn set_populated(&self, start: u64, end: u64, populated: bool) {
+        let mut st = self.lock();
+        if populated {
+            st.populated.insert(start, end);
+        } else {
+            st.populated.remove(start, end);
+        }
+    }
+
+    /// Serves a fault at `addr`: makes room, then installs the page —
+    /// fetched from the memory manager if it may hold contents there,
+    /// zero-filled locally otherwise.
+    pub fn fault(
+        &self,
+        arena: &Arena,
+        backing: &dyn Backing,
+        addr: u64,
+        write: bool,
+    ) -> Result<(), CacheError> {
+        let started = Instant::now();
+        let page = addr & !(PAGE - 1);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.resident.contains(&page) {
+            // Two faults on one page (e.g. the kernel and the application).
+            arena.uffd.wake(page, PAGE)?;
+            return Ok(());
+        }
+        if st.resident.len() >= st.quota_pages {
+            Self::evict(st, arena, backing)?;
+        }
+        let remote = st.remote.contains(&page) || st.populated.contains(page);
+        let src = if remote && backing.fetch(page, &mut st.page_buf)? {
+            st.stats.bytes_fetched += PAGE;
+            st.page_buf.as_ptr()
+        } else {
+            self.zero_page.as_ptr()
+        };
+        // A write fault would dirty the page at once: install it writable
+        // rather than take a second (write-protect) fault.
+        // Safety: `src` points to one of our two page-sized buffers.
+        unsafe { arena.uffd.copy_page(page, src, !write)? };
+        st.resident.insert(page);
+        st.policy.inserted(page);
+        let resident = st.resident.len() as u64 * PAGE;
+        let stats = &mut st.stats;
+        stats.peak_resident_bytes = stats.peak_resident_bytes.max(resident);
+        if remote {
+            stats.misses += 1;
+            let ns = started.elapsed().as_nanos() as u64;
+            let bucket = latency_bucket(ns).min(stats.miss_latency_log2_ns.len() - 1);
+            stats.miss_latency_log2_ns[bucket] += 1;
+        } else {
+            stats.zero_fills += 1;
+        }
+        Ok(())
+    }
+
+    /// Evicts a batch of victims: written ones are sent back in one batch,
+    /// then all are dropped from the arena.
+    fn evict(st: &mut State, arena: &Arena, backing: &dyn Backing) -> Result<(), CacheError> {
+        let batch = (st.quota_pages / 16).clamp(1, MAX_EVICT_BATCH);
+        st.victims.clear();
+        st.policy.victims(batch, &mut st.victims);
+        st.victims.sort_unstable();
+        st.dirty.clear();
+        // Ask the kernel which victims were written, one scan per run of
+        // adjacent pages.
+        let mut i = 0;
+        while i < st.victims.len() {
+            let start = st.victims[i];
+            let mut j = i + 1;
+            while j < st.victims.len() && st.victims[j] == st.victims[j - 1] + PAGE {
+                j += 1;
+            }
+            let end = st.victims[j - 1] + PAGE;
+            let pages = j - i;
+            st.regions.resize(pages, PageRegion::default());
+            let n = arena.pagemap.written(start, end, &mut st.regions)?;
+            for region in &st.regions[..n] {
+                let mut p = region.start;
+                while p < region.end {
+                    st.dirty.push(p);
+                    p += PAGE;
+                }
+            }
+            i = j;
+        }
+        if !st.dirty.is_empty() {
+            st.writeback_buf.clear();
+            for &p in &st.dirty {
+                // Safety: `p` is resident (it was a victim the policy held,
+                // and only this lock's holder drops pages), so reading it
+                // cannot fault; the application cannot write it meanwhile
+                // because its only thread is blocked on the fault being
+                // served.
+                let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, PAGE as usize) };
+                st.writeback_buf.extend_from_slice(bytes);
+            }
+            backing.write_back(&st.dirty, &st.writeback_buf)?;
+            st.stats.writebacks += st.dirty.len() as u64;
+            st.stats.writeback_batches += 1;
+            st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
+            st.remote.extend(st.dirty.iter().copied());
+        }
+        let mut i = 0;
+        while i < st.victims.len() {
+            let start = st.victims[i];
+            let mut j = i + 1;
+            while j < st.victims.len() && st.victims[j] == st.victims[j - 1] + PAGE {
+                j += 1;
+            }
+            arena.drop_pages(start, st.victims[j - 1] + PAGE)?;
+            i = j;
+        }
+        for &p in &st.victims {
+            st.resident.remove(&p);
+        }
+        st.stats.evictions += st.victims.len() as u64;
+        Ok(())
+    }
+
+    /// Forgets `[start, end)`: its contents were discarded on the memory
+    /// side (munmap, MADV_DONTNEED, a new program). Drops the resident
+    /// pages without writing them back.
+    pub fn discard(&self, arena: &Arena, start: u64, end: u64) -> Result<(), CacheError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let pages = (end - start) / PAGE;
+        let gone: Vec<u64> = if pages as usize > st.resident.len() {
+            st.resident
+                .iter()
+                .copied()
+                .filter(|&p| p >= start && p < end)
+                .collect()
+        } else {
+            (0..pages)
+                .map(|i| start + i * PAGE)
+                .filter(|p| st.resident.contains(p))
+                .collect()
+        };
+        for p in gone {
+            st.resident.remove(&p);
+            st.policy.removed(p);
+        }
+        let remote: Vec<u64> = st.remote.range(start..end).copied().collect();
+        for p in remote {
+            st.remote.remove(&p);
+        }
+        st.populated.remove(start, end);
+        arena.drop_pages(start, end)?;
+        Ok(())
+    }
+}
+
+impl ExCache {
+    /// Moves the cached pages of `[from, from + len)` to `to` (an mremap
+    /// that moved the mapping; the memory manager moved its copies the
+    /// same way). Written pages stay written; clean ones stay clean.
+    pub fn relocate(&self, arena: &Arena, from: u64, to: u64, len: u64) -> Result<(), CacheError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let end = from + len;
+        let mut moving: Vec<u64> = st
+            .resident
+            .iter()
+            .copied()
+            .filter(|&p| p >= from && p < end)
+            .collect();
+        moving.sort_unstable();
+        let mut written = HashSet::new();
+        if !moving.is_empty() {
+            st.regions.resize(moving.len(), PageRegion::default());
+            let (first, last) = (moving[0], moving[moving.len() - 1] + PAGE);
+            let n = arena.pagemap.written(first, last, &mut st.regions)?;
+            for region in &st.regions[..n] {
+                let mut p = region.start;
+                while p < region.end {
+                    written.insert(p);
+                    p += PAGE;
+                }
+            }
+        }
+        for &p in &moving {
+            let dst = to + (p - from);
+            // Safety: `p` is resident (see `evict`), so it is readable
+            // without faulting, and it is a whole page.
+            unsafe {
+                arena
+                    .uffd
+                    .copy_page(dst, p as *const u8, !written.contains(&p))?
+            };
+            st.resident.remove(&p);
+            st.policy.removed(p);
+            st.resident.insert(dst);
+            st.policy.inserted(dst);
+        }
+        if !moving.is_empty() {
+            arena.drop_pages(from, end)?;
+        }
+        let remote: Vec<u64> = st.remote.range(from..end).copied().collect();
+        for p in remote {
+            st.remote.remove(&p);
+            st.remote.insert(to + (p - from));
+        }
+        let populated: Vec<(u64, u64)> = st
+            .populated
+            .ranges
+            .range(..end)
+            .filter(|(_, &e)| e > from)
+            .map(|(&s, &e)| (s.max(from), e.min(end)))
+            .collect();
+        st.populated.remove(from, end);
+        for (s, e) in populated {
+            st.populated.insert(to + (s - from), to + (e - from));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_evicts_oldest_first_and_skips_removed_pages() {
+        let mut fifo = Fifo::default();
+        for p in [1, 2, 3, 4] {
+            fifo.inserted(p * PAGE);
+        }
+        fifo.removed(2 * PAGE);
+        let mut out = Vec::new();
+        fifo.victims(2, &mut out);
+        assert_eq!(out, vec![PAGE, 3 * PAGE]);
+        fifo.inserted(PAGE);
+        out.clear();
+        fifo.victims(5, &mut out);
+        assert_eq!(out, vec![4 * PAGE, PAGE]);
+    }
+
+    #[test]
+    fn range_set_splits_on_removal() {
+        let mut set = RangeSet::default();
+        set.insert(0x1000, 0x5000);
+        set.remove(0x2000, 0x3000);
+        assert!(set.contains(0x1000));
+        assert!(!set.contains(0x2000));
+        assert!(set.contains(0x3000));
+        assert!(!set.contains(0x5000));
+    }
+
+    #[test]
+    fn latency_buckets_are_log2() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(1023), 9);
+        assert_eq!(latency_bucket(1024), 10);
+    }
+}

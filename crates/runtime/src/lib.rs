@@ -1,0 +1,268 @@
+//! The Lego runtime: a library OS that lives in the application's process.
+//!
+//! A processor manager starts one runtime per application process. The
+//! runtime reserves the application's whole address space as an arena
+//! registered with userfaultfd ([`arena`]), has the home memory manager
+//! build the address space from the program ([`remote`]), starts the fault
+//! thread that serves ExCache misses ([`fault`], [`excache`]), writes the
+//! initial stack ([`stack`]), and jumps to the program with Syscall User
+//! Dispatch on ([`sud`]). From then on the runtime runs only when the
+//! application makes a syscall ([`syscall`]) or touches a page that is not
+//! resident.
+//!
+//! Must not: touch the application's memory while holding the ExCache
+//! lock; make a syscall on an application thread while its selector is
+//! BLOCK; let the application reach the runtime's descriptors or SIGSYS.
+
+pub mod arena;
+pub mod excache;
+mod fault;
+pub mod remote;
+pub mod stack;
+pub mod sud;
+pub mod syscall;
+pub mod uffd;
+mod user;
+
+use arena::Arena;
+use excache::{ExCache, Fifo};
+use lego_proto::{ExcacheStats, ProcessId, MAX_IMAGE_LEN};
+use lego_transport::ClusterSecret;
+use remote::RemoteMemory;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Exit status of a runtime that ended the process itself (a lost memory
+/// manager, an unloadable program); the report says why.
+pub const RUNTIME_FAILURE_EXIT: i32 = 125;
+
+/// Descriptors a processor hands a runtime, besides the program's 0-2.
+pub const SPEC_FD: RawFd = 3;
+pub const REPORT_FD: RawFd = 4;
+pub const LOG_FD: RawFd = 5;
+
+/// What a processor tells a new runtime (written to [`SPEC_FD`]).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RuntimeSpec {
+    pub pid: ProcessId,
+    /// Absolute path of the program file.
+    pub program: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub envp: Vec<Vec<u8>>,
+    pub excache: u64,
+    pub memory: SocketAddr,
+    pub memory_name: String,
+    pub secret_hex: String,
+}
+
+/// What a runtime tells its processor when the process ends (written to
+/// [`REPORT_FD`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RuntimeReport {
+    pub stats: ExcacheStats,
+    pub error: Option<String>,
+}
+
+/// The runtime's state, shared by the fault thread and the syscall handler.
+pub struct Runtime {
+    pub arena: Arena,
+    pub cache: ExCache,
+    pub remote: RemoteMemory,
+    /// The program's path, for /proc/self/exe.
+    pub program: Vec<u8>,
+    pub signals: Mutex<syscall::signal::SignalState>,
+    /// Descriptors the runtime opened, sorted: not the application's. Set
+    /// once, just before the application starts.
+    runtime_fds: OnceLock<Vec<RawFd>>,
+    reported: AtomicBool,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// The runtime; only called once the application is running.
+pub fn runtime() -> &'static Runtime {
+    match RUNTIME.get() {
+        Some(rt) => rt,
+        None => fatal("runtime bug: used before it was set up"),
+    }
+}
+
+impl Runtime {
+    pub fn is_runtime_fd(&self, fd: u64) -> bool {
+        i32::try_from(fd).is_ok_and(|fd| self.runtime_fds().binary_search(&fd).is_ok())
+    }
+
+    pub fn runtime_fds(&self) -> &[RawFd] {
+        self.runtime_fds.get().map_or(&[], |fds| fds.as_slice())
+    }
+
+    /// Reports the ExCache counters (and an error, if the runtime is ending
+    /// the process) to the processor, once.
+    pub fn finish(&self, error: Option<String>) {
+        if self.reported.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        write_report(&RuntimeReport {
+            stats: self.cache.stats(),
+            error,
+        });
+    }
+}
+
+fn write_report(report: &RuntimeReport) {
+    if let Ok(bytes) = postcard::to_stdvec(report) {
+        // Safety: REPORT_FD was handed to us by the processor for this; the
+        // File is forgotten so the descriptor is not closed twice.
+        let mut file = unsafe { std::fs::File::from_raw_fd(REPORT_FD) };
+        let _ = file.write_all(&bytes);
+        std::mem::forget(file);
+    }
+}
+
+/// Ends the process because the runtime cannot go on, telling the processor
+/// why. Safe to call from any runtime thread.
+pub fn fatal(message: &str) -> ! {
+    tracing::error!("{message}");
+    static ENDING: AtomicBool = AtomicBool::new(false);
+    if !ENDING.swap(true, Ordering::SeqCst) {
+        match RUNTIME.get() {
+            Some(rt) => rt.finish(Some(message.to_string())),
+            None => write_report(&RuntimeReport {
+                stats: ExcacheStats::default(),
+                error: Some(message.to_string()),
+            }),
+        }
+    }
+    // Safety: ends the whole process at once, application included.
+    unsafe { libc::_exit(RUNTIME_FAILURE_EXIT) }
+}
+
+fn read_spec() -> Result<RuntimeSpec, String> {
+    // Safety: SPEC_FD is the read end of the processor's pipe, ours alone.
+    let mut file = unsafe { std::fs::File::from_raw_fd(SPEC_FD) };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the runtime spec: {e}"))?;
+    postcard::from_bytes(&bytes).map_err(|e| format!("malformed runtime spec: {e}"))
+}
+
+/// Descriptors open now, other than 0-2 (the application's stdio).
+fn open_fds() -> Vec<RawFd> {
+    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
+}
+
+/// Restores default dispositions for the synchronous signals: Rust's
+/// runtime installs handlers that read thread-locals, which would read the
+/// application's memory once it owns the FS base.
+fn default_fault_signals() {
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+        // Safety: installing SIG_DFL has no memory effects.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
+/// The runtime's entry point: reads its spec, loads the program and runs
+/// it. Never returns; every failure ends the process through [`fatal`].
+pub fn main() -> ! {
+    let spec = match read_spec() {
+        Ok(spec) => spec,
+        Err(e) => fatal(&e),
+    };
+    if let Err(e) = start(spec) {
+        fatal(&e);
+    }
+    unreachable!("start returns only on error")
+}
+
+fn start(spec: RuntimeSpec) -> Result<(), String> {
+    let program = String::from_utf8_lossy(&spec.program).into_owned();
+    if !sud::fsgsbase_available() {
+        return Err("this CPU or kernel does not allow FSGSBASE, which the runtime needs".into());
+    }
+    let secret = ClusterSecret::parse_hex(&spec.secret_hex)
+        .ok_or("malformed cluster secret in the runtime spec")?;
+    let arena = Arena::reserve().map_err(|e| e.to_string())?;
+    let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret, spec.pid);
+    let image_bytes = std::fs::read(&program).map_err(|e| format!("cannot read {program}: {e}"))?;
+    if image_bytes.len() > MAX_IMAGE_LEN {
+        return Err(format!(
+            "{program} is {} bytes; programs over {MAX_IMAGE_LEN} bytes are not supported yet",
+            image_bytes.len()
+        ));
+    }
+    let image = remote
+        .exec(&image_bytes)
+        .map_err(|e| format!("cannot load {program}: {e}"))?;
+    drop(image_bytes);
+    let rt = Runtime {
+        arena,
+        cache: ExCache::new(spec.excache, Box::new(Fifo::default())),
+        remote,
+        program: spec.program.clone(),
+        signals: syscall::signal::SignalState::new(),
+        runtime_fds: OnceLock::new(),
+        reported: AtomicBool::new(false),
+    };
+    syscall::mem::apply(
+        &rt,
+        &lego_proto::MemoryOpDone {
+            result: 0,
+            moves: Vec::new(),
+            changes: image.mappings.clone(),
+        },
+    )?;
+    if RUNTIME.set(rt).is_err() {
+        return Err("runtime bug: started twice".into());
+    }
+    let rt = runtime();
+    fault::spawn(rt).map_err(|e| format!("cannot start the fault thread: {e}"))?;
+
+    let mut random = [0u8; 16];
+    getrandom_fill(&mut random);
+    let (stack, sp) = stack::build(&image, &spec.argv, &spec.envp, &spec.program, random)?;
+    user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack (errno {e})"))?;
+
+    // No core dumps of a 64 TiB arena; the application's faults end it.
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: setrlimit reads one rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    default_fault_signals();
+    sud::install_sigsys_handler().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
+    // Safety: getauxval has no preconditions.
+    let min_sigstack = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
+    sud::install_altstack((min_sigstack * 4).max(512 * 1024))
+        .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
+    // The runtime's descriptors are fixed from here on.
+    let _ = rt.runtime_fds.set(open_fds());
+    tracing::info!(
+        "starting {program} (pid {:x}): entry {:#x}, stack {:#x}, ExCache {} bytes",
+        spec.pid,
+        image.entry,
+        sp,
+        spec.excache
+    );
+    let ctl = Box::leak(Box::new(sud::ThreadCtl::new()));
+    // Safety: the handler and alternate stack are installed, `ctl` is
+    // leaked, and `image`/`sp` describe the program just loaded.
+    unsafe { sud::enter_application(ctl, image.entry, sp) }
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    // Safety: getrandom writes at most buf.len() bytes into buf.
+    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+}

@@ -1,0 +1,141 @@
+//! The runtime's link to the process's home memory manager.
+
+use crate::excache::{Backing, CacheError};
+use lego_proto::{
+    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, Role, MAX_WRITEBACK_PAGES, PAGE_SIZE,
+};
+use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct RemoteMemory {
+    client: Client,
+    pid: ProcessId,
+    /// The memory manager's name, for errors ("memory-0 at 127.0.0.1:4000").
+    name: String,
+}
+
+impl RemoteMemory {
+    pub fn connect(
+        addr: SocketAddr,
+        name: String,
+        secret: ClusterSecret,
+        pid: ProcessId,
+    ) -> RemoteMemory {
+        let mut config = ClientConfig::new(
+            secret,
+            Identity::new(Role::Processor, format!("runtime-{pid:x}")),
+        );
+        config.backoff = Backoff {
+            give_up_after: Duration::from_secs(2),
+            ..Backoff::default()
+        };
+        config.request_timeout = Duration::from_secs(10);
+        RemoteMemory {
+            client: Client::new(addr, config),
+            pid,
+            name,
+        }
+    }
+
+    pub fn pid(&self) -> ProcessId {
+        self.pid
+    }
+
+    /// "memory-0 at 127.0.0.1:4000".
+    pub fn describe(&self) -> String {
+        format!("memory manager {} at {}", self.name, self.client.addr())
+    }
+
+    fn lost(&self, e: TransportError) -> String {
+        format!("lost the {}: {e}", self.describe())
+    }
+
+    fn unexpected(&self, request: &str, reply: Message) -> String {
+        match reply {
+            Message::Error(e) => {
+                format!("the {} refused {request}: {}", self.describe(), e.message)
+            }
+            other => format!(
+                "the {} answered {request} with {}",
+                self.describe(),
+                other.kind()
+            ),
+        }
+    }
+
+    /// Builds the process's address space from a program image.
+    pub fn exec(&self, image: &[u8]) -> Result<ExecImage, String> {
+        let reply = self
+            .client
+            .call(&Message::Exec { pid: self.pid }, image)
+            .map_err(|e| self.lost(e))?;
+        match reply.message {
+            Message::ExecLoaded(image) => Ok(image),
+            Message::Error(e) => Err(e.message),
+            other => Err(self.unexpected("Exec", other)),
+        }
+    }
+
+    /// Runs an address-space call; `Ok(Err(errno))` is the call failing as
+    /// Linux would, `Err` is the memory manager being unusable.
+    pub fn memory_op(&self, op: MemoryOp) -> Result<Result<MemoryOpDone, i32>, String> {
+        let name = op.name();
+        let reply = self
+            .client
+            .call(&Message::Memory { pid: self.pid, op }, &[])
+            .map_err(|e| self.lost(e))?;
+        match reply.message {
+            Message::MemoryDone(done) => Ok(Ok(done)),
+            Message::MemoryFailed { errno } => Ok(Err(errno)),
+            other => Err(self.unexpected(name, other)),
+        }
+    }
+}
+
+impl Backing for RemoteMemory {
+    fn fetch(&self, addr: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
+        let reply = self
+            .client
+            .call(
+                &Message::FetchPage {
+                    pid: self.pid,
+                    addr,
+                },
+                &[],
+            )
+            .map_err(|e| CacheError::Remote(self.lost(e)))?;
+        match reply.message {
+            Message::Page if reply.payload.len() == PAGE_SIZE => {
+                buf[..PAGE_SIZE].copy_from_slice(&reply.payload);
+                Ok(true)
+            }
+            Message::ZeroPage => Ok(false),
+            other => Err(CacheError::Remote(self.unexpected("FetchPage", other))),
+        }
+    }
+
+    fn write_back(&self, addrs: &[u64], data: &[u8]) -> Result<(), CacheError> {
+        for (chunk, bytes) in addrs
+            .chunks(MAX_WRITEBACK_PAGES)
+            .zip(data.chunks(MAX_WRITEBACK_PAGES * PAGE_SIZE))
+        {
+            let reply = self
+                .client
+                .call(
+                    &Message::WriteBack {
+                        pid: self.pid,
+                        addrs: chunk.to_vec(),
+                    },
+                    bytes,
+                )
+                .map_err(|e| CacheError::Remote(self.lost(e)))?;
+            if reply.message != Message::WrittenBack {
+                return Err(CacheError::Remote(
+                    self.unexpected("WriteBack", reply.message),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! Syscall User Dispatch: every syscall the application makes traps into
+//! [`sigsys_entry`], which runs the runtime's dispatcher and returns the
+//! result in the application's `rax`.
+//!
+//! The moving parts, and why each exists:
+//! - A per-thread [`ThreadCtl`], found through the GS base (the
+//!   application never uses GS; `arch_prctl(ARCH_SET_GS)` is refused).
+//! - Its selector byte: BLOCK while application code runs, ALLOW while the
+//!   runtime runs, so the runtime's own syscalls go straight to the kernel.
+//! - The FS base swap: the handler runs on the application's thread with
+//!   the application's FS base (its TLS). Rust code touching thread-locals
+//!   there would write into the application's memory, so the entry stub
+//!   switches to the runtime's FS base and the exit stub switches back.
+//! - The allowed region: the one code range the kernel never dispatches
+//!   from, holding only the `rt_sigreturn` restorer, which must run after
+//!   the selector is BLOCK again.
+
+use std::arch::{asm, global_asm};
+use std::io;
+
+pub const SELECTOR_ALLOW: u8 = 0;
+pub const SELECTOR_BLOCK: u8 = 1;
+
+const PR_SET_SYSCALL_USER_DISPATCH: libc::c_int = 59;
+const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
+
+/// Per-application-thread state the entry stub reaches through GS.
+/// The stub depends on the field offsets: keep them in sync.
+#[repr(C)]
+pub struct ThreadCtl {
+    /// Offset 0: the Syscall User Dispatch selector.
+    pub selector: u8,
+    _pad: [u8; 7],
+    /// Offset 8: the runtime thread's FS base.
+    pub runtime_fs: u64,
+    /// Offset 16: the application's FS base (saved on entry, restored on
+    /// exit; `arch_prctl(ARCH_SET_FS)` writes it here).
+    pub app_fs: u64,
+}
+
+impl ThreadCtl {
+    pub fn new() -> ThreadCtl {
+        ThreadCtl {
+            selector: SELECTOR_ALLOW,
+            _pad: [0; 7],
+            runtime_fs: 0,
+            app_fs: 0,
+        }
+    }
+}
+
+impl Default for ThreadCtl {
+    fn default() -> Self {
+        ThreadCtl::new()
+    }
+}
+
+global_asm!(
+    r#"
+    .pushsection .text.lego_sud_allowed,"ax",@progbits
+    .p2align 4
+    .globl lego_sud_allowed_start
+lego_sud_allowed_start:
+    .globl lego_sigreturn_restorer
+lego_sigreturn_restorer:
+    mov eax, 15
+    syscall
+    ud2
+    .globl lego_sud_allowed_end
+lego_sud_allowed_end:
+    .popsection
+
+    .pushsection .text.lego_sigsys_entry,"ax",@progbits
+    .p2align 4
+    .globl lego_sigsys_entry
+lego_sigsys_entry:
+    rdgsbase rax
+    mov byte ptr [rax], 0
+    rdfsbase rcx
+    mov qword ptr [rax + 16], rcx
+    mov rcx, qword ptr [rax + 8]
+    wrfsbase rcx
+    sub rsp, 8
+    call {handler}
+    add rsp, 8
+    rdgsbase rax
+    mov rcx, qword ptr [rax + 16]
+    wrfsbase rcx
+    mov byte ptr [rax], 1
+    ret
+    .popsection
+    "#,
+    handler = sym crate::syscall::sigsys_handler,
+);
+
+extern "C" {
+    static lego_sud_allowed_start: u8;
+    static lego_sud_allowed_end: u8;
+    fn lego_sigreturn_restorer();
+    fn lego_sigsys_entry();
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction(2).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+const SA_SIGINFO: u64 = 0x4;
+const SA_ONSTACK: u64 = 0x0800_0000;
+const SA_RESTORER: u64 = 0x0400_0000;
+
+fn sigbit(sig: libc::c_int) -> u64 {
+    1 << (sig - 1)
+}
+
+/// Installs the SIGSYS handler with a raw rt_sigaction, so its restorer is
+/// ours (inside the allowed region) rather than libc's.
+pub fn install_sigsys_handler() -> io::Result<()> {
+    // Synchronous faults stay deliverable inside the handler; everything
+    // else waits until the application runs again.
+    let unblocked = sigbit(libc::SIGSEGV)
+        | sigbit(libc::SIGBUS)
+        | sigbit(libc::SIGILL)
+        | sigbit(libc::SIGFPE)
+        | sigbit(libc::SIGTRAP);
+    let action = KernelSigaction {
+        handler: lego_sigsys_entry as *const () as usize,
+        flags: SA_SIGINFO | SA_ONSTACK | SA_RESTORER,
+        restorer: lego_sigreturn_restorer as *const () as usize,
+        mask: !unblocked,
+    };
+    // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout
+    // (the sigset is 8 bytes, passed as the last argument).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::SIGSYS,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives the calling thread an alternate signal stack of `size` bytes for
+/// the SIGSYS handler (the application's stack is not ours to use).
+pub fn install_altstack(size: usize) -> io::Result<()> {
+    let stack = vec![0u8; size].leak();
+    let ss = libc::stack_t {
+        ss_sp: stack.as_mut_ptr().cast(),
+        ss_flags: 0,
+        ss_size: size,
+    };
+    // Safety: `stack` is leaked, so it outlives the thread.
+    if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the CPU and kernel let user code read and write FS/GS bases.
+pub fn fsgsbase_available() -> bool {
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    // Safety: getauxval has no preconditions.
+    (unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE) != 0
+}
+
+/// Enables dispatch on the calling thread, then starts the application at
+/// `entry` with stack pointer `sp`. Never returns: from here on this thread
+/// runs application code, re-entering the runtime only through SIGSYS.
+///
+/// # Safety
+/// `ctl` must be leaked (it outlives the thread); the SIGSYS handler and an
+/// alternate stack must be installed; `entry` and `sp` must be a loaded
+/// program's entry point and initial stack.
+pub unsafe fn enter_application(ctl: &'static mut ThreadCtl, entry: u64, sp: u64) -> ! {
+    ctl.selector = SELECTOR_ALLOW;
+    // Safety (both asm blocks): reading our own FS base and pointing GS at
+    // the leaked control block; nothing else in the runtime uses GS.
+    unsafe {
+        asm!("rdfsbase {}", out(reg) ctl.runtime_fs, options(nomem, nostack));
+        asm!("wrgsbase {}", in(reg) ctl as *mut ThreadCtl as u64, options(nostack));
+    }
+    ctl.app_fs = 0;
+    let start = unsafe { &lego_sud_allowed_start as *const u8 as usize };
+    let end = unsafe { &lego_sud_allowed_end as *const u8 as usize };
+    // Safety: prctl reads plain integers and keeps a pointer to the
+    // selector byte, which lives as long as the thread (leaked).
+    let ret = unsafe {
+        libc::prctl(
+            PR_SET_SYSCALL_USER_DISPATCH,
+            PR_SYS_DISPATCH_ON,
+            start as libc::c_ulong,
+            (end - start) as libc::c_ulong,
+            &mut ctl.selector as *mut u8,
+        )
+    };
+    if ret != 0 {
+        crate::fatal(&format!(
+            "cannot enable Syscall User Dispatch: {} (needs Linux 5.11 or later)",
+            io::Error::last_os_error()
+        ));
+    }
+    // Safety: from the selector store on, no syscall is made before the
+    // jump; the application starts as Linux starts a process: FS base 0,
+    // registers cleared, rsp at argc, rdx = 0 (no exit handler).
+    unsafe {
+        asm!(
+            "mov byte ptr [rdi], 1",
+            "xor eax, eax",
+            "wrfsbase rax",
+            "mov rsp, rsi",
+            "xor ebx, ebx",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "xor esi, esi",
+            "xor edi, edi",
+            "xor ebp, ebp",
+            "xor r8d, r8d",
+            "xor r9d, r9d",
+            "xor r10d, r10d",
+            "xor r12d, r12d",
+            "xor r13d, r13d",
+            "xor r14d, r14d",
+            "xor r15d, r15d",
+            "jmp r11",
+            in("rdi") ctl as *mut ThreadCtl,
+            in("rsi") sp,
+            in("r11") entry,
+            options(noreturn)
+        )
+    }
+}
+
+/// A raw syscall, for passing the application's calls through. Only valid
+/// while the selector is ALLOW (inside the handler, or before the
+/// application starts).
+///
+/// # Safety
+/// The caller vouches for the syscall's effect on memory, as with any
+/// syscall: pointers in the arguments must be valid for it.
+#[inline]
+pub unsafe fn raw_syscall(nr: u64, args: [u64; 6]) -> i64 {
+    let ret: i64;
+    // Safety: delegated to the caller; `syscall` clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as i64 => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// The calling application thread's control block (GS base).
+///
+/// # Safety
+/// Only valid on a thread that entered the application through
+/// [`enter_application`], inside the SIGSYS handler.
+pub unsafe fn current_ctl() -> &'static mut ThreadCtl {
+    let ctl: u64;
+    // Safety: reads the GS base, which `enter_application` pointed at a
+    // leaked ThreadCtl for this thread.
+    unsafe {
+        asm!("rdgsbase {}", out(reg) ctl, options(nomem, nostack));
+        &mut *(ctl as *mut ThreadCtl)
+    }
+}

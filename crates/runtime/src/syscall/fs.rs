@@ -1,0 +1,100 @@
+//! File-descriptor calls the runtime must police (its own descriptors are
+//! not the application's to close) and paths it answers itself.
+
+use super::Call;
+use crate::sud::raw_syscall;
+use crate::{user, Runtime};
+
+fn errno(e: i32) -> i64 {
+    -(e as i64)
+}
+
+/// Answers readlink of /proc/self/exe with the program's path; passes
+/// anything else through.
+fn readlink_common(
+    rt: &Runtime,
+    path_ptr: u64,
+    buf: u64,
+    size: u64,
+    pass: impl FnOnce() -> i64,
+) -> i64 {
+    let path = match user::read_cstring(path_ptr, libc::PATH_MAX as usize) {
+        Ok(path) => path,
+        Err(e) => return errno(e),
+    };
+    let own = format!("/proc/{}/exe", std::process::id());
+    if path != b"/proc/self/exe" && path != own.as_bytes() {
+        return pass();
+    }
+    if (size as i64) <= 0 {
+        return errno(libc::EINVAL);
+    }
+    let target = &rt.program;
+    let n = target.len().min(size as usize);
+    match user::write(buf, &target[..n]) {
+        Ok(()) => n as i64,
+        Err(e) => errno(e),
+    }
+}
+
+pub fn readlink(rt: &Runtime, c: &Call) -> i64 {
+    // Safety (pass): the application's own call, unchanged.
+    readlink_common(rt, c.args[0], c.args[1], c.args[2], || unsafe {
+        raw_syscall(c.nr, c.args)
+    })
+}
+
+pub fn readlinkat(rt: &Runtime, c: &Call) -> i64 {
+    // Safety (pass): the application's own call, unchanged.
+    readlink_common(rt, c.args[1], c.args[2], c.args[3], || unsafe {
+        raw_syscall(c.nr, c.args)
+    })
+}
+
+pub fn close(rt: &Runtime, c: &Call) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) {
+        return errno(libc::EBADF);
+    }
+    // Safety: closes an application descriptor.
+    unsafe { raw_syscall(c.nr, c.args) }
+}
+
+pub fn dup2(rt: &Runtime, c: &Call) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) || rt.is_runtime_fd(c.args[1]) {
+        return errno(libc::EBADF);
+    }
+    // Safety: both descriptors are the application's.
+    unsafe { raw_syscall(c.nr, c.args) }
+}
+
+pub fn dup3(rt: &Runtime, c: &Call) -> i64 {
+    dup2(rt, c)
+}
+
+pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
+    let [first, last, flags, _, _, _] = c.args;
+    if first > last {
+        return errno(libc::EINVAL);
+    }
+    // Apply the call to each stretch between the runtime's descriptors.
+    let mut start = first;
+    for &fd in rt.runtime_fds() {
+        let fd = fd as u64;
+        if fd < start || fd > last {
+            continue;
+        }
+        if fd > start {
+            // Safety: the stretch holds only application descriptors.
+            let ret = unsafe { raw_syscall(c.nr, [start, fd - 1, flags, 0, 0, 0]) };
+            if ret < 0 {
+                return ret;
+            }
+        }
+        start = fd + 1;
+    }
+    if start <= last {
+        // Safety: as above.
+        return unsafe { raw_syscall(c.nr, [start, last, flags, 0, 0, 0]) };
+    }
+    0
+}

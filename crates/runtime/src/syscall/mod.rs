@@ -1,0 +1,231 @@
+//! Syscall dispatch. Every syscall the application makes arrives in
+//! [`sigsys_handler`] and is served according to the table in [`table`]:
+//! emulated by the runtime, passed through to the host kernel, or refused
+//! with an errno. One shape for every handler: it takes the runtime and
+//! the call, and returns what the application's `rax` gets — a value, or a
+//! negated errno.
+
+pub mod fs;
+pub mod mem;
+pub mod proc;
+pub mod signal;
+pub mod table;
+
+use crate::sud::raw_syscall;
+use crate::Runtime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// One trapped syscall: its number and its six argument registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub nr: u64,
+    pub args: [u64; 6],
+}
+
+pub type Handler = fn(&Runtime, &Call) -> i64;
+
+/// What Lego does with a syscall.
+#[derive(Clone, Copy)]
+pub enum Disposition {
+    /// Served by the runtime.
+    Emulate(Handler),
+    /// Made on the host kernel unchanged.
+    Pass,
+    /// Fails with this errno.
+    Refuse(i32),
+}
+
+impl Disposition {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Disposition::Emulate(_) => "emulated",
+            Disposition::Pass => "passed through",
+            Disposition::Refuse(_) => "refused",
+        }
+    }
+}
+
+pub struct Syscall {
+    pub nr: u32,
+    pub name: &'static str,
+    pub disposition: Disposition,
+    pub note: &'static str,
+}
+
+/// Largest syscall number the index covers.
+const MAX_NR: usize = 512;
+
+fn index() -> &'static [Option<&'static Syscall>; MAX_NR] {
+    static INDEX: OnceLock<[Option<&'static Syscall>; MAX_NR]> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = [None; MAX_NR];
+        for syscall in table::SYSCALLS {
+            index[syscall.nr as usize] = Some(syscall);
+        }
+        index
+    })
+}
+
+/// The table entry for `nr`, if Lego knows the number.
+pub fn lookup(nr: u64) -> Option<&'static Syscall> {
+    index().get(nr as usize).copied().flatten()
+}
+
+/// Numbers already logged as refused or unknown: each is logged once.
+static LOGGED: [AtomicBool; MAX_NR + 1] = [const { AtomicBool::new(false) }; MAX_NR + 1];
+
+fn log_once(nr: u64, what: impl FnOnce() -> String) {
+    let slot = (nr as usize).min(MAX_NR);
+    if !LOGGED[slot].swap(true, Ordering::Relaxed) {
+        tracing::warn!("{}", what());
+    }
+}
+
+/// Serves one call.
+pub fn dispatch(rt: &Runtime, call: &Call) -> i64 {
+    match lookup(call.nr) {
+        Some(Syscall {
+            disposition: Disposition::Emulate(handler),
+            ..
+        }) => handler(rt, call),
+        // Safety: a passed-through call is the application's own, made on
+        // its behalf with its arguments, exactly as if it had not trapped;
+        // the table passes through only calls that cannot reach runtime
+        // state (see the notes in `table`).
+        Some(Syscall {
+            disposition: Disposition::Pass,
+            ..
+        }) => unsafe { raw_syscall(call.nr, call.args) },
+        Some(Syscall {
+            disposition: Disposition::Refuse(errno),
+            name,
+            note,
+            ..
+        }) => {
+            log_once(call.nr, || {
+                format!("refused {name} ({}) with errno {errno}: {note}", call.nr)
+            });
+            -(*errno as i64)
+        }
+        None => {
+            log_once(call.nr, || {
+                format!("unknown syscall {} refused with ENOSYS", call.nr)
+            });
+            -(libc::ENOSYS as i64)
+        }
+    }
+}
+
+/// The SIGSYS handler proper, entered from the assembly stub in `sud`
+/// with the runtime's FS base and the selector at ALLOW.
+pub extern "C" fn sigsys_handler(
+    _sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    uctx: *mut libc::c_void,
+) {
+    let served = std::panic::catch_unwind(|| {
+        // Safety: the kernel passes SA_SIGINFO handlers a valid ucontext,
+        // which stays alive until the handler returns.
+        let uc = unsafe { &mut *(uctx as *mut libc::ucontext_t) };
+        let g = &mut uc.uc_mcontext.gregs;
+        let call = Call {
+            nr: g[libc::REG_RAX as usize] as u64,
+            args: [
+                g[libc::REG_RDI as usize] as u64,
+                g[libc::REG_RSI as usize] as u64,
+                g[libc::REG_RDX as usize] as u64,
+                g[libc::REG_R10 as usize] as u64,
+                g[libc::REG_R8 as usize] as u64,
+                g[libc::REG_R9 as usize] as u64,
+            ],
+        };
+        let ret = dispatch(crate::runtime(), &call);
+        g[libc::REG_RAX as usize] = ret;
+    });
+    if served.is_err() {
+        crate::fatal("runtime bug: a panic while serving a syscall (see the log)");
+    }
+}
+
+/// Renders the compatibility table as Markdown (docs/syscalls.md).
+pub fn compatibility_markdown() -> String {
+    let mut out = String::from(
+        "# Syscall compatibility\n\n\
+         Generated from `crates/runtime/src/syscall/table.rs` by \
+         `LEGO_UPDATE_DOCS=1 cargo test -p lego-runtime syscall_doc`; do not edit by hand.\n\n\
+         Every x86-64 system call an application makes is trapped by the Lego runtime \
+         (Syscall User Dispatch) and is either *emulated* by Lego, *passed through* to the \
+         processor's host kernel, or *refused* with an errno. Numbers not listed fail with \
+         ENOSYS.\n\n",
+    );
+    let count = |label: &str| {
+        table::SYSCALLS
+            .iter()
+            .filter(|s| s.disposition.label() == label)
+            .count()
+    };
+    out.push_str(&format!(
+        "{} syscalls: {} emulated, {} passed through, {} refused.\n\n",
+        table::SYSCALLS.len(),
+        count("emulated"),
+        count("passed through"),
+        count("refused")
+    ));
+    out.push_str("| nr | name | disposition | note |\n|---:|---|---|---|\n");
+    for s in table::SYSCALLS {
+        let disposition = match s.disposition {
+            Disposition::Refuse(errno) => format!("refused ({})", errno_name(errno)),
+            other => other.label().to_string(),
+        };
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} |\n",
+            s.nr, s.name, disposition, s.note
+        ));
+    }
+    out
+}
+
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOSYS => "ENOSYS",
+        libc::EPERM => "EPERM",
+        libc::EINVAL => "EINVAL",
+        libc::ENODEV => "ENODEV",
+        libc::EBADF => "EBADF",
+        _ => "errno",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_unique_and_indexed() {
+        let mut last = None;
+        for s in table::SYSCALLS {
+            assert!(last < Some(s.nr), "{} is out of order", s.name);
+            last = Some(s.nr);
+            assert!((s.nr as usize) < MAX_NR);
+            assert_eq!(lookup(s.nr as u64).map(|e| e.name), Some(s.name));
+            assert!(!s.note.is_empty(), "{} has no note", s.name);
+        }
+        assert_eq!(lookup(libc::SYS_mmap as u64).map(|s| s.name), Some("mmap"));
+        assert!(lookup(400).is_none());
+    }
+
+    #[test]
+    fn syscall_doc_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/syscalls.md");
+        let fresh = compatibility_markdown();
+        if std::env::var_os("LEGO_UPDATE_DOCS").is_some() {
+            std::fs::write(path, &fresh).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == fresh,
+            "docs/syscalls.md is stale: run `LEGO_UPDATE_DOCS=1 cargo test -p lego-runtime syscall_doc`"
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! Raw userfaultfd and PAGEMAP_SCAN: the kernel interfaces the ExCache is
+//! built on, as thin typed wrappers.
+//!
+//! The system headers on a Debian 12 machine predate WP_ASYNC (6.7) and
+//! PAGEMAP_SCAN (6.7), so the structures and request numbers are defined
+//! here from the kernel's uapi headers.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const fn ioc(dir: u64, ty: u64, nr: u64, size: u64) -> u64 {
+    (dir << 30) | (size << 16) | (ty << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+const UFFDIO: u64 = 0xAA;
+
+const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x3F, 24);
+const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x00, 32);
+const UFFDIO_WAKE: u64 = ioc(IOC_READ, UFFDIO, 0x02, 16);
+const UFFDIO_COPY: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x03, 40);
+const PAGEMAP_SCAN: u64 = ioc(IOC_READ | IOC_WRITE, b'f' as u64, 16, 96);
+
+const UFFD_API: u64 = 0xAA;
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// One message read from a userfaultfd (`struct uffd_msg`, 32 bytes, packed).
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct UffdMsg {
+    pub event: u8,
+    _reserved1: u8,
+    _reserved2: u16,
+    _reserved3: u32,
+    /// For a page fault: flags, address, thread id.
+    pub arg0: u64,
+    pub arg1: u64,
+    pub arg2: u64,
+}
+
+impl UffdMsg {
+    pub const ZERO: UffdMsg = UffdMsg {
+        event: 0,
+        _reserved1: 0,
+        _reserved2: 0,
+        _reserved3: 0,
+        arg0: 0,
+        arg1: 0,
+        arg2: 0,
+    };
+
+    pub fn fault_flags(&self) -> u64 {
+        self.arg0
+    }
+
+    pub fn fault_address(&self) -> u64 {
+        self.arg1
+    }
+}
+
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// A run of pages PAGEMAP_SCAN reported (`struct page_region`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A userfaultfd with write-protect tracking in asynchronous mode: writes
+/// to write-protected pages are resolved by the kernel without a message,
+/// and PAGEMAP_SCAN reports which pages were written.
+pub struct Userfaultfd {
+    fd: OwnedFd,
+}
+
+impl Userfaultfd {
+    /// Opens a userfaultfd that also handles faults taken by the kernel on
+    /// the process's behalf (a read() into arena memory), which needs root,
+    /// CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
+    pub fn open() -> io::Result<Userfaultfd> {
+        // Safety: userfaultfd(2) takes only flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        let fd = check(fd).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("userfaultfd: {e} (Lego needs root, CAP_SYS_PTRACE or sysctl vm.unprivileged_userfaultfd=1)"),
+            )
+        })?;
+        // Safety: the kernel just returned this descriptor; we own it alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: UFFD_FEATURE_WP_ASYNC,
+            ioctls: 0,
+        };
+        // Safety: UFFDIO_API reads and writes one UffdioApi, which `api` is.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) } as libc::c_long)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("UFFDIO_API with WP_ASYNC: {e} (needs Linux 6.7 or later)"),
+                )
+            })?;
+        Ok(Userfaultfd { fd })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Registers `[start, start + len)` for missing-page and write-protect
+    /// tracking.
+    pub fn register(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // Safety: UFFDIO_REGISTER reads and writes one UffdioRegister.
+        check(unsafe { libc::ioctl(self.raw(), UFFDIO_REGISTER as _, &mut reg) } as libc::c_long)?;
+        Ok(())
+    }
+
+    /// Installs the page at `src` (4096 bytes in our memory) at `dst` and
+    /// wakes the threads waiting on it. With `write_protect` the page starts
+    /// clean (its first write marks it written); without, it counts as
+    /// written already. Returns `Ok(false)` when the page was already there
+    /// (EEXIST); the waiters are woken anyway.
+    ///
+    /// # Safety
+    /// `src` must point to 4096 readable bytes.
+    pub unsafe fn copy_page(
+        &self,
+        dst: u64,
+        src: *const u8,
+        write_protect: bool,
+    ) -> io::Result<bool> {
+        let mut copy = UffdioCopy {
+            dst,
+            src: src as u64,
+            len: 4096,
+            mode: if write_protect {
+                UFFDIO_COPY_MODE_WP
+            } else {
+                0
+            },
+            copy: 0,
+        };
+        loop {
+            // Safety: UFFDIO_COPY reads one UffdioCopy and the 4096 source
+            // bytes the caller vouches for, and writes `copy` back.
+            let ret = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut copy) };
+            if ret == 0 {
+                return Ok(true);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EEXIST) => {
+                    self.wake(dst, 4096)?;
+                    return Ok(false);
+                }
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Wakes threads waiting on faults in the range.
+    pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut range = UffdioRange { start, len };
+        // Safety: UFFDIO_WAKE reads one UffdioRange.
+        check(unsafe { libc::ioctl(self.raw(), UFFDIO_WAKE as _, &mut range) } as libc::c_long)?;
+        Ok(())
+    }
+
+    /// Reads pending fault messages into `out`; returns how many arrived.
+    /// Blocks unless the descriptor is non-blocking.
+    pub fn read(&self, out: &mut [UffdMsg]) -> io::Result<usize> {
+        // Safety: `out` is writable memory of `size_of_val(out)` bytes and
+        // UffdMsg is plain data of the kernel's layout.
+        let n = unsafe {
+            libc::read(
+                self.raw(),
+                out.as_mut_ptr().cast(),
+                std::mem::size_of_val(out),
+            )
+        };
+        Ok(check(n as libc::c_long)? as usize / std::mem::size_of::<UffdMsg>())
+    }
+}
+
+/// `/proc/self/pagemap`, for PAGEMAP_SCAN.
+pub struct Pagemap {
+    fd: OwnedFd,
+}
+
+impl Pagemap {
+    pub fn open() -> io::Result<Pagemap> {
+        let file = std::fs::File::open("/proc/self/pagemap")?;
+        Ok(Pagemap { fd: file.into() })
+    }
+
+    /// Fills `out` with the runs of written pages in `[start, end)`; returns
+    /// how many runs it found. A run that does not fit in `out` is cut
+    /// short; callers size `out` to the number of pages they ask about.
+    pub fn written(&self, start: u64, end: u64, out: &mut [PageRegion]) -> io::Result<usize> {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_CHECK_WPASYNC,
+            start,
+            end,
+            walk_end: 0,
+            vec: out.as_mut_ptr() as u64,
+            vec_len: out.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: PAGE_IS_WRITTEN,
+            category_anyof_mask: 0,
+            return_mask: PAGE_IS_WRITTEN,
+        };
+        // Safety: PAGEMAP_SCAN reads `arg` and writes at most `vec_len`
+        // PageRegions to `vec`, which is `out`.
+        let n = unsafe { libc::ioctl(self.fd.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        Ok(check(n as libc::c_long)? as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers_match_the_kernel_headers() {
+        // Values from <linux/userfaultfd.h> and <linux/fs.h> of Linux 6.7+.
+        assert_eq!(UFFDIO_API, 0xC018_AA3F);
+        assert_eq!(UFFDIO_REGISTER, 0xC020_AA00);
+        assert_eq!(UFFDIO_WAKE, 0x8010_AA02);
+        assert_eq!(UFFDIO_COPY, 0xC028_AA03);
+        assert_eq!(PAGEMAP_SCAN, 0xC060_6610);
+        assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
+        assert_eq!(std::mem::size_of::<PmScanArg>(), 96);
+        assert_eq!(std::mem::size_of::<PageRegion>(), 24);
+    }
+}
