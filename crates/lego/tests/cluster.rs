@@ -340,7 +340,7 @@ fn handshake_from(
     let result = handshake::client(
         &mut stream,
         &mut reader,
-        addr,
+        &addr.into(),
         secret,
         &Identity::new(Role::Client, "test"),
         Duration::from_secs(5),

@@ -59,16 +59,26 @@ impl Connection {
         me: &Identity,
         timeout: Duration,
     ) -> Result<Connection, TransportError> {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|source| TransportError::Connect { addr, source })?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|source| {
+            TransportError::Connect {
+                addr: addr.into(),
+                source,
+            }
+        })?;
         stream
             .set_nodelay(true)
-            .map_err(|source| TransportError::Connect { addr, source })?;
+            .map_err(|source| TransportError::Connect {
+                addr: addr.into(),
+                source,
+            })?;
         let read_half = stream
             .try_clone()
-            .map_err(|source| TransportError::Connect { addr, source })?;
+            .map_err(|source| TransportError::Connect {
+                addr: addr.into(),
+                source,
+            })?;
         let mut reader = FrameReader::new(read_half, FrameLimits::HANDSHAKE);
-        let peer = handshake::client(&mut stream, &mut reader, addr, secret, me, timeout)?;
+        let peer = handshake::client(&mut stream, &mut reader, &addr.into(), secret, me, timeout)?;
         Ok(Connection {
             addr,
             peer,
@@ -114,7 +124,7 @@ impl Connection {
             }
             if mailbox.waiting.len() >= MAX_IN_FLIGHT {
                 return Err(TransportError::PeerGone {
-                    addr: self.addr,
+                    addr: self.addr.into(),
                     reason: format!("{MAX_IN_FLIGHT} requests already in flight"),
                 });
             }
@@ -126,7 +136,7 @@ impl Connection {
             mailbox.waiting.remove(&id);
             return Err(match e {
                 WriteError::Encode(source) => TransportError::Encode {
-                    addr: self.addr,
+                    addr: self.addr.into(),
                     request,
                     source,
                 },
@@ -162,7 +172,7 @@ impl Connection {
             if now >= deadline {
                 mailbox.waiting.remove(&id);
                 return Err(TransportError::Timeout {
-                    addr: self.addr,
+                    addr: self.addr.into(),
                     request,
                     after: timeout,
                 });
@@ -217,7 +227,7 @@ impl Connection {
 
     fn gone(&self, reason: String) -> TransportError {
         TransportError::PeerGone {
-            addr: self.addr,
+            addr: self.addr.into(),
             reason,
         }
     }
@@ -356,7 +366,7 @@ impl Client {
                     return Err(err);
                 }
                 return Err(TransportError::Unreachable {
-                    addr: self.addr,
+                    addr: self.addr.into(),
                     attempts,
                     elapsed,
                     last: Box::new(err),

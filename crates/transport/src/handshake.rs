@@ -15,7 +15,7 @@
 //! recorded exchange nor a reflected proof authenticates anyone, and the
 //! secret never crosses the wire. Any deviation closes the connection.
 
-use crate::error::TransportError;
+use crate::error::{Peer, TransportError};
 use crate::io::{write_frame, FrameReader, ReadError};
 use crate::secret::ClusterSecret;
 use lego_proto::{
@@ -23,7 +23,8 @@ use lego_proto::{
     PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// Who one end of a connection is.
@@ -64,40 +65,40 @@ fn proof_matches(expected: blake3::Hash, received: &[u8; NONCE_LEN]) -> bool {
     expected == blake3::Hash::from(*received)
 }
 
-fn nonce(addr: SocketAddr) -> Result<[u8; NONCE_LEN], TransportError> {
+fn nonce(addr: &Peer) -> Result<[u8; NONCE_LEN], TransportError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|e| TransportError::Handshake {
-        addr,
+        addr: addr.clone(),
         detail: format!("no randomness for a nonce: {e}"),
     })?;
     Ok(nonce)
 }
 
-fn io_err(addr: SocketAddr, what: &str, e: impl std::fmt::Display) -> TransportError {
+fn io_err(addr: &Peer, what: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::Handshake {
-        addr,
+        addr: addr.clone(),
         detail: format!("{what}: {e}"),
     }
 }
 
-fn send(stream: &mut TcpStream, addr: SocketAddr, message: &Message) -> Result<(), TransportError> {
+fn send<S: Stream>(stream: &mut S, addr: &Peer, message: &Message) -> Result<(), TransportError> {
     write_frame(stream, HANDSHAKE_ID, message, &[]).map_err(|e| io_err(addr, "sending", e))
 }
 
-fn receive(
-    reader: &mut FrameReader<TcpStream>,
-    addr: SocketAddr,
-) -> Result<Message, TransportError> {
+fn receive<R: Read>(reader: &mut FrameReader<R>, addr: &Peer) -> Result<Message, TransportError> {
     match reader.read_frame() {
         Ok(frame) => Ok(frame.message),
-        Err(ReadError::Codec(source)) => Err(TransportError::Codec { addr, source }),
+        Err(ReadError::Codec(source)) => Err(TransportError::Codec {
+            addr: addr.clone(),
+            source,
+        }),
         Err(ReadError::TimedOut) => Err(io_err(addr, "waiting for the peer", "timed out")),
         Err(e) => Err(io_err(addr, "receiving", e)),
     }
 }
 
 /// Exchanges and checks preambles.
-fn exchange_preambles(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), TransportError> {
+fn exchange_preambles<S: Stream>(stream: &mut S, addr: &Peer) -> Result<(), TransportError> {
     stream
         .write_all(&Preamble::ours().encode())
         .map_err(|e| io_err(addr, "sending the preamble", e))?;
@@ -105,16 +106,16 @@ fn exchange_preambles(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), Tr
     stream
         .read_exact(&mut theirs)
         .map_err(|e| TransportError::NotLego {
-            addr,
+            addr: addr.clone(),
             detail: format!("no preamble ({e})"),
         })?;
     let preamble = Preamble::decode(&theirs).map_err(|e| TransportError::NotLego {
-        addr,
+        addr: addr.clone(),
         detail: e.to_string(),
     })?;
     if preamble.version != PROTOCOL_VERSION {
         return Err(TransportError::VersionMismatch {
-            addr,
+            addr: addr.clone(),
             ours: PROTOCOL_VERSION,
             theirs: preamble.version,
         });
@@ -122,13 +123,16 @@ fn exchange_preambles(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), Tr
     Ok(())
 }
 
-fn refused(addr: SocketAddr, reason: String) -> TransportError {
+fn refused(addr: &Peer, reason: String) -> TransportError {
     let mut reason = reason;
     reason.truncate(MAX_TEXT_LEN);
-    TransportError::Refused { addr, reason }
+    TransportError::Refused {
+        addr: addr.clone(),
+        reason,
+    }
 }
 
-fn unexpected(addr: SocketAddr, wanted: &str, got: &Message) -> TransportError {
+fn unexpected(addr: &Peer, wanted: &str, got: &Message) -> TransportError {
     io_err(
         addr,
         "protocol violation",
@@ -137,10 +141,10 @@ fn unexpected(addr: SocketAddr, wanted: &str, got: &Message) -> TransportError {
 }
 
 /// Runs the client side on a fresh connection. Returns the server's identity.
-pub fn client(
-    stream: &mut TcpStream,
-    reader: &mut FrameReader<TcpStream>,
-    addr: SocketAddr,
+pub fn client<S: Stream, R: Read>(
+    stream: &mut S,
+    reader: &mut FrameReader<R>,
+    addr: &Peer,
     secret: &ClusterSecret,
     me: &Identity,
     timeout: Duration,
@@ -168,7 +172,7 @@ pub fn client(
                         reason: "your proof does not match our cluster secret".into(),
                     },
                 );
-                return Err(TransportError::WrongSecret { addr });
+                return Err(TransportError::WrongSecret { addr: addr.clone() });
             }
             nonce
         }
@@ -194,10 +198,10 @@ pub fn client(
 
 /// Runs the server side on an accepted connection. Returns the client's
 /// identity once it has proved it holds the cluster secret.
-pub fn server(
-    stream: &mut TcpStream,
-    reader: &mut FrameReader<TcpStream>,
-    addr: SocketAddr,
+pub fn server<S: Stream, R: Read>(
+    stream: &mut S,
+    reader: &mut FrameReader<R>,
+    addr: &Peer,
     secret: &ClusterSecret,
     me: &Identity,
     timeout: Duration,
@@ -240,11 +244,11 @@ pub fn server(
                         reason: "wrong cluster secret".into(),
                     },
                 );
-                return Err(TransportError::WrongSecret { addr });
+                return Err(TransportError::WrongSecret { addr: addr.clone() });
             }
         }
         // The client found our proof wrong: the secrets differ.
-        Message::Refused { .. } => return Err(TransportError::WrongSecret { addr }),
+        Message::Refused { .. } => return Err(TransportError::WrongSecret { addr: addr.clone() }),
         other => return Err(unexpected(addr, "Prove", &other)),
     }
     send(
@@ -260,13 +264,31 @@ pub fn server(
     Ok(peer)
 }
 
-fn set_timeouts(
-    stream: &TcpStream,
-    addr: SocketAddr,
+/// A connection the handshake can run on.
+pub trait Stream: Read + Write {
+    fn set_timeouts(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn set_timeouts(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
+    }
+}
+
+impl Stream for UnixStream {
+    fn set_timeouts(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
+    }
+}
+
+fn set_timeouts<S: Stream>(
+    stream: &S,
+    addr: &Peer,
     timeout: Option<Duration>,
 ) -> Result<(), TransportError> {
     stream
-        .set_read_timeout(timeout)
-        .and_then(|_| stream.set_write_timeout(timeout))
+        .set_timeouts(timeout)
         .map_err(|e| io_err(addr, "setting socket timeouts", e))
 }

@@ -19,8 +19,8 @@ mod secret;
 mod server;
 
 pub use client::{Backoff, Client, ClientConfig, Connection};
-pub use error::TransportError;
-pub use handshake::Identity;
+pub use error::{Peer, TransportError};
+pub use handshake::{Identity, Stream};
 pub use io::{write_frame, FrameReader, ReadError};
 pub use secret::{ClusterSecret, SecretError};
 pub use server::{PeerInfo, Reply, Server, ServerConfig, Service};

@@ -168,7 +168,7 @@ fn serve_connection(mut stream: TcpStream, addr: SocketAddr, shared: &Shared) {
     let identity = match handshake::server(
         &mut stream,
         &mut reader,
-        addr,
+        &addr.into(),
         &shared.config.secret,
         &shared.config.identity,
         shared.config.handshake_timeout,
