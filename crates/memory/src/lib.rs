@@ -1,16 +1,22 @@
 //! The memory manager (LegoOS's mComponent).
 //!
-//! It will own the address spaces of the processes homed on it — VMA trees,
-//! page allocation from a capacity-bounded pool, page contents, replicas and
-//! checkpoints. So far it joins the cluster and reports its pool's capacity
-//! and use; the pool and the memory requests arrive with the
-//! disaggregated-memory issue.
+//! It owns the virtual memory of the processes homed on it: their address
+//! spaces ([`vma`]: VMA trees, program breaks, Linux's semantics for
+//! anonymous memory), the page contents, held in one capacity-bounded
+//! [`pool`] with a strict commit charge, and the ELF [`loader`] that builds
+//! an address space for `Exec`. [`service`] serves the memory protocol of
+//! `lego-proto` to processors' runtimes. Replicas and checkpoints come in
+//! later issues.
+
+pub mod loader;
+pub mod pool;
+pub mod service;
+pub mod vma;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
-use lego_proto::{ErrorCode, Frame, Load, Message, Role};
-use lego_transport::{PeerInfo, Reply, Service};
+use lego_proto::Role;
+use service::MemoryService;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -20,24 +26,6 @@ pub struct MemoryConfig {
     pub capacity: u64,
 }
 
-struct Pool {
-    capacity: u64,
-    used: AtomicU64,
-}
-
-impl Service for Pool {
-    fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
-        Message::error(
-            ErrorCode::Unsupported,
-            format!(
-                "the memory manager does not serve {} yet",
-                request.message.kind()
-            ),
-        )
-        .into()
-    }
-}
-
 /// A running memory manager.
 pub struct MemoryManager {
     joined: JoinedComponent,
@@ -45,15 +33,10 @@ pub struct MemoryManager {
 
 impl MemoryManager {
     pub fn start(config: MemoryConfig) -> std::io::Result<MemoryManager> {
-        let pool = Arc::new(Pool {
-            capacity: config.capacity,
-            used: AtomicU64::new(0),
-        });
-        let reporter = Arc::clone(&pool);
-        let joined = join_cluster(Role::Memory, config.component, pool, move || Load::Memory {
-            capacity: reporter.capacity,
-            used: reporter.used.load(Ordering::Relaxed),
-            committed: 0,
+        let service = Arc::new(MemoryService::new(config.capacity));
+        let reporter = Arc::clone(&service);
+        let joined = join_cluster(Role::Memory, config.component, service, move || {
+            reporter.load()
         })?;
         Ok(MemoryManager { joined })
     }

@@ -1,0 +1,214 @@
+//! The page pool every process homed on this memory manager draws from, and
+//! its commit charge.
+//!
+//! Pages live in slabs of [`SLAB_PAGES`] pages, allocated the first time the
+//! free list runs dry and kept for the life of the manager (a slab is never
+//! returned to the host: freed pages go back on the free list). A page is
+//! named by a [`PageId`] that only the pool creates, so there is no per-page
+//! heap allocation and looking a page up is two array indexings.
+//!
+//! The commit charge is the strict accounting of `vm.overcommit_memory=2`
+//! with the whole pool as the limit: an address space charges a writable
+//! mapping's full length when it is created (or first made writable) and
+//! uncharges it when it is unmapped. Address spaces only ever store pages
+//! inside charged ranges (see `vma`), so `used <= committed <= capacity`
+//! holds at all times and storing a page never finds the pool empty.
+
+use lego_proto::PAGE_SIZE;
+
+/// Pages per slab: 2 MiB of memory per host allocation.
+pub const SLAB_PAGES: usize = 512;
+
+/// Bytes per page, as a `u64` for address arithmetic.
+pub const PAGE: u64 = PAGE_SIZE as u64;
+
+/// The name of one page of the pool. Only [`PagePool::alloc`] makes them, so
+/// every `PageId` indexes an existing slab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageId(u32);
+
+/// A capacity-bounded pool of pages with a commit charge.
+pub struct PagePool {
+    /// Pages the pool may ever hold (capacity rounded down to pages).
+    capacity_pages: u32,
+    slabs: Vec<Box<[[u8; PAGE_SIZE]]>>,
+    /// Pages of existing slabs that hold nothing.
+    free: Vec<PageId>,
+    /// Pages handed out and not yet freed.
+    allocated: u32,
+    /// Bytes promised to address spaces; never above `capacity_bytes()`.
+    committed: u64,
+}
+
+impl PagePool {
+    /// A pool of `capacity` bytes (rounded down to whole pages, and to at
+    /// most 2^32 - 1 pages, 16 TiB). Nothing is allocated until pages are.
+    pub fn new(capacity: u64) -> PagePool {
+        let pages = (capacity / PAGE).min(u64::from(u32::MAX));
+        PagePool {
+            capacity_pages: pages as u32,
+            slabs: Vec::new(),
+            free: Vec::new(),
+            allocated: 0,
+            committed: 0,
+        }
+    }
+
+    /// Bytes the pool may hold.
+    pub fn capacity_bytes(&self) -> u64 {
+        u64::from(self.capacity_pages) * PAGE
+    }
+
+    /// Bytes of pages holding data.
+    pub fn used(&self) -> u64 {
+        u64::from(self.allocated) * PAGE
+    }
+
+    /// Bytes promised to mappings.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Charges `bytes` to the commit charge if it stays within capacity.
+    pub fn try_commit(&mut self, bytes: u64) -> bool {
+        match self.committed.checked_add(bytes) {
+            Some(total) if total <= self.capacity_bytes() => {
+                self.committed = total;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Returns `bytes` of commit charge. Returning more than was charged is
+    /// a bug in the caller's bookkeeping: it stops there in debug builds and
+    /// clamps at zero in release builds.
+    pub fn uncommit(&mut self, bytes: u64) {
+        debug_assert!(
+            bytes <= self.committed,
+            "uncommit {bytes} > committed {}",
+            self.committed
+        );
+        self.committed = self.committed.saturating_sub(bytes);
+    }
+
+    /// A zeroed page, or `None` when the pool holds `capacity` pages.
+    pub fn alloc(&mut self) -> Option<PageId> {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => self.grow()?,
+        };
+        self.allocated += 1;
+        let page = self.get_mut(id);
+        // Freed pages keep their old bytes; never hand one process's data to
+        // another.
+        page.fill(0);
+        Some(id)
+    }
+
+    /// Adds a slab (or the partial last slab) and returns its first page,
+    /// putting the rest on the free list.
+    fn grow(&mut self) -> Option<PageId> {
+        let existing = self.slabs.len() * SLAB_PAGES;
+        let remaining = (self.capacity_pages as usize).checked_sub(existing)?;
+        let count = remaining.min(SLAB_PAGES);
+        if count == 0 {
+            return None;
+        }
+        // `vec![zeroed; n]` asks the allocator for zeroed memory, which the
+        // host provides lazily: an unused slab costs address space only.
+        self.slabs
+            .push(vec![[0u8; PAGE_SIZE]; count].into_boxed_slice());
+        // Ids fit in u32 because capacity_pages does. Pushed in reverse so
+        // pages are handed out in address order.
+        let first = existing as u32;
+        self.free
+            .extend((1..count as u32).rev().map(|i| PageId(first + i)));
+        Some(PageId(first))
+    }
+
+    /// Returns a page to the pool.
+    pub fn free(&mut self, id: PageId) {
+        debug_assert!(self.allocated > 0, "free with no page allocated");
+        self.allocated = self.allocated.saturating_sub(1);
+        self.free.push(id);
+    }
+
+    pub fn get(&self, id: PageId) -> &[u8; PAGE_SIZE] {
+        let index = id.0 as usize;
+        &self.slabs[index / SLAB_PAGES][index % SLAB_PAGES]
+    }
+
+    pub fn get_mut(&mut self, id: PageId) -> &mut [u8; PAGE_SIZE] {
+        let index = id.0 as usize;
+        &mut self.slabs[index / SLAB_PAGES][index % SLAB_PAGES]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_rounds_down_to_pages() {
+        let pool = PagePool::new(3 * PAGE + 100);
+        assert_eq!(pool.capacity_bytes(), 3 * PAGE);
+    }
+
+    #[test]
+    fn alloc_until_full_then_free_and_reuse() {
+        let mut pool = PagePool::new(SLAB_PAGES as u64 * PAGE + 3 * PAGE);
+        let mut ids = Vec::new();
+        while let Some(id) = pool.alloc() {
+            ids.push(id);
+        }
+        assert_eq!(ids.len(), SLAB_PAGES + 3);
+        assert_eq!(pool.used(), pool.capacity_bytes());
+        // Partial last slab: no more than capacity.
+        assert_eq!(pool.slabs.len(), 2);
+        assert_eq!(pool.slabs[1].len(), 3);
+        let victim = ids[7];
+        pool.get_mut(victim).fill(0xab);
+        pool.free(victim);
+        assert_eq!(pool.used(), pool.capacity_bytes() - PAGE);
+        let again = pool.alloc().expect("a freed page is reusable");
+        assert_eq!(again, victim);
+        assert!(
+            pool.get(again).iter().all(|&b| b == 0),
+            "reused page is zeroed"
+        );
+        assert!(pool.alloc().is_none());
+    }
+
+    #[test]
+    fn pages_are_distinct() {
+        let mut pool = PagePool::new(4 * PAGE);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        pool.get_mut(a).fill(1);
+        pool.get_mut(b).fill(2);
+        assert!(pool.get(a).iter().all(|&x| x == 1));
+        assert!(pool.get(b).iter().all(|&x| x == 2));
+    }
+
+    #[test]
+    fn commit_never_exceeds_capacity() {
+        let mut pool = PagePool::new(10 * PAGE);
+        assert!(pool.try_commit(6 * PAGE));
+        assert!(!pool.try_commit(5 * PAGE));
+        assert_eq!(pool.committed(), 6 * PAGE);
+        assert!(pool.try_commit(4 * PAGE));
+        assert!(!pool.try_commit(1));
+        assert!(!pool.try_commit(u64::MAX));
+        pool.uncommit(10 * PAGE);
+        assert_eq!(pool.committed(), 0);
+    }
+
+    #[test]
+    fn empty_pool_allocates_nothing() {
+        let mut pool = PagePool::new(PAGE - 1);
+        assert!(pool.alloc().is_none());
+        assert!(!pool.try_commit(1));
+        assert!(pool.try_commit(0));
+    }
+}

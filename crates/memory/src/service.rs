@@ -1,0 +1,301 @@
+//! The memory manager's request handling: `Exec`, `Memory`, `FetchPage`,
+//! `WriteBack` and `ReleaseProcess` for the processes homed here.
+//!
+//! # Locking
+//!
+//! The process table and each process sit behind their own mutex, and the
+//! pool behind a third. Lock order is process, then pool; the table lock is
+//! only held to look up, insert or remove an entry, never while taking
+//! another lock, so requests for different processes only meet at the pool.
+//! A process removed from the table (released, or replaced by a new `Exec`)
+//! has its address space taken out under its lock, so a request that looked
+//! it up just before sees an unknown process rather than freed pages.
+//!
+//! Every failure a peer can cause is a reply: malformed or out-of-range
+//! requests get `BadRequest` naming the process and address involved.
+
+use crate::loader;
+use crate::pool::PagePool;
+use crate::vma::{is_aligned, AddressSpace, Outcome};
+use lego_proto::{
+    ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_WRITEBACK_PAGES,
+    PAGE_SIZE,
+};
+use lego_transport::{PeerInfo, Reply, Service};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tracing::{info, warn};
+
+/// Most processes one memory manager holds at once.
+pub const MAX_PROCESSES: usize = 4096;
+
+/// One process's state; `None` once released.
+type ProcessSlot = Arc<Mutex<Option<AddressSpace>>>;
+
+/// The memory manager's state, served through [`Service`].
+pub struct MemoryService {
+    /// Configured capacity, reported as is.
+    capacity: u64,
+    pool: Mutex<PagePool>,
+    processes: Mutex<HashMap<ProcessId, ProcessSlot>>,
+}
+
+/// Locks, ignoring poisoning: nothing here panics while holding a lock, and
+/// if something did, refusing every later request would be worse.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn bad_request(message: String) -> Reply {
+    Message::error(ErrorCode::BadRequest, message).into()
+}
+
+fn unknown_process(pid: ProcessId) -> Reply {
+    bad_request(format!(
+        "unknown process {pid:#x}: it has no address space on this memory manager"
+    ))
+}
+
+impl MemoryService {
+    pub fn new(capacity: u64) -> MemoryService {
+        MemoryService {
+            capacity,
+            pool: Mutex::new(PagePool::new(capacity)),
+            processes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The load reported with each heartbeat.
+    pub fn load(&self) -> Load {
+        let pool = lock(&self.pool);
+        Load::Memory {
+            capacity: self.capacity,
+            used: pool.used(),
+            committed: pool.committed(),
+        }
+    }
+
+    /// Number of processes with an address space here.
+    pub fn processes(&self) -> usize {
+        lock(&self.processes).len()
+    }
+
+    fn slot(&self, pid: ProcessId) -> Option<ProcessSlot> {
+        lock(&self.processes).get(&pid).cloned()
+    }
+
+    /// Frees a process's address space, if it still has one.
+    fn free_slot(&self, slot: &ProcessSlot) {
+        if let Some(mut space) = lock(slot).take() {
+            space.release(&mut lock(&self.pool));
+        }
+    }
+
+    fn exec(&self, pid: ProcessId, image: &[u8]) -> Reply {
+        // Check the image before touching the old address space: a bad
+        // image leaves the process as it was, like a failed execve.
+        let plan = match loader::parse(image) {
+            Ok(plan) => plan,
+            Err(e) => return bad_request(format!("exec of process {pid:#x}: {e}")),
+        };
+        {
+            let table = lock(&self.processes);
+            if !table.contains_key(&pid) && table.len() >= MAX_PROCESSES {
+                return bad_request(format!(
+                    "exec of process {pid:#x}: this memory manager already holds {MAX_PROCESSES} processes"
+                ));
+            }
+        }
+        // Past this point the old address space is gone either way, as
+        // past execve's point of no return; its memory is free for the new.
+        let old = lock(&self.processes).remove(&pid);
+        if let Some(old) = old {
+            self.free_slot(&old);
+        }
+        let built = plan.build(image, &mut lock(&self.pool));
+        let (space, exec) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                warn!(pid = format_args!("{pid:#x}"), "exec failed: {e}");
+                return bad_request(format!("exec of process {pid:#x}: {e}"));
+            }
+        };
+        info!(
+            pid = format_args!("{pid:#x}"),
+            entry = format_args!("{:#x}", exec.entry),
+            mappings = exec.mappings.len(),
+            pages = space.stored_pages(),
+            "process address space created"
+        );
+        let replaced = lock(&self.processes).insert(pid, Arc::new(Mutex::new(Some(space))));
+        if let Some(replaced) = replaced {
+            // A concurrent Exec of the same pid: the last one wins.
+            self.free_slot(&replaced);
+        }
+        Message::ExecLoaded(exec).into()
+    }
+
+    fn memory(&self, pid: ProcessId, op: MemoryOp) -> Reply {
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(space) = guard.as_mut() else {
+            return unknown_process(pid);
+        };
+        let pool = &mut lock(&self.pool);
+        let outcome = match op {
+            MemoryOp::Mmap {
+                addr,
+                len,
+                prot,
+                flags,
+            } => space.mmap(pool, addr, len, prot, flags),
+            MemoryOp::Munmap { addr, len } => space.munmap(pool, addr, len),
+            MemoryOp::Mprotect { addr, len, prot } => space.mprotect(pool, addr, len, prot),
+            MemoryOp::Mremap {
+                old_addr,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            } => space.mremap(pool, old_addr, old_len, new_len, flags, new_addr),
+            MemoryOp::Brk { addr } => space.brk(pool, addr),
+            MemoryOp::Madvise { addr, len, advice } => space.madvise(pool, addr, len, advice),
+        };
+        memory_reply(outcome)
+    }
+
+    fn fetch_page(&self, pid: ProcessId, addr: u64) -> Reply {
+        if !is_aligned(addr) {
+            return bad_request(format!(
+                "fetch of page {addr:#x} of process {pid:#x}: the address is not page-aligned"
+            ));
+        }
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let guard = lock(&slot);
+        let Some(space) = guard.as_ref() else {
+            return unknown_process(pid);
+        };
+        if space.find(addr).is_none() {
+            return bad_request(format!(
+                "fetch of page {addr:#x} of process {pid:#x}: the address is not mapped"
+            ));
+        }
+        match space.page(addr) {
+            Some(id) => Reply {
+                message: Message::Page,
+                payload: lock(&self.pool).get(id).to_vec(),
+            },
+            None => Message::ZeroPage.into(),
+        }
+    }
+
+    fn write_back(&self, pid: ProcessId, addrs: &[u64], payload: &[u8]) -> Reply {
+        if addrs.len() > MAX_WRITEBACK_PAGES {
+            return bad_request(format!(
+                "write-back of process {pid:#x}: {} pages, over the limit of {MAX_WRITEBACK_PAGES}",
+                addrs.len()
+            ));
+        }
+        if payload.len() != addrs.len() * PAGE_SIZE {
+            return bad_request(format!(
+                "write-back of process {pid:#x}: {} addresses need {} bytes of payload, got {}",
+                addrs.len(),
+                addrs.len() * PAGE_SIZE,
+                payload.len()
+            ));
+        }
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(space) = guard.as_mut() else {
+            return unknown_process(pid);
+        };
+        // Check every address before storing any page.
+        for &addr in addrs {
+            let problem = if !is_aligned(addr) {
+                "is not page-aligned"
+            } else {
+                match space.find(addr) {
+                    None => "is not mapped",
+                    // Only charged mappings may hold pages; a mapping that
+                    // was never writable cannot have dirty pages.
+                    Some(vma) if !vma.accounted => "was never writable",
+                    Some(_) => continue,
+                }
+            };
+            return bad_request(format!(
+                "write-back of process {pid:#x}: page {addr:#x} {problem}; nothing was stored"
+            ));
+        }
+        let pool = &mut lock(&self.pool);
+        for (&addr, contents) in addrs.iter().zip(payload.chunks_exact(PAGE_SIZE)) {
+            if !space.store_page(pool, addr, contents) {
+                // The commit charge covers every page of accounted
+                // mappings, so this is a bookkeeping bug, not the peer's.
+                return Message::error(
+                    ErrorCode::Internal,
+                    format!("write-back of process {pid:#x}: the page pool is exhausted at page {addr:#x}"),
+                )
+                .into();
+            }
+        }
+        Message::WrittenBack.into()
+    }
+
+    fn release(&self, pid: ProcessId) -> Reply {
+        let slot = lock(&self.processes).remove(&pid);
+        if let Some(slot) = slot {
+            self.free_slot(&slot);
+            info!(
+                pid = format_args!("{pid:#x}"),
+                "process address space released"
+            );
+        }
+        Message::Released.into()
+    }
+}
+
+/// The reply to an address-space call. A failure that still changed the
+/// address space (Linux's partial mprotect and madvise) cannot be a
+/// `MemoryFailed`, which carries no changes: it is a `MemoryDone` whose
+/// result is the raw syscall return value, `-errno`.
+fn memory_reply(outcome: Outcome) -> Reply {
+    let result = match outcome.result {
+        Ok(result) => result,
+        Err(errno) if outcome.changes.is_empty() && outcome.moves.is_empty() => {
+            return Message::MemoryFailed { errno: errno.0 }.into();
+        }
+        Err(errno) => (-i64::from(errno.0)) as u64,
+    };
+    Message::MemoryDone(MemoryOpDone {
+        result,
+        moves: outcome.moves,
+        changes: outcome.changes,
+    })
+    .into()
+}
+
+impl Service for MemoryService {
+    fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
+        match request.message {
+            Message::Exec { pid } => self.exec(pid, &request.payload),
+            Message::Memory { pid, op } => self.memory(pid, op),
+            Message::FetchPage { pid, addr } => self.fetch_page(pid, addr),
+            Message::WriteBack { pid, addrs } => self.write_back(pid, &addrs, &request.payload),
+            Message::ReleaseProcess { pid } => self.release(pid),
+            other => Message::error(
+                ErrorCode::Unsupported,
+                format!(
+                    "the memory manager does not serve {} requests",
+                    other.kind()
+                ),
+            )
+            .into(),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! mmap, munmap and brk.
+//!
+//! Only anonymous memory is served here; file mappings are the runtime's
+//! business (a later issue), so they fail with `ENODEV`. `MAP_SHARED`
+//! anonymous memory is accepted and behaves as private: without fork there
+//! is nobody to share it with. `MAP_HUGETLB` gets normal pages, and
+//! `MAP_NORESERVE` is ignored (strict accounting, as under
+//! `vm.overcommit_memory=2`). `MAP_GROWSDOWN` mappings do not grow.
+
+use super::{
+    coalesce, is_aligned, page_align, AddressSpace, Errno, Outcome, Vma, PROT_ALL, PROT_READ,
+    PROT_WRITE,
+};
+use crate::pool::{PagePool, PAGE};
+use lego_proto::{RangeChange, RangeState, USER_END, USER_MIN};
+
+pub const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
+pub const MAP_PRIVATE: u32 = libc::MAP_PRIVATE as u32;
+pub const MAP_SHARED_VALIDATE: u32 = libc::MAP_SHARED_VALIDATE as u32;
+const MAP_TYPE: u32 = 0x0f;
+pub const MAP_FIXED: u32 = libc::MAP_FIXED as u32;
+pub const MAP_ANONYMOUS: u32 = libc::MAP_ANONYMOUS as u32;
+pub const MAP_32BIT: u32 = libc::MAP_32BIT as u32;
+pub const MAP_GROWSDOWN: u32 = libc::MAP_GROWSDOWN as u32;
+pub const MAP_FIXED_NOREPLACE: u32 = libc::MAP_FIXED_NOREPLACE as u32;
+
+/// Flags `MAP_SHARED_VALIDATE` accepts; any other bit is `EOPNOTSUPP`
+/// (`MAP_PRIVATE` and `MAP_SHARED` ignore unknown bits, as Linux does).
+const KNOWN_FLAGS: u32 = MAP_TYPE
+    | MAP_FIXED
+    | MAP_ANONYMOUS
+    | MAP_32BIT
+    | MAP_GROWSDOWN
+    | MAP_FIXED_NOREPLACE
+    | libc::MAP_DENYWRITE as u32
+    | libc::MAP_EXECUTABLE as u32
+    | libc::MAP_LOCKED as u32
+    | libc::MAP_NORESERVE as u32
+    | libc::MAP_POPULATE as u32
+    | libc::MAP_NONBLOCK as u32
+    | libc::MAP_STACK as u32
+    | libc::MAP_HUGETLB as u32
+    | 0x0400_0000 // MAP_UNINITIALIZED
+    | 0x3f << 26; // MAP_HUGE_SHIFT size bits
+
+/// Most VMAs one address space may have (Linux's default
+/// `vm.max_map_count`). A call that could exceed it fails with `ENOMEM`.
+pub const MAX_VMAS: usize = 65530;
+
+impl AddressSpace {
+    /// Whether a call that adds at most three VMAs may proceed.
+    pub(super) fn has_room_for_vmas(&self) -> bool {
+        self.vmas.len() + 3 <= MAX_VMAS
+    }
+
+    pub fn mmap(
+        &mut self,
+        pool: &mut PagePool,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+    ) -> Outcome {
+        if len == 0 {
+            return Outcome::err(Errno::EINVAL);
+        }
+        let kind = flags & MAP_TYPE;
+        if ![MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE].contains(&kind) {
+            return Outcome::err(Errno::EINVAL);
+        }
+        if prot & !PROT_ALL != 0 {
+            return Outcome::err(Errno::EINVAL);
+        }
+        if kind == MAP_SHARED_VALIDATE && flags & !KNOWN_FLAGS != 0 {
+            return Outcome::err(Errno::EOPNOTSUPP);
+        }
+        if kind != MAP_PRIVATE && flags & MAP_GROWSDOWN != 0 {
+            return Outcome::err(Errno::EINVAL);
+        }
+        if flags & MAP_ANONYMOUS == 0 {
+            return Outcome::err(Errno::ENODEV);
+        }
+        let Some(len) = page_align(len) else {
+            return Outcome::err(Errno::ENOMEM);
+        };
+        if len > USER_END - USER_MIN || !self.has_room_for_vmas() {
+            return Outcome::err(Errno::ENOMEM);
+        }
+        let start = if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+            // Linux's order: range, then alignment, then mmap_min_addr.
+            if addr > USER_END - len {
+                return Outcome::err(Errno::ENOMEM);
+            }
+            if !is_aligned(addr) {
+                return Outcome::err(Errno::EINVAL);
+            }
+            if addr < USER_MIN {
+                return Outcome::err(Errno::EPERM);
+            }
+            if flags & MAP_FIXED == 0 && !self.is_free(addr, addr + len) {
+                return Outcome::err(Errno::EEXIST);
+            }
+            addr
+        } else {
+            match self.place(addr, len, flags & MAP_32BIT != 0) {
+                Some(start) => start,
+                None => return Outcome::err(Errno::ENOMEM),
+            }
+        };
+        let end = start + len;
+        let accounted = prot & PROT_WRITE != 0;
+        let replaced = !self.is_free(start, end);
+        let add = if accounted { len } else { 0 };
+        if !self.charge(pool, add, self.accounted_in(start, end)) {
+            return Outcome::err(Errno::ENOMEM);
+        }
+        self.drop_pages(pool, start, end);
+        self.cut(start, end);
+        let vma = Vma {
+            start,
+            end,
+            prot,
+            populated: false,
+            accounted,
+        };
+        self.insert(vma);
+        Outcome::ok(
+            start,
+            vec![RangeChange {
+                start,
+                end,
+                state: vma.state(),
+                discard: replaced,
+            }],
+        )
+    }
+
+    pub fn munmap(&mut self, pool: &mut PagePool, addr: u64, len: u64) -> Outcome {
+        if !is_aligned(addr) || addr > USER_END || len > USER_END - addr {
+            return Outcome::err(Errno::EINVAL);
+        }
+        // Cannot overflow: addr and USER_END are aligned.
+        let Some(len) = page_align(len).filter(|&l| l > 0) else {
+            return Outcome::err(Errno::EINVAL);
+        };
+        if !self.has_room_for_vmas() {
+            return Outcome::err(Errno::ENOMEM);
+        }
+        let changes = self.unmap(pool, addr, addr + len);
+        Outcome::ok(0, changes)
+    }
+
+    /// Linux's `sys_brk`: the result is always the break after the call,
+    /// which is the old one when the request cannot be met.
+    pub fn brk(&mut self, pool: &mut PagePool, addr: u64) -> Outcome {
+        let old = self.brk;
+        let unchanged = Outcome::ok(old, Vec::new());
+        if addr < self.brk_start {
+            return unchanged;
+        }
+        let (Some(new_top), Some(old_top)) = (page_align(addr), page_align(old)) else {
+            return unchanged;
+        };
+        if new_top == old_top {
+            self.brk = addr;
+            return Outcome::ok(addr, Vec::new());
+        }
+        if addr < old {
+            let changes = self.unmap(pool, new_top, old_top);
+            self.brk = addr;
+            return Outcome::ok(addr, changes);
+        }
+        // Growing must leave a page free before the next mapping, as Linux
+        // checks, so the heap never silently runs into another mapping.
+        if new_top > USER_END
+            || !self.is_free(old_top, (new_top + PAGE).min(USER_END))
+            || !self.has_room_for_vmas()
+            || !self.charge(pool, new_top - old_top, 0)
+        {
+            return unchanged;
+        }
+        let vma = Vma {
+            start: old_top,
+            end: new_top,
+            prot: PROT_READ | PROT_WRITE,
+            populated: false,
+            accounted: true,
+        };
+        self.insert(vma);
+        self.brk = addr;
+        Outcome::ok(
+            addr,
+            coalesce([RangeChange {
+                start: old_top,
+                end: new_top,
+                state: RangeState::Mapped {
+                    prot: vma.prot,
+                    populated: false,
+                },
+                discard: false,
+            }]),
+        )
+    }
+}

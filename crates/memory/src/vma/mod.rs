@@ -1,0 +1,537 @@
+//! Address spaces: the VMA tree of one process, its program break, its page
+//! contents and its share of the pool's commit charge.
+//!
+//! # Calling convention
+//!
+//! Every address-space call (`mmap`, `munmap`, `mprotect`, `mremap`, `brk`,
+//! `madvise`, one family per file) has the same shape: it takes the pool and
+//! Linux's arguments and returns an [`Outcome`] — the syscall's result or
+//! errno, plus the exact [`RangeChange`]s (and, for `mremap`, the
+//! [`RangeMove`]s) a processor's runtime needs to update its mirror.
+//! Each call first validates, then computes its commit-charge delta and
+//! charges it (the only step that can fail once arguments are valid), then
+//! mutates, which cannot fail: an error leaves the address space exactly as
+//! it was, except for Linux's documented partial results (`mprotect` and
+//! `madvise` meeting a hole), which return the errno *and* the changes made.
+//!
+//! # Invariants
+//!
+//! - VMAs are page-aligned, non-empty, disjoint and inside
+//!   `[USER_MIN, USER_END)`; adjacent VMAs with equal attributes are merged.
+//! - `committed` is the sum of the lengths of accounted VMAs, and is charged
+//!   to the pool.
+//! - Every stored page lies inside an accounted VMA, so the pool's
+//!   `used <= committed <= capacity` and storing a page never fails.
+//!
+//! # Accounting
+//!
+//! A VMA becomes accounted when it is mapped writable or first made
+//! writable, and stays accounted until unmapped, as in Linux once a mapping
+//! has pages (its `anon_vma`): the processor may hold pages dirtied while
+//! the mapping was writable and write them back after an
+//! `mprotect(PROT_READ)`, and that write-back must find room. Loaded program
+//! segments are accounted whatever their protection, because the loader
+//! stores their contents in the pool.
+
+mod madvise;
+mod mmap;
+mod mprotect;
+mod mremap;
+#[cfg(test)]
+mod tests;
+
+use crate::pool::{PageId, PagePool, PAGE};
+use lego_proto::{RangeChange, RangeMove, RangeState, USER_END, USER_MIN};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Top of the initial stack. The highest page of the application range is
+/// left unmapped, as Linux leaves the top page of user space, so running off
+/// the stack's top faults instead of reaching the runtime above `USER_END`.
+pub const STACK_TOP: u64 = USER_END - PAGE;
+/// Size of the stack mapping. It does not grow: `[STACK_TOP - STACK_SIZE,
+/// STACK_TOP)` is mapped read-write at exec (Linux's default 8 MiB
+/// `RLIMIT_STACK`), and the application may `mmap` more stacks.
+pub const STACK_SIZE: u64 = 8 << 20;
+/// Gap kept free below the stack, as Linux's minimum `mmap_base` gap.
+pub const STACK_GAP: u64 = 128 << 20;
+/// Top of the area searched for mappings without `MAP_FIXED`.
+pub const MMAP_BASE: u64 = STACK_TOP - STACK_SIZE - STACK_GAP;
+/// Upper bound of `MAP_32BIT` placements.
+pub const LIMIT_32BIT: u64 = 1 << 31;
+
+pub const PROT_READ: u32 = libc::PROT_READ as u32;
+pub const PROT_WRITE: u32 = libc::PROT_WRITE as u32;
+pub const PROT_EXEC: u32 = libc::PROT_EXEC as u32;
+const PROT_ALL: u32 = PROT_READ | PROT_WRITE | PROT_EXEC;
+
+/// A Linux errno value (x86-64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("errno {0}")]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
+    pub const EFAULT: Errno = Errno(libc::EFAULT);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const ENODEV: Errno = Errno(libc::ENODEV);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+}
+
+/// What an address-space call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The syscall's return value, or its errno.
+    pub result: Result<u64, Errno>,
+    /// Moves of page contents, to apply before `changes`.
+    pub moves: Vec<RangeMove>,
+    /// Ranges whose state changed. Non-empty with an `Err` result only for
+    /// Linux's partial failures.
+    pub changes: Vec<RangeChange>,
+}
+
+impl Outcome {
+    fn ok(result: u64, changes: Vec<RangeChange>) -> Outcome {
+        Outcome {
+            result: Ok(result),
+            moves: Vec::new(),
+            changes,
+        }
+    }
+
+    fn err(errno: Errno) -> Outcome {
+        Outcome {
+            result: Err(errno),
+            moves: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// One virtual memory area: a page-aligned range with one set of attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// Pages may hold contents the processor has not written back (a loaded
+    /// program segment), so it must ask for them instead of zero-filling.
+    pub populated: bool,
+    /// The VMA's length is charged to the pool's commit charge.
+    pub accounted: bool,
+}
+
+impl Vma {
+    fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    fn state(&self) -> RangeState {
+        RangeState::Mapped {
+            prot: self.prot,
+            populated: self.populated,
+        }
+    }
+
+    fn same_attributes(&self, other: &Vma) -> bool {
+        self.prot == other.prot
+            && self.populated == other.populated
+            && self.accounted == other.accounted
+    }
+
+    /// The part of this VMA inside `[start, end)`.
+    fn clipped(&self, start: u64, end: u64) -> Vma {
+        Vma {
+            start: self.start.max(start),
+            end: self.end.min(end),
+            ..*self
+        }
+    }
+}
+
+/// The address space of one process.
+pub struct AddressSpace {
+    /// Keyed by start address.
+    vmas: BTreeMap<u64, Vma>,
+    /// Stored page contents, keyed by page address. Pages absent here read
+    /// as zeros.
+    pages: BTreeMap<u64, PageId>,
+    /// Lowest value `brk` may take: the end of the loaded program.
+    brk_start: u64,
+    /// The current break (not page-aligned, as Linux keeps it).
+    brk: u64,
+    /// Bytes this space has charged to the pool.
+    committed: u64,
+}
+
+impl fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("vmas", &self.vmas.values().collect::<Vec<_>>())
+            .field("pages", &self.pages.len())
+            .field("brk", &self.brk)
+            .field("committed", &self.committed)
+            .finish()
+    }
+}
+
+/// Rounds up to a page boundary; `None` on overflow.
+pub fn page_align(value: u64) -> Option<u64> {
+    value.checked_add(PAGE - 1).map(|v| v & !(PAGE - 1))
+}
+
+/// Whether `value` is a multiple of the page size.
+pub fn is_aligned(value: u64) -> bool {
+    value & (PAGE - 1) == 0
+}
+
+impl AddressSpace {
+    /// An empty address space whose break starts at `brk_start`
+    /// (page-aligned by the caller).
+    pub fn new(brk_start: u64) -> AddressSpace {
+        AddressSpace {
+            vmas: BTreeMap::new(),
+            pages: BTreeMap::new(),
+            brk_start,
+            brk: brk_start,
+            committed: 0,
+        }
+    }
+
+    /// The VMAs in address order.
+    pub fn vmas(&self) -> impl Iterator<Item = &Vma> + '_ {
+        self.vmas.values()
+    }
+
+    pub fn current_brk(&self) -> u64 {
+        self.brk
+    }
+
+    /// Bytes of commit charge this space holds.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Number of pages holding stored contents.
+    pub fn stored_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// The VMA containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=addr)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.end > addr)
+    }
+
+    /// The stored page at page address `addr`, if any.
+    pub fn page(&self, addr: u64) -> Option<PageId> {
+        self.pages.get(&addr).copied()
+    }
+
+    /// Stores `contents` as the page at `addr`, which must lie in an
+    /// accounted VMA (checked by the caller). An all-zero page is dropped
+    /// instead of stored: it reads the same, and takes no pool page.
+    /// `false` only if the pool is empty, which the accounting rules out.
+    pub fn store_page(&mut self, pool: &mut PagePool, addr: u64, contents: &[u8]) -> bool {
+        debug_assert!(self.find(addr).is_some_and(|v| v.accounted));
+        if contents.iter().all(|&b| b == 0) {
+            if let Some(old) = self.pages.remove(&addr) {
+                pool.free(old);
+            }
+            return true;
+        }
+        let id = match self.pages.get(&addr) {
+            Some(&id) => id,
+            None => match pool.alloc() {
+                Some(id) => {
+                    self.pages.insert(addr, id);
+                    id
+                }
+                None => return false,
+            },
+        };
+        pool.get_mut(id).copy_from_slice(contents);
+        true
+    }
+
+    /// Frees every page and returns the whole commit charge: the end of the
+    /// address space. Must be called before dropping it.
+    pub fn release(&mut self, pool: &mut PagePool) {
+        for (_, id) in std::mem::take(&mut self.pages) {
+            pool.free(id);
+        }
+        pool.uncommit(self.committed);
+        self.committed = 0;
+        self.vmas.clear();
+    }
+
+    /// Adds a VMA over a free range and charges it if accounted (the
+    /// loader's entry point). `false`, with nothing changed, if the range is
+    /// not free or the charge does not fit.
+    pub fn map_new(&mut self, pool: &mut PagePool, vma: Vma) -> bool {
+        if vma.start >= vma.end
+            || !is_aligned(vma.start)
+            || !is_aligned(vma.end)
+            || vma.start < USER_MIN
+            || vma.end > USER_END
+            || !self.is_free(vma.start, vma.end)
+        {
+            return false;
+        }
+        if vma.accounted && !self.charge(pool, vma.len(), 0) {
+            return false;
+        }
+        self.insert(vma);
+        true
+    }
+
+    // --- tree primitives ---
+
+    /// The VMAs overlapping `[start, end)`, in order (unclipped).
+    fn overlapping(&self, start: u64, end: u64) -> Vec<Vma> {
+        let mut found: Vec<Vma> = self
+            .vmas
+            .range(..end)
+            .rev()
+            .map(|(_, v)| *v)
+            .take_while(|v| v.end > start)
+            .collect();
+        found.reverse();
+        found
+    }
+
+    fn is_free(&self, start: u64, end: u64) -> bool {
+        !matches!(self.vmas.range(..end).next_back(), Some((_, v)) if v.end > start)
+    }
+
+    /// Splits the VMA that strictly contains `addr` in two at `addr`.
+    fn split_at(&mut self, addr: u64) {
+        if let Some(v) = self.find(addr).copied() {
+            if v.start < addr {
+                self.vmas.insert(v.start, Vma { end: addr, ..v });
+                self.vmas.insert(addr, Vma { start: addr, ..v });
+            }
+        }
+    }
+
+    /// Removes everything in `[start, end)` from the tree (no accounting,
+    /// no pages) and returns the removed pieces.
+    fn cut(&mut self, start: u64, end: u64) -> Vec<Vma> {
+        self.split_at(start);
+        self.split_at(end);
+        let removed = self.overlapping(start, end);
+        for v in &removed {
+            self.vmas.remove(&v.start);
+        }
+        removed
+    }
+
+    /// Inserts a VMA over a free range and merges it with equal neighbours.
+    fn insert(&mut self, vma: Vma) {
+        debug_assert!(self.is_free(vma.start, vma.end));
+        self.vmas.insert(vma.start, vma);
+        self.merge_around(vma.start, vma.end);
+    }
+
+    /// Merges equal neighbours across every VMA boundary in `[start, end]`.
+    fn merge_around(&mut self, start: u64, end: u64) {
+        let lo = start.saturating_sub(1);
+        let hi = end.saturating_add(1);
+        let mut pieces = self.overlapping(lo, hi).into_iter();
+        let Some(mut current) = pieces.next() else {
+            return;
+        };
+        for next in pieces {
+            if current.end == next.start && current.same_attributes(&next) {
+                self.vmas.remove(&next.start);
+                current.end = next.end;
+                self.vmas.insert(current.start, current);
+            } else {
+                current = next;
+            }
+        }
+    }
+
+    // --- accounting and pages ---
+
+    /// Bytes of accounted VMAs inside `[start, end)`.
+    fn accounted_in(&self, start: u64, end: u64) -> u64 {
+        self.overlapping(start, end)
+            .iter()
+            .filter(|v| v.accounted)
+            .map(|v| v.clipped(start, end).len())
+            .sum()
+    }
+
+    /// Changes the charge by `add - remove`; `false` (nothing changed) if an
+    /// increase does not fit in the pool.
+    fn charge(&mut self, pool: &mut PagePool, add: u64, remove: u64) -> bool {
+        if add >= remove {
+            if !pool.try_commit(add - remove) {
+                return false;
+            }
+            self.committed += add - remove;
+        } else {
+            pool.uncommit(remove - add);
+            self.committed -= remove - add;
+        }
+        true
+    }
+
+    /// Frees the stored pages in `[start, end)`.
+    fn drop_pages(&mut self, pool: &mut PagePool, start: u64, end: u64) {
+        let addrs: Vec<u64> = self.pages.range(start..end).map(|(&a, _)| a).collect();
+        for addr in addrs {
+            if let Some(id) = self.pages.remove(&addr) {
+                pool.free(id);
+            }
+        }
+    }
+
+    /// Moves the stored pages of `[from, from + len)` to `to`; the
+    /// destination holds no pages (the caller emptied it).
+    fn move_pages(&mut self, from: u64, to: u64, len: u64) {
+        let moved: Vec<(u64, PageId)> = self
+            .pages
+            .range(from..from + len)
+            .map(|(&a, &id)| (a, id))
+            .collect();
+        for (addr, _) in &moved {
+            self.pages.remove(addr);
+        }
+        for (addr, id) in moved {
+            let old = self.pages.insert(addr - from + to, id);
+            debug_assert!(old.is_none(), "move onto a stored page");
+        }
+    }
+
+    /// Unmaps `[start, end)`: returns the charge, frees the pages, removes
+    /// the VMAs, and reports the ranges that were mapped.
+    fn unmap(&mut self, pool: &mut PagePool, start: u64, end: u64) -> Vec<RangeChange> {
+        let uncharge = self.accounted_in(start, end);
+        self.charge(pool, 0, uncharge);
+        self.drop_pages(pool, start, end);
+        let removed = self.cut(start, end);
+        coalesce(removed.iter().map(|v| RangeChange {
+            start: v.start,
+            end: v.end,
+            state: RangeState::Unmapped,
+            discard: true,
+        }))
+    }
+
+    // --- placement ---
+
+    /// The highest free `len`-byte range inside `[low, high)`.
+    fn gap_top_down(&self, len: u64, low: u64, high: u64) -> Option<u64> {
+        let mut gap_end = high;
+        for v in self.vmas.range(..high).rev().map(|(_, v)| v) {
+            if v.end < gap_end {
+                let gap_start = v.end.max(low);
+                if gap_end.checked_sub(gap_start).is_some_and(|g| g >= len) {
+                    return Some(gap_end - len);
+                }
+            }
+            gap_end = gap_end.min(v.start);
+            if gap_end <= low {
+                return None;
+            }
+        }
+        gap_end
+            .checked_sub(low)
+            .filter(|&g| g >= len)
+            .map(|_| gap_end - len)
+    }
+
+    /// The lowest free `len`-byte range inside `[low, high)`.
+    fn gap_bottom_up(&self, len: u64, low: u64, high: u64) -> Option<u64> {
+        let mut gap_start = low;
+        for v in self.vmas.range(..high).map(|(_, v)| v) {
+            if v.end <= gap_start {
+                continue;
+            }
+            if v.start.min(high) >= gap_start && v.start.min(high) - gap_start >= len {
+                return Some(gap_start);
+            }
+            gap_start = gap_start.max(v.end);
+        }
+        high.checked_sub(gap_start)
+            .filter(|&g| g >= len)
+            .map(|_| gap_start)
+    }
+
+    /// Chooses where a mapping without `MAP_FIXED` goes: the hint if that
+    /// range is free, else the highest gap below [`MMAP_BASE`], else the
+    /// lowest gap above it (Linux's top-down allocator and its bottom-up
+    /// fallback). `below_2g` confines everything to `MAP_32BIT`'s range.
+    fn place(&self, hint: u64, len: u64, below_2g: bool) -> Option<u64> {
+        let limit = if below_2g { LIMIT_32BIT } else { USER_END };
+        if hint != 0 {
+            // Linux rounds a hint down to a page and up to mmap_min_addr.
+            let addr = (hint & !(PAGE - 1)).max(USER_MIN);
+            if addr.checked_add(len).is_some_and(|end| end <= limit)
+                && self.is_free(addr, addr + len)
+            {
+                return Some(addr);
+            }
+        }
+        if below_2g {
+            return self.gap_top_down(len, USER_MIN, LIMIT_32BIT);
+        }
+        self.gap_top_down(len, USER_MIN, MMAP_BASE)
+            .or_else(|| self.gap_bottom_up(len, MMAP_BASE, USER_END))
+    }
+
+    /// Checks the invariants (tests and debug builds).
+    pub fn check_invariants(&self) {
+        let mut prev_end = USER_MIN;
+        let mut prev: Option<Vma> = None;
+        let mut accounted = 0;
+        for (&key, v) in &self.vmas {
+            assert_eq!(key, v.start);
+            assert!(v.start < v.end, "empty vma {v:?}");
+            assert!(is_aligned(v.start) && is_aligned(v.end), "unaligned {v:?}");
+            assert!(v.start >= prev_end && v.end <= USER_END, "overlap {v:?}");
+            if let Some(p) = prev {
+                assert!(
+                    !(p.end == v.start && p.same_attributes(v)),
+                    "unmerged {p:?} {v:?}"
+                );
+            }
+            if v.accounted {
+                accounted += v.len();
+            }
+            prev_end = v.end;
+            prev = Some(*v);
+        }
+        assert_eq!(accounted, self.committed, "commit charge");
+        for &addr in self.pages.keys() {
+            assert!(
+                self.find(addr).is_some_and(|v| v.accounted),
+                "page {addr:#x} outside an accounted vma"
+            );
+        }
+    }
+}
+
+/// Merges adjacent changes with equal state and discard flags.
+fn coalesce(changes: impl IntoIterator<Item = RangeChange>) -> Vec<RangeChange> {
+    let mut out: Vec<RangeChange> = Vec::new();
+    for c in changes {
+        match out.last_mut() {
+            Some(last)
+                if last.end == c.start && last.state == c.state && last.discard == c.discard =>
+            {
+                last.end = c.end;
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
