@@ -58,6 +58,9 @@ pub struct UpArgs {
     /// Give up if the cluster is not healthy within this time
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
+    /// Print nothing on success
+    #[arg(long, hide = true)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -271,6 +274,9 @@ pub fn up(args: UpArgs) -> Result<()> {
         return Err(e);
     }
     let record = dir.require()?;
+    if args.quiet {
+        return Ok(());
+    }
     println!(
         "Lego cluster up: {} components, monitor at {}, state in {}",
         record.components.len(),
@@ -348,7 +354,12 @@ fn start_all(
     for i in 0..args.processors {
         let name = format!("processor-{i}");
         let mut a = common("processor", &name);
-        a.extend(["--excache".into(), args.excache.to_string()]);
+        a.extend([
+            "--excache".into(),
+            args.excache.to_string(),
+            "--launch-socket".into(),
+            dir.root.join("run").join(format!("{name}.sock")).display().to_string(),
+        ]);
         plan.push((name, Role::Processor, a));
     }
     for i in 0..args.memories {

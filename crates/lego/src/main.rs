@@ -1,6 +1,7 @@
 //! `lego`: every Lego component and every user command, in one binary.
 
 mod cluster;
+mod run;
 mod serve;
 mod state;
 mod status;
@@ -40,6 +41,8 @@ enum Command {
     Restart(cluster::RestartArgs),
     /// Send a signal (default KILL) to a component of the local cluster, to inject a failure
     Kill(cluster::KillArgs),
+    /// Run a program on the cluster (starting an embedded cluster if none is up)
+    Run(run::RunArgs),
     /// Run the global monitor: cluster membership and failure detection
     Monitor(serve::MonitorArgs),
     /// Run a processor manager: runs applications and their ExCache
@@ -48,6 +51,9 @@ enum Command {
     Memory(serve::MemoryArgs),
     /// Run a storage manager: serves an exported directory tree, statelessly
     Storage(serve::StorageArgs),
+    /// The runtime of one application process (started by a processor manager)
+    #[command(hide = true)]
+    Runtime,
 }
 
 /// Which local cluster a command acts on.
@@ -97,12 +103,21 @@ fn init_logging(default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Runtime = cli.command {
+        // Its stderr is the application's: it logs to its own descriptor.
+        lego_runtime::main();
+    }
     let long_running = matches!(
         cli.command,
         Command::Monitor(_) | Command::Processor(_) | Command::Memory(_) | Command::Storage(_)
     );
     init_logging(if long_running { "info" } else { "warn" });
     let result = match cli.command {
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Runtime => unreachable!("handled above"),
         Command::Up(args) => cluster::up(args),
         Command::Down(args) => cluster::down(args),
         Command::Status(args) => status::status(args),

@@ -46,6 +46,9 @@ pub struct ProcessorArgs {
     /// ExCache quota for the applications this processor runs (e.g. 512M)
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
     pub excache: u64,
+    /// Unix socket on which `lego run` launches programs [default: DIR/run/NAME.sock of --state]
+    #[arg(long, value_name = "PATH")]
+    pub launch_socket: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -124,9 +127,18 @@ pub fn monitor(args: MonitorArgs) -> Result<()> {
 
 pub fn processor(args: ProcessorArgs) -> Result<()> {
     let component = component_config(Role::Processor, &args.join)?;
+    let launch_socket = args.launch_socket.clone().unwrap_or_else(|| {
+        args.join
+            .state
+            .dir()
+            .root
+            .join("run")
+            .join(format!("{}.sock", component.name))
+    });
     let _processor = ProcessorManager::start(ProcessorConfig {
         component,
         excache: args.excache,
+        launch_socket,
     })
     .context("cannot start the processor manager")?;
     serve_forever()

@@ -173,6 +173,52 @@ impl Membership {
         }
     }
 
+    /// Chooses where a new process runs: the named processor (or the live
+    /// one running fewest processes) and, as its home, the live memory
+    /// manager with the most uncommitted memory.
+    fn place(&self, wanted: Option<&str>) -> Message {
+        self.detect_failures();
+        let members = self.members();
+        let alive = |m: &&Member| m.health == Health::Alive;
+        let processor = match wanted {
+            Some(name) => match members.get(name) {
+                Some(m) if m.registration.role == Role::Processor && m.health == Health::Alive => Some(m),
+                Some(m) if m.registration.role == Role::Processor => {
+                    return Message::error(ErrorCode::BadRequest, format!("processor {name} is dead"))
+                }
+                _ => return Message::error(ErrorCode::BadRequest, format!("no processor named {name}")),
+            },
+            None => members
+                .values()
+                .filter(alive)
+                .filter(|m| m.registration.role == Role::Processor)
+                .min_by_key(|m| match &m.load {
+                    Load::Processor { processes, .. } => processes.len(),
+                    _ => usize::MAX,
+                }),
+        };
+        let Some(processor) = processor else {
+            return Message::error(ErrorCode::BadRequest, "no live processor in the cluster");
+        };
+        let memory = members
+            .values()
+            .filter(alive)
+            .filter(|m| m.registration.role == Role::Memory)
+            .max_by_key(|m| match &m.load {
+                Load::Memory {
+                    capacity, committed, ..
+                } => capacity.saturating_sub(*committed),
+                _ => 0,
+            });
+        let Some(memory) = memory else {
+            return Message::error(ErrorCode::BadRequest, "no live memory manager in the cluster");
+        };
+        Message::Placement {
+            processor: processor.registration.clone(),
+            memory: memory.registration.clone(),
+        }
+    }
+
     pub fn view(&self) -> ClusterView {
         self.detect_failures();
         let now = Instant::now();
@@ -231,6 +277,7 @@ impl Service for Membership {
             Message::Register(registration) => self.register(peer, registration),
             Message::Heartbeat { name, load } => self.heartbeat(peer, &name, load),
             Message::GetClusterView => Message::ClusterView(self.view()),
+            Message::PlaceProcess { processor } => self.place(processor.as_deref()),
             other => Message::error(
                 ErrorCode::Unsupported,
                 format!("the monitor does not serve {}", other.kind()),

@@ -1,28 +1,104 @@
 //! The processor manager (LegoOS's pComponent).
 //!
-//! It will start one runtime per application process and account the
-//! ExCache those runtimes hold. So far it joins the cluster and reports its
-//! cores and ExCache quota; running programs arrives with the
-//! disaggregated-memory issue.
+//! It starts one runtime ([`lego_runtime`]) per application process,
+//! handing it the program's stdio and the address of its home memory
+//! manager ([`launch`], [`spawn`]); reports the processes it runs to the
+//! monitor in its heartbeat; and tells the memory manager to free a
+//! process's memory when its runtime ends, however it ended.
+//!
+//! Must not: hold application memory (that is the memory managers'), or
+//! outlive its runtimes (they die with it).
+
+mod launch;
+mod spawn;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
-use lego_proto::{ErrorCode, Frame, Load, Message, Role};
-use lego_transport::{PeerInfo, Reply, Service};
+use lego_proto::{ErrorCode, Frame, Load, Message, ProcessId, ProcessInfo, Role};
+use lego_transport::{Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Service};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tracing::warn;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
     pub component: ComponentConfig,
-    /// ExCache quota granted to runtimes on this processor, in bytes.
+    /// ExCache quota a process gets unless `lego run` asks otherwise.
     pub excache: u64,
+    /// Where to serve the launch socket.
+    pub launch_socket: PathBuf,
 }
 
-struct Processor {
+pub struct Processor {
+    name: String,
+    secret: ClusterSecret,
     cores: u32,
     excache_quota: u64,
-    excache_used: AtomicU64,
+    processes: Mutex<HashMap<ProcessId, ProcessInfo>>,
+    memory_clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
+}
+
+impl Processor {
+    fn new_pid(&self) -> ProcessId {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            // Still unique enough for one processor: time and a counter.
+            bytes = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64))
+            .to_ne_bytes();
+        }
+        u64::from_ne_bytes(bytes) >> 1
+    }
+
+    fn track(&self, info: ProcessInfo) {
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.pid, info);
+    }
+
+    fn untrack(&self, pid: ProcessId) {
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+    }
+
+    /// Tells the memory manager at `memory` to free `pid`'s memory.
+    fn release(&self, memory: SocketAddr, pid: ProcessId) {
+        let client = {
+            let mut clients = self.memory_clients.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(clients.entry(memory).or_insert_with(|| {
+                Arc::new(Client::new(
+                    memory,
+                    ClientConfig::new(self.secret.clone(), Identity::new(Role::Processor, self.name.clone())),
+                ))
+            }))
+        };
+        match client.call(&Message::ReleaseProcess { pid }, &[]) {
+            Ok(reply) if reply.message == Message::Released => {}
+            Ok(reply) => warn!("memory manager at {memory} answered ReleaseProcess with {}", reply.message.kind()),
+            Err(e) => warn!("cannot release process {pid:x} on {memory}: {e}"),
+        }
+    }
+
+    fn load(&self) -> Load {
+        let processes: Vec<ProcessInfo> = self
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        Load::Processor {
+            cores: self.cores,
+            excache_quota: self.excache_quota,
+            excache_used: processes.iter().map(|p| p.excache_quota).sum(),
+            processes,
+        }
+    }
 }
 
 impl Service for Processor {
@@ -30,7 +106,7 @@ impl Service for Processor {
         Message::error(
             ErrorCode::Unsupported,
             format!(
-                "the processor manager does not serve {} yet",
+                "the processor manager serves {} on its launch socket only",
                 request.message.kind()
             ),
         )
@@ -44,22 +120,20 @@ pub struct ProcessorManager {
 }
 
 impl ProcessorManager {
-    pub fn start(config: ProcessorConfig) -> std::io::Result<ProcessorManager> {
+    pub fn start(mut config: ProcessorConfig) -> std::io::Result<ProcessorManager> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let processor = Arc::new(Processor {
+            name: config.component.name.clone(),
+            secret: config.component.secret.clone(),
             cores,
             excache_quota: config.excache,
-            excache_used: AtomicU64::new(0),
+            processes: Mutex::new(HashMap::new()),
+            memory_clients: Mutex::new(HashMap::new()),
         });
+        launch::serve(&config.launch_socket, Arc::clone(&processor))?;
+        config.component.unix_socket = Some(config.launch_socket.display().to_string());
         let reporter = Arc::clone(&processor);
-        let joined = join_cluster(Role::Processor, config.component, processor, move || {
-            Load::Processor {
-                cores: reporter.cores,
-                excache_quota: reporter.excache_quota,
-                excache_used: reporter.excache_used.load(Ordering::Relaxed),
-                processes: Vec::new(),
-            }
-        })?;
+        let joined = join_cluster(Role::Processor, config.component, processor, move || reporter.load())?;
         Ok(ProcessorManager { joined })
     }
 

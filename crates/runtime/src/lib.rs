@@ -176,6 +176,7 @@ fn default_fault_signals() {
 /// The runtime's entry point: reads its spec, loads the program and runs
 /// it. Never returns; every failure ends the process through [`fatal`].
 pub fn main() -> ! {
+    init_logging();
     let spec = match read_spec() {
         Ok(spec) => spec,
         Err(e) => fatal(&e),
@@ -260,6 +261,22 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.
     unsafe { sud::enter_application(ctl, image.entry, sp) }
+}
+
+/// Logs go to [`LOG_FD`] (the processor's log), never to stderr, which is
+/// the application's.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    // Safety: LOG_FD was handed to us for logging; the File owns it from
+    // here on and lives as long as the subscriber (the whole process).
+    let log = unsafe { std::fs::File::from_raw_fd(LOG_FD) };
+    let filter = EnvFilter::try_from_env("LEGO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(log))
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
 }
 
 fn getrandom_fill(buf: &mut [u8]) {

@@ -1,0 +1,255 @@
+//! `lego run`: runs a program on the cluster with the user's stdin, stdout
+//! and stderr, and exits as the program exited (128 + N for death by
+//! signal N, as a shell reports it). With no cluster running, it starts an
+//! embedded one for the duration of the run.
+
+use crate::cluster::{self, monitor_client, UpArgs};
+use crate::state::StateDir;
+use crate::units::{format_size, parse_size};
+use crate::StateArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use lego_proto::{ExcacheStats, ExitReport, FrameLimits, LaunchSpec, Message, Registration, Role};
+use lego_transport::fdpass::send_fds;
+use lego_transport::{handshake, write_frame, ClusterSecret, FrameReader, Identity};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// ExCache quota for the program (e.g. 32M) [default: the processor's]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub excache: Option<u64>,
+    /// Run on this processor (as `lego status` names it)
+    #[arg(long, value_name = "ID")]
+    pub processor: Option<String>,
+    /// Print the ExCache counters when the program ends
+    #[arg(long)]
+    pub stats: bool,
+    /// The program and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    pub command: Vec<OsString>,
+}
+
+/// A failure before the program ran, with the status a shell would give.
+struct NotRun {
+    status: u8,
+    message: String,
+}
+
+/// Finds the program as execvp would: a name with a slash is a path, any
+/// other name is looked up in PATH. Errors read like a shell's.
+fn resolve(program: &OsString) -> Result<PathBuf, NotRun> {
+    let name = Path::new(program);
+    let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
+        vec![name.to_path_buf()]
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path).map(|dir| dir.join(name)).collect()
+    };
+    let mut denied = None;
+    for candidate in &candidates {
+        let Ok(meta) = std::fs::metadata(candidate) else { continue };
+        if meta.is_dir() {
+            denied.get_or_insert((candidate.clone(), "Is a directory"));
+            continue;
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            denied.get_or_insert((candidate.clone(), "Permission denied"));
+            continue;
+        }
+        return std::path::absolute(candidate).map_err(|e| NotRun {
+            status: 126,
+            message: format!("{}: {e}", candidate.display()),
+        });
+    }
+    Err(match denied {
+        Some((path, why)) => NotRun {
+            status: 126,
+            message: format!("{}: {why}", path.display()),
+        },
+        None if candidates.len() == 1 => NotRun {
+            status: 127,
+            message: format!("{}: No such file or directory", name.display()),
+        },
+        None => NotRun {
+            status: 127,
+            message: format!("{}: command not found", name.display()),
+        },
+    })
+}
+
+/// A cluster `lego run` started itself; stopped and removed on drop.
+struct Embedded {
+    dir: StateDir,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = cluster::down(StateArgs {
+            state: Some(self.dir.root.clone()),
+        });
+        let _ = std::fs::remove_dir_all(&self.dir.root);
+    }
+}
+
+/// The cluster to run on: the one in the state directory if it is up,
+/// else a new embedded one.
+fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
+    let dir = args.state.dir();
+    if let Some(record) = dir.load()? {
+        if record.running().next().is_some() {
+            return Ok((dir, None));
+        }
+    }
+    let root = std::env::temp_dir().join(format!("lego-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let embedded = Embedded {
+        dir: StateDir::new(root.clone()),
+    };
+    let up = UpArgs {
+        state: StateArgs { state: Some(root) },
+        processors: 1,
+        memories: 1,
+        storages: 1,
+        memory_capacity: parse_size("8G").map_err(|e| anyhow!(e))?,
+        excache: args.excache.unwrap_or(512 << 20),
+        export: PathBuf::from("/"),
+        heartbeat_interval: Duration::from_secs(1),
+        dead_after: None,
+        timeout: Duration::from_secs(30),
+        quiet: true,
+    };
+    cluster::up(up).context("cannot start an embedded cluster")?;
+    Ok((embedded.dir.clone(), Some(embedded)))
+}
+
+fn place(dir: &StateDir, wanted: Option<String>) -> Result<(Registration, Registration)> {
+    let record = dir.require()?;
+    let client = monitor_client(dir, record.monitor)?;
+    let reply = client
+        .call(&Message::PlaceProcess { processor: wanted }, &[])
+        .with_context(|| format!("cannot reach the monitor at {}", record.monitor))?;
+    match reply.message {
+        Message::Placement { processor, memory } => Ok((processor, memory)),
+        Message::Error(e) => bail!("the monitor cannot place the program: {}", e.message),
+        other => bail!("the monitor answered PlaceProcess with {}", other.kind()),
+    }
+}
+
+/// Starts the program on `processor` and waits for it to end.
+fn launch(secret: &ClusterSecret, processor: &Registration, spec: LaunchSpec) -> Result<ExitReport> {
+    let socket = processor
+        .unix_socket
+        .as_deref()
+        .with_context(|| format!("processor {} has no launch socket", processor.name))?;
+    let path = Path::new(socket);
+    let mut stream = UnixStream::connect(path)
+        .with_context(|| format!("cannot reach processor {} at {socket}", processor.name))?;
+    let mut reader = FrameReader::new(stream.try_clone()?, FrameLimits::HANDSHAKE);
+    handshake::client(
+        &mut stream,
+        &mut reader,
+        &path.into(),
+        secret,
+        &Identity::new(Role::Client, "lego-run"),
+        Duration::from_secs(5),
+    )?;
+    send_fds(&stream, &[0, 1, 2]).context("cannot hand the terminal to the processor")?;
+    write_frame(&mut stream, 1, &Message::Launch(spec), &[])?;
+    let gone = |e| anyhow!("lost processor {} at {socket}: {e}", processor.name);
+    let pid = match reader.read_frame().map_err(gone)?.message {
+        Message::Launched { pid, .. } => pid,
+        Message::Error(e) => bail!("processor {} cannot start the program: {}", processor.name, e.message),
+        other => bail!("processor {} answered Launch with {}", processor.name, other.kind()),
+    };
+    write_frame(&mut stream, 2, &Message::WaitProcess { pid }, &[])?;
+    match reader.read_frame().map_err(gone)?.message {
+        Message::Exited(report) => Ok(report),
+        other => bail!("processor {} answered WaitProcess with {}", processor.name, other.kind()),
+    }
+}
+
+fn print_stats(stats: &ExcacheStats) {
+    let percentile = |q: f64| -> String {
+        let total: u64 = stats.miss_latency_log2_ns.iter().sum();
+        if total == 0 {
+            return "-".into();
+        }
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (bucket, count) in stats.miss_latency_log2_ns.iter().enumerate() {
+            seen += count;
+            if seen >= target {
+                return format!("<{:.1}us", (1u64 << (bucket + 1)) as f64 / 1000.0);
+            }
+        }
+        "-".into()
+    };
+    eprintln!(
+        "lego: ExCache {quota}: {misses} misses, {zero} zero-fills, {evictions} evictions, \
+         {wb} pages written back in {batches} batches; fetched {fetched}, written back {written}; \
+         peak resident {peak}; miss latency p50 {p50}, p99 {p99}",
+        quota = format_size(stats.quota_bytes),
+        misses = stats.misses,
+        zero = stats.zero_fills,
+        evictions = stats.evictions,
+        wb = stats.writebacks,
+        batches = stats.writeback_batches,
+        fetched = format_size(stats.bytes_fetched),
+        written = format_size(stats.bytes_written_back),
+        peak = format_size(stats.peak_resident_bytes),
+        p50 = percentile(0.5),
+        p99 = percentile(0.99),
+    );
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let program = match resolve(&args.command[0]) {
+        Ok(path) => path,
+        Err(NotRun { status, message }) => {
+            eprintln!("lego: {message}");
+            return Ok(ExitCode::from(status));
+        }
+    };
+    let (dir, _embedded) = cluster(&args)?;
+    let (processor, memory) = place(&dir, args.processor.clone())?;
+    let secret = ClusterSecret::load(&dir.secret())?;
+    let excache = args.excache.unwrap_or(match processor.load {
+        lego_proto::Load::Processor { excache_quota, .. } => excache_quota,
+        _ => 512 << 20,
+    });
+    let spec = LaunchSpec {
+        program: program.into_os_string().into_vec(),
+        argv: args.command.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        envp: std::env::vars_os()
+            .map(|(k, v)| {
+                let mut entry = k.into_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(v.as_bytes());
+                entry
+            })
+            .collect(),
+        cwd: std::env::current_dir()?.into_os_string().into_vec(),
+        excache,
+        memory: memory.addr,
+        memory_name: memory.name.clone(),
+    };
+    let report = launch(&secret, &processor, spec)?;
+    if args.stats {
+        if let Some(stats) = &report.stats {
+            print_stats(stats);
+        }
+    }
+    if let Some(error) = &report.error {
+        eprintln!("lego: error: {error}");
+    }
+    Ok(ExitCode::from(report.status.shell_code() as u8))
+}

@@ -1,0 +1,179 @@
+//! The launch socket: a Unix socket on which `lego run` asks this
+//! processor to start a program, hands over the program's stdin, stdout
+//! and stderr, and waits for the program to end.
+//!
+//! One connection per process:
+//! ```text
+//! handshake; descriptors 0-2 (SCM_RIGHTS); Launch → Launched;
+//! WaitProcess → Exited (when it ends)
+//! ```
+//! If the connection drops before the program ends (the user's `lego run`
+//! died), the program is killed: nobody could see its output or status.
+
+use crate::spawn;
+use crate::Processor;
+use lego_proto::{
+    ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, MAX_ARGS,
+    MAX_ARGS_BYTES,
+};
+use lego_runtime::RuntimeSpec;
+use lego_transport::fdpass::recv_fds;
+use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer, ReadError};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Serves the launch socket at `path` (replacing a stale socket file).
+pub fn serve(path: &Path, processor: Arc<Processor>) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let peer: Peer = path.into();
+    thread::Builder::new().name("launch".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let processor = Arc::clone(&processor);
+            let peer = peer.clone();
+            let _ = thread::Builder::new()
+                .name("launch conn".into())
+                .spawn(move || {
+                    if let Err(e) = serve_connection(stream, &peer, &processor) {
+                        warn!("launch connection: {e}");
+                    }
+                });
+        }
+    })?;
+    Ok(())
+}
+
+fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
+    let count = spec.argv.len() + spec.envp.len();
+    let bytes: usize = spec.argv.iter().chain(&spec.envp).map(|s| s.len() + 1).sum();
+    if count > MAX_ARGS || bytes > MAX_ARGS_BYTES {
+        return Err(format!(
+            "{count} arguments and environment entries of {bytes} bytes are over the limits ({MAX_ARGS}, {MAX_ARGS_BYTES})"
+        ));
+    }
+    if spec.program.is_empty() || spec.program.contains(&0) {
+        return Err("the program path is empty or contains NUL".into());
+    }
+    if spec.argv.iter().chain(&spec.envp).any(|s| s.contains(&0)) {
+        return Err("an argument or environment entry contains NUL".into());
+    }
+    Ok(())
+}
+
+fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), String> {
+    write_frame(stream, id, &message, &[]).map_err(|e| format!("cannot reply to lego run: {e}"))
+}
+
+fn serve_connection(stream: UnixStream, peer: &Peer, processor: &Arc<Processor>) -> Result<(), String> {
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new(stream.try_clone().map_err(|e| e.to_string())?, FrameLimits::HANDSHAKE);
+    let me = Identity::new(Role::Processor, processor.name.clone());
+    let client = handshake::server(&mut writer, &mut reader, peer, &processor.secret, &me, Duration::from_secs(5))
+        .map_err(|e| format!("refused: {e}"))?;
+    let fds = recv_fds(&stream).map_err(|e| format!("receiving stdio from {}: {e}", client.name))?;
+    let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+        return Err(format!("{} sent the wrong number of descriptors (want stdin, stdout, stderr)", client.name));
+    };
+    let frame = reader.read_frame().map_err(|e| format!("reading the launch request: {e}"))?;
+    let Message::Launch(spec) = frame.message else {
+        reply(&mut writer, frame.id, Message::error(ErrorCode::BadRequest, "expected Launch"))?;
+        return Err(format!("expected Launch, got {}", frame.message.kind()));
+    };
+    if let Err(why) = check_spec(&spec) {
+        return reply(&mut writer, frame.id, Message::error(ErrorCode::BadRequest, why));
+    }
+    let pid = processor.new_pid();
+    let command = spec
+        .argv
+        .iter()
+        .map(|a| String::from_utf8_lossy(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let runtime_spec = RuntimeSpec {
+        pid,
+        program: spec.program.clone(),
+        argv: spec.argv.clone(),
+        envp: spec.envp.clone(),
+        excache: spec.excache,
+        memory: spec.memory,
+        memory_name: spec.memory_name.clone(),
+        secret_hex: processor.secret.to_hex(),
+    };
+    let runtime = match spawn::spawn(&runtime_spec, stdio) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return reply(
+                &mut writer,
+                frame.id,
+                Message::error(ErrorCode::Internal, format!("cannot start a runtime: {e}")),
+            )
+        }
+    };
+    let host_pid = runtime.host_pid();
+    info!("started process {pid:x} (runtime pid {host_pid}, home {}): {command}", spec.memory_name);
+    processor.track(ProcessInfo {
+        pid,
+        host_pid,
+        command: command.chars().take(256).collect(),
+        home_memory: spec.memory_name.clone(),
+        excache_quota: spec.excache,
+    });
+    reply(&mut writer, frame.id, Message::Launched { pid, host_pid })?;
+
+    // The waiter reports the end to whoever asked (if anyone still listens).
+    let (asked_tx, asked_rx) = mpsc::channel::<u64>();
+    let waiter = {
+        let processor = Arc::clone(processor);
+        let memory = spec.memory;
+        let mut writer = writer.try_clone().map_err(|e| e.to_string())?;
+        thread::Builder::new()
+            .name(format!("wait {pid:x}"))
+            .spawn(move || {
+                let report: ExitReport = runtime.wait();
+                info!("process {pid:x} ended: {:?}{}", report.status, report.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
+                processor.untrack(pid);
+                processor.release(memory, pid);
+                if let Ok(id) = asked_rx.recv() {
+                    let _ = write_frame(&mut writer, id, &Message::Exited(report), &[]);
+                }
+            })
+            .map_err(|e| e.to_string())?
+    };
+    reader.set_limits(FrameLimits::DEFAULT);
+    loop {
+        match reader.read_frame() {
+            Ok(frame) => match frame.message {
+                Message::WaitProcess { pid: wanted } if wanted == pid => {
+                    let _ = asked_tx.send(frame.id);
+                }
+                other => reply(
+                    &mut writer,
+                    frame.id,
+                    Message::error(ErrorCode::BadRequest, format!("unexpected {}", other.kind())),
+                )?,
+            },
+            Err(ReadError::Closed) | Err(_) => break,
+        }
+    }
+    // lego run went away: if the program still runs, nobody can see it.
+    if !waiter.is_finished() {
+        warn!("lego run for process {pid:x} disconnected; killing runtime pid {host_pid}");
+        // Safety: kill(2) with plain integers; the pid is our own child,
+        // not yet reaped (the waiter has not finished), so it is not recycled.
+        unsafe { libc::kill(host_pid as i32, libc::SIGKILL) };
+    }
+    let _ = waiter.join();
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Starting a runtime process for an application and collecting its end.
+
+use lego_proto::{ExitReport, ExitStatus, ProcessId};
+use lego_runtime::{RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, SPEC_FD};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+
+/// A running runtime.
+pub struct RuntimeProcess {
+    pub pid: ProcessId,
+    pub child: Child,
+    report: File,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // Safety: pipe2 writes two new descriptors into `fds`, owned by us.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: both were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Duplicates `fd` to a number of at least 10, so the child's dup2 to 3-5
+/// never overwrites a source it has yet to copy.
+fn high_dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // Safety: F_DUPFD_CLOEXEC returns a new descriptor owned by us.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: just created.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Starts `lego runtime` with the program's stdio, its spec on fd 3, a
+/// report pipe on fd 4 and the processor's log on fd 5. The runtime dies
+/// with the processor (PR_SET_PDEATHSIG): its process cannot outlive the
+/// component that owns it.
+pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProcess> {
+    let exe = std::env::current_exe()?;
+    let (spec_r, spec_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let spec_src = high_dup(spec_r.as_raw_fd())?;
+    let report_src = high_dup(report_w.as_raw_fd())?;
+    let log_src = high_dup(2)?;
+    let sources = [
+        (spec_src.as_raw_fd(), SPEC_FD),
+        (report_src.as_raw_fd(), REPORT_FD),
+        (log_src.as_raw_fd(), LOG_FD),
+    ];
+    let [stdin, stdout, stderr] = stdio;
+    let mut command = Command::new(exe);
+    command
+        .arg("runtime")
+        .env_clear()
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    if let Some(level) = std::env::var_os("LEGO_LOG") {
+        command.env("LEGO_LOG", level);
+    }
+    // Safety: between fork and exec the closure only calls async-signal-safe
+    // functions (dup2, prctl, getppid) on descriptors that exist.
+    unsafe {
+        let parent = libc::getpid();
+        command.pre_exec(move || {
+            for (src, dst) in sources {
+                if libc::dup2(src, dst) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The processor may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("the processor exited"));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop((spec_r, report_w, spec_src, report_src, log_src));
+    let bytes = postcard::to_stdvec(spec).map_err(io::Error::other)?;
+    let mut spec_w = File::from(spec_w);
+    // The runtime reads the spec to EOF first thing; a failure here means
+    // it already died, which `wait` reports.
+    let _ = spec_w.write_all(&bytes);
+    drop(spec_w);
+    Ok(RuntimeProcess {
+        pid: spec.pid,
+        child,
+        report: File::from(report_r),
+    })
+}
+
+impl RuntimeProcess {
+    pub fn host_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the runtime to end and collects its report.
+    pub fn wait(mut self) -> ExitReport {
+        let status = match self.child.wait() {
+            Ok(status) => status,
+            Err(e) => {
+                return ExitReport {
+                    pid: self.pid,
+                    status: ExitStatus::Code(lego_runtime::RUNTIME_FAILURE_EXIT),
+                    error: Some(format!("cannot wait for the runtime: {e}")),
+                    stats: None,
+                }
+            }
+        };
+        let mut bytes = Vec::new();
+        let _ = self.report.read_to_end(&mut bytes);
+        let report: Option<RuntimeReport> = postcard::from_bytes(&bytes).ok();
+        let status = match (status.code(), status.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            (None, None) => ExitStatus::Code(lego_runtime::RUNTIME_FAILURE_EXIT),
+        };
+        let error = report.as_ref().and_then(|r| r.error.clone()).or_else(|| {
+            (status == ExitStatus::Code(lego_runtime::RUNTIME_FAILURE_EXIT) && report.is_none())
+                .then(|| "the runtime ended without a report".to_string())
+        });
+        ExitReport {
+            pid: self.pid,
+            status,
+            error,
+            stats: report.map(|r| r.stats),
+        }
+    }
+}
