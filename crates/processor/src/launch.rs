@@ -144,10 +144,12 @@ fn serve_connection(stream: UnixStream, peer: &Peer, processor: &Arc<Processor>)
                 let report: ExitReport = runtime.wait();
                 info!("process {pid:x} ended: {:?}{}", report.status, report.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
                 processor.untrack(pid);
-                processor.release(memory, pid);
+                // Answer first: releasing may wait on a memory manager
+                // that is gone, and the user should not wait for that.
                 if let Ok(id) = asked_rx.recv() {
                     let _ = write_frame(&mut writer, id, &Message::Exited(report), &[]);
                 }
+                processor.release(memory, pid);
             })
             .map_err(|e| e.to_string())?
     };

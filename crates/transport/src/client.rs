@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How long a caller polls for its reply before sleeping: long enough to
+/// cover a loopback round trip, short enough not to matter when idle.
+const REPLY_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Requests that may be in flight on one connection at once.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
@@ -195,7 +199,7 @@ impl Connection {
                 let _ = reader
                     .get_ref()
                     .set_read_timeout(Some(remaining.max(Duration::from_millis(1))));
-                reader.read_frame()
+                reader.read_frame_spinning(REPLY_SPIN)
             };
             mailbox = lock(&self.mailbox);
             mailbox.reader_busy = false;

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Connections served at once; more are closed on arrival.
     pub max_connections: usize,
+    /// How long a connection polls for its next request before sleeping
+    /// (see `FrameReader::read_frame_spinning`).
+    pub spin: Duration,
 }
 
 impl ServerConfig {
@@ -64,6 +67,7 @@ impl ServerConfig {
             identity,
             handshake_timeout: Duration::from_secs(5),
             max_connections: 512,
+            spin: Duration::from_micros(50),
         }
     }
 }
@@ -182,7 +186,7 @@ fn serve_connection(mut stream: TcpStream, addr: SocketAddr, shared: &Shared) {
     debug!(peer = %addr, role = %identity.role, name = %identity.name, "connection authenticated");
     let peer = PeerInfo { addr, identity };
     loop {
-        let frame = match reader.read_frame() {
+        let frame = match reader.read_frame_spinning(shared.config.spin) {
             Ok(frame) => frame,
             Err(ReadError::Closed) => {
                 debug!(peer = %addr, name = %peer.identity.name, "peer disconnected");
