@@ -16,32 +16,12 @@ use lego_proto::{RangeChange, RangeState, USER_END, USER_MIN};
 
 pub const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
 pub const MAP_PRIVATE: u32 = libc::MAP_PRIVATE as u32;
-pub const MAP_SHARED_VALIDATE: u32 = libc::MAP_SHARED_VALIDATE as u32;
 const MAP_TYPE: u32 = 0x0f;
 pub const MAP_FIXED: u32 = libc::MAP_FIXED as u32;
 pub const MAP_ANONYMOUS: u32 = libc::MAP_ANONYMOUS as u32;
 pub const MAP_32BIT: u32 = libc::MAP_32BIT as u32;
 pub const MAP_GROWSDOWN: u32 = libc::MAP_GROWSDOWN as u32;
 pub const MAP_FIXED_NOREPLACE: u32 = libc::MAP_FIXED_NOREPLACE as u32;
-
-/// Flags `MAP_SHARED_VALIDATE` accepts; any other bit is `EOPNOTSUPP`
-/// (`MAP_PRIVATE` and `MAP_SHARED` ignore unknown bits, as Linux does).
-const KNOWN_FLAGS: u32 = MAP_TYPE
-    | MAP_FIXED
-    | MAP_ANONYMOUS
-    | MAP_32BIT
-    | MAP_GROWSDOWN
-    | MAP_FIXED_NOREPLACE
-    | libc::MAP_DENYWRITE as u32
-    | libc::MAP_EXECUTABLE as u32
-    | libc::MAP_LOCKED as u32
-    | libc::MAP_NORESERVE as u32
-    | libc::MAP_POPULATE as u32
-    | libc::MAP_NONBLOCK as u32
-    | libc::MAP_STACK as u32
-    | libc::MAP_HUGETLB as u32
-    | 0x0400_0000 // MAP_UNINITIALIZED
-    | 0x3f << 26; // MAP_HUGE_SHIFT size bits
 
 /// Most VMAs one address space may have (Linux's default
 /// `vm.max_map_count`). A call that could exceed it fails with `ENOMEM`.
@@ -64,17 +44,17 @@ impl AddressSpace {
         if len == 0 {
             return Outcome::err(Errno::EINVAL);
         }
+        // Linux accepts MAP_SHARED_VALIDATE for files only (it validates
+        // the flags against the file's operations): anonymous memory gets
+        // EINVAL, as any other type.
         let kind = flags & MAP_TYPE;
-        if ![MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE].contains(&kind) {
+        if kind != MAP_SHARED && kind != MAP_PRIVATE {
             return Outcome::err(Errno::EINVAL);
         }
         if prot & !PROT_ALL != 0 {
             return Outcome::err(Errno::EINVAL);
         }
-        if kind == MAP_SHARED_VALIDATE && flags & !KNOWN_FLAGS != 0 {
-            return Outcome::err(Errno::EOPNOTSUPP);
-        }
-        if kind != MAP_PRIVATE && flags & MAP_GROWSDOWN != 0 {
+        if kind == MAP_SHARED && flags & MAP_GROWSDOWN != 0 {
             return Outcome::err(Errno::EINVAL);
         }
         if flags & MAP_ANONYMOUS == 0 {

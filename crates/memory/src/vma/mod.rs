@@ -77,7 +77,6 @@ impl Errno {
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const ENODEV: Errno = Errno(libc::ENODEV);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
 }
 
 /// What an address-space call did.
@@ -323,6 +322,9 @@ impl AddressSpace {
     /// Removes everything in `[start, end)` from the tree (no accounting,
     /// no pages) and returns the removed pieces.
     fn cut(&mut self, start: u64, end: u64) -> Vec<Vma> {
+        if start >= end {
+            return Vec::new();
+        }
         self.split_at(start);
         self.split_at(end);
         let removed = self.overlapping(start, end);
@@ -488,34 +490,48 @@ impl AddressSpace {
             .or_else(|| self.gap_bottom_up(len, MMAP_BASE, USER_END))
     }
 
-    /// Checks the invariants (tests and debug builds).
-    pub fn check_invariants(&self) {
-        let mut prev_end = USER_MIN;
+    /// Checks the invariants; the error names the first one broken (for
+    /// tests).
+    pub fn check_invariants(&self) -> Result<(), String> {
         let mut prev: Option<Vma> = None;
         let mut accounted = 0;
         for (&key, v) in &self.vmas {
-            assert_eq!(key, v.start);
-            assert!(v.start < v.end, "empty vma {v:?}");
-            assert!(is_aligned(v.start) && is_aligned(v.end), "unaligned {v:?}");
-            assert!(v.start >= prev_end && v.end <= USER_END, "overlap {v:?}");
-            if let Some(p) = prev {
-                assert!(
-                    !(p.end == v.start && p.same_attributes(v)),
-                    "unmerged {p:?} {v:?}"
-                );
+            let broken = if key != v.start {
+                "keyed by another address"
+            } else if v.start >= v.end {
+                "empty"
+            } else if !is_aligned(v.start) || !is_aligned(v.end) {
+                "unaligned"
+            } else if v.start < USER_MIN || v.end > USER_END {
+                "outside the user range"
+            } else if prev.is_some_and(|p| p.end > v.start) {
+                "overlapping its predecessor"
+            } else if prev.is_some_and(|p| p.end == v.start && p.same_attributes(v)) {
+                "not merged with its equal predecessor"
+            } else {
+                ""
+            };
+            if !broken.is_empty() {
+                return Err(format!("vma {v:x?} is {broken} (predecessor {prev:x?})"));
             }
             if v.accounted {
                 accounted += v.len();
             }
-            prev_end = v.end;
             prev = Some(*v);
         }
-        assert_eq!(accounted, self.committed, "commit charge");
-        for &addr in self.pages.keys() {
-            assert!(
-                self.find(addr).is_some_and(|v| v.accounted),
-                "page {addr:#x} outside an accounted vma"
-            );
+        if accounted != self.committed {
+            return Err(format!(
+                "accounted vmas total {accounted:#x} bytes but the charge is {:#x}",
+                self.committed
+            ));
+        }
+        match self
+            .pages
+            .keys()
+            .find(|&&a| !self.find(a).is_some_and(|v| v.accounted))
+        {
+            Some(addr) => Err(format!("page {addr:#x} is stored outside an accounted vma")),
+            None => Ok(()),
         }
     }
 }
