@@ -151,7 +151,7 @@ fn loads_a_static_pie_at_the_dyn_base() {
     let mut pool = PagePool::new(64 << 20);
     let (_, exec) = load(&image, &mut pool).expect("loads");
     assert_eq!(exec.load_bias, ET_DYN_BASE);
-    assert_eq!(ET_DYN_BASE % PAGE, 0);
+    assert!(lego_memory::vma::is_aligned(ET_DYN_BASE));
     assert_eq!(exec.entry, ET_DYN_BASE + 0x100);
     assert_eq!(exec.phdr, ET_DYN_BASE + 0x40);
     assert_eq!(exec.brk, ET_DYN_BASE + 0x7000);
@@ -298,7 +298,7 @@ fn check_real(image: &[u8], exec: &ExecImage, space: &AddressSpace, pool: &PageP
         contents[offset..offset + table],
         image[phoff..phoff + table]
     );
-    assert!(exec.brk > exec.entry && exec.brk % PAGE == 0);
+    assert!(exec.brk > exec.entry && lego_memory::vma::is_aligned(exec.brk));
     assert!(
         space.find(exec.brk).is_none(),
         "nothing mapped at the break"
