@@ -1,0 +1,464 @@
+//! The memory service, driven through `Service::handle` as a connection
+//! thread would.
+
+use lego_memory::pool::PAGE;
+use lego_memory::service::{MemoryService, MAX_PROCESSES};
+use lego_memory::vma::STACK_SIZE;
+use lego_proto::{
+    ErrorCode, ErrorReply, ExecImage, Frame, Load, MemoryOp, MemoryOpDone, Message, RangeMove,
+    Role, MAX_WRITEBACK_PAGES, PAGE_SIZE,
+};
+use lego_transport::{Identity, PeerInfo, Reply, Service};
+use std::sync::Arc;
+
+mod common;
+use common::*;
+
+const PID: u64 = 0xfeed;
+const RW: u32 = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+const ANON: u32 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+const FIXED: u32 = ANON | libc::MAP_FIXED as u32;
+const AREA: u64 = 0x1000_0000;
+
+fn call(service: &MemoryService, message: Message, payload: Vec<u8>) -> Reply {
+    let peer = PeerInfo {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        identity: Identity::new(Role::Processor, "processor-0"),
+    };
+    service.handle(
+        &peer,
+        Frame {
+            id: 1,
+            message,
+            payload,
+        },
+    )
+}
+
+fn exec(service: &MemoryService, pid: u64) -> ExecImage {
+    match call(service, Message::Exec { pid }, sample(2)).message {
+        Message::ExecLoaded(image) => image,
+        other => panic!("exec failed: {other:?}"),
+    }
+}
+
+fn memory(service: &MemoryService, op: MemoryOp) -> Message {
+    call(service, Message::Memory { pid: PID, op }, Vec::new()).message
+}
+
+fn done(service: &MemoryService, op: MemoryOp) -> MemoryOpDone {
+    match memory(service, op) {
+        Message::MemoryDone(done) => done,
+        other => panic!("expected MemoryDone, got {other:?}"),
+    }
+}
+
+fn bad_request(reply: Reply) -> String {
+    match reply.message {
+        Message::Error(ErrorReply {
+            code: ErrorCode::BadRequest,
+            message,
+        }) => message,
+        other => panic!("expected BadRequest, got {other:?}"),
+    }
+}
+
+fn write_back(service: &MemoryService, addrs: Vec<u64>, fill: u8) -> Reply {
+    let payload = vec![fill; addrs.len() * PAGE_SIZE];
+    call(service, Message::WriteBack { pid: PID, addrs }, payload)
+}
+
+fn fetch(service: &MemoryService, addr: u64) -> Reply {
+    call(service, Message::FetchPage { pid: PID, addr }, Vec::new())
+}
+
+fn used_and_committed(service: &MemoryService) -> (u64, u64) {
+    match service.load() {
+        Load::Memory {
+            used, committed, ..
+        } => (used, committed),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn mmap_fixed(addr: u64, len: u64) -> MemoryOp {
+    MemoryOp::Mmap {
+        addr,
+        len,
+        prot: RW,
+        flags: FIXED,
+    }
+}
+
+#[test]
+fn exec_then_fetch_pages() {
+    let service = MemoryService::new(64 << 20);
+    let image = exec(&service, PID);
+    assert_eq!(image.entry, 0x40_0100);
+    let page = fetch(&service, 0x40_0000);
+    assert_eq!(page.message, Message::Page);
+    assert_eq!(page.payload, sample(2)[..PAGE_SIZE]);
+    assert_eq!(fetch(&service, 0x40_5000).message, Message::ZeroPage, "bss");
+    assert_eq!(
+        fetch(&service, image.stack_top - PAGE).message,
+        Message::ZeroPage
+    );
+    let message = bad_request(fetch(&service, 0x40_2000));
+    assert!(message.contains("page 0x402000 of process 0xfeed") && message.contains("not mapped"));
+    assert!(bad_request(fetch(&service, 0x40_0001)).contains("not page-aligned"));
+    let unknown = call(
+        &service,
+        Message::FetchPage {
+            pid: 7,
+            addr: 0x40_0000,
+        },
+        Vec::new(),
+    );
+    assert!(bad_request(unknown).contains("unknown process 0x7"));
+    assert_eq!(service.processes(), 1);
+}
+
+#[test]
+fn a_bad_image_is_refused_and_the_old_space_kept() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    let mut image = sample(2);
+    image[18] = 40;
+    let message = bad_request(call(&service, Message::Exec { pid: PID }, image));
+    assert_eq!(
+        message,
+        "exec of process 0xfeed: unsupported ELF file: e_machine is 40, expected 62 (x86-64)"
+    );
+    assert_eq!(
+        fetch(&service, 0x40_0000).message,
+        Message::Page,
+        "old space intact"
+    );
+    let empty = bad_request(call(&service, Message::Exec { pid: 1 }, Vec::new()));
+    assert!(
+        empty.contains("0-byte") || empty.contains("0 bytes"),
+        "{empty}"
+    );
+}
+
+#[test]
+fn exec_replaces_and_frees_the_previous_space() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    let after_first = used_and_committed(&service);
+    done(&service, mmap_fixed(AREA, 4 * PAGE));
+    write_back(&service, vec![AREA, AREA + PAGE], 9);
+    exec(&service, PID);
+    assert_eq!(used_and_committed(&service), after_first);
+    assert!(bad_request(fetch(&service, AREA)).contains("not mapped"));
+}
+
+#[test]
+fn an_image_that_does_not_fit_is_an_error_reply() {
+    let service = MemoryService::new(STACK_SIZE);
+    let message = bad_request(call(&service, Message::Exec { pid: PID }, sample(2)));
+    assert!(
+        message.contains("needs") && message.contains("pool"),
+        "{message}"
+    );
+    assert_eq!(used_and_committed(&service), (0, 0));
+}
+
+#[test]
+fn memory_calls_reply_like_syscalls() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    let mapped = done(&service, mmap_fixed(AREA, 2 * PAGE));
+    assert_eq!(mapped.result, AREA);
+    assert_eq!(mapped.changes.len(), 1);
+    let failed = memory(
+        &service,
+        MemoryOp::Munmap {
+            addr: AREA + 1,
+            len: PAGE,
+        },
+    );
+    assert_eq!(
+        failed,
+        Message::MemoryFailed {
+            errno: libc::EINVAL
+        }
+    );
+    // Partial mprotect: the reply must carry the change made before the hole.
+    let partial = done(
+        &service,
+        MemoryOp::Mprotect {
+            addr: AREA,
+            len: 4 * PAGE,
+            prot: libc::PROT_READ as u32,
+        },
+    );
+    assert_eq!(partial.result as i64, -(libc::ENOMEM as i64));
+    assert_eq!(
+        (partial.changes[0].start, partial.changes[0].end),
+        (AREA, AREA + 2 * PAGE)
+    );
+    let brk = done(&service, MemoryOp::Brk { addr: 0 });
+    assert_eq!(brk.result, 0x40_7000);
+    let unknown = call(
+        &service,
+        Message::Memory {
+            pid: 3,
+            op: MemoryOp::Brk { addr: 0 },
+        },
+        Vec::new(),
+    );
+    assert!(bad_request(unknown).contains("unknown process 0x3"));
+}
+
+#[test]
+fn a_mapping_larger_than_the_pool_fails_and_write_backs_fill_it() {
+    let capacity = STACK_SIZE + (16 << 20);
+    let service = MemoryService::new(capacity);
+    exec(&service, PID);
+    let (used, committed) = used_and_committed(&service);
+    assert_eq!(used, 3 * PAGE);
+    let too_big = memory(
+        &service,
+        MemoryOp::Mmap {
+            addr: 0,
+            len: 16 << 20,
+            prot: RW,
+            flags: ANON,
+        },
+    );
+    assert_eq!(
+        too_big,
+        Message::MemoryFailed {
+            errno: libc::ENOMEM
+        }
+    );
+    assert_eq!(
+        used_and_committed(&service),
+        (used, committed),
+        "nothing changed"
+    );
+    let free = capacity - committed;
+    let area = done(
+        &service,
+        MemoryOp::Mmap {
+            addr: 0,
+            len: free,
+            prot: RW,
+            flags: ANON,
+        },
+    )
+    .result;
+    assert_eq!(used_and_committed(&service).1, capacity);
+    // Every page of the mapping can be written back: the pool is full of
+    // data exactly when the commit charge says so.
+    let pages: Vec<u64> = (0..free / PAGE).map(|i| area + i * PAGE).collect();
+    for batch in pages.chunks(1000) {
+        let reply = write_back(&service, batch.to_vec(), 0x5a);
+        assert_eq!(reply.message, Message::WrittenBack);
+    }
+    assert_eq!(used_and_committed(&service), (used + free, capacity));
+    let page = fetch(&service, area + 7 * PAGE);
+    assert_eq!(page.message, Message::Page);
+    assert!(page.payload.iter().all(|&b| b == 0x5a));
+    // Unmapping frees the pages and the charge.
+    done(
+        &service,
+        MemoryOp::Munmap {
+            addr: area,
+            len: free,
+        },
+    );
+    assert_eq!(used_and_committed(&service), (used, committed));
+}
+
+#[test]
+fn write_back_checks_everything_before_storing() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    done(&service, mmap_fixed(AREA, 2 * PAGE));
+    let before = used_and_committed(&service);
+    let short = call(
+        &service,
+        Message::WriteBack {
+            pid: PID,
+            addrs: vec![AREA, AREA + PAGE],
+        },
+        vec![1; PAGE_SIZE],
+    );
+    assert!(bad_request(short).contains("2 addresses need 8192 bytes of payload, got 4096"));
+    for (addr, problem) in [
+        (AREA + 1, "not page-aligned"),
+        (AREA + 2 * PAGE, "is not mapped"),
+    ] {
+        let message = bad_request(write_back(&service, vec![AREA, addr], 1));
+        assert!(
+            message.contains(problem) && message.contains("nothing was stored"),
+            "{message}"
+        );
+    }
+    assert_eq!(used_and_committed(&service), before);
+    assert_eq!(fetch(&service, AREA).message, Message::ZeroPage);
+    // A read-only mapping that was never writable cannot hold dirty pages.
+    done(
+        &service,
+        MemoryOp::Mmap {
+            addr: AREA + 4 * PAGE,
+            len: PAGE,
+            prot: libc::PROT_READ as u32,
+            flags: FIXED,
+        },
+    );
+    assert!(bad_request(write_back(&service, vec![AREA + 4 * PAGE], 1)).contains("never writable"));
+    // Loaded text is charged, so rewriting it is fine.
+    assert_eq!(
+        write_back(&service, vec![0x40_0000], 3).message,
+        Message::WrittenBack
+    );
+    let too_many = vec![AREA; MAX_WRITEBACK_PAGES + 1];
+    let reply = call(
+        &service,
+        Message::WriteBack {
+            pid: PID,
+            addrs: too_many,
+        },
+        Vec::new(),
+    );
+    assert!(bad_request(reply).contains("over the limit"));
+    // An all-zero page reads as zero without taking a pool page.
+    let (used, _) = used_and_committed(&service);
+    assert_eq!(
+        write_back(&service, vec![AREA], 0).message,
+        Message::WrittenBack
+    );
+    assert_eq!(used_and_committed(&service).0, used);
+    assert_eq!(fetch(&service, AREA).message, Message::ZeroPage);
+}
+
+#[test]
+fn mremap_moves_pages_and_madvise_drops_them() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    done(&service, mmap_fixed(AREA, 2 * PAGE));
+    done(&service, mmap_fixed(AREA + 2 * PAGE, PAGE));
+    write_back(&service, vec![AREA, AREA + PAGE], 0x11);
+    let moved = done(
+        &service,
+        MemoryOp::Mremap {
+            old_addr: AREA,
+            old_len: 2 * PAGE,
+            new_len: 4 * PAGE,
+            flags: libc::MREMAP_MAYMOVE as u32,
+            new_addr: 0,
+        },
+    );
+    let to = moved.result;
+    assert_ne!(to, AREA);
+    assert_eq!(
+        moved.moves,
+        vec![RangeMove {
+            from: AREA,
+            to,
+            len: 2 * PAGE
+        }]
+    );
+    assert_eq!(fetch(&service, to + PAGE).payload, vec![0x11; PAGE_SIZE]);
+    assert!(bad_request(fetch(&service, AREA)).contains("not mapped"));
+    let (used, _) = used_and_committed(&service);
+    let dropped = done(
+        &service,
+        MemoryOp::Madvise {
+            addr: to,
+            len: 4 * PAGE,
+            advice: libc::MADV_DONTNEED as u32,
+        },
+    );
+    assert!(dropped.changes.iter().all(|c| c.discard));
+    assert_eq!(fetch(&service, to).message, Message::ZeroPage);
+    assert_eq!(used_and_committed(&service).0, used - 2 * PAGE);
+}
+
+#[test]
+fn release_frees_everything_and_is_idempotent() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    done(&service, mmap_fixed(AREA, PAGE));
+    write_back(&service, vec![AREA], 1);
+    for _ in 0..2 {
+        let reply = call(&service, Message::ReleaseProcess { pid: PID }, Vec::new());
+        assert_eq!(reply.message, Message::Released);
+    }
+    assert_eq!(used_and_committed(&service), (0, 0));
+    assert_eq!(service.processes(), 0);
+    assert!(bad_request(fetch(&service, AREA)).contains("unknown process"));
+}
+
+#[test]
+fn other_requests_are_unsupported() {
+    let service = MemoryService::new(PAGE);
+    let reply = call(&service, Message::GetClusterView, Vec::new());
+    match reply.message {
+        Message::Error(ErrorReply {
+            code: ErrorCode::Unsupported,
+            message,
+        }) => assert!(message.contains("GetClusterView")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_number_of_processes_is_bounded() {
+    let service = MemoryService::new(1 << 40);
+    for pid in 0..MAX_PROCESSES as u64 {
+        exec(&service, pid);
+    }
+    let refused = bad_request(call(&service, Message::Exec { pid: 1 << 32 }, sample(2)));
+    assert!(
+        refused.contains("already holds 4096 processes"),
+        "{refused}"
+    );
+    // Re-exec of a known process is still fine.
+    exec(&service, 5);
+    call(&service, Message::ReleaseProcess { pid: 5 }, Vec::new());
+    exec(&service, 1 << 32);
+}
+
+#[test]
+fn processes_are_served_concurrently() {
+    let service = Arc::new(MemoryService::new(256 << 20));
+    let threads: Vec<_> = (0..4u64)
+        .map(|pid| {
+            let service = Arc::clone(&service);
+            std::thread::spawn(move || {
+                exec(&service, pid);
+                let map = Message::Memory {
+                    pid,
+                    op: mmap_fixed(AREA, 64 * PAGE),
+                };
+                assert!(matches!(
+                    call(&service, map, Vec::new()).message,
+                    Message::MemoryDone(_)
+                ));
+                for round in 0..50u64 {
+                    let addr = AREA + (round % 64) * PAGE;
+                    let fill = (pid * 50 + round) as u8 | 1;
+                    let wb = Message::WriteBack {
+                        pid,
+                        addrs: vec![addr],
+                    };
+                    assert_eq!(
+                        call(&service, wb, vec![fill; PAGE_SIZE]).message,
+                        Message::WrittenBack
+                    );
+                    let page = call(&service, Message::FetchPage { pid, addr }, Vec::new());
+                    assert_eq!(page.payload, vec![fill; PAGE_SIZE]);
+                }
+                call(&service, Message::ReleaseProcess { pid }, Vec::new());
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("worker");
+    }
+    assert_eq!(used_and_committed(&service), (0, 0));
+}
