@@ -8,11 +8,10 @@
 //! `vm.overcommit_memory=2`). `MAP_GROWSDOWN` mappings do not grow.
 
 use super::{
-    coalesce, is_aligned, page_align, AddressSpace, Errno, Outcome, Vma, PROT_ALL, PROT_READ,
-    PROT_WRITE,
+    is_aligned, page_align, AddressSpace, Errno, Outcome, Vma, PROT_ALL, PROT_READ, PROT_WRITE,
 };
 use crate::pool::{PagePool, PAGE};
-use lego_proto::{RangeChange, RangeState, USER_END, USER_MIN};
+use lego_proto::{RangeChange, USER_END, USER_MIN};
 
 pub const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
 pub const MAP_PRIVATE: u32 = libc::MAP_PRIVATE as u32;
@@ -170,15 +169,12 @@ impl AddressSpace {
         self.brk = addr;
         Outcome::ok(
             addr,
-            coalesce([RangeChange {
+            vec![RangeChange {
                 start: old_top,
                 end: new_top,
-                state: RangeState::Mapped {
-                    prot: vma.prot,
-                    populated: false,
-                },
+                state: vma.state(),
                 discard: false,
-            }]),
+            }],
         )
     }
 }

@@ -1,0 +1,350 @@
+//! Unit tests of the address-space rules, one file per family of calls.
+
+use super::mmap::*;
+use super::*;
+
+mod mremap;
+mod protect;
+
+pub(super) const RW: u32 = PROT_READ | PROT_WRITE;
+pub(super) const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
+pub(super) const FIXED: u32 = ANON | MAP_FIXED;
+pub(super) const MIB: u64 = 1 << 20;
+pub(super) const BASE: u64 = 0x1000_0000;
+
+pub(super) fn setup(capacity: u64) -> (AddressSpace, PagePool) {
+    (AddressSpace::new(0x40_0000), PagePool::new(capacity))
+}
+
+pub(super) fn ok(outcome: Outcome) -> (u64, Vec<RangeChange>) {
+    match outcome.result {
+        Ok(v) => (v, outcome.changes),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+}
+
+pub(super) fn errno(outcome: Outcome) -> i32 {
+    match outcome.result {
+        Err(e) => e.0,
+        Ok(v) => panic!("unexpected success {v:#x}"),
+    }
+}
+
+pub(super) fn write(space: &mut AddressSpace, pool: &mut PagePool, addr: u64, byte: u8) {
+    assert!(space.store_page(pool, addr, &[byte; PAGE as usize]));
+}
+
+pub(super) fn byte_at(space: &AddressSpace, pool: &PagePool, addr: u64) -> Option<u8> {
+    space.page(addr).map(|id| pool.get(id)[0])
+}
+
+/// (start, end, prot) of every VMA.
+pub(super) fn layout(space: &AddressSpace) -> Vec<(u64, u64, u32)> {
+    space.check_invariants().unwrap();
+    space.vmas().map(|v| (v.start, v.end, v.prot)).collect()
+}
+
+pub(super) fn mapped(start: u64, end: u64, prot: u32, discard: bool) -> RangeChange {
+    RangeChange {
+        start,
+        end,
+        state: RangeState::Mapped {
+            prot,
+            populated: false,
+        },
+        discard,
+    }
+}
+
+pub(super) fn unmapped(start: u64, end: u64, discard: bool) -> RangeChange {
+    RangeChange {
+        start,
+        end,
+        state: RangeState::Unmapped,
+        discard,
+    }
+}
+
+// --- mmap ---
+
+#[test]
+fn mmap_places_top_down_below_mmap_base_and_merges() {
+    let (mut s, mut p) = setup(64 * MIB);
+    let (a, changes) = ok(s.mmap(&mut p, 0, 3 * PAGE, RW, ANON));
+    assert_eq!(a, MMAP_BASE - 3 * PAGE);
+    assert_eq!(changes, vec![mapped(a, MMAP_BASE, RW, false)]);
+    let (b, _) = ok(s.mmap(&mut p, 0, 5000, RW, ANON));
+    assert_eq!(b, a - 2 * PAGE, "length rounds up to pages");
+    assert_eq!(
+        layout(&s),
+        vec![(b, MMAP_BASE, RW)],
+        "equal neighbours merge"
+    );
+    assert_eq!(p.committed(), 5 * PAGE);
+    assert_eq!(s.committed(), 5 * PAGE);
+    let (c, _) = ok(s.mmap(&mut p, 0, PAGE, PROT_READ, ANON));
+    assert_eq!(c, b - PAGE);
+    assert_eq!(
+        p.committed(),
+        5 * PAGE,
+        "read-only mappings are not charged"
+    );
+    assert_eq!(layout(&s).len(), 2);
+}
+
+#[test]
+fn mmap_rejects_bad_arguments_like_linux() {
+    let (mut s, mut p) = setup(64 * MIB);
+    let cases = [
+        (0, 0, RW, ANON, libc::EINVAL),
+        (0, PAGE, RW, MAP_ANONYMOUS, libc::EINVAL),
+        (0, PAGE, RW, MAP_ANONYMOUS | 0x04, libc::EINVAL),
+        (0, PAGE, RW, MAP_ANONYMOUS | 0x0f, libc::EINVAL),
+        (0, PAGE, 0x10, ANON, libc::EINVAL),
+        (0, PAGE, RW, MAP_PRIVATE, libc::ENODEV),
+        (0, u64::MAX - 10, RW, ANON, libc::ENOMEM),
+        (0, USER_END, RW, ANON, libc::ENOMEM),
+        (BASE + 1, PAGE, RW, FIXED, libc::EINVAL),
+        (USER_END - PAGE, 2 * PAGE, RW, FIXED, libc::ENOMEM),
+        (0x1000, PAGE, RW, FIXED, libc::EPERM),
+        (
+            BASE,
+            PAGE,
+            RW,
+            libc::MAP_SHARED_VALIDATE as u32 | MAP_ANONYMOUS,
+            libc::EINVAL,
+        ),
+        (
+            0,
+            PAGE,
+            RW,
+            MAP_SHARED | MAP_ANONYMOUS | MAP_GROWSDOWN,
+            libc::EINVAL,
+        ),
+    ];
+    for (addr, len, prot, flags, expected) in cases {
+        let got = errno(s.mmap(&mut p, addr, len, prot, flags));
+        assert_eq!(
+            got, expected,
+            "mmap({addr:#x}, {len:#x}, {prot:#x}, {flags:#x})"
+        );
+    }
+    assert!(layout(&s).is_empty());
+    assert_eq!(p.committed(), 0);
+}
+
+#[test]
+fn mmap_accepts_sharing_and_hint_flags() {
+    let (mut s, mut p) = setup(64 * MIB);
+    for flags in [
+        MAP_SHARED | MAP_ANONYMOUS,
+        ANON | libc::MAP_NORESERVE as u32 | libc::MAP_POPULATE as u32,
+        ANON | libc::MAP_STACK as u32 | MAP_GROWSDOWN,
+        ANON | libc::MAP_HUGETLB as u32 | libc::MAP_LOCKED as u32 | libc::MAP_NONBLOCK as u32,
+    ] {
+        ok(s.mmap(&mut p, 0, PAGE, RW, flags));
+    }
+    assert_eq!(p.committed(), 4 * PAGE, "MAP_NORESERVE is still charged");
+}
+
+#[test]
+fn mmap_fixed_replaces_and_discards() {
+    let (mut s, mut p) = setup(64 * MIB);
+    ok(s.mmap(&mut p, BASE, 4 * PAGE, RW, FIXED));
+    write(&mut s, &mut p, BASE + PAGE, 1);
+    write(&mut s, &mut p, BASE + 2 * PAGE, 2);
+    let (a, changes) = ok(s.mmap(&mut p, BASE + PAGE, PAGE, PROT_READ, FIXED));
+    assert_eq!(a, BASE + PAGE);
+    assert_eq!(
+        changes,
+        vec![mapped(BASE + PAGE, BASE + 2 * PAGE, PROT_READ, true)]
+    );
+    assert_eq!(
+        layout(&s),
+        vec![
+            (BASE, BASE + PAGE, RW),
+            (BASE + PAGE, BASE + 2 * PAGE, PROT_READ),
+            (BASE + 2 * PAGE, BASE + 4 * PAGE, RW)
+        ]
+    );
+    assert_eq!(byte_at(&s, &p, BASE + PAGE), None, "replaced page dropped");
+    assert_eq!(byte_at(&s, &p, BASE + 2 * PAGE), Some(2));
+    assert_eq!(p.used(), PAGE);
+    assert_eq!(p.committed(), 3 * PAGE);
+}
+
+#[test]
+fn mmap_fixed_noreplace_refuses_overlap() {
+    let (mut s, mut p) = setup(64 * MIB);
+    ok(s.mmap(&mut p, BASE, 2 * PAGE, RW, FIXED));
+    let noreplace = ANON | MAP_FIXED_NOREPLACE;
+    assert_eq!(
+        errno(s.mmap(&mut p, BASE + PAGE, 2 * PAGE, RW, noreplace)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(s.mmap(&mut p, BASE + 1, PAGE, RW, noreplace)),
+        libc::EINVAL
+    );
+    let (a, _) = ok(s.mmap(&mut p, BASE + 2 * PAGE, PAGE, RW, noreplace));
+    assert_eq!(a, BASE + 2 * PAGE);
+}
+
+#[test]
+fn mmap_hint_is_used_when_free() {
+    let (mut s, mut p) = setup(64 * MIB);
+    let (a, _) = ok(s.mmap(&mut p, BASE + 123, PAGE, RW, ANON));
+    assert_eq!(a, BASE, "hint rounded down to a page");
+    let (b, _) = ok(s.mmap(&mut p, BASE, PAGE, RW, ANON));
+    assert_eq!(
+        b,
+        MMAP_BASE - PAGE,
+        "an occupied hint falls back to top-down"
+    );
+    let (c, _) = ok(s.mmap(&mut p, 0x100, PAGE, RW, ANON));
+    assert_eq!(c, USER_MIN, "a hint below USER_MIN rounds up to it");
+}
+
+#[test]
+fn mmap_32bit_allocates_below_2g() {
+    let (mut s, mut p) = setup(64 * MIB);
+    let (a, _) = ok(s.mmap(&mut p, 0, PAGE, RW, ANON | MAP_32BIT));
+    assert_eq!(a, LIMIT_32BIT - PAGE);
+    let (b, _) = ok(s.mmap(&mut p, 0x1_0000_0000, PAGE, RW, ANON | MAP_32BIT));
+    assert!(b < LIMIT_32BIT, "a hint above 2 GiB is ignored");
+}
+
+#[test]
+fn mmap_without_a_fitting_gap_fails_and_changes_nothing() {
+    let (mut s, mut p) = setup(64 * MIB);
+    // PROT_NONE reservations are not charged, so they can cover everything.
+    ok(s.mmap(&mut p, USER_MIN, MMAP_BASE - USER_MIN - PAGE, 0, FIXED));
+    ok(s.mmap(&mut p, MMAP_BASE, USER_END - MMAP_BASE - 3 * PAGE, 0, FIXED));
+    let before = layout(&s);
+    assert_eq!(errno(s.mmap(&mut p, 0, 4 * PAGE, RW, ANON)), libc::ENOMEM);
+    assert_eq!(layout(&s), before);
+    // The last gap (above MMAP_BASE) is found by the bottom-up fallback.
+    let (a, _) = ok(s.mmap(&mut p, 0, 3 * PAGE, RW, ANON));
+    assert_eq!(a, USER_END - 3 * PAGE);
+    let (b, _) = ok(s.mmap(&mut p, 0, PAGE, RW, ANON));
+    assert_eq!(b, MMAP_BASE - PAGE);
+}
+
+// --- munmap ---
+
+#[test]
+fn munmap_splits_skips_holes_and_frees() {
+    let (mut s, mut p) = setup(64 * MIB);
+    ok(s.mmap(&mut p, BASE, 8 * PAGE, RW, FIXED));
+    for i in 0..8 {
+        write(&mut s, &mut p, BASE + i * PAGE, i as u8 + 1);
+    }
+    let (_, changes) = ok(s.munmap(&mut p, BASE + 2 * PAGE, 2 * PAGE));
+    assert_eq!(
+        changes,
+        vec![unmapped(BASE + 2 * PAGE, BASE + 4 * PAGE, true)]
+    );
+    assert_eq!(
+        layout(&s),
+        vec![
+            (BASE, BASE + 2 * PAGE, RW),
+            (BASE + 4 * PAGE, BASE + 8 * PAGE, RW)
+        ]
+    );
+    assert_eq!(p.used(), 6 * PAGE);
+    assert_eq!(p.committed(), 6 * PAGE);
+    // Across the hole, unaligned length rounded up.
+    let (_, changes) = ok(s.munmap(&mut p, BASE + PAGE, 4 * PAGE + 1));
+    assert_eq!(
+        changes,
+        vec![
+            unmapped(BASE + PAGE, BASE + 2 * PAGE, true),
+            unmapped(BASE + 4 * PAGE, BASE + 6 * PAGE, true)
+        ]
+    );
+    assert_eq!(byte_at(&s, &p, BASE + 6 * PAGE), Some(7));
+    assert_eq!(p.used(), 3 * PAGE);
+    // Nothing mapped: success, no change.
+    let (_, changes) = ok(s.munmap(&mut p, 0x2000_0000, PAGE));
+    assert!(changes.is_empty());
+}
+
+#[test]
+fn munmap_rejects_bad_arguments() {
+    let (mut s, mut p) = setup(64 * MIB);
+    assert_eq!(errno(s.munmap(&mut p, BASE + 1, PAGE)), libc::EINVAL);
+    assert_eq!(errno(s.munmap(&mut p, BASE, 0)), libc::EINVAL);
+    assert_eq!(
+        errno(s.munmap(&mut p, USER_END - PAGE, 2 * PAGE)),
+        libc::EINVAL
+    );
+    assert_eq!(errno(s.munmap(&mut p, USER_END + PAGE, PAGE)), libc::EINVAL);
+    assert_eq!(errno(s.munmap(&mut p, BASE, u64::MAX)), libc::EINVAL);
+}
+
+// --- brk ---
+
+#[test]
+fn brk_grows_shrinks_and_refuses_collisions() {
+    let (mut s, mut p) = setup(64 * MIB);
+    let start = 0x40_0000;
+    assert_eq!(
+        ok(s.brk(&mut p, 0)).0,
+        start,
+        "below the start: current break"
+    );
+    let (b, changes) = ok(s.brk(&mut p, start + 10));
+    assert_eq!(b, start + 10);
+    assert_eq!(changes, vec![mapped(start, start + PAGE, RW, false)]);
+    let (b, changes) = ok(s.brk(&mut p, start + 3 * PAGE));
+    assert_eq!(b, start + 3 * PAGE);
+    assert_eq!(
+        changes,
+        vec![mapped(start + PAGE, start + 3 * PAGE, RW, false)]
+    );
+    assert_eq!(layout(&s), vec![(start, start + 3 * PAGE, RW)]);
+    write(&mut s, &mut p, start + 2 * PAGE, 1);
+    let (b, changes) = ok(s.brk(&mut p, start + PAGE + 1));
+    assert_eq!(b, start + PAGE + 1);
+    assert_eq!(
+        changes,
+        vec![unmapped(start + 2 * PAGE, start + 3 * PAGE, true)]
+    );
+    assert_eq!(p.used(), 0);
+    // A mapping one page past the new top blocks growth (guard page).
+    ok(s.mmap(&mut p, start + 6 * PAGE, PAGE, PROT_READ, FIXED));
+    assert_eq!(ok(s.brk(&mut p, start + 5 * PAGE + 1)).0, start + PAGE + 1);
+    assert_eq!(ok(s.brk(&mut p, start + 5 * PAGE)).0, start + 5 * PAGE);
+    assert_eq!(ok(s.brk(&mut p, u64::MAX)).0, start + 5 * PAGE);
+}
+
+#[test]
+fn brk_fails_without_commit() {
+    let (mut s, mut p) = setup(2 * PAGE);
+    let start = 0x40_0000;
+    assert_eq!(ok(s.brk(&mut p, start + 3 * PAGE)).0, start);
+    assert_eq!(ok(s.brk(&mut p, start + 2 * PAGE)).0, start + 2 * PAGE);
+    assert_eq!(p.committed(), 2 * PAGE);
+}
+
+// --- accounting across calls ---
+
+#[test]
+fn a_mapping_beyond_the_pool_fails_alone() {
+    let (mut s, mut p) = setup(16 * PAGE);
+    ok(s.mmap(&mut p, BASE, 4 * PAGE, RW, FIXED));
+    let before = layout(&s);
+    assert_eq!(errno(s.mmap(&mut p, 0, 13 * PAGE, RW, ANON)), libc::ENOMEM);
+    assert_eq!(
+        errno(s.mmap(&mut p, BASE + 0x10_0000, 13 * PAGE, RW, FIXED)),
+        libc::ENOMEM
+    );
+    assert_eq!(layout(&s), before);
+    assert_eq!(p.committed(), 4 * PAGE);
+    // Replacing a charged mapping nets out: 4 pages freed, 16 charged.
+    ok(s.mmap(&mut p, BASE, 16 * PAGE, RW, FIXED));
+    assert_eq!(p.committed(), 16 * PAGE);
+    ok(s.mmap(&mut p, 0, 100 * PAGE, PROT_READ, ANON));
+    s.release(&mut p);
+    assert_eq!((p.committed(), p.used()), (0, 0));
+}
