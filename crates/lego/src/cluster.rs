@@ -358,7 +358,11 @@ fn start_all(
             "--excache".into(),
             args.excache.to_string(),
             "--launch-socket".into(),
-            dir.root.join("run").join(format!("{name}.sock")).display().to_string(),
+            dir.root
+                .join("run")
+                .join(format!("{name}.sock"))
+                .display()
+                .to_string(),
         ]);
         plan.push((name, Role::Processor, a));
     }

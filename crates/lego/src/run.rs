@@ -34,7 +34,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub stats: bool,
     /// The program and its arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -51,12 +56,17 @@ fn resolve(program: &OsString) -> Result<PathBuf, NotRun> {
     let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
         vec![name.to_path_buf()]
     } else {
-        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        std::env::split_paths(&path).map(|dir| dir.join(name)).collect()
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .collect()
     };
     let mut denied = None;
     for candidate in &candidates {
-        let Ok(meta) = std::fs::metadata(candidate) else { continue };
+        let Ok(meta) = std::fs::metadata(candidate) else {
+            continue;
+        };
         if meta.is_dir() {
             denied.get_or_insert((candidate.clone(), "Is a directory"));
             continue;
@@ -145,7 +155,11 @@ fn place(dir: &StateDir, wanted: Option<String>) -> Result<(Registration, Regist
 }
 
 /// Starts the program on `processor` and waits for it to end.
-fn launch(secret: &ClusterSecret, processor: &Registration, spec: LaunchSpec) -> Result<ExitReport> {
+fn launch(
+    secret: &ClusterSecret,
+    processor: &Registration,
+    spec: LaunchSpec,
+) -> Result<ExitReport> {
     let socket = processor
         .unix_socket
         .as_deref()
@@ -167,13 +181,25 @@ fn launch(secret: &ClusterSecret, processor: &Registration, spec: LaunchSpec) ->
     let gone = |e| anyhow!("lost processor {} at {socket}: {e}", processor.name);
     let pid = match reader.read_frame().map_err(gone)?.message {
         Message::Launched { pid, .. } => pid,
-        Message::Error(e) => bail!("processor {} cannot start the program: {}", processor.name, e.message),
-        other => bail!("processor {} answered Launch with {}", processor.name, other.kind()),
+        Message::Error(e) => bail!(
+            "processor {} cannot start the program: {}",
+            processor.name,
+            e.message
+        ),
+        other => bail!(
+            "processor {} answered Launch with {}",
+            processor.name,
+            other.kind()
+        ),
     };
     write_frame(&mut stream, 2, &Message::WaitProcess { pid }, &[])?;
     match reader.read_frame().map_err(gone)?.message {
         Message::Exited(report) => Ok(report),
-        other => bail!("processor {} answered WaitProcess with {}", processor.name, other.kind()),
+        other => bail!(
+            "processor {} answered WaitProcess with {}",
+            processor.name,
+            other.kind()
+        ),
     }
 }
 

@@ -2,181 +2,17 @@
 //! Every test starts its own cluster in its own state directory on
 //! loopback ports the components pick, and tears it down even when it fails.
 
+mod common;
+
+use common::*;
 use lego_proto::{FrameLimits, Message, Preamble, Role};
 use lego_transport::{
     handshake, write_frame, ClusterSecret, FrameReader, Identity, TransportError,
 };
-use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::time::{Duration, Instant};
-
-const LEGO: &str = env!("CARGO_BIN_EXE_lego");
-
-fn lego(state: &Path, args: &[&str]) -> Output {
-    Command::new(LEGO)
-        .args(args)
-        .arg("--state")
-        .arg(state)
-        .env_remove("LEGO_STATE")
-        .output()
-        .expect("the lego binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Polls `probe` until it yields a value or `limit` passes.
-fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A cluster started with `lego up`; dropping it runs `lego down` and then
-/// kills anything still recorded, so a failed test leaves nothing behind.
-struct Cluster {
-    state: PathBuf,
-}
-
-impl Cluster {
-    fn up(extra: &[&str]) -> Cluster {
-        let state = std::env::temp_dir().join(format!(
-            "lego-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&state);
-        let cluster = Cluster { state };
-        let mut args = vec!["up"];
-        args.extend_from_slice(extra);
-        let out = cluster.lego(&args);
-        assert!(
-            out.status.success(),
-            "lego up failed: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        cluster
-    }
-
-    fn lego(&self, args: &[&str]) -> Output {
-        lego(&self.state, args)
-    }
-
-    fn record(&self) -> Value {
-        let raw = std::fs::read_to_string(self.state.join("cluster.json")).expect("cluster.json");
-        serde_json::from_str(&raw).expect("cluster.json is JSON")
-    }
-
-    fn pid(&self, name: &str) -> u32 {
-        self.record()["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .and_then(|c| c["pid"].as_u64())
-            .unwrap_or_else(|| panic!("{name} is not recorded")) as u32
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.record()["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["pid"].as_u64().unwrap() as u32)
-            .collect()
-    }
-
-    fn monitor_addr(&self) -> SocketAddr {
-        self.record()["monitor"].as_str().unwrap().parse().unwrap()
-    }
-
-    fn secret(&self) -> ClusterSecret {
-        ClusterSecret::load(&self.state.join("secret")).unwrap()
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.state.join("logs").join(format!("{name}.log")))
-            .unwrap_or_default()
-    }
-
-    /// `lego status --json`, or None if it failed.
-    fn status(&self) -> Option<Value> {
-        let out = self.lego(&["status", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// id → (health, pid) of every row of `lego status --json`.
-    fn health(&self) -> Option<Vec<(String, String, u64)>> {
-        let status = self.status()?;
-        let rows = status["components"].as_array()?;
-        Some(
-            rows.iter()
-                .map(|r| {
-                    (
-                        r["id"].as_str().unwrap_or("").to_string(),
-                        r["health"].as_str().unwrap_or("").to_string(),
-                        r["pid"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect(),
-        )
-    }
-}
-
-static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let pids = if self.state.join("cluster.json").exists() {
-            self.pids()
-        } else {
-            Vec::new()
-        };
-        let _ = self.lego(&["down"]);
-        for pid in pids {
-            if process_alive(pid) {
-                // Safety: kill(2) takes plain integers; at worst it fails.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-/// True when `pid` exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
-}
-
-fn kill9(pid: u32) {
-    let status = Command::new("kill")
-        .arg("-9")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 const INTERVAL_MS: u64 = 500;
 
@@ -292,19 +128,6 @@ fn a_second_up_on_a_live_state_directory_refuses() {
     let rows = cluster.health().expect("the first cluster still answers");
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r.1 == "alive"), "{rows:?}");
-}
-
-/// Pids of live processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-                && process_alive(*pid)
-        })
-        .collect()
 }
 
 #[test]

@@ -1,0 +1,281 @@
+//! `lego run` on a real local cluster: unmodified static programs, their
+//! output and exit status against the native run, their memory on the
+//! memory manager through a bounded ExCache, and failures.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The runtime's own resident memory beside the ExCache: the lego binary's
+/// text and data, its heap (ExCache bookkeeping, buffers) and stacks.
+/// Measured at 5-9 MiB for a small program; bookkeeping for a 512 MiB
+/// working set adds a few MiB.
+const RUNTIME_FOOTPRINT: u64 = 24 << 20;
+
+fn assert_same(lego: &std::process::Output, native: &std::process::Output, what: &str) {
+    assert_eq!(
+        text(&lego.stdout),
+        text(&native.stdout),
+        "{what}: stdout differs (stderr: {})",
+        text(&lego.stderr)
+    );
+    assert_eq!(
+        shell_status(lego),
+        shell_status(native),
+        "{what}: status differs (stderr: {})",
+        text(&lego.stderr)
+    );
+}
+
+#[test]
+fn static_programs_of_every_build_run_as_natively() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    for build in ALL_BUILDS {
+        let hello = program("hello", build);
+        for args in [&["0", "two words"][..], &["3"], &["255", "x"]] {
+            let lego = cluster.run(&[], &hello, args);
+            let native = native(&hello, args);
+            assert_same(&lego, &native, &format!("hello {build:?} {args:?}"));
+        }
+    }
+}
+
+#[test]
+fn unmapped_accesses_end_with_status_139() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let segv = program("segv", Build::GlibcStatic);
+    for args in [["low"], ["high"]] {
+        let lego = cluster.run(&[], &segv, &args);
+        assert_eq!(shell_status(&lego), 139, "stderr: {}", text(&lego.stderr));
+        assert_same(&lego, &native(&segv, &args), "segv");
+    }
+    // The processor survives its program's crash.
+    let hello = program("hello", Build::MuslStatic);
+    assert_eq!(shell_status(&cluster.run(&[], &hello, &[])), 0);
+}
+
+#[test]
+fn memory_lives_on_the_memory_manager_through_a_small_excache() {
+    let cluster = Cluster::up(&["--memories", "1", "--heartbeat-interval", "200ms"]);
+    let memstress = program("memstress", Build::GlibcStatic);
+    let expected = native(&memstress, &[]);
+    assert!(expected.status.success());
+
+    let processor_pid = cluster.pid("processor-0");
+    let mut child = cluster
+        .run_command(&["--excache", "32M", "--stats"], &memstress, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runtime = poll(Duration::from_secs(10), || {
+        runtimes_of(processor_pid).first().copied()
+    })
+    .expect("the processor starts a runtime");
+    // Sample the runtime's resident set and the memory manager's use
+    // until the program ends.
+    let mut max_rss = 0;
+    let mut max_used = 0;
+    let mut last_status = Instant::now() - Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "memstress did not finish in time"
+        );
+        if let Some(rss) = rss_bytes(runtime) {
+            max_rss = max_rss.max(rss);
+        }
+        if last_status.elapsed() > Duration::from_millis(250) {
+            if let Some(used) = cluster.load("memory-0", "used") {
+                max_used = max_used.max(used);
+            }
+            last_status = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    let stats = text(&err);
+    assert!(status.success(), "memstress under Lego failed: {stats}");
+    assert_eq!(
+        text(&out),
+        text(&expected.stdout),
+        "output differs from the native run"
+    );
+    eprintln!(
+        "runtime max VmRSS {} KiB; memory manager max use {} KiB; {stats}",
+        max_rss >> 10,
+        max_used >> 10
+    );
+    assert!(
+        max_rss <= (32 << 20) + RUNTIME_FOOTPRINT,
+        "runtime RSS reached {} KiB, over the 32 MiB ExCache plus {} KiB",
+        max_rss >> 10,
+        RUNTIME_FOOTPRINT >> 10
+    );
+    assert!(
+        max_used >= 128 << 20,
+        "the memory manager held at most {} KiB",
+        max_used >> 10
+    );
+    for counter in ["misses", "evictions", "written back"] {
+        assert!(stats.contains(counter), "--stats lacks {counter}: {stats}");
+    }
+    let evictions: u64 = stats
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" evictions")?.parse().ok())
+        .unwrap_or(0);
+    assert!(evictions > 10_000, "expected heavy eviction: {stats}");
+}
+
+#[test]
+fn mapping_more_than_the_pool_gets_enomem_and_nothing_breaks() {
+    let cluster = Cluster::up(&["--memories", "1", "--memory-capacity", "256M"]);
+    for build in [Build::GlibcStatic, Build::MuslStatic] {
+        let enomem = program("enomem", build);
+        let lego = cluster.run(&[], &enomem, &["1024"]);
+        assert_eq!(
+            text(&lego.stdout),
+            "big mmap: ENOMEM\nbig malloc: failed\nsmall mmap: ok, sum 700416\n",
+            "{build:?} stderr: {}",
+            text(&lego.stderr)
+        );
+        assert_eq!(shell_status(&lego), 0);
+    }
+    let rows = cluster.health().unwrap();
+    assert!(rows.iter().all(|r| r.1 == "alive"), "{rows:?}");
+}
+
+#[test]
+fn refused_and_unknown_syscalls_return_their_errno() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let refused = program("refused", Build::GlibcStatic);
+    let lego = cluster.run(&[], &refused, &[]);
+    assert_eq!(
+        text(&lego.stdout),
+        "reboot: -1 errno 1 (Operation not permitted)\n\
+         mount: -1 errno 1 (Operation not permitted)\n\
+         userfaultfd: -1 errno 38 (Function not implemented)\n\
+         fork: -1 errno 38 (Function not implemented)\n\
+         unknown 1000: -1 errno 38 (Function not implemented)\n\
+         still running\n",
+        "stderr: {}",
+        text(&lego.stderr)
+    );
+    assert_eq!(shell_status(&lego), 0);
+    let log = cluster.log("processor-0");
+    assert!(log.contains("refused reboot (169) with errno 1"), "{log}");
+    assert!(log.contains("unknown syscall 1000"), "{log}");
+}
+
+#[test]
+fn losing_the_home_memory_manager_fails_the_run_and_names_it() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let memstress = program("memstress", Build::GlibcStatic);
+    let mut child = cluster
+        .run_command(&["--excache", "8M"], &memstress, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the memory manager once the program's memory is on it.
+    poll(Duration::from_secs(30), || {
+        cluster
+            .load("memory-0", "used")
+            .filter(|&used| used > 16 << 20)
+    })
+    .expect("the program's pages reach the memory manager");
+    kill9(cluster.pid("memory-0"));
+    let status =
+        poll(Duration::from_secs(30), || child.try_wait().unwrap()).expect("lego run ends");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !status.success(),
+        "lego run succeeded without its memory: {err}"
+    );
+    assert!(
+        err.contains("memory-0"),
+        "the error does not name the lost memory manager: {err}"
+    );
+    // The rest of the cluster keeps running and serving.
+    let rows = poll(Duration::from_secs(10), || {
+        cluster
+            .health()
+            .filter(|rows| rows.iter().any(|r| r.0 == "memory-0" && r.1 == "dead"))
+    })
+    .expect("memory-0 is reported dead");
+    for name in ["monitor", "processor-0", "storage-0"] {
+        assert!(
+            rows.iter().any(|r| r.0 == name && r.1 == "alive"),
+            "{name}: {rows:?}"
+        );
+    }
+    assert!(process_alive(cluster.pid("processor-0")));
+}
+
+#[test]
+fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
+    let state = std::env::temp_dir().join(format!("lego-test-nocluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let hello = program("hello", Build::GlibcStatic);
+    let child = std::process::Command::new(LEGO)
+        .arg("run")
+        .arg("--state")
+        .arg(&state)
+        .arg("--")
+        .arg(&hello)
+        .arg("7")
+        .env("LEGO_TEST_PROBE", "passed through")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let embedded = std::env::temp_dir().join(format!("lego-run-{}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(shell_status(&out), 7, "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("hello, world\nargv[1] = 7\nLEGO_TEST_PROBE = passed through\n"),
+        "{stdout}"
+    );
+    assert!(!state.join("cluster.json").exists());
+    assert!(
+        !embedded.exists(),
+        "the embedded cluster's state was left in {}",
+        embedded.display()
+    );
+    assert_eq!(
+        processes_mentioning(embedded.to_str().unwrap()),
+        Vec::<u32>::new()
+    );
+}
+
+#[test]
+fn programs_that_cannot_run_fail_like_a_shell_says() {
+    let state = std::env::temp_dir().join(format!("lego-test-badprog-{}", std::process::id()));
+    let missing = lego(&state, &["run", "--", "/no/such/program"]);
+    assert_eq!(shell_status(&missing), 127);
+    assert!(text(&missing.stderr).contains("/no/such/program: No such file or directory"));
+    let dir = lego(&state, &["run", "--", "/tmp"]);
+    assert_eq!(shell_status(&dir), 126);
+    assert!(text(&dir.stderr).contains("/tmp: Is a directory"));
+    let plain = std::env::temp_dir().join(format!("lego-test-noexec-{}", std::process::id()));
+    std::fs::write(&plain, "not a program").unwrap();
+    let noexec = lego(&state, &["run", "--", plain.to_str().unwrap()]);
+    assert_eq!(shell_status(&noexec), 126);
+    assert!(text(&noexec.stderr).contains("Permission denied"));
+    let _ = std::fs::remove_file(&plain);
+}
