@@ -120,39 +120,42 @@ pub enum SegmentProblem {
 
 /// One loadable segment, with the load bias applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
+struct Segment {
     /// Index of its program header.
-    pub index: usize,
-    pub offset: u64,
-    pub vaddr: u64,
-    pub filesz: u64,
-    pub memsz: u64,
-    pub prot: u32,
+    index: usize,
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+    memsz: u64,
+    prot: u32,
 }
 
 impl Segment {
     /// First page of the mapping.
-    pub fn start(&self) -> u64 {
+    fn start(&self) -> u64 {
         self.vaddr & !(PAGE - 1)
     }
 
     /// End of the mapping (checked not to overflow by `parse`).
-    pub fn end(&self) -> u64 {
-        page_align(self.vaddr + self.memsz).unwrap_or(USER_END)
+    fn end(&self) -> u64 {
+        self.vaddr
+            .checked_add(self.memsz)
+            .and_then(page_align)
+            .unwrap_or(USER_END)
     }
 }
 
 /// A checked image, ready to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub entry: u64,
-    pub phdr: u64,
-    pub phnum: u16,
-    pub load_bias: u64,
-    pub brk: u64,
-    pub stack_prot: u32,
+    entry: u64,
+    phdr: u64,
+    phnum: u16,
+    load_bias: u64,
+    brk: u64,
+    stack_prot: u32,
     /// Sorted by address, non-empty, pages disjoint.
-    pub segments: Vec<Segment>,
+    segments: Vec<Segment>,
 }
 
 fn read<const N: usize>(bytes: &[u8], offset: usize) -> Option<[u8; N]> {

@@ -18,8 +18,8 @@ use crate::loader;
 use crate::pool::PagePool;
 use crate::vma::{is_aligned, AddressSpace, Outcome};
 use lego_proto::{
-    ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_WRITEBACK_PAGES,
-    PAGE_SIZE,
+    ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_IMAGE_LEN,
+    MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{PeerInfo, Reply, Service};
 use std::collections::HashMap;
@@ -92,6 +92,14 @@ impl MemoryService {
     }
 
     fn exec(&self, pid: ProcessId, image: &[u8]) -> Reply {
+        // The frame limit already keeps larger images out; this keeps the
+        // bound true whatever transport delivers the request.
+        if image.len() > MAX_IMAGE_LEN {
+            return bad_request(format!(
+                "exec of process {pid:#x}: the image is {} bytes, over the limit of {MAX_IMAGE_LEN}",
+                image.len()
+            ));
+        }
         // Check the image before touching the old address space: a bad
         // image leaves the process as it was, like a failed execve.
         let plan = match loader::parse(image) {
