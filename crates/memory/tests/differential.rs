@@ -210,7 +210,8 @@ struct Harness {
 }
 
 impl Harness {
-    /// Resets both sides to the guarded region mapped `PROT_NONE`.
+    /// Both sides with the guarded region mapped `PROT_NONE`; dropping the
+    /// harness unmaps it.
     fn new() -> Harness {
         let reserve = Op::Mmap {
             addr: GUARD_START,
