@@ -1,5 +1,6 @@
 //! `lego`: every Lego component and every user command, in one binary.
 
+mod bench;
 mod cluster;
 mod run;
 mod serve;
@@ -43,6 +44,8 @@ enum Command {
     Kill(cluster::KillArgs),
     /// Run a program on the cluster (starting an embedded cluster if none is up)
     Run(run::RunArgs),
+    /// Measure Lego against baselines taken in the same run (miss, syscall, workload)
+    Bench(bench::BenchArgs),
     /// Run the global monitor: cluster membership and failure detection
     Monitor(serve::MonitorArgs),
     /// Run a processor manager: runs applications and their ExCache
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Runtime => unreachable!("handled above"),
+        Command::Bench(args) => bench::bench(args),
         Command::Up(args) => cluster::up(args),
         Command::Down(args) => cluster::down(args),
         Command::Status(args) => status::status(args),

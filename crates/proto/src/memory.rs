@@ -116,10 +116,13 @@ pub struct RangeMove {
     pub len: u64,
 }
 
-/// Reply to a successful [`MemoryOp`].
+/// Reply to a [`MemoryOp`] that changed something.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct MemoryOpDone {
     /// The syscall's return value (an address for mmap, mremap and brk).
+    /// A call that fails after changing part of its range, as Linux's
+    /// mprotect and madvise do on a hole, returns the negated errno here
+    /// together with the changes it made.
     pub result: u64,
     /// Moves to apply before the changes.
     pub moves: Vec<RangeMove>,

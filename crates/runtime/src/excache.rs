@@ -349,6 +349,9 @@ impl ExCache {
     /// that moved the mapping; the memory manager moved its copies the
     /// same way). Written pages stay written; clean ones stay clean.
     pub fn relocate(&self, arena: &Arena, from: u64, to: u64, len: u64) -> Result<(), CacheError> {
+        // Whatever the destination held was replaced on the memory side
+        // (MREMAP_FIXED over existing mappings): drop our copies first.
+        self.discard(arena, to, to + len)?;
         let mut guard = self.lock();
         let st = &mut *guard;
         let end = from + len;

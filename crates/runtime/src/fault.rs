@@ -35,7 +35,10 @@ fn serve(rt: &'static Runtime) -> ! {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < SPIN {
-                    std::hint::spin_loop();
+                    // Yield rather than spin: on a small machine the thread
+                    // we are waiting for (the application, woken by the
+                    // last fix) may need this very CPU.
+                    std::thread::yield_now();
                 } else {
                     wait_readable(rt.arena.uffd.raw());
                     idle_since = None;

@@ -132,7 +132,9 @@ impl<R: Read + AsRawFd> FrameReader<R> {
                     if started.elapsed() >= spin {
                         return self.read_frame();
                     }
-                    std::hint::spin_loop();
+                    // Yield, not spin: the peer or the thread that will
+                    // make the next request may be waiting for this CPU.
+                    std::thread::yield_now();
                 }
                 read => self.account(read)?,
             }

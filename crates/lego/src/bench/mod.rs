@@ -1,0 +1,247 @@
+//! `lego bench`: measurements that print ratios against baselines taken in
+//! the same run on the same machine (never a bare time against a constant).
+//!
+//! Each benchmark starts its own embedded cluster, compiles its small C
+//! workload with `gcc -static` (so it needs gcc), and runs it both natively
+//! and under Lego.
+
+mod raw;
+
+use crate::cluster::{self, UpArgs};
+use crate::state::StateDir;
+use crate::units::{format_size, parse_size};
+use crate::StateArgs;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Which,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Which {
+    /// ExCache miss latency next to a raw TCP round trip and a local userfaultfd copy
+    Miss {
+        /// Pages to miss on (as a size)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+        size: u64,
+        /// ExCache quota (keep it well below --size)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8M")]
+        excache: u64,
+    },
+    /// A trapped, passed-through syscall vs native and vs a bare SIGSYS round trip
+    Syscall {
+        /// Calls to time
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+    },
+    /// Sequential scan and uniform random updates, native vs Lego at ExCache 100%, 50%, 25%
+    Workload {
+        /// Working set
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+        size: u64,
+        /// Run only these patterns (seq, random)
+        #[arg(long, value_delimiter = ',', default_value = "seq,random")]
+        patterns: Vec<String>,
+    },
+}
+
+const MISS_C: &str = include_str!("miss.c");
+const SYSCALL_C: &str = include_str!("syscall.c");
+const WORKLOAD_C: &str = include_str!("workload.c");
+
+/// A scratch directory with the compiled workloads and a private cluster.
+struct Bench {
+    dir: PathBuf,
+    cluster: StateDir,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = cluster::down(StateArgs {
+            state: Some(self.cluster.root.clone()),
+        });
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Bench {
+    fn new(memory: u64, excache: u64) -> Result<Bench> {
+        let dir = std::env::temp_dir().join(format!("lego-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let bench = Bench {
+            cluster: StateDir::new(dir.join("cluster")),
+            dir,
+        };
+        eprintln!("lego bench: starting a cluster (1 processor, 1 memory manager of {})", format_size(memory));
+        cluster::up(UpArgs {
+            state: StateArgs {
+                state: Some(bench.cluster.root.clone()),
+            },
+            processors: 1,
+            memories: 1,
+            storages: 1,
+            memory_capacity: memory,
+            excache,
+            export: PathBuf::from("/"),
+            heartbeat_interval: Duration::from_secs(1),
+            dead_after: None,
+            timeout: Duration::from_secs(30),
+            quiet: true,
+        })?;
+        Ok(bench)
+    }
+
+    fn compile(&self, name: &str, source: &str) -> Result<PathBuf> {
+        let src = self.dir.join(format!("{name}.c"));
+        let out = self.dir.join(name);
+        std::fs::write(&src, source)?;
+        let status = Command::new("gcc")
+            .args(["-O2", "-static", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .context("lego bench compiles its workloads with gcc; install gcc")?;
+        if !status.success() {
+            bail!("gcc failed on {}", src.display());
+        }
+        Ok(out)
+    }
+
+    /// Runs `program args` under Lego; returns its stdout.
+    fn lego(&self, excache: u64, program: &Path, args: &[String]) -> Result<String> {
+        let out = Command::new(std::env::current_exe()?)
+            .arg("run")
+            .arg("--state")
+            .arg(&self.cluster.root)
+            .arg("--excache")
+            .arg(excache.to_string())
+            .arg("--stats")
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "{} under Lego failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let stats = String::from_utf8_lossy(&out.stderr);
+        if let Some(line) = stats.lines().find(|l| l.contains("ExCache")) {
+            eprintln!("  {line}");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn native(program: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        bail!("{} failed natively", program.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn numbers(output: &str) -> Vec<f64> {
+    output
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+fn us(ns: f64) -> String {
+    format!("{:.1} us", ns / 1000.0)
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    match args.which {
+        Which::Miss { size, excache } => miss(size, excache),
+        Which::Syscall { calls } => syscall(calls),
+        Which::Workload { size, patterns } => workload(size, &patterns),
+    }
+}
+
+fn miss(size: u64, excache: u64) -> Result<()> {
+    let (mut tcp, mut uffd) = (raw::tcp_round_trips(20_000)?, raw::local_uffd_misses(16_384)?);
+    let (tcp_med, tcp_p99) = raw::median_p99(&mut tcp);
+    let (proto_med, proto_p99) = raw::median_p99(&mut raw::transport_round_trips(20_000)?);
+    let (uffd_med, uffd_p99) = raw::median_p99(&mut uffd);
+    let bench = Bench::new(4 * size + (1 << 30), excache)?;
+    let program = bench.compile("miss", MISS_C)?;
+    let mib = (size >> 20).to_string();
+    let scratch = ((2 * excache) >> 20).max(1).to_string();
+    let out = numbers(&bench.lego(excache, &program, &[mib, scratch])?);
+    let [pages, lego_med, lego_p99, ..] = out[..] else {
+        bail!("unexpected output from the miss workload: {out:?}");
+    };
+    let budget = tcp_med as f64 + uffd_med as f64;
+    println!("ExCache miss latency ({} misses over {}, ExCache {}):", pages, format_size(size), format_size(excache));
+    println!("  raw TCP round trip (16 B -> 4 KiB)  median {:>9}  p99 {:>9}", us(tcp_med as f64), us(tcp_p99 as f64));
+    println!("  Lego transport round trip (page)    median {:>9}  p99 {:>9}", us(proto_med as f64), us(proto_p99 as f64));
+    println!("  local userfaultfd copy              median {:>9}  p99 {:>9}", us(uffd_med as f64), us(uffd_p99 as f64));
+    println!("  Lego ExCache miss                   median {:>9}  p99 {:>9}", us(lego_med), us(lego_p99));
+    println!(
+        "  ratio: Lego miss median / (TCP round trip + userfaultfd copy) = {:.2} (goal <= 1.3)",
+        lego_med / budget
+    );
+    Ok(())
+}
+
+fn syscall(calls: u64) -> Result<()> {
+    let bench = Bench::new(1 << 30, 64 << 20)?;
+    let program = bench.compile("syscall", SYSCALL_C)?;
+    let calls = calls.to_string();
+    let base = numbers(&native(&program, &["native".into(), calls.clone()])?);
+    let lego = numbers(&bench.lego(64 << 20, &program, &["plain".into(), calls])?);
+    let (&[native_ns, bare_ns, ..], &[lego_ns, ..]) = (&base[..], &lego[..]) else {
+        bail!("unexpected output from the syscall workload: {base:?} {lego:?}");
+    };
+    println!("getppid(), passed through:");
+    println!("  native                         {native_ns:>8.0} ns");
+    println!("  bare SIGSYS round trip         {bare_ns:>8.0} ns");
+    println!("  Lego (trapped, passed through) {lego_ns:>8.0} ns");
+    println!("  ratio: Lego / native = {:.1}", lego_ns / native_ns);
+    println!("  ratio: Lego / bare SIGSYS = {:.2} (goal <= 1.3)", lego_ns / bare_ns);
+    Ok(())
+}
+
+fn workload(size: u64, patterns: &[String]) -> Result<()> {
+    let bench = Bench::new(size * 2 + (1 << 30), size)?;
+    let program = bench.compile("workload", WORKLOAD_C)?;
+    let mib = (size >> 20).to_string();
+    println!("Working set {}: time of the timed phase (init excluded), and slowdown vs native", format_size(size));
+    for pattern in patterns {
+        if pattern != "seq" && pattern != "random" {
+            bail!("unknown pattern {pattern:?}: use seq or random");
+        }
+        let args = [pattern.clone(), mib.clone()];
+        let native_out = numbers(&native(&program, &args)?);
+        let [_, native_ns, ..] = native_out[..] else {
+            bail!("unexpected output: {native_out:?}");
+        };
+        println!("  {pattern:<6} native              {:>10.3} s", native_ns / 1e9);
+        for percent in [100u64, 50, 25] {
+            // Whole pages, and a little headroom at 100% for the program's
+            // own stack and data besides the working set.
+            let excache = (size * percent / 100 + if percent == 100 { 8 << 20 } else { 0 }) & !4095;
+            let out = numbers(&bench.lego(excache, &program, &args)?);
+            let [_, lego_ns, ..] = out[..] else {
+                bail!("unexpected output: {out:?}");
+            };
+            println!(
+                "  {pattern:<6} Lego ExCache {percent:>3}%    {:>10.3} s   {:>6.2}x native",
+                lego_ns / 1e9,
+                lego_ns / native_ns
+            );
+        }
+    }
+    Ok(())
+}
