@@ -42,7 +42,6 @@ fn high_dup(fd: RawFd) -> io::Result<OwnedFd> {
 /// with the processor (PR_SET_PDEATHSIG): its process cannot outlive the
 /// component that owns it.
 pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProcess> {
-    let exe = std::env::current_exe()?;
     let (spec_r, spec_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
     let spec_src = high_dup(spec_r.as_raw_fd())?;
@@ -54,15 +53,21 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
         (log_src.as_raw_fd(), LOG_FD),
     ];
     let [stdin, stdout, stderr] = stdio;
-    let mut command = Command::new(exe);
+    // The processor's own binary, even if the file was replaced or deleted
+    // since it started: the child's /proc/self/exe is the parent's until
+    // exec, so runtimes always match the processor's version.
+    let mut command = Command::new("/proc/self/exe");
     command
+        .arg0("lego")
         .arg("runtime")
         .env_clear()
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
-    if let Some(level) = std::env::var_os("LEGO_LOG") {
-        command.env("LEGO_LOG", level);
+    for var in ["LEGO_LOG", "LEGO_NO_PIN"] {
+        if let Some(value) = std::env::var_os(var) {
+            command.env(var, value);
+        }
     }
     // Safety: between fork and exec the closure only calls async-signal-safe
     // functions (dup2, prctl, getppid) on descriptors that exist.

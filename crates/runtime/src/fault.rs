@@ -20,9 +20,25 @@ pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    // The application thread and the fault thread share one CPU: while a
+    // miss is served the application is blocked anyway, and handing the CPU
+    // back to it on the same core skips the cross-CPU wake-up that
+    // otherwise doubles the miss latency on a small VM (measured: median
+    // 17-32 us bimodal unpinned, 20 us pinned). LEGO_NO_PIN=1 turns it off.
+    // Safety: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let pinned = cpu >= 0 && std::env::var_os("LEGO_NO_PIN").is_none();
+    if pinned {
+        pin(cpu);
+    }
     std::thread::Builder::new()
         .name("excache-fault".into())
-        .spawn(move || serve(rt))?;
+        .spawn(move || {
+            if pinned {
+                pin(cpu);
+            }
+            serve(rt)
+        })?;
     Ok(())
 }
 
@@ -75,4 +91,15 @@ fn wait_readable(fd: i32) {
     };
     // Safety: one pollfd of ours; an error just means we poll again.
     unsafe { libc::poll(&mut pfd, 1, -1) };
+}
+
+/// Restricts the calling thread to `cpu`; failure leaves it unpinned,
+/// which is only slower.
+fn pin(cpu: i32) {
+    // Safety: cpu_set_t is plain data, and sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
 }
