@@ -133,6 +133,8 @@ fn memory_lives_on_the_memory_manager_through_a_small_excache() {
         .find_map(|part| part.strip_suffix(" evictions")?.parse().ok())
         .unwrap_or(0);
     assert!(evictions > 10_000, "expected heavy eviction: {stats}");
+    let log = cluster.log("processor-0");
+    assert!(!log.contains("runtime bug"), "the runtime reported a bug:\n{log}");
 }
 
 #[test]

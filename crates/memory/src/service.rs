@@ -18,8 +18,8 @@ use crate::loader;
 use crate::pool::PagePool;
 use crate::vma::{is_aligned, AddressSpace, Outcome};
 use lego_proto::{
-    ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_IMAGE_LEN,
-    MAX_WRITEBACK_PAGES, PAGE_SIZE,
+    ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_FETCH_PAGES,
+    MAX_IMAGE_LEN, MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{PeerInfo, Reply, Service};
 use std::collections::HashMap;
@@ -201,6 +201,43 @@ impl MemoryService {
         }
     }
 
+    /// Readahead: up to `count` pages from `addr`, clamped to the mapping
+    /// holding `addr`; absent pages travel as zeros.
+    fn fetch_pages(&self, pid: ProcessId, addr: u64, count: u32) -> Reply {
+        if !is_aligned(addr) || count == 0 || count > MAX_FETCH_PAGES {
+            return bad_request(format!(
+                "fetch of {count} pages at {addr:#x} of process {pid:#x}: the address must be \
+                 page-aligned and the count 1-{MAX_FETCH_PAGES}"
+            ));
+        }
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let guard = lock(&slot);
+        let Some(space) = guard.as_ref() else {
+            return unknown_process(pid);
+        };
+        let Some(vma) = space.find(addr) else {
+            return bad_request(format!(
+                "fetch of page {addr:#x} of process {pid:#x}: the address is not mapped"
+            ));
+        };
+        let count = (count as u64).min((vma.end - addr) / PAGE_SIZE as u64);
+        let mut payload = vec![0u8; count as usize * PAGE_SIZE];
+        let pool = lock(&self.pool);
+        for (i, page) in payload.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            if let Some(id) = space.page(addr + (i * PAGE_SIZE) as u64) {
+                page.copy_from_slice(pool.get(id));
+            }
+        }
+        Reply {
+            message: Message::Pages {
+                count: count as u32,
+            },
+            payload,
+        }
+    }
+
     fn write_back(&self, pid: ProcessId, addrs: &[u64], payload: &[u8]) -> Reply {
         if addrs.len() > MAX_WRITEBACK_PAGES {
             return bad_request(format!(
@@ -294,6 +331,7 @@ impl Service for MemoryService {
             Message::Exec { pid } => self.exec(pid, &request.payload),
             Message::Memory { pid, op } => self.memory(pid, op),
             Message::FetchPage { pid, addr } => self.fetch_page(pid, addr),
+            Message::FetchPages { pid, addr, count } => self.fetch_pages(pid, addr, count),
             Message::WriteBack { pid, addrs } => self.write_back(pid, &addrs, &request.payload),
             Message::ReleaseProcess { pid } => self.release(pid),
             other => Message::error(

@@ -182,11 +182,21 @@ impl Membership {
         let alive = |m: &&Member| m.health == Health::Alive;
         let processor = match wanted {
             Some(name) => match members.get(name) {
-                Some(m) if m.registration.role == Role::Processor && m.health == Health::Alive => Some(m),
-                Some(m) if m.registration.role == Role::Processor => {
-                    return Message::error(ErrorCode::BadRequest, format!("processor {name} is dead"))
+                Some(m) if m.registration.role == Role::Processor && m.health == Health::Alive => {
+                    Some(m)
                 }
-                _ => return Message::error(ErrorCode::BadRequest, format!("no processor named {name}")),
+                Some(m) if m.registration.role == Role::Processor => {
+                    return Message::error(
+                        ErrorCode::BadRequest,
+                        format!("processor {name} is dead"),
+                    )
+                }
+                _ => {
+                    return Message::error(
+                        ErrorCode::BadRequest,
+                        format!("no processor named {name}"),
+                    )
+                }
             },
             None => members
                 .values()
@@ -206,12 +216,17 @@ impl Membership {
             .filter(|m| m.registration.role == Role::Memory)
             .max_by_key(|m| match &m.load {
                 Load::Memory {
-                    capacity, committed, ..
+                    capacity,
+                    committed,
+                    ..
                 } => capacity.saturating_sub(*committed),
                 _ => 0,
             });
         let Some(memory) = memory else {
-            return Message::error(ErrorCode::BadRequest, "no live memory manager in the cluster");
+            return Message::error(
+                ErrorCode::BadRequest,
+                "no live memory manager in the cluster",
+            );
         };
         Message::Placement {
             processor: processor.registration.clone(),

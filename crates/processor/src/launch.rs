@@ -38,26 +38,33 @@ pub fn serve(path: &Path, processor: Arc<Processor>) -> std::io::Result<()> {
     }
     let listener = UnixListener::bind(path)?;
     let peer: Peer = path.into();
-    thread::Builder::new().name("launch".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let processor = Arc::clone(&processor);
-            let peer = peer.clone();
-            let _ = thread::Builder::new()
-                .name("launch conn".into())
-                .spawn(move || {
-                    if let Err(e) = serve_connection(stream, &peer, &processor) {
-                        warn!("launch connection: {e}");
-                    }
-                });
-        }
-    })?;
+    thread::Builder::new()
+        .name("launch".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let processor = Arc::clone(&processor);
+                let peer = peer.clone();
+                let _ = thread::Builder::new()
+                    .name("launch conn".into())
+                    .spawn(move || {
+                        if let Err(e) = serve_connection(stream, &peer, &processor) {
+                            warn!("launch connection: {e}");
+                        }
+                    });
+            }
+        })?;
     Ok(())
 }
 
 fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
     let count = spec.argv.len() + spec.envp.len();
-    let bytes: usize = spec.argv.iter().chain(&spec.envp).map(|s| s.len() + 1).sum();
+    let bytes: usize = spec
+        .argv
+        .iter()
+        .chain(&spec.envp)
+        .map(|s| s.len() + 1)
+        .sum();
     if count > MAX_ARGS || bytes > MAX_ARGS_BYTES {
         return Err(format!(
             "{count} arguments and environment entries of {bytes} bytes are over the limits ({MAX_ARGS}, {MAX_ARGS_BYTES})"
@@ -76,23 +83,51 @@ fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), Strin
     write_frame(stream, id, &message, &[]).map_err(|e| format!("cannot reply to lego run: {e}"))
 }
 
-fn serve_connection(stream: UnixStream, peer: &Peer, processor: &Arc<Processor>) -> Result<(), String> {
+fn serve_connection(
+    stream: UnixStream,
+    peer: &Peer,
+    processor: &Arc<Processor>,
+) -> Result<(), String> {
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut reader = FrameReader::new(stream.try_clone().map_err(|e| e.to_string())?, FrameLimits::HANDSHAKE);
+    let mut reader = FrameReader::new(
+        stream.try_clone().map_err(|e| e.to_string())?,
+        FrameLimits::HANDSHAKE,
+    );
     let me = Identity::new(Role::Processor, processor.name.clone());
-    let client = handshake::server(&mut writer, &mut reader, peer, &processor.secret, &me, Duration::from_secs(5))
-        .map_err(|e| format!("refused: {e}"))?;
-    let fds = recv_fds(&stream).map_err(|e| format!("receiving stdio from {}: {e}", client.name))?;
+    let client = handshake::server(
+        &mut writer,
+        &mut reader,
+        peer,
+        &processor.secret,
+        &me,
+        Duration::from_secs(5),
+    )
+    .map_err(|e| format!("refused: {e}"))?;
+    let fds =
+        recv_fds(&stream).map_err(|e| format!("receiving stdio from {}: {e}", client.name))?;
     let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
-        return Err(format!("{} sent the wrong number of descriptors (want stdin, stdout, stderr)", client.name));
+        return Err(format!(
+            "{} sent the wrong number of descriptors (want stdin, stdout, stderr)",
+            client.name
+        ));
     };
-    let frame = reader.read_frame().map_err(|e| format!("reading the launch request: {e}"))?;
+    let frame = reader
+        .read_frame()
+        .map_err(|e| format!("reading the launch request: {e}"))?;
     let Message::Launch(spec) = frame.message else {
-        reply(&mut writer, frame.id, Message::error(ErrorCode::BadRequest, "expected Launch"))?;
+        reply(
+            &mut writer,
+            frame.id,
+            Message::error(ErrorCode::BadRequest, "expected Launch"),
+        )?;
         return Err(format!("expected Launch, got {}", frame.message.kind()));
     };
     if let Err(why) = check_spec(&spec) {
-        return reply(&mut writer, frame.id, Message::error(ErrorCode::BadRequest, why));
+        return reply(
+            &mut writer,
+            frame.id,
+            Message::error(ErrorCode::BadRequest, why),
+        );
     }
     let pid = processor.new_pid();
     let command = spec
@@ -122,7 +157,10 @@ fn serve_connection(stream: UnixStream, peer: &Peer, processor: &Arc<Processor>)
         }
     };
     let host_pid = runtime.host_pid();
-    info!("started process {pid:x} (runtime pid {host_pid}, home {}): {command}", spec.memory_name);
+    info!(
+        "started process {pid:x} (runtime pid {host_pid}, home {}): {command}",
+        spec.memory_name
+    );
     processor.track(ProcessInfo {
         pid,
         host_pid,
@@ -142,7 +180,15 @@ fn serve_connection(stream: UnixStream, peer: &Peer, processor: &Arc<Processor>)
             .name(format!("wait {pid:x}"))
             .spawn(move || {
                 let report: ExitReport = runtime.wait();
-                info!("process {pid:x} ended: {:?}{}", report.status, report.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
+                info!(
+                    "process {pid:x} ended: {:?}{}",
+                    report.status,
+                    report
+                        .error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
                 processor.untrack(pid);
                 // Answer first: releasing may wait on a memory manager
                 // that is gone, and the user should not wait for that.
@@ -163,7 +209,10 @@ fn serve_connection(stream: UnixStream, peer: &Peer, processor: &Arc<Processor>)
                 other => reply(
                     &mut writer,
                     frame.id,
-                    Message::error(ErrorCode::BadRequest, format!("unexpected {}", other.kind())),
+                    Message::error(
+                        ErrorCode::BadRequest,
+                        format!("unexpected {}", other.kind()),
+                    ),
                 )?,
             },
             Err(ReadError::Closed) | Err(_) => break,

@@ -69,17 +69,26 @@ impl Processor {
     /// Tells the memory manager at `memory` to free `pid`'s memory.
     fn release(&self, memory: SocketAddr, pid: ProcessId) {
         let client = {
-            let mut clients = self.memory_clients.lock().unwrap_or_else(|p| p.into_inner());
+            let mut clients = self
+                .memory_clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             Arc::clone(clients.entry(memory).or_insert_with(|| {
                 Arc::new(Client::new(
                     memory,
-                    ClientConfig::new(self.secret.clone(), Identity::new(Role::Processor, self.name.clone())),
+                    ClientConfig::new(
+                        self.secret.clone(),
+                        Identity::new(Role::Processor, self.name.clone()),
+                    ),
                 ))
             }))
         };
         match client.call(&Message::ReleaseProcess { pid }, &[]) {
             Ok(reply) if reply.message == Message::Released => {}
-            Ok(reply) => warn!("memory manager at {memory} answered ReleaseProcess with {}", reply.message.kind()),
+            Ok(reply) => warn!(
+                "memory manager at {memory} answered ReleaseProcess with {}",
+                reply.message.kind()
+            ),
             Err(e) => warn!("cannot release process {pid:x} on {memory}: {e}"),
         }
     }
@@ -133,7 +142,9 @@ impl ProcessorManager {
         launch::serve(&config.launch_socket, Arc::clone(&processor))?;
         config.component.unix_socket = Some(config.launch_socket.display().to_string());
         let reporter = Arc::clone(&processor);
-        let joined = join_cluster(Role::Processor, config.component, processor, move || reporter.load())?;
+        let joined = join_cluster(Role::Processor, config.component, processor, move || {
+            reporter.load()
+        })?;
         Ok(ProcessorManager { joined })
     }
 

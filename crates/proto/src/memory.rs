@@ -23,6 +23,9 @@ pub const USER_MIN: u64 = 0x1_0000;
 /// lives in, and keeps its own code, heap and stacks above.
 pub const USER_END: u64 = 0x4000_0000_0000;
 
+/// Most pages one `FetchPages` may ask for.
+pub const MAX_FETCH_PAGES: u32 = 256;
+
 /// Most pages one write-back batch may carry (bounded by the payload limit).
 pub const MAX_WRITEBACK_PAGES: usize = crate::MAX_PAYLOAD_LEN / PAGE_SIZE;
 
@@ -158,6 +161,8 @@ pub struct ExcacheStats {
     pub misses: u64,
     /// Faults served by zero-filling a never-written page locally.
     pub zero_fills: u64,
+    /// Pages brought in ahead of a fault by readahead.
+    pub prefetched: u64,
     pub evictions: u64,
     /// Dirty pages written back.
     pub writebacks: u64,

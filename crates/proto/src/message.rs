@@ -259,6 +259,17 @@ pub enum Message {
     Page,
     /// Reply: the page holds only zeros (no payload).
     ZeroPage,
+    /// Up to `count` consecutive pages of `pid` from page-aligned `addr`
+    /// (readahead), stopping at the end of the mapping holding `addr`.
+    FetchPages {
+        pid: ProcessId,
+        addr: u64,
+        count: u32,
+    },
+    /// Reply: `count` pages in the payload, zeros included.
+    Pages {
+        count: u32,
+    },
     /// Take back dirty pages; the payload holds one page per address.
     WriteBack {
         pid: ProcessId,
@@ -304,6 +315,8 @@ impl Message {
             Message::FetchPage { .. } => "FetchPage",
             Message::Page => "Page",
             Message::ZeroPage => "ZeroPage",
+            Message::FetchPages { .. } => "FetchPages",
+            Message::Pages { .. } => "Pages",
             Message::WriteBack { .. } => "WriteBack",
             Message::WrittenBack => "WrittenBack",
             Message::ReleaseProcess { .. } => "ReleaseProcess",

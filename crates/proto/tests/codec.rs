@@ -154,6 +154,7 @@ fn stats() -> impl Strategy<Value = ExcacheStats> {
                 peak_resident_bytes: a[1],
                 misses: a[2],
                 zero_fills: a[3],
+                prefetched: a[0] ^ a[3],
                 evictions: a[4],
                 writebacks: a[5],
                 writeback_batches: a[6],
@@ -255,6 +256,9 @@ fn memory_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), any::<u64>()).prop_map(|(pid, addr)| Message::FetchPage { pid, addr }),
         Just(Message::Page),
         Just(Message::ZeroPage),
+        (any::<u64>(), any::<u64>(), any::<u32>())
+            .prop_map(|(pid, addr, count)| Message::FetchPages { pid, addr, count }),
+        any::<u32>().prop_map(|count| Message::Pages { count }),
         (any::<u64>(), prop::collection::vec(any::<u64>(), 0..8))
             .prop_map(|(pid, addrs)| Message::WriteBack { pid, addrs }),
         Just(Message::WrittenBack),

@@ -21,6 +21,8 @@ use thiserror::Error;
 pub const MIN_QUOTA_PAGES: usize = 64;
 /// Most pages evicted (and written back) together.
 const MAX_EVICT_BATCH: usize = 256;
+/// Largest readahead window, in pages (bounded by a fraction of the quota).
+const MAX_READAHEAD: usize = 128;
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -36,6 +38,10 @@ pub trait Backing: Send + Sync {
     /// Fills `buf` with the page at `addr`; returns false (leaving `buf`
     /// unspecified) when the page holds only zeros.
     fn fetch(&self, addr: u64, buf: &mut [u8]) -> Result<bool, CacheError>;
+    /// Fills `buf` with up to `count` consecutive pages from `addr`
+    /// (readahead); returns how many it got (at least 1: the mapping may end
+    /// sooner).
+    fn fetch_run(&self, addr: u64, count: usize, buf: &mut Vec<u8>) -> Result<usize, CacheError>;
     /// Stores dirty pages: `data` holds one page per address, in order.
     fn write_back(&self, addrs: &[u64], data: &[u8]) -> Result<(), CacheError>;
 }
@@ -131,8 +137,13 @@ struct State {
     remote: BTreeSet<u64>,
     populated: RangeSet,
     stats: ExcacheStats,
+    /// Readahead: where the next miss lands if the access is sequential,
+    /// and how many pages the next sequential miss fetches.
+    next_expected: u64,
+    window: usize,
     /// Scratch buffers, kept to avoid allocating on the miss path.
     page_buf: Vec<u8>,
+    run_buf: Vec<u8>,
     victims: Vec<u64>,
     dirty: Vec<u64>,
     writeback_buf: Vec<u8>,
@@ -164,7 +175,10 @@ impl ExCache {
                     miss_latency_log2_ns: vec![0; 40],
                     ..ExcacheStats::default()
                 },
+                next_expected: 0,
+                window: 1,
                 page_buf: vec![0; PAGE as usize],
+                run_buf: Vec::new(),
                 victims: Vec::new(),
                 dirty: Vec::new(),
                 writeback_buf: Vec::new(),
@@ -200,7 +214,9 @@ impl ExCache {
 
     /// Serves a fault at `addr`: makes room, then installs the page —
     /// fetched from the memory manager if it may hold contents there,
-    /// zero-filled locally otherwise.
+    /// zero-filled locally otherwise. A miss that continues a sequential
+    /// run fetches a growing window of the pages after it in the same
+    /// round trip (readahead).
     pub fn fault(
         &self,
         arena: &Arena,
@@ -213,44 +229,112 @@ impl ExCache {
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.resident.contains(&page) {
-            // Two faults on one page (e.g. the kernel and the application).
-            arena.uffd.wake(page, PAGE)?;
-            return Ok(());
-        }
-        if st.resident.len() >= st.quota_pages {
-            Self::evict(st, arena, backing)?;
+            if arena.pagemap.present(page)? {
+                // Two faults on one page (e.g. the kernel and the application).
+                arena.uffd.wake(page, PAGE)?;
+                return Ok(());
+            }
+            // The bookkeeping says resident but the page is gone: a bug,
+            // reported once; serve the fault as a miss rather than spin.
+            static REPORTED: std::sync::Once = std::sync::Once::new();
+            REPORTED.call_once(|| {
+                tracing::error!("runtime bug: page {page:#x} was dropped behind the ExCache's back")
+            });
+            st.resident.remove(&page);
+            st.policy.removed(page);
         }
         let remote = st.remote.contains(&page) || st.populated.contains(page);
-        let src = if remote && backing.fetch(page, &mut st.page_buf)? {
-            st.stats.bytes_fetched += PAGE;
-            st.page_buf.as_ptr()
+        if !remote {
+            Self::make_room(st, arena, backing, 1)?;
+            // A write fault would dirty the page at once: install it
+            // writable rather than take a second (write-protect) fault.
+            // Safety: the zero page is a page-sized buffer of ours.
+            unsafe {
+                arena
+                    .uffd
+                    .copy_pages(page, self.zero_page.as_ptr(), 1, !write)?
+            };
+            Self::admit(st, page, 1);
+            st.stats.zero_fills += 1;
+            return Ok(());
+        }
+        let max_window = MAX_READAHEAD.min(st.quota_pages / 8).max(1);
+        st.window = if page == st.next_expected {
+            (st.window * 2).min(max_window)
         } else {
-            self.zero_page.as_ptr()
+            1
         };
-        // A write fault would dirty the page at once: install it writable
-        // rather than take a second (write-protect) fault.
-        // Safety: `src` points to one of our two page-sized buffers.
-        unsafe { arena.uffd.copy_page(page, src, !write)? };
-        st.resident.insert(page);
-        st.policy.inserted(page);
-        let resident = st.resident.len() as u64 * PAGE;
-        let stats = &mut st.stats;
-        stats.peak_resident_bytes = stats.peak_resident_bytes.max(resident);
-        if remote {
-            stats.misses += 1;
-            let ns = started.elapsed().as_nanos() as u64;
-            let bucket = latency_bucket(ns).min(stats.miss_latency_log2_ns.len() - 1);
-            stats.miss_latency_log2_ns[bucket] += 1;
+        let mut count = 1;
+        while count < st.window && !st.resident.contains(&(page + count as u64 * PAGE)) {
+            count += 1;
+        }
+        Self::make_room(st, arena, backing, count)?;
+        let got = if count == 1 {
+            let src = if backing.fetch(page, &mut st.page_buf)? {
+                st.page_buf.as_ptr()
+            } else {
+                self.zero_page.as_ptr()
+            };
+            // Safety: `src` is one of our page-sized buffers.
+            unsafe { arena.uffd.copy_pages(page, src, 1, !write)? };
+            1
         } else {
-            stats.zero_fills += 1;
+            let got = backing.fetch_run(page, count, &mut st.run_buf)?.min(count);
+            // Clean: the faulting write (if any) marks its page written.
+            // Safety: `run_buf` holds `got` whole pages.
+            unsafe {
+                arena
+                    .uffd
+                    .copy_pages(page, st.run_buf.as_ptr(), got, true)?
+            };
+            got
+        };
+        Self::admit(st, page, got);
+        st.next_expected = page + got as u64 * PAGE;
+        let stats = &mut st.stats;
+        stats.bytes_fetched += got as u64 * PAGE;
+        stats.misses += 1;
+        stats.prefetched += got as u64 - 1;
+        let ns = started.elapsed().as_nanos() as u64;
+        let bucket = latency_bucket(ns).min(stats.miss_latency_log2_ns.len() - 1);
+        stats.miss_latency_log2_ns[bucket] += 1;
+        Ok(())
+    }
+
+    /// Evicts until `pages` more fit in the quota.
+    fn make_room(
+        st: &mut State,
+        arena: &Arena,
+        backing: &dyn Backing,
+        pages: usize,
+    ) -> Result<(), CacheError> {
+        while st.resident.len() + pages > st.quota_pages {
+            Self::evict(st, arena, backing, pages)?;
         }
         Ok(())
     }
 
+    /// Books `count` pages from `page` as resident.
+    fn admit(st: &mut State, page: u64, count: usize) {
+        for i in 0..count as u64 {
+            st.resident.insert(page + i * PAGE);
+            st.policy.inserted(page + i * PAGE);
+        }
+        let resident = st.resident.len() as u64 * PAGE;
+        st.stats.peak_resident_bytes = st.stats.peak_resident_bytes.max(resident);
+    }
+
     /// Evicts a batch of victims: written ones are sent back in one batch,
     /// then all are dropped from the arena.
-    fn evict(st: &mut State, arena: &Arena, backing: &dyn Backing) -> Result<(), CacheError> {
-        let batch = (st.quota_pages / 16).clamp(1, MAX_EVICT_BATCH);
+    fn evict(
+        st: &mut State,
+        arena: &Arena,
+        backing: &dyn Backing,
+        at_least: usize,
+    ) -> Result<(), CacheError> {
+        let batch = (st.quota_pages / 16)
+            .clamp(1, MAX_EVICT_BATCH)
+            .max(at_least);
         st.victims.clear();
         st.policy.victims(batch, &mut st.victims);
         st.victims.sort_unstable();
@@ -382,7 +466,7 @@ impl ExCache {
             unsafe {
                 arena
                     .uffd
-                    .copy_page(dst, p as *const u8, !written.contains(&p))?
+                    .copy_pages(dst, p as *const u8, 1, !written.contains(&p))?
             };
             st.resident.remove(&p);
             st.policy.removed(p);

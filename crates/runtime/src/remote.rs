@@ -2,7 +2,8 @@
 
 use crate::excache::{Backing, CacheError};
 use lego_proto::{
-    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, Role, MAX_WRITEBACK_PAGES, PAGE_SIZE,
+    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, Role, MAX_FETCH_PAGES,
+    MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
 use std::net::SocketAddr;
@@ -112,6 +113,32 @@ impl Backing for RemoteMemory {
             }
             Message::ZeroPage => Ok(false),
             other => Err(CacheError::Remote(self.unexpected("FetchPage", other))),
+        }
+    }
+
+    fn fetch_run(&self, addr: u64, count: usize, buf: &mut Vec<u8>) -> Result<usize, CacheError> {
+        let count = count.min(MAX_FETCH_PAGES as usize);
+        let reply = self
+            .client
+            .call(
+                &Message::FetchPages {
+                    pid: self.pid,
+                    addr,
+                    count: count as u32,
+                },
+                &[],
+            )
+            .map_err(|e| CacheError::Remote(self.lost(e)))?;
+        match reply.message {
+            Message::Pages { count: got }
+                if got >= 1
+                    && got as usize <= count
+                    && reply.payload.len() == got as usize * PAGE_SIZE =>
+            {
+                *buf = reply.payload;
+                Ok(got as usize)
+            }
+            other => Err(CacheError::Remote(self.unexpected("FetchPages", other))),
         }
     }
 

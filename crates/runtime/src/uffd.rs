@@ -183,48 +183,63 @@ impl Userfaultfd {
         Ok(())
     }
 
-    /// Installs the page at `src` (4096 bytes in our memory) at `dst` and
-    /// wakes the threads waiting on it. With `write_protect` the page starts
-    /// clean (its first write marks it written); without, it counts as
-    /// written already. Returns `Ok(false)` when the page was already there
-    /// (EEXIST); the waiters are woken anyway.
+    /// Installs `pages` pages from `src` (in our memory) at `dst` and wakes
+    /// the threads waiting on them. With `write_protect` the pages start
+    /// clean (a first write marks a page written); without, they count as
+    /// written already. A page that is already there (EEXIST) is skipped
+    /// and its waiters are woken.
     ///
     /// # Safety
-    /// `src` must point to 4096 readable bytes.
-    pub unsafe fn copy_page(
+    /// `src` must point to `pages * 4096` readable bytes.
+    pub unsafe fn copy_pages(
         &self,
         dst: u64,
         src: *const u8,
+        pages: usize,
         write_protect: bool,
-    ) -> io::Result<bool> {
-        let mut copy = UffdioCopy {
-            dst,
-            src: src as u64,
-            len: 4096,
-            mode: if write_protect {
-                UFFDIO_COPY_MODE_WP
-            } else {
-                0
-            },
-            copy: 0,
-        };
-        loop {
-            // Safety: UFFDIO_COPY reads one UffdioCopy and the 4096 source
-            // bytes the caller vouches for, and writes `copy` back.
+    ) -> io::Result<()> {
+        let len = pages as u64 * 4096;
+        let mut done = 0u64;
+        // One call per run, unless the run spans host VMAs (protection
+        // changes split the arena), which UFFDIO_COPY refuses with ENOENT:
+        // then one call per page.
+        let mut per_page = false;
+        while done < len {
+            let chunk = if per_page { 4096 } else { len - done };
+            let mut copy = UffdioCopy {
+                dst: dst + done,
+                src: src as u64 + done,
+                len: chunk,
+                mode: if write_protect {
+                    UFFDIO_COPY_MODE_WP
+                } else {
+                    0
+                },
+                copy: 0,
+            };
+            // Safety: UFFDIO_COPY reads one UffdioCopy and the source bytes
+            // the caller vouches for, and writes `copy` back.
             let ret = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut copy) };
             if ret == 0 {
-                return Ok(true);
+                done += chunk;
+                continue;
             }
             let err = io::Error::last_os_error();
+            // On failure `copy` holds the bytes copied, or a negated errno.
+            if copy.copy > 0 {
+                done += copy.copy as u64;
+            }
             match err.raw_os_error() {
                 Some(libc::EEXIST) => {
-                    self.wake(dst, 4096)?;
-                    return Ok(false);
+                    self.wake(dst + done, 4096)?;
+                    done += 4096;
                 }
-                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                Some(libc::ENOENT) if !per_page && len - done > 4096 => per_page = true,
                 _ => return Err(err),
             }
         }
+        Ok(())
     }
 
     /// Wakes threads waiting on faults in the range.
@@ -257,6 +272,24 @@ pub struct Pagemap {
 }
 
 impl Pagemap {
+    /// Whether the page at `addr` is present in the page table.
+    pub fn present(&self, addr: u64) -> io::Result<bool> {
+        let mut entry = [0u8; 8];
+        // Safety: pread writes at most 8 bytes into `entry`.
+        let n = unsafe {
+            libc::pread(
+                self.fd.as_raw_fd(),
+                entry.as_mut_ptr().cast(),
+                8,
+                (addr / 4096 * 8) as libc::off_t,
+            )
+        };
+        if n != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(u64::from_ne_bytes(entry) & (1 << 63) != 0)
+    }
+
     pub fn open() -> io::Result<Pagemap> {
         let file = std::fs::File::open("/proc/self/pagemap")?;
         Ok(Pagemap { fd: file.into() })

@@ -17,7 +17,10 @@ fn cmsg_space() -> usize {
 /// Sends `fds` with one marker byte.
 pub fn send_fds(socket: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     if fds.is_empty() || fds.len() > MAX_FDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "1 to 16 descriptors per message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "1 to 16 descriptors per message",
+        ));
     }
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
@@ -39,7 +42,11 @@ pub fn send_fds(socket: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as usize;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr(),
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            fds.len(),
+        );
         if libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
             return Err(io::Error::last_os_error());
         }
@@ -70,7 +77,10 @@ pub fn recv_fds(socket: &UnixStream) -> io::Result<Vec<OwnedFd>> {
             return Err(io::Error::last_os_error());
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed before sending descriptors"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed before sending descriptors",
+            ));
         }
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
@@ -84,7 +94,10 @@ pub fn recv_fds(socket: &UnixStream) -> io::Result<Vec<OwnedFd>> {
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "too many descriptors in one message"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many descriptors in one message",
+            ));
         }
     }
     Ok(fds)

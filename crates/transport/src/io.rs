@@ -68,7 +68,8 @@ impl<R: Read> FrameReader<R> {
 
     /// Decodes a frame already buffered, if there is a whole one.
     fn take_frame(&mut self) -> Result<Option<Frame>, ReadError> {
-        let Some((frame, used)) = decode_frame(&self.buf[self.start..self.end], self.limits)? else {
+        let Some((frame, used)) = decode_frame(&self.buf[self.start..self.end], self.limits)?
+        else {
             return Ok(None);
         };
         self.start += used;
@@ -91,7 +92,12 @@ impl<R: Read> FrameReader<R> {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Err(ReadError::TimedOut)
             }
             Err(e) => Err(ReadError::Io(e)),

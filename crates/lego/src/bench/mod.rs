@@ -79,7 +79,10 @@ impl Bench {
             cluster: StateDir::new(dir.join("cluster")),
             dir,
         };
-        eprintln!("lego bench: starting a cluster (1 processor, 1 memory manager of {})", format_size(memory));
+        eprintln!(
+            "lego bench: starting a cluster (1 processor, 1 memory manager of {})",
+            format_size(memory)
+        );
         cluster::up(UpArgs {
             state: StateArgs {
                 state: Some(bench.cluster.root.clone()),
@@ -170,7 +173,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn miss(size: u64, excache: u64) -> Result<()> {
-    let (mut tcp, mut uffd) = (raw::tcp_round_trips(20_000)?, raw::local_uffd_misses(16_384)?);
+    let (mut tcp, mut uffd) = (
+        raw::tcp_round_trips(20_000)?,
+        raw::local_uffd_misses(16_384)?,
+    );
     let (tcp_med, tcp_p99) = raw::median_p99(&mut tcp);
     let (proto_med, proto_p99) = raw::median_p99(&mut raw::transport_round_trips(20_000)?);
     let (uffd_med, uffd_p99) = raw::median_p99(&mut uffd);
@@ -183,11 +189,32 @@ fn miss(size: u64, excache: u64) -> Result<()> {
         bail!("unexpected output from the miss workload: {out:?}");
     };
     let budget = tcp_med as f64 + uffd_med as f64;
-    println!("ExCache miss latency ({} misses over {}, ExCache {}):", pages, format_size(size), format_size(excache));
-    println!("  raw TCP round trip (16 B -> 4 KiB)  median {:>9}  p99 {:>9}", us(tcp_med as f64), us(tcp_p99 as f64));
-    println!("  Lego transport round trip (page)    median {:>9}  p99 {:>9}", us(proto_med as f64), us(proto_p99 as f64));
-    println!("  local userfaultfd copy              median {:>9}  p99 {:>9}", us(uffd_med as f64), us(uffd_p99 as f64));
-    println!("  Lego ExCache miss                   median {:>9}  p99 {:>9}", us(lego_med), us(lego_p99));
+    println!(
+        "ExCache miss latency ({} misses over {}, ExCache {}):",
+        pages,
+        format_size(size),
+        format_size(excache)
+    );
+    println!(
+        "  raw TCP round trip (16 B -> 4 KiB)  median {:>9}  p99 {:>9}",
+        us(tcp_med as f64),
+        us(tcp_p99 as f64)
+    );
+    println!(
+        "  Lego transport round trip (page)    median {:>9}  p99 {:>9}",
+        us(proto_med as f64),
+        us(proto_p99 as f64)
+    );
+    println!(
+        "  local userfaultfd copy              median {:>9}  p99 {:>9}",
+        us(uffd_med as f64),
+        us(uffd_p99 as f64)
+    );
+    println!(
+        "  Lego ExCache miss                   median {:>9}  p99 {:>9}",
+        us(lego_med),
+        us(lego_p99)
+    );
     println!(
         "  ratio: Lego miss median / (TCP round trip + userfaultfd copy) = {:.2} (goal <= 1.3)",
         lego_med / budget
@@ -209,7 +236,10 @@ fn syscall(calls: u64) -> Result<()> {
     println!("  bare SIGSYS round trip         {bare_ns:>8.0} ns");
     println!("  Lego (trapped, passed through) {lego_ns:>8.0} ns");
     println!("  ratio: Lego / native = {:.1}", lego_ns / native_ns);
-    println!("  ratio: Lego / bare SIGSYS = {:.2} (goal <= 1.3)", lego_ns / bare_ns);
+    println!(
+        "  ratio: Lego / bare SIGSYS = {:.2} (goal <= 1.3)",
+        lego_ns / bare_ns
+    );
     Ok(())
 }
 
@@ -217,7 +247,10 @@ fn workload(size: u64, patterns: &[String]) -> Result<()> {
     let bench = Bench::new(size * 2 + (1 << 30), size)?;
     let program = bench.compile("workload", WORKLOAD_C)?;
     let mib = (size >> 20).to_string();
-    println!("Working set {}: time of the timed phase (init excluded), and slowdown vs native", format_size(size));
+    println!(
+        "Working set {}: time of the timed phase (init excluded), and slowdown vs native",
+        format_size(size)
+    );
     for pattern in patterns {
         if pattern != "seq" && pattern != "random" {
             bail!("unknown pattern {pattern:?}: use seq or random");
@@ -227,7 +260,10 @@ fn workload(size: u64, patterns: &[String]) -> Result<()> {
         let [_, native_ns, ..] = native_out[..] else {
             bail!("unexpected output: {native_out:?}");
         };
-        println!("  {pattern:<6} native              {:>10.3} s", native_ns / 1e9);
+        println!(
+            "  {pattern:<6} native              {:>10.3} s",
+            native_ns / 1e9
+        );
         for percent in [100u64, 50, 25] {
             // Whole pages, and a little headroom at 100% for the program's
             // own stack and data besides the working set.

@@ -116,7 +116,9 @@ pub fn local_uffd_misses(pages: usize) -> io::Result<Vec<u64>> {
                 for m in &msgs[..n] {
                     if m.event == UFFD_EVENT_PAGEFAULT {
                         // Safety: `page` is a 4096-byte buffer.
-                        let _ = unsafe { uffd.copy_page(m.fault_address() & !4095, page.as_ptr(), true) };
+                        let _ = unsafe {
+                            uffd.copy_pages(m.fault_address() & !4095, page.as_ptr(), 1, true)
+                        };
                     }
                 }
             }
@@ -143,7 +145,10 @@ pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
     if samples.is_empty() {
         return (0, 0);
     }
-    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
 }
 
 /// Round trips of a page request through Lego's own transport (handshake,
@@ -171,13 +176,22 @@ pub fn transport_round_trips(count: usize) -> io::Result<Vec<u64>> {
         Arc::new(Pages(vec![3u8; 4096])),
     )?;
     let config = ClientConfig::new(secret, Identity::new(Role::Client, "bench"));
-    let conn = Connection::open(server.local_addr(), &config.secret, &config.identity, config.connect_timeout)
-        .map_err(io::Error::other)?;
+    let conn = Connection::open(
+        server.local_addr(),
+        &config.secret,
+        &config.identity,
+        config.connect_timeout,
+    )
+    .map_err(io::Error::other)?;
     let mut times = Vec::with_capacity(count);
-    let request = Message::FetchPage { pid: 1, addr: 0x1000 };
+    let request = Message::FetchPage {
+        pid: 1,
+        addr: 0x1000,
+    };
     for i in 0..count + count / 10 {
         let t0 = Instant::now();
-        conn.call(&request, &[], config.request_timeout).map_err(io::Error::other)?;
+        conn.call(&request, &[], config.request_timeout)
+            .map_err(io::Error::other)?;
         if i >= count / 10 {
             times.push(t0.elapsed().as_nanos() as u64);
         }
