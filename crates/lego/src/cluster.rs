@@ -165,7 +165,7 @@ fn signal(component: &ComponentRecord, signal: libc::c_int) -> bool {
 
 /// Stops components: TERM, then KILL for any still running after the grace
 /// period. Returns the names of those that had to be killed.
-fn stop(components: &[ComponentRecord]) -> Vec<String> {
+fn stop_components(components: &[ComponentRecord]) -> Vec<String> {
     for c in components {
         signal(c, libc::SIGTERM);
     }
@@ -264,7 +264,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     if let Err(e) = result {
         // Leave nothing behind: stop what was started, forget the cluster.
         if let Some(record) = dir.load().ok().flatten() {
-            stop(&record.components);
+            stop_components(&record.components);
         }
         for (_, child) in children.iter_mut() {
             let _ = child.kill();
@@ -446,14 +446,22 @@ fn set_listen(args: &mut [String], addr: SocketAddr) {
     }
 }
 
-pub fn down(args: StateArgs) -> Result<()> {
-    let dir = args.dir();
+/// What stopping a cluster did.
+pub struct Stopped {
+    pub running: usize,
+    pub total: usize,
+    /// Components that needed SIGKILL.
+    pub killed: Vec<String>,
+}
+
+/// Stops every component recorded in `dir` and forgets the cluster (the
+/// logs stay). `None` when no cluster was recorded there.
+pub fn stop(dir: &StateDir) -> Result<Option<Stopped>> {
     let Some(record) = dir.load()? else {
-        println!("No Lego cluster is running in {}", dir.root.display());
-        return Ok(());
+        return Ok(None);
     };
     let running = record.running().count();
-    let killed = stop(&record.components);
+    let killed = stop_components(&record.components);
     if let Some(still) = record.running().next() {
         bail!(
             "{} (pid {}) did not stop even after SIGKILL; the state in {} is kept",
@@ -463,14 +471,28 @@ pub fn down(args: StateArgs) -> Result<()> {
         );
     }
     dir.clear()?;
-    let forced = if killed.is_empty() {
+    Ok(Some(Stopped {
+        running,
+        total: record.components.len(),
+        killed,
+    }))
+}
+
+pub fn down(args: StateArgs) -> Result<()> {
+    let dir = args.dir();
+    let Some(stopped) = stop(&dir)? else {
+        println!("No Lego cluster is running in {}", dir.root.display());
+        return Ok(());
+    };
+    let forced = if stopped.killed.is_empty() {
         String::new()
     } else {
-        format!(" ({} needed SIGKILL)", killed.join(", "))
+        format!(" ({} needed SIGKILL)", stopped.killed.join(", "))
     };
     println!(
-        "Lego cluster down: stopped {running} of {} components{forced}; logs kept in {}",
-        record.components.len(),
+        "Lego cluster down: stopped {} of {} components{forced}; logs kept in {}",
+        stopped.running,
+        stopped.total,
         dir.logs().display()
     );
     Ok(())
@@ -488,7 +510,7 @@ pub fn restart(args: RestartArgs) -> Result<()> {
         );
     };
     if component.is_running() {
-        stop(std::slice::from_ref(&component));
+        stop_components(std::slice::from_ref(&component));
     }
     let mut child = spawn(&dir, &component.name, &component.args, Log::Append)?;
     let pid = child.id();

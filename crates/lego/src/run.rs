@@ -103,9 +103,7 @@ struct Embedded {
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        let _ = cluster::down(StateArgs {
-            state: Some(self.dir.root.clone()),
-        });
+        let _ = cluster::stop(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir.root);
     }
 }

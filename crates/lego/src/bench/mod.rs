@@ -63,9 +63,7 @@ struct Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        let _ = cluster::down(StateArgs {
-            state: Some(self.cluster.root.clone()),
-        });
+        let _ = cluster::stop(&self.cluster);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

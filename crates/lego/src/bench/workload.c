@@ -1,7 +1,8 @@
 /* lego bench workload MODE SIZE_MIB: a working set of SIZE MiB, first
  * written once (init), then either scanned sequentially twice ("seq":
  * read-modify-write of one word per 64-byte line) or updated at uniformly
- * random words ("random": SIZE*16384 updates). Prints: init_ns run_ns sum. */
+ * random words ("random": four updates per page of the working set, on
+ * average). Prints: init_ns run_ns sum. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,7 @@ int main(int argc, char **argv) {
             }
     } else {
         uint64_t x = 0x9E3779B97F4A7C15ULL;
-        size_t updates = (size >> 20) * 16384;
+        size_t updates = (size / 4096) * 4;
         for (size_t k = 0; k < updates; k++) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
             size_t i = x % words;
