@@ -134,7 +134,10 @@ fn memory_lives_on_the_memory_manager_through_a_small_excache() {
         .unwrap_or(0);
     assert!(evictions > 10_000, "expected heavy eviction: {stats}");
     let log = cluster.log("processor-0");
-    assert!(!log.contains("runtime bug"), "the runtime reported a bug:\n{log}");
+    assert!(
+        !log.contains("runtime bug"),
+        "the runtime reported a bug:\n{log}"
+    );
 }
 
 #[test]
@@ -280,4 +283,17 @@ fn programs_that_cannot_run_fail_like_a_shell_says() {
     assert_eq!(shell_status(&noexec), 126);
     assert!(text(&noexec.stderr).contains("Permission denied"));
     let _ = std::fs::remove_file(&plain);
+}
+
+#[test]
+fn debians_own_static_ldconfig_runs_unmodified() {
+    // The README's first command: a static-pie binary every Debian ships,
+    // which maps /etc/ld.so.cache (a private file mapping).
+    let ldconfig = std::path::Path::new("/sbin/ldconfig");
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let lego = cluster.run(&["--excache", "1M"], ldconfig, &["-p"]);
+    let native = native(ldconfig, &["-p"]);
+    assert!(native.status.success());
+    assert_same(&lego, &native, "ldconfig -p");
+    assert!(text(&lego.stdout).contains("libs found in cache"));
 }

@@ -49,9 +49,9 @@ fn memory_call(rt: &Runtime, op: MemoryOp) -> i64 {
 }
 
 pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
-    let [addr, len, prot, flags, _fd, _offset] = c.args;
+    let [addr, len, prot, flags, fd, offset] = c.args;
     if flags & libc::MAP_ANONYMOUS as u64 == 0 {
-        return -(libc::ENODEV as i64);
+        return file_mmap(rt, addr, len, prot, flags, fd, offset);
     }
     memory_call(
         rt,
@@ -62,6 +62,90 @@ pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
             flags: flags as u32,
         },
     )
+}
+
+const MAP_TYPE: u64 = 0x0f;
+
+/// A file mapping, until the storage issue brings file-backed memory:
+/// private mappings, and read-only shared ones, get an anonymous mapping
+/// filled with the file's contents at the time of the call. Writable
+/// shared mappings are refused with ENODEV.
+fn file_mmap(
+    rt: &Runtime,
+    addr: u64,
+    len: u64,
+    prot: u64,
+    flags: u64,
+    fd: u64,
+    offset: u64,
+) -> i64 {
+    let private = flags & MAP_TYPE == libc::MAP_PRIVATE as u64;
+    if !private && prot & libc::PROT_WRITE as u64 != 0 {
+        return -(libc::ENODEV as i64);
+    }
+    if offset % 4096 != 0 {
+        return -(libc::EINVAL as i64);
+    }
+    // Safety: fstat/fcntl on the application's descriptor, into our buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd as i32, &mut st) } != 0 {
+        return -(libc::EBADF as i64);
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return -(libc::ENODEV as i64);
+    }
+    let access = unsafe { libc::fcntl(fd as i32, libc::F_GETFL) } & libc::O_ACCMODE;
+    if access == libc::O_WRONLY {
+        return -(libc::EACCES as i64);
+    }
+    let anon_flags = (flags & !MAP_TYPE) | libc::MAP_PRIVATE as u64 | libc::MAP_ANONYMOUS as u64;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    let mapped = memory_call(
+        rt,
+        MemoryOp::Mmap {
+            addr,
+            len,
+            prot: rw,
+            flags: anon_flags as u32,
+        },
+    );
+    if mapped < 0 {
+        return mapped;
+    }
+    let start = mapped as u64;
+    let want = len.min((st.st_size as u64).saturating_sub(offset));
+    let mut done = 0u64;
+    while done < want {
+        // Safety: reads the application's file into the mapping just made
+        // for it, which is writable; the kernel serves its page faults.
+        let n = unsafe {
+            crate::sud::raw_syscall(
+                libc::SYS_pread64 as u64,
+                [fd, start + done, want - done, offset + done, 0, 0],
+            )
+        };
+        if n == -(libc::EINTR as i64) {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        done += n as u64;
+    }
+    if prot as u32 != rw {
+        let protected = memory_call(
+            rt,
+            MemoryOp::Mprotect {
+                addr: start,
+                len,
+                prot: prot as u32,
+            },
+        );
+        if protected < 0 {
+            return protected;
+        }
+    }
+    mapped
 }
 
 pub fn munmap(rt: &Runtime, c: &Call) -> i64 {
