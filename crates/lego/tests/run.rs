@@ -297,3 +297,25 @@ fn debians_own_static_ldconfig_runs_unmodified() {
     assert_same(&lego, &native, "ldconfig -p");
     assert!(text(&lego.stdout).contains("libs found in cache"));
 }
+
+#[test]
+fn a_terminal_stays_a_terminal() {
+    // `script` gives lego run a pseudo-terminal as its stdout; the program
+    // must see a terminal too (its descriptors are lego run's own).
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let hello = program("hello", Build::GlibcStatic);
+    let command = format!(
+        "{} run --state {} -- {}",
+        LEGO,
+        cluster.state.display(),
+        hello.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("LEGO_STATE")
+        .output()
+        .expect("script (util-linux) runs");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("isatty(1) = 1"), "{stdout}");
+    assert!(out.status.success(), "{stdout}");
+}
