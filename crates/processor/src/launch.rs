@@ -18,7 +18,7 @@ use lego_proto::{
 };
 use lego_runtime::RuntimeSpec;
 use lego_transport::fdpass::recv_fds;
-use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer, ReadError};
+use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -200,22 +200,20 @@ fn serve_connection(
             .map_err(|e| e.to_string())?
     };
     reader.set_limits(FrameLimits::DEFAULT);
-    loop {
-        match reader.read_frame() {
-            Ok(frame) => match frame.message {
-                Message::WaitProcess { pid: wanted } if wanted == pid => {
-                    let _ = asked_tx.send(frame.id);
-                }
-                other => reply(
-                    &mut writer,
-                    frame.id,
-                    Message::error(
-                        ErrorCode::BadRequest,
-                        format!("unexpected {}", other.kind()),
-                    ),
-                )?,
-            },
-            Err(ReadError::Closed) | Err(_) => break,
+    // Anything but a clean stream of frames means lego run is gone.
+    while let Ok(frame) = reader.read_frame() {
+        match frame.message {
+            Message::WaitProcess { pid: wanted } if wanted == pid => {
+                let _ = asked_tx.send(frame.id);
+            }
+            other => reply(
+                &mut writer,
+                frame.id,
+                Message::error(
+                    ErrorCode::BadRequest,
+                    format!("unexpected {}", other.kind()),
+                ),
+            )?,
         }
     }
     // lego run went away: if the program still runs, nobody can see it.

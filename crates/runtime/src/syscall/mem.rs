@@ -83,7 +83,7 @@ fn file_mmap(
     if !private && prot & libc::PROT_WRITE as u64 != 0 {
         return -(libc::ENODEV as i64);
     }
-    if offset % 4096 != 0 {
+    if !offset.is_multiple_of(4096) {
         return -(libc::EINVAL as i64);
     }
     // Safety: fstat/fcntl on the application's descriptor, into our buffer.
