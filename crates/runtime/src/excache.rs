@@ -155,6 +155,18 @@ pub struct ExCache {
     zero_page: Vec<u8>,
 }
 
+/// The runs `[start, end)` of adjacent pages in sorted `pages`.
+fn page_runs(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((_, end)) if *end == p => *end += PAGE,
+            _ => runs.push((p, p + PAGE)),
+        }
+    }
+    runs
+}
+
 /// Bucket of the miss latency histogram for `ns` nanoseconds.
 fn latency_bucket(ns: u64) -> usize {
     (63 - ns.max(1).leading_zeros()) as usize
@@ -339,27 +351,16 @@ impl ExCache {
         st.policy.victims(batch, &mut st.victims);
         st.victims.sort_unstable();
         st.dirty.clear();
-        // Ask the kernel which victims were written, one scan per run of
-        // adjacent pages.
-        let mut i = 0;
-        while i < st.victims.len() {
-            let start = st.victims[i];
-            let mut j = i + 1;
-            while j < st.victims.len() && st.victims[j] == st.victims[j - 1] + PAGE {
-                j += 1;
-            }
-            let end = st.victims[j - 1] + PAGE;
-            let pages = j - i;
-            st.regions.resize(pages, PageRegion::default());
+        let runs = page_runs(&st.victims);
+        // Ask the kernel which victims were written, one scan per run.
+        for &(start, end) in &runs {
+            st.regions
+                .resize(((end - start) / PAGE) as usize, PageRegion::default());
             let n = arena.pagemap.written(start, end, &mut st.regions)?;
             for region in &st.regions[..n] {
-                let mut p = region.start;
-                while p < region.end {
-                    st.dirty.push(p);
-                    p += PAGE;
-                }
+                st.dirty
+                    .extend((region.start..region.end).step_by(PAGE as usize));
             }
-            i = j;
         }
         if !st.dirty.is_empty() {
             st.writeback_buf.clear();
@@ -378,15 +379,8 @@ impl ExCache {
             st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
             st.remote.extend(st.dirty.iter().copied());
         }
-        let mut i = 0;
-        while i < st.victims.len() {
-            let start = st.victims[i];
-            let mut j = i + 1;
-            while j < st.victims.len() && st.victims[j] == st.victims[j - 1] + PAGE {
-                j += 1;
-            }
-            arena.drop_pages(start, st.victims[j - 1] + PAGE)?;
-            i = j;
+        for &(start, end) in &runs {
+            arena.drop_pages(start, end)?;
         }
         for &p in &st.victims {
             st.resident.remove(&p);
@@ -525,6 +519,19 @@ mod tests {
         assert!(!set.contains(0x2000));
         assert!(set.contains(0x3000));
         assert!(!set.contains(0x5000));
+    }
+
+    #[test]
+    fn runs_group_adjacent_pages() {
+        assert_eq!(page_runs(&[]), vec![]);
+        assert_eq!(
+            page_runs(&[PAGE, 2 * PAGE, 4 * PAGE, 5 * PAGE, 9 * PAGE]),
+            vec![
+                (PAGE, 3 * PAGE),
+                (4 * PAGE, 6 * PAGE),
+                (9 * PAGE, 10 * PAGE)
+            ]
+        );
     }
 
     #[test]
