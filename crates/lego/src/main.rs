@@ -104,8 +104,24 @@ fn init_logging(default_level: &str) {
         .try_init();
 }
 
+/// Keeps freed memory in the heap instead of returning it to the kernel.
+/// Page-sized buffers of up to 1 MiB come and go on every miss and
+/// write-back; if glibc unmapped or trimmed them each time, every reuse
+/// would page-fault and clear fresh pages (measured: ~10% of the memory
+/// manager's time on a sequential scan).
+fn keep_freed_memory() {
+    // Safety: mallopt only tunes the allocator; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_) | Command::Down(_) | Command::Status(_)) {
+        keep_freed_memory();
+    }
     if let Command::Runtime = cli.command {
         // Its stderr is the application's: it logs to its own descriptor.
         lego_runtime::main();

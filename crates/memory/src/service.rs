@@ -223,11 +223,14 @@ impl MemoryService {
             ));
         };
         let count = (count as u64).min((vma.end - addr) / PAGE_SIZE as u64);
-        let mut payload = vec![0u8; count as usize * PAGE_SIZE];
+        // Built by appending, so each byte is written once (no zeroing
+        // pass over pages that are then overwritten).
+        let mut payload = Vec::with_capacity(count as usize * PAGE_SIZE);
         let pool = lock(&self.pool);
-        for (i, page) in payload.chunks_exact_mut(PAGE_SIZE).enumerate() {
-            if let Some(id) = space.page(addr + (i * PAGE_SIZE) as u64) {
-                page.copy_from_slice(pool.get(id));
+        for i in 0..count {
+            match space.page(addr + i * PAGE_SIZE as u64) {
+                Some(id) => payload.extend_from_slice(pool.get(id)),
+                None => payload.resize(payload.len() + PAGE_SIZE, 0),
             }
         }
         Reply {
