@@ -16,6 +16,7 @@ pub mod frame;
 pub mod memory;
 pub mod message;
 pub mod process;
+pub mod storage;
 
 pub use frame::{
     decode_frame, encode_frame_header, CodecError, Frame, FrameLimits, Preamble, FRAME_PREFIX_LEN,
@@ -24,6 +25,7 @@ pub use frame::{
 pub use memory::*;
 pub use message::*;
 pub use process::*;
+pub use storage::*;
 
 /// The protocol version this build speaks. Bump it whenever the encoding of
 /// any [`Message`] changes; peers with a different version are refused during

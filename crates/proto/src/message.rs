@@ -7,6 +7,7 @@
 
 use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId};
 use crate::process::{ExitReport, LaunchSpec, ProcessInfo};
+use crate::storage::{StorageReply, StorageRequest};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -281,6 +282,16 @@ pub enum Message {
         pid: ProcessId,
     },
     Released,
+
+    // --- files (storage manager; see `crate::storage`) ---
+    /// A file request; `Write` carries its data as the payload.
+    Storage(StorageRequest),
+    /// Reply: the request succeeded; `Data` carries the bytes as the payload.
+    StorageDone(StorageReply),
+    /// Reply: the request failed with this errno, as Linux would fail it.
+    StorageFailed {
+        errno: i32,
+    },
 }
 
 impl Message {
@@ -321,6 +332,9 @@ impl Message {
             Message::WrittenBack => "WrittenBack",
             Message::ReleaseProcess { .. } => "ReleaseProcess",
             Message::Released => "Released",
+            Message::Storage(_) => "Storage",
+            Message::StorageDone(_) => "StorageDone",
+            Message::StorageFailed { .. } => "StorageFailed",
         }
     }
 

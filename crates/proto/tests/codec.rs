@@ -289,7 +289,209 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![control_message(), process_message(), memory_message()]
+    prop_oneof![
+        control_message(),
+        process_message(),
+        memory_message(),
+        storage_message()
+    ]
+}
+
+fn file_handle() -> impl Strategy<Value = FileHandle> {
+    prop::collection::vec(any::<u8>(), 0..80).prop_map(FileHandle)
+}
+
+fn file_type() -> impl Strategy<Value = FileType> {
+    prop_oneof![
+        Just(FileType::Regular),
+        Just(FileType::Directory),
+        Just(FileType::Symlink),
+        Just(FileType::CharDevice),
+        Just(FileType::BlockDevice),
+        Just(FileType::Fifo),
+        Just(FileType::Socket),
+        Just(FileType::Unknown),
+    ]
+}
+
+fn timespec() -> impl Strategy<Value = Timespec> {
+    (any::<i64>(), any::<u32>()).prop_map(|(sec, nsec)| Timespec { sec, nsec })
+}
+
+fn set_time() -> impl Strategy<Value = SetTime> {
+    prop_oneof![Just(SetTime::Now), timespec().prop_map(SetTime::At)]
+}
+
+fn file_attr() -> impl Strategy<Value = FileAttr> {
+    (
+        file_type(),
+        prop::array::uniform8(any::<u64>()),
+        prop::array::uniform4(any::<u32>()),
+        (timespec(), timespec(), timespec()),
+    )
+        .prop_map(|(file_type, n, m, (atime, mtime, ctime))| FileAttr {
+            file_type,
+            mode: m[0],
+            nlink: n[0],
+            uid: m[1],
+            gid: m[2],
+            size: n[1],
+            blocks: n[2],
+            blksize: m[3],
+            atime,
+            mtime,
+            ctime,
+            dev: n[3],
+            ino: n[4],
+            rdev: n[5],
+        })
+}
+
+fn set_attr() -> impl Strategy<Value = SetAttr> {
+    (
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u32>()),
+        prop::option::of(any::<u32>()),
+        prop::option::of(any::<u32>()),
+        prop::option::of(set_time()),
+        prop::option::of(set_time()),
+    )
+        .prop_map(|(size, mode, uid, gid, atime, mtime)| SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        })
+}
+
+fn storage_request() -> impl Strategy<Value = StorageRequest> {
+    let h = file_handle;
+    prop_oneof![
+        Just(StorageRequest::Root),
+        (h(), bytes(), any::<bool>()).prop_map(|(dir, path, follow)| StorageRequest::Lookup {
+            dir,
+            path,
+            follow
+        }),
+        h().prop_map(|handle| StorageRequest::Getattr { handle }),
+        (h(), set_attr()).prop_map(|(handle, set)| StorageRequest::Setattr { handle, set }),
+        (h(), any::<u64>(), any::<u32>()).prop_map(|(handle, offset, len)| StorageRequest::Read {
+            handle,
+            offset,
+            len
+        }),
+        (h(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(handle, offset, append, stable)| StorageRequest::Write {
+                handle,
+                offset,
+                append,
+                stable
+            }
+        ),
+        (h(), any::<bool>())
+            .prop_map(|(handle, data_only)| StorageRequest::Commit { handle, data_only }),
+        (h(), bytes(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+            |(dir, name, mode, exclusive, truncate)| StorageRequest::Create {
+                dir,
+                name,
+                mode,
+                exclusive,
+                truncate
+            }
+        ),
+        (h(), bytes(), any::<u32>()).prop_map(|(dir, name, mode)| StorageRequest::Mkdir {
+            dir,
+            name,
+            mode
+        }),
+        (h(), bytes()).prop_map(|(dir, name)| StorageRequest::Remove { dir, name }),
+        (h(), bytes()).prop_map(|(dir, name)| StorageRequest::Rmdir { dir, name }),
+        (h(), bytes(), h(), bytes(), any::<u32>()).prop_map(
+            |(from_dir, from_name, to_dir, to_name, flags)| StorageRequest::Rename {
+                from_dir,
+                from_name,
+                to_dir,
+                to_name,
+                flags
+            }
+        ),
+        (h(), h(), bytes()).prop_map(|(handle, dir, name)| StorageRequest::Link {
+            handle,
+            dir,
+            name
+        }),
+        (h(), bytes(), bytes()).prop_map(|(dir, name, target)| StorageRequest::Symlink {
+            dir,
+            name,
+            target
+        }),
+        h().prop_map(|handle| StorageRequest::Readlink { handle }),
+        (h(), any::<u64>(), any::<u32>()).prop_map(|(dir, cookie, max_bytes)| {
+            StorageRequest::Readdir {
+                dir,
+                cookie,
+                max_bytes,
+            }
+        }),
+        h().prop_map(|handle| StorageRequest::Statfs { handle }),
+        (
+            h(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            prop::collection::vec(any::<u32>(), 0..8)
+        )
+            .prop_map(|(handle, mask, uid, gid, groups)| StorageRequest::Access {
+                handle,
+                mask,
+                credentials: Credentials { uid, gid, groups },
+            }),
+    ]
+}
+
+fn storage_reply() -> impl Strategy<Value = StorageReply> {
+    let entry = (bytes(), any::<u64>(), file_type(), any::<u64>()).prop_map(
+        |(name, ino, file_type, cookie)| DirEntry {
+            name,
+            ino,
+            file_type,
+            cookie,
+        },
+    );
+    prop_oneof![
+        (file_handle(), file_attr())
+            .prop_map(|(handle, attr)| StorageReply::Found { handle, attr }),
+        file_attr().prop_map(StorageReply::Attr),
+        any::<bool>().prop_map(|eof| StorageReply::Data { eof }),
+        (any::<u32>(), file_attr()).prop_map(|(count, attr)| StorageReply::Written { count, attr }),
+        bytes().prop_map(|target| StorageReply::Target { target }),
+        (prop::collection::vec(entry, 0..6), any::<bool>())
+            .prop_map(|(entries, eof)| StorageReply::Entries { entries, eof }),
+        prop::array::uniform11(any::<u64>()).prop_map(|n| StorageReply::FsStat(FsStat {
+            fs_type: n[0],
+            bsize: n[1],
+            blocks: n[2],
+            bfree: n[3],
+            bavail: n[4],
+            files: n[5],
+            ffree: n[6],
+            fsid: n[7],
+            namelen: n[8],
+            frsize: n[9],
+            flags: n[10],
+        })),
+        Just(StorageReply::Done),
+    ]
+}
+
+fn storage_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        storage_request().prop_map(Message::Storage),
+        storage_reply().prop_map(Message::StorageDone),
+        any::<i32>().prop_map(|errno| Message::StorageFailed { errno }),
+    ]
 }
 
 fn control_message() -> impl Strategy<Value = Message> {
@@ -385,6 +587,29 @@ proptest! {
             Err(_) => {}
         }
     }
+}
+
+#[test]
+fn file_types_agree_with_linux() {
+    for file_type in [
+        FileType::Regular,
+        FileType::Directory,
+        FileType::Symlink,
+        FileType::CharDevice,
+        FileType::BlockDevice,
+        FileType::Fifo,
+        FileType::Socket,
+    ] {
+        assert_eq!(
+            FileType::from_mode(file_type.mode_bits() | 0o644),
+            file_type
+        );
+    }
+    assert_eq!(FileType::Directory.dirent_type(), 4);
+    assert_eq!(FileType::Regular.dirent_type(), 8);
+    assert_eq!(dirent64_len(1), 24);
+    assert_eq!(dirent64_len(4), 24);
+    assert_eq!(dirent64_len(5), 32);
 }
 
 #[test]

@@ -1,0 +1,419 @@
+//! Types of the storage protocol: a client (a processor's runtime, a tool)
+//! asking a storage manager to act on files of its export, NFS style.
+//!
+//! # Statelessness
+//!
+//! The storage manager keeps no per-client and no per-open state. A client
+//! names every file by an opaque [`FileHandle`] the server gave it, and every
+//! request carries everything it needs: an open file on the client is a
+//! handle, an offset and flags, and `read(fd)` becomes
+//! `Read { handle, offset, len }`. Handles stay valid across a restart of
+//! the storage manager on the same export with the same cluster secret, so
+//! a client that loses its connection reconnects and resends.
+//!
+//! # Calling convention
+//!
+//! A request is `Message::Storage(StorageRequest)`. The reply is one of:
+//!
+//! - `Message::StorageDone(StorageReply)`: success; which [`StorageReply`]
+//!   variant answers which request is stated on each request.
+//! - `Message::StorageFailed { errno }`: the operation failed as Linux would
+//!   fail it (x86-64 errno values: `ENOENT`, `EACCES`, `ENOTDIR`, `EEXIST`,
+//!   `ENOTEMPTY`, `EXDEV`, `ELOOP`, `ENAMETOOLONG`, ...); the client returns
+//!   it to the application unchanged. `ESTALE` means the handle was valid
+//!   once but its file is gone (deleted, or renamed away from a
+//!   path-based handle): look the path up again.
+//! - `Message::Error` with `ErrorCode::BadRequest`: protocol misuse (a
+//!   handle that fails authentication, a name with a `/` or a NUL byte, a
+//!   payload on a request that takes none), naming what was wrong.
+//!
+//! # Permissions
+//!
+//! The storage manager acts with its own credentials (an export of a server
+//! running as root behaves like NFS's `no_root_squash`): files it creates
+//! belong to it. The client enforces the application's permissions itself
+//! from [`FileAttr`] (`mode`, `uid`, `gid`), or asks with
+//! [`StorageRequest::Access`], which the server evaluates with the
+//! credentials the request carries (and `EROFS` for writes to a read-only
+//! file system).
+//!
+//! # Confinement
+//!
+//! Nothing a request names reaches outside the export: paths resolve with
+//! the export root as `/` (`..` stops there, absolute symlink targets start
+//! there), and handles are authenticated, so a client cannot make one up.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest handle the server issues (and accepts). A kernel handle is at most
+/// 128 bytes; a path-based handle holds a path of up to [`MAX_PATH_LEN`].
+pub const MAX_HANDLE_LEN: usize = MAX_PATH_LEN + 64;
+/// Longest path a request may carry (Linux's `PATH_MAX` less the NUL).
+pub const MAX_PATH_LEN: usize = 4095;
+/// Longest name of one directory entry (Linux's `NAME_MAX`).
+pub const MAX_FILE_NAME_LEN: usize = 255;
+/// Most bytes one `Read` returns; a longer read is a short read, as POSIX
+/// allows, and the client asks again from where it ended.
+pub const MAX_READ_LEN: u32 = crate::MAX_PAYLOAD_LEN as u32;
+/// Most bytes one `Write` carries (the frame's payload limit).
+pub const MAX_WRITE_LEN: usize = crate::MAX_PAYLOAD_LEN;
+/// Largest `Readdir` budget; a larger one is clamped. Bounds the reply
+/// header well below `MAX_HEADER_LEN`.
+pub const MAX_READDIR_BYTES: u32 = 256 * 1024;
+/// Most supplementary groups an `Access` request may carry (`NGROUPS_MAX`).
+pub const MAX_GROUPS: usize = 65536;
+
+/// An opaque name for one file of the export, issued by the storage manager.
+/// Clients compare and store handles but never look inside: the format is
+/// the server's business and may change with it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileHandle(pub Vec<u8>);
+
+/// The type of a file (`S_IFMT` of its mode, or `d_type` of a directory
+/// entry).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    Regular,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    /// The file system did not say (`DT_UNKNOWN`): ask with `Getattr`.
+    Unknown,
+}
+
+impl FileType {
+    /// The `S_IFMT` bits of a mode, as Linux defines them.
+    pub fn from_mode(mode: u32) -> FileType {
+        match mode & 0o170000 {
+            0o100000 => FileType::Regular,
+            0o040000 => FileType::Directory,
+            0o120000 => FileType::Symlink,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            0o010000 => FileType::Fifo,
+            0o140000 => FileType::Socket,
+            _ => FileType::Unknown,
+        }
+    }
+
+    /// The `S_IFMT` bits of this type (0 for `Unknown`).
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileType::Regular => 0o100000,
+            FileType::Directory => 0o040000,
+            FileType::Symlink => 0o120000,
+            FileType::CharDevice => 0o020000,
+            FileType::BlockDevice => 0o060000,
+            FileType::Fifo => 0o010000,
+            FileType::Socket => 0o140000,
+            FileType::Unknown => 0,
+        }
+    }
+
+    /// The `d_type` value `getdents64` reports for this type.
+    pub fn dirent_type(self) -> u8 {
+        match self {
+            FileType::Fifo => 1,
+            FileType::CharDevice => 2,
+            FileType::Directory => 4,
+            FileType::BlockDevice => 6,
+            FileType::Regular => 8,
+            FileType::Symlink => 10,
+            FileType::Socket => 12,
+            FileType::Unknown => 0,
+        }
+    }
+}
+
+/// A point in time, as `struct timespec`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Timespec {
+    pub sec: i64,
+    /// 0..1_000_000_000.
+    pub nsec: u32,
+}
+
+/// What `stat` would say about a file, on the storage manager's host.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAttr {
+    pub file_type: FileType,
+    /// Permission bits, setuid, setgid and sticky (`mode & 0o7777`);
+    /// `file_type.mode_bits() | mode` is `st_mode`.
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks allocated (`st_blocks`).
+    pub blocks: u64,
+    /// Preferred I/O size (`st_blksize`).
+    pub blksize: u32,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    /// Device holding the file (`st_dev`, `makedev` encoding).
+    pub dev: u64,
+    pub ino: u64,
+    /// Device a device special file stands for (`st_rdev`).
+    pub rdev: u64,
+}
+
+/// A time to set with `Setattr` (`utimensat`'s `UTIME_NOW` or a value).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// The storage manager's current time.
+    Now,
+    At(Timespec),
+}
+
+/// The attributes a `Setattr` changes; `None` leaves one as it is.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetAttr {
+    /// Truncate or extend to this size (regular files only).
+    pub size: Option<u64>,
+    /// New permission bits (`& 0o7777`).
+    pub mode: Option<u32>,
+    /// New owner; `chown` semantics, so setuid/setgid bits may be cleared.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Whom an `Access` check is for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, at most [`MAX_GROUPS`].
+    pub groups: Vec<u32>,
+}
+
+/// One directory entry of a `Readdir` reply.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub file_type: FileType,
+    /// Pass this as `Readdir::cookie` to continue after this entry (it is
+    /// the entry's `d_off`, so it also serves `telldir`/`seekdir`).
+    pub cookie: u64,
+}
+
+/// Figures of the file system holding a file, as `statfs` gives them.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsStat {
+    /// File system magic (`f_type`).
+    pub fs_type: u64,
+    pub bsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    /// `f_fsid` as one number (`val[0]` in the low half).
+    pub fsid: u64,
+    pub namelen: u64,
+    pub frsize: u64,
+    /// Mount flags (`ST_RDONLY`, `ST_NOSUID`, ...).
+    pub flags: u64,
+}
+
+/// `Rename` flags: Linux's `renameat2` values. Others are refused (`EINVAL`).
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// `Access` mask bits: `access(2)`'s values (`F_OK` is 0).
+pub const ACCESS_READ: u32 = 4;
+pub const ACCESS_WRITE: u32 = 2;
+pub const ACCESS_EXECUTE: u32 = 1;
+
+/// A file request. `dir` handles must name directories (`ENOTDIR`); `name`
+/// fields are one path component: not empty, not `.` or `..`, no `/` and no
+/// NUL, at most [`MAX_FILE_NAME_LEN`] bytes (longer is `ENAMETOOLONG`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum StorageRequest {
+    /// The export root (the client's mount). → `Found`.
+    Root,
+    /// Walks `path` from `dir`: any number of components; an absolute path
+    /// starts at the export root. Intermediate symlinks are followed; the
+    /// last one only if `follow`. An empty path names `dir`. → `Found`.
+    Lookup {
+        dir: FileHandle,
+        path: Vec<u8>,
+        follow: bool,
+    },
+    /// → `Attr`.
+    Getattr { handle: FileHandle },
+    /// Changes what `set` names, in the order size, mode, owner, times.
+    /// → `Attr` (after the change).
+    Setattr { handle: FileHandle, set: SetAttr },
+    /// Up to `len` bytes from `offset` (clamped to [`MAX_READ_LEN`]).
+    /// → `Data`, the bytes in the frame's payload.
+    Read {
+        handle: FileHandle,
+        offset: u64,
+        len: u32,
+    },
+    /// Writes the frame's payload at `offset` (at the end of the file if
+    /// `append`, `offset` ignored). `stable`: fsync before replying.
+    /// → `Written`.
+    Write {
+        handle: FileHandle,
+        offset: u64,
+        append: bool,
+        stable: bool,
+    },
+    /// Makes earlier writes durable (`fsync`, or `fdatasync` if
+    /// `data_only`). → `Done`.
+    Commit { handle: FileHandle, data_only: bool },
+    /// Creates a regular file (`open(O_CREAT)`). An existing file is
+    /// `EEXIST` if `exclusive`, else it is returned (truncated to zero if
+    /// `truncate`). A symlink in its place is never followed (`ELOOP`
+    /// unless `exclusive`): look it up with `follow` instead. → `Found`.
+    Create {
+        dir: FileHandle,
+        name: Vec<u8>,
+        mode: u32,
+        exclusive: bool,
+        truncate: bool,
+    },
+    /// → `Found`.
+    Mkdir {
+        dir: FileHandle,
+        name: Vec<u8>,
+        mode: u32,
+    },
+    /// `unlink`: any file but a directory (`EISDIR`). → `Done`.
+    Remove { dir: FileHandle, name: Vec<u8> },
+    /// An empty directory (`ENOTEMPTY`, `ENOTDIR`). → `Done`.
+    Rmdir { dir: FileHandle, name: Vec<u8> },
+    /// `renameat2` with `flags` ([`RENAME_NOREPLACE`], [`RENAME_EXCHANGE`]).
+    /// Across file systems `EXDEV`. → `Done`.
+    Rename {
+        from_dir: FileHandle,
+        from_name: Vec<u8>,
+        to_dir: FileHandle,
+        to_name: Vec<u8>,
+        flags: u32,
+    },
+    /// A new name for `handle` in `dir`. → `Found` (the file, its new
+    /// link count).
+    Link {
+        handle: FileHandle,
+        dir: FileHandle,
+        name: Vec<u8>,
+    },
+    /// A symlink holding `target` verbatim (an absolute target will resolve
+    /// from the export root). → `Found`.
+    Symlink {
+        dir: FileHandle,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    /// → `Target`.
+    Readlink { handle: FileHandle },
+    /// Entries of `dir` after `cookie` (0: from the start), `.` and `..`
+    /// included, as many as fit in `max_bytes` counted as `getdents64`
+    /// counts them (so a client passes its buffer size); clamped to
+    /// [`MAX_READDIR_BYTES`]. A budget too small for the next entry is
+    /// `EINVAL`, as in `getdents64`. → `Entries`.
+    Readdir {
+        dir: FileHandle,
+        cookie: u64,
+        max_bytes: u32,
+    },
+    /// The file system holding `handle`. → `FsStat`.
+    Statfs { handle: FileHandle },
+    /// Would `credentials` be granted `mask` ([`ACCESS_READ`] | ...;
+    /// 0 checks existence) on this file? `EACCES` or `EROFS` if not.
+    /// → `Done`.
+    Access {
+        handle: FileHandle,
+        mask: u32,
+        credentials: Credentials,
+    },
+}
+
+impl StorageRequest {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StorageRequest::Root => "root",
+            StorageRequest::Lookup { .. } => "lookup",
+            StorageRequest::Getattr { .. } => "getattr",
+            StorageRequest::Setattr { .. } => "setattr",
+            StorageRequest::Read { .. } => "read",
+            StorageRequest::Write { .. } => "write",
+            StorageRequest::Commit { .. } => "commit",
+            StorageRequest::Create { .. } => "create",
+            StorageRequest::Mkdir { .. } => "mkdir",
+            StorageRequest::Remove { .. } => "remove",
+            StorageRequest::Rmdir { .. } => "rmdir",
+            StorageRequest::Rename { .. } => "rename",
+            StorageRequest::Link { .. } => "link",
+            StorageRequest::Symlink { .. } => "symlink",
+            StorageRequest::Readlink { .. } => "readlink",
+            StorageRequest::Readdir { .. } => "readdir",
+            StorageRequest::Statfs { .. } => "statfs",
+            StorageRequest::Access { .. } => "access",
+        }
+    }
+}
+
+/// A successful reply to a [`StorageRequest`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum StorageReply {
+    /// A file and its attributes.
+    Found {
+        handle: FileHandle,
+        attr: FileAttr,
+    },
+    Attr(FileAttr),
+    /// The bytes read are the frame's payload; `eof`: the read stopped at
+    /// the end of the file.
+    Data {
+        eof: bool,
+    },
+    /// `count` bytes were written; `attr` is the file after the write
+    /// (an appending client's next offset is `attr.size`).
+    Written {
+        count: u32,
+        attr: FileAttr,
+    },
+    Target {
+        target: Vec<u8>,
+    },
+    /// `eof`: no entries follow the last one.
+    Entries {
+        entries: Vec<DirEntry>,
+        eof: bool,
+    },
+    FsStat(FsStat),
+    Done,
+}
+
+impl StorageReply {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StorageReply::Found { .. } => "found",
+            StorageReply::Attr(_) => "attr",
+            StorageReply::Data { .. } => "data",
+            StorageReply::Written { .. } => "written",
+            StorageReply::Target { .. } => "target",
+            StorageReply::Entries { .. } => "entries",
+            StorageReply::FsStat(_) => "fsstat",
+            StorageReply::Done => "done",
+        }
+    }
+}
+
+/// Bytes `getdents64` uses for an entry with a name of `name_len` bytes:
+/// a 19-byte header, the name, its NUL, rounded up to 8.
+pub fn dirent64_len(name_len: usize) -> usize {
+    (19 + name_len + 1 + 7) & !7
+}
