@@ -319,3 +319,34 @@ fn a_terminal_stays_a_terminal() {
     assert!(stdout.contains("isatty(1) = 1"), "{stdout}");
     assert!(out.status.success(), "{stdout}");
 }
+
+#[test]
+fn dynamically_linked_debian_programs_and_scripts_run_as_natively() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let cases: [(&str, &[&str]); 4] = [
+        ("/bin/ls", &["-la", "/usr/bin"]),
+        ("/usr/bin/sha256sum", &["/bin/ls", "/etc/passwd"]),
+        (
+            "/usr/bin/python3",
+            &[
+                "-c",
+                "d = {i: i * 2 for i in range(1000000)}; print(sum(d.values()))",
+            ],
+        ),
+        ("/bin/sh", &["-c", "echo $((6 * 7)); exit 9"]),
+    ];
+    for (program, args) in cases {
+        let lego = cluster.run(&["--excache", "64M"], std::path::Path::new(program), args);
+        let native = native(std::path::Path::new(program), args);
+        assert_same(&lego, &native, program);
+    }
+    // A `#!` script runs its interpreter with the script's path and args.
+    let dir = std::env::temp_dir().join(format!("lego-test-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh -e\necho \"$0 says $1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lego = cluster.run(&[], &script, &["hi"]);
+    assert_same(&lego, &native(&script, &["hi"]), "script");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,7 @@
 pub mod arena;
 pub mod excache;
 mod fault;
+pub mod interp;
 pub mod remote;
 pub mod stack;
 pub mod sud;
@@ -159,6 +160,9 @@ fn open_fds() -> Vec<RawFd> {
                 .collect()
         })
         .unwrap_or_default();
+    // The listing saw its own directory descriptor, closed by now.
+    // Safety: F_GETFD only queries the descriptor table.
+    fds.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
     fds.sort_unstable();
     fds
 }
@@ -196,7 +200,32 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         .ok_or("malformed cluster secret in the runtime spec")?;
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret, spec.pid);
-    let image_bytes = std::fs::read(&program).map_err(|e| format!("cannot read {program}: {e}"))?;
+    let mut image_bytes =
+        std::fs::read(&program).map_err(|e| format!("cannot read {program}: {e}"))?;
+    let mut argv = spec.argv.clone();
+    let mut exe = spec.program.clone();
+    // `#!` scripts run their interpreter, as execve does.
+    for depth in 0.. {
+        let Some((interp, arg)) = interp::shebang(&image_bytes) else {
+            break;
+        };
+        if depth == interp::MAX_SCRIPT_DEPTH {
+            return Err(format!(
+                "cannot run {program}: too many levels of #! interpreters (ELOOP)"
+            ));
+        }
+        let interp_path = String::from_utf8_lossy(&interp).into_owned();
+        argv = interp::script_argv(&interp, arg.as_deref(), &exe, &argv);
+        image_bytes = std::fs::read(&interp_path)
+            .map_err(|e| format!("cannot run {program}: its interpreter {interp_path}: {e}"))?;
+        exe = interp;
+    }
+    if let Some(interp) = interp::interpreter(&image_bytes) {
+        let interp_path = String::from_utf8_lossy(&interp).into_owned();
+        image_bytes = std::fs::read(&interp_path)
+            .map_err(|e| format!("cannot load {program}: its interpreter {interp_path}: {e}"))?;
+        argv = interp::linker_argv(&interp, &exe, &argv);
+    }
     if image_bytes.len() > MAX_IMAGE_LEN {
         return Err(format!(
             "{program} is {} bytes; programs over {MAX_IMAGE_LEN} bytes are not supported yet",
@@ -232,7 +261,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
 
     let mut random = [0u8; 16];
     getrandom_fill(&mut random);
-    let (stack, sp) = stack::build(&image, &spec.argv, &spec.envp, &spec.program, random)?;
+    let (stack, sp) = stack::build(&image, &argv, &spec.envp, &spec.program, random)?;
     user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack (errno {e})"))?;
 
     // No core dumps of a 64 TiB arena; the application's faults end it.
