@@ -119,7 +119,10 @@ fn keep_freed_memory() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Up(_) | Command::Down(_) | Command::Status(_)) {
+    if !matches!(
+        cli.command,
+        Command::Up(_) | Command::Down(_) | Command::Status(_)
+    ) {
         keep_freed_memory();
     }
     if let Command::Runtime = cli.command {

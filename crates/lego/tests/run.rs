@@ -350,3 +350,26 @@ fn dynamically_linked_debian_programs_and_scripts_run_as_natively() {
     assert_same(&lego, &native(&script, &["hi"]), "script");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn execve_replaces_the_program_or_fails_as_linux_does() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let hello = program("hello", Build::MuslStatic);
+    let bad = std::env::temp_dir().join(format!("lego-test-badelf-{}", std::process::id()));
+    std::fs::write(&bad, b"\x7fELF\x02\x01\x01garbage").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let scripts = [
+        "echo before; exec /bin/echo after exec".to_string(),
+        format!("exec {} 42 'two words'", hello.display()),
+        "exec /no/such/program; echo never".to_string(),
+        format!("exec {}", bad.display()),
+    ];
+    for script in &scripts {
+        let args = ["-c", script.as_str()];
+        let lego = cluster.run(&[], std::path::Path::new("/bin/sh"), &args);
+        let native = native(std::path::Path::new("/bin/sh"), &args);
+        assert_same(&lego, &native, script);
+        assert_eq!(text(&lego.stderr), text(&native.stderr), "{script}");
+    }
+    let _ = std::fs::remove_file(&bad);
+}

@@ -16,6 +16,7 @@
 
 pub mod arena;
 pub mod excache;
+pub mod exec;
 mod fault;
 pub mod interp;
 pub mod remote;
@@ -27,7 +28,7 @@ mod user;
 
 use arena::Arena;
 use excache::{ExCache, Fifo};
-use lego_proto::{ExcacheStats, ProcessId, MAX_IMAGE_LEN};
+use lego_proto::{ExcacheStats, ProcessId};
 use lego_transport::ClusterSecret;
 use remote::RemoteMemory;
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,10 @@ pub struct Runtime {
     pub cache: ExCache,
     pub remote: RemoteMemory,
     /// The program's path, for /proc/self/exe.
-    pub program: Vec<u8>,
+    pub program: Mutex<Vec<u8>>,
+    /// Set by `execve`: the entry point and stack pointer the SIGSYS
+    /// handler returns to instead of the caller.
+    pub pending_exec: Mutex<Option<(u64, u64)>>,
     pub signals: Mutex<syscall::signal::SignalState>,
     /// Descriptors the runtime opened, sorted: not the application's. Set
     /// once, just before the application starts.
@@ -200,69 +204,27 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         .ok_or("malformed cluster secret in the runtime spec")?;
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret, spec.pid);
-    let mut image_bytes =
-        std::fs::read(&program).map_err(|e| format!("cannot read {program}: {e}"))?;
-    let mut argv = spec.argv.clone();
-    let mut exe = spec.program.clone();
-    // `#!` scripts run their interpreter, as execve does.
-    for depth in 0.. {
-        let Some((interp, arg)) = interp::shebang(&image_bytes) else {
-            break;
-        };
-        if depth == interp::MAX_SCRIPT_DEPTH {
-            return Err(format!(
-                "cannot run {program}: too many levels of #! interpreters (ELOOP)"
-            ));
-        }
-        let interp_path = String::from_utf8_lossy(&interp).into_owned();
-        argv = interp::script_argv(&interp, arg.as_deref(), &exe, &argv);
-        image_bytes = std::fs::read(&interp_path)
-            .map_err(|e| format!("cannot run {program}: its interpreter {interp_path}: {e}"))?;
-        exe = interp;
-    }
-    if let Some(interp) = interp::interpreter(&image_bytes) {
-        let interp_path = String::from_utf8_lossy(&interp).into_owned();
-        image_bytes = std::fs::read(&interp_path)
-            .map_err(|e| format!("cannot load {program}: its interpreter {interp_path}: {e}"))?;
-        argv = interp::linker_argv(&interp, &exe, &argv);
-    }
-    if image_bytes.len() > MAX_IMAGE_LEN {
-        return Err(format!(
-            "{program} is {} bytes; programs over {MAX_IMAGE_LEN} bytes are not supported yet",
-            image_bytes.len()
-        ));
-    }
-    let image = remote
-        .exec(&image_bytes)
-        .map_err(|e| format!("cannot load {program}: {e}"))?;
-    drop(image_bytes);
+    let prepared = exec::prepare(&spec.program, spec.argv.clone()).map_err(|e| e.message)?;
+    let image = match remote.exec(&prepared.image)? {
+        Ok(image) => image,
+        Err(refusal) => return Err(format!("cannot load {program}: {refusal}")),
+    };
     let rt = Runtime {
         arena,
         cache: ExCache::new(spec.excache, Box::new(Fifo::default())),
         remote,
-        program: spec.program.clone(),
+        program: Mutex::new(spec.program.clone()),
+        pending_exec: Mutex::new(None),
         signals: syscall::signal::SignalState::new(),
         runtime_fds: OnceLock::new(),
         reported: AtomicBool::new(false),
     };
-    syscall::mem::apply(
-        &rt,
-        &lego_proto::MemoryOpDone {
-            result: 0,
-            moves: Vec::new(),
-            changes: image.mappings.clone(),
-        },
-    )?;
     if RUNTIME.set(rt).is_err() {
         return Err("runtime bug: started twice".into());
     }
     let rt = runtime();
     fault::spawn(rt).map_err(|e| format!("cannot start the fault thread: {e}"))?;
-
-    let mut random = [0u8; 16];
-    getrandom_fill(&mut random);
-    let (stack, sp) = stack::build(&image, &argv, &spec.envp, &spec.program, random)?;
-    user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack (errno {e})"))?;
+    let sp = exec::install(rt, &image, &prepared.argv, &spec.envp, &spec.program)?;
 
     // No core dumps of a 64 TiB arena; the application's faults end it.
     let no_core = libc::rlimit {
@@ -306,9 +268,4 @@ fn init_logging() {
         .with_ansi(false)
         .with_target(false)
         .try_init();
-}
-
-fn getrandom_fill(buf: &mut [u8]) {
-    // Safety: getrandom writes at most buf.len() bytes into buf.
-    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
 }

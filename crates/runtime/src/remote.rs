@@ -66,14 +66,16 @@ impl RemoteMemory {
     }
 
     /// Builds the process's address space from a program image.
-    pub fn exec(&self, image: &[u8]) -> Result<ExecImage, String> {
+    /// `Ok(Err(why))` is the memory manager refusing the image (the old
+    /// address space is kept); `Err` is the memory manager being unusable.
+    pub fn exec(&self, image: &[u8]) -> Result<Result<ExecImage, String>, String> {
         let reply = self
             .client
             .call(&Message::Exec { pid: self.pid }, image)
             .map_err(|e| self.lost(e))?;
         match reply.message {
-            Message::ExecLoaded(image) => Ok(image),
-            Message::Error(e) => Err(e.message),
+            Message::ExecLoaded(image) => Ok(Ok(image)),
+            Message::Error(e) => Ok(Err(e.message)),
             other => Err(self.unexpected("Exec", other)),
         }
     }

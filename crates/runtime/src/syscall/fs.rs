@@ -29,7 +29,7 @@ fn readlink_common(
     if (size as i64) <= 0 {
         return errno(libc::EINVAL);
     }
-    let target = &rt.program;
+    let target = rt.program.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let n = target.len().min(size as usize);
     match user::write(buf, &target[..n]) {
         Ok(()) => n as i64,

@@ -5,6 +5,7 @@
 //! the call, and returns what the application's `rax` gets — a value, or a
 //! negated errno.
 
+pub mod exec;
 pub mod fs;
 pub mod mem;
 pub mod proc;
@@ -140,8 +141,28 @@ pub extern "C" fn sigsys_handler(
                 g[libc::REG_R9 as usize] as u64,
             ],
         };
-        let ret = dispatch(crate::runtime(), &call);
+        let rt = crate::runtime();
+        let ret = dispatch(rt, &call);
         g[libc::REG_RAX as usize] = ret;
+        let exec = rt
+            .pending_exec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((entry, sp)) = exec {
+            // execve succeeded: return into the new program as Linux starts
+            // one (registers cleared, rsp at argc, FS base 0).
+            let segments = g[libc::REG_CSGSFS as usize];
+            for reg in g.iter_mut() {
+                *reg = 0;
+            }
+            g[libc::REG_RIP as usize] = entry as i64;
+            g[libc::REG_RSP as usize] = sp as i64;
+            g[libc::REG_EFL as usize] = 0x202;
+            g[libc::REG_CSGSFS as usize] = segments;
+            // Safety: inside the SIGSYS handler of an application thread.
+            unsafe { crate::sud::current_ctl() }.app_fs = 0;
+        }
     });
     if served.is_err() {
         crate::fatal("runtime bug: a panic while serving a syscall (see the log)");

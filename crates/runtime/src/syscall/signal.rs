@@ -29,6 +29,26 @@ impl SignalState {
     }
 }
 
+impl SignalState {
+    /// What execve keeps: ignored signals stay ignored, handled ones go
+    /// back to their default action, the alternate stack is dropped.
+    pub fn reset_for_exec(&mut self) {
+        let ignored = (libc::SIG_IGN as u64).to_ne_bytes();
+        for action in self.actions.iter_mut() {
+            if action[..8] != ignored {
+                *action = [0; SIGACTION_LEN];
+            }
+        }
+        *self = SignalState {
+            actions: self.actions,
+            altstack: SignalState::new()
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .altstack,
+        };
+    }
+}
+
 fn errno(e: i32) -> i64 {
     -(e as i64)
 }

@@ -5,7 +5,7 @@
 //! Generated once from the kernel's syscall list; maintained by hand.
 
 use super::Disposition::{Emulate, Pass, Refuse};
-use super::{fs, mem, proc, signal, Syscall};
+use super::{exec, fs, mem, proc, signal, Syscall};
 
 pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 0, name: "read", disposition: Pass, note: "host kernel; files move to the storage manager with the storage issue" },
@@ -67,7 +67,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 56, name: "clone", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
     Syscall { nr: 57, name: "fork", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
     Syscall { nr: 58, name: "vfork", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
-    Syscall { nr: 59, name: "execve", disposition: Refuse(libc::ENOSYS), note: "program replacement arrives with the storage issue" },
+    Syscall { nr: 59, name: "execve", disposition: Emulate(exec::execve), note: "replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; files still come from the host" },
     Syscall { nr: 60, name: "exit", disposition: Emulate(proc::exit_group), note: "ends the process; ExCache counters are reported" },
     Syscall { nr: 61, name: "wait4", disposition: Pass, note: "host kernel" },
     Syscall { nr: 62, name: "kill", disposition: Pass, note: "host kernel" },
@@ -330,7 +330,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 319, name: "memfd_create", disposition: Pass, note: "host kernel object" },
     Syscall { nr: 320, name: "kexec_file_load", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 321, name: "bpf", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
-    Syscall { nr: 322, name: "execveat", disposition: Refuse(libc::ENOSYS), note: "program replacement arrives with the storage issue" },
+    Syscall { nr: 322, name: "execveat", disposition: Emulate(exec::execveat), note: "as execve, for AT_FDCWD or absolute paths without flags; other forms ENOSYS" },
     Syscall { nr: 323, name: "userfaultfd", disposition: Refuse(libc::ENOSYS), note: "the runtime owns userfaultfd for the ExCache" },
     Syscall { nr: 324, name: "membarrier", disposition: Pass, note: "host kernel" },
     Syscall { nr: 325, name: "mlock2", disposition: Emulate(mem::accept_noop), note: "accepted; the ExCache decides residency" },

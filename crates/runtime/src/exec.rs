@@ -1,0 +1,111 @@
+//! Turning a program file into a running image, shared by the runtime's
+//! start and by `execve`: `#!` scripts run their interpreter, dynamically
+//! linked programs run through their dynamic linker (see `interp`), the
+//! memory manager builds the address space, and the runtime mirrors it and
+//! writes the initial stack.
+
+use crate::{interp, stack, user, Runtime};
+use lego_proto::{ExecImage, MemoryOpDone, MAX_IMAGE_LEN, USER_END, USER_MIN};
+
+/// A program ready to load.
+pub struct Prepared {
+    /// The image the memory manager loads (the program, its script
+    /// interpreter, or its dynamic linker).
+    pub image: Vec<u8>,
+    /// The argv the image's entry point gets.
+    pub argv: Vec<Vec<u8>>,
+}
+
+/// Why a program cannot run: the errno execve returns, and a sentence for
+/// the user.
+#[derive(Debug)]
+pub struct ExecError {
+    pub errno: i32,
+    pub message: String,
+}
+
+impl ExecError {
+    fn new(errno: i32, message: String) -> ExecError {
+        ExecError { errno, message }
+    }
+
+    fn io(what: &str, path: &str, e: std::io::Error) -> ExecError {
+        ExecError::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("{what} {path}: {e}"),
+        )
+    }
+}
+
+/// Reads `program` and follows `#!` lines and PT_INTERP to the image to load.
+pub fn prepare(program: &[u8], argv: Vec<Vec<u8>>) -> Result<Prepared, ExecError> {
+    let name = String::from_utf8_lossy(program).into_owned();
+    let mut image = std::fs::read(&name).map_err(|e| ExecError::io("cannot read", &name, e))?;
+    let mut argv = argv;
+    let mut exe = program.to_vec();
+    for depth in 0.. {
+        let Some((script_interp, arg)) = interp::shebang(&image) else {
+            break;
+        };
+        if depth == interp::MAX_SCRIPT_DEPTH {
+            return Err(ExecError::new(
+                libc::ELOOP,
+                format!("cannot run {name}: too many levels of #! interpreters"),
+            ));
+        }
+        let path = String::from_utf8_lossy(&script_interp).into_owned();
+        argv = interp::script_argv(&script_interp, arg.as_deref(), &exe, &argv);
+        image = std::fs::read(&path)
+            .map_err(|e| ExecError::io(&format!("cannot run {name}: its interpreter"), &path, e))?;
+        exe = script_interp;
+    }
+    if let Some(linker) = interp::interpreter(&image) {
+        let path = String::from_utf8_lossy(&linker).into_owned();
+        image = std::fs::read(&path).map_err(|e| {
+            ExecError::io(&format!("cannot load {name}: its interpreter"), &path, e)
+        })?;
+        argv = interp::linker_argv(&linker, &exe, &argv);
+    }
+    if image.len() > MAX_IMAGE_LEN {
+        return Err(ExecError::new(
+            libc::ENOEXEC,
+            format!(
+                "{name} is {} bytes; images over {MAX_IMAGE_LEN} bytes are not supported yet",
+                image.len()
+            ),
+        ));
+    }
+    Ok(Prepared { image, argv })
+}
+
+/// Mirrors a freshly built address space (after dropping everything the
+/// previous one left in the arena) and writes the initial stack. Returns
+/// the stack pointer.
+pub fn install(
+    rt: &Runtime,
+    image: &ExecImage,
+    argv: &[Vec<u8>],
+    envp: &[Vec<u8>],
+    execfn: &[u8],
+) -> Result<u64, String> {
+    rt.cache
+        .discard(&rt.arena, USER_MIN, USER_END)
+        .map_err(|e| format!("clearing the arena: {e}"))?;
+    rt.arena
+        .protect(USER_MIN, USER_END, 0)
+        .map_err(|e| format!("clearing the arena: {e}"))?;
+    crate::syscall::mem::apply(
+        rt,
+        &MemoryOpDone {
+            result: 0,
+            moves: Vec::new(),
+            changes: image.mappings.clone(),
+        },
+    )?;
+    let mut random = [0u8; 16];
+    // Safety: getrandom writes at most 16 bytes into `random`.
+    unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    let (stack, sp) = stack::build(image, argv, envp, execfn, random)?;
+    user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack (errno {e})"))?;
+    Ok(sp)
+}

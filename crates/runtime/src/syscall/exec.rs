@@ -1,0 +1,148 @@
+//! execve: replace the program running in this process.
+//!
+//! The new image is prepared and loaded by the memory manager before
+//! anything of the old program is touched, so a missing, unreadable or
+//! malformed program makes execve fail with the old program intact, as on
+//! Linux. After that point the arena is rebuilt, close-on-exec descriptors
+//! are closed, handled signals revert to their defaults, and the SIGSYS
+//! handler returns into the new program's entry point.
+
+use super::Call;
+use crate::exec::{install, prepare};
+use crate::{fatal, user, Runtime};
+use lego_proto::{MAX_ARGS, MAX_ARGS_BYTES};
+
+fn errno(e: i32) -> i64 {
+    -(e as i64)
+}
+
+/// Reads a NULL-terminated array of string pointers, bounded like Linux's
+/// argument limits (E2BIG beyond them).
+fn read_strings(mut ptr: u64, total: &mut usize) -> Result<Vec<Vec<u8>>, i32> {
+    let mut out = Vec::new();
+    if ptr == 0 {
+        return Ok(out);
+    }
+    loop {
+        let mut word = [0u8; 8];
+        user::read(ptr, &mut word)?;
+        let addr = u64::from_ne_bytes(word);
+        if addr == 0 {
+            return Ok(out);
+        }
+        let s = user::read_cstring(addr, MAX_ARGS_BYTES)?;
+        *total += s.len() + 1;
+        if out.len() >= MAX_ARGS || *total > MAX_ARGS_BYTES {
+            return Err(libc::E2BIG);
+        }
+        out.push(s);
+        ptr += 8;
+    }
+}
+
+pub fn execve(rt: &Runtime, c: &Call) -> i64 {
+    exec_common(rt, c.args[0], c.args[1], c.args[2])
+}
+
+pub fn execveat(rt: &Runtime, c: &Call) -> i64 {
+    let [dirfd, path, argv, envp, flags, _] = c.args;
+    // Only what needs no descriptor-relative lookup: an absolute path, or
+    // a path relative to the working directory.
+    let path_bytes = match user::read_cstring(path, libc::PATH_MAX as usize) {
+        Ok(p) => p,
+        Err(e) => return errno(e),
+    };
+    if flags != 0 || (dirfd as i32 != libc::AT_FDCWD && !path_bytes.starts_with(b"/")) {
+        return errno(libc::ENOSYS);
+    }
+    exec_common(rt, path, argv, envp)
+}
+
+fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
+    let path = match user::read_cstring(path, libc::PATH_MAX as usize) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return errno(libc::ENOENT),
+        Err(e) => return errno(e),
+    };
+    let mut total = 0;
+    let (argv, envp) = match (
+        read_strings(argv, &mut total),
+        read_strings(envp, &mut total),
+    ) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return errno(e),
+    };
+    let Ok(c_path) = std::ffi::CString::new(path.clone()) else {
+        return errno(libc::ENOENT);
+    };
+    // Safety: access and stat read a NUL-terminated path of ours.
+    unsafe {
+        if libc::access(c_path.as_ptr(), libc::X_OK) != 0 {
+            return errno(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EACCES),
+            );
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::stat(c_path.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return errno(libc::EACCES);
+        }
+    }
+    let prepared = match prepare(&path, argv) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!("execve: {}", e.message);
+            return errno(e.errno);
+        }
+    };
+    let image = match rt.remote.exec(&prepared.image) {
+        Err(lost) => fatal(&lost),
+        Ok(Err(refusal)) => {
+            tracing::info!("execve of {}: {refusal}", String::from_utf8_lossy(&path));
+            return errno(libc::ENOEXEC);
+        }
+        Ok(Ok(image)) => image,
+    };
+    // The point of no return: the memory manager holds the new image.
+    let exe = std::fs::canonicalize(String::from_utf8_lossy(&path).as_ref())
+        .map(|p| p.into_os_string().into_encoded_bytes())
+        .unwrap_or_else(|_| path.clone());
+    let sp = match install(rt, &image, &prepared.argv, &envp, &path) {
+        Ok(sp) => sp,
+        Err(e) => fatal(&format!(
+            "execve of {}: {e}",
+            String::from_utf8_lossy(&path)
+        )),
+    };
+    close_on_exec(rt);
+    rt.signals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .reset_for_exec();
+    *rt.program.lock().unwrap_or_else(|p| p.into_inner()) = exe;
+    *rt.pending_exec.lock().unwrap_or_else(|p| p.into_inner()) = Some((image.entry, sp));
+    0
+}
+
+/// Closes the application's descriptors marked close-on-exec.
+fn close_on_exec(rt: &Runtime) {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        if rt.is_runtime_fd(fd as u64) {
+            continue;
+        }
+        // Safety: fcntl and close on the application's own descriptors.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                libc::close(fd);
+            }
+        }
+    }
+}
