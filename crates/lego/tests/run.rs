@@ -373,3 +373,46 @@ fn execve_replaces_the_program_or_fails_as_linux_does() {
     }
     let _ = std::fs::remove_file(&bad);
 }
+
+#[test]
+fn bad_pointers_and_arguments_get_linuxs_answers() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    for build in [Build::GlibcStatic, Build::GlibcStaticPie] {
+        let badargs = program("badargs", build);
+        let lego = cluster.run(&[], &badargs, &[]);
+        assert_same(&lego, &native(&badargs, &[]), "badargs");
+        assert!(text(&lego.stdout).ends_with("still running\n"));
+    }
+}
+
+#[test]
+fn a_corrupt_program_is_refused_with_a_clear_error() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let dir = std::env::temp_dir().join(format!("lego-test-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hello = std::fs::read(program("hello", Build::GlibcStatic)).unwrap();
+    let truncated = dir.join("truncated");
+    std::fs::write(&truncated, &hello[..hello.len().min(200)]).unwrap();
+    let mut bad_phdr = hello.clone();
+    bad_phdr[32..40].copy_from_slice(&u64::MAX.to_le_bytes()); // e_phoff
+    let corrupt = dir.join("corrupt-phdr");
+    std::fs::write(&corrupt, &bad_phdr).unwrap();
+    for path in [&truncated, &corrupt] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = cluster.run(&[], path, &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&path.display().to_string()),
+            "the error does not name the file: {err}"
+        );
+        assert!(err.contains("cannot load"), "{err}");
+    }
+    // The cluster is unharmed.
+    assert_eq!(
+        shell_status(&cluster.run(&[], &program("hello", Build::GlibcStatic), &[])),
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

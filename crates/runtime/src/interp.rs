@@ -10,21 +10,11 @@
 /// precisely.
 pub fn interpreter(image: &[u8]) -> Option<Vec<u8>> {
     const PT_INTERP: u32 = 3;
-    let u16_at = |off: usize| {
-        Some(u16::from_le_bytes(
-            image.get(off..off + 2)?.try_into().ok()?,
-        ))
-    };
-    let u32_at = |off: usize| {
-        Some(u32::from_le_bytes(
-            image.get(off..off + 4)?.try_into().ok()?,
-        ))
-    };
-    let u64_at = |off: usize| {
-        Some(u64::from_le_bytes(
-            image.get(off..off + 8)?.try_into().ok()?,
-        ))
-    };
+    // Every offset comes from the file: add with overflow checks.
+    let bytes = |off: usize, n: usize| image.get(off..off.checked_add(n)?);
+    let u16_at = |off: usize| Some(u16::from_le_bytes(bytes(off, 2)?.try_into().ok()?));
+    let u32_at = |off: usize| Some(u32::from_le_bytes(bytes(off, 4)?.try_into().ok()?));
+    let u64_at = |off: usize| Some(u64::from_le_bytes(bytes(off, 8)?.try_into().ok()?));
     if image.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
     }
@@ -113,6 +103,17 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&interp)
         );
+    }
+
+    #[test]
+    fn hostile_offsets_never_overflow() {
+        let mut image = std::fs::read("/bin/ls").unwrap();
+        image[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(interpreter(&image), None);
+        let mut image = std::fs::read("/bin/ls").unwrap();
+        image[54..56].copy_from_slice(&u16::MAX.to_le_bytes());
+        image[56..58].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(interpreter(&image), None);
     }
 
     #[test]

@@ -185,6 +185,9 @@ fn default_fault_signals() {
 /// it. Never returns; every failure ends the process through [`fatal`].
 pub fn main() -> ! {
     init_logging();
+    // A panic is a runtime bug: report it to the processor and end the
+    // process, never print to the application's stderr.
+    std::panic::set_hook(Box::new(|info| fatal(&format!("runtime bug: {info}"))));
     let spec = match read_spec() {
         Ok(spec) => spec,
         Err(e) => fatal(&e),
