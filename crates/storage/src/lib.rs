@@ -1,19 +1,39 @@
 //! The storage manager (LegoOS's sComponent): a stateless file server, NFS
 //! style, over an exported directory tree.
 //!
-//! So far it checks and exports its directory, joins the cluster and reports
-//! the export's size and free space; the file requests arrive with the
-//! storage issue.
+//! The protocol is `lego_proto::storage`: opaque, authenticated file handles
+//! that survive a restart of the storage manager, and requests that each
+//! carry everything they need (`Read { handle, offset, len }`), so the
+//! server keeps no per-client and no per-open state. [`handle`] defines what
+//! the handle bytes hold, [`export`] turns handles and client paths into
+//! descriptors confined to the export root, [`service`] serves each request.
+//!
+//! # Privileges
+//!
+//! Handles that follow a file across renames come from `name_to_handle_at`
+//! and `open_by_handle_at`; the latter needs `CAP_DAC_READ_SEARCH` (run the
+//! storage manager as root, or grant it the capability). Without it, and on
+//! file systems that cannot make handles (procfs, sysfs), handles are
+//! path-based and go stale when the file is renamed (see [`handle`]).
 
+pub mod export;
+pub mod handle;
+pub mod service;
+mod sys;
+
+use export::Export;
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
-use lego_proto::{ErrorCode, Frame, Load, Message, Role};
-use lego_transport::{PeerInfo, Reply, Service};
+use lego_proto::{ErrorCode, Frame, Load, Message, StorageRequest};
+use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
+use tracing::info;
+
+pub use sys::Errno;
 
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -35,20 +55,148 @@ pub enum StorageError {
     Start(#[from] std::io::Error),
 }
 
-struct Export {
-    root: PathBuf,
+/// Why a request was not served.
+#[derive(Debug, Error)]
+pub enum Failure {
+    /// The operation failed as Linux fails it; the client passes the errno
+    /// on (`StorageFailed`).
+    #[error("{0}")]
+    Errno(Errno),
+    /// Protocol misuse (`ErrorReply` with `BadRequest`).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
-impl Service for Export {
+impl From<Errno> for Failure {
+    fn from(errno: Errno) -> Failure {
+        Failure::Errno(errno)
+    }
+}
+
+/// The file service of one export, served through [`Service`].
+pub struct StorageService {
+    export: Export,
+}
+
+impl StorageService {
+    /// Serves the tree under `export`. Handles are keyed with `secret` and
+    /// the export's canonical path: another instance with the same two
+    /// accepts the handles this one issues.
+    pub fn new(export: &Path, secret: &ClusterSecret) -> Result<StorageService, StorageError> {
+        let root = export
+            .canonicalize()
+            .map_err(|source| StorageError::Export {
+                path: export.to_owned(),
+                source,
+            })?;
+        if !root.is_dir() {
+            return Err(StorageError::NotADirectory { path: root });
+        }
+        let export = Export::open(&root, secret.to_hex().as_bytes())
+            .map_err(|source| StorageError::Export { path: root, source })?;
+        Ok(StorageService { export })
+    }
+
+    /// The canonical export root.
+    pub fn root(&self) -> &Path {
+        self.export.root()
+    }
+
+    /// Serves one request; `payload` is the frame's payload (a `Write`'s
+    /// data, empty otherwise).
+    pub fn serve(&self, request: &StorageRequest, payload: &[u8]) -> service::Served {
+        let ex = &self.export;
+        if !payload.is_empty() && !matches!(request, StorageRequest::Write { .. }) {
+            return Err(Failure::BadRequest(format!(
+                "a {} request carries a payload of {} bytes; only write takes one",
+                request.name(),
+                payload.len()
+            )));
+        }
+        match request {
+            StorageRequest::Root => ex.root_handle(),
+            StorageRequest::Lookup { dir, path, follow } => ex.lookup(dir, path, *follow),
+            StorageRequest::Getattr { handle } => ex.getattr(handle),
+            StorageRequest::Setattr { handle, set } => ex.setattr(handle, set),
+            StorageRequest::Read {
+                handle,
+                offset,
+                len,
+            } => ex.read(handle, *offset, *len),
+            StorageRequest::Write {
+                handle,
+                offset,
+                append,
+                stable,
+            } => ex.write(handle, *offset, *append, *stable, payload),
+            StorageRequest::Commit { handle, data_only } => ex.commit(handle, *data_only),
+            StorageRequest::Create {
+                dir,
+                name,
+                mode,
+                exclusive,
+                truncate,
+            } => ex.create(dir, name, *mode, *exclusive, *truncate),
+            StorageRequest::Mkdir { dir, name, mode } => ex.mkdir(dir, name, *mode),
+            StorageRequest::Remove { dir, name } => ex.remove(dir, name, false),
+            StorageRequest::Rmdir { dir, name } => ex.remove(dir, name, true),
+            StorageRequest::Rename {
+                from_dir,
+                from_name,
+                to_dir,
+                to_name,
+                flags,
+            } => ex.rename(from_dir, from_name, to_dir, to_name, *flags),
+            StorageRequest::Link { handle, dir, name } => ex.link(handle, dir, name),
+            StorageRequest::Symlink { dir, name, target } => ex.symlink(dir, name, target),
+            StorageRequest::Readlink { handle } => ex.readlink(handle),
+            StorageRequest::Readdir {
+                dir,
+                cookie,
+                max_bytes,
+            } => ex.readdir(dir, *cookie, *max_bytes),
+            StorageRequest::Statfs { handle } => ex.statfs(handle),
+            StorageRequest::Access {
+                handle,
+                mask,
+                credentials,
+            } => ex.access(handle, *mask, credentials),
+        }
+    }
+
+    /// The load reported with each heartbeat.
+    pub fn load(&self) -> Load {
+        let (total, free) = space(self.root());
+        Load::Storage {
+            export: self.root().display().to_string(),
+            total,
+            free,
+        }
+    }
+}
+
+impl Service for StorageService {
     fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
-        Message::error(
-            ErrorCode::Unsupported,
-            format!(
-                "the storage manager does not serve {} yet",
-                request.message.kind()
-            ),
-        )
-        .into()
+        let storage = match &request.message {
+            Message::Storage(storage) => storage,
+            other => {
+                return Message::error(
+                    ErrorCode::Unsupported,
+                    format!("the storage manager does not serve {}", other.kind()),
+                )
+                .into()
+            }
+        };
+        match self.serve(storage, &request.payload) {
+            Ok((reply, payload)) => Reply {
+                message: Message::StorageDone(reply),
+                payload,
+            },
+            Err(Failure::Errno(errno)) => Message::StorageFailed { errno: errno.0 }.into(),
+            Err(Failure::BadRequest(why)) => {
+                Message::error(ErrorCode::BadRequest, format!("{}: {why}", storage.name())).into()
+            }
+        }
     }
 }
 
@@ -69,8 +217,8 @@ fn space(path: &Path) -> (u64, u64) {
         }
         stat.assume_init()
     };
-    let unit = stat.f_frsize as u64;
-    (stat.f_blocks as u64 * unit, stat.f_bavail as u64 * unit)
+    let unit = stat.f_frsize;
+    (stat.f_blocks * unit, stat.f_bavail * unit)
 }
 
 /// A running storage manager.
@@ -80,26 +228,18 @@ pub struct StorageManager {
 
 impl StorageManager {
     pub fn start(config: StorageConfig) -> Result<StorageManager, StorageError> {
-        let root = config
-            .export
-            .canonicalize()
-            .map_err(|source| StorageError::Export {
-                path: config.export.clone(),
-                source,
-            })?;
-        if !root.is_dir() {
-            return Err(StorageError::NotADirectory { path: root });
-        }
-        let export = Arc::new(Export { root });
-        let reporter = Arc::clone(&export);
-        let joined = join_cluster(Role::Storage, config.component, export, move || {
-            let (total, free) = space(&reporter.root);
-            Load::Storage {
-                export: reporter.root.display().to_string(),
-                total,
-                free,
-            }
-        })?;
+        let service = Arc::new(StorageService::new(
+            &config.export,
+            &config.component.secret,
+        )?);
+        info!("exporting {}", service.root().display());
+        let reporter = Arc::clone(&service);
+        let joined = join_cluster(
+            lego_proto::Role::Storage,
+            config.component,
+            service,
+            move || reporter.load(),
+        )?;
         Ok(StorageManager { joined })
     }
 
