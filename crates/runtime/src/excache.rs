@@ -42,8 +42,25 @@ pub trait Backing: Send + Sync {
     /// (readahead); returns how many it got (at least 1: the mapping may end
     /// sooner).
     fn fetch_run(&self, addr: u64, count: usize, buf: &mut Vec<u8>) -> Result<usize, CacheError>;
-    /// Stores dirty pages: `data` holds one page per address, in order.
-    fn write_back(&self, addrs: &[u64], data: &[u8]) -> Result<(), CacheError>;
+    /// Starts storing dirty pages: `parts`, concatenated, hold one page per
+    /// address, in order, and may be read only until this returns (they
+    /// are sent before it does). The returned ticket waits for the
+    /// acknowledgement.
+    fn write_back(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError>;
+}
+
+/// A write-back on its way: finishing it waits for the memory manager to
+/// acknowledge it.
+pub struct WriteBack(Box<dyn FnOnce() -> Result<(), CacheError> + Send>);
+
+impl WriteBack {
+    pub fn new(finish: impl FnOnce() -> Result<(), CacheError> + Send + 'static) -> WriteBack {
+        WriteBack(Box::new(finish))
+    }
+
+    fn finish(self) -> Result<(), CacheError> {
+        (self.0)()
+    }
 }
 
 /// Chooses victims. Told about every page that becomes resident or stops
@@ -141,12 +158,15 @@ struct State {
     /// and how many pages the next sequential miss fetches.
     next_expected: u64,
     window: usize,
+    /// The last write-back batch, sent but maybe not yet acknowledged, and
+    /// its pages: a fetch of one of them waits for it first, and so does
+    /// every change to the address space.
+    in_flight: Option<(WriteBack, HashSet<u64>)>,
     /// Scratch buffers, kept to avoid allocating on the miss path.
     page_buf: Vec<u8>,
     run_buf: Vec<u8>,
     victims: Vec<u64>,
     dirty: Vec<u64>,
-    writeback_buf: Vec<u8>,
     regions: Vec<PageRegion>,
 }
 
@@ -189,11 +209,11 @@ impl ExCache {
                 },
                 next_expected: 0,
                 window: 1,
+                in_flight: None,
                 page_buf: vec![0; PAGE as usize],
                 run_buf: Vec::new(),
                 victims: Vec::new(),
                 dirty: Vec::new(),
-                writeback_buf: Vec::new(),
                 regions: Vec::new(),
             }),
             zero_page: vec![0; PAGE as usize],
@@ -281,6 +301,12 @@ impl ExCache {
             count += 1;
         }
         Self::make_room(st, arena, backing, count)?;
+        let fetching_in_flight = st.in_flight.as_ref().is_some_and(|(_, pages)| {
+            (0..count as u64).any(|i| pages.contains(&(page + i * PAGE)))
+        });
+        if fetching_in_flight {
+            Self::settle_locked(st)?;
+        }
         let got = if count == 1 {
             let src = if backing.fetch(page, &mut st.page_buf)? {
                 st.page_buf.as_ptr()
@@ -311,6 +337,20 @@ impl ExCache {
         let bucket = latency_bucket(ns).min(stats.miss_latency_log2_ns.len() - 1);
         stats.miss_latency_log2_ns[bucket] += 1;
         Ok(())
+    }
+
+    /// Waits for the write-back in flight, if any.
+    fn settle_locked(st: &mut State) -> Result<(), CacheError> {
+        match st.in_flight.take() {
+            Some((ticket, _)) => ticket.finish(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every write-back is acknowledged: before the address
+    /// space changes (the memory manager refuses pages it no longer maps).
+    pub fn settle(&self) -> Result<(), CacheError> {
+        Self::settle_locked(&mut self.lock())
     }
 
     /// Evicts until `pages` more fit in the quota.
@@ -363,17 +403,22 @@ impl ExCache {
             }
         }
         if !st.dirty.is_empty() {
-            st.writeback_buf.clear();
-            for &p in &st.dirty {
-                // Safety: `p` is resident (it was a victim the policy held,
-                // and only this lock's holder drops pages), so reading it
-                // cannot fault; the application cannot write it meanwhile
-                // because its only thread is blocked on the fault being
-                // served.
-                let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, PAGE as usize) };
-                st.writeback_buf.extend_from_slice(bytes);
-            }
-            backing.write_back(&st.dirty, &st.writeback_buf)?;
+            // One batch in flight at a time: this one waits for the last.
+            Self::settle_locked(st)?;
+            // Safety: every dirty page is resident (it was a victim the
+            // policy held, and only this lock's holder drops pages), so
+            // reading it cannot fault; the application cannot write it
+            // meanwhile because its only thread is blocked on the fault
+            // being served. The slices are only read until `write_back`
+            // returns, before the pages are dropped below.
+            let parts: Vec<&[u8]> = page_runs(&st.dirty)
+                .into_iter()
+                .map(|(start, end)| unsafe {
+                    std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
+                })
+                .collect();
+            let ticket = backing.write_back(&st.dirty, &parts)?;
+            st.in_flight = Some((ticket, st.dirty.iter().copied().collect()));
             st.stats.writebacks += st.dirty.len() as u64;
             st.stats.writeback_batches += 1;
             st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;

@@ -1,6 +1,6 @@
 //! The runtime's link to the process's home memory manager.
 
-use crate::excache::{Backing, CacheError};
+use crate::excache::{Backing, CacheError, WriteBack};
 use lego_proto::{
     ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, Role, MAX_FETCH_PAGES,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,
@@ -11,6 +11,8 @@ use std::time::Duration;
 
 pub struct RemoteMemory {
     client: Client,
+    /// A second connection, for write-backs (see `write_back`).
+    writeback: Client,
     pid: ProcessId,
     /// The memory manager's name, for errors ("memory-0 at 127.0.0.1:4000").
     name: String,
@@ -33,6 +35,7 @@ impl RemoteMemory {
         };
         config.request_timeout = Duration::from_secs(10);
         RemoteMemory {
+            writeback: Client::new(addr, config.clone()),
             client: Client::new(addr, config),
             pid,
             name,
@@ -144,27 +147,38 @@ impl Backing for RemoteMemory {
         }
     }
 
-    fn write_back(&self, addrs: &[u64], data: &[u8]) -> Result<(), CacheError> {
-        for (chunk, bytes) in addrs
-            .chunks(MAX_WRITEBACK_PAGES)
-            .zip(data.chunks(MAX_WRITEBACK_PAGES * PAGE_SIZE))
-        {
-            let reply = self
-                .client
-                .call(
-                    &Message::WriteBack {
-                        pid: self.pid,
-                        addrs: chunk.to_vec(),
-                    },
-                    bytes,
-                )
-                .map_err(|e| CacheError::Remote(self.lost(e)))?;
-            if reply.message != Message::WrittenBack {
-                return Err(CacheError::Remote(
-                    self.unexpected("WriteBack", reply.message),
-                ));
+    fn write_back(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError> {
+        debug_assert!(addrs.len() <= MAX_WRITEBACK_PAGES);
+        // A connection of its own, so the memory manager stores this batch
+        // on one thread while it serves the next fetch on another.
+        let lost = |e| CacheError::Remote(self.lost(e));
+        let conn = self.writeback.connection().map_err(lost)?;
+        let pending = conn
+            .send(
+                &Message::WriteBack {
+                    pid: self.pid,
+                    addrs: addrs.to_vec(),
+                },
+                parts,
+            )
+            .map_err(lost)?;
+        let timeout = self.writeback.request_timeout();
+        let describe = self.describe();
+        Ok(WriteBack::new(move || {
+            let reply = conn
+                .wait(pending, timeout)
+                .map_err(|e| CacheError::Remote(format!("lost the {describe}: {e}")))?;
+            match reply.message {
+                Message::WrittenBack => Ok(()),
+                Message::Error(e) => Err(CacheError::Remote(format!(
+                    "the {describe} refused a write-back: {}",
+                    e.message
+                ))),
+                other => Err(CacheError::Remote(format!(
+                    "the {describe} answered WriteBack with {}",
+                    other.kind()
+                ))),
             }
-        }
-        Ok(())
+        }))
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::error::TransportError;
 use crate::handshake::{self, Identity};
-use crate::io::{write_frame, FrameReader, ReadError, WriteError};
+use crate::io::{write_frame_parts, FrameReader, ReadError, WriteError};
 use crate::secret::ClusterSecret;
 use lego_proto::{Frame, FrameLimits, Message};
 use std::collections::HashMap;
@@ -34,6 +34,13 @@ struct Mailbox {
     broken: Option<String>,
     /// True while one caller is reading the socket for everyone.
     reader_busy: bool,
+}
+
+/// A request sent and not yet answered.
+#[derive(Debug)]
+pub struct Pending {
+    id: u64,
+    request: &'static str,
 }
 
 /// One authenticated connection to a peer.
@@ -119,6 +126,14 @@ impl Connection {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Frame, TransportError> {
+        let pending = self.send(message, &[payload])?;
+        self.wait(pending, timeout)
+    }
+
+    /// Sends one request whose payload is the concatenation of `parts`,
+    /// without waiting for the reply: collect it with [`Connection::wait`].
+    /// Replies on one connection come in request order.
+    pub fn send(&self, message: &Message, parts: &[&[u8]]) -> Result<Pending, TransportError> {
         let request = message.kind();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
@@ -134,7 +149,7 @@ impl Connection {
             }
             mailbox.waiting.insert(id, None);
         }
-        let sent = write_frame(&mut *lock(&self.writer), id, message, payload);
+        let sent = write_frame_parts(&mut *lock(&self.writer), id, message, parts);
         if let Err(e) = sent {
             let mut mailbox = lock(&self.mailbox);
             mailbox.waiting.remove(&id);
@@ -151,7 +166,18 @@ impl Connection {
                 }
             });
         }
-        self.await_reply(id, request, Instant::now() + timeout, timeout)
+        Ok(Pending { id, request })
+    }
+
+    /// Waits up to `timeout` for the reply to a request [`Connection::send`]
+    /// sent.
+    pub fn wait(&self, pending: Pending, timeout: Duration) -> Result<Frame, TransportError> {
+        self.await_reply(
+            pending.id,
+            pending.request,
+            Instant::now() + timeout,
+            timeout,
+        )
     }
 
     fn await_reply(
@@ -304,6 +330,11 @@ impl Client {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The configured bound on waiting for a reply.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
     }
 
     /// Sends one request with the configured timeout.

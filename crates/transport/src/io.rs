@@ -181,9 +181,24 @@ pub fn write_frame(
     message: &Message,
     payload: &[u8],
 ) -> Result<(), WriteError> {
+    write_frame_parts(stream, id, message, &[payload])
+}
+
+/// Writes one frame whose payload is the concatenation of `parts`, each
+/// sent straight from where it lies (pages from the arena, say) with one
+/// vectored write per kernel call.
+pub fn write_frame_parts(
+    stream: &mut impl Write,
+    id: u64,
+    message: &Message,
+    parts: &[&[u8]],
+) -> Result<(), WriteError> {
+    let payload_len = parts.iter().map(|p| p.len()).sum();
     let mut header = Vec::with_capacity(64);
-    encode_frame_header(id, message, payload.len(), &mut header).map_err(WriteError::Encode)?;
-    let mut slices = [IoSlice::new(&header), IoSlice::new(payload)];
+    encode_frame_header(id, message, payload_len, &mut header).map_err(WriteError::Encode)?;
+    let mut slices = Vec::with_capacity(parts.len() + 1);
+    slices.push(IoSlice::new(&header));
+    slices.extend(parts.iter().map(|p| IoSlice::new(p)));
     let mut bufs = &mut slices[..];
     while !bufs.is_empty() {
         match stream.write_vectored(bufs) {

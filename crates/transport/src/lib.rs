@@ -19,9 +19,9 @@ mod io;
 mod secret;
 mod server;
 
-pub use client::{Backoff, Client, ClientConfig, Connection};
+pub use client::{Backoff, Client, ClientConfig, Connection, Pending};
 pub use error::{Peer, TransportError};
 pub use handshake::{Identity, Stream};
-pub use io::{write_frame, FrameReader, ReadError};
+pub use io::{write_frame, write_frame_parts, FrameReader, ReadError};
 pub use secret::{ClusterSecret, SecretError};
 pub use server::{PeerInfo, Reply, Server, ServerConfig, Service};

@@ -96,6 +96,9 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
             return errno(e.errno);
         }
     };
+    if let Err(e) = rt.cache.settle() {
+        fatal(&format!("before execve: {e}"));
+    }
     let image = match rt.remote.exec(&prepared.image) {
         Err(lost) => fatal(&lost),
         Ok(Err(refusal)) => {

@@ -36,6 +36,11 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
 /// Sends one address-space call and mirrors its effect.
 fn memory_call(rt: &Runtime, op: MemoryOp) -> i64 {
     let name = op.name();
+    // The memory manager must hold every written-back page before the
+    // address space changes under them.
+    if let Err(e) = rt.cache.settle() {
+        fatal(&format!("before {name}: {e}"));
+    }
     match rt.remote.memory_op(op) {
         Err(lost) => fatal(&lost),
         Ok(Err(errno)) => -(errno as i64),
