@@ -139,14 +139,20 @@ fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
     Ok((embedded.dir.clone(), Some(embedded)))
 }
 
-fn place(dir: &StateDir, wanted: Option<String>) -> Result<(Registration, Registration)> {
+type Placement = (Registration, Registration, Option<Registration>);
+
+fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
     let record = dir.require()?;
     let client = monitor_client(dir, record.monitor)?;
     let reply = client
         .call(&Message::PlaceProcess { processor: wanted }, &[])
         .with_context(|| format!("cannot reach the monitor at {}", record.monitor))?;
     match reply.message {
-        Message::Placement { processor, memory } => Ok((processor, memory)),
+        Message::Placement {
+            processor,
+            memory,
+            storage,
+        } => Ok((processor, memory, storage)),
         Message::Error(e) => bail!("the monitor cannot place the program: {}", e.message),
         other => bail!("the monitor answered PlaceProcess with {}", other.kind()),
     }
@@ -244,7 +250,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
     };
     let (dir, _embedded) = cluster(&args)?;
-    let (processor, memory) = place(&dir, args.processor.clone())?;
+    let (processor, memory, storage) = place(&dir, args.processor.clone())?;
+    // Files come from the storage manager only when asked, until the
+    // runtime's file table serves every file call (issue 4); by default the
+    // program sees the processor's own files.
+    let storage =
+        storage.filter(|_| std::env::var_os("LEGO_FILES").is_some_and(|v| v == "storage"));
     let secret = ClusterSecret::load(&dir.secret())?;
     let excache = args.excache.unwrap_or(match processor.load {
         lego_proto::Load::Processor { excache_quota, .. } => excache_quota,
@@ -265,6 +276,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         excache,
         memory: memory.addr,
         memory_name: memory.name.clone(),
+        storage: storage.as_ref().map(|s| s.addr),
+        storage_name: storage.map(|s| s.name).unwrap_or_default(),
     };
     let report = launch(&secret, &processor, spec)?;
     if args.stats {

@@ -236,7 +236,12 @@ fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
     let state = std::env::temp_dir().join(format!("lego-test-nocluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let hello = program("hello", Build::GlibcStatic);
+    // From a directory the test harness does not run in: the program must
+    // start in lego run's working directory.
+    let workdir = std::env::temp_dir().join(format!("lego-test-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).unwrap();
     let child = std::process::Command::new(LEGO)
+        .current_dir(&workdir)
         .arg("run")
         .arg("--state")
         .arg(&state)
@@ -256,6 +261,12 @@ fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
         stdout.starts_with("hello, world\nargv[1] = 7\nLEGO_TEST_PROBE = passed through\n"),
         "{stdout}"
     );
+    let workdir = workdir.canonicalize().unwrap();
+    assert!(
+        stdout.contains(&format!("cwd = {}\n", workdir.display())),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&workdir);
     assert!(!state.join("cluster.json").exists());
     assert!(
         !embedded.exists(),
@@ -415,4 +426,24 @@ fn a_corrupt_program_is_refused_with_a_clear_error() {
         0
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_program_starts_in_lego_runs_working_directory() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let hello = program("hello", Build::GlibcStatic);
+    let workdir = std::env::temp_dir().join(format!("lego-test-workdir-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).unwrap();
+    let out = cluster
+        .run_command(&[], &hello, &[])
+        .current_dir(&workdir)
+        .output()
+        .unwrap();
+    let expected = format!("cwd = {}\n", workdir.canonicalize().unwrap().display());
+    assert!(
+        text(&out.stdout).contains(&expected),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&workdir);
 }

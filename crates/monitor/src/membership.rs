@@ -228,9 +228,15 @@ impl Membership {
                 "no live memory manager in the cluster",
             );
         };
+        let storage = members
+            .values()
+            .filter(alive)
+            .find(|m| m.registration.role == Role::Storage)
+            .map(|m| m.registration.clone());
         Message::Placement {
             processor: processor.registration.clone(),
             memory: memory.registration.clone(),
+            storage,
         }
     }
 

@@ -144,6 +144,9 @@ fn serve_connection(
         excache: spec.excache,
         memory: spec.memory,
         memory_name: spec.memory_name.clone(),
+        storage: spec.storage,
+        storage_name: spec.storage_name.clone(),
+        cwd: spec.cwd.clone(),
         secret_hex: processor.secret.to_hex(),
     };
     let runtime = match spawn::spawn(&runtime_spec, stdio) {

@@ -214,10 +214,12 @@ pub enum Message {
     PlaceProcess {
         processor: Option<String>,
     },
-    /// A processor to run it on and its home memory manager.
+    /// A processor to run it on, its home memory manager, and the storage
+    /// manager serving its files (if the cluster has one).
     Placement {
         processor: Registration,
         memory: Registration,
+        storage: Option<Registration>,
     },
 
     // --- processes (processor, over its launch socket) ---

@@ -22,6 +22,10 @@ pub struct LaunchSpec {
     /// The process's home memory manager.
     pub memory: SocketAddr,
     pub memory_name: String,
+    /// The storage manager serving its files; `None`: the processor's own
+    /// files (host pass-through).
+    pub storage: Option<SocketAddr>,
+    pub storage_name: String,
 }
 
 /// How a process ended.

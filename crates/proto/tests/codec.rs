@@ -175,8 +175,16 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
 fn process_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         prop::option::of(text()).prop_map(|processor| Message::PlaceProcess { processor }),
-        (registration(), registration())
-            .prop_map(|(processor, memory)| Message::Placement { processor, memory }),
+        (
+            registration(),
+            registration(),
+            prop::option::of(registration())
+        )
+            .prop_map(|(processor, memory, storage)| Message::Placement {
+                processor,
+                memory,
+                storage
+            }),
         (
             bytes(),
             prop::collection::vec(bytes(), 0..4),
@@ -184,19 +192,24 @@ fn process_message() -> impl Strategy<Value = Message> {
             bytes(),
             any::<u64>(),
             addr(),
-            text()
+            text(),
+            prop::option::of(addr()),
         )
-            .prop_map(|(program, argv, envp, cwd, excache, memory, memory_name)| {
-                Message::Launch(LaunchSpec {
-                    program,
-                    argv,
-                    envp,
-                    cwd,
-                    excache,
-                    memory,
-                    memory_name,
-                })
-            }),
+            .prop_map(
+                |(program, argv, envp, cwd, excache, memory, memory_name, storage)| {
+                    Message::Launch(LaunchSpec {
+                        program,
+                        argv,
+                        envp,
+                        cwd,
+                        excache,
+                        memory,
+                        memory_name: memory_name.clone(),
+                        storage,
+                        storage_name: memory_name,
+                    })
+                }
+            ),
         (any::<u64>(), any::<u32>())
             .prop_map(|(pid, host_pid)| Message::Launched { pid, host_pid }),
         any::<u64>().prop_map(|pid| Message::WaitProcess { pid }),

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -58,6 +59,12 @@ pub struct RuntimeSpec {
     pub excache: u64,
     pub memory: SocketAddr,
     pub memory_name: String,
+    /// The storage manager serving the program's files, if any; else the
+    /// processor's own files are used.
+    pub storage: Option<SocketAddr>,
+    pub storage_name: String,
+    /// The working directory the program starts in.
+    pub cwd: Vec<u8>,
     pub secret_hex: String,
 }
 
@@ -205,6 +212,14 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     }
     let secret = ClusterSecret::parse_hex(&spec.secret_hex)
         .ok_or("malformed cluster secret in the runtime spec")?;
+    // The program starts where `lego run` was started.
+    let cwd = std::ffi::OsStr::from_bytes(&spec.cwd);
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        return Err(format!(
+            "cannot enter the working directory {}: {e}",
+            cwd.to_string_lossy()
+        ));
+    }
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret, spec.pid);
     let prepared = exec::prepare(&spec.program, spec.argv.clone()).map_err(|e| e.message)?;
