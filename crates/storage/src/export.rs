@@ -22,7 +22,7 @@
 use crate::handle::{HandleBody, HandleError, HandleKey};
 use crate::sys::{self, Errno};
 use crate::Failure;
-use lego_proto::{FileAttr, FileHandle, MAX_PATH_LEN};
+use lego_proto::{FileAttr, FileHandle, FileType, MAX_PATH_LEN};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -62,12 +62,7 @@ impl Export {
             .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let (attr, _) =
             sys::statx(root_fd.as_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
-        // A bogus handle: the kernel checks the capability before looking
-        // at the handle, so EPERM means open_by_handle_at is out of reach.
-        let kernel_handles = !matches!(
-            sys::open_by_handle(root_fd.as_fd(), 0, &[0; 8], libc::O_PATH),
-            Err(Errno(libc::EPERM))
-        );
+        let kernel_handles = probe_kernel_handles(&c_root);
         if !kernel_handles {
             info!(
                 "no CAP_DAC_READ_SEARCH: {} is served with path handles, which go stale on rename",
@@ -156,8 +151,10 @@ impl Export {
             }
             HandleBody::Path { dev, ino, path } => {
                 let c_path = path_cstring(if path.is_empty() { b"." } else { &path })?;
+                // Resolve to the file itself first, so that a missing path
+                // (stale) is told apart from a file of the wrong type.
                 let fd = self
-                    .resolve(&c_path, flags | libc::O_NOFOLLOW)
+                    .resolve(&c_path, libc::O_PATH | libc::O_NOFOLLOW)
                     .map_err(|e| match e.0 {
                         libc::ENOENT | libc::ENOTDIR => Errno(libc::ESTALE),
                         _ => e,
@@ -167,7 +164,19 @@ impl Export {
                 if (attr.dev, attr.ino) != (dev, ino) {
                     return Err(Errno(libc::ESTALE).into());
                 }
-                Ok(fd)
+                if flags & libc::O_DIRECTORY != 0 && attr.file_type != FileType::Directory {
+                    return Err(Errno(libc::ENOTDIR).into());
+                }
+                if flags & libc::O_PATH != 0 {
+                    return Ok(fd);
+                }
+                if attr.file_type == FileType::Symlink {
+                    return Err(Errno(libc::ELOOP).into());
+                }
+                // Reopening through /proc/self/fd reaches this very inode,
+                // whatever happens to the path meanwhile.
+                let proc_path = sys::proc_fd_path(fd.as_fd());
+                Ok(sys::openat2(cwd(), &proc_path, flags, 0, 0)?)
             }
         }
     }
@@ -250,6 +259,30 @@ impl Export {
         mounts.insert(mount_id, Arc::clone(&fd));
         Ok(fd)
     }
+}
+
+/// Whether `open_by_handle_at` works for us: encode the root's handle and
+/// decode it again. Only `EPERM` (no `CAP_DAC_READ_SEARCH`) turns kernel
+/// handles off; a root on a file system without handles (an export of
+/// /proc) says nothing about the mounts below it, and `handle_of` falls
+/// back file by file anyway.
+fn probe_kernel_handles(root: &CString) -> bool {
+    // open_by_handle_at wants a real descriptor on the mount, not O_PATH.
+    let Ok(mount) = sys::openat2(cwd(), root, libc::O_RDONLY | libc::O_DIRECTORY, 0, 0) else {
+        return true;
+    };
+    let Ok(kernel) = sys::name_to_handle(mount.as_fd()) else {
+        return true;
+    };
+    !matches!(
+        sys::open_by_handle(
+            mount.as_fd(),
+            kernel.handle_type,
+            &kernel.bytes,
+            libc::O_PATH
+        ),
+        Err(Errno(libc::EPERM))
+    )
 }
 
 fn cwd() -> BorrowedFd<'static> {

@@ -17,7 +17,7 @@ pub enum Outcome {
     Done(StorageReply, Vec<u8>),
     Errno(i32),
     BadRequest(String),
-    Other(Message),
+    Other(Box<Message>),
 }
 
 pub struct Fixture {
@@ -49,7 +49,7 @@ pub fn call(service: &StorageService, request: StorageRequest, payload: &[u8]) -
             Outcome::Errno(errno)
         }
         Message::Error(e) if e.code == ErrorCode::BadRequest => Outcome::BadRequest(e.message),
-        other => Outcome::Other(other),
+        other => Outcome::Other(Box::new(other)),
     }
 }
 
