@@ -7,42 +7,23 @@ mod common;
 use common::*;
 use lego_proto::*;
 use proptest::prelude::*;
-use std::sync::OnceLock;
+use proptest::test_runner::TestRunner;
 
-struct Handles {
-    fx: Fixture,
-    valid: Vec<FileHandle>,
-}
-
-/// One export for all cases (building one per case would dominate the run);
-/// cases may change it, which only widens what later cases meet.
-fn shared() -> &'static Handles {
-    static SHARED: OnceLock<Handles> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let fx = Fixture::new("fuzz");
-        std::fs::create_dir(fx.dir.join("d")).unwrap();
-        std::fs::write(fx.dir.join("d/f"), b"contents").unwrap();
-        std::os::unix::fs::symlink("../../..", fx.dir.join("l")).unwrap();
-        let root = fx.root();
-        let valid = vec![
-            root.clone(),
-            fx.lookup(&root, "d").0,
-            fx.lookup(&root, "d/f").0,
-            found(fx.lookup_outcome("l", false)).0,
-        ];
-        Handles { fx, valid }
-    })
-}
-
-fn handle() -> impl Strategy<Value = FileHandle> {
+/// Valid handles, damaged ones and made-up bytes.
+fn handle(valid: Vec<FileHandle>) -> impl Strategy<Value = FileHandle> {
+    let damaged = valid.clone();
     prop_oneof![
-        (0usize..4).prop_map(|i| shared().valid[i].clone()),
-        ((0usize..4), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, at, x)| {
-            let mut h = shared().valid[i].clone();
-            let at = at.index(h.0.len());
-            h.0[at] ^= x | 1;
-            h
-        }),
+        prop::sample::select(valid),
+        (
+            prop::sample::select(damaged),
+            any::<prop::sample::Index>(),
+            any::<u8>()
+        )
+            .prop_map(|(mut h, at, x)| {
+                let at = at.index(h.0.len());
+                h.0[at] ^= x | 1;
+                h
+            }),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(FileHandle),
         Just(FileHandle(vec![1; MAX_HANDLE_LEN + 1])),
     ]
@@ -81,8 +62,8 @@ fn time() -> impl Strategy<Value = Option<SetTime>> {
     ])
 }
 
-fn request() -> impl Strategy<Value = StorageRequest> {
-    let h = handle;
+fn request(valid: Vec<FileHandle>) -> impl Strategy<Value = StorageRequest> {
+    let h = || handle(valid.clone());
     prop_oneof![
         Just(StorageRequest::Root),
         (h(), path(), any::<bool>()).prop_map(|(dir, path, follow)| StorageRequest::Lookup {
@@ -188,18 +169,32 @@ fn request() -> impl Strategy<Value = StorageRequest> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1500))]
-
-    #[test]
-    fn arbitrary_requests_never_panic(
-        request in request(),
-        payload in prop::collection::vec(any::<u8>(), 0..64),
-    ) {
-        let outcome = shared().fx.call_with(request, &payload);
+#[test]
+fn arbitrary_requests_never_panic() {
+    // One export for all cases (building one per case would dominate the
+    // run); cases may change it, which only widens what later cases meet.
+    let fx = Fixture::new("fuzz");
+    std::fs::create_dir(fx.dir.join("d")).unwrap();
+    std::fs::write(fx.dir.join("d/f"), b"contents").unwrap();
+    std::os::unix::fs::symlink("../../..", fx.dir.join("l")).unwrap();
+    let root = fx.root();
+    let valid = vec![
+        root.clone(),
+        fx.lookup(&root, "d").0,
+        fx.lookup(&root, "d/f").0,
+        found(fx.lookup_outcome("l", false)).0,
+    ];
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(1500));
+    let cases = (request(valid), prop::collection::vec(any::<u8>(), 0..64));
+    let result = runner.run(&cases, |(request, payload)| {
+        let outcome = fx.call_with(request, &payload);
         prop_assert!(!matches!(outcome, Outcome::Other(_)), "{:?}", outcome);
         if let Outcome::Errno(errno) = outcome {
             prop_assert!(errno > 0 && errno < 4096, "errno {}", errno);
         }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
