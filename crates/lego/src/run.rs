@@ -10,8 +10,11 @@ use crate::StateArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lego_proto::{ExcacheStats, ExitReport, FrameLimits, LaunchSpec, Message, Registration, Role};
+use lego_proto::{FileType, StorageReply, StorageRequest};
 use lego_transport::fdpass::send_fds;
-use lego_transport::{handshake, write_frame, ClusterSecret, FrameReader, Identity};
+use lego_transport::{
+    handshake, write_frame, Client, ClientConfig, ClusterSecret, FrameReader, Identity,
+};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
@@ -51,7 +54,10 @@ struct NotRun {
 
 /// Finds the program as execvp would: a name with a slash is a path, any
 /// other name is looked up in PATH. Errors read like a shell's.
-fn resolve(program: &OsString) -> Result<PathBuf, NotRun> {
+fn resolve(
+    program: &OsString,
+    stat: impl Fn(&Path) -> Option<(bool, u32)>,
+) -> Result<PathBuf, NotRun> {
     let name = Path::new(program);
     let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
         vec![name.to_path_buf()]
@@ -64,14 +70,14 @@ fn resolve(program: &OsString) -> Result<PathBuf, NotRun> {
     };
     let mut denied = None;
     for candidate in &candidates {
-        let Ok(meta) = std::fs::metadata(candidate) else {
+        let Some((is_dir, mode)) = stat(candidate) else {
             continue;
         };
-        if meta.is_dir() {
+        if is_dir {
             denied.get_or_insert((candidate.clone(), "Is a directory"));
             continue;
         }
-        if meta.permissions().mode() & 0o111 == 0 {
+        if mode & 0o111 == 0 {
             denied.get_or_insert((candidate.clone(), "Permission denied"));
             continue;
         }
@@ -94,6 +100,29 @@ fn resolve(program: &OsString) -> Result<PathBuf, NotRun> {
             message: format!("{}: command not found", name.display()),
         },
     })
+}
+
+/// `stat` of a host file: (is a directory, mode).
+fn host_stat(path: &Path) -> Option<(bool, u32)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.is_dir(), m.permissions().mode()))
+}
+
+/// `stat` through the storage manager serving the program's files.
+fn storage_stat(client: &Client, path: &Path) -> Option<(bool, u32)> {
+    let abs = std::path::absolute(path).ok()?;
+    let call = |request| match client.call(&Message::Storage(request), &[]).ok()?.message {
+        Message::StorageDone(StorageReply::Found { handle, attr }) => Some((handle, attr)),
+        _ => None,
+    };
+    let (root, _) = call(StorageRequest::Root)?;
+    let (_, attr) = call(StorageRequest::Lookup {
+        dir: root,
+        path: abs.into_os_string().into_vec(),
+        follow: true,
+    })?;
+    Some((attr.file_type == FileType::Directory, attr.mode))
 }
 
 /// A cluster `lego run` started itself; stopped and removed on drop.
@@ -242,21 +271,48 @@ fn print_stats(stats: &ExcacheStats) {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let program = match resolve(&args.command[0]) {
-        Ok(path) => path,
-        Err(NotRun { status, message }) => {
-            eprintln!("lego: {message}");
-            return Ok(ExitCode::from(status));
-        }
+    // Files come from the cluster's storage manager; LEGO_FILES=host gives
+    // the program the processor's own files instead (and is what happens
+    // when the cluster has no storage manager).
+    let files = std::env::var_os("LEGO_FILES");
+    let host_files = files.as_deref().is_some_and(|v| v == "host");
+    let require_storage = files.as_deref().is_some_and(|v| v == "storage");
+    let not_run = |NotRun { status, message }| {
+        eprintln!("lego: {message}");
+        ExitCode::from(status)
     };
+    // Fail fast, before any cluster is started, when the program is not there.
+    let mut program = None;
+    if host_files {
+        match resolve(&args.command[0], host_stat) {
+            Ok(path) => program = Some(path),
+            Err(e) => return Ok(not_run(e)),
+        }
+    }
     let (dir, _embedded) = cluster(&args)?;
     let (processor, memory, storage) = place(&dir, args.processor.clone())?;
-    // Files come from the storage manager only when asked, until the
-    // runtime's file table serves every file call (issue 4); by default the
-    // program sees the processor's own files.
-    let storage =
-        storage.filter(|_| std::env::var_os("LEGO_FILES").is_some_and(|v| v == "storage"));
+    let storage = storage.filter(|_| !host_files);
+    if storage.is_none() && require_storage {
+        bail!("LEGO_FILES=storage, but the cluster has no live storage manager");
+    }
     let secret = ClusterSecret::load(&dir.secret())?;
+    let program = match (program, &storage) {
+        (Some(path), _) => path,
+        (None, Some(storage)) => {
+            let mut config =
+                ClientConfig::new(secret.clone(), Identity::new(Role::Client, "lego-run"));
+            config.backoff.give_up_after = Duration::from_secs(2);
+            let client = Client::new(storage.addr, config);
+            match resolve(&args.command[0], |p| storage_stat(&client, p)) {
+                Ok(path) => path,
+                Err(e) => return Ok(not_run(e)),
+            }
+        }
+        (None, None) => match resolve(&args.command[0], host_stat) {
+            Ok(path) => path,
+            Err(e) => return Ok(not_run(e)),
+        },
+    };
     let excache = args.excache.unwrap_or(match processor.load {
         lego_proto::Load::Processor { excache_quota, .. } => excache_quota,
         _ => 512 << 20,

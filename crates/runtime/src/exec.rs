@@ -4,6 +4,7 @@
 //! memory manager builds the address space, and the runtime mirrors it and
 //! writes the initial stack.
 
+use crate::vfs::Vfs;
 use crate::{interp, stack, user, Runtime};
 use lego_proto::{ExecImage, MemoryOpDone, MAX_IMAGE_LEN, USER_END, USER_MIN};
 
@@ -29,18 +30,32 @@ impl ExecError {
         ExecError { errno, message }
     }
 
-    fn io(what: &str, path: &str, e: std::io::Error) -> ExecError {
-        ExecError::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("{what} {path}: {e}"),
-        )
+    fn io(what: &str, path: &str, errno: i32) -> ExecError {
+        let e = std::io::Error::from_raw_os_error(errno);
+        ExecError::new(errno, format!("{what} {path}: {e}"))
+    }
+}
+
+/// A program file's bytes: from the storage manager when the runtime has
+/// one, else from the processor's files.
+fn load_file(vfs: Option<&Vfs>, path: &str) -> Result<Vec<u8>, i32> {
+    match vfs {
+        // One byte more than an image may have: enough to say it is too big.
+        Some(vfs) => vfs
+            .read_file(path.as_bytes(), MAX_IMAGE_LEN + 1)
+            .map(|(bytes, _)| bytes),
+        None => std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
     }
 }
 
 /// Reads `program` and follows `#!` lines and PT_INTERP to the image to load.
-pub fn prepare(program: &[u8], argv: Vec<Vec<u8>>) -> Result<Prepared, ExecError> {
+pub fn prepare(
+    vfs: Option<&Vfs>,
+    program: &[u8],
+    argv: Vec<Vec<u8>>,
+) -> Result<Prepared, ExecError> {
     let name = String::from_utf8_lossy(program).into_owned();
-    let mut image = std::fs::read(&name).map_err(|e| ExecError::io("cannot read", &name, e))?;
+    let mut image = load_file(vfs, &name).map_err(|e| ExecError::io("cannot read", &name, e))?;
     let mut argv = argv;
     let mut exe = program.to_vec();
     for depth in 0.. {
@@ -55,13 +70,13 @@ pub fn prepare(program: &[u8], argv: Vec<Vec<u8>>) -> Result<Prepared, ExecError
         }
         let path = String::from_utf8_lossy(&script_interp).into_owned();
         argv = interp::script_argv(&script_interp, arg.as_deref(), &exe, &argv);
-        image = std::fs::read(&path)
+        image = load_file(vfs, &path)
             .map_err(|e| ExecError::io(&format!("cannot run {name}: its interpreter"), &path, e))?;
         exe = script_interp;
     }
     if let Some(linker) = interp::interpreter(&image) {
         let path = String::from_utf8_lossy(&linker).into_owned();
-        image = std::fs::read(&path).map_err(|e| {
+        image = load_file(vfs, &path).map_err(|e| {
             ExecError::io(&format!("cannot load {name}: its interpreter"), &path, e)
         })?;
         argv = interp::linker_argv(&linker, &exe, &argv);

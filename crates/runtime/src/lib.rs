@@ -25,6 +25,7 @@ pub mod sud;
 pub mod syscall;
 pub mod uffd;
 mod user;
+pub mod vfs;
 
 use arena::Arena;
 use excache::{ExCache, Fifo};
@@ -87,6 +88,9 @@ pub struct Runtime {
     /// handler returns to instead of the caller.
     pub pending_exec: Mutex<Option<(u64, u64)>>,
     pub signals: Mutex<syscall::signal::SignalState>,
+    /// The program's files, when a storage manager serves them (else the
+    /// processor's own files are passed through).
+    pub vfs: Option<vfs::Vfs>,
     /// Descriptors the runtime opened, sorted: not the application's. Set
     /// once, just before the application starts.
     runtime_fds: OnceLock<Vec<RawFd>>,
@@ -212,17 +216,41 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     }
     let secret = ClusterSecret::parse_hex(&spec.secret_hex)
         .ok_or("malformed cluster secret in the runtime spec")?;
-    // The program starts where `lego run` was started.
+    // The program starts where `lego run` was started (on the processor's
+    // host too, so that host paths relative to it mean the same).
     let cwd = std::ffi::OsStr::from_bytes(&spec.cwd);
-    if let Err(e) = std::env::set_current_dir(cwd) {
-        return Err(format!(
-            "cannot enter the working directory {}: {e}",
-            cwd.to_string_lossy()
-        ));
-    }
+    let vfs = match spec.storage {
+        Some(addr) => {
+            let storage = vfs::storage::RemoteStorage::connect(
+                addr,
+                spec.storage_name.clone(),
+                secret.clone(),
+                spec.pid,
+            );
+            let _ = std::env::set_current_dir(cwd);
+            Some(vfs::Vfs::new(storage, &spec.cwd).map_err(|e| match e {
+                vfs::storage::StorageError::Lost(why) => why,
+                vfs::storage::StorageError::Errno(errno) => format!(
+                    "the storage manager {} refused the export root: {}",
+                    spec.storage_name,
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            })?)
+        }
+        None => {
+            if let Err(e) = std::env::set_current_dir(cwd) {
+                return Err(format!(
+                    "cannot enter the working directory {}: {e}",
+                    cwd.to_string_lossy()
+                ));
+            }
+            None
+        }
+    };
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret, spec.pid);
-    let prepared = exec::prepare(&spec.program, spec.argv.clone()).map_err(|e| e.message)?;
+    let prepared =
+        exec::prepare(vfs.as_ref(), &spec.program, spec.argv.clone()).map_err(|e| e.message)?;
     let image = match remote.exec(&prepared.image)? {
         Ok(image) => image,
         Err(refusal) => return Err(format!("cannot load {program}: {refusal}")),
@@ -234,6 +262,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         program: Mutex::new(spec.program.clone()),
         pending_exec: Mutex::new(None),
         signals: syscall::signal::SignalState::new(),
+        vfs,
         runtime_fds: OnceLock::new(),
         reported: AtomicBool::new(false),
     };

@@ -72,24 +72,10 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return errno(e),
     };
-    let Ok(c_path) = std::ffi::CString::new(path.clone()) else {
-        return errno(libc::ENOENT);
-    };
-    // Safety: access and stat read a NUL-terminated path of ours.
-    unsafe {
-        if libc::access(c_path.as_ptr(), libc::X_OK) != 0 {
-            return errno(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EACCES),
-            );
-        }
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::stat(c_path.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return errno(libc::EACCES);
-        }
+    if let Err(e) = check_executable(rt, &path) {
+        return errno(e);
     }
-    let prepared = match prepare(&path, argv) {
+    let prepared = match prepare(rt.vfs.as_ref(), &path, argv) {
         Ok(p) => p,
         Err(e) => {
             tracing::info!("execve: {}", e.message);
@@ -108,9 +94,12 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
         Ok(Ok(image)) => image,
     };
     // The point of no return: the memory manager holds the new image.
-    let exe = std::fs::canonicalize(String::from_utf8_lossy(&path).as_ref())
-        .map(|p| p.into_os_string().into_encoded_bytes())
-        .unwrap_or_else(|_| path.clone());
+    let exe = match &rt.vfs {
+        Some(vfs) => crate::vfs::path::normalize(&vfs.cwd().path, &path),
+        None => std::fs::canonicalize(String::from_utf8_lossy(&path).as_ref())
+            .map(|p| p.into_os_string().into_encoded_bytes())
+            .unwrap_or_else(|_| path.clone()),
+    };
     let sp = match install(rt, &image, &prepared.argv, &envp, &path) {
         Ok(sp) => sp,
         Err(e) => fatal(&format!(
@@ -128,6 +117,44 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
     0
 }
 
+/// execve's permission check: a regular file with an execute bit.
+fn check_executable(rt: &Runtime, path: &[u8]) -> Result<(), i32> {
+    if let Some(vfs) = &rt.vfs {
+        let abs = crate::vfs::path::normalize(&vfs.cwd().path, path);
+        if !crate::vfs::path::is_host(&abs) {
+            let (_, attr) = vfs
+                .storage
+                .found(lego_proto::StorageRequest::Lookup {
+                    dir: vfs.root.clone(),
+                    path: abs,
+                    follow: true,
+                })
+                .map_err(|e| match e {
+                    crate::vfs::storage::StorageError::Errno(errno) => errno,
+                    crate::vfs::storage::StorageError::Lost(why) => fatal(&why),
+                })?;
+            if attr.file_type != lego_proto::FileType::Regular || attr.mode & 0o111 == 0 {
+                return Err(libc::EACCES);
+            }
+            return Ok(());
+        }
+    }
+    let c_path = std::ffi::CString::new(path.to_vec()).map_err(|_| libc::ENOENT)?;
+    // Safety: access and stat read a NUL-terminated path of ours.
+    unsafe {
+        if libc::access(c_path.as_ptr(), libc::X_OK) != 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EACCES));
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::stat(c_path.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(libc::EACCES);
+        }
+    }
+    Ok(())
+}
+
 /// Closes the application's descriptors marked close-on-exec.
 fn close_on_exec(rt: &Runtime) {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
@@ -141,10 +168,13 @@ fn close_on_exec(rt: &Runtime) {
             continue;
         }
         // Safety: fcntl and close on the application's own descriptors.
-        unsafe {
+        let closed = unsafe {
             let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
-                libc::close(fd);
+            flags >= 0 && flags & libc::FD_CLOEXEC != 0 && libc::close(fd) == 0
+        };
+        if closed {
+            if let Some(vfs) = &rt.vfs {
+                vfs.remove(fd);
             }
         }
     }

@@ -38,16 +38,20 @@ fn readlink_common(
 }
 
 pub fn readlink(rt: &Runtime, c: &Call) -> i64 {
-    // Safety (pass): the application's own call, unchanged.
-    readlink_common(rt, c.args[0], c.args[1], c.args[2], || unsafe {
-        raw_syscall(c.nr, c.args)
+    readlink_common(rt, c.args[0], c.args[1], c.args[2], || match rt.vfs {
+        Some(_) => {
+            super::path::readlink_storage(rt, c, libc::AT_FDCWD as u64, 0, c.args[1], c.args[2])
+        }
+        // Safety: the application's own call, unchanged.
+        None => unsafe { raw_syscall(c.nr, c.args) },
     })
 }
 
 pub fn readlinkat(rt: &Runtime, c: &Call) -> i64 {
-    // Safety (pass): the application's own call, unchanged.
-    readlink_common(rt, c.args[1], c.args[2], c.args[3], || unsafe {
-        raw_syscall(c.nr, c.args)
+    readlink_common(rt, c.args[1], c.args[2], c.args[3], || match rt.vfs {
+        Some(_) => super::path::readlink_storage(rt, c, c.args[0], 1, c.args[2], c.args[3]),
+        // Safety: the application's own call, unchanged.
+        None => unsafe { raw_syscall(c.nr, c.args) },
     })
 }
 

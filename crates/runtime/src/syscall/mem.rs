@@ -91,18 +91,35 @@ fn file_mmap(
     if !offset.is_multiple_of(4096) {
         return -(libc::EINVAL as i64);
     }
-    // Safety: fstat/fcntl on the application's descriptor, into our buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd as i32, &mut st) } != 0 {
-        return -(libc::EBADF as i64);
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return -(libc::ENODEV as i64);
-    }
-    let access = unsafe { libc::fcntl(fd as i32, libc::F_GETFL) } & libc::O_ACCMODE;
-    if access == libc::O_WRONLY {
-        return -(libc::EACCES as i64);
-    }
+    let storage_file = rt.vfs.as_ref().and_then(|v| v.file(fd));
+    let size = match &storage_file {
+        Some(file) => {
+            if !file.readable() {
+                return -(libc::EACCES as i64);
+            }
+            match super::file::getattr(rt, file) {
+                Ok(attr) if attr.file_type == lego_proto::FileType::Regular => attr.size,
+                Ok(_) => return -(libc::ENODEV as i64),
+                Err(e) => return -(e as i64),
+            }
+        }
+        None => {
+            // Safety: fstat/fcntl on the application's descriptor, into our
+            // buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(fd as i32, &mut st) } != 0 {
+                return -(libc::EBADF as i64);
+            }
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return -(libc::ENODEV as i64);
+            }
+            let access = unsafe { libc::fcntl(fd as i32, libc::F_GETFL) } & libc::O_ACCMODE;
+            if access == libc::O_WRONLY {
+                return -(libc::EACCES as i64);
+            }
+            st.st_size as u64
+        }
+    };
     let anon_flags = (flags & !MAP_TYPE) | libc::MAP_PRIVATE as u64 | libc::MAP_ANONYMOUS as u64;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     let mapped = memory_call(
@@ -118,16 +135,24 @@ fn file_mmap(
         return mapped;
     }
     let start = mapped as u64;
-    let want = len.min((st.st_size as u64).saturating_sub(offset));
+    let want = len.min(size.saturating_sub(offset));
     let mut done = 0u64;
     while done < want {
-        // Safety: reads the application's file into the mapping just made
-        // for it, which is writable; the kernel serves its page faults.
-        let n = unsafe {
-            crate::sud::raw_syscall(
-                libc::SYS_pread64 as u64,
-                [fd, start + done, want - done, offset + done, 0, 0],
-            )
+        let n = match &storage_file {
+            Some(file) => {
+                match super::file::read_at(rt, file, start + done, want - done, offset + done) {
+                    Ok(n) => n,
+                    Err(e) => -(e as i64),
+                }
+            }
+            // Safety: reads the application's file into the mapping just
+            // made for it, which is writable; the kernel serves its faults.
+            None => unsafe {
+                crate::sud::raw_syscall(
+                    libc::SYS_pread64 as u64,
+                    [fd, start + done, want - done, offset + done, 0, 0],
+                )
+            },
         };
         if n == -(libc::EINTR as i64) {
             continue;

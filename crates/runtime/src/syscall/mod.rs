@@ -6,8 +6,10 @@
 //! negated errno.
 
 pub mod exec;
+pub mod file;
 pub mod fs;
 pub mod mem;
+pub mod path;
 pub mod proc;
 pub mod signal;
 pub mod table;

@@ -1,0 +1,891 @@
+//! The file family, served from the storage manager when the runtime has
+//! one (see `vfs`), passed through to the host otherwise and for host
+//! objects (pipes, sockets, terminals, `/dev`, `/proc`, `/sys`).
+//!
+//! Every handler starts the same way: find out whether its descriptor or
+//! path is a storage file; if not, make the host call (with a normalised
+//! path where one was given relative to a storage directory).
+
+use super::Call;
+use crate::sud::raw_syscall;
+use crate::vfs::path::{is_host, normalize, split_last};
+use crate::vfs::storage::StorageError;
+use crate::vfs::{OpenFile, Vfs};
+use crate::{fatal, user, Runtime};
+use lego_proto::{
+    dirent64_len, FileAttr, FileHandle, FileType, SetAttr, StorageReply, StorageRequest,
+    MAX_READ_LEN, MAX_WRITE_LEN,
+};
+use std::ffi::CString;
+use std::sync::Arc;
+
+pub(super) type SysResult = Result<i64, i32>;
+
+pub(super) fn ret(r: SysResult) -> i64 {
+    match r {
+        Ok(v) => v,
+        Err(e) => -(e as i64),
+    }
+}
+
+/// A storage failure as the application sees it; a lost storage manager
+/// ends the process.
+pub(super) fn errno_of(e: StorageError) -> i32 {
+    match e {
+        StorageError::Errno(errno) => errno,
+        StorageError::Lost(why) => fatal(&why),
+    }
+}
+
+pub(super) fn pass(c: &Call) -> i64 {
+    // Safety: the application's own call, unchanged, on host objects.
+    unsafe { raw_syscall(c.nr, c.args) }
+}
+
+/// Where a path leads.
+pub(super) enum Place {
+    /// The host's: make the call with this absolute path (or, for a path
+    /// relative to a host directory descriptor, the original arguments).
+    Host(Option<CString>),
+    /// The storage manager's: walk `path` from `dir`; `abs` is the
+    /// lexically normalised absolute path.
+    Storage {
+        dir: FileHandle,
+        path: Vec<u8>,
+        abs: Vec<u8>,
+    },
+}
+
+pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString, i32> {
+    CString::new(bytes).map_err(|_| libc::EINVAL)
+}
+
+/// Classifies `path` relative to `dirfd` (AT_FDCWD for the working
+/// directory).
+pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, i32> {
+    let base = if path.starts_with(b"/") {
+        None
+    } else if dirfd as i32 == libc::AT_FDCWD {
+        let cwd = vfs.cwd();
+        Some((cwd.path.clone(), cwd.handle.clone()))
+    } else if let Some(file) = vfs.file(dirfd) {
+        if file.file_type != FileType::Directory {
+            return Err(libc::ENOTDIR);
+        }
+        Some((file.path.clone(), Some(file.handle.clone())))
+    } else {
+        // Relative to a host directory descriptor: the host's business.
+        return Ok(Place::Host(None));
+    };
+    let abs = normalize(base.as_ref().map_or(b"/".as_slice(), |b| &b.0), path);
+    if is_host(&abs) {
+        return Ok(Place::Host(Some(cstring(abs)?)));
+    }
+    // Walk from the base directory when the path stays below it (no `..`),
+    // so a directory renamed meanwhile is still followed; else from the
+    // root by the normalised path.
+    match base {
+        Some((_, Some(dir))) if !path.split(|&b| b == b'/').any(|p| p == b"..") => {
+            Ok(Place::Storage {
+                dir,
+                path: path.to_vec(),
+                abs,
+            })
+        }
+        _ => Ok(Place::Storage {
+            dir: vfs.root.clone(),
+            path: abs.clone(),
+            abs,
+        }),
+    }
+}
+
+pub(super) fn read_path(ptr: u64) -> Result<Vec<u8>, i32> {
+    user::read_cstring(ptr, libc::PATH_MAX as usize)
+}
+
+/// Makes a host call with `path` (an absolute path of ours) in argument
+/// `index`, or the original call when `path` is `None`.
+pub(super) fn host_call(c: &Call, index: usize, path: Option<CString>) -> i64 {
+    match path {
+        None => pass(c),
+        Some(path) => {
+            let mut args = c.args;
+            args[index] = path.as_ptr() as u64;
+            // A relative-to-dirfd call now has an absolute path: the dirfd
+            // is ignored by the kernel.
+            // Safety: `path` outlives the call; the rest are the
+            // application's arguments.
+            unsafe { raw_syscall(c.nr, args) }
+        }
+    }
+}
+
+pub(super) fn lookup(
+    vfs: &Vfs,
+    dir: FileHandle,
+    path: Vec<u8>,
+    follow: bool,
+) -> Result<(FileHandle, FileAttr), i32> {
+    vfs.storage
+        .found(StorageRequest::Lookup { dir, path, follow })
+        .map_err(errno_of)
+}
+
+/// The parent directory and the new name a creating call acts on.
+pub(super) fn parent_and_name(
+    vfs: &Vfs,
+    dir: FileHandle,
+    path: &[u8],
+) -> Result<(FileHandle, Vec<u8>), i32> {
+    let (parent, name) = split_last(path).ok_or(libc::EEXIST)?;
+    let (parent_handle, attr) = lookup(vfs, dir, parent.to_vec(), true)?;
+    if attr.file_type != FileType::Directory {
+        return Err(libc::ENOTDIR);
+    }
+    Ok((parent_handle, name.to_vec()))
+}
+
+pub(super) fn umask() -> u32 {
+    // Safety: umask only swaps the process's mask; we put it back at once.
+    unsafe {
+        let mask = libc::umask(0o022);
+        libc::umask(mask);
+        mask
+    }
+}
+
+// ---------------------------------------------------------------- open
+
+pub fn open(rt: &Runtime, c: &Call) -> i64 {
+    open_common(
+        rt,
+        c,
+        libc::AT_FDCWD as u64,
+        c.args[0],
+        c.args[1] as u32,
+        c.args[2] as u32,
+        0,
+    )
+}
+
+pub fn creat(rt: &Runtime, c: &Call) -> i64 {
+    let flags = (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u32;
+    open_common(
+        rt,
+        c,
+        libc::AT_FDCWD as u64,
+        c.args[0],
+        flags,
+        c.args[1] as u32,
+        0,
+    )
+}
+
+pub fn openat(rt: &Runtime, c: &Call) -> i64 {
+    open_common(
+        rt,
+        c,
+        c.args[0],
+        c.args[1],
+        c.args[2] as u32,
+        c.args[3] as u32,
+        1,
+    )
+}
+
+pub fn openat2(rt: &Runtime, c: &Call) -> i64 {
+    let Some(_) = &rt.vfs else { return pass(c) };
+    let mut how = [0u8; 24];
+    if c.args[3] < 24 {
+        return -(libc::EINVAL as i64);
+    }
+    if let Err(e) = user::read(c.args[2], &mut how) {
+        return -(e as i64);
+    }
+    let flags = u64::from_ne_bytes(how[0..8].try_into().expect("8 bytes"));
+    let mode = u64::from_ne_bytes(how[8..16].try_into().expect("8 bytes"));
+    let resolve = u64::from_ne_bytes(how[16..24].try_into().expect("8 bytes"));
+    if resolve != 0 {
+        // RESOLVE_* restrictions are not offered yet; callers fall back.
+        return -(libc::ENOSYS as i64);
+    }
+    let as_openat = Call {
+        nr: libc::SYS_openat as u64,
+        args: [c.args[0], c.args[1], flags, mode, 0, 0],
+    };
+    open_common(
+        rt,
+        &as_openat,
+        c.args[0],
+        c.args[1],
+        flags as u32,
+        mode as u32,
+        1,
+    )
+}
+
+fn open_common(
+    rt: &Runtime,
+    c: &Call,
+    dirfd: u64,
+    path_ptr: u64,
+    flags: u32,
+    mode: u32,
+    path_arg: usize,
+) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let path = match read_path(path_ptr) {
+        Ok(p) => p,
+        Err(e) => return -(e as i64),
+    };
+    if path.is_empty() {
+        return -(libc::ENOENT as i64);
+    }
+    match place(vfs, dirfd, &path) {
+        Err(e) => -(e as i64),
+        Ok(Place::Host(abs)) => host_call(c, path_arg, abs),
+        Ok(Place::Storage { dir, path, abs }) => {
+            ret(open_storage(vfs, dir, &path, abs, flags, mode))
+        }
+    }
+}
+
+fn open_storage(
+    vfs: &Vfs,
+    dir: FileHandle,
+    path: &[u8],
+    abs: Vec<u8>,
+    flags: u32,
+    mode: u32,
+) -> SysResult {
+    if flags & libc::O_TMPFILE as u32 == libc::O_TMPFILE as u32 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    let follow = flags & libc::O_NOFOLLOW as u32 == 0;
+    let accmode = flags & libc::O_ACCMODE as u32;
+    let writing = accmode == libc::O_WRONLY as u32 || accmode == libc::O_RDWR as u32;
+    let truncate = flags & libc::O_TRUNC as u32 != 0 && writing;
+    let (handle, attr) = if flags & libc::O_CREAT as u32 != 0 {
+        let (parent, name) = parent_and_name(vfs, dir.clone(), path)?;
+        let created = vfs.storage.found(StorageRequest::Create {
+            dir: parent,
+            name,
+            mode: mode & 0o7777 & !umask(),
+            exclusive: flags & libc::O_EXCL as u32 != 0,
+            truncate,
+        });
+        match created {
+            Ok(found) => found,
+            // A symlink in the way: open what it points to (creating
+            // through a dangling link is not offered yet).
+            Err(StorageError::Errno(libc::ELOOP)) if follow => {
+                lookup(vfs, dir, path.to_vec(), true)?
+            }
+            Err(e) => return Err(errno_of(e)),
+        }
+    } else {
+        let (handle, attr) = lookup(vfs, dir, path.to_vec(), follow)?;
+        if attr.file_type == FileType::Symlink && flags & libc::O_PATH as u32 == 0 {
+            return Err(libc::ELOOP);
+        }
+        if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
+            vfs.storage
+                .attr(StorageRequest::Setattr {
+                    handle: handle.clone(),
+                    set: SetAttr {
+                        size: Some(0),
+                        ..SetAttr::default()
+                    },
+                })
+                .map_err(errno_of)?;
+        }
+        (handle, attr)
+    };
+    if flags & libc::O_DIRECTORY as u32 != 0 && attr.file_type != FileType::Directory {
+        return Err(libc::ENOTDIR);
+    }
+    if writing && attr.file_type == FileType::Directory {
+        return Err(libc::EISDIR);
+    }
+    if !matches!(
+        attr.file_type,
+        FileType::Regular | FileType::Directory | FileType::Symlink
+    ) {
+        // Devices, FIFOs and sockets inside the export are the storage
+        // host's; they cannot be opened from here.
+        return Err(libc::ENXIO);
+    }
+    vfs.open_handle(handle, &attr, abs, flags).map(i64::from)
+}
+
+// ---------------------------------------------------------------- descriptors
+
+pub fn close(rt: &Runtime, c: &Call) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) {
+        return -(libc::EBADF as i64);
+    }
+    let r = pass(c);
+    if r == 0 {
+        if let Some(vfs) = &rt.vfs {
+            vfs.remove(c.args[0] as i32);
+        }
+    }
+    r
+}
+
+/// After a host dup of `old` to `new`: `new` names the same open file.
+fn after_dup(rt: &Runtime, old: u64, new: i64) -> i64 {
+    if let Some(vfs) = &rt.vfs {
+        if new >= 0 {
+            vfs.remove(new as i32);
+            if let Some(file) = vfs.file(old) {
+                vfs.insert(new as i32, file);
+            }
+        }
+    }
+    new
+}
+
+pub fn dup(rt: &Runtime, c: &Call) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) {
+        return -(libc::EBADF as i64);
+    }
+    let new = pass(c);
+    after_dup(rt, c.args[0], new)
+}
+
+pub fn dup2(rt: &Runtime, c: &Call) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) || rt.is_runtime_fd(c.args[1]) {
+        return -(libc::EBADF as i64);
+    }
+    let new = pass(c);
+    if c.args[0] == c.args[1] {
+        return new;
+    }
+    after_dup(rt, c.args[0], new)
+}
+
+pub fn dup3(rt: &Runtime, c: &Call) -> i64 {
+    dup2(rt, c)
+}
+
+pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
+    let r = super::fs::close_range(rt, c);
+    const CLOSE_RANGE_CLOEXEC: u64 = 4;
+    if r == 0 && c.args[2] & CLOSE_RANGE_CLOEXEC == 0 {
+        if let Some(vfs) = &rt.vfs {
+            for fd in vfs.fds() {
+                let fd64 = fd as u64;
+                if fd64 >= c.args[0] && fd64 <= c.args[1] && !rt.is_runtime_fd(fd64) {
+                    vfs.remove(fd);
+                }
+            }
+        }
+    }
+    r
+}
+
+pub fn fcntl(rt: &Runtime, c: &Call) -> i64 {
+    let [fd, cmd, arg, ..] = c.args;
+    if rt.is_runtime_fd(fd) {
+        return -(libc::EBADF as i64);
+    }
+    let file = rt.vfs.as_ref().and_then(|v| v.file(fd));
+    let Some(file) = file else { return pass(c) };
+    match cmd as i32 {
+        libc::F_GETFL => (file.status() | libc::O_LARGEFILE as u32) as i64,
+        libc::F_SETFL => {
+            let settable = (libc::O_APPEND
+                | libc::O_NONBLOCK
+                | libc::O_ASYNC
+                | libc::O_DIRECT
+                | libc::O_NOATIME) as u32;
+            let old = file.status();
+            file.status.store(
+                (old & !settable) | (arg as u32 & settable),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            0
+        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let new = pass(c);
+            after_dup(rt, fd, new)
+        }
+        libc::F_GETLK | libc::F_OFD_GETLK => {
+            // One process holds every lock it asks for: nothing conflicts.
+            let mut lock = [0u8; 32];
+            if let Err(e) = user::read(arg, &mut lock) {
+                return -(e as i64);
+            }
+            lock[0..2].copy_from_slice(&(libc::F_UNLCK as i16).to_ne_bytes());
+            ret(user::write(arg, &lock).map(|_| 0))
+        }
+        libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => 0,
+        _ => pass(c),
+    }
+}
+
+pub fn ioctl(rt: &Runtime, c: &Call) -> i64 {
+    let Some(file) = rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) else {
+        return pass(c);
+    };
+    match c.args[1] {
+        x if x == libc::FIOCLEX || x == libc::FIONCLEX => pass(c),
+        x if x == libc::FIONREAD => {
+            let attr = match getattr(rt, &file) {
+                Ok(a) => a,
+                Err(e) => return -(e as i64),
+            };
+            let left = attr
+                .size
+                .saturating_sub(*file.offset.lock().unwrap_or_else(|p| p.into_inner()));
+            let value = (left.min(i32::MAX as u64) as i32).to_ne_bytes();
+            ret(user::write(c.args[2], &value).map(|_| 0))
+        }
+        _ => -(libc::ENOTTY as i64),
+    }
+}
+
+// ---------------------------------------------------------------- data
+
+pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, i32> {
+    let vfs = rt
+        .vfs
+        .as_ref()
+        .expect("storage files exist only with a vfs");
+    vfs.storage
+        .attr(StorageRequest::Getattr {
+            handle: file.handle.clone(),
+        })
+        .map_err(errno_of)
+}
+
+/// Reads up to `len` bytes at `offset` into application memory at `buf`.
+pub(super) fn read_at(rt: &Runtime, file: &OpenFile, buf: u64, len: u64, offset: u64) -> SysResult {
+    if file.file_type == FileType::Directory {
+        return Err(libc::EISDIR);
+    }
+    if !file.readable() {
+        return Err(libc::EBADF);
+    }
+    if len == 0 {
+        return Ok(0);
+    }
+    let vfs = rt
+        .vfs
+        .as_ref()
+        .expect("storage files exist only with a vfs");
+    let (reply, data) = vfs
+        .storage
+        .call(
+            StorageRequest::Read {
+                handle: file.handle.clone(),
+                offset,
+                len: len.min(MAX_READ_LEN as u64) as u32,
+            },
+            &[],
+        )
+        .map_err(errno_of)?;
+    if !matches!(reply, StorageReply::Data { .. }) || data.len() as u64 > len {
+        fatal(&format!(
+            "the storage manager answered a read with {}",
+            reply.name()
+        ));
+    }
+    user::write(buf, &data)?;
+    Ok(data.len() as i64)
+}
+
+/// Writes `len` bytes from application memory at `buf` at `offset` (or at
+/// the end with O_APPEND); returns the count and the file's new size.
+fn write_at(
+    rt: &Runtime,
+    file: &OpenFile,
+    buf: u64,
+    len: u64,
+    offset: u64,
+    append: bool,
+) -> Result<(i64, u64), i32> {
+    if !file.writable() {
+        return Err(libc::EBADF);
+    }
+    let len = len.min(MAX_WRITE_LEN as u64) as usize;
+    let mut data = vec![0u8; len];
+    user::read(buf, &mut data)?;
+    let vfs = rt
+        .vfs
+        .as_ref()
+        .expect("storage files exist only with a vfs");
+    let stable = file.status() & libc::O_SYNC as u32 != 0;
+    match vfs
+        .storage
+        .call(
+            StorageRequest::Write {
+                handle: file.handle.clone(),
+                offset,
+                append,
+                stable,
+            },
+            &[&data],
+        )
+        .map_err(errno_of)?
+        .0
+    {
+        StorageReply::Written { count, attr } => Ok((count as i64, attr.size)),
+        other => fatal(&format!(
+            "the storage manager answered a write with {}",
+            other.name()
+        )),
+    }
+}
+
+pub(super) fn with_file(
+    rt: &Runtime,
+    c: &Call,
+    f: impl FnOnce(&Arc<OpenFile>) -> SysResult,
+) -> i64 {
+    match rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) {
+        Some(file) => ret(f(&file)),
+        None => pass(c),
+    }
+}
+
+fn lock_offset(file: &OpenFile) -> std::sync::MutexGuard<'_, u64> {
+    file.offset.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn read(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let mut offset = lock_offset(file);
+        let n = read_at(rt, file, c.args[1], c.args[2], *offset)?;
+        *offset += n as u64;
+        Ok(n)
+    })
+}
+
+pub fn pread64(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        if (c.args[3] as i64) < 0 {
+            return Err(libc::EINVAL);
+        }
+        read_at(rt, file, c.args[1], c.args[2], c.args[3])
+    })
+}
+
+pub fn write(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let mut offset = lock_offset(file);
+        let append = file.status() & libc::O_APPEND as u32 != 0;
+        let (n, size) = write_at(rt, file, c.args[1], c.args[2], *offset, append)?;
+        *offset = if append { size } else { *offset + n as u64 };
+        Ok(n)
+    })
+}
+
+pub fn pwrite64(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        if (c.args[3] as i64) < 0 {
+            return Err(libc::EINVAL);
+        }
+        let append = file.status() & libc::O_APPEND as u32 != 0;
+        write_at(rt, file, c.args[1], c.args[2], c.args[3], append).map(|(n, _)| n)
+    })
+}
+
+/// The (base, len) pairs of an iovec array.
+fn iovecs(ptr: u64, count: u64) -> Result<Vec<(u64, u64)>, i32> {
+    if count > 1024 {
+        return Err(libc::EINVAL);
+    }
+    let mut raw = vec![0u8; count as usize * 16];
+    user::read(ptr, &mut raw)?;
+    Ok(raw
+        .chunks_exact(16)
+        .map(|v| {
+            (
+                u64::from_ne_bytes(v[0..8].try_into().expect("8 bytes")),
+                u64::from_ne_bytes(v[8..16].try_into().expect("8 bytes")),
+            )
+        })
+        .collect())
+}
+
+/// readv/preadv: fills each buffer in turn, stopping at a short read.
+fn readv_at(rt: &Runtime, file: &OpenFile, iov: u64, count: u64, mut offset: u64) -> SysResult {
+    let mut total = 0;
+    for (base, len) in iovecs(iov, count)? {
+        let n = read_at(rt, file, base, len, offset)?;
+        total += n;
+        offset += n as u64;
+        if (n as u64) < len {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+fn writev_at(
+    rt: &Runtime,
+    file: &OpenFile,
+    iov: u64,
+    count: u64,
+    mut offset: u64,
+) -> Result<(i64, u64), i32> {
+    let append = file.status() & libc::O_APPEND as u32 != 0;
+    let mut total = 0;
+    let mut size = offset;
+    for (base, len) in iovecs(iov, count)? {
+        if len == 0 {
+            continue;
+        }
+        let (n, new_size) = write_at(rt, file, base, len, offset, append)?;
+        total += n;
+        size = new_size;
+        offset = if append { new_size } else { offset + n as u64 };
+        if (n as u64) < len {
+            break;
+        }
+    }
+    Ok((total, if append { size } else { offset }))
+}
+
+pub fn readv(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let mut offset = lock_offset(file);
+        let n = readv_at(rt, file, c.args[1], c.args[2], *offset)?;
+        *offset += n as u64;
+        Ok(n)
+    })
+}
+
+pub fn preadv(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        if c.args[3] as i64 == -1 {
+            let mut offset = lock_offset(file);
+            let n = readv_at(rt, file, c.args[1], c.args[2], *offset)?;
+            *offset += n as u64;
+            return Ok(n);
+        }
+        readv_at(rt, file, c.args[1], c.args[2], c.args[3])
+    })
+}
+
+pub fn writev(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let mut offset = lock_offset(file);
+        let (n, next) = writev_at(rt, file, c.args[1], c.args[2], *offset)?;
+        *offset = next;
+        Ok(n)
+    })
+}
+
+pub fn pwritev(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        if c.args[3] as i64 == -1 {
+            let mut offset = lock_offset(file);
+            let (n, next) = writev_at(rt, file, c.args[1], c.args[2], *offset)?;
+            *offset = next;
+            return Ok(n);
+        }
+        writev_at(rt, file, c.args[1], c.args[2], c.args[3]).map(|(n, _)| n)
+    })
+}
+
+pub fn lseek(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let mut offset = lock_offset(file);
+        let delta = c.args[1] as i64;
+        let new = match c.args[2] as i32 {
+            libc::SEEK_SET => delta,
+            libc::SEEK_CUR => *offset as i64 + delta,
+            libc::SEEK_END => getattr(rt, file)?.size as i64 + delta,
+            libc::SEEK_DATA | libc::SEEK_HOLE => {
+                let size = getattr(rt, file)?.size as i64;
+                if delta < 0 || delta >= size {
+                    return Err(libc::ENXIO);
+                }
+                if c.args[2] as i32 == libc::SEEK_DATA {
+                    delta
+                } else {
+                    size
+                }
+            }
+            _ => return Err(libc::EINVAL),
+        };
+        if new < 0 {
+            return Err(libc::EINVAL);
+        }
+        if file.file_type == FileType::Directory && new == 0 {
+            *file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+        }
+        *offset = new as u64;
+        Ok(new)
+    })
+}
+
+pub fn getdents64(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        if file.file_type != FileType::Directory {
+            return Err(libc::ENOTDIR);
+        }
+        let vfs = rt
+            .vfs
+            .as_ref()
+            .expect("storage files exist only with a vfs");
+        let mut cookie = file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = c.args[2].min(u32::MAX as u64) as u32;
+        let (reply, _) = vfs
+            .storage
+            .call(
+                StorageRequest::Readdir {
+                    dir: file.handle.clone(),
+                    cookie: *cookie,
+                    max_bytes: budget,
+                },
+                &[],
+            )
+            .map_err(errno_of)?;
+        let StorageReply::Entries { entries, .. } = reply else {
+            fatal(&format!(
+                "the storage manager answered a readdir with {}",
+                reply.name()
+            ));
+        };
+        let mut out = Vec::with_capacity(budget as usize);
+        for entry in &entries {
+            let reclen = dirent64_len(entry.name.len());
+            if out.len() + reclen > budget as usize {
+                break;
+            }
+            out.extend_from_slice(&entry.ino.to_ne_bytes());
+            out.extend_from_slice(&(entry.cookie as i64).to_ne_bytes());
+            out.extend_from_slice(&(reclen as u16).to_ne_bytes());
+            out.push(entry.file_type.dirent_type());
+            out.extend_from_slice(&entry.name);
+            out.resize(out.len() + reclen - 19 - entry.name.len(), 0);
+            *cookie = entry.cookie;
+        }
+        user::write(c.args[1], &out)?;
+        Ok(out.len() as i64)
+    })
+}
+
+pub fn fsync(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let vfs = rt
+            .vfs
+            .as_ref()
+            .expect("storage files exist only with a vfs");
+        vfs.storage
+            .done(StorageRequest::Commit {
+                handle: file.handle.clone(),
+                data_only: c.nr == libc::SYS_fdatasync as u64,
+            })
+            .map_err(errno_of)?;
+        Ok(0)
+    })
+}
+
+/// Hints and calls with nothing to do on a storage file.
+pub fn noop_on_storage(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |_| Ok(0))
+}
+
+/// Copies between descriptors: not offered on storage files; callers fall
+/// back to read and write.
+pub fn copy_unsupported(rt: &Runtime, c: &Call) -> i64 {
+    let storage = |fd: u64| rt.vfs.as_ref().and_then(|v| v.file(fd)).is_some();
+    let (a, b) = match c.nr as i64 {
+        libc::SYS_copy_file_range => (c.args[0], c.args[2]),
+        libc::SYS_splice => (c.args[0], c.args[2]),
+        _ => (c.args[0], c.args[1]),
+    };
+    if storage(a) || storage(b) {
+        return -(if c.nr as i64 == libc::SYS_copy_file_range {
+            libc::EXDEV
+        } else {
+            libc::EINVAL
+        }) as i64;
+    }
+    pass(c)
+}
+
+pub fn fallocate(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let [_, mode, offset, len, ..] = c.args;
+        if mode != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        if end > getattr(rt, file)?.size {
+            setattr(
+                rt,
+                &file.handle,
+                SetAttr {
+                    size: Some(end),
+                    ..SetAttr::default()
+                },
+            )?;
+        }
+        Ok(0)
+    })
+}
+
+pub fn ftruncate(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        if !file.writable() {
+            return Err(libc::EINVAL);
+        }
+        setattr(
+            rt,
+            &file.handle,
+            SetAttr {
+                size: Some(c.args[1]),
+                ..SetAttr::default()
+            },
+        )
+    })
+}
+
+pub(super) fn setattr(rt: &Runtime, handle: &FileHandle, set: SetAttr) -> SysResult {
+    let vfs = rt
+        .vfs
+        .as_ref()
+        .expect("storage files exist only with a vfs");
+    vfs.storage
+        .attr(StorageRequest::Setattr {
+            handle: handle.clone(),
+            set,
+        })
+        .map_err(errno_of)?;
+    Ok(0)
+}
+
+pub fn fchmod(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        setattr(
+            rt,
+            &file.handle,
+            SetAttr {
+                mode: Some(c.args[1] as u32 & 0o7777),
+                ..SetAttr::default()
+            },
+        )
+    })
+}
+
+pub(super) fn owner(uid: u64, gid: u64) -> SetAttr {
+    let id = |v: u64| (v as u32 != u32::MAX).then_some(v as u32);
+    SetAttr {
+        uid: id(uid),
+        gid: id(gid),
+        ..SetAttr::default()
+    }
+}
+
+pub fn fchown(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        setattr(rt, &file.handle, owner(c.args[1], c.args[2]))
+    })
+}

@@ -1,0 +1,798 @@
+//! Path calls of the file family (stat, access, readlink, directory and
+//! link changes, attributes, the working directory) and the layout of the
+//! structures they fill. See `file` for the shared conventions.
+
+use super::file::{
+    errno_of, getattr, host_call, lookup, owner, parent_and_name, pass, place, read_path, ret,
+    setattr, umask, with_file, Place, SysResult,
+};
+use super::Call;
+use crate::vfs::path::normalize;
+use crate::vfs::Vfs;
+use crate::{user, Runtime};
+use lego_proto::{
+    Credentials, FileAttr, FileHandle, FileType, FsStat, SetAttr, SetTime, StorageReply,
+    StorageRequest, Timespec,
+};
+
+const AT_EMPTY_PATH: u64 = 0x1000;
+const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const AT_REMOVEDIR: u64 = 0x200;
+const AT_SYMLINK_FOLLOW: u64 = 0x400;
+
+/// A path call resolved: the storage file (and its absolute path), or the
+/// host call already made.
+enum Target {
+    Storage(FileHandle, FileAttr),
+    Done(i64),
+}
+
+/// Resolves `path` (argument `path_arg`) relative to `dirfd`; with
+/// AT_EMPTY_PATH and an empty path, the descriptor itself.
+fn resolve(
+    rt: &Runtime,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    flags: u64,
+    follow: bool,
+) -> Target {
+    let vfs = rt.vfs.as_ref().expect("called only with a vfs");
+    let path = match read_path(c.args[path_arg]) {
+        Ok(p) => p,
+        Err(e) => return Target::Done(-(e as i64)),
+    };
+    if path.is_empty() {
+        if flags & AT_EMPTY_PATH == 0 {
+            return Target::Done(-(libc::ENOENT as i64));
+        }
+        if let Some(file) = vfs.file(dirfd) {
+            return match getattr(rt, &file) {
+                Ok(attr) => Target::Storage(file.handle.clone(), attr),
+                Err(e) => Target::Done(-(e as i64)),
+            };
+        }
+        return Target::Done(pass(c));
+    }
+    match place(vfs, dirfd, &path) {
+        Err(e) => Target::Done(-(e as i64)),
+        Ok(Place::Host(abs)) => Target::Done(host_call(c, path_arg, abs)),
+        Ok(Place::Storage { dir, path, .. }) => match lookup(vfs, dir, path, follow) {
+            Ok((handle, attr)) => Target::Storage(handle, attr),
+            Err(e) => Target::Done(-(e as i64)),
+        },
+    }
+}
+
+// ---------------------------------------------------------------- stat
+
+/// `struct stat` as x86-64 Linux lays it out (144 bytes).
+fn stat_bytes(a: &FileAttr) -> [u8; 144] {
+    let mut b = [0u8; 144];
+    let mut put = |off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    put(0, a.dev);
+    put(8, a.ino);
+    put(16, a.nlink);
+    put(
+        24,
+        (a.file_type.mode_bits() | a.mode) as u64 | ((a.uid as u64) << 32),
+    );
+    put(32, a.gid as u64);
+    put(40, a.rdev);
+    put(48, a.size);
+    put(56, a.blksize as u64);
+    put(64, a.blocks);
+    put(72, a.atime.sec as u64);
+    put(80, a.atime.nsec as u64);
+    put(88, a.mtime.sec as u64);
+    put(96, a.mtime.nsec as u64);
+    put(104, a.ctime.sec as u64);
+    put(112, a.ctime.nsec as u64);
+    b
+}
+
+fn dev_major(dev: u64) -> u32 {
+    (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32
+}
+
+fn dev_minor(dev: u64) -> u32 {
+    ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
+}
+
+/// `struct statx` (256 bytes) with the basic statistics.
+fn statx_bytes(a: &FileAttr) -> [u8; 256] {
+    let mut b = [0u8; 256];
+    let put32 =
+        |b: &mut [u8; 256], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    put32(&mut b, 0, 0x7ff); // STATX_BASIC_STATS
+    put32(&mut b, 4, a.blksize);
+    put32(&mut b, 16, a.nlink as u32);
+    put32(&mut b, 20, a.uid);
+    put32(&mut b, 24, a.gid);
+    b[28..30].copy_from_slice(&((a.file_type.mode_bits() | a.mode) as u16).to_ne_bytes());
+    b[32..40].copy_from_slice(&a.ino.to_ne_bytes());
+    b[40..48].copy_from_slice(&a.size.to_ne_bytes());
+    b[48..56].copy_from_slice(&a.blocks.to_ne_bytes());
+    for (off, t) in [(64, a.atime), (96, a.ctime), (112, a.mtime)] {
+        b[off..off + 8].copy_from_slice(&t.sec.to_ne_bytes());
+        b[off + 8..off + 12].copy_from_slice(&t.nsec.to_ne_bytes());
+    }
+    put32(&mut b, 128, dev_major(a.rdev));
+    put32(&mut b, 132, dev_minor(a.rdev));
+    put32(&mut b, 136, dev_major(a.dev));
+    put32(&mut b, 140, dev_minor(a.dev));
+    b
+}
+
+pub fn fstat(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| {
+        let attr = getattr(rt, file)?;
+        user::write(c.args[1], &stat_bytes(&attr))?;
+        Ok(0)
+    })
+}
+
+fn stat_common(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize, flags: u64, buf: u64) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    match resolve(
+        rt,
+        c,
+        dirfd,
+        path_arg,
+        flags,
+        flags & AT_SYMLINK_NOFOLLOW == 0,
+    ) {
+        Target::Done(r) => r,
+        Target::Storage(_, attr) => ret(user::write(buf, &stat_bytes(&attr)).map(|_| 0)),
+    }
+}
+
+pub fn stat(rt: &Runtime, c: &Call) -> i64 {
+    stat_common(rt, c, libc::AT_FDCWD as u64, 0, 0, c.args[1])
+}
+
+pub fn lstat(rt: &Runtime, c: &Call) -> i64 {
+    stat_common(
+        rt,
+        c,
+        libc::AT_FDCWD as u64,
+        0,
+        AT_SYMLINK_NOFOLLOW,
+        c.args[1],
+    )
+}
+
+pub fn newfstatat(rt: &Runtime, c: &Call) -> i64 {
+    stat_common(rt, c, c.args[0], 1, c.args[3], c.args[2])
+}
+
+pub fn statx(rt: &Runtime, c: &Call) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    let [dirfd, _, flags, _, buf, _] = c.args;
+    match resolve(rt, c, dirfd, 1, flags, flags & AT_SYMLINK_NOFOLLOW == 0) {
+        Target::Done(r) => r,
+        Target::Storage(_, attr) => ret(user::write(buf, &statx_bytes(&attr)).map(|_| 0)),
+    }
+}
+
+fn statfs_bytes(s: &FsStat) -> [u8; 120] {
+    let mut b = [0u8; 120];
+    for (i, v) in [
+        s.fs_type, s.bsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.fsid, s.namelen,
+        s.frsize, s.flags,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    b
+}
+
+fn statfs_of(rt: &Runtime, handle: FileHandle, buf: u64) -> SysResult {
+    let vfs = rt.vfs.as_ref().expect("called only with a vfs");
+    match vfs
+        .storage
+        .call(StorageRequest::Statfs { handle }, &[])
+        .map_err(errno_of)?
+        .0
+    {
+        StorageReply::FsStat(s) => {
+            user::write(buf, &statfs_bytes(&s))?;
+            Ok(0)
+        }
+        other => crate::fatal(&format!(
+            "the storage manager answered statfs with {}",
+            other.name()
+        )),
+    }
+}
+
+pub fn statfs(rt: &Runtime, c: &Call) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    match resolve(rt, c, libc::AT_FDCWD as u64, 0, 0, true) {
+        Target::Done(r) => r,
+        Target::Storage(handle, _) => ret(statfs_of(rt, handle, c.args[1])),
+    }
+}
+
+pub fn fstatfs(rt: &Runtime, c: &Call) -> i64 {
+    with_file(rt, c, |file| statfs_of(rt, file.handle.clone(), c.args[1]))
+}
+
+// ---------------------------------------------------------------- access, readlink
+
+fn access_common(
+    rt: &Runtime,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    mode: u64,
+    flags: u64,
+) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    match resolve(
+        rt,
+        c,
+        dirfd,
+        path_arg,
+        flags,
+        flags & AT_SYMLINK_NOFOLLOW == 0,
+    ) {
+        Target::Done(r) => r,
+        Target::Storage(handle, _) => {
+            let vfs = rt.vfs.as_ref().expect("checked above");
+            // Safety: plain id queries.
+            let credentials = unsafe {
+                Credentials {
+                    uid: libc::getuid(),
+                    gid: libc::getgid(),
+                    groups: Vec::new(),
+                }
+            };
+            ret(vfs
+                .storage
+                .done(StorageRequest::Access {
+                    handle,
+                    mask: mode as u32 & 7,
+                    credentials,
+                })
+                .map(|_| 0)
+                .map_err(errno_of))
+        }
+    }
+}
+
+pub fn access(rt: &Runtime, c: &Call) -> i64 {
+    access_common(rt, c, libc::AT_FDCWD as u64, 0, c.args[1], 0)
+}
+
+pub fn faccessat(rt: &Runtime, c: &Call) -> i64 {
+    access_common(rt, c, c.args[0], 1, c.args[2], 0)
+}
+
+pub fn faccessat2(rt: &Runtime, c: &Call) -> i64 {
+    access_common(rt, c, c.args[0], 1, c.args[2], c.args[3])
+}
+
+/// readlink on storage (the /proc/self/exe answer is `fs::readlink`'s).
+pub fn readlink_storage(
+    rt: &Runtime,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    buf: u64,
+    size: u64,
+) -> i64 {
+    match resolve(rt, c, dirfd, path_arg, 0, false) {
+        Target::Done(r) => r,
+        Target::Storage(handle, attr) => {
+            if attr.file_type != FileType::Symlink {
+                return -(libc::EINVAL as i64);
+            }
+            if (size as i64) <= 0 {
+                return -(libc::EINVAL as i64);
+            }
+            let vfs = rt.vfs.as_ref().expect("called only with a vfs");
+            match vfs.storage.call(StorageRequest::Readlink { handle }, &[]) {
+                Ok((StorageReply::Target { target }, _)) => {
+                    let n = target.len().min(size as usize);
+                    ret(user::write(buf, &target[..n]).map(|_| n as i64))
+                }
+                Ok((other, _)) => crate::fatal(&format!(
+                    "the storage manager answered readlink with {}",
+                    other.name()
+                )),
+                Err(e) => -(errno_of(e) as i64),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- creating and removing
+
+/// Runs `make` on the parent directory and last name of `path`, or the host
+/// call for a host path.
+fn with_parent(
+    rt: &Runtime,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    make: impl FnOnce(&Vfs, FileHandle, Vec<u8>) -> SysResult,
+) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let path = match read_path(c.args[path_arg]) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return -(libc::ENOENT as i64),
+        Err(e) => return -(e as i64),
+    };
+    match place(vfs, dirfd, &path) {
+        Err(e) => -(e as i64),
+        Ok(Place::Host(abs)) => host_call(c, path_arg, abs),
+        Ok(Place::Storage { dir, path, .. }) => {
+            ret(parent_and_name(vfs, dir, &path).and_then(|(d, n)| make(vfs, d, n)))
+        }
+    }
+}
+
+fn mkdir_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, mode: u64) -> SysResult {
+    vfs.storage
+        .found(StorageRequest::Mkdir {
+            dir,
+            name,
+            mode: mode as u32 & 0o7777 & !umask(),
+        })
+        .map(|_| 0)
+        .map_err(errno_of)
+}
+
+pub fn mkdir(rt: &Runtime, c: &Call) -> i64 {
+    with_parent(rt, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
+        mkdir_in(vfs, dir, name, c.args[1])
+    })
+}
+
+pub fn mkdirat(rt: &Runtime, c: &Call) -> i64 {
+    with_parent(rt, c, c.args[0], 1, |vfs, dir, name| {
+        mkdir_in(vfs, dir, name, c.args[2])
+    })
+}
+
+fn remove_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, directory: bool) -> SysResult {
+    let request = if directory {
+        StorageRequest::Rmdir { dir, name }
+    } else {
+        StorageRequest::Remove { dir, name }
+    };
+    vfs.storage.done(request).map(|_| 0).map_err(errno_of)
+}
+
+pub fn unlink(rt: &Runtime, c: &Call) -> i64 {
+    with_parent(rt, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
+        remove_in(vfs, dir, name, false)
+    })
+}
+
+pub fn rmdir(rt: &Runtime, c: &Call) -> i64 {
+    with_parent(rt, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
+        remove_in(vfs, dir, name, true)
+    })
+}
+
+pub fn unlinkat(rt: &Runtime, c: &Call) -> i64 {
+    let directory = c.args[2] & AT_REMOVEDIR != 0;
+    with_parent(rt, c, c.args[0], 1, |vfs, dir, name| {
+        remove_in(vfs, dir, name, directory)
+    })
+}
+
+fn symlink_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, target_ptr: u64) -> SysResult {
+    let target = read_path(target_ptr)?;
+    vfs.storage
+        .found(StorageRequest::Symlink { dir, name, target })
+        .map(|_| 0)
+        .map_err(errno_of)
+}
+
+pub fn symlink(rt: &Runtime, c: &Call) -> i64 {
+    with_parent(rt, c, libc::AT_FDCWD as u64, 1, |vfs, dir, name| {
+        symlink_in(vfs, dir, name, c.args[0])
+    })
+}
+
+pub fn symlinkat(rt: &Runtime, c: &Call) -> i64 {
+    with_parent(rt, c, c.args[1], 2, |vfs, dir, name| {
+        symlink_in(vfs, dir, name, c.args[0])
+    })
+}
+
+/// The storage directory and name a two-path call's path names, or the
+/// errno: both paths of rename and link must be on storage (EXDEV else).
+fn storage_parent(vfs: &Vfs, dirfd: u64, ptr: u64) -> Result<(FileHandle, Vec<u8>), i32> {
+    let path = read_path(ptr)?;
+    if path.is_empty() {
+        return Err(libc::ENOENT);
+    }
+    match place(vfs, dirfd, &path)? {
+        Place::Host(_) => Err(libc::EXDEV),
+        Place::Storage { dir, path, .. } => parent_and_name(vfs, dir, &path),
+    }
+}
+
+fn rename_common(
+    rt: &Runtime,
+    c: &Call,
+    olddir: u64,
+    old: u64,
+    newdir: u64,
+    new: u64,
+    flags: u64,
+) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let r = (|| {
+        let (from_dir, from_name) = storage_parent(vfs, olddir, old)?;
+        let (to_dir, to_name) = storage_parent(vfs, newdir, new)?;
+        vfs.storage
+            .done(StorageRequest::Rename {
+                from_dir,
+                from_name,
+                to_dir,
+                to_name,
+                flags: flags as u32,
+            })
+            .map(|_| 0)
+            .map_err(errno_of)
+    })();
+    match r {
+        // Both on the host: the host renames.
+        Err(libc::EXDEV) if both_host(vfs, olddir, old, newdir, new) => pass(c),
+        r => ret(r),
+    }
+}
+
+fn both_host(vfs: &Vfs, olddir: u64, old: u64, newdir: u64, new: u64) -> bool {
+    let host = |dirfd, ptr| {
+        read_path(ptr)
+            .ok()
+            .and_then(|p| place(vfs, dirfd, &p).ok())
+            .is_some_and(|p| matches!(p, Place::Host(_)))
+    };
+    host(olddir, old) && host(newdir, new)
+}
+
+pub fn rename(rt: &Runtime, c: &Call) -> i64 {
+    let cwd = libc::AT_FDCWD as u64;
+    rename_common(rt, c, cwd, c.args[0], cwd, c.args[1], 0)
+}
+
+pub fn renameat(rt: &Runtime, c: &Call) -> i64 {
+    rename_common(rt, c, c.args[0], c.args[1], c.args[2], c.args[3], 0)
+}
+
+pub fn renameat2(rt: &Runtime, c: &Call) -> i64 {
+    rename_common(rt, c, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4])
+}
+
+fn link_common(
+    rt: &Runtime,
+    c: &Call,
+    olddir: u64,
+    old: u64,
+    newdir: u64,
+    new: u64,
+    flags: u64,
+) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let r = (|| {
+        let path = read_path(old)?;
+        let Place::Storage { dir, path, .. } = place(vfs, olddir, &path)? else {
+            return Err(libc::EXDEV);
+        };
+        let (handle, _) = lookup(vfs, dir, path, flags & AT_SYMLINK_FOLLOW != 0)?;
+        let (dir, name) = storage_parent(vfs, newdir, new)?;
+        vfs.storage
+            .found(StorageRequest::Link { handle, dir, name })
+            .map(|_| 0)
+            .map_err(errno_of)
+    })();
+    match r {
+        Err(libc::EXDEV) if both_host(vfs, olddir, old, newdir, new) => pass(c),
+        r => ret(r),
+    }
+}
+
+pub fn link(rt: &Runtime, c: &Call) -> i64 {
+    let cwd = libc::AT_FDCWD as u64;
+    link_common(rt, c, cwd, c.args[0], cwd, c.args[1], 0)
+}
+
+pub fn linkat(rt: &Runtime, c: &Call) -> i64 {
+    link_common(rt, c, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4])
+}
+
+// ---------------------------------------------------------------- attributes
+
+fn set_path(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize, flags: u64, set: SetAttr) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    match resolve(
+        rt,
+        c,
+        dirfd,
+        path_arg,
+        flags,
+        flags & AT_SYMLINK_NOFOLLOW == 0,
+    ) {
+        Target::Done(r) => r,
+        Target::Storage(handle, _) => ret(setattr(rt, &handle, set)),
+    }
+}
+
+fn mode(m: u64) -> SetAttr {
+    SetAttr {
+        mode: Some(m as u32 & 0o7777),
+        ..SetAttr::default()
+    }
+}
+
+pub fn chmod(rt: &Runtime, c: &Call) -> i64 {
+    set_path(rt, c, libc::AT_FDCWD as u64, 0, 0, mode(c.args[1]))
+}
+
+pub fn fchmodat(rt: &Runtime, c: &Call) -> i64 {
+    set_path(rt, c, c.args[0], 1, 0, mode(c.args[2]))
+}
+
+pub fn fchmodat2(rt: &Runtime, c: &Call) -> i64 {
+    set_path(rt, c, c.args[0], 1, c.args[3], mode(c.args[2]))
+}
+
+pub fn chown(rt: &Runtime, c: &Call) -> i64 {
+    set_path(
+        rt,
+        c,
+        libc::AT_FDCWD as u64,
+        0,
+        0,
+        owner(c.args[1], c.args[2]),
+    )
+}
+
+pub fn lchown(rt: &Runtime, c: &Call) -> i64 {
+    set_path(
+        rt,
+        c,
+        libc::AT_FDCWD as u64,
+        0,
+        AT_SYMLINK_NOFOLLOW,
+        owner(c.args[1], c.args[2]),
+    )
+}
+
+pub fn fchownat(rt: &Runtime, c: &Call) -> i64 {
+    set_path(rt, c, c.args[0], 1, c.args[4], owner(c.args[2], c.args[3]))
+}
+
+pub fn truncate(rt: &Runtime, c: &Call) -> i64 {
+    if (c.args[1] as i64) < 0 {
+        return -(libc::EINVAL as i64);
+    }
+    set_path(
+        rt,
+        c,
+        libc::AT_FDCWD as u64,
+        0,
+        0,
+        SetAttr {
+            size: Some(c.args[1]),
+            ..SetAttr::default()
+        },
+    )
+}
+
+const UTIME_NOW: i64 = 0x3fff_ffff;
+const UTIME_OMIT: i64 = 0x3fff_fffe;
+
+/// Times from a `struct timespec[2]` (NULL: both now).
+fn times_from(ptr: u64) -> Result<(Option<SetTime>, Option<SetTime>), i32> {
+    if ptr == 0 {
+        return Ok((Some(SetTime::Now), Some(SetTime::Now)));
+    }
+    let mut raw = [0u8; 32];
+    user::read(ptr, &mut raw)?;
+    let one = |b: &[u8]| -> Result<Option<SetTime>, i32> {
+        let sec = i64::from_ne_bytes(b[0..8].try_into().expect("8 bytes"));
+        let nsec = i64::from_ne_bytes(b[8..16].try_into().expect("8 bytes"));
+        Ok(match nsec {
+            UTIME_NOW => Some(SetTime::Now),
+            UTIME_OMIT => None,
+            n if (0..1_000_000_000).contains(&n) => Some(SetTime::At(Timespec {
+                sec,
+                nsec: n as u32,
+            })),
+            _ => return Err(libc::EINVAL),
+        })
+    };
+    Ok((one(&raw[0..16])?, one(&raw[16..32])?))
+}
+
+pub fn utimensat(rt: &Runtime, c: &Call) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let [dirfd, path, times, flags, ..] = c.args;
+    let (atime, mtime) = match times_from(times) {
+        Ok(t) => t,
+        Err(e) => return -(e as i64),
+    };
+    let set = SetAttr {
+        atime,
+        mtime,
+        ..SetAttr::default()
+    };
+    if path == 0 {
+        // futimens: the descriptor itself.
+        return match vfs.file(dirfd) {
+            Some(file) => ret(setattr(rt, &file.handle, set)),
+            None => pass(c),
+        };
+    }
+    set_path(rt, c, dirfd, 1, flags, set)
+}
+
+/// utime and utimes (and futimesat): seconds (and microseconds) given.
+pub fn utimes(rt: &Runtime, c: &Call) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    let (dirfd, path_arg, times) = match c.nr as i64 {
+        libc::SYS_futimesat => (c.args[0], 1, c.args[2]),
+        _ => (libc::AT_FDCWD as u64, 0, c.args[1]),
+    };
+    let set = if times == 0 {
+        SetAttr {
+            atime: Some(SetTime::Now),
+            mtime: Some(SetTime::Now),
+            ..SetAttr::default()
+        }
+    } else {
+        let utime = c.nr as i64 == libc::SYS_utime;
+        let mut raw = [0u8; 32];
+        let len = if utime { 16 } else { 32 };
+        if let Err(e) = user::read(times, &mut raw[..len]) {
+            return -(e as i64);
+        }
+        let word =
+            |i: usize| i64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let at = |sec: i64, usec: i64| {
+            SetTime::At(Timespec {
+                sec,
+                nsec: (usec.clamp(0, 999_999) * 1000) as u32,
+            })
+        };
+        let (a, m) = if utime {
+            (at(word(0), 0), at(word(1), 0))
+        } else {
+            (at(word(0), word(1)), at(word(2), word(3)))
+        };
+        SetAttr {
+            atime: Some(a),
+            mtime: Some(m),
+            ..SetAttr::default()
+        }
+    };
+    set_path(rt, c, dirfd, path_arg, 0, set)
+}
+
+// ---------------------------------------------------------------- working directory
+
+pub fn getcwd(rt: &Runtime, c: &Call) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let mut path = vfs.cwd().path.clone();
+    path.push(0);
+    if (c.args[1] as usize) < path.len() {
+        return -(libc::ERANGE as i64);
+    }
+    ret(user::write(c.args[0], &path).map(|_| path.len() as i64))
+}
+
+pub fn chdir(rt: &Runtime, c: &Call) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let path = match read_path(c.args[0]) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return -(libc::ENOENT as i64),
+        Err(e) => return -(e as i64),
+    };
+    match place(vfs, libc::AT_FDCWD as u64, &path) {
+        Err(e) => -(e as i64),
+        Ok(Place::Host(abs)) => {
+            let abs_bytes = abs.as_ref().map(|a| a.as_bytes().to_vec());
+            let r = host_call(c, 0, abs);
+            if r == 0 {
+                let mut cwd = vfs.cwd();
+                cwd.path = abs_bytes.unwrap_or_else(|| normalize(&cwd.path, &path));
+                cwd.handle = None;
+            }
+            r
+        }
+        Ok(Place::Storage { dir, path, abs }) => match lookup(vfs, dir, path, true) {
+            Err(e) => -(e as i64),
+            Ok((_, attr)) if attr.file_type != FileType::Directory => -(libc::ENOTDIR as i64),
+            Ok((handle, _)) => {
+                let mut cwd = vfs.cwd();
+                cwd.path = abs;
+                cwd.handle = Some(handle);
+                0
+            }
+        },
+    }
+}
+
+pub fn fchdir(rt: &Runtime, c: &Call) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    match vfs.file(c.args[0]) {
+        Some(file) if file.file_type != FileType::Directory => -(libc::ENOTDIR as i64),
+        Some(file) => {
+            let mut cwd = vfs.cwd();
+            cwd.path = file.path.clone();
+            cwd.handle = Some(file.handle.clone());
+            0
+        }
+        None => {
+            let r = pass(c);
+            if r == 0 {
+                if let Ok(target) = std::fs::read_link("/proc/self/cwd") {
+                    let mut cwd = vfs.cwd();
+                    cwd.path = target.into_os_string().into_encoded_bytes();
+                    cwd.handle = None;
+                }
+            }
+            r
+        }
+    }
+}
+
+/// Extended attributes are not served from storage (ENOTSUP, which tools
+/// treat as "none").
+pub fn xattr(rt: &Runtime, c: &Call) -> i64 {
+    let Some(vfs) = &rt.vfs else { return pass(c) };
+    let fd_call = matches!(
+        c.nr as i64,
+        libc::SYS_fgetxattr | libc::SYS_fsetxattr | libc::SYS_flistxattr | libc::SYS_fremovexattr
+    );
+    if fd_call {
+        return if vfs.file(c.args[0]).is_some() {
+            -(libc::ENOTSUP as i64)
+        } else {
+            pass(c)
+        };
+    }
+    let path = match read_path(c.args[0]) {
+        Ok(p) => p,
+        Err(e) => return -(e as i64),
+    };
+    match place(vfs, libc::AT_FDCWD as u64, &path) {
+        Err(e) => -(e as i64),
+        Ok(Place::Host(abs)) => host_call(c, 0, abs),
+        Ok(Place::Storage { dir, path, .. }) => {
+            let follow = !matches!(
+                c.nr as i64,
+                libc::SYS_lgetxattr
+                    | libc::SYS_lsetxattr
+                    | libc::SYS_llistxattr
+                    | libc::SYS_lremovexattr
+            );
+            match lookup(vfs, dir, path, follow) {
+                Ok(_) => -(libc::ENOTSUP as i64),
+                Err(e) => -(e as i64),
+            }
+        }
+    }
+}

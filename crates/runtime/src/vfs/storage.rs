@@ -1,0 +1,137 @@
+//! The runtime's link to the storage manager serving the program's files.
+
+use lego_proto::{FileAttr, FileHandle, Message, Role, StorageReply, StorageRequest};
+use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What a storage call can end in besides success.
+#[derive(Debug)]
+pub enum StorageError {
+    /// The call failed as Linux would fail it; the application gets this.
+    Errno(i32),
+    /// The storage manager cannot be reached (after retrying) or broke the
+    /// protocol: the runtime cannot go on.
+    Lost(String),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+pub struct RemoteStorage {
+    client: Client,
+    name: String,
+}
+
+impl RemoteStorage {
+    pub fn connect(
+        addr: SocketAddr,
+        name: String,
+        secret: ClusterSecret,
+        pid: u64,
+    ) -> RemoteStorage {
+        let mut config = ClientConfig::new(
+            secret,
+            Identity::new(Role::Processor, format!("runtime-{pid:x}")),
+        );
+        // The storage manager may be restarted under us: keep trying for a
+        // while, then give up (its handles stay valid across the restart).
+        config.backoff = Backoff {
+            give_up_after: Duration::from_secs(10),
+            ..Backoff::default()
+        };
+        config.request_timeout = Duration::from_secs(30);
+        RemoteStorage {
+            client: Client::new(addr, config),
+            name,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("storage manager {} at {}", self.name, self.client.addr())
+    }
+
+    /// One request, retried once on a new connection if the old one broke
+    /// (every request is idempotent at this level or harmless to repeat,
+    /// except an exclusive create, whose retry may see EEXIST).
+    pub fn call(
+        &self,
+        request: StorageRequest,
+        payload: &[&[u8]],
+    ) -> StorageResult<(StorageReply, Vec<u8>)> {
+        let message = Message::Storage(request);
+        let joined: Vec<u8>;
+        let payload: &[u8] = match payload {
+            [] => &[],
+            [one] => one,
+            many => {
+                joined = many.concat();
+                &joined
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.client.call(&message, payload) {
+                Ok(frame) => {
+                    return match frame.message {
+                        Message::StorageDone(reply) => Ok((reply, frame.payload)),
+                        Message::StorageFailed { errno } => Err(StorageError::Errno(errno)),
+                        Message::Error(e) => Err(StorageError::Lost(format!(
+                            "the {} refused a request: {}",
+                            self.describe(),
+                            e.message
+                        ))),
+                        other => Err(StorageError::Lost(format!(
+                            "the {} answered with {}",
+                            self.describe(),
+                            other.kind()
+                        ))),
+                    }
+                }
+                Err(e)
+                    if attempt == 1
+                        && e.breaks_connection()
+                        && !matches!(e, TransportError::Unreachable { .. }) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    return Err(StorageError::Lost(format!(
+                        "lost the {}: {e}",
+                        self.describe()
+                    )))
+                }
+            }
+        }
+    }
+
+    pub fn found(&self, request: StorageRequest) -> StorageResult<(FileHandle, FileAttr)> {
+        match self.call(request, &[])?.0 {
+            StorageReply::Found { handle, attr } => Ok((handle, attr)),
+            other => Err(self.unexpected("Found", other)),
+        }
+    }
+
+    pub fn attr(&self, request: StorageRequest) -> StorageResult<FileAttr> {
+        match self.call(request, &[])?.0 {
+            StorageReply::Attr(attr) => Ok(attr),
+            StorageReply::Found { attr, .. } => Ok(attr),
+            other => Err(self.unexpected("Attr", other)),
+        }
+    }
+
+    pub fn done(&self, request: StorageRequest) -> StorageResult<()> {
+        match self.call(request, &[])?.0 {
+            StorageReply::Done => Ok(()),
+            other => Err(self.unexpected("Done", other)),
+        }
+    }
+
+    pub fn unexpected(&self, wanted: &str, got: StorageReply) -> StorageError {
+        StorageError::Lost(format!(
+            "the {} answered {} where {wanted} was expected",
+            self.describe(),
+            got.name()
+        ))
+    }
+}
