@@ -136,3 +136,33 @@ fn a_storage_restart_in_the_middle_of_a_run_is_only_a_retry() {
     assert!(status.success(), "{err}");
     assert_eq!(out, export.data(), "{err}");
 }
+
+#[test]
+fn programs_that_cannot_be_loaded_are_named_in_the_error() {
+    let export = Export::new("badprog");
+    // A dynamically linked program whose interpreter is missing.
+    let mut image = std::fs::read("/bin/true").unwrap();
+    let interp = b"/lib64/ld-linux-x86-64.so.2";
+    let at = image
+        .windows(interp.len())
+        .position(|w| w == interp)
+        .expect("/bin/true names its interpreter");
+    image[at + interp.len() - 1] = b'9';
+    let broken = export.root.join("bin/broken");
+    std::fs::write(&broken, &image).unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cluster = up(&export);
+    let out = cluster.run(&[], Path::new("/bin/broken"), &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/bin/broken") && err.contains("ld-linux-x86-64.so.9"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    // A program that exists on the host but not in the export.
+    let host_only = program("hello", Build::GlibcStatic);
+    let out = cluster.run(&[], &host_only, &[]);
+    assert_eq!(shell_status(&out), 127, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("No such file or directory"));
+    // The cluster is unharmed.
+    let ok = cluster.run(&[], Path::new("/bin/slowcat"), &["/data.txt"]);
+    assert_eq!(text(&ok.stdout), export.data());
+}
