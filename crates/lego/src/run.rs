@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// Print the ExCache counters when the program ends
     #[arg(long)]
     pub stats: bool,
+    /// How long the program waits for a storage manager that went away
+    /// (say, restarting) before it fails
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration, default_value = "10s")]
+    pub storage_retry: Duration,
     /// The program and its arguments
     #[arg(
         required = true,
@@ -334,6 +338,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         memory_name: memory.name.clone(),
         storage: storage.as_ref().map(|s| s.addr),
         storage_name: storage.map(|s| s.name).unwrap_or_default(),
+        storage_retry_ms: args.storage_retry.as_millis() as u64,
     };
     let report = launch(&secret, &processor, spec)?;
     if args.stats {

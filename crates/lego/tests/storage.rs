@@ -155,7 +155,10 @@ fn programs_that_cannot_be_loaded_are_named_in_the_error() {
     let out = cluster.run(&[], Path::new("/bin/broken"), &[]);
     let err = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("/bin/broken") && err.contains("ld-linux-x86-64.so.9"), "{err}");
+    assert!(
+        err.contains("/bin/broken") && err.contains("ld-linux-x86-64.so.9"),
+        "{err}"
+    );
     assert!(err.contains("No such file or directory"), "{err}");
     // A program that exists on the host but not in the export.
     let host_only = program("hello", Build::GlibcStatic);

@@ -146,6 +146,7 @@ fn serve_connection(
         memory_name: spec.memory_name.clone(),
         storage: spec.storage,
         storage_name: spec.storage_name.clone(),
+        storage_retry_ms: spec.storage_retry_ms,
         cwd: spec.cwd.clone(),
         secret_hex: processor.secret.to_hex(),
     };

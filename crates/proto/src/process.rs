@@ -26,6 +26,9 @@ pub struct LaunchSpec {
     /// files (host pass-through).
     pub storage: Option<SocketAddr>,
     pub storage_name: String,
+    /// How long the program waits for an unreachable storage manager to
+    /// come back (a restart) before it fails, in milliseconds.
+    pub storage_retry_ms: u64,
 }
 
 /// How a process ended.

@@ -207,6 +207,7 @@ fn process_message() -> impl Strategy<Value = Message> {
                         memory_name: memory_name.clone(),
                         storage,
                         storage_name: memory_name,
+                        storage_retry_ms: excache.rotate_left(7),
                     })
                 }
             ),

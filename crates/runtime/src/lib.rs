@@ -64,6 +64,8 @@ pub struct RuntimeSpec {
     /// processor's own files are used.
     pub storage: Option<SocketAddr>,
     pub storage_name: String,
+    /// How long to wait for an unreachable storage manager.
+    pub storage_retry_ms: u64,
     /// The working directory the program starts in.
     pub cwd: Vec<u8>,
     pub secret_hex: String,
@@ -226,6 +228,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
                 spec.storage_name.clone(),
                 secret.clone(),
                 spec.pid,
+                std::time::Duration::from_millis(spec.storage_retry_ms),
             );
             let _ = std::env::set_current_dir(cwd);
             Some(vfs::Vfs::new(storage, &spec.cwd).map_err(|e| match e {

@@ -28,15 +28,16 @@ impl RemoteStorage {
         name: String,
         secret: ClusterSecret,
         pid: u64,
+        retry: Duration,
     ) -> RemoteStorage {
         let mut config = ClientConfig::new(
             secret,
             Identity::new(Role::Processor, format!("runtime-{pid:x}")),
         );
-        // The storage manager may be restarted under us: keep trying for a
-        // while, then give up (its handles stay valid across the restart).
+        // The storage manager may be restarted under us: keep trying for
+        // `retry`, then give up (its handles stay valid across a restart).
         config.backoff = Backoff {
-            give_up_after: Duration::from_secs(10),
+            give_up_after: retry,
             ..Backoff::default()
         };
         config.request_timeout = Duration::from_secs(30);
