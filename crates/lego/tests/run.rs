@@ -447,3 +447,24 @@ fn the_program_starts_in_lego_runs_working_directory() {
     );
     let _ = std::fs::remove_dir_all(&workdir);
 }
+
+#[test]
+fn proc_self_describes_the_program_not_the_runtime() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let procself = program("procself", Build::GlibcStatic);
+    let args = ["one", "two words"];
+    let lego = cluster.run(&[], &procself, &args);
+    assert_same(&lego, &native(&procself, &args), "procself");
+    let out = cluster.run(
+        &[],
+        std::path::Path::new("/usr/bin/python3"),
+        &[
+            "-c",
+            "print(open('/proc/self/cmdline').read().split(chr(0)))",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "['/usr/bin/python3', '-c', \"print(open('/proc/self/cmdline').read().split(chr(0)))\", '']\n"
+    );
+}

@@ -15,6 +15,9 @@ pub struct Prepared {
     pub image: Vec<u8>,
     /// The argv the image's entry point gets.
     pub argv: Vec<Vec<u8>>,
+    /// The argv /proc/self/cmdline shows: the program's, as execve would
+    /// have run it (the dynamic linker's command-mode arguments hidden).
+    pub shown_argv: Vec<Vec<u8>>,
 }
 
 /// Why a program cannot run: the errno execve returns, and a sentence for
@@ -74,6 +77,7 @@ pub fn prepare(
             .map_err(|e| ExecError::io(&format!("cannot run {name}: its interpreter"), &path, e))?;
         exe = script_interp;
     }
+    let shown_argv = argv.clone();
     if let Some(linker) = interp::interpreter(&image) {
         let path = String::from_utf8_lossy(&linker).into_owned();
         image = load_file(vfs, &path).map_err(|e| {
@@ -90,7 +94,11 @@ pub fn prepare(
             ),
         ));
     }
-    Ok(Prepared { image, argv })
+    Ok(Prepared {
+        image,
+        argv,
+        shown_argv,
+    })
 }
 
 /// Mirrors a freshly built address space (after dropping everything the
@@ -99,10 +107,11 @@ pub fn prepare(
 pub fn install(
     rt: &Runtime,
     image: &ExecImage,
-    argv: &[Vec<u8>],
+    prepared: &Prepared,
     envp: &[Vec<u8>],
     execfn: &[u8],
 ) -> Result<u64, String> {
+    let argv = &prepared.argv;
     rt.cache
         .discard(&rt.arena, USER_MIN, USER_END)
         .map_err(|e| format!("clearing the arena: {e}"))?;
@@ -120,7 +129,22 @@ pub fn install(
     let mut random = [0u8; 16];
     // Safety: getrandom writes at most 16 bytes into `random`.
     unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    let (stack, sp) = stack::build(image, argv, envp, execfn, random)?;
+    let (stack, sp, auxv) = stack::build(image, argv, envp, execfn, random)?;
     user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack (errno {e})"))?;
+    let mut process = rt.process.lock().unwrap_or_else(|p| p.into_inner());
+    process.cmdline = prepared
+        .shown_argv
+        .iter()
+        .flat_map(|a| a.iter().copied().chain([0]))
+        .collect();
+    process.auxv = auxv;
+    process.stack_top = image.stack_top;
+    // What ps and top show for this process.
+    let name = execfn.rsplit(|&b| b == b'/').next().unwrap_or(execfn);
+    let mut comm = [0u8; 16];
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name[..n]);
+    // Safety: PR_SET_NAME reads a 16-byte NUL-terminated buffer of ours.
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     Ok(sp)
 }

@@ -19,6 +19,7 @@ pub mod excache;
 pub mod exec;
 mod fault;
 pub mod interp;
+pub mod procfs;
 pub mod remote;
 pub mod stack;
 pub mod sud;
@@ -90,6 +91,8 @@ pub struct Runtime {
     /// handler returns to instead of the caller.
     pub pending_exec: Mutex<Option<(u64, u64)>>,
     pub signals: Mutex<syscall::signal::SignalState>,
+    /// What /proc/self/{cmdline,auxv,maps} show of the running program.
+    pub process: Mutex<procfs::ProcessView>,
     /// The program's files, when a storage manager serves them (else the
     /// processor's own files are passed through).
     pub vfs: Option<vfs::Vfs>,
@@ -265,6 +268,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         program: Mutex::new(spec.program.clone()),
         pending_exec: Mutex::new(None),
         signals: syscall::signal::SignalState::new(),
+        process: Mutex::new(procfs::ProcessView::default()),
         vfs,
         runtime_fds: OnceLock::new(),
         reported: AtomicBool::new(false),
@@ -274,7 +278,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     }
     let rt = runtime();
     fault::spawn(rt).map_err(|e| format!("cannot start the fault thread: {e}"))?;
-    let sp = exec::install(rt, &image, &prepared.argv, &spec.envp, &spec.program)?;
+    let sp = exec::install(rt, &image, &prepared, &spec.envp, &spec.program)?;
 
     // No core dumps of a 64 TiB arena; the application's faults end it.
     let no_core = libc::rlimit {

@@ -34,14 +34,15 @@ const HWCAP2_FSGSBASE: u64 = 1 << 1;
 pub const MAX_STACK_SETUP: u64 = 2 << 20;
 
 /// Builds the stack image in memory and returns it with the initial stack
-/// pointer. The image is to be copied to `stack_top - image.len()`.
+/// pointer and the auxiliary vector (as /proc/self/auxv shows it). The
+/// image is to be copied to `stack_top - image.len()`.
 pub fn build(
     image: &ExecImage,
     argv: &[Vec<u8>],
     envp: &[Vec<u8>],
     execfn: &[u8],
     random: [u8; 16],
-) -> Result<(Vec<u8>, u64), String> {
+) -> Result<(Vec<u8>, u64, Vec<u8>), String> {
     // Strings go at the top, below a guard word, in the order Linux uses.
     let top = image.stack_top - 8;
     let mut strings: Vec<u8> = Vec::new();
@@ -90,6 +91,10 @@ pub fn build(
         (AT_PLATFORM, platform_addr),
         (AT_NULL, 0),
     ];
+    let auxv_bytes: Vec<u8> = auxv
+        .iter()
+        .flat_map(|&(t, v)| t.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+        .collect();
     let words = 1 + argv.len() + 1 + envp.len() + 1 + 2 * auxv.len();
     let sp = (strings_start - words as u64 * 8) & !15;
     let total = image.stack_top - sp;
@@ -122,7 +127,7 @@ pub fn build(
         word(t, &mut put);
         word(v, &mut put);
     }
-    Ok((out, sp))
+    Ok((out, sp, auxv_bytes))
 }
 
 #[cfg(test)]
@@ -160,7 +165,13 @@ mod tests {
     fn layout_matches_the_abi() {
         let argv = vec![b"prog".to_vec(), b"a b".to_vec()];
         let envp = vec![b"HOME=/root".to_vec()];
-        let (stack, sp) = build(&image(), &argv, &envp, b"/bin/prog", [7; 16]).unwrap();
+        let (stack, sp, auxv) = build(&image(), &argv, &envp, b"/bin/prog", [7; 16]).unwrap();
+        assert_eq!(auxv.len() % 16, 0);
+        assert_eq!(
+            &auxv[auxv.len() - 16..],
+            &[0u8; 16],
+            "auxv ends with AT_NULL"
+        );
         assert_eq!(sp % 16, 0);
         assert_eq!(sp + stack.len() as u64, image().stack_top);
         assert_eq!(word(&stack, sp, sp), 2);

@@ -100,7 +100,7 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
             .map(|p| p.into_os_string().into_encoded_bytes())
             .unwrap_or_else(|_| path.clone()),
     };
-    let sp = match install(rt, &image, &prepared.argv, &envp, &path) {
+    let sp = match install(rt, &image, &prepared, &envp, &path) {
         Ok(sp) => sp,
         Err(e) => fatal(&format!(
             "execve of {}: {e}",

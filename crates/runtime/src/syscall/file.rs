@@ -244,7 +244,13 @@ fn open_common(
     }
     match place(vfs, dirfd, &path) {
         Err(e) => -(e as i64),
-        Ok(Place::Host(abs)) => host_call(c, path_arg, abs),
+        Ok(Place::Host(Some(abs))) => match crate::procfs::serve(rt, abs.as_bytes()) {
+            Some(content) => ret(vfs
+                .open_content(abs.as_bytes().to_vec(), content, flags)
+                .map(i64::from)),
+            None => host_call(c, path_arg, Some(abs)),
+        },
+        Ok(Place::Host(None)) => pass(c),
         Ok(Place::Storage { dir, path, abs }) => {
             ret(open_storage(vfs, dir, &path, abs, flags, mode))
         }
@@ -450,6 +456,24 @@ pub fn ioctl(rt: &Runtime, c: &Call) -> i64 {
 // ---------------------------------------------------------------- data
 
 pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, i32> {
+    if let Some(content) = &file.content {
+        return Ok(FileAttr {
+            file_type: FileType::Regular,
+            mode: 0o444,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: content.len() as u64,
+            blocks: 0,
+            blksize: 4096,
+            atime: Default::default(),
+            mtime: Default::default(),
+            ctime: Default::default(),
+            dev: 0,
+            ino: 0,
+            rdev: 0,
+        });
+    }
     let vfs = rt
         .vfs
         .as_ref()
@@ -471,6 +495,12 @@ pub(super) fn read_at(rt: &Runtime, file: &OpenFile, buf: u64, len: u64, offset:
     }
     if len == 0 {
         return Ok(0);
+    }
+    if let Some(content) = &file.content {
+        let start = (offset as usize).min(content.len());
+        let end = start + (len as usize).min(content.len() - start);
+        user::write(buf, &content[start..end])?;
+        return Ok((end - start) as i64);
     }
     let vfs = rt
         .vfs

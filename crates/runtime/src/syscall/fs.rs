@@ -22,14 +22,35 @@ fn readlink_common(
         Ok(path) => path,
         Err(e) => return errno(e),
     };
-    let own = format!("/proc/{}/exe", std::process::id());
-    if path != b"/proc/self/exe" && path != own.as_bytes() {
+    let pid = std::process::id().to_string();
+    let own = |rest: &[u8]| -> Option<Vec<u8>> {
+        let tail = path
+            .strip_prefix(b"/proc/self/")
+            .or_else(|| path.strip_prefix(format!("/proc/{pid}/").as_bytes()))?;
+        (tail == rest).then(Vec::new).or_else(|| {
+            let n: u64 = std::str::from_utf8(tail.strip_prefix(rest)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            Some(n.to_string().into_bytes())
+        })
+    };
+    let target = if own(b"exe").is_some_and(|v| v.is_empty()) {
+        rt.program.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    } else if let Some(fd) =
+        own(b"fd/").and_then(|n| String::from_utf8(n).ok()?.parse::<u64>().ok())
+    {
+        // A storage file's descriptor names the file, not its placeholder.
+        match rt.vfs.as_ref().and_then(|v| v.file(fd)) {
+            Some(file) => file.path.clone(),
+            None => return pass(),
+        }
+    } else {
         return pass();
-    }
+    };
     if (size as i64) <= 0 {
         return errno(libc::EINVAL);
     }
-    let target = rt.program.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let n = target.len().min(size as usize);
     match user::write(buf, &target[..n]) {
         Ok(()) => n as i64,

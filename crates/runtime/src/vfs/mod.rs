@@ -32,6 +32,9 @@ pub struct OpenFile {
     pub offset: Mutex<u64>,
     /// Where `getdents64` goes on.
     pub dir_cookie: Mutex<u64>,
+    /// A file the runtime serves itself (`/proc/self/maps` and the like):
+    /// its contents, fixed when it was opened. Its handle is empty.
+    pub content: Option<Arc<Vec<u8>>>,
 }
 
 impl OpenFile {
@@ -192,6 +195,17 @@ impl Vfs {
         abs: Vec<u8>,
         flags: u32,
     ) -> Result<i32, i32> {
+        self.open_file(handle, attr.file_type, abs, flags, None)
+    }
+
+    fn open_file(
+        &self,
+        handle: FileHandle,
+        file_type: FileType,
+        abs: Vec<u8>,
+        flags: u32,
+        content: Option<Vec<u8>>,
+    ) -> Result<i32, i32> {
         let cloexec = flags & libc::O_CLOEXEC as u32;
         // Safety: opening /dev/null, a path of ours, for its number only.
         let fd = unsafe {
@@ -222,13 +236,26 @@ impl Vfs {
             fd as i32,
             Arc::new(OpenFile {
                 handle,
-                file_type: attr.file_type,
+                file_type,
                 path: abs,
                 status: AtomicU32::new(flags & keep),
                 offset: Mutex::new(0),
                 dir_cookie: Mutex::new(0),
+                content: content.map(Arc::new),
             }),
         );
         Ok(fd as i32)
+    }
+
+    /// Opens a file the runtime serves itself, with these contents.
+    pub fn open_content(&self, abs: Vec<u8>, content: Vec<u8>, flags: u32) -> Result<i32, i32> {
+        let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
+        self.open_file(
+            FileHandle(Vec::new()),
+            FileType::Regular,
+            abs,
+            flags,
+            Some(content),
+        )
     }
 }
