@@ -40,6 +40,12 @@ pub enum Which {
         #[arg(long, default_value_t = 200_000)]
         calls: u64,
     },
+    /// Files through the storage manager: reading a large file, walking a tree, starting python3
+    Files {
+        /// Size of the file read sequentially
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+        size: u64,
+    },
     /// Sequential scan and uniform random updates, native vs Lego at ExCache 100%, 50%, 25%
     Workload {
         /// Working set
@@ -167,6 +173,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         Which::Miss { size, excache } => miss(size, excache),
         Which::Syscall { calls } => syscall(calls),
         Which::Workload { size, patterns } => workload(size, &patterns),
+        Which::Files { size } => files(size),
     }
 }
 
@@ -276,6 +283,80 @@ fn workload(size: u64, patterns: &[String]) -> Result<()> {
                 lego_ns / native_ns
             );
         }
+    }
+    Ok(())
+}
+
+/// Median wall time of `runs` runs of a command, in seconds.
+fn time_command(runs: usize, mut command: impl FnMut() -> Command) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        let out = command().stdout(std::process::Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!(
+                "a benchmark command failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+fn files(size: u64) -> Result<()> {
+    let bench = Bench::new(4 << 30, 256 << 20)?;
+    let data = bench.dir.join("data");
+    eprintln!("lego bench: writing a {} file", format_size(size));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&data)?;
+        let block: Vec<u8> = (0..1 << 20).map(|i| (i * 31 % 251) as u8).collect();
+        for _ in 0..(size >> 20).max(1) {
+            file.write_all(&block)?;
+        }
+    }
+    let lego = |args: &[&str]| {
+        let mut c = Command::new(std::env::current_exe().expect("the lego executable"));
+        c.arg("run")
+            .arg("--state")
+            .arg(&bench.cluster.root)
+            .arg("--")
+            .args(args);
+        c
+    };
+    let native = |args: &[&str]| {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    };
+    let data = data.to_str().context("a UTF-8 temporary path")?.to_string();
+    let cases: [(&str, Vec<&str>, usize); 3] = [
+        (
+            "sequential read (cat FILE > /dev/null)",
+            vec!["/bin/cat", &data],
+            3,
+        ),
+        (
+            "metadata walk (find /usr -type f)",
+            vec!["/usr/bin/find", "/usr", "-type", "f"],
+            3,
+        ),
+        (
+            "python3 startup (python3 -c pass)",
+            vec!["/usr/bin/python3", "-c", "pass"],
+            11,
+        ),
+    ];
+    println!("Files through the storage manager (median wall time of whole commands, lego run's start included):");
+    for (what, args, runs) in cases {
+        let native_s = time_command(runs, || native(&args))?;
+        let lego_s = time_command(runs, || lego(&args))?;
+        println!(
+            "  {what:<42} native {native_s:>8.3} s   Lego {lego_s:>8.3} s   {:>6.2}x",
+            lego_s / native_s
+        );
     }
     Ok(())
 }
