@@ -321,6 +321,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         lego_proto::Load::Processor { excache_quota, .. } => excache_quota,
         _ => 512 << 20,
     });
+    let (memory_capacity, memory_available) = match memory.load {
+        lego_proto::Load::Memory {
+            capacity,
+            committed,
+            ..
+        } => (capacity, capacity.saturating_sub(committed)),
+        _ => (0, 0),
+    };
     let spec = LaunchSpec {
         program: program.into_os_string().into_vec(),
         argv: args.command.iter().map(|a| a.as_bytes().to_vec()).collect(),
@@ -336,6 +344,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         excache,
         memory: memory.addr,
         memory_name: memory.name.clone(),
+        memory_capacity,
+        memory_available,
         storage: storage.as_ref().map(|s| s.addr),
         storage_name: storage.map(|s| s.name).unwrap_or_default(),
         storage_retry_ms: args.storage_retry.as_millis() as u64,

@@ -468,3 +468,43 @@ fn proc_self_describes_the_program_not_the_runtime() {
         "['/usr/bin/python3', '-c', \"print(open('/proc/self/cmdline').read().split(chr(0)))\", '']\n"
     );
 }
+
+#[test]
+fn meminfo_reports_the_memory_granted_and_the_excache() {
+    let cluster = Cluster::up(&["--memories", "1", "--memory-capacity", "256M"]);
+    let out = cluster.run(
+        &["--excache", "16M"],
+        std::path::Path::new("/bin/cat"),
+        &["/proc/meminfo"],
+    );
+    let meminfo = text(&out.stdout);
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}:"))?
+                    .trim()
+                    .strip_suffix(" kB")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in {meminfo}"))
+    };
+    assert_eq!(field("MemTotal"), 256 * 1024);
+    assert_eq!(field("ExCacheTotal"), 16 * 1024);
+    assert!(field("ExCacheResident") <= 16 * 1024);
+    // sysinfo(2), as used by free and sysconf, agrees.
+    let free = cluster.run(&[], std::path::Path::new("/usr/bin/free"), &["-m"]);
+    let mem_line = text(&free.stdout)
+        .lines()
+        .find(|l| l.starts_with("Mem:"))
+        .map(str::to_string);
+    assert_eq!(
+        mem_line
+            .as_deref()
+            .and_then(|l| l.split_whitespace().nth(1)),
+        Some("256"),
+        "{}",
+        text(&free.stdout)
+    );
+}

@@ -144,6 +144,8 @@ fn serve_connection(
         excache: spec.excache,
         memory: spec.memory,
         memory_name: spec.memory_name.clone(),
+        memory_capacity: spec.memory_capacity,
+        memory_available: spec.memory_available,
         storage: spec.storage,
         storage_name: spec.storage_name.clone(),
         storage_retry_ms: spec.storage_retry_ms,

@@ -22,6 +22,10 @@ pub struct LaunchSpec {
     /// The process's home memory manager.
     pub memory: SocketAddr,
     pub memory_name: String,
+    /// Its pool's capacity, and how much of it was not yet promised to
+    /// anyone when the process was placed (what /proc/meminfo reports).
+    pub memory_capacity: u64,
+    pub memory_available: u64,
     /// The storage manager serving its files; `None`: the processor's own
     /// files (host pass-through).
     pub storage: Option<SocketAddr>,

@@ -205,6 +205,8 @@ fn process_message() -> impl Strategy<Value = Message> {
                         excache,
                         memory,
                         memory_name: memory_name.clone(),
+                        memory_capacity: excache ^ 0x5555,
+                        memory_available: excache >> 3,
                         storage,
                         storage_name: memory_name,
                         storage_retry_ms: excache.rotate_left(7),

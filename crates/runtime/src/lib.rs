@@ -61,6 +61,9 @@ pub struct RuntimeSpec {
     pub excache: u64,
     pub memory: SocketAddr,
     pub memory_name: String,
+    /// The home memory manager's capacity and what was free of it at launch.
+    pub memory_capacity: u64,
+    pub memory_available: u64,
     /// The storage manager serving the program's files, if any; else the
     /// processor's own files are used.
     pub storage: Option<SocketAddr>,
@@ -268,7 +271,11 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         program: Mutex::new(spec.program.clone()),
         pending_exec: Mutex::new(None),
         signals: syscall::signal::SignalState::new(),
-        process: Mutex::new(procfs::ProcessView::default()),
+        process: Mutex::new(procfs::ProcessView {
+            memory_capacity: spec.memory_capacity,
+            memory_available: spec.memory_available,
+            ..procfs::ProcessView::default()
+        }),
         vfs,
         runtime_fds: OnceLock::new(),
         reported: AtomicBool::new(false),

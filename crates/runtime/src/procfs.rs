@@ -13,10 +13,17 @@ pub struct ProcessView {
     /// The auxiliary vector given to the program.
     pub auxv: Vec<u8>,
     pub stack_top: u64,
+    /// The home memory manager's pool, and what was unpromised of it when
+    /// the process was placed.
+    pub memory_capacity: u64,
+    pub memory_available: u64,
 }
 
 /// The contents of `abs` if the runtime serves it.
 pub fn serve(rt: &Runtime, abs: &[u8]) -> Option<Vec<u8>> {
+    if abs == b"/proc/meminfo" {
+        return Some(meminfo(rt));
+    }
     let rest = abs.strip_prefix(b"/proc/")?;
     let (who, what) = rest.split_at(rest.iter().position(|&b| b == b'/')?);
     let own = std::process::id().to_string();
@@ -71,4 +78,44 @@ fn maps(stack_top: u64) -> Vec<u8> {
         out.push('\n');
     }
     out.into_bytes()
+}
+
+/// /proc/meminfo as the program's memory really is: the home memory
+/// manager's pool is its RAM, the ExCache its cache on this processor.
+fn meminfo(rt: &Runtime) -> Vec<u8> {
+    let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
+    let stats = rt.cache.stats();
+    let kib = |b: u64| b / 1024;
+    let lines = [
+        ("MemTotal", kib(view.memory_capacity)),
+        ("MemFree", kib(view.memory_available)),
+        ("MemAvailable", kib(view.memory_available)),
+        ("Buffers", 0),
+        ("Cached", 0),
+        ("SwapCached", 0),
+        ("SwapTotal", 0),
+        ("SwapFree", 0),
+        ("ExCacheTotal", kib(stats.quota_bytes)),
+        ("ExCacheResident", kib(rt.cache.resident_bytes())),
+    ];
+    lines
+        .iter()
+        .map(|(name, value)| format!("{:<16}{value:>8} kB\n", format!("{name}:")))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// sysinfo(2) with the same figures for RAM and swap (the rest is the
+/// host's: uptime, load, process count).
+pub fn sysinfo(rt: &Runtime, info: &mut libc::sysinfo) {
+    let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
+    info.totalram = view.memory_capacity;
+    info.freeram = view.memory_available;
+    info.sharedram = 0;
+    info.bufferram = 0;
+    info.totalswap = 0;
+    info.freeswap = 0;
+    info.totalhigh = 0;
+    info.freehigh = 0;
+    info.mem_unit = 1;
 }

@@ -79,3 +79,23 @@ pub fn setrlimit(_rt: &Runtime, c: &Call) -> i64 {
     // Safety: as prlimit64.
     unsafe { raw_syscall(c.nr, c.args) }
 }
+
+pub fn sysinfo(rt: &Runtime, c: &Call) -> i64 {
+    // Safety: sysinfo fills one struct sysinfo of ours.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return -(libc::EFAULT as i64);
+    }
+    crate::procfs::sysinfo(rt, &mut info);
+    // Safety: struct sysinfo is plain data; we copy its bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            &info as *const libc::sysinfo as *const u8,
+            std::mem::size_of::<libc::sysinfo>(),
+        )
+    };
+    match user::write(c.args[0], bytes) {
+        Ok(()) => 0,
+        Err(e) => -(e as i64),
+    }
+}

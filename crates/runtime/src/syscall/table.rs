@@ -107,7 +107,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 96, name: "gettimeofday", disposition: Pass, note: "host clock and timers" },
     Syscall { nr: 97, name: "getrlimit", disposition: Pass, note: "host kernel" },
     Syscall { nr: 98, name: "getrusage", disposition: Pass, note: "host kernel" },
-    Syscall { nr: 99, name: "sysinfo", disposition: Pass, note: "host kernel" },
+    Syscall { nr: 99, name: "sysinfo", disposition: Emulate(proc::sysinfo), note: "RAM is the home memory manager's pool (what was unpromised at launch is free); uptime, load and process count are the host's" },
     Syscall { nr: 100, name: "times", disposition: Pass, note: "host clock and timers" },
     Syscall { nr: 101, name: "ptrace", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 102, name: "getuid", disposition: Pass, note: "host ids until the cluster-wide process ids of the processes issue" },
