@@ -508,3 +508,38 @@ fn meminfo_reports_the_memory_granted_and_the_excache() {
         text(&free.stdout)
     );
 }
+
+#[test]
+fn private_file_mappings_read_the_file_and_copy_on_write() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let filemap = program("filemap", Build::GlibcStatic);
+    let dir = std::env::temp_dir().join(format!("lego-test-filemap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let native_out = std::process::Command::new(&filemap)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let lego = cluster
+        .run_command(&[], &filemap, &[])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let (native_text, lego_text) = (text(&native_out.stdout), text(&lego.stdout));
+    let without_last = |t: &str| t.lines().take(6).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        without_last(&lego_text),
+        without_last(&native_text),
+        "{}",
+        text(&lego.stderr)
+    );
+    assert!(
+        lego_text.lines().all(|l| !l.ends_with(": 0")),
+        "{lego_text}"
+    );
+    // Writable shared file mappings are refused (see docs/syscalls.md).
+    assert!(
+        lego_text.ends_with("shared writable mapping: refused\n"),
+        "{lego_text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@
 //! `lego-proto` to processors' runtimes. Replicas and checkpoints come in
 //! later issues.
 
+mod files;
 pub mod loader;
 pub mod pool;
 pub mod service;
@@ -33,7 +34,10 @@ pub struct MemoryManager {
 
 impl MemoryManager {
     pub fn start(config: MemoryConfig) -> std::io::Result<MemoryManager> {
-        let service = Arc::new(MemoryService::new(config.capacity));
+        let service = Arc::new(MemoryService::new(config.capacity).with_storage_access(
+            config.component.secret.clone(),
+            config.component.name.clone(),
+        ));
         let reporter = Arc::clone(&service);
         let joined = join_cluster(Role::Memory, config.component, service, move || {
             reporter.load()

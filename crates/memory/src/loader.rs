@@ -473,6 +473,7 @@ impl Plan {
                 prot: s.prot,
                 populated: true,
                 accounted: true,
+                file: None,
             };
             if !space.map_new(pool, vma) || !copy_contents(&mut space, pool, image, s) {
                 space.release(pool);
@@ -485,6 +486,7 @@ impl Plan {
             prot: self.stack_prot,
             populated: false,
             accounted: true,
+            file: None,
         };
         if !space.map_new(pool, stack) {
             space.release(pool);

@@ -14,14 +14,15 @@
 //! Every failure a peer can cause is a reply: malformed or out-of-range
 //! requests get `BadRequest` naming the process and address involved.
 
+use crate::files::FileReader;
 use crate::loader;
 use crate::pool::PagePool;
-use crate::vma::{is_aligned, AddressSpace, Outcome};
+use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
     ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_FETCH_PAGES,
     MAX_IMAGE_LEN, MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
-use lego_transport::{PeerInfo, Reply, Service};
+use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tracing::{info, warn};
@@ -38,6 +39,8 @@ pub struct MemoryService {
     capacity: u64,
     pool: Mutex<PagePool>,
     processes: Mutex<HashMap<ProcessId, ProcessSlot>>,
+    /// Reads the pages of private file mappings from storage.
+    files: FileReader,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -62,6 +65,28 @@ impl MemoryService {
             capacity,
             pool: Mutex::new(PagePool::new(capacity)),
             processes: Mutex::new(HashMap::new()),
+            files: FileReader::new(None),
+        }
+    }
+
+    /// Lets file mappings read from storage managers, authenticated with
+    /// the cluster secret under `name`.
+    pub fn with_storage_access(mut self, secret: ClusterSecret, name: String) -> MemoryService {
+        self.files = FileReader::new(Some((secret, name)));
+        self
+    }
+
+    /// The contents of page `addr`: stored, from its file, or `None` for zeros.
+    fn page_contents(&self, space: &AddressSpace, addr: u64) -> Result<Option<Vec<u8>>, String> {
+        if let Some(id) = space.page(addr) {
+            return Ok(Some(lock(&self.pool).get(id).to_vec()));
+        }
+        match space.file_page(addr) {
+            Some((source, offset)) => self
+                .files
+                .page(source, offset)
+                .map(|page| Some(page.to_vec())),
+            None => Ok(None),
         }
     }
 
@@ -159,6 +184,22 @@ impl MemoryService {
                 prot,
                 flags,
             } => space.mmap(pool, addr, len, prot, flags),
+            MemoryOp::MmapFile {
+                addr,
+                len,
+                prot,
+                flags,
+                storage,
+                handle,
+                offset,
+            } => space.mmap_file(
+                pool,
+                addr,
+                len,
+                prot,
+                flags,
+                (FileSource { storage, handle }, offset),
+            ),
             MemoryOp::Munmap { addr, len } => space.munmap(pool, addr, len),
             MemoryOp::Mprotect { addr, len, prot } => space.mprotect(pool, addr, len, prot),
             MemoryOp::Mremap {
@@ -192,12 +233,13 @@ impl MemoryService {
                 "fetch of page {addr:#x} of process {pid:#x}: the address is not mapped"
             ));
         }
-        match space.page(addr) {
-            Some(id) => Reply {
+        match self.page_contents(space, addr) {
+            Ok(Some(page)) => Reply {
                 message: Message::Page,
-                payload: lock(&self.pool).get(id).to_vec(),
+                payload: page,
             },
-            None => Message::ZeroPage.into(),
+            Ok(None) => Message::ZeroPage.into(),
+            Err(why) => Message::error(ErrorCode::Internal, why).into(),
         }
     }
 
@@ -226,11 +268,23 @@ impl MemoryService {
         // Built by appending, so each byte is written once (no zeroing
         // pass over pages that are then overwritten).
         let mut payload = Vec::with_capacity(count as usize * PAGE_SIZE);
-        let pool = lock(&self.pool);
-        for i in 0..count {
-            match space.page(addr + i * PAGE_SIZE as u64) {
-                Some(id) => payload.extend_from_slice(pool.get(id)),
-                None => payload.resize(payload.len() + PAGE_SIZE, 0),
+        if vma.file.is_some() {
+            // File pages may need storage reads: page by page, without
+            // holding the pool across them.
+            for i in 0..count {
+                match self.page_contents(space, addr + i * PAGE_SIZE as u64) {
+                    Ok(Some(page)) => payload.extend_from_slice(&page),
+                    Ok(None) => payload.resize(payload.len() + PAGE_SIZE, 0),
+                    Err(why) => return Message::error(ErrorCode::Internal, why).into(),
+                }
+            }
+        } else {
+            let pool = lock(&self.pool);
+            for i in 0..count {
+                match space.page(addr + i * PAGE_SIZE as u64) {
+                    Some(id) => payload.extend_from_slice(pool.get(id)),
+                    None => payload.resize(payload.len() + PAGE_SIZE, 0),
+                }
             }
         }
         Reply {

@@ -5,7 +5,9 @@
 //! Every request names the process; the memory manager keeps no per-
 //! connection state, so a runtime may reconnect (or be replaced) freely.
 
+use crate::storage::FileHandle;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// Cluster-wide process identifier, chosen by the processor that starts the
 /// process (random, so processors need not coordinate).
@@ -43,6 +45,19 @@ pub enum MemoryOp {
         prot: u32,
         flags: u32,
     },
+    /// A private mapping of a file on a storage manager (`MAP_PRIVATE`, or
+    /// `MAP_SHARED` read-only, which cannot be told apart without writes):
+    /// pages come from the file, read by the memory manager when first
+    /// fetched, until a page is written back (copy on write).
+    MmapFile {
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        storage: SocketAddr,
+        handle: FileHandle,
+        offset: u64,
+    },
     Munmap {
         addr: u64,
         len: u64,
@@ -72,7 +87,7 @@ pub enum MemoryOp {
 impl MemoryOp {
     pub fn name(&self) -> &'static str {
         match self {
-            MemoryOp::Mmap { .. } => "mmap",
+            MemoryOp::Mmap { .. } | MemoryOp::MmapFile { .. } => "mmap",
             MemoryOp::Munmap { .. } => "munmap",
             MemoryOp::Mprotect { .. } => "mprotect",
             MemoryOp::Mremap { .. } => "mremap",

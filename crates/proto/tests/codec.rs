@@ -118,6 +118,17 @@ fn memory_op() -> impl Strategy<Value = MemoryOp> {
                 flags,
             }
         }),
+        (n(), n(), any::<u32>(), any::<u32>(), addr(), bytes(), n()).prop_map(
+            |(addr, len, prot, flags, storage, handle, offset)| MemoryOp::MmapFile {
+                addr,
+                len,
+                prot,
+                flags,
+                storage,
+                handle: FileHandle(handle),
+                offset
+            }
+        ),
         (n(), n()).prop_map(|(addr, len)| MemoryOp::Munmap { addr, len }),
         (n(), n(), any::<u32>()).prop_map(|(addr, len, prot)| MemoryOp::Mprotect {
             addr,

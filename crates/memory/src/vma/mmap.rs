@@ -8,7 +8,8 @@
 //! `vm.overcommit_memory=2`). `MAP_GROWSDOWN` mappings do not grow.
 
 use super::{
-    is_aligned, page_align, AddressSpace, Errno, Outcome, Vma, PROT_ALL, PROT_READ, PROT_WRITE,
+    is_aligned, page_align, AddressSpace, Errno, FileRef, FileSource, Outcome, Vma, PROT_ALL,
+    PROT_READ, PROT_WRITE,
 };
 use crate::pool::{PagePool, PAGE};
 use lego_proto::{RangeChange, USER_END, USER_MIN};
@@ -39,6 +40,57 @@ impl AddressSpace {
         len: u64,
         prot: u32,
         flags: u32,
+    ) -> Outcome {
+        // File mappings come as `mmap_file`, naming their file: here they
+        // fail with ENODEV (after the argument checks, as before).
+        self.map(pool, addr, len, prot, flags, None)
+    }
+
+    /// A private mapping of `source` from `offset` (the last argument): pages not yet written
+    /// back read from the file (`populated`), so MADV_DONTNEED brings the
+    /// file's contents back, as on Linux. A shared mapping is accepted only
+    /// read-only (the runtime refuses writable ones) and behaves the same.
+    pub fn mmap_file(
+        &mut self,
+        pool: &mut PagePool,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        (source, offset): (FileSource, u64),
+    ) -> Outcome {
+        if !is_aligned(offset) {
+            return Outcome::err(Errno::EINVAL);
+        }
+        let index = match self.files.iter().position(|f| *f == source) {
+            Some(i) => i,
+            None => {
+                self.files.push(source);
+                self.files.len() - 1
+            }
+        };
+        let file = FileRef {
+            source: index as u32,
+            offset,
+        };
+        self.map(pool, addr, len, prot, flags | MAP_ANONYMOUS, Some(file))
+    }
+
+    /// The file and offset a page of a file-backed VMA reads from.
+    pub fn file_page(&self, addr: u64) -> Option<(&FileSource, u64)> {
+        let vma = self.find(addr)?;
+        let file = vma.file_at(addr & !(PAGE - 1))?;
+        Some((self.files.get(file.source as usize)?, file.offset))
+    }
+
+    fn map(
+        &mut self,
+        pool: &mut PagePool,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        file: Option<FileRef>,
     ) -> Outcome {
         if len == 0 {
             return Outcome::err(Errno::EINVAL);
@@ -99,8 +151,9 @@ impl AddressSpace {
             start,
             end,
             prot,
-            populated: false,
+            populated: file.is_some(),
             accounted,
+            file,
         };
         self.insert(vma);
         Outcome::ok(
@@ -164,6 +217,7 @@ impl AddressSpace {
             prot: PROT_READ | PROT_WRITE,
             populated: false,
             accounted: true,
+            file: None,
         };
         self.insert(vma);
         self.brk = addr;
@@ -176,5 +230,71 @@ impl AddressSpace {
                 discard: false,
             }],
         )
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use lego_proto::FileHandle;
+
+    fn source() -> FileSource {
+        FileSource {
+            storage: "127.0.0.1:9".parse().unwrap(),
+            handle: FileHandle(vec![1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn file_offsets_follow_splits_and_moves() {
+        let mut pool = PagePool::new(1 << 30);
+        let mut space = AddressSpace::new(0x10_0000);
+        let flags = MAP_PRIVATE;
+        let start = space
+            .mmap_file(
+                &mut pool,
+                0,
+                8 * PAGE,
+                PROT_READ,
+                flags,
+                (source(), 4 * PAGE),
+            )
+            .result
+            .unwrap();
+        let offset_of = |space: &AddressSpace, addr: u64| space.file_page(addr).map(|(_, off)| off);
+        assert_eq!(offset_of(&space, start), Some(4 * PAGE));
+        assert_eq!(offset_of(&space, start + 3 * PAGE + 5), Some(7 * PAGE));
+        // Splitting by mprotect keeps each page's file offset.
+        assert!(space
+            .mprotect(&mut pool, start + 2 * PAGE, PAGE, PROT_READ | PROT_WRITE)
+            .result
+            .is_ok());
+        assert_eq!(offset_of(&space, start + 2 * PAGE), Some(6 * PAGE));
+        assert_eq!(offset_of(&space, start + 5 * PAGE), Some(9 * PAGE));
+        // Unmapping the front leaves the rest where it was in the file.
+        assert!(space.munmap(&mut pool, start, PAGE).result.is_ok());
+        assert_eq!(offset_of(&space, start + PAGE), Some(5 * PAGE));
+        assert_eq!(offset_of(&space, start), None);
+        // A move carries the offset of the moved part.
+        let moved = space
+            .mremap(
+                &mut pool,
+                start + 5 * PAGE,
+                3 * PAGE,
+                3 * PAGE,
+                libc::MREMAP_MAYMOVE as u32 | libc::MREMAP_FIXED as u32,
+                start + 64 * PAGE,
+            )
+            .result
+            .unwrap();
+        assert_eq!(offset_of(&space, moved), Some(9 * PAGE));
+        assert_eq!(offset_of(&space, moved + 2 * PAGE), Some(11 * PAGE));
+        // An unaligned file offset is refused.
+        assert_eq!(
+            space
+                .mmap_file(&mut pool, 0, PAGE, PROT_READ, flags, (source(), 100))
+                .result,
+            Err(Errno::EINVAL)
+        );
     }
 }

@@ -121,9 +121,38 @@ pub struct Vma {
     pub populated: bool,
     /// The VMA's length is charged to the pool's commit charge.
     pub accounted: bool,
+    /// A private file mapping: where its first page lies in which file
+    /// (pages not written back read from there).
+    pub file: Option<FileRef>,
+}
+
+/// Where a file-backed VMA's first page lies in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef {
+    /// Index into the address space's file table.
+    pub source: u32,
+    /// Byte offset in the file of the VMA's start (page-aligned).
+    pub offset: u64,
+}
+
+/// A file some mapping reads from: which storage manager, which handle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileSource {
+    // (see `AddressSpace::mmap_file`)
+    pub storage: std::net::SocketAddr,
+    pub handle: lego_proto::FileHandle,
 }
 
 impl Vma {
+    /// The file reference for the part of this VMA starting at `start`
+    /// (its file offset moves with the start).
+    fn file_at(&self, start: u64) -> Option<FileRef> {
+        self.file.map(|f| FileRef {
+            source: f.source,
+            offset: f.offset + start.saturating_sub(self.start),
+        })
+    }
+
     fn len(&self) -> u64 {
         self.end - self.start
     }
@@ -139,13 +168,19 @@ impl Vma {
         self.prot == other.prot
             && self.populated == other.populated
             && self.accounted == other.accounted
+            // File mappings stay separate VMAs (merging would need equal
+            // files and contiguous offsets).
+            && self.file.is_none()
+            && other.file.is_none()
     }
 
     /// The part of this VMA inside `[start, end)`.
     fn clipped(&self, start: u64, end: u64) -> Vma {
+        let start = self.start.max(start);
         Vma {
-            start: self.start.max(start),
+            start,
             end: self.end.min(end),
+            file: self.file_at(start),
             ..*self
         }
     }
@@ -164,6 +199,8 @@ pub struct AddressSpace {
     brk: u64,
     /// Bytes this space has charged to the pool.
     committed: u64,
+    /// Files that file-backed VMAs read from (`FileRef::source`).
+    files: Vec<FileSource>,
 }
 
 impl fmt::Debug for AddressSpace {
@@ -197,6 +234,7 @@ impl AddressSpace {
             brk_start,
             brk: brk_start,
             committed: 0,
+            files: Vec::new(),
         }
     }
 
@@ -314,7 +352,14 @@ impl AddressSpace {
         if let Some(v) = self.find(addr).copied() {
             if v.start < addr {
                 self.vmas.insert(v.start, Vma { end: addr, ..v });
-                self.vmas.insert(addr, Vma { start: addr, ..v });
+                self.vmas.insert(
+                    addr,
+                    Vma {
+                        start: addr,
+                        file: v.file_at(addr),
+                        ..v
+                    },
+                );
             }
         }
     }

@@ -121,6 +121,7 @@ impl AddressSpace {
                 let tail = Vma {
                     start: old_end,
                     end: grown_end,
+                    file: vma.file_at(old_end),
                     ..vma
                 };
                 self.insert(tail);
@@ -182,6 +183,7 @@ impl AddressSpace {
                 start: m.old,
                 end: old_end,
                 populated: false,
+                file: None,
                 ..m.vma
             };
             self.insert(emptied);
@@ -209,6 +211,7 @@ impl AddressSpace {
         let moved = Vma {
             start: dest,
             end: dest_end,
+            file: m.vma.file_at(m.old),
             ..m.vma
         };
         self.insert(moved);

@@ -92,6 +92,31 @@ fn file_mmap(
         return -(libc::EINVAL as i64);
     }
     let storage_file = rt.vfs.as_ref().and_then(|v| v.file(fd));
+    // A storage file: the memory manager reads its pages from the storage
+    // manager when they are first touched (the runtime's own files, served
+    // from memory, are copied below like host files).
+    if let (Some(file), Some(vfs)) = (&storage_file, &rt.vfs) {
+        if file.content.is_none() {
+            if !file.readable() {
+                return -(libc::EACCES as i64);
+            }
+            if file.file_type != lego_proto::FileType::Regular {
+                return -(libc::ENODEV as i64);
+            }
+            return memory_call(
+                rt,
+                MemoryOp::MmapFile {
+                    addr,
+                    len,
+                    prot: prot as u32,
+                    flags: flags as u32,
+                    storage: vfs.storage.addr(),
+                    handle: file.handle.clone(),
+                    offset,
+                },
+            );
+        }
+    }
     let size = match &storage_file {
         Some(file) => {
             if !file.readable() {

@@ -17,7 +17,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 6, name: "lstat", disposition: Emulate(path::lstat), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's" },
     Syscall { nr: 7, name: "poll", disposition: Pass, note: "host kernel object" },
     Syscall { nr: 8, name: "lseek", disposition: Emulate(file::lseek), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's" },
-    Syscall { nr: 9, name: "mmap", disposition: Emulate(mem::mmap), note: "via the memory manager; private file mappings and read-only shared ones are filled with the file's contents at the call (file-backed memory arrives with the storage issue); writable shared file mappings refused with ENODEV" },
+    Syscall { nr: 9, name: "mmap", disposition: Emulate(mem::mmap), note: "via the memory manager; private file mappings (and read-only shared ones) read their pages from the storage manager on first touch, copy on write; host files are copied at the call; writable shared file mappings refused with ENODEV" },
     Syscall { nr: 10, name: "mprotect", disposition: Emulate(mem::mprotect), note: "via the memory manager; host protections mirror it" },
     Syscall { nr: 11, name: "munmap", disposition: Emulate(mem::munmap), note: "via the memory manager; cached pages dropped" },
     Syscall { nr: 12, name: "brk", disposition: Emulate(mem::brk), note: "via the memory manager" },

@@ -47,6 +47,11 @@ impl RemoteStorage {
         }
     }
 
+    /// Where the storage manager serves.
+    pub fn addr(&self) -> SocketAddr {
+        self.client.addr()
+    }
+
     fn describe(&self) -> String {
         format!("storage manager {} at {}", self.name, self.client.addr())
     }
