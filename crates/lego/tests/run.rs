@@ -543,3 +543,27 @@ fn private_file_mappings_read_the_file_and_copy_on_write() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn proc_self_fd_and_status_show_the_programs_view() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let out = cluster.run(
+        &[],
+        std::path::Path::new("/usr/bin/python3"),
+        &[
+            "-c",
+            "import os\n\
+             fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n\
+             print(fds[:3])\n\
+             print(all(os.readlink('/proc/self/fd/%d' % f) for f in fds[:3]))\n\
+             size = [l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]\n\
+             print(int(size) < 16 * 1024 * 1024)",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "[0, 1, 2]\nTrue\nTrue\n",
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -3,7 +3,7 @@
 //! its auxiliary vector, and its memory map.
 
 use crate::Runtime;
-use lego_proto::{USER_END, USER_MIN};
+use lego_proto::{FileType, USER_END, USER_MIN};
 
 /// What the program looks like from /proc.
 #[derive(Default)]
@@ -35,8 +35,88 @@ pub fn serve(rt: &Runtime, abs: &[u8]) -> Option<Vec<u8>> {
         b"/cmdline" => Some(view.cmdline.clone()),
         b"/auxv" => Some(view.auxv.clone()),
         b"/maps" => Some(maps(view.stack_top)),
+        b"/status" => Some(status()),
+        b"/stat" => Some(stat()),
         _ => None,
     }
+}
+
+/// The entries of a directory the runtime serves, if `abs` is one:
+/// /proc/self/fd lists the program's descriptors, not the runtime's.
+pub fn listing(rt: &Runtime, abs: &[u8]) -> Option<Vec<crate::vfs::Entry>> {
+    let own = format!("/proc/{}/fd", std::process::id());
+    if abs != b"/proc/self/fd" && abs != own.as_bytes() && abs != b"/proc/thread-self/fd" {
+        return None;
+    }
+    let mut fds: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| !rt.is_runtime_fd(fd))
+        .collect();
+    fds.sort_unstable();
+    // The listing's own descriptor was open while it was read; drop it if
+    // it is gone now.
+    // Safety: F_GETFD only queries the descriptor table.
+    fds.retain(|&fd| unsafe { libc::fcntl(fd as i32, libc::F_GETFD) } >= 0);
+    let mut entries = vec![
+        (b".".to_vec(), FileType::Directory),
+        (b"..".to_vec(), FileType::Directory),
+    ];
+    entries.extend(
+        fds.into_iter()
+            .map(|fd| (fd.to_string().into_bytes(), FileType::Symlink)),
+    );
+    Some(entries)
+}
+
+/// Bytes the program has mapped (the arena's accessible ranges).
+fn mapped_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            let (start, end) = (
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            );
+            (start >= USER_MIN && end <= USER_END && !perms.starts_with("---"))
+                .then_some(end - start)
+        })
+        .sum()
+}
+
+/// The host's status of this process, with the virtual size the program's
+/// rather than the runtime's (whose arena reservation spans 64 TiB).
+fn status() -> Vec<u8> {
+    let vm = mapped_bytes() / 1024;
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .map(|line| match line.split_once(':') {
+            Some(("VmPeak" | "VmSize", _)) => {
+                format!("{}:\t{vm:>8} kB\n", line.split(':').next().unwrap_or(""))
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// The host's stat line of this process, with the program's virtual size.
+fn stat() -> Vec<u8> {
+    let line = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some((head, rest)) = line.rsplit_once(") ") else {
+        return line.into_bytes();
+    };
+    let mut fields: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+    // Field 23 of the line (vsize) is the 21st after the command name.
+    if let Some(vsize) = fields.get_mut(20) {
+        *vsize = mapped_bytes().to_string();
+    }
+    format!("{head}) {}\n", fields.join(" ")).into_bytes()
 }
 
 /// The program's mappings: the arena ranges the host maps accessible (they

@@ -244,12 +244,19 @@ fn open_common(
     }
     match place(vfs, dirfd, &path) {
         Err(e) => -(e as i64),
-        Ok(Place::Host(Some(abs))) => match crate::procfs::serve(rt, abs.as_bytes()) {
-            Some(content) => ret(vfs
-                .open_content(abs.as_bytes().to_vec(), content, flags)
-                .map(i64::from)),
-            None => host_call(c, path_arg, Some(abs)),
-        },
+        Ok(Place::Host(Some(abs))) => {
+            if let Some(content) = crate::procfs::serve(rt, abs.as_bytes()) {
+                return ret(vfs
+                    .open_content(abs.as_bytes().to_vec(), content, flags)
+                    .map(i64::from));
+            }
+            if let Some(entries) = crate::procfs::listing(rt, abs.as_bytes()) {
+                return ret(vfs
+                    .open_listing(abs.as_bytes().to_vec(), entries, flags)
+                    .map(i64::from));
+            }
+            host_call(c, path_arg, Some(abs))
+        }
         Ok(Place::Host(None)) => pass(c),
         Ok(Place::Storage { dir, path, abs }) => {
             ret(open_storage(vfs, dir, &path, abs, flags, mode))
@@ -456,6 +463,24 @@ pub fn ioctl(rt: &Runtime, c: &Call) -> i64 {
 // ---------------------------------------------------------------- data
 
 pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, i32> {
+    if file.listing.is_some() {
+        return Ok(FileAttr {
+            file_type: FileType::Directory,
+            mode: 0o500,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: Default::default(),
+            mtime: Default::default(),
+            ctime: Default::default(),
+            dev: 0,
+            ino: 0,
+            rdev: 0,
+        });
+    }
     if let Some(content) = &file.content {
         return Ok(FileAttr {
             file_type: FileType::Regular,
@@ -765,6 +790,21 @@ pub fn getdents64(rt: &Runtime, c: &Call) -> i64 {
             .expect("storage files exist only with a vfs");
         let mut cookie = file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner());
         let budget = c.args[2].min(u32::MAX as u64) as u32;
+        if let Some(listing) = &file.listing {
+            // A directory the runtime serves: the cookie is an index.
+            let entries: Vec<lego_proto::DirEntry> = listing
+                .iter()
+                .enumerate()
+                .skip(*cookie as usize)
+                .map(|(i, (name, file_type))| lego_proto::DirEntry {
+                    name: name.clone(),
+                    ino: i as u64 + 1,
+                    file_type: *file_type,
+                    cookie: i as u64 + 1,
+                })
+                .collect();
+            return write_dirents(c.args[1], budget, &entries, &mut cookie);
+        }
         let (reply, _) = vfs
             .storage
             .call(
@@ -782,23 +822,37 @@ pub fn getdents64(rt: &Runtime, c: &Call) -> i64 {
                 reply.name()
             ));
         };
-        let mut out = Vec::with_capacity(budget as usize);
-        for entry in &entries {
-            let reclen = dirent64_len(entry.name.len());
-            if out.len() + reclen > budget as usize {
-                break;
-            }
-            out.extend_from_slice(&entry.ino.to_ne_bytes());
-            out.extend_from_slice(&(entry.cookie as i64).to_ne_bytes());
-            out.extend_from_slice(&(reclen as u16).to_ne_bytes());
-            out.push(entry.file_type.dirent_type());
-            out.extend_from_slice(&entry.name);
-            out.resize(out.len() + reclen - 19 - entry.name.len(), 0);
-            *cookie = entry.cookie;
-        }
-        user::write(c.args[1], &out)?;
-        Ok(out.len() as i64)
+        write_dirents(c.args[1], budget, &entries, &mut cookie)
     })
+}
+
+/// Lays `entries` out as `getdents64` does, as many as fit in `budget`
+/// bytes, and advances `cookie` past them.
+fn write_dirents(
+    buf: u64,
+    budget: u32,
+    entries: &[lego_proto::DirEntry],
+    cookie: &mut u64,
+) -> SysResult {
+    let mut out = Vec::with_capacity(budget as usize);
+    for entry in entries {
+        let reclen = dirent64_len(entry.name.len());
+        if out.len() + reclen > budget as usize {
+            if out.is_empty() {
+                return Err(libc::EINVAL);
+            }
+            break;
+        }
+        out.extend_from_slice(&entry.ino.to_ne_bytes());
+        out.extend_from_slice(&(entry.cookie as i64).to_ne_bytes());
+        out.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        out.push(entry.file_type.dirent_type());
+        out.extend_from_slice(&entry.name);
+        out.resize(out.len() + reclen - 19 - entry.name.len(), 0);
+        *cookie = entry.cookie;
+    }
+    user::write(buf, &out)?;
+    Ok(out.len() as i64)
 }
 
 pub fn fsync(rt: &Runtime, c: &Call) -> i64 {

@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use storage::{RemoteStorage, StorageError, StorageResult};
 
+/// A directory entry the runtime makes up: name and type.
+pub type Entry = (Vec<u8>, FileType);
+
 /// An open storage file.
 pub struct OpenFile {
     pub handle: FileHandle,
@@ -35,6 +38,9 @@ pub struct OpenFile {
     /// A file the runtime serves itself (`/proc/self/maps` and the like):
     /// its contents, fixed when it was opened. Its handle is empty.
     pub content: Option<Arc<Vec<u8>>>,
+    /// A directory the runtime serves itself (`/proc/self/fd`): its
+    /// entries, fixed when it was opened.
+    pub listing: Option<Arc<Vec<Entry>>>,
 }
 
 impl OpenFile {
@@ -195,7 +201,7 @@ impl Vfs {
         abs: Vec<u8>,
         flags: u32,
     ) -> Result<i32, i32> {
-        self.open_file(handle, attr.file_type, abs, flags, None)
+        self.open_file(handle, attr.file_type, abs, flags, None, None)
     }
 
     fn open_file(
@@ -205,6 +211,7 @@ impl Vfs {
         abs: Vec<u8>,
         flags: u32,
         content: Option<Vec<u8>>,
+        listing: Option<Vec<Entry>>,
     ) -> Result<i32, i32> {
         let cloexec = flags & libc::O_CLOEXEC as u32;
         // Safety: opening /dev/null, a path of ours, for its number only.
@@ -242,6 +249,7 @@ impl Vfs {
                 offset: Mutex::new(0),
                 dir_cookie: Mutex::new(0),
                 content: content.map(Arc::new),
+                listing: listing.map(Arc::new),
             }),
         );
         Ok(fd as i32)
@@ -256,6 +264,25 @@ impl Vfs {
             abs,
             flags,
             Some(content),
+            None,
+        )
+    }
+
+    /// Opens a directory the runtime serves itself, with these entries.
+    pub fn open_listing(
+        &self,
+        abs: Vec<u8>,
+        entries: Vec<Entry>,
+        flags: u32,
+    ) -> Result<i32, i32> {
+        let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
+        self.open_file(
+            FileHandle(Vec::new()),
+            FileType::Directory,
+            abs,
+            flags,
+            None,
+            Some(entries),
         )
     }
 }
