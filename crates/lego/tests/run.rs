@@ -567,3 +567,56 @@ fn proc_self_fd_and_status_show_the_programs_view() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn shared_libraries_load_through_storage_with_tls_and_ld_library_path() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let dir = std::env::temp_dir().join(format!("lego-test-shlib-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("greet.c"),
+        "#include <stdio.h>\n__thread int calls;\n\
+         static int pick_impl(void) { return 42; }\n\
+         int pick(void) __attribute__((ifunc(\"resolve_pick\")));\n\
+         static void *resolve_pick(void) { return (void *)pick_impl; }\n\
+         void greet(const char *who) { calls++; printf(\"hello %s from a library (%d, %d)\\n\", who, calls, pick()); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("main.c"),
+        "void greet(const char *);\nint main(int argc, char **argv) { greet(argc > 1 ? argv[1] : \"?\"); greet(\"again\"); return 0; }\n",
+    )
+    .unwrap();
+    let gcc = |args: &[&str]| {
+        let out = std::process::Command::new("gcc")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    gcc(&["-shared", "-fPIC", "-O2", "-o", "libgreet.so", "greet.c"]);
+    gcc(&["-O2", "-o", "main", "main.c", "-L.", "-lgreet"]);
+    let lib_path = dir.display().to_string();
+    let native = std::process::Command::new(dir.join("main"))
+        .arg("lego")
+        .env("LD_LIBRARY_PATH", &lib_path)
+        .output()
+        .unwrap();
+    let lego = cluster
+        .run_command(&[], &dir.join("main"), &["lego"])
+        .env("LD_LIBRARY_PATH", &lib_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&native.stdout),
+        "hello lego from a library (1, 42)\nhello again from a library (2, 42)\n"
+    );
+    assert_eq!(
+        text(&lego.stdout),
+        text(&native.stdout),
+        "{}",
+        text(&lego.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
