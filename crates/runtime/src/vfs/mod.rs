@@ -269,12 +269,7 @@ impl Vfs {
     }
 
     /// Opens a directory the runtime serves itself, with these entries.
-    pub fn open_listing(
-        &self,
-        abs: Vec<u8>,
-        entries: Vec<Entry>,
-        flags: u32,
-    ) -> Result<i32, i32> {
+    pub fn open_listing(&self, abs: Vec<u8>, entries: Vec<Entry>, flags: u32) -> Result<i32, i32> {
         let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
         self.open_file(
             FileHandle(Vec::new()),
