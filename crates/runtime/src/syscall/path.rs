@@ -64,6 +64,33 @@ fn resolve(
     }
 }
 
+/// The shape every path call here has: the host call when there is no
+/// storage (or the path is the host's), else `f` on the storage file.
+/// Symlinks are followed unless AT_SYMLINK_NOFOLLOW is in `flags`.
+fn on_storage(
+    rt: &Runtime,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    flags: u64,
+    f: impl FnOnce(FileHandle, FileAttr) -> i64,
+) -> i64 {
+    if rt.vfs.is_none() {
+        return pass(c);
+    }
+    match resolve(
+        rt,
+        c,
+        dirfd,
+        path_arg,
+        flags,
+        flags & AT_SYMLINK_NOFOLLOW == 0,
+    ) {
+        Target::Done(r) => r,
+        Target::Storage(handle, attr) => f(handle, attr),
+    }
+}
+
 // ---------------------------------------------------------------- stat
 
 /// `struct stat` as x86-64 Linux lays it out (144 bytes).
@@ -133,20 +160,9 @@ pub fn fstat(rt: &Runtime, c: &Call) -> i64 {
 }
 
 fn stat_common(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize, flags: u64, buf: u64) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
-    }
-    match resolve(
-        rt,
-        c,
-        dirfd,
-        path_arg,
-        flags,
-        flags & AT_SYMLINK_NOFOLLOW == 0,
-    ) {
-        Target::Done(r) => r,
-        Target::Storage(_, attr) => ret(user::write(buf, &stat_bytes(&attr)).map(|_| 0)),
-    }
+    on_storage(rt, c, dirfd, path_arg, flags, |_, attr| {
+        ret(user::write(buf, &stat_bytes(&attr)).map(|_| 0))
+    })
 }
 
 pub fn stat(rt: &Runtime, c: &Call) -> i64 {
@@ -169,14 +185,10 @@ pub fn newfstatat(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn statx(rt: &Runtime, c: &Call) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
-    }
     let [dirfd, _, flags, _, buf, _] = c.args;
-    match resolve(rt, c, dirfd, 1, flags, flags & AT_SYMLINK_NOFOLLOW == 0) {
-        Target::Done(r) => r,
-        Target::Storage(_, attr) => ret(user::write(buf, &statx_bytes(&attr)).map(|_| 0)),
-    }
+    on_storage(rt, c, dirfd, 1, flags, |_, attr| {
+        ret(user::write(buf, &statx_bytes(&attr)).map(|_| 0))
+    })
 }
 
 fn statfs_bytes(s: &FsStat) -> [u8; 120] {
@@ -213,13 +225,9 @@ fn statfs_of(rt: &Runtime, handle: FileHandle, buf: u64) -> SysResult {
 }
 
 pub fn statfs(rt: &Runtime, c: &Call) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
-    }
-    match resolve(rt, c, libc::AT_FDCWD as u64, 0, 0, true) {
-        Target::Done(r) => r,
-        Target::Storage(handle, _) => ret(statfs_of(rt, handle, c.args[1])),
-    }
+    on_storage(rt, c, libc::AT_FDCWD as u64, 0, 0, |handle, _| {
+        ret(statfs_of(rt, handle, c.args[1]))
+    })
 }
 
 pub fn fstatfs(rt: &Runtime, c: &Call) -> i64 {
@@ -236,39 +244,26 @@ fn access_common(
     mode: u64,
     flags: u64,
 ) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
-    }
-    match resolve(
-        rt,
-        c,
-        dirfd,
-        path_arg,
-        flags,
-        flags & AT_SYMLINK_NOFOLLOW == 0,
-    ) {
-        Target::Done(r) => r,
-        Target::Storage(handle, _) => {
-            let vfs = rt.vfs.as_ref().expect("checked above");
-            // Safety: plain id queries.
-            let credentials = unsafe {
-                Credentials {
-                    uid: libc::getuid(),
-                    gid: libc::getgid(),
-                    groups: Vec::new(),
-                }
-            };
-            ret(vfs
-                .storage
-                .done(StorageRequest::Access {
-                    handle,
-                    mask: mode as u32 & 7,
-                    credentials,
-                })
-                .map(|_| 0)
-                .map_err(errno_of))
-        }
-    }
+    on_storage(rt, c, dirfd, path_arg, flags, |handle, _| {
+        let vfs = rt.vfs.as_ref().expect("checked above");
+        // Safety: plain id queries.
+        let credentials = unsafe {
+            Credentials {
+                uid: libc::getuid(),
+                gid: libc::getgid(),
+                groups: Vec::new(),
+            }
+        };
+        ret(vfs
+            .storage
+            .done(StorageRequest::Access {
+                handle,
+                mask: mode as u32 & 7,
+                credentials,
+            })
+            .map(|_| 0)
+            .map_err(errno_of))
+    })
 }
 
 pub fn access(rt: &Runtime, c: &Call) -> i64 {
@@ -521,20 +516,9 @@ pub fn linkat(rt: &Runtime, c: &Call) -> i64 {
 // ---------------------------------------------------------------- attributes
 
 fn set_path(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize, flags: u64, set: SetAttr) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
-    }
-    match resolve(
-        rt,
-        c,
-        dirfd,
-        path_arg,
-        flags,
-        flags & AT_SYMLINK_NOFOLLOW == 0,
-    ) {
-        Target::Done(r) => r,
-        Target::Storage(handle, _) => ret(setattr(rt, &handle, set)),
-    }
+    on_storage(rt, c, dirfd, path_arg, flags, |handle, _| {
+        ret(setattr(rt, &handle, set))
+    })
 }
 
 fn mode(m: u64) -> SetAttr {
