@@ -146,11 +146,16 @@ pub extern "C" fn sigsys_handler(
         let rt = crate::runtime();
         let ret = dispatch(rt, &call);
         g[libc::REG_RAX as usize] = ret;
-        let exec = rt
-            .pending_exec
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        // Only a successful execve changes where the handler returns to.
+        let is_exec = call.nr == libc::SYS_execve as u64 || call.nr == libc::SYS_execveat as u64;
+        let exec = if is_exec && ret == 0 {
+            rt.pending_exec
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        } else {
+            None
+        };
         if let Some((entry, sp)) = exec {
             // execve succeeded: return into the new program as Linux starts
             // one (registers cleared, rsp at argc, FS base 0).
