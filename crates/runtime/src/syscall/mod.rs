@@ -180,7 +180,7 @@ pub extern "C" fn sigsys_handler(
 pub fn compatibility_markdown() -> String {
     let mut out = String::from(
         "# Syscall compatibility\n\n\
-         Generated from `crates/runtime/src/syscall/table.rs` by \
+         Generated from `crates/runtime/src/syscall/table.rs` (itself written by `crates/runtime/tools/gen_table.py`) by \
          `LEGO_UPDATE_DOCS=1 cargo test -p lego-runtime syscall_doc`; do not edit by hand.\n\n\
          Every x86-64 system call an application makes is trapped by the Lego runtime \
          (Syscall User Dispatch) and is either *emulated* by Lego, *passed through* to the \

@@ -780,3 +780,17 @@ pub fn xattr(rt: &Runtime, c: &Call) -> i64 {
         }
     }
 }
+
+/// Special files (FIFOs, devices, sockets) are the processor's business:
+/// on storage paths they are refused.
+fn mknod_common(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize) -> i64 {
+    with_parent(rt, c, dirfd, path_arg, |_, _, _| Err(libc::EPERM))
+}
+
+pub fn mknod(rt: &Runtime, c: &Call) -> i64 {
+    mknod_common(rt, c, libc::AT_FDCWD as u64, 0)
+}
+
+pub fn mknodat(rt: &Runtime, c: &Call) -> i64 {
+    mknod_common(rt, c, c.args[0], 1)
+}
