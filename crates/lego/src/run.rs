@@ -257,11 +257,12 @@ fn print_stats(stats: &ExcacheStats) {
         "-".into()
     };
     eprintln!(
-        "lego: ExCache {quota}: {misses} misses, {zero} zero-fills, {evictions} evictions, \
+        "lego: ExCache {quota}: {misses} misses ({prefetched} more pages read ahead), {zero} zero-fills, {evictions} evictions, \
          {wb} pages written back in {batches} batches; fetched {fetched}, written back {written}; \
          peak resident {peak}; miss latency p50 {p50}, p99 {p99}",
         quota = format_size(stats.quota_bytes),
         misses = stats.misses,
+        prefetched = stats.prefetched,
         zero = stats.zero_fills,
         evictions = stats.evictions,
         wb = stats.writebacks,
