@@ -300,6 +300,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     let min_sigstack = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
     sud::install_altstack((min_sigstack * 4).max(512 * 1024))
         .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
+    rt.remote.open_writeback()?;
     // The runtime's descriptors are fixed from here on.
     let _ = rt.runtime_fds.set(open_fds());
     tracing::info!(
