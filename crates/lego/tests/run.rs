@@ -620,3 +620,23 @@ fn shared_libraries_load_through_storage_with_tls_and_ld_library_path() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hostile_syscall_arguments_never_break_the_runtime() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let sysfuzz = program("sysfuzz", Build::GlibcStatic);
+    let scratch = std::env::temp_dir().join(format!("lego-test-sysfuzz-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let out = cluster.run(&[], &sysfuzz, &[scratch.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(shell_status(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        stdout.ends_with("survived 20000 calls\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!cluster.log("processor-0").contains("runtime bug"));
+    let rows = cluster.health().expect("the cluster still answers");
+    assert!(rows.iter().all(|r| r.1 == "alive"), "{rows:?}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -69,8 +69,8 @@ impl Arena {
             )
         })?;
         Ok(Arena {
-            uffd,
-            pagemap: Pagemap::open()?,
+            uffd: uffd.lifted()?,
+            pagemap: Pagemap::open()?.lifted()?,
         })
     }
 

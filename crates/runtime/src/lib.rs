@@ -50,6 +50,27 @@ pub const SPEC_FD: RawFd = 3;
 pub const REPORT_FD: RawFd = 4;
 pub const LOG_FD: RawFd = 5;
 
+/// Where the report descriptor lives once moved above the floor.
+static REPORT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(REPORT_FD);
+
+/// The lowest descriptor number the runtime keeps its own descriptors at:
+/// near the top of the soft descriptor limit, so the program's own
+/// descriptors start at 3 as natively and its calls on small numbers never
+/// reach the runtime's.
+fn descriptor_floor() -> RawFd {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: getrlimit writes one rlimit.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1024) as RawFd
+    } else {
+        1024
+    };
+    (soft - 64).max(64)
+}
+
 /// What a processor tells a new runtime (written to [`SPEC_FD`]).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RuntimeSpec {
@@ -116,8 +137,13 @@ pub fn runtime() -> &'static Runtime {
 }
 
 impl Runtime {
+    /// Whether descriptor argument `fd` names one of the runtime's own
+    /// descriptors. The kernel reads descriptor arguments as 32-bit
+    /// integers, so only the low 32 bits count (high bits cannot alias).
     pub fn is_runtime_fd(&self, fd: u64) -> bool {
-        i32::try_from(fd).is_ok_and(|fd| self.runtime_fds().binary_search(&fd).is_ok())
+        self.runtime_fds()
+            .binary_search(&(fd as u32 as i32))
+            .is_ok()
     }
 
     pub fn runtime_fds(&self) -> &[RawFd] {
@@ -141,7 +167,8 @@ fn write_report(report: &RuntimeReport) {
     if let Ok(bytes) = postcard::to_stdvec(report) {
         // Safety: REPORT_FD was handed to us by the processor for this; the
         // File is forgotten so the descriptor is not closed twice.
-        let mut file = unsafe { std::fs::File::from_raw_fd(REPORT_FD) };
+        let mut file =
+            unsafe { std::fs::File::from_raw_fd(REPORT.load(std::sync::atomic::Ordering::SeqCst)) };
         let _ = file.write_all(&bytes);
         std::mem::forget(file);
     }
@@ -203,6 +230,10 @@ fn default_fault_signals() {
 /// The runtime's entry point: reads its spec, loads the program and runs
 /// it. Never returns; every failure ends the process through [`fatal`].
 pub fn main() -> ! {
+    lego_transport::fdfloor::set_floor(descriptor_floor());
+    if let Ok(fd) = lego_transport::fdfloor::lift_fd(REPORT_FD) {
+        REPORT.store(fd, std::sync::atomic::Ordering::SeqCst);
+    }
     init_logging();
     // A panic is a runtime bug: report it to the processor and end the
     // process, never print to the application's stderr.
@@ -322,7 +353,8 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     // Safety: LOG_FD was handed to us for logging; the File owns it from
     // here on and lives as long as the subscriber (the whole process).
-    let log = unsafe { std::fs::File::from_raw_fd(LOG_FD) };
+    let log_fd = lego_transport::fdfloor::lift_fd(LOG_FD).unwrap_or(LOG_FD);
+    let log = unsafe { std::fs::File::from_raw_fd(log_fd) };
     let filter = EnvFilter::try_from_env("LEGO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

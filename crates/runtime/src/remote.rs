@@ -45,7 +45,10 @@ impl RemoteMemory {
     /// Opens the write-back connection now, so its descriptor exists before
     /// the runtime's descriptors are fixed (see `Runtime::runtime_fds`).
     pub fn open_writeback(&self) -> Result<(), String> {
-        self.writeback.connection().map(|_| ()).map_err(|e| self.lost(e))
+        self.writeback
+            .connection()
+            .map(|_| ())
+            .map_err(|e| self.lost(e))
     }
 
     pub fn pid(&self) -> ProcessId {

@@ -170,6 +170,13 @@ impl Userfaultfd {
         self.fd.as_raw_fd()
     }
 
+    /// Moved above the descriptor floor (see `lego_transport::fdfloor`).
+    pub fn lifted(self) -> io::Result<Userfaultfd> {
+        Ok(Userfaultfd {
+            fd: lego_transport::fdfloor::lift(self.fd)?,
+        })
+    }
+
     /// Registers `[start, start + len)` for missing-page and write-protect
     /// tracking.
     pub fn register(&self, start: u64, len: u64) -> io::Result<()> {
@@ -293,6 +300,13 @@ impl Pagemap {
     pub fn open() -> io::Result<Pagemap> {
         let file = std::fs::File::open("/proc/self/pagemap")?;
         Ok(Pagemap { fd: file.into() })
+    }
+
+    /// Moved above the descriptor floor (see `lego_transport::fdfloor`).
+    pub fn lifted(self) -> io::Result<Pagemap> {
+        Ok(Pagemap {
+            fd: lego_transport::fdfloor::lift(self.fd)?,
+        })
     }
 
     /// Fills `out` with the runs of written pages in `[start, end)`; returns

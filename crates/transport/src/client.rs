@@ -70,12 +70,12 @@ impl Connection {
         me: &Identity,
         timeout: Duration,
     ) -> Result<Connection, TransportError> {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|source| {
-            TransportError::Connect {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .and_then(crate::fdfloor::lift)
+            .map_err(|source| TransportError::Connect {
                 addr: addr.into(),
                 source,
-            }
-        })?;
+            })?;
         stream
             .set_nodelay(true)
             .map_err(|source| TransportError::Connect {
@@ -84,6 +84,7 @@ impl Connection {
             })?;
         let read_half = stream
             .try_clone()
+            .and_then(crate::fdfloor::lift)
             .map_err(|source| TransportError::Connect {
                 addr: addr.into(),
                 source,

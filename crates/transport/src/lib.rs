@@ -13,6 +13,7 @@
 
 mod client;
 mod error;
+pub mod fdfloor;
 pub mod fdpass;
 pub mod handshake;
 mod io;

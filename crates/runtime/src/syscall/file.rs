@@ -72,6 +72,10 @@ pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, i32> {
         if file.file_type != FileType::Directory {
             return Err(libc::ENOTDIR);
         }
+        if file.handle.0.is_empty() {
+            // A directory the runtime serves (/proc/self/fd): a host path.
+            return Ok(Place::Host(Some(cstring(normalize(&file.path, path))?)));
+        }
         Some((file.path.clone(), Some(file.handle.clone())))
     } else {
         // Relative to a host directory descriptor: the host's business.
@@ -386,11 +390,12 @@ pub fn dup3(rt: &Runtime, c: &Call) -> i64 {
 pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
     let r = super::fs::close_range(rt, c);
     const CLOSE_RANGE_CLOEXEC: u64 = 4;
-    if r == 0 && c.args[2] & CLOSE_RANGE_CLOEXEC == 0 {
+    if r == 0 && (c.args[2] as u32 as u64) & CLOSE_RANGE_CLOEXEC == 0 {
         if let Some(vfs) = &rt.vfs {
             for fd in vfs.fds() {
                 let fd64 = fd as u64;
-                if fd64 >= c.args[0] && fd64 <= c.args[1] && !rt.is_runtime_fd(fd64) {
+                let (first, last) = (c.args[0] as u32 as u64, c.args[1] as u32 as u64);
+                if fd64 >= first && fd64 <= last && !rt.is_runtime_fd(fd64) {
                     vfs.remove(fd);
                 }
             }
@@ -440,6 +445,9 @@ pub fn fcntl(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn ioctl(rt: &Runtime, c: &Call) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) {
+        return -(libc::EBADF as i64);
+    }
     let Some(file) = rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) else {
         return pass(c);
     };
@@ -600,6 +608,10 @@ pub(super) fn with_file(
     c: &Call,
     f: impl FnOnce(&Arc<OpenFile>) -> SysResult,
 ) -> i64 {
+    if rt.is_runtime_fd(c.args[0]) {
+        // Not the application's: as if it were not open.
+        return -(libc::EBADF as i64);
+    }
     match rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) {
         Some(file) => ret(f(&file)),
         None => pass(c),

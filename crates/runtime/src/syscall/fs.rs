@@ -97,7 +97,12 @@ pub fn dup3(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
-    let [first, last, flags, _, _, _] = c.args;
+    // The kernel's arguments are unsigned ints: truncate as it does.
+    let (first, last, flags) = (
+        c.args[0] as u32 as u64,
+        c.args[1] as u32 as u64,
+        c.args[2] as u32 as u64,
+    );
     if first > last {
         return errno(libc::EINVAL);
     }

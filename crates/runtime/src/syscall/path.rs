@@ -724,9 +724,20 @@ pub fn fchdir(rt: &Runtime, c: &Call) -> i64 {
     match vfs.file(c.args[0]) {
         Some(file) if file.file_type != FileType::Directory => -(libc::ENOTDIR as i64),
         Some(file) => {
+            let handle = (!file.handle.0.is_empty()).then(|| file.handle.clone());
+            if handle.is_none() {
+                // A directory the runtime serves is a host directory.
+                let Ok(path) = std::ffi::CString::new(file.path.clone()) else {
+                    return -(libc::ENOENT as i64);
+                };
+                // Safety: chdir reads a NUL-terminated path of ours.
+                if unsafe { libc::chdir(path.as_ptr()) } != 0 {
+                    return -(libc::ENOENT as i64);
+                }
+            }
             let mut cwd = vfs.cwd();
             cwd.path = file.path.clone();
-            cwd.handle = Some(file.handle.clone());
+            cwd.handle = handle;
             0
         }
         None => {

@@ -116,9 +116,10 @@ impl Vfs {
         })
     }
 
+    /// The storage file behind descriptor argument `fd` (its low 32 bits,
+    /// as the kernel reads it).
     pub fn file(&self, fd: u64) -> Option<Arc<OpenFile>> {
-        let fd = i32::try_from(fd).ok()?;
-        lock(&self.files).get(&fd).cloned()
+        lock(&self.files).get(&(fd as u32 as i32)).cloned()
     }
 
     pub fn insert(&self, fd: i32, file: Arc<OpenFile>) {

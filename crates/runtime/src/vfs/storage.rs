@@ -59,11 +59,44 @@ impl RemoteStorage {
     /// One request, retried once on a new connection if the old one broke
     /// (every request is idempotent at this level or harmless to repeat,
     /// except an exclusive create, whose retry may see EEXIST).
+    /// Files the runtime serves itself carry an empty handle: nothing the
+    /// storage manager can act on. Asking about them is EINVAL, as Linux
+    /// answers most such calls on /proc files.
+    fn names_no_file(request: &StorageRequest) -> bool {
+        use StorageRequest::*;
+        let empty = |h: &FileHandle| h.0.is_empty();
+        match request {
+            Root => false,
+            Lookup { dir, .. }
+            | Create { dir, .. }
+            | Mkdir { dir, .. }
+            | Remove { dir, .. }
+            | Rmdir { dir, .. }
+            | Symlink { dir, .. }
+            | Readdir { dir, .. } => empty(dir),
+            Getattr { handle }
+            | Setattr { handle, .. }
+            | Read { handle, .. }
+            | Write { handle, .. }
+            | Commit { handle, .. }
+            | Readlink { handle }
+            | Statfs { handle }
+            | Access { handle, .. } => empty(handle),
+            Rename {
+                from_dir, to_dir, ..
+            } => empty(from_dir) || empty(to_dir),
+            Link { handle, dir, .. } => empty(handle) || empty(dir),
+        }
+    }
+
     pub fn call(
         &self,
         request: StorageRequest,
         payload: &[&[u8]],
     ) -> StorageResult<(StorageReply, Vec<u8>)> {
+        if Self::names_no_file(&request) {
+            return Err(StorageError::Errno(libc::EINVAL));
+        }
         let message = Message::Storage(request);
         let joined: Vec<u8>;
         let payload: &[u8] = match payload {

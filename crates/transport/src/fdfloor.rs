@@ -1,0 +1,47 @@
+//! Keeping a process's own descriptors out of the way of the program it
+//! hosts. The runtime lives in the application's process and shares its
+//! descriptor table; with a floor set, every descriptor the transport
+//! opens is moved to a number at or above it, so the application's
+//! descriptors start at 3 as they would natively and its calls on small
+//! numbers never reach the runtime's sockets.
+
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+static FLOOR: AtomicI32 = AtomicI32::new(0);
+
+/// Descriptors opened from now on are moved to `floor` or above (0: off).
+pub fn set_floor(floor: RawFd) {
+    FLOOR.store(floor, Ordering::SeqCst);
+}
+
+pub fn floor() -> RawFd {
+    FLOOR.load(Ordering::SeqCst)
+}
+
+/// `fd` moved to the floor or above (close-on-exec), the old number
+/// closed; unchanged when no floor is set or it is already above.
+pub fn lift_fd(fd: RawFd) -> io::Result<RawFd> {
+    let floor = floor();
+    if floor <= 0 || fd >= floor {
+        return Ok(fd);
+    }
+    // Safety: F_DUPFD_CLOEXEC duplicates a descriptor we own; closing the
+    // original afterwards leaves the new one its only owner.
+    unsafe {
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor);
+        if high < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(fd);
+        Ok(high)
+    }
+}
+
+/// An owned descriptor object moved above the floor.
+pub fn lift<T: IntoRawFd + FromRawFd>(object: T) -> io::Result<T> {
+    let fd = lift_fd(object.into_raw_fd())?;
+    // Safety: `fd` is the only descriptor for the object now.
+    Ok(unsafe { T::from_raw_fd(fd) })
+}
