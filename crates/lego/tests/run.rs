@@ -640,3 +640,22 @@ fn hostile_syscall_arguments_never_break_the_runtime() {
     assert!(rows.iter().all(|r| r.1 == "alive"), "{rows:?}");
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+#[test]
+fn signal_handlers_masks_faults_timers_and_restarts_behave_as_natively() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    for build in [Build::GlibcStatic, Build::MuslStatic] {
+        let signals = program("signals", build);
+        let lego = cluster.run(&[], &signals, &[]);
+        let native = native(&signals, &[]);
+        assert_same(&lego, &native, &format!("signals {build:?}"));
+        // The program's last act is raise(SIGTERM) with the default action.
+        assert_eq!(shell_status(&lego), 128 + libc::SIGTERM, "{build:?}");
+        assert!(
+            text(&lego.stdout).contains("sigsuspend: r=-1 eintr=1 hits=1"),
+            "{build:?}: {}",
+            text(&lego.stdout)
+        );
+    }
+    assert!(!cluster.log("processor-0").contains("runtime bug"));
+}

@@ -34,6 +34,7 @@ pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
     std::thread::Builder::new()
         .name("excache-fault".into())
         .spawn(move || {
+            crate::sud::block_all_signals();
             if pinned {
                 pin(cpu);
             }

@@ -221,7 +221,15 @@ fn open_fds() -> Vec<RawFd> {
 /// runtime installs handlers that read thread-locals, which would read the
 /// application's memory once it owns the FS base.
 fn default_fault_signals() {
-    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+    // SIGPIPE too: Rust's start-up ignores it, and the application must
+    // start with the default action, as after a Linux exec.
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGPIPE,
+    ] {
         // Safety: installing SIG_DFL has no memory effects.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }

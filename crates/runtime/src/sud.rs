@@ -36,6 +36,17 @@ pub struct ThreadCtl {
     /// Offset 16: the application's FS base (saved on entry, restored on
     /// exit; `arch_prctl(ARCH_SET_FS)` writes it here).
     pub app_fs: u64,
+    /// Offset 24: the signal mask as the application sees it. The kernel's mask
+    /// while the application runs is this without SIGSYS.
+    pub app_mask: u64,
+    /// Offset 32: signals that interrupted a blocking call made for the
+    /// application (see [`host_syscall`]). Checked by the blocking stub
+    /// just before its syscall; the dispatcher decides on restarts from it.
+    pub interrupted: u64,
+    /// The mask to save in the next signal frame instead of `app_mask`:
+    /// set by sigsuspend, whose temporary mask lasts until its signal's
+    /// handler starts, and whose handler returns to the mask before it.
+    pub suspended_mask: Option<u64>,
 }
 
 impl ThreadCtl {
@@ -45,6 +56,9 @@ impl ThreadCtl {
             _pad: [0; 7],
             runtime_fs: 0,
             app_fs: 0,
+            app_mask: 0,
+            interrupted: 0,
+            suspended_mask: None,
         }
     }
 }
@@ -70,6 +84,59 @@ lego_sigreturn_restorer:
 lego_sud_allowed_end:
     .popsection
 
+    .pushsection .text.lego_signal_entry,"ax",@progbits
+    .p2align 4
+    .globl lego_signal_entry
+lego_signal_entry:
+    rdgsbase rax
+    test rax, rax
+    jz 2f
+    cmp byte ptr [rax], 0
+    je 3f
+    mov byte ptr [rax], 0
+    rdfsbase rcx
+    mov qword ptr [rax + 16], rcx
+    mov rcx, qword ptr [rax + 8]
+    wrfsbase rcx
+    sub rsp, 8
+    call {app_signal}
+    add rsp, 8
+    rdgsbase rax
+    mov rcx, qword ptr [rax + 16]
+    wrfsbase rcx
+    mov byte ptr [rax], 1
+    ret
+3:
+    sub rsp, 8
+    call {runtime_signal}
+    add rsp, 8
+2:
+    ret
+
+    .p2align 4
+    .globl lego_blocking
+lego_blocking:
+    mov rax, rdi
+    mov rdi, rsi
+    mov rsi, rdx
+    mov rdx, rcx
+    mov r10, r8
+    mov r8, r9
+    mov r9, qword ptr [rsp + 8]
+    rdgsbase r11
+    cmp qword ptr [r11 + 32], 0
+    jne 4f
+    .globl lego_blocking_syscall
+lego_blocking_syscall:
+    syscall
+    .globl lego_blocking_done
+lego_blocking_done:
+    ret
+4:
+    mov rax, -4
+    ret
+    .popsection
+
     .pushsection .text.lego_sigsys_entry,"ax",@progbits
     .p2align 4
     .globl lego_sigsys_entry
@@ -91,6 +158,8 @@ lego_sigsys_entry:
     .popsection
     "#,
     handler = sym crate::syscall::sigsys_handler,
+    app_signal = sym crate::syscall::signal::app_signal_handler,
+    runtime_signal = sym crate::syscall::signal::runtime_signal_handler,
 );
 
 extern "C" {
@@ -98,6 +167,10 @@ extern "C" {
     static lego_sud_allowed_end: u8;
     fn lego_sigreturn_restorer();
     fn lego_sigsys_entry();
+    fn lego_signal_entry();
+    fn lego_blocking(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64;
+    static lego_blocking_syscall: u8;
+    static lego_blocking_done: u8;
 }
 
 /// The kernel's `struct sigaction` for rt_sigaction(2).
@@ -122,11 +195,7 @@ fn sigbit(sig: libc::c_int) -> u64 {
 pub fn install_sigsys_handler() -> io::Result<()> {
     // Synchronous faults stay deliverable inside the handler; everything
     // else waits until the application runs again.
-    let unblocked = sigbit(libc::SIGSEGV)
-        | sigbit(libc::SIGBUS)
-        | sigbit(libc::SIGILL)
-        | sigbit(libc::SIGFPE)
-        | sigbit(libc::SIGTRAP);
+    let unblocked = synchronous_signals();
     let action = KernelSigaction {
         handler: lego_sigsys_entry as *const () as usize,
         flags: SA_SIGINFO | SA_ONSTACK | SA_RESTORER,
@@ -148,6 +217,197 @@ pub fn install_sigsys_handler() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The signals the runtime keeps deliverable inside its handlers: faults
+/// in runtime code must not wait.
+fn synchronous_signals() -> u64 {
+    sigbit(libc::SIGSEGV)
+        | sigbit(libc::SIGBUS)
+        | sigbit(libc::SIGILL)
+        | sigbit(libc::SIGFPE)
+        | sigbit(libc::SIGTRAP)
+}
+
+/// The mask the kernel applies while the application runs with `mask`:
+/// SIGSYS is the runtime's, SIGKILL and SIGSTOP cannot be blocked.
+pub fn kernel_mask(mask: u64) -> u64 {
+    mask & !(sigbit(libc::SIGSYS) | sigbit(libc::SIGKILL) | sigbit(libc::SIGSTOP))
+}
+
+/// Installs the host action for application signal `sig`: the runtime's
+/// entry when the application handles it, else the default or ignore
+/// disposition itself.
+pub fn install_app_action(sig: libc::c_int, handled: bool, ignore: bool) -> io::Result<()> {
+    let action = if handled {
+        // No SA_RESTART: a blocking call made for the application must
+        // come back with EINTR so the runtime can deliver first and then
+        // restart (or not) as the application's own flags say.
+        KernelSigaction {
+            handler: lego_signal_entry as *const () as usize,
+            flags: SA_SIGINFO | SA_ONSTACK | SA_RESTORER,
+            restorer: lego_sigreturn_restorer as *const () as usize,
+            mask: !synchronous_signals(),
+        }
+    } else {
+        KernelSigaction {
+            handler: if ignore { 1 } else { 0 },
+            flags: SA_RESTORER,
+            restorer: lego_sigreturn_restorer as *const () as usize,
+            mask: 0,
+        }
+    };
+    // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout.
+    let ret = unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigaction as u64,
+            [
+                sig as u64,
+                &action as *const KernelSigaction as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
+    }
+    Ok(())
+}
+
+/// Where the blocking window starts and where its syscall instruction is:
+/// a signal caught with the instruction pointer in `start..=syscall` came
+/// before the call was made.
+pub fn blocking_window() -> (u64, u64, u64) {
+    // Safety: addresses of our own code labels.
+    unsafe {
+        (
+            lego_blocking as *const () as u64,
+            &lego_blocking_syscall as *const u8 as u64,
+            &lego_blocking_done as *const u8 as u64,
+        )
+    }
+}
+
+/// Syscalls that can wait indefinitely: made for the application with its
+/// own signal mask, so that a signal interrupts them as it would natively.
+pub fn may_block(nr: u64) -> bool {
+    matches!(
+        nr as i64,
+        libc::SYS_read
+            | libc::SYS_write
+            | libc::SYS_readv
+            | libc::SYS_writev
+            | libc::SYS_pread64
+            | libc::SYS_pwrite64
+            | libc::SYS_open
+            | libc::SYS_openat
+            | libc::SYS_ioctl
+            | libc::SYS_fcntl
+            | libc::SYS_flock
+            | libc::SYS_pause
+            | libc::SYS_nanosleep
+            | libc::SYS_clock_nanosleep
+            | libc::SYS_wait4
+            | libc::SYS_waitid
+            | libc::SYS_poll
+            | libc::SYS_ppoll
+            | libc::SYS_select
+            | libc::SYS_pselect6
+            | libc::SYS_epoll_wait
+            | libc::SYS_epoll_pwait
+            | libc::SYS_epoll_pwait2
+            | libc::SYS_accept
+            | libc::SYS_accept4
+            | libc::SYS_connect
+            | libc::SYS_recvfrom
+            | libc::SYS_recvmsg
+            | libc::SYS_recvmmsg
+            | libc::SYS_sendto
+            | libc::SYS_sendmsg
+            | libc::SYS_sendmmsg
+            | libc::SYS_futex
+            | libc::SYS_rt_sigsuspend
+            | libc::SYS_rt_sigtimedwait
+            | libc::SYS_msgrcv
+            | libc::SYS_msgsnd
+            | libc::SYS_semop
+            | libc::SYS_semtimedop
+            | libc::SYS_mq_timedreceive
+            | libc::SYS_mq_timedsend
+    )
+}
+
+/// Makes the application's call on the host: a call that may block runs
+/// with the application's signal mask, the way it would natively.
+///
+/// # Safety
+/// As [`raw_syscall`]; only inside the SIGSYS handler of an application
+/// thread.
+pub unsafe fn host_syscall(nr: u64, args: [u64; 6]) -> i64 {
+    if !may_block(nr) {
+        // Safety: delegated to the caller.
+        return unsafe { raw_syscall(nr, args) };
+    }
+    // Safety: inside the SIGSYS handler (the caller's contract).
+    let ctl = unsafe { current_ctl() };
+    let app = kernel_mask(ctl.app_mask) | sigbit(libc::SIGSYS);
+    let mut saved = 0u64;
+    ctl.interrupted = 0;
+    // Safety (all three): rt_sigprocmask reads and writes one 8-byte set
+    // of ours; the call in between is delegated to the caller. A signal
+    // arriving between the unmask and the syscall instruction is caught
+    // by `runtime_signal_handler`, which marks `interrupted` (checked by
+    // the stub) or moves the stub past its syscall: either way the call
+    // returns EINTR rather than sleeping on a signal already taken.
+    unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigprocmask as u64,
+            [
+                libc::SIG_SETMASK as u64,
+                &app as *const u64 as u64,
+                &mut saved as *mut u64 as u64,
+                8,
+                0,
+                0,
+            ],
+        );
+        let ret = lego_blocking(nr, args[0], args[1], args[2], args[3], args[4], args[5]);
+        raw_syscall(
+            libc::SYS_rt_sigprocmask as u64,
+            [
+                libc::SIG_SETMASK as u64,
+                &saved as *const u64 as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
+        ret
+    }
+}
+
+/// Blocks every signal on the calling runtime thread: application signals
+/// must reach application threads, never the runtime's own.
+pub fn block_all_signals() {
+    let all = !0u64;
+    // Safety: rt_sigprocmask reads one 8-byte set of ours.
+    unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigprocmask as u64,
+            [
+                libc::SIG_SETMASK as u64,
+                &all as *const u64 as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
+    }
 }
 
 /// Gives the calling thread an alternate signal stack of `size` bytes for
@@ -190,6 +450,21 @@ pub unsafe fn enter_application(ctl: &'static mut ThreadCtl, entry: u64, sp: u64
         asm!("wrgsbase {}", in(reg) ctl as *mut ThreadCtl as u64, options(nostack));
     }
     ctl.app_fs = 0;
+    // The application starts with the mask `lego run` was started with.
+    // Safety: rt_sigprocmask writes one 8-byte set of ours.
+    unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigprocmask as u64,
+            [
+                libc::SIG_BLOCK as u64,
+                0,
+                &mut ctl.app_mask as *mut u64 as u64,
+                8,
+                0,
+                0,
+            ],
+        );
+    }
     let start = unsafe { &lego_sud_allowed_start as *const u8 as usize };
     let end = unsafe { &lego_sud_allowed_end as *const u8 as usize };
     // Safety: prctl reads plain integers and keeps a pointer to the

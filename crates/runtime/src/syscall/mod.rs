@@ -14,7 +14,6 @@ pub mod proc;
 pub mod signal;
 pub mod table;
 
-use crate::sud::raw_syscall;
 use crate::Runtime;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -99,7 +98,7 @@ pub fn dispatch(rt: &Runtime, call: &Call) -> i64 {
         Some(Syscall {
             disposition: Disposition::Pass,
             ..
-        }) => unsafe { raw_syscall(call.nr, call.args) },
+        }) => unsafe { crate::sud::host_syscall(call.nr, call.args) },
         Some(Syscall {
             disposition: Disposition::Refuse(errno),
             name,
@@ -131,6 +130,18 @@ pub extern "C" fn sigsys_handler(
         // Safety: the kernel passes SA_SIGINFO handlers a valid ucontext,
         // which stays alive until the handler returns.
         let uc = unsafe { &mut *(uctx as *mut libc::ucontext_t) };
+        // Safety: inside the SIGSYS handler of an application thread.
+        let ctl = unsafe { crate::sud::current_ctl() };
+        let rt = crate::runtime();
+        if let Some(mask) = ctl.suspended_mask.take() {
+            // A sigsuspend whose signal was not delivered after all (its
+            // disposition changed): its temporary mask ends here.
+            ctl.app_mask = mask;
+        }
+        if uc.uc_mcontext.gregs[libc::REG_RAX as usize] == libc::SYS_rt_sigreturn {
+            signal::sigreturn_frame(rt, ctl, uc);
+            return;
+        }
         let g = &mut uc.uc_mcontext.gregs;
         let call = Call {
             nr: g[libc::REG_RAX as usize] as u64,
@@ -143,9 +154,9 @@ pub extern "C" fn sigsys_handler(
                 g[libc::REG_R9 as usize] as u64,
             ],
         };
-        let rt = crate::runtime();
         let ret = dispatch(rt, &call);
         g[libc::REG_RAX as usize] = ret;
+        signal::maybe_restart(rt, ctl, call.nr, g);
         // Only a successful execve changes where the handler returns to.
         let is_exec = call.nr == libc::SYS_execve as u64 || call.nr == libc::SYS_execveat as u64;
         let exec = if is_exec && ret == 0 {
@@ -167,9 +178,11 @@ pub extern "C" fn sigsys_handler(
             g[libc::REG_RSP as usize] = sp as i64;
             g[libc::REG_EFL as usize] = 0x202;
             g[libc::REG_CSGSFS as usize] = segments;
-            // Safety: inside the SIGSYS handler of an application thread.
-            unsafe { crate::sud::current_ctl() }.app_fs = 0;
+            ctl.app_fs = 0;
         }
+        // The kernel restores the mask saved in the frame: make it the
+        // application's, as the call may have changed it.
+        signal::restore_mask_on_return(uc, ctl.app_mask);
     });
     if served.is_err() {
         crate::fatal("runtime bug: a panic while serving a syscall (see the log)");
