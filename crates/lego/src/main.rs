@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod forward;
 mod run;
 mod serve;
 mod state;

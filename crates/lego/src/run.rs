@@ -217,7 +217,10 @@ fn launch(
     write_frame(&mut stream, 1, &Message::Launch(spec), &[])?;
     let gone = |e| anyhow!("lost processor {} at {socket}: {e}", processor.name);
     let pid = match reader.read_frame().map_err(gone)?.message {
-        Message::Launched { pid, .. } => pid,
+        Message::Launched { pid, host_pid } => {
+            crate::forward::target(host_pid);
+            pid
+        }
         Message::Error(e) => bail!(
             "processor {} cannot start the program: {}",
             processor.name,
@@ -276,6 +279,7 @@ fn print_stats(stats: &ExcacheStats) {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    crate::forward::start();
     // Files come from the cluster's storage manager; LEGO_FILES=host gives
     // the program the processor's own files instead (and is what happens
     // when the cluster has no storage manager).

@@ -659,3 +659,78 @@ fn signal_handlers_masks_faults_timers_and_restarts_behave_as_natively() {
     }
     assert!(!cluster.log("processor-0").contains("runtime bug"));
 }
+
+#[test]
+fn signals_sent_to_lego_run_reach_the_program() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let waitsig = program("waitsig", Build::GlibcStatic);
+    let cases = [
+        (libc::SIGINT, "handle", "ready\ncaught 02\n", libc::SIGINT),
+        (libc::SIGTERM, "handle", "ready\ncaught 15\n", libc::SIGTERM),
+        (libc::SIGHUP, "handle", "ready\ncaught 01\n", libc::SIGHUP),
+        (libc::SIGINT, "default", "ready\n", 128 + libc::SIGINT),
+        (libc::SIGTERM, "default", "ready\n", 128 + libc::SIGTERM),
+    ];
+    for (sig, mode, expected, status) in cases {
+        let mut child = cluster
+            .run_command(&[], &waitsig, &[mode])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lego run starts");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut byte = [0u8; 1];
+            while stdout.read(&mut byte).unwrap_or(0) == 1 {
+                seen.push(byte[0]);
+                if seen.ends_with(b"ready\n") {
+                    let _ = tx.send(None);
+                }
+            }
+            let _ = tx.send(Some(seen));
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)).ok(),
+            Some(None),
+            "{mode}: the program never said ready"
+        );
+        // Safety: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let seen = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the program ends")
+            .unwrap_or_default();
+        let out = child.wait_with_output().expect("lego run ends");
+        assert_eq!(text(&seen), expected, "{mode} {sig}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "{mode} {sig}: {}",
+            text(&out.stderr)
+        );
+    }
+    // SIGKILL cannot be forwarded: the processor ends the program when
+    // `lego run` disappears.
+    let mut child = cluster
+        .run_command(&[], &waitsig, &["handle"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("lego run starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let host_pid = loop {
+        if let Some(p) = cluster.processes().first() {
+            break p.1;
+        }
+        assert!(Instant::now() < deadline, "the program never showed up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().expect("SIGKILL lego run");
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_alive(host_pid) {
+        assert!(Instant::now() < deadline, "the program outlived lego run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,68 @@
+//! Signals sent to `lego run` are the program's: Ctrl-C at the terminal,
+//! `kill -TERM` or a hang-up reach the program's runtime (on this host:
+//! the launch socket is local), and `lego run` keeps waiting to report
+//! how the program ended. A SIGKILL cannot be forwarded; the processor
+//! kills the program when `lego run`'s connection drops instead.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The signals forwarded to the program.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// The program's host pid, once it runs.
+static TARGET: AtomicI32 = AtomicI32::new(0);
+
+fn forwarded_set() -> libc::sigset_t {
+    // Safety: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Takes the forwarded signals away from every thread of `lego run` (call
+/// it before any other thread starts) and hands them to one that forwards
+/// them. Before the program runs, a signal ends `lego run` as it would
+/// have by default.
+pub fn start() {
+    let set = forwarded_set();
+    // Safety: blocks signals on the calling thread with a valid set; the
+    // threads started afterwards inherit the mask. Child processes start
+    // with an empty mask (std's spawn resets it).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let spawned = std::thread::Builder::new()
+        .name("signal-forward".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // Safety: sigwait reads our set and writes one int.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            let target = TARGET.load(Ordering::SeqCst);
+            if target > 0 {
+                // Safety: kill(2) with plain integers.
+                unsafe { libc::kill(target, sig) };
+            } else {
+                std::process::exit(128 + sig);
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("lego: cannot forward signals to the program: {e}");
+    }
+}
+
+/// From now on, forwarded signals go to `host_pid`.
+pub fn target(host_pid: u32) {
+    TARGET.store(host_pid as i32, Ordering::SeqCst);
+}
