@@ -125,13 +125,26 @@ fn spawn(dir: &StateDir, name: &str, args: &[String], log: Log) -> Result<Child>
         .open(&log_path)
         .with_context(|| format!("cannot open the log {}", log_path.display()))?;
     let log_err = log.try_clone()?;
-    Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .args(args)
         .env("LEGO_STATE", &dir.root)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
-        .process_group(0)
+        .process_group(0);
+    // Components start with no signal blocked, whatever the caller blocks
+    // (`lego run` blocks the signals it forwards).
+    // Safety: sigprocmask is async-signal-safe and reads a local set.
+    unsafe {
+        command.pre_exec(|| {
+            let mut none = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    command
         .spawn()
         .with_context(|| format!("cannot start {name} ({} {})", exe.display(), args.join(" ")))
 }

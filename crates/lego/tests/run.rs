@@ -277,6 +277,18 @@ fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
         processes_mentioning(embedded.to_str().unwrap()),
         Vec::<u32>::new()
     );
+    // The signals `lego run` blocks to forward them are not blocked in
+    // the embedded cluster's components nor in the program.
+    let signals = program("signals", Build::GlibcStatic);
+    let out = std::process::Command::new(LEGO)
+        .arg("run")
+        .arg("--state")
+        .arg(&state)
+        .arg("--")
+        .arg(&signals)
+        .output()
+        .unwrap();
+    assert_same(&out, &native(&signals, &[]), "signals, embedded cluster");
 }
 
 #[test]

@@ -70,7 +70,8 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
         }
     }
     // Safety: between fork and exec the closure only calls async-signal-safe
-    // functions (dup2, prctl, getppid) on descriptors that exist.
+    // functions (dup2, sigprocmask, prctl, getppid) on descriptors that
+    // exist.
     unsafe {
         let parent = libc::getpid();
         command.pre_exec(move || {
@@ -79,6 +80,11 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
                     return Err(io::Error::last_os_error());
                 }
             }
+            // The program starts with no signal blocked, as from a
+            // login shell, whatever the processor's own mask.
+            let mut none = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
