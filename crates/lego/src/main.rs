@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod forward;
+mod ps;
 mod run;
 mod serve;
 mod state;
@@ -41,6 +42,9 @@ enum Command {
     /// Start a component of the local cluster again, with its recorded arguments and address
     /// (stopping it first if it is still running)
     Restart(cluster::RestartArgs),
+    /// List every process of the cluster: pid, parent, processor, home memory, ExCache use,
+    /// misses, command line
+    Ps(ps::PsArgs),
     /// Send a signal (default KILL) to a component of the local cluster, to inject a failure
     Kill(cluster::KillArgs),
     /// Run a program on the cluster (starting an embedded cluster if none is up)
@@ -122,7 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Up(_) | Command::Down(_) | Command::Status(_)
+        Command::Up(_) | Command::Down(_) | Command::Status(_) | Command::Ps(_)
     ) {
         keep_freed_memory();
     }
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Up(args) => cluster::up(args),
         Command::Down(args) => cluster::down(args),
         Command::Status(args) => status::status(args),
+        Command::Ps(args) => ps::ps(args),
         Command::Restart(args) => cluster::restart(args),
         Command::Kill(args) => cluster::kill(args),
         Command::Monitor(args) => serve::monitor(args),

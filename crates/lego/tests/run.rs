@@ -746,3 +746,61 @@ fn signals_sent_to_lego_run_reach_the_program() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn lego_ps_lists_running_processes_with_their_excache_use() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let waitsig = program("waitsig", Build::GlibcStatic);
+    let ps = || -> Vec<serde_json::Value> {
+        let out = cluster.lego(&["ps", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("lego ps --json is JSON")
+    };
+    assert_eq!(ps(), Vec::<serde_json::Value>::new());
+    let table = cluster.lego(&["ps"]);
+    assert!(text(&table.stdout).contains("(no processes)"));
+
+    let mut child = cluster
+        .run_command(&["--excache", "16M"], &waitsig, &["handle"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("lego run starts");
+    // Heartbeats carry the list: poll until the process shows with its
+    // counters published.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let rows = ps();
+        if let Some(row) = rows.first().filter(|r| r["misses"].as_u64() > Some(0)) {
+            break row.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lego ps never showed it: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, host_pid, home) = cluster.processes()[0].clone();
+    assert_eq!(row["host_pid"].as_u64(), Some(host_pid as u64));
+    assert_eq!(row["home_memory"].as_str(), Some(home.as_str()));
+    assert_eq!(row["processor"].as_str(), Some("processor-0"));
+    assert_eq!(row["parent"], serde_json::Value::Null);
+    assert_eq!(row["excache_quota"].as_u64(), Some(16 << 20));
+    let resident = row["resident_bytes"].as_u64().unwrap_or(0);
+    assert!(resident > 0 && resident <= 16 << 20, "{row}");
+    let command = row["command"].as_str().unwrap_or("");
+    assert!(
+        command.contains("waitsig") && command.ends_with(" handle"),
+        "{row}"
+    );
+    let table = text(&cluster.lego(&["ps"]).stdout);
+    assert!(table.contains(row["pid"].as_str().unwrap()), "{table}");
+
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ps().is_empty() {
+        assert!(Instant::now() < deadline, "the ended process stayed listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -167,13 +167,19 @@ fn serve_connection(
         "started process {pid:x} (runtime pid {host_pid}, home {}): {command}",
         spec.memory_name
     );
-    processor.track(ProcessInfo {
-        pid,
-        host_pid,
-        command: command.chars().take(256).collect(),
-        home_memory: spec.memory_name.clone(),
-        excache_quota: spec.excache,
-    });
+    processor.track(
+        ProcessInfo {
+            pid,
+            host_pid,
+            command: command.chars().take(256).collect(),
+            home_memory: spec.memory_name.clone(),
+            excache_quota: spec.excache,
+            parent: None,
+            resident_bytes: 0,
+            misses: 0,
+        },
+        std::sync::Arc::clone(&runtime.live),
+    );
     reply(&mut writer, frame.id, Message::Launched { pid, host_pid })?;
 
     // The waiter reports the end to whoever asked (if anyone still listens).

@@ -14,6 +14,7 @@ mod spawn;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
 use lego_proto::{ErrorCode, Frame, Load, Message, ProcessId, ProcessInfo, Role};
+use lego_runtime::live::LiveStats;
 use lego_transport::{Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ pub struct Processor {
     secret: ClusterSecret,
     cores: u32,
     excache_quota: u64,
-    processes: Mutex<HashMap<ProcessId, ProcessInfo>>,
+    processes: Mutex<HashMap<ProcessId, (ProcessInfo, Arc<LiveStats>)>>,
     memory_clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
 }
 
@@ -52,11 +53,11 @@ impl Processor {
         u64::from_ne_bytes(bytes) >> 1
     }
 
-    fn track(&self, info: ProcessInfo) {
+    fn track(&self, info: ProcessInfo, live: Arc<LiveStats>) {
         self.processes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(info.pid, info);
+            .insert(info.pid, (info, live));
     }
 
     fn untrack(&self, pid: ProcessId) {
@@ -99,7 +100,14 @@ impl Processor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .map(|(info, live)| {
+                let (resident_bytes, misses) = live.read();
+                ProcessInfo {
+                    resident_bytes,
+                    misses,
+                    ..info.clone()
+                }
+            })
             .collect();
         Load::Processor {
             cores: self.cores,

@@ -1,18 +1,22 @@
 //! Starting a runtime process for an application and collecting its end.
 
 use lego_proto::{ExitReport, ExitStatus, ProcessId};
+use lego_runtime::live::{LiveStats, STATS_FD};
 use lego_runtime::{RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, SPEC_FD};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 /// A running runtime.
 pub struct RuntimeProcess {
     pub pid: ProcessId,
     pub child: Child,
     report: File,
+    /// The counters the runtime publishes while it runs.
+    pub live: Arc<LiveStats>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -38,7 +42,8 @@ fn high_dup(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Starts `lego runtime` with the program's stdio, its spec on fd 3, a
-/// report pipe on fd 4 and the processor's log on fd 5. The runtime dies
+/// report pipe on fd 4, the processor's log on fd 5 and the live-counters
+/// page on fd 6. The runtime dies
 /// with the processor (PR_SET_PDEATHSIG): its process cannot outlive the
 /// component that owns it.
 pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProcess> {
@@ -47,10 +52,13 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
     let spec_src = high_dup(spec_r.as_raw_fd())?;
     let report_src = high_dup(report_w.as_raw_fd())?;
     let log_src = high_dup(2)?;
+    let (live, live_fd) = LiveStats::create()?;
+    let live_src = high_dup(live_fd.as_raw_fd())?;
     let sources = [
         (spec_src.as_raw_fd(), SPEC_FD),
         (report_src.as_raw_fd(), REPORT_FD),
         (log_src.as_raw_fd(), LOG_FD),
+        (live_src.as_raw_fd(), STATS_FD),
     ];
     let [stdin, stdout, stderr] = stdio;
     // The processor's own binary, even if the file was replaced or deleted
@@ -97,6 +105,7 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
     }
     let child = command.spawn()?;
     drop((spec_r, report_w, spec_src, report_src, log_src));
+    drop((live_fd, live_src));
     let bytes = postcard::to_stdvec(spec).map_err(io::Error::other)?;
     let mut spec_w = File::from(spec_w);
     // The runtime reads the spec to EOF first thing; a failure here means
@@ -107,6 +116,7 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
         pid: spec.pid,
         child,
         report: File::from(report_r),
+        live: Arc::new(live),
     })
 }
 

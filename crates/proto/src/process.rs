@@ -72,4 +72,10 @@ pub struct ProcessInfo {
     pub command: String,
     pub home_memory: String,
     pub excache_quota: u64,
+    /// The Lego process that created it; `None` for one `lego run` started.
+    pub parent: Option<ProcessId>,
+    /// Its pages resident in the ExCache, and its misses so far (fetches
+    /// from a memory manager), as its runtime last published them.
+    pub resident_bytes: u64,
+    pub misses: u64,
 }

@@ -24,15 +24,25 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn process_info() -> impl Strategy<Value = ProcessInfo> {
-    (any::<u64>(), any::<u32>(), text(), text(), any::<u64>()).prop_map(
-        |(pid, host_pid, command, home_memory, excache_quota)| ProcessInfo {
-            pid,
-            host_pid,
-            command,
-            home_memory,
-            excache_quota,
-        },
+    (
+        (any::<u64>(), any::<u32>(), text(), text(), any::<u64>()),
+        (any::<Option<u64>>(), any::<u64>(), any::<u64>()),
     )
+        .prop_map(
+            |(
+                (pid, host_pid, command, home_memory, excache_quota),
+                (parent, resident_bytes, misses),
+            )| ProcessInfo {
+                pid,
+                host_pid,
+                command,
+                home_memory,
+                excache_quota,
+                parent,
+                resident_bytes,
+                misses,
+            },
+        )
 }
 
 fn load() -> impl Strategy<Value = Load> {

@@ -230,6 +230,12 @@ impl ExCache {
         self.lock().stats.clone()
     }
 
+    /// (resident bytes, misses) under one lock, for the live counters.
+    pub fn live(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.resident.len() as u64 * PAGE, st.stats.misses)
+    }
+
     pub fn resident_bytes(&self) -> u64 {
         self.lock().resident.len() as u64 * PAGE
     }

@@ -46,6 +46,7 @@ pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
 fn serve(rt: &'static Runtime) -> ! {
     let mut msgs = [UffdMsg::ZERO; 16];
     let mut idle_since: Option<Instant> = None;
+    let mut last_publish = Instant::now();
     loop {
         let n = match rt.arena.uffd.read(&mut msgs) {
             Ok(n) => n,
@@ -57,6 +58,8 @@ fn serve(rt: &'static Runtime) -> ! {
                     // last fix) may need this very CPU.
                     std::thread::yield_now();
                 } else {
+                    publish(rt);
+                    last_publish = Instant::now();
                     wait_readable(rt.arena.uffd.raw());
                     idle_since = None;
                 }
@@ -81,6 +84,21 @@ fn serve(rt: &'static Runtime) -> ! {
                 ));
             }
         }
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            publish(rt);
+            last_publish = Instant::now();
+        }
+    }
+}
+
+/// How often a busy fault thread refreshes the live counters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+
+/// Refreshes the counters the processor reports (`lego ps`).
+fn publish(rt: &Runtime) {
+    if let Some(live) = crate::LIVE.get() {
+        let (resident, misses) = rt.cache.live();
+        live.publish(resident, misses);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod excache;
 pub mod exec;
 mod fault;
 pub mod interp;
+pub mod live;
 pub mod procfs;
 pub mod remote;
 pub mod stack;
@@ -235,6 +236,20 @@ fn default_fault_signals() {
     }
 }
 
+/// The shared page the processor reads this process's live counters from.
+pub static LIVE: OnceLock<live::LiveStats> = OnceLock::new();
+
+/// Maps the live-counters page handed over as [`live::STATS_FD`] and frees
+/// the descriptor number for the program (a runtime started without one
+/// just has no live counters).
+fn attach_live_stats() {
+    if let Ok(stats) = live::LiveStats::map(live::STATS_FD) {
+        let _ = LIVE.set(stats);
+    }
+    // Safety: STATS_FD was handed to us for this mapping only.
+    unsafe { libc::close(live::STATS_FD) };
+}
+
 /// The runtime's entry point: reads its spec, loads the program and runs
 /// it. Never returns; every failure ends the process through [`fatal`].
 pub fn main() -> ! {
@@ -242,6 +257,7 @@ pub fn main() -> ! {
     if let Ok(fd) = lego_transport::fdfloor::lift_fd(REPORT_FD) {
         REPORT.store(fd, std::sync::atomic::Ordering::SeqCst);
     }
+    attach_live_stats();
     init_logging();
     // A panic is a runtime bug: report it to the processor and end the
     // process, never print to the application's stderr.

@@ -1,0 +1,126 @@
+//! `lego ps`: every process of the cluster, as the processors running them
+//! last reported in their heartbeats.
+
+use crate::cluster::{fetch_view, monitor_client};
+use crate::units::format_size;
+use crate::StateArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use lego_proto::{ClusterView, Health, Load, ProcessInfo};
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One process and the processor that runs it.
+struct Row<'a> {
+    processor: &'a str,
+    info: &'a ProcessInfo,
+}
+
+fn rows(view: &ClusterView) -> Vec<Row<'_>> {
+    let mut rows = Vec::new();
+    for member in &view.members {
+        if member.health != Health::Alive {
+            continue;
+        }
+        if let Load::Processor { processes, .. } = &member.load {
+            for info in processes {
+                rows.push(Row {
+                    processor: &member.registration.name,
+                    info,
+                });
+            }
+        }
+    }
+    rows.sort_by_key(|r| (r.processor.to_string(), r.info.host_pid));
+    rows
+}
+
+fn pid(pid: u64) -> String {
+    format!("{pid:x}")
+}
+
+pub fn ps(args: PsArgs) -> Result<()> {
+    let dir = args.state.dir();
+    let record = dir.require()?;
+    let client = monitor_client(&dir, record.monitor)?;
+    let view = fetch_view(&client).with_context(|| {
+        format!(
+            "cannot reach the monitor of the cluster in {}; if it died, `lego restart monitor` starts it again",
+            dir.root.display()
+        )
+    })?;
+    let rows = rows(&view);
+    if args.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "pid": pid(r.info.pid),
+                    "parent": r.info.parent.map(pid),
+                    "processor": r.processor,
+                    "host_pid": r.info.host_pid,
+                    "home_memory": r.info.home_memory,
+                    "excache_quota": r.info.excache_quota,
+                    "resident_bytes": r.info.resident_bytes,
+                    "misses": r.info.misses,
+                    "command": r.info.command,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut table = vec![[
+        "PID".to_string(),
+        "PARENT".into(),
+        "PROCESSOR".into(),
+        "HOST-PID".into(),
+        "MEMORY".into(),
+        "RESIDENT".into(),
+        "QUOTA".into(),
+        "MISSES".into(),
+        "COMMAND".into(),
+    ]];
+    for r in &rows {
+        table.push([
+            pid(r.info.pid),
+            r.info.parent.map_or("-".into(), pid),
+            r.processor.to_string(),
+            r.info.host_pid.to_string(),
+            r.info.home_memory.clone(),
+            format_size(r.info.resident_bytes),
+            format_size(r.info.excache_quota),
+            r.info.misses.to_string(),
+            // One line per process: control characters show as '?', as
+            // ps(1) shows them.
+            r.info
+                .command
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in &table {
+        let mut line = String::new();
+        for (i, width) in widths.iter().enumerate() {
+            line.push_str(&format!("{:<width$}  ", row[i], width = *width));
+        }
+        line.push_str(&row[8]);
+        println!("{line}");
+    }
+    if rows.is_empty() {
+        println!("(no processes)");
+    }
+    Ok(())
+}
