@@ -669,6 +669,12 @@ fn signal_handlers_masks_faults_timers_and_restarts_behave_as_natively() {
             text(&lego.stdout)
         );
     }
+    // A SIGSYS sent to a program that does not handle it ends it, as
+    // natively, however much the runtime relies on SIGSYS.
+    let sh = std::path::Path::new("/bin/sh");
+    let lego = cluster.run(&[], sh, &["-c", "kill -SYS $$"]);
+    assert_same(&lego, &native(sh, &["-c", "kill -SYS $$"]), "kill -SYS");
+    assert_eq!(shell_status(&lego), 128 + libc::SIGSYS);
     assert!(!cluster.log("processor-0").contains("runtime bug"));
 }
 

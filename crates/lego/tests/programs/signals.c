@@ -181,6 +181,15 @@ int main(void) {
     printf("sigsuspend: r=%d eintr=%d hits=%d usr1_blocked_after=%d\n", r, errno == EINTR,
            (int)hits, sigismember(&old, SIGUSR1));
 
+    /* A SIGSYS someone sends is the program's, like any other signal. */
+    hits = 0;
+    install(SIGSYS, counting, 0);
+    raise(SIGSYS);
+    printf("sigsys: hits=%d tkill=%d\n", (int)hits, last_code == SI_TKILL);
+    signal(SIGSYS, SIG_IGN);
+    raise(SIGSYS);
+    printf("sigsys ignored: hits=%d\n", (int)hits);
+
     /* Finally the default action of SIGTERM ends the program. */
     signal(SIGTERM, SIG_DFL);
     raise(SIGTERM);

@@ -119,11 +119,14 @@ pub fn dispatch(rt: &Runtime, call: &Call) -> i64 {
     }
 }
 
+/// si_code of the SIGSYS that Syscall User Dispatch raises.
+const SYS_USER_DISPATCH: i32 = 2;
+
 /// The SIGSYS handler proper, entered from the assembly stub in `sud`
 /// with the runtime's FS base and the selector at ALLOW.
 pub extern "C" fn sigsys_handler(
     _sig: libc::c_int,
-    _info: *mut libc::siginfo_t,
+    info: *mut libc::siginfo_t,
     uctx: *mut libc::c_void,
 ) {
     let served = std::panic::catch_unwind(|| {
@@ -137,6 +140,13 @@ pub extern "C" fn sigsys_handler(
             // A sigsuspend whose signal was not delivered after all (its
             // disposition changed): its temporary mask ends here.
             ctl.app_mask = mask;
+        }
+        // Safety: the kernel passes SA_SIGINFO handlers a full siginfo.
+        let code = unsafe { (*info).si_code };
+        if code != SYS_USER_DISPATCH {
+            // A SIGSYS someone sent: the application's, not a syscall.
+            signal::sent_sigsys(rt, ctl, uc, info);
+            return;
         }
         if uc.uc_mcontext.gregs[libc::REG_RAX as usize] == libc::SYS_rt_sigreturn {
             signal::sigreturn_frame(rt, ctl, uc);

@@ -520,6 +520,40 @@ pub fn sigreturn_frame(rt: &Runtime, ctl: &mut ThreadCtl, uc: &mut libc::ucontex
     restore_mask_on_return(uc, ctl.app_mask);
 }
 
+/// A SIGSYS that did not come from Syscall User Dispatch (kill, raise):
+/// it goes to the application's handler, or is ignored, or ends the
+/// process as SIGSYS's default action does.
+pub fn sent_sigsys(
+    rt: &Runtime,
+    ctl: &mut ThreadCtl,
+    uc: &mut libc::ucontext_t,
+    info: *mut libc::siginfo_t,
+) {
+    let sig = libc::SIGSYS as usize;
+    let handler = {
+        let state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
+        handler_of(&state.actions[sig - 1])
+    };
+    match handler {
+        1 => {}
+        0 => {
+            // The runtime is done with SIGSYS: the process dies of it once
+            // this handler returns and the signal is unblocked.
+            // Safety: rt_sigaction reads one zeroed (SIG_DFL) action of ours.
+            let default = [0u8; SIGACTION_LEN];
+            unsafe {
+                raw_syscall(
+                    libc::SYS_rt_sigaction as u64,
+                    [sig as u64, default.as_ptr() as u64, 0, 8, 0, 0],
+                )
+            };
+            requeue(sig, &signal_info(info));
+        }
+        _ => deliver(rt, ctl, uc, sig, &signal_info(info)),
+    }
+    restore_mask_on_return(uc, ctl.app_mask);
+}
+
 fn signal_info(info: *mut libc::siginfo_t) -> [u8; SIGINFO_LEN] {
     let mut bytes = [0u8; SIGINFO_LEN];
     // Safety: the kernel passes SA_SIGINFO handlers a full siginfo.
