@@ -124,7 +124,11 @@ const SYS_USER_DISPATCH: i32 = 2;
 
 /// The SIGSYS handler proper, entered from the assembly stub in `sud`
 /// with the runtime's FS base and the selector at ALLOW.
-pub extern "C" fn sigsys_handler(
+///
+/// # Safety
+/// Only the kernel calls it (through the stub), with the siginfo and
+/// ucontext of a SIGSYS delivered to an application thread.
+pub unsafe extern "C" fn sigsys_handler(
     _sig: libc::c_int,
     info: *mut libc::siginfo_t,
     uctx: *mut libc::c_void,
