@@ -7,7 +7,7 @@
 //! path where one was given relative to a storage directory).
 
 use super::Call;
-use crate::sud::raw_syscall;
+use crate::sud::host_syscall;
 use crate::vfs::path::{is_host, normalize, split_last};
 use crate::vfs::storage::StorageError;
 use crate::vfs::{OpenFile, Vfs};
@@ -39,7 +39,7 @@ pub(super) fn errno_of(e: StorageError) -> i32 {
 
 pub(super) fn pass(c: &Call) -> i64 {
     // Safety: the application's own call, unchanged, on host objects.
-    unsafe { crate::sud::host_syscall(c.nr, c.args) }
+    unsafe { host_syscall(c.nr, c.args) }
 }
 
 /// Where a path leads.
@@ -119,8 +119,9 @@ pub(super) fn host_call(c: &Call, index: usize, path: Option<CString>) -> i64 {
             // A relative-to-dirfd call now has an absolute path: the dirfd
             // is ignored by the kernel.
             // Safety: `path` outlives the call; the rest are the
-            // application's arguments.
-            unsafe { raw_syscall(c.nr, args) }
+            // application's arguments. (Opening a FIFO may block: it runs
+            // with the application's signal mask like any blocking call.)
+            unsafe { host_syscall(c.nr, args) }
         }
     }
 }
