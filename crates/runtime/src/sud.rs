@@ -71,6 +71,23 @@ impl Default for ThreadCtl {
 
 global_asm!(
     r#"
+    // With the control block's address in rax: selector to ALLOW, save the
+    // application's FS base, switch to the runtime's.
+    .macro LEGO_ENTER_RUNTIME
+    mov byte ptr [rax], 0
+    rdfsbase rcx
+    mov qword ptr [rax + 16], rcx
+    mov rcx, qword ptr [rax + 8]
+    wrfsbase rcx
+    .endm
+    // Back to the application's FS base (possibly changed by arch_prctl)
+    // and the selector to BLOCK.
+    .macro LEGO_LEAVE_RUNTIME
+    rdgsbase rax
+    mov rcx, qword ptr [rax + 16]
+    wrfsbase rcx
+    mov byte ptr [rax], 1
+    .endm
     .pushsection .text.lego_sud_allowed,"ax",@progbits
     .p2align 4
     .globl lego_sud_allowed_start
@@ -93,18 +110,11 @@ lego_signal_entry:
     jz 2f
     cmp byte ptr [rax], 0
     je 3f
-    mov byte ptr [rax], 0
-    rdfsbase rcx
-    mov qword ptr [rax + 16], rcx
-    mov rcx, qword ptr [rax + 8]
-    wrfsbase rcx
+    LEGO_ENTER_RUNTIME
     sub rsp, 8
     call {app_signal}
     add rsp, 8
-    rdgsbase rax
-    mov rcx, qword ptr [rax + 16]
-    wrfsbase rcx
-    mov byte ptr [rax], 1
+    LEGO_LEAVE_RUNTIME
     ret
 3:
     sub rsp, 8
@@ -142,18 +152,11 @@ lego_blocking_done:
     .globl lego_sigsys_entry
 lego_sigsys_entry:
     rdgsbase rax
-    mov byte ptr [rax], 0
-    rdfsbase rcx
-    mov qword ptr [rax + 16], rcx
-    mov rcx, qword ptr [rax + 8]
-    wrfsbase rcx
+    LEGO_ENTER_RUNTIME
     sub rsp, 8
     call {handler}
     add rsp, 8
-    rdgsbase rax
-    mov rcx, qword ptr [rax + 16]
-    wrfsbase rcx
-    mov byte ptr [rax], 1
+    LEGO_LEAVE_RUNTIME
     ret
     .popsection
     "#,

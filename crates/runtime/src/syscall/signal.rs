@@ -255,32 +255,29 @@ pub fn sigaltstack(rt: &Runtime, c: &Call) -> i64 {
     0
 }
 
-/// Whether Linux restarts `nr` after a handler with SA_RESTART (the
-/// calls that fail with ERESTARTSYS when interrupted).
+/// Whether Linux restarts `nr` after a handler with SA_RESTART: every
+/// call that may block except those signal(7) lists as never restarted.
 fn restartable(nr: u64) -> bool {
-    matches!(
-        nr as i64,
-        libc::SYS_read
-            | libc::SYS_write
-            | libc::SYS_readv
-            | libc::SYS_writev
-            | libc::SYS_pread64
-            | libc::SYS_pwrite64
-            | libc::SYS_open
-            | libc::SYS_openat
-            | libc::SYS_ioctl
-            | libc::SYS_fcntl
-            | libc::SYS_flock
-            | libc::SYS_wait4
-            | libc::SYS_waitid
-            | libc::SYS_accept
-            | libc::SYS_accept4
-            | libc::SYS_recvfrom
-            | libc::SYS_recvmsg
-            | libc::SYS_sendto
-            | libc::SYS_sendmsg
-            | libc::SYS_futex
-    )
+    sud::may_block(nr)
+        && !matches!(
+            nr as i64,
+            libc::SYS_pause
+                | libc::SYS_nanosleep
+                | libc::SYS_clock_nanosleep
+                | libc::SYS_poll
+                | libc::SYS_ppoll
+                | libc::SYS_select
+                | libc::SYS_pselect6
+                | libc::SYS_epoll_wait
+                | libc::SYS_epoll_pwait
+                | libc::SYS_epoll_pwait2
+                | libc::SYS_rt_sigsuspend
+                | libc::SYS_rt_sigtimedwait
+                | libc::SYS_msgrcv
+                | libc::SYS_msgsnd
+                | libc::SYS_semop
+                | libc::SYS_semtimedop
+        )
 }
 
 /// After a call interrupted by a handled signal: rewinds the application
