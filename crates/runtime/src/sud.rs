@@ -49,6 +49,14 @@ pub struct ThreadCtl {
     pub suspended_mask: Option<u64>,
 }
 
+// The assembly stubs address these fields by offset.
+const _: () = {
+    assert!(std::mem::offset_of!(ThreadCtl, selector) == 0);
+    assert!(std::mem::offset_of!(ThreadCtl, runtime_fs) == 8);
+    assert!(std::mem::offset_of!(ThreadCtl, app_fs) == 16);
+    assert!(std::mem::offset_of!(ThreadCtl, interrupted) == 32);
+};
+
 impl ThreadCtl {
     pub fn new() -> ThreadCtl {
         ThreadCtl {

@@ -168,6 +168,8 @@ pub unsafe extern "C" fn sigsys_handler(
                 g[libc::REG_R9 as usize] as u64,
             ],
         };
+        // Only a blocking call made for this one may be restarted.
+        ctl.interrupted = 0;
         let ret = dispatch(rt, &call);
         g[libc::REG_RAX as usize] = ret;
         signal::maybe_restart(rt, ctl, call.nr, g);

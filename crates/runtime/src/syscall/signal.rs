@@ -236,7 +236,8 @@ pub fn sigaltstack(rt: &Runtime, c: &Call) -> i64 {
             return errno(e);
         }
         let flags = u32::from_ne_bytes(new[8..12].try_into().unwrap_or([0; 4])) as i32;
-        if flags & !(libc::SS_DISABLE | libc::SS_ONSTACK) != 0 {
+        const SS_AUTODISARM: i32 = 1 << 31;
+        if flags & !(libc::SS_DISABLE | libc::SS_ONSTACK | SS_AUTODISARM) != 0 {
             return errno(libc::EINVAL);
         }
         if flags & libc::SS_DISABLE == 0 && field(&new, 16) < libc::MINSIGSTKSZ as u64 {
