@@ -669,6 +669,19 @@ fn signal_handlers_masks_faults_timers_and_restarts_behave_as_natively() {
             text(&lego.stdout)
         );
     }
+    // Python's own signal machinery: a C-level handler that sets a flag,
+    // the interpreter running the Python handler, KeyboardInterrupt out
+    // of a sleep.
+    let python = std::path::Path::new("/usr/bin/python3");
+    let script = "import os, signal, time\n\
+        signal.signal(signal.SIGUSR1, lambda *a: print('got usr1'))\n\
+        os.kill(os.getpid(), signal.SIGUSR1)\n\
+        signal.signal(signal.SIGALRM, signal.default_int_handler)\n\
+        signal.setitimer(signal.ITIMER_REAL, 0.05)\n\
+        try:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n    print('interrupted')\n";
+    let lego = cluster.run(&[], python, &["-c", script]);
+    assert_same(&lego, &native(python, &["-c", script]), "python signals");
+    assert_eq!(text(&lego.stdout), "got usr1\ninterrupted\n");
     // A SIGSYS sent to a program that does not handle it ends it, as
     // natively, however much the runtime relies on SIGSYS.
     let sh = std::path::Path::new("/bin/sh");
