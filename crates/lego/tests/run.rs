@@ -742,6 +742,28 @@ fn signals_sent_to_lego_run_reach_the_program() {
             text(&out.stderr)
         );
     }
+    // A program writing to a pipe whose reader left dies of SIGPIPE, as
+    // natively (`yes | head -2`).
+    let mut child = cluster
+        .run_command(&[], std::path::Path::new("/usr/bin/yes"), &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("lego run starts");
+    let mut first = [0u8; 4];
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_exact(&mut first)
+        .expect("yes writes");
+    assert_eq!(&first, b"y\ny\n");
+    let out = child.wait_with_output().expect("lego run ends");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGPIPE),
+        "{}",
+        text(&out.stderr)
+    );
     // SIGKILL cannot be forwarded: the processor ends the program when
     // `lego run` disappears.
     let mut child = cluster

@@ -17,6 +17,7 @@
 
 use std::arch::{asm, global_asm};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const SELECTOR_ALLOW: u8 = 0;
 pub const SELECTOR_BLOCK: u8 = 1;
@@ -201,31 +202,61 @@ fn sigbit(sig: libc::c_int) -> u64 {
     1 << (sig - 1)
 }
 
+/// Application signals with a handler (the runtime's entry on the host).
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+
 /// Installs the SIGSYS handler with a raw rt_sigaction, so its restorer is
 /// ours (inside the allowed region) rather than libc's.
 pub fn install_sigsys_handler() -> io::Result<()> {
-    // Synchronous faults stay deliverable inside the handler; everything
-    // else waits until the application runs again.
-    let unblocked = synchronous_signals();
+    sigsys_action(HANDLED.load(Ordering::SeqCst))
+}
+
+/// Records whether the application handles `sig`. Handled signals wait
+/// while the runtime serves a call (delivering one needs the application's
+/// context), except inside a blocking call; the others keep their host
+/// default or ignore action and take effect at once, as natively — so
+/// while nothing is handled, blocking calls need no mask changes at all.
+pub fn set_handled(sig: libc::c_int, handled: bool) -> io::Result<()> {
+    let bit = sigbit(sig);
+    let old = if handled {
+        HANDLED.fetch_or(bit, Ordering::SeqCst)
+    } else {
+        HANDLED.fetch_and(!bit, Ordering::SeqCst)
+    };
+    if (old & bit != 0) == handled {
+        return Ok(());
+    }
+    sigsys_action(HANDLED.load(Ordering::SeqCst))
+}
+
+fn sigsys_action(handled: u64) -> io::Result<()> {
+    // Synchronous faults stay deliverable inside the handler. SIGPIPE
+    // waits: a write of the runtime's own to a peer that went away must
+    // fail with EPIPE and be reported, not end the process unexplained (an
+    // application write that raised it still ends it, on return).
     let action = KernelSigaction {
         handler: lego_sigsys_entry as *const () as usize,
         flags: SA_SIGINFO | SA_ONSTACK | SA_RESTORER,
         restorer: lego_sigreturn_restorer as *const () as usize,
-        mask: !unblocked,
+        mask: (handled | sigbit(libc::SIGPIPE)) & !synchronous_signals(),
     };
     // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout
     // (the sigset is 8 bytes, passed as the last argument).
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            libc::SIGSYS,
-            &action as *const KernelSigaction,
-            std::ptr::null_mut::<KernelSigaction>(),
-            8usize,
+        raw_syscall(
+            libc::SYS_rt_sigaction as u64,
+            [
+                libc::SIGSYS as u64,
+                &action as *const KernelSigaction as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
         )
     };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
     }
     Ok(())
 }
@@ -250,6 +281,7 @@ pub fn kernel_mask(mask: u64) -> u64 {
 /// entry when the application handles it, else the default or ignore
 /// disposition itself.
 pub fn install_app_action(sig: libc::c_int, handled: bool, ignore: bool) -> io::Result<()> {
+    set_handled(sig, handled)?;
     let action = if handled {
         // No SA_RESTART: a blocking call made for the application must
         // come back with EINTR so the runtime can deliver first and then
@@ -358,7 +390,7 @@ pub fn may_block(nr: u64) -> bool {
 /// As [`raw_syscall`]; only inside the SIGSYS handler of an application
 /// thread.
 pub unsafe fn host_syscall(nr: u64, args: [u64; 6]) -> i64 {
-    if !may_block(nr) {
+    if !may_block(nr) || HANDLED.load(Ordering::Relaxed) == 0 {
         // Safety: delegated to the caller.
         return unsafe { raw_syscall(nr, args) };
     }
