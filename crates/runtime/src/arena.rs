@@ -4,15 +4,20 @@
 //! (unmapped ranges stay PROT_NONE, so a stray access faults as on Linux);
 //! a touch of an accessible page that is not resident is an ExCache miss.
 
+use crate::ranges::RangeSet;
 use crate::uffd::{Pagemap, Userfaultfd};
 use lego_proto::{USER_END, USER_MIN};
 use std::io;
+use std::sync::Mutex;
 
 pub const PAGE: u64 = 4096;
 
 pub struct Arena {
     pub uffd: Userfaultfd,
     pub pagemap: Pagemap,
+    /// The ranges the memory manager has mapped, whatever their
+    /// protection (the host cannot tell a PROT_NONE mapping from none).
+    mapped: Mutex<RangeSet>,
 }
 
 fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
@@ -71,19 +76,37 @@ impl Arena {
         Ok(Arena {
             uffd: uffd.lifted()?,
             pagemap: Pagemap::open()?.lifted()?,
+            mapped: Mutex::new(RangeSet::default()),
         })
     }
 
-    /// Sets the host protection of `[start, end)` (PROT_* bits).
-    pub fn protect(&self, start: u64, end: u64, prot: u32) -> io::Result<()> {
+    /// Mirrors the memory manager's `[start, end)`: mapped with `Some`
+    /// protection (PROT_* bits), or unmapped (`None`, PROT_NONE on the host).
+    pub fn mirror(&self, start: u64, end: u64, mapping: Option<u32>) -> io::Result<()> {
         debug_assert!(USER_MIN <= start && start <= end && end <= USER_END);
-        let prot = prot as i32 & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
+        {
+            let mut mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
+            match mapping {
+                Some(_) => mapped.insert(start, end),
+                None => mapped.remove(start, end),
+            }
+        }
+        let prot =
+            mapping.unwrap_or(0) as i32 & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
         // Safety: the range lies inside the arena, which this runtime owns
         // and which holds no runtime data.
         check(
             unsafe { libc::mprotect(start as *mut _, (end - start) as usize, prot) },
             "mprotect in the arena",
         )
+    }
+
+    /// Whether `addr` lies in a mapping of the memory manager's.
+    pub fn is_mapped(&self, addr: u64) -> bool {
+        self.mapped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(addr)
     }
 
     /// Drops the resident pages of `[start, end)`: the next touch misses.

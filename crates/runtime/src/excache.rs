@@ -10,9 +10,10 @@
 //!   the lock: such a touch faults, and the fault thread needs the lock.
 
 use crate::arena::{Arena, PAGE};
+use crate::ranges::RangeSet;
 use crate::uffd::PageRegion;
 use lego_proto::ExcacheStats;
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use thiserror::Error;
@@ -107,51 +108,14 @@ impl EvictionPolicy for Fifo {
     }
 }
 
-/// Ranges `[start, end)` whose pages may hold contents on the memory
-/// manager (loaded program segments).
-#[derive(Default)]
-struct RangeSet {
-    ranges: BTreeMap<u64, u64>,
-}
-
-impl RangeSet {
-    fn contains(&self, addr: u64) -> bool {
-        self.ranges
-            .range(..=addr)
-            .next_back()
-            .is_some_and(|(_, &end)| addr < end)
-    }
-
-    fn remove(&mut self, start: u64, end: u64) {
-        let overlapping: Vec<(u64, u64)> = self
-            .ranges
-            .range(..end)
-            .filter(|(_, &e)| e > start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in overlapping {
-            self.ranges.remove(&s);
-            if s < start {
-                self.ranges.insert(s, start);
-            }
-            if e > end {
-                self.ranges.insert(end, e);
-            }
-        }
-    }
-
-    fn insert(&mut self, start: u64, end: u64) {
-        self.remove(start, end);
-        self.ranges.insert(start, end);
-    }
-}
-
 struct State {
     quota_pages: usize,
     resident: HashSet<u64>,
     policy: Box<dyn EvictionPolicy>,
     /// Pages written back at least once since they were last discarded.
     remote: BTreeSet<u64>,
+    /// Ranges whose pages may hold contents on the memory manager (loaded
+    /// program segments).
     populated: RangeSet,
     stats: ExcacheStats,
     /// Readahead: where the next miss lands if the access is sequential,
@@ -526,13 +490,7 @@ impl ExCache {
             st.remote.remove(&p);
             st.remote.insert(to + (p - from));
         }
-        let populated: Vec<(u64, u64)> = st
-            .populated
-            .ranges
-            .range(..end)
-            .filter(|(_, &e)| e > from)
-            .map(|(&s, &e)| (s.max(from), e.min(end)))
-            .collect();
+        let populated = st.populated.within(from, end);
         st.populated.remove(from, end);
         for (s, e) in populated {
             st.populated.insert(to + (s - from), to + (e - from));

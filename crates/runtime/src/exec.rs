@@ -116,7 +116,7 @@ pub fn install(
         .discard(&rt.arena, USER_MIN, USER_END)
         .map_err(|e| format!("clearing the arena: {e}"))?;
     rt.arena
-        .protect(USER_MIN, USER_END, 0)
+        .mirror(USER_MIN, USER_END, None)
         .map_err(|e| format!("clearing the arena: {e}"))?;
     crate::syscall::mem::apply(
         rt,

@@ -21,6 +21,7 @@ mod fault;
 pub mod interp;
 pub mod live;
 pub mod procfs;
+pub mod ranges;
 pub mod remote;
 pub mod stack;
 pub mod sud;

@@ -140,6 +140,22 @@ int main(void) {
     }
     printf("read-only write: addr_ok=%d accerr=%d\n", fault_addr == (uintptr_t)page + 100,
            last_code == SEGV_ACCERR);
+    /* A page unmapped again faults as unmapped; a PROT_NONE one as
+     * protected. */
+    char *two = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    munmap(two, 4096);
+    mprotect(two + 4096, 4096, PROT_NONE);
+    if (sigsetjmp(escape, 1) == 0) {
+        two[10] = 1;
+        printf("no fault?\n");
+    }
+    printf("unmapped page: addr_ok=%d maperr=%d\n", fault_addr == (uintptr_t)two + 10,
+           last_code == SEGV_MAPERR);
+    if (sigsetjmp(escape, 1) == 0) {
+        two[4096] = 1;
+        printf("no fault?\n");
+    }
+    printf("PROT_NONE page: accerr=%d\n", last_code == SEGV_ACCERR);
     sigprocmask(SIG_BLOCK, NULL, &old);
     printf("after siglongjmp: segv_blocked=%d\n", sigismember(&old, SIGSEGV));
 

@@ -6,8 +6,6 @@ use super::Call;
 use crate::{fatal, Runtime};
 use lego_proto::{MemoryOp, MemoryOpDone, RangeState};
 
-const PROT_NONE: u32 = 0;
-
 /// Makes the runtime's view match what the memory manager did.
 pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
     for m in &done.moves {
@@ -16,9 +14,9 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
             .map_err(|e| format!("moving cached pages {:#x}->{:#x}: {e}", m.from, m.to))?;
     }
     for c in &done.changes {
-        let (prot, populated) = match c.state {
-            RangeState::Unmapped => (PROT_NONE, false),
-            RangeState::Mapped { prot, populated } => (prot, populated),
+        let (mapping, populated) = match c.state {
+            RangeState::Unmapped => (None, false),
+            RangeState::Mapped { prot, populated } => (Some(prot), populated),
         };
         if c.discard {
             rt.cache
@@ -26,7 +24,7 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
                 .map_err(|e| format!("dropping {:#x}-{:#x}: {e}", c.start, c.end))?;
         }
         rt.arena
-            .protect(c.start, c.end, prot)
+            .mirror(c.start, c.end, mapping)
             .map_err(|e| format!("{:#x}-{:#x}: {e}", c.start, c.end))?;
         rt.cache.set_populated(c.start, c.end, populated);
     }

@@ -552,6 +552,21 @@ pub fn sent_sigsys(
     restore_mask_on_return(uc, ctl.app_mask);
 }
 
+/// The host sees the arena as one reservation, so a touch of an address
+/// the memory manager has not mapped faults as a protection error there;
+/// Linux reports it as a missing mapping (SEGV_MAPERR).
+fn arena_fault_code(rt: &Runtime, info: &mut [u8; SIGINFO_LEN]) {
+    const SEGV_MAPERR: i32 = 1;
+    const SEGV_ACCERR: i32 = 2;
+    let code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
+    // si_addr follows si_signo, si_errno, si_code and padding.
+    let addr = field(info, 16);
+    let in_arena = (lego_proto::USER_MIN..lego_proto::USER_END).contains(&addr);
+    if code == SEGV_ACCERR && in_arena && !rt.arena.is_mapped(addr) {
+        info[8..12].copy_from_slice(&SEGV_MAPERR.to_ne_bytes());
+    }
+}
+
 fn signal_info(info: *mut libc::siginfo_t) -> [u8; SIGINFO_LEN] {
     let mut bytes = [0u8; SIGINFO_LEN];
     // Safety: the kernel passes SA_SIGINFO handlers a full siginfo.
@@ -571,7 +586,12 @@ pub extern "C" fn app_signal_handler(
         // kernel's ucontext stays alive until the handler returns.
         let ctl = unsafe { current_ctl() };
         let uc = unsafe { &mut *(uctx as *mut libc::ucontext_t) };
-        deliver(runtime(), ctl, uc, sig as usize, &signal_info(info));
+        let rt = runtime();
+        let mut info = signal_info(info);
+        if sig == libc::SIGSEGV {
+            arena_fault_code(rt, &mut info);
+        }
+        deliver(rt, ctl, uc, sig as usize, &info);
     });
     if served.is_err() {
         fatal("runtime bug: a panic while delivering a signal (see the log)");
