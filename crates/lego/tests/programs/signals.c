@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -196,6 +197,26 @@ int main(void) {
     sigprocmask(SIG_BLOCK, NULL, &old);
     printf("sigsuspend: r=%d eintr=%d hits=%d usr1_blocked_after=%d\n", r, errno == EINTR,
            (int)hits, sigismember(&old, SIGUSR1));
+
+    /* Blocked signals can be waited for, or read from a signalfd. */
+    sigset_t both;
+    sigemptyset(&both);
+    sigaddset(&both, SIGUSR1);
+    sigaddset(&both, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &both, NULL);
+    kill(getpid(), SIGUSR2);
+    siginfo_t si;
+    struct timespec second = {1, 0};
+    r = sigtimedwait(&both, &si, &second);
+    printf("sigtimedwait: r=%d user=%d\n", r, si.si_code == SI_USER);
+    int sfd = signalfd(-1, &both, SFD_CLOEXEC);
+    raise(SIGUSR1);
+    struct signalfd_siginfo fi;
+    n = read(sfd, &fi, sizeof fi);
+    printf("signalfd: n=%zd signo=%u\n", n, fi.ssi_signo);
+    struct timespec brief = {0, 1000000};
+    r = sigtimedwait(&both, &si, &brief);
+    printf("sigtimedwait timeout: r=%d eagain=%d\n", r, errno == EAGAIN);
 
     /* A SIGSYS someone sends is the program's, like any other signal. */
     hits = 0;
