@@ -12,9 +12,16 @@ use std::sync::Mutex;
 
 pub const PAGE: u64 = 4096;
 
+/// Pages the staging area holds: more than an eviction batch takes.
+pub const STAGING_PAGES: u64 = 4096;
+
 pub struct Arena {
     pub uffd: Userfaultfd,
     pub pagemap: Pagemap,
+    /// Where evicted pages are moved while several threads run (see
+    /// [`Arena::stage_page`]); registered with the same userfaultfd, outside
+    /// the arena; 0 when the kernel cannot move pages.
+    staging: u64,
     /// The ranges the memory manager has mapped, whatever their
     /// protection (the host cannot tell a PROT_NONE mapping from none).
     mapped: Mutex<RangeSet>,
@@ -73,11 +80,94 @@ impl Arena {
                 format!("registering the arena with userfaultfd: {e}"),
             )
         })?;
+        let staging = if uffd.can_move() {
+            Arena::reserve_staging(&uffd)?
+        } else {
+            0
+        };
         Ok(Arena {
             uffd: uffd.lifted()?,
             pagemap: Pagemap::open()?.lifted()?,
+            staging,
             mapped: Mutex::new(RangeSet::default()),
         })
+    }
+
+    fn reserve_staging(uffd: &Userfaultfd) -> io::Result<u64> {
+        let len = STAGING_PAGES as usize * PAGE as usize;
+        // Safety: a new private mapping of our own, placed by the kernel.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: advice on the mapping just made.
+        unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+        uffd.register(addr as u64, len as u64)
+            .map_err(|e| io::Error::new(e.kind(), format!("registering the staging area: {e}")))?;
+        Ok(addr as u64)
+    }
+
+    /// Whether pages can be moved out atomically (see [`Arena::stage_page`]).
+    pub fn can_stage(&self) -> bool {
+        self.staging != 0
+    }
+
+    /// Moves the resident page at `page` out of the arena to staging
+    /// offset `at` (bytes) and returns where it now is, or `None` when the
+    /// kernel cannot move it: it moves only between writable mappings of
+    /// the same protection, so a page of a read-only mapping stays (and
+    /// nobody can write it anyway). From the move on, a touch of `page` —
+    /// by any thread, or by the kernel for one — faults as missing and
+    /// waits for the fault thread, so nothing written can be lost while
+    /// the page is written back.
+    pub fn stage_page(&self, page: u64, at: u64) -> io::Result<Option<u64>> {
+        if self.staging == 0 || at + PAGE > STAGING_PAGES * PAGE {
+            return Err(io::Error::other("the staging area cannot take this batch"));
+        }
+        let dst = self.staging + at;
+        match self.uffd.move_pages(dst, page, PAGE) {
+            Ok(()) => return Ok(Some(dst)),
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
+            Err(_) => {}
+        }
+        // Perhaps an executable writable mapping: the staging slice must
+        // match it. The slice goes back to read-write either way.
+        let set = |prot| {
+            // Safety: the staging slice is ours and holds nothing now.
+            check(
+                unsafe { libc::mprotect(dst as *mut _, PAGE as usize, prot) },
+                "mprotect of the staging area",
+            )
+        };
+        set(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
+        let moved = self.uffd.move_pages(dst, page, PAGE);
+        set(libc::PROT_READ | libc::PROT_WRITE)?;
+        match moved {
+            Ok(()) => Ok(Some(dst)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("moving {page:#x} out of the arena: {e}"),
+            )),
+        }
+    }
+
+    /// Empties the first `len` bytes of the staging area.
+    pub fn unstage(&self, len: u64) -> io::Result<()> {
+        // Safety: MADV_DONTNEED on our own staging area only.
+        check(
+            unsafe { libc::madvise(self.staging as *mut _, len as usize, libc::MADV_DONTNEED) },
+            "madvise(MADV_DONTNEED) of the staging area",
+        )
     }
 
     /// Mirrors the memory manager's `[start, end)`: mapped with `Some`

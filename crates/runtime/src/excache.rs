@@ -132,6 +132,9 @@ struct State {
     victims: Vec<u64>,
     dirty: Vec<u64>,
     regions: Vec<PageRegion>,
+    /// Set once the application runs several threads: pages may then be
+    /// written while they are evicted (see `evict`).
+    concurrent: bool,
 }
 
 pub struct ExCache {
@@ -179,6 +182,7 @@ impl ExCache {
                 victims: Vec::new(),
                 dirty: Vec::new(),
                 regions: Vec::new(),
+                concurrent: false,
             }),
             zero_page: vec![0; PAGE as usize],
         }
@@ -198,6 +202,11 @@ impl ExCache {
     pub fn live(&self) -> (u64, u64) {
         let st = self.lock();
         (st.resident.len() as u64 * PAGE, st.stats.misses)
+    }
+
+    /// From now on other threads may write pages while one is evicted.
+    pub fn set_concurrent(&self) {
+        self.lock().concurrent = true;
     }
 
     pub fn resident_bytes(&self) -> u64 {
@@ -361,6 +370,9 @@ impl ExCache {
         st.policy.victims(batch, &mut st.victims);
         st.victims.sort_unstable();
         st.dirty.clear();
+        if st.concurrent {
+            return Self::evict_moving(st, arena, backing);
+        }
         let runs = page_runs(&st.victims);
         // Ask the kernel which victims were written, one scan per run.
         for &(start, end) in &runs {
@@ -395,6 +407,69 @@ impl ExCache {
             st.remote.extend(st.dirty.iter().copied());
         }
         for &(start, end) in &runs {
+            arena.drop_pages(start, end)?;
+        }
+        for &p in &st.victims {
+            st.resident.remove(&p);
+        }
+        st.stats.evictions += st.victims.len() as u64;
+        Ok(())
+    }
+
+    /// Eviction while other threads run: a page the scan found clean could
+    /// be written between the scan and its drop, and that write would be
+    /// lost. So the victims are first moved out of the arena atomically
+    /// (after which any touch faults and waits for this thread), and every
+    /// moved one is written back: the move does not keep the written
+    /// state. Pages of read-only mappings cannot be moved, but nobody can
+    /// write them either: for them the scan's answer holds.
+    fn evict_moving(
+        st: &mut State,
+        arena: &Arena,
+        backing: &dyn Backing,
+    ) -> Result<(), CacheError> {
+        Self::settle_locked(st)?;
+        let mut staged = 0u64;
+        // (page, where its contents are read from)
+        let mut sources: Vec<(u64, u64)> = Vec::with_capacity(st.victims.len());
+        let mut in_place = Vec::new();
+        for &page in &st.victims {
+            match arena.stage_page(page, staged)? {
+                Some(at) => {
+                    sources.push((page, at));
+                    staged += PAGE;
+                }
+                None => in_place.push(page),
+            }
+        }
+        for &page in &in_place {
+            st.regions.resize(1, PageRegion::default());
+            if arena.pagemap.written(page, page + PAGE, &mut st.regions)? > 0 {
+                sources.push((page, page));
+            }
+        }
+        sources.sort_unstable();
+        st.dirty.extend(sources.iter().map(|&(page, _)| page));
+        if !sources.is_empty() {
+            // Safety: each source is a staged page just moved in, or a
+            // resident page of a read-only mapping; nothing else touches
+            // the staging area, and the slices are only read until
+            // `write_back` returns, before either is emptied below.
+            let parts: Vec<&[u8]> = sources
+                .iter()
+                .map(|&(_, at)| unsafe {
+                    std::slice::from_raw_parts(at as *const u8, PAGE as usize)
+                })
+                .collect();
+            let ticket = backing.write_back(&st.dirty, &parts)?;
+            st.in_flight = Some((ticket, st.dirty.iter().copied().collect()));
+            st.stats.writebacks += st.dirty.len() as u64;
+            st.stats.writeback_batches += 1;
+            st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
+            st.remote.extend(st.dirty.iter().copied());
+        }
+        arena.unstage(staged)?;
+        for (start, end) in page_runs(&in_place) {
             arena.drop_pages(start, end)?;
         }
         for &p in &st.victims {

@@ -352,9 +352,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
     default_fault_signals();
     sud::install_sigsys_handler().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
-    // Safety: getauxval has no preconditions.
-    let min_sigstack = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
-    sud::install_altstack((min_sigstack * 4).max(512 * 1024))
+    sud::install_altstack(sud::SIGSYS_STACK)
         .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
     rt.remote.open_writeback()?;
     // The runtime's descriptors are fixed from here on.

@@ -48,6 +48,9 @@ pub struct ThreadCtl {
     /// set by sigsuspend, whose temporary mask lasts until its signal's
     /// handler starts, and whose handler returns to the mask before it.
     pub suspended_mask: Option<u64>,
+    /// The application's registers at the call being served (null
+    /// outside the SIGSYS handler's dispatch): what clone copies.
+    pub regs: *const [i64; 23],
 }
 
 // The assembly stubs address these fields by offset.
@@ -68,6 +71,7 @@ impl ThreadCtl {
             app_mask: 0,
             interrupted: 0,
             suspended_mask: None,
+            regs: std::ptr::null(),
         }
     }
 }
@@ -453,6 +457,11 @@ pub fn block_all_signals() {
     }
 }
 
+/// Size of each application thread's stack for the runtime's handlers
+/// (their frames, the kernel's signal frames with the FPU state, and the
+/// runtime code they run).
+pub const SIGSYS_STACK: usize = 512 << 10;
+
 /// Gives the calling thread an alternate signal stack of `size` bytes for
 /// the SIGSYS handler (the application's stack is not ours to use).
 pub fn install_altstack(size: usize) -> io::Result<()> {
@@ -485,14 +494,6 @@ pub fn fsgsbase_available() -> bool {
 /// alternate stack must be installed; `entry` and `sp` must be a loaded
 /// program's entry point and initial stack.
 pub unsafe fn enter_application(ctl: &'static mut ThreadCtl, entry: u64, sp: u64) -> ! {
-    ctl.selector = SELECTOR_ALLOW;
-    // Safety (both asm blocks): reading our own FS base and pointing GS at
-    // the leaked control block; nothing else in the runtime uses GS.
-    unsafe {
-        asm!("rdfsbase {}", out(reg) ctl.runtime_fs, options(nomem, nostack));
-        asm!("wrgsbase {}", in(reg) ctl as *mut ThreadCtl as u64, options(nostack));
-    }
-    ctl.app_fs = 0;
     // The application starts with the mask `lego run` was started with.
     // Safety: rt_sigprocmask writes one 8-byte set of ours.
     unsafe {
@@ -508,6 +509,49 @@ pub unsafe fn enter_application(ctl: &'static mut ThreadCtl, entry: u64, sp: u64
             ],
         );
     }
+    // Linux starts a process with registers cleared, rsp at argc, rdx = 0
+    // (no exit handler) and FS base 0.
+    let mut regs = [0i64; 23];
+    regs[libc::REG_RIP as usize] = entry as i64;
+    regs[libc::REG_RSP as usize] = sp as i64;
+    // Safety: delegated to the caller.
+    unsafe { start(ctl, &regs, 0, || {}) }
+}
+
+/// Starts a new application thread on the calling (fresh) runtime thread:
+/// enables its dispatch, tells the creator through `ready`, and resumes
+/// the application with `regs` (the creator's, with the child's rax and
+/// stack) and FS base `fs`, under the application's mask in `ctl`.
+///
+/// # Safety
+/// As [`enter_application`], with `regs` a valid user register set.
+pub unsafe fn enter_thread(
+    ctl: &'static mut ThreadCtl,
+    regs: &[i64; 23],
+    fs: u64,
+    ready: impl FnOnce(),
+) -> ! {
+    // Safety: delegated to the caller.
+    unsafe { start(ctl, regs, fs, ready) }
+}
+
+/// Register offsets in glibc's gregs (the kernel's sigcontext order).
+const _: () = {
+    assert!(libc::REG_R8 == 0 && libc::REG_R15 == 7);
+    assert!(libc::REG_RDI == 8 && libc::REG_RSI == 9 && libc::REG_RBP == 10);
+    assert!(libc::REG_RBX == 11 && libc::REG_RDX == 12 && libc::REG_RAX == 13);
+    assert!(libc::REG_RCX == 14 && libc::REG_RSP == 15 && libc::REG_RIP == 16);
+};
+
+unsafe fn start(ctl: &'static mut ThreadCtl, regs: &[i64; 23], fs: u64, ready: impl FnOnce()) -> ! {
+    ctl.selector = SELECTOR_ALLOW;
+    // Safety (both asm blocks): reading our own FS base and pointing GS at
+    // the leaked control block; nothing else in the runtime uses GS.
+    unsafe {
+        asm!("rdfsbase {}", out(reg) ctl.runtime_fs, options(nomem, nostack));
+        asm!("wrgsbase {}", in(reg) ctl as *mut ThreadCtl as u64, options(nostack));
+    }
+    ctl.app_fs = fs;
     let start = unsafe { &lego_sud_allowed_start as *const u8 as usize };
     let end = unsafe { &lego_sud_allowed_end as *const u8 as usize };
     // Safety: prctl reads plain integers and keeps a pointer to the
@@ -527,32 +571,51 @@ pub unsafe fn enter_application(ctl: &'static mut ThreadCtl, entry: u64, sp: u64
             io::Error::last_os_error()
         ));
     }
+    ready();
+    let mask = kernel_mask(ctl.app_mask);
+    // Safety: rt_sigprocmask reads one 8-byte set of ours. A signal taken
+    // between here and the jump finds the selector ALLOW and is queued
+    // again for when the application runs (see `runtime_signal_handler`).
+    unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigprocmask as u64,
+            [
+                libc::SIG_SETMASK as u64,
+                &mask as *const u64 as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
+    }
     // Safety: from the selector store on, no syscall is made before the
-    // jump; the application starts as Linux starts a process: FS base 0,
-    // registers cleared, rsp at argc, rdx = 0 (no exit handler).
+    // jump; every general register is loaded from `regs` (r11, whose value
+    // a syscall clobbers anyway, last holds `regs`), then the jump reads
+    // the instruction pointer from it.
     unsafe {
         asm!(
             "mov byte ptr [rdi], 1",
-            "xor eax, eax",
-            "wrfsbase rax",
-            "mov rsp, rsi",
-            "xor ebx, ebx",
-            "xor ecx, ecx",
-            "xor edx, edx",
-            "xor esi, esi",
-            "xor edi, edi",
-            "xor ebp, ebp",
-            "xor r8d, r8d",
-            "xor r9d, r9d",
-            "xor r10d, r10d",
-            "xor r12d, r12d",
-            "xor r13d, r13d",
-            "xor r14d, r14d",
-            "xor r15d, r15d",
-            "jmp r11",
+            "wrfsbase rsi",
+            "mov r8, qword ptr [r11]",
+            "mov r9, qword ptr [r11 + 8]",
+            "mov r10, qword ptr [r11 + 16]",
+            "mov r12, qword ptr [r11 + 32]",
+            "mov r13, qword ptr [r11 + 40]",
+            "mov r14, qword ptr [r11 + 48]",
+            "mov r15, qword ptr [r11 + 56]",
+            "mov rdi, qword ptr [r11 + 64]",
+            "mov rsi, qword ptr [r11 + 72]",
+            "mov rbp, qword ptr [r11 + 80]",
+            "mov rbx, qword ptr [r11 + 88]",
+            "mov rdx, qword ptr [r11 + 96]",
+            "mov rax, qword ptr [r11 + 104]",
+            "mov rcx, qword ptr [r11 + 112]",
+            "mov rsp, qword ptr [r11 + 120]",
+            "jmp qword ptr [r11 + 128]",
             in("rdi") ctl as *mut ThreadCtl,
-            in("rsi") sp,
-            in("r11") entry,
+            in("rsi") fs,
+            in("r11") regs.as_ptr(),
             options(noreturn)
         )
     }

@@ -19,10 +19,12 @@ const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x3F, 24);
 const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x00, 32);
 const UFFDIO_WAKE: u64 = ioc(IOC_READ, UFFDIO, 0x02, 16);
 const UFFDIO_COPY: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x03, 40);
+const UFFDIO_MOVE: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x05, 40);
 const PAGEMAP_SCAN: u64 = ioc(IOC_READ | IOC_WRITE, b'f' as u64, 16, 96);
 
 const UFFD_API: u64 = 0xAA;
 pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
@@ -31,6 +33,16 @@ pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// `struct uffdio_move`.
+#[repr(C)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
 
 #[repr(C)]
 struct UffdioApi {
@@ -133,6 +145,8 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// and PAGEMAP_SCAN reports which pages were written.
 pub struct Userfaultfd {
     fd: OwnedFd,
+    /// Whether UFFDIO_MOVE is available (Linux 6.8 and later).
+    can_move: bool,
 }
 
 impl Userfaultfd {
@@ -140,6 +154,15 @@ impl Userfaultfd {
     /// the process's behalf (a read() into arena memory), which needs root,
     /// CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1.
     pub fn open() -> io::Result<Userfaultfd> {
+        // The API handshake can be made once per descriptor: without MOVE,
+        // start again on a new one.
+        match Userfaultfd::open_with(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_MOVE) {
+            Ok(uffd) => Ok(uffd),
+            Err(_) => Userfaultfd::open_with(UFFD_FEATURE_WP_ASYNC),
+        }
+    }
+
+    fn open_with(features: u64) -> io::Result<Userfaultfd> {
         // Safety: userfaultfd(2) takes only flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
         let fd = check(fd).map_err(|e| {
@@ -152,7 +175,7 @@ impl Userfaultfd {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: UFFD_FEATURE_WP_ASYNC,
+            features,
             ioctls: 0,
         };
         // Safety: UFFDIO_API reads and writes one UffdioApi, which `api` is.
@@ -163,7 +186,45 @@ impl Userfaultfd {
                     format!("UFFDIO_API with WP_ASYNC: {e} (needs Linux 6.7 or later)"),
                 )
             })?;
-        Ok(Userfaultfd { fd })
+        Ok(Userfaultfd {
+            fd,
+            can_move: features & UFFD_FEATURE_MOVE != 0,
+        })
+    }
+
+    pub fn can_move(&self) -> bool {
+        self.can_move
+    }
+
+    /// Moves the pages of `[src, src + len)` to `dst` (both registered
+    /// with this descriptor, with the same protection): each page leaves
+    /// its source atomically, so a later touch there faults as missing.
+    pub fn move_pages(&self, dst: u64, src: u64, len: u64) -> io::Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let mut mv = UffdioMove {
+                dst: dst + done,
+                src: src + done,
+                len: len - done,
+                mode: 0,
+                moved: 0,
+            };
+            // Safety: UFFDIO_MOVE reads and writes one UffdioMove; the
+            // kernel checks both ranges.
+            let ret = unsafe { libc::ioctl(self.raw(), UFFDIO_MOVE as _, &mut mv) };
+            if ret == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if mv.moved > 0 {
+                done += mv.moved as u64;
+            }
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                _ => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     pub fn raw(&self) -> RawFd {
@@ -174,6 +235,7 @@ impl Userfaultfd {
     pub fn lifted(self) -> io::Result<Userfaultfd> {
         Ok(Userfaultfd {
             fd: lego_transport::fdfloor::lift(self.fd)?,
+            can_move: self.can_move,
         })
     }
 
@@ -345,6 +407,8 @@ mod tests {
         assert_eq!(UFFDIO_REGISTER, 0xC020_AA00);
         assert_eq!(UFFDIO_WAKE, 0x8010_AA02);
         assert_eq!(UFFDIO_COPY, 0xC028_AA03);
+        assert_eq!(UFFDIO_MOVE, 0xC028_AA05);
+        assert_eq!(std::mem::size_of::<UffdioMove>(), 40);
         assert_eq!(PAGEMAP_SCAN, 0xC060_6610);
         assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
         assert_eq!(std::mem::size_of::<PmScanArg>(), 96);

@@ -32,7 +32,8 @@ emu('mem::madvise', 'DONTNEED and FREE drop pages on both sides; other advice is
 emu('mem::accept_noop', 'accepted; the ExCache decides residency', 'mlock', 'munlock', 'mlockall', 'munlockall', 'mlock2')
 emu('mem::accept_noop', 'accepted; anonymous memory has no file to sync', 'msync')
 emu('proc::arch_prctl', 'FS base virtualised; ARCH_SET_GS refused (GS belongs to the runtime); others passed through', 'arch_prctl')
-emu('proc::exit_group', 'ends the process; ExCache counters are reported', 'exit', 'exit_group')
+emu('proc::exit_group', 'ends the process; ExCache counters are reported', 'exit_group')
+emu('thread::exit', 'ends the calling thread (its CLONE_CHILD_CLEARTID address is cleared and woken); the last thread ends the process as exit_group', 'exit')
 emu('proc::prctl', 'passed through, except syscall user dispatch, seccomp and PR_SET_MM (EINVAL)', 'prctl')
 emu('proc::prlimit64', 'passed through; new RLIMIT_AS and RLIMIT_DATA values accepted but not applied (the arena is reserved up front)', 'prlimit64')
 emu('proc::setrlimit', 'as prlimit64', 'setrlimit')
@@ -45,7 +46,9 @@ emu('signal::rt_sigsuspend', 'waits with the temporary mask; the waking signal i
 emu('fs::readlink', '/proc/self/exe names the program; other paths ' + 'from the storage manager when the program has one, else the host', 'readlink')
 emu('fs::readlinkat', 'as readlink', 'readlinkat')
 ref('ENOSYS', 'glibc falls back to running without restartable sequences', 'rseq')
-ref('ENOSYS', 'threads and processes arrive with the processes issue', 'clone', 'clone3', 'fork', 'vfork')
+emu('thread::clone', 'threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; new processes are refused with ENOSYS', 'clone')
+emu('thread::clone3', 'ENOSYS, so that glibc falls back to clone', 'clone3')
+ref('ENOSYS', 'new processes arrive with the rest of the processes issue', 'fork', 'vfork')
 emu('exec::execve', 'replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; files still come from the host', 'execve')
 emu('exec::execveat', 'as execve, for AT_FDCWD or absolute paths without flags; other forms ENOSYS', 'execveat')
 ref('ENOSYS', 'System V shared memory would map host memory outside the arena', 'shmget', 'shmat', 'shmdt', 'shmctl')
@@ -66,7 +69,7 @@ pas('host ids until the cluster-wide process ids of the processes issue', 'getpi
 pas('host scheduler', 'sched_yield','sched_setparam','sched_getparam','sched_setscheduler','sched_getscheduler','sched_get_priority_max','sched_get_priority_min','sched_rr_get_interval','sched_setaffinity','sched_getaffinity','sched_setattr','sched_getattr','getpriority','setpriority','getcpu','ioprio_set','ioprio_get')
 emu('proc::sysinfo', 'RAM is the home memory manager\'s pool (what was unpromised at launch is free); uptime, load and process count are the host\'s', 'sysinfo')
 pas('host kernel', 'uname','getrusage','getrandom','getrlimit','personality','membarrier','restart_syscall','wait4','waitid','kill','tkill','tgkill','rt_sigtimedwait','rt_sigqueueinfo','rt_tgsigqueueinfo','set_tid_address','set_robust_list','get_robust_list','lsm_get_self_attr','lsm_list_modules')
-pas('on arena addresses; one thread until the processes issue', 'futex','futex_wake','futex_wait','futex_requeue')
+pas('on arena addresses (host futexes: every operation, PI and requeue included)', 'futex','futex_wake','futex_wait','futex_requeue')
 pas('reports which pages are resident in the ExCache', 'mincore')
 
 
@@ -87,7 +90,7 @@ for n in ['setxattr','lsetxattr','fsetxattr','getxattr','lgetxattr','fgetxattr',
 
 out = []
 out.append('//! The syscall table: every x86-64 syscall number, what Lego does with it,\n//! and why. `docs/syscalls.md` is generated from it (a test keeps the two in\n//! sync). Numbers missing here are unknown to Lego and fail with ENOSYS.\n//!\n//! Written by `crates/runtime/tools/gen_table.py`: change the dispositions\n//! there and run it again.\n')
-out.append('use super::Disposition::{Emulate, Pass, Refuse};\nuse super::{exec, file, fs, mem, path, proc, signal, Syscall};\n')
+out.append('use super::Disposition::{Emulate, Pass, Refuse};\nuse super::{exec, file, fs, mem, path, proc, signal, thread, Syscall};\n')
 out.append('pub static SYSCALLS: &[Syscall] = &[')
 unknown_default = []
 for nr in sorted(names):

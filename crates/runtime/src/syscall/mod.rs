@@ -13,6 +13,7 @@ pub mod path;
 pub mod proc;
 pub mod signal;
 pub mod table;
+pub mod thread;
 
 use crate::Runtime;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,7 +171,9 @@ pub unsafe extern "C" fn sigsys_handler(
         };
         // Only a blocking call made for this one may be restarted.
         ctl.interrupted = 0;
+        ctl.regs = &*g;
         let ret = dispatch(rt, &call);
+        ctl.regs = std::ptr::null();
         g[libc::REG_RAX as usize] = ret;
         signal::maybe_restart(rt, ctl, call.nr, g);
         // Only a successful execve changes where the handler returns to.

@@ -6,7 +6,7 @@
 //! there and run it again.
 
 use super::Disposition::{Emulate, Pass, Refuse};
-use super::{exec, file, fs, mem, path, proc, signal, Syscall};
+use super::{exec, file, fs, mem, path, proc, signal, thread, Syscall};
 
 pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 0, name: "read", disposition: Emulate(file::read), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's" },
@@ -65,11 +65,11 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 53, name: "socketpair", disposition: Pass, note: "host kernel object" },
     Syscall { nr: 54, name: "setsockopt", disposition: Pass, note: "host kernel object" },
     Syscall { nr: 55, name: "getsockopt", disposition: Pass, note: "host kernel object" },
-    Syscall { nr: 56, name: "clone", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
-    Syscall { nr: 57, name: "fork", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
-    Syscall { nr: 58, name: "vfork", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
+    Syscall { nr: 56, name: "clone", disposition: Emulate(thread::clone), note: "threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; new processes are refused with ENOSYS" },
+    Syscall { nr: 57, name: "fork", disposition: Refuse(libc::ENOSYS), note: "new processes arrive with the rest of the processes issue" },
+    Syscall { nr: 58, name: "vfork", disposition: Refuse(libc::ENOSYS), note: "new processes arrive with the rest of the processes issue" },
     Syscall { nr: 59, name: "execve", disposition: Emulate(exec::execve), note: "replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; files still come from the host" },
-    Syscall { nr: 60, name: "exit", disposition: Emulate(proc::exit_group), note: "ends the process; ExCache counters are reported" },
+    Syscall { nr: 60, name: "exit", disposition: Emulate(thread::exit), note: "ends the calling thread (its CLONE_CHILD_CLEARTID address is cleared and woken); the last thread ends the process as exit_group" },
     Syscall { nr: 61, name: "wait4", disposition: Pass, note: "host kernel" },
     Syscall { nr: 62, name: "kill", disposition: Pass, note: "host kernel" },
     Syscall { nr: 63, name: "uname", disposition: Pass, note: "host kernel" },
@@ -211,7 +211,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 199, name: "fremovexattr", disposition: Emulate(path::xattr), note: "storage files: ENOTSUP (no extended attributes); host files passed through" },
     Syscall { nr: 200, name: "tkill", disposition: Pass, note: "host kernel" },
     Syscall { nr: 201, name: "time", disposition: Pass, note: "host clock and timers" },
-    Syscall { nr: 202, name: "futex", disposition: Pass, note: "on arena addresses; one thread until the processes issue" },
+    Syscall { nr: 202, name: "futex", disposition: Pass, note: "on arena addresses (host futexes: every operation, PI and requeue included)" },
     Syscall { nr: 203, name: "sched_setaffinity", disposition: Pass, note: "host scheduler" },
     Syscall { nr: 204, name: "sched_getaffinity", disposition: Pass, note: "host scheduler" },
     Syscall { nr: 205, name: "set_thread_area", disposition: Refuse(libc::ENOSYS), note: "not supported on x86-64 user space" },
@@ -355,7 +355,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 432, name: "fsmount", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 433, name: "fspick", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 434, name: "pidfd_open", disposition: Pass, note: "host kernel object" },
-    Syscall { nr: 435, name: "clone3", disposition: Refuse(libc::ENOSYS), note: "threads and processes arrive with the processes issue" },
+    Syscall { nr: 435, name: "clone3", disposition: Emulate(thread::clone3), note: "ENOSYS, so that glibc falls back to clone" },
     Syscall { nr: 436, name: "close_range", disposition: Emulate(file::close_range), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's; the runtime's own descriptors are refused with EBADF" },
     Syscall { nr: 437, name: "openat2", disposition: Emulate(file::openat2), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's" },
     Syscall { nr: 438, name: "pidfd_getfd", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
@@ -374,9 +374,9 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 451, name: "cachestat", disposition: Pass, note: "passed to the host kernel as is (not routed to the storage manager)" },
     Syscall { nr: 452, name: "fchmodat2", disposition: Emulate(path::fchmodat2), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's" },
     Syscall { nr: 453, name: "map_shadow_stack", disposition: Refuse(libc::ENOSYS), note: "maps kernel memory outside the arena" },
-    Syscall { nr: 454, name: "futex_wake", disposition: Pass, note: "on arena addresses; one thread until the processes issue" },
-    Syscall { nr: 455, name: "futex_wait", disposition: Pass, note: "on arena addresses; one thread until the processes issue" },
-    Syscall { nr: 456, name: "futex_requeue", disposition: Pass, note: "on arena addresses; one thread until the processes issue" },
+    Syscall { nr: 454, name: "futex_wake", disposition: Pass, note: "on arena addresses (host futexes: every operation, PI and requeue included)" },
+    Syscall { nr: 455, name: "futex_wait", disposition: Pass, note: "on arena addresses (host futexes: every operation, PI and requeue included)" },
+    Syscall { nr: 456, name: "futex_requeue", disposition: Pass, note: "on arena addresses (host futexes: every operation, PI and requeue included)" },
     Syscall { nr: 457, name: "statmount", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 458, name: "listmount", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 459, name: "lsm_get_self_attr", disposition: Pass, note: "host kernel" },

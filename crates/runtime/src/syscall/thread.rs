@@ -1,0 +1,162 @@
+//! Threads. Every application thread runs on a runtime thread of its own
+//! (its own TLS for the runtime's code, its own SIGSYS stack, its own
+//! Syscall User Dispatch selector, which a clone does not inherit), and
+//! traps its own syscalls. The kernel knows it as an ordinary thread of
+//! the process: its tid, futexes (on arena addresses), CLONE_CHILD_CLEARTID
+//! and tgkill are the host's.
+
+use super::Call;
+use crate::sud::{self, current_ctl, raw_syscall, ThreadCtl};
+use crate::{user, Runtime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+/// Application threads alive (the first is the one the program started on).
+static THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Whether the application has more than one thread: then pages may be
+/// written while the runtime evicts.
+pub fn several() -> bool {
+    THREADS.load(Ordering::SeqCst) > 1
+}
+
+/// The runtime's own stack for each application thread: its code only
+/// (the application runs on the stack it gave clone).
+const RUNTIME_STACK: usize = 256 << 10;
+
+const CLONE_VM: u64 = libc::CLONE_VM as u64;
+const CLONE_SIGHAND: u64 = libc::CLONE_SIGHAND as u64;
+const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
+const CLONE_SETTLS: u64 = libc::CLONE_SETTLS as u64;
+const CLONE_PARENT_SETTID: u64 = libc::CLONE_PARENT_SETTID as u64;
+const CLONE_CHILD_SETTID: u64 = libc::CLONE_CHILD_SETTID as u64;
+const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
+/// Flags a thread may carry that need nothing from the runtime: the
+/// thread shares everything of the process already.
+/// CLONE_DETACHED is ignored by Linux (musl still passes it).
+const SHARED: u64 =
+    (libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SYSVSEM | libc::CLONE_DETACHED) as u64;
+
+fn errno(e: i32) -> i64 {
+    -(e as i64)
+}
+
+pub fn clone(rt: &Runtime, c: &Call) -> i64 {
+    let [flags, stack, parent_tid, child_tid, tls, _] = c.args;
+    if flags & CLONE_THREAD == 0 {
+        // New processes (fork, vfork, clone without CLONE_THREAD) are not
+        // supported yet.
+        return errno(libc::ENOSYS);
+    }
+    if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND {
+        return errno(libc::EINVAL);
+    }
+    let known = CLONE_VM
+        | CLONE_SIGHAND
+        | CLONE_THREAD
+        | CLONE_SETTLS
+        | CLONE_PARENT_SETTID
+        | CLONE_CHILD_SETTID
+        | CLONE_CHILD_CLEARTID
+        | SHARED;
+    if flags & !known != 0 || flags & 0xff != 0 {
+        // No exit signal for a thread; other options (CLONE_VFORK,
+        // CLONE_PTRACE, namespaces...) are not thread options.
+        return errno(libc::EINVAL);
+    }
+    spawn(rt, flags, stack, parent_tid, child_tid, tls)
+}
+
+/// clone3 is answered ENOSYS: glibc then uses clone, which carries the
+/// same thread options.
+pub fn clone3(_rt: &Runtime, _c: &Call) -> i64 {
+    errno(libc::ENOSYS)
+}
+
+fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, tls: u64) -> i64 {
+    if !rt.arena.can_stage() {
+        // Eviction would not be safe with threads writing meanwhile.
+        tracing::warn!("threads need UFFDIO_MOVE (Linux 6.8 or later); clone refused");
+        return errno(libc::EAGAIN);
+    }
+    rt.cache.set_concurrent();
+    // Safety: inside the SIGSYS handler of an application thread, which
+    // set `regs` to the registers of this very call.
+    let ctl = unsafe { current_ctl() };
+    if ctl.regs.is_null() {
+        return errno(libc::EINVAL);
+    }
+    // Safety: `regs` points into the live SIGSYS frame of this call.
+    let mut regs = unsafe { *ctl.regs };
+    regs[libc::REG_RAX as usize] = 0;
+    if stack != 0 {
+        regs[libc::REG_RSP as usize] = stack as i64;
+    }
+    let fs = if flags & CLONE_SETTLS != 0 {
+        tls
+    } else {
+        ctl.app_fs
+    };
+    let mask = ctl.app_mask;
+    let (tx, rx) = mpsc::channel::<Result<i32, i32>>();
+    THREADS.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name("app-thread".into())
+        .stack_size(RUNTIME_STACK)
+        .spawn(move || {
+            // Safety: gettid has no preconditions.
+            let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
+            if let Err(e) = sud::install_altstack(sud::SIGSYS_STACK) {
+                let _ = tx.send(Err(e.raw_os_error().unwrap_or(libc::ENOMEM)));
+                THREADS.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            if flags & CLONE_CHILD_SETTID != 0 {
+                let _ = user::write(child_tid, &tid.to_ne_bytes());
+            }
+            if flags & CLONE_CHILD_CLEARTID != 0 {
+                // Safety: the kernel clears and wakes this application
+                // address when the thread exits, as for any clone.
+                unsafe {
+                    raw_syscall(libc::SYS_set_tid_address as u64, [child_tid, 0, 0, 0, 0, 0])
+                };
+            }
+            let ctl = Box::leak(Box::new(ThreadCtl::new()));
+            ctl.app_mask = mask;
+            // Safety: `ctl` is leaked, the SIGSYS handler is process-wide
+            // and this thread's alternate stack is installed; `regs` are
+            // the creator's at its clone, with the child's rax and stack.
+            unsafe {
+                sud::enter_thread(ctl, &regs, fs, move || {
+                    let _ = tx.send(Ok(tid));
+                })
+            }
+        });
+    if let Err(e) = spawned {
+        THREADS.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!("cannot start a runtime thread for the application: {e}");
+        return errno(libc::EAGAIN);
+    }
+    let tid = match rx.recv() {
+        Ok(Ok(tid)) => tid,
+        Ok(Err(e)) => return errno(e),
+        Err(_) => return errno(libc::EAGAIN),
+    };
+    if flags & CLONE_PARENT_SETTID != 0 {
+        let _ = user::write(parent_tid, &tid.to_ne_bytes());
+    }
+    tid as i64
+}
+
+/// exit: ends the calling thread, or the process with the last one.
+pub fn exit(rt: &Runtime, c: &Call) -> i64 {
+    if THREADS.fetch_sub(1, Ordering::SeqCst) == 1 {
+        THREADS.store(1, Ordering::SeqCst);
+        return super::proc::exit_group(rt, c);
+    }
+    // Safety: ends this thread only; the kernel clears and wakes its
+    // CLONE_CHILD_CLEARTID address. Its runtime stack and control block
+    // are not reclaimed (a few hundred KiB per ended thread).
+    unsafe { raw_syscall(libc::SYS_exit as u64, [c.args[0], 0, 0, 0, 0, 0]) };
+    unreachable!("exit returned")
+}
