@@ -49,7 +49,7 @@ ref('ENOSYS', 'glibc falls back to running without restartable sequences', 'rseq
 emu('thread::clone', 'threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; new processes are refused with ENOSYS', 'clone')
 emu('thread::clone3', 'ENOSYS, so that glibc falls back to clone', 'clone3')
 ref('ENOSYS', 'new processes arrive with the rest of the processes issue', 'fork', 'vfork')
-emu('exec::execve', 'replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; files still come from the host', 'execve')
+emu('exec::execve', 'replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; refused with EAGAIN while several threads run', 'execve')
 emu('exec::execveat', 'as execve, for AT_FDCWD or absolute paths without flags; other forms ENOSYS', 'execveat')
 ref('ENOSYS', 'System V shared memory would map host memory outside the arena', 'shmget', 'shmat', 'shmdt', 'shmctl')
 ref('ENOSYS', 'maps kernel memory outside the arena', 'io_setup', 'io_destroy', 'io_getevents', 'io_submit', 'io_cancel', 'io_pgetevents', 'io_uring_setup', 'io_uring_enter', 'io_uring_register', 'memfd_secret', 'map_shadow_stack', 'remap_file_pages')

@@ -59,6 +59,12 @@ pub fn execveat(rt: &Runtime, c: &Call) -> i64 {
 }
 
 fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
+    if super::thread::several() {
+        // Linux ends the other threads first; the runtime cannot yet stop
+        // a thread that is running, so the exec is refused instead.
+        tracing::warn!("execve with several threads running refused with EAGAIN");
+        return errno(libc::EAGAIN);
+    }
     let path = match user::read_cstring(path, libc::PATH_MAX as usize) {
         Ok(p) if !p.is_empty() => p,
         Ok(_) => return errno(libc::ENOENT),

@@ -68,7 +68,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 56, name: "clone", disposition: Emulate(thread::clone), note: "threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; new processes are refused with ENOSYS" },
     Syscall { nr: 57, name: "fork", disposition: Refuse(libc::ENOSYS), note: "new processes arrive with the rest of the processes issue" },
     Syscall { nr: 58, name: "vfork", disposition: Refuse(libc::ENOSYS), note: "new processes arrive with the rest of the processes issue" },
-    Syscall { nr: 59, name: "execve", disposition: Emulate(exec::execve), note: "replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; files still come from the host" },
+    Syscall { nr: 59, name: "execve", disposition: Emulate(exec::execve), note: "replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; refused with EAGAIN while several threads run" },
     Syscall { nr: 60, name: "exit", disposition: Emulate(thread::exit), note: "ends the calling thread (its CLONE_CHILD_CLEARTID address is cleared and woken); the last thread ends the process as exit_group" },
     Syscall { nr: 61, name: "wait4", disposition: Pass, note: "host kernel" },
     Syscall { nr: 62, name: "kill", disposition: Pass, note: "host kernel" },
