@@ -46,6 +46,15 @@ pub enum Which {
         #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
         size: u64,
     },
+    /// Miss-bound throughput of a 4-thread random-read workload vs 1 thread, ExCache at 25%
+    Threads {
+        /// Working set, split among the threads
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+        size: u64,
+        /// Threads of the parallel run
+        #[arg(long, default_value_t = 4)]
+        threads: u32,
+    },
     /// Sequential scan and uniform random updates, native vs Lego at ExCache 100%, 50%, 25%
     Workload {
         /// Working set
@@ -60,6 +69,7 @@ pub enum Which {
 const MISS_C: &str = include_str!("miss.c");
 const SYSCALL_C: &str = include_str!("syscall.c");
 const WORKLOAD_C: &str = include_str!("workload.c");
+const THREADS_C: &str = include_str!("threads.c");
 
 /// A scratch directory with the compiled workloads and a private cluster.
 struct Bench {
@@ -174,6 +184,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         Which::Syscall { calls } => syscall(calls),
         Which::Workload { size, patterns } => workload(size, &patterns),
         Which::Files { size } => files(size),
+        Which::Threads { size, threads } => threads_bench(size, threads),
     }
 }
 
@@ -223,6 +234,36 @@ fn miss(size: u64, excache: u64) -> Result<()> {
     println!(
         "  ratio: Lego miss median / (TCP round trip + userfaultfd copy) = {:.2} (goal <= 1.3)",
         lego_med / budget
+    );
+    Ok(())
+}
+
+fn threads_bench(size: u64, threads: u32) -> Result<()> {
+    let excache = (size / 4).max(4 << 20);
+    let bench = Bench::new(size * 2 + (1 << 30), excache)?;
+    let program = bench.compile("threads", THREADS_C)?;
+    let mib = (size >> 20).to_string();
+    println!(
+        "Random reads over {} (one word per page, ExCache {}; most touches miss): page touches per second",
+        format_size(size),
+        format_size(excache)
+    );
+    let mut rates = Vec::new();
+    for n in [1, threads] {
+        let out = numbers(&bench.lego(excache, &program, &[n.to_string(), mib.clone()])?);
+        let [touches, ns, ..] = out[..] else {
+            bail!("unexpected output from the threads workload: {out:?}");
+        };
+        let rate = touches / (ns / 1e9);
+        println!(
+            "  {n} thread(s): {touches:.0} touches in {:.3} s = {rate:>9.0} /s",
+            ns / 1e9
+        );
+        rates.push(rate);
+    }
+    println!(
+        "  ratio: {threads} threads / 1 thread = {:.2}",
+        rates[1] / rates[0]
     );
     Ok(())
 }
