@@ -112,24 +112,27 @@ fn coreutils_and_friends_match_the_native_run() {
         &["-c", "word42 ", big],
         None,
     );
-    // sort spills temporary files with a 16 MiB buffer and a 32 MiB ExCache.
+    // sort spills temporary files with a 16 MiB buffer and a 32 MiB
+    // ExCache, with one thread and with two.
     let fifty = scratch.text("fifty.txt", 50);
     let fifty = fifty.to_str().unwrap();
-    same(
-        &cluster,
-        &scratch.dir,
-        &["--excache", "32M"],
-        "/usr/bin/sort",
-        &[
-            "--parallel=1",
-            "-S",
-            "16M",
-            "-T",
-            scratch.dir.to_str().unwrap(),
-            fifty,
-        ],
-        None,
-    );
+    for parallel in ["--parallel=1", "--parallel=2"] {
+        same(
+            &cluster,
+            &scratch.dir,
+            &["--excache", "32M"],
+            "/usr/bin/sort",
+            &[
+                parallel,
+                "-S",
+                "16M",
+                "-T",
+                scratch.dir.to_str().unwrap(),
+                fifty,
+            ],
+            None,
+        );
+    }
     // gzip then gunzip, in separate runs, through files.
     let gz = scratch.path("fifty.txt.gz");
     let out = cluster.run(&[], Path::new("/bin/gzip"), &["-c", fifty]);
