@@ -892,3 +892,62 @@ fn threads_share_memory_locks_tls_and_signals_as_natively() {
     assert_eq!(text(&lego.stdout), "count 80000\n");
     assert!(!cluster.log("processor-0").contains("runtime bug"));
 }
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+#[test]
+fn redis_server_serves_redis_benchmark_without_errors() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let port = free_port().to_string();
+    let mut server = cluster
+        .run_command(
+            &["--excache", "64M"],
+            std::path::Path::new("/usr/bin/redis-server"),
+            &["--port", &port, "--save", "", "--appendonly", "no"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lego run starts redis-server");
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while text(&cli(&["ping"]).stdout) != "PONG\n" {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server under Lego never answered PING"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bench = std::process::Command::new("redis-benchmark")
+        .args(["-p", &port, "-t", "set,get", "-n", "20000", "-q"])
+        .output()
+        .expect("redis-benchmark runs");
+    let report = text(&bench.stdout).replace('\r', "\n");
+    assert!(bench.status.success(), "{report}");
+    for op in ["SET:", "GET:"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(op) && l.contains("requests per second")),
+            "{op} missing: {report}"
+        );
+    }
+    assert_eq!(text(&cli(&["set", "lego", "splitkernel"]).stdout), "OK\n");
+    assert_eq!(text(&cli(&["get", "lego"]).stdout), "splitkernel\n");
+    let _ = cli(&["shutdown", "nosave"]);
+    let out = server.wait_with_output().expect("lego run ends");
+    assert_eq!(shell_status(&out), 0, "{}", text(&out.stderr));
+    assert!(!cluster.log("processor-0").contains("runtime bug"));
+}
