@@ -905,7 +905,7 @@ fn free_port() -> u16 {
 fn redis_server_serves_redis_benchmark_without_errors() {
     let cluster = Cluster::up(&["--memories", "1"]);
     let port = free_port().to_string();
-    let mut server = cluster
+    let server = cluster
         .run_command(
             &["--excache", "64M"],
             std::path::Path::new("/usr/bin/redis-server"),
