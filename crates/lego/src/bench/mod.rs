@@ -55,6 +55,15 @@ pub enum Which {
         #[arg(long, default_value_t = 4)]
         threads: u32,
     },
+    /// redis-benchmark GET/SET throughput against redis-server under Lego vs native
+    Redis {
+        /// Requests per test
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+        /// ExCache quota of the Lego server
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+        excache: u64,
+    },
     /// Sequential scan and uniform random updates, native vs Lego at ExCache 100%, 50%, 25%
     Workload {
         /// Working set
@@ -185,6 +194,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         Which::Workload { size, patterns } => workload(size, &patterns),
         Which::Files { size } => files(size),
         Which::Threads { size, threads } => threads_bench(size, threads),
+        Which::Redis { requests, excache } => redis(requests, excache),
     }
 }
 
@@ -265,6 +275,116 @@ fn threads_bench(size: u64, threads: u32) -> Result<()> {
         "  ratio: {threads} threads / 1 thread = {:.2}",
         rates[1] / rates[0]
     );
+    Ok(())
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until a redis server answers PING on `port`.
+fn redis_ready(port: u16) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .context("lego bench redis needs redis-cli (apt-get install redis-tools)")?;
+        if out.stdout == b"PONG\n" {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("redis-server on port {port} never answered PING");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Requests per second of SET and GET from redis-benchmark.
+fn redis_rates(port: u16, requests: u64) -> Result<(f64, f64)> {
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-t", "set,get", "-q", "-n"])
+        .arg(requests.to_string())
+        .output()
+        .context("lego bench redis needs redis-benchmark (apt-get install redis-tools)")?;
+    let report = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let rate = |op: &str| {
+        report
+            .lines()
+            .filter(|l| l.starts_with(op) && l.contains("requests per second"))
+            .find_map(|l| l[op.len()..].split_whitespace().next()?.parse::<f64>().ok())
+    };
+    match (rate("SET:"), rate("GET:")) {
+        (Some(set), Some(get)) if out.status.success() => Ok((set, get)),
+        _ => bail!("redis-benchmark failed: {report}"),
+    }
+}
+
+fn redis(requests: u64, excache: u64) -> Result<()> {
+    let bench = Bench::new(2 << 30, excache)?;
+    let args = |port: u16| -> Vec<String> {
+        [
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let shutdown = |port: u16| {
+        let _ = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "shutdown", "nosave"])
+            .output();
+    };
+    let port = free_port()?;
+    let mut native_server = Command::new("redis-server")
+        .args(args(port))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("lego bench redis needs redis-server (apt-get install redis-server)")?;
+    redis_ready(port)?;
+    let native_rates = redis_rates(port, requests);
+    shutdown(port);
+    let _ = native_server.wait();
+    let native_rates = native_rates?;
+
+    let port = free_port()?;
+    let mut lego_server = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .arg("--state")
+        .arg(&bench.cluster.root)
+        .arg("--excache")
+        .arg(excache.to_string())
+        .arg("--")
+        .arg("/usr/bin/redis-server")
+        .args(args(port))
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    redis_ready(port)?;
+    let lego_rates = redis_rates(port, requests);
+    shutdown(port);
+    let _ = lego_server.wait();
+    let lego_rates = lego_rates?;
+    println!(
+        "redis-benchmark, {requests} requests per test, 50 clients, on loopback (ExCache {}):",
+        format_size(excache)
+    );
+    for (op, n, l) in [
+        ("SET", native_rates.0, lego_rates.0),
+        ("GET", native_rates.1, lego_rates.1),
+    ] {
+        println!(
+            "  {op}  native {n:>10.0} /s   Lego {l:>10.0} /s   ratio Lego / native = {:.2}",
+            l / n
+        );
+    }
     Ok(())
 }
 
