@@ -877,6 +877,25 @@ fn threads_share_memory_locks_tls_and_signals_as_natively() {
             text(&out.stderr)
         );
     }
+    // Thousands of short-lived threads, each joined: a join must never
+    // miss its thread's end (it did when the creator stored the tid after
+    // the thread had already ended).
+    let churn = program("threadchurn", Build::GlibcStatic);
+    let mut child = cluster
+        .run_command(&[], &churn, &["2000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("lego run starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("lego run waits").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("2000 thread joins did not finish within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("lego run ends");
+    assert_eq!(text(&out.stdout), "joined 2000 sum 2001000\n");
     // Python threads contending on one lock.
     let python = std::path::Path::new("/usr/bin/python3");
     let script = "import threading\n\

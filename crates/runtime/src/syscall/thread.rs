@@ -111,6 +111,12 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
                 THREADS.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
+            // Both tid stores happen before the thread can run, let alone
+            // end (which clears the CLEARTID word): the creator's store
+            // coming after that would leave a joiner waiting forever.
+            if flags & CLONE_PARENT_SETTID != 0 {
+                let _ = user::write(parent_tid, &tid.to_ne_bytes());
+            }
             if flags & CLONE_CHILD_SETTID != 0 {
                 let _ = user::write(child_tid, &tid.to_ne_bytes());
             }
@@ -142,9 +148,6 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
         Ok(Err(e)) => return errno(e),
         Err(_) => return errno(libc::EAGAIN),
     };
-    if flags & CLONE_PARENT_SETTID != 0 {
-        let _ = user::write(parent_tid, &tid.to_ne_bytes());
-    }
     tid as i64
 }
 
