@@ -102,6 +102,12 @@ fn bit(sig: usize) -> u64 {
     1 << (sig - 1)
 }
 
+/// A mask as the application may hold it: SIGKILL and SIGSTOP cannot be
+/// blocked (SIGSYS can, in the application's view; see `kernel_mask`).
+fn blockable(mask: u64) -> u64 {
+    mask & !(bit(libc::SIGKILL as usize) | bit(libc::SIGSTOP as usize))
+}
+
 fn errno(e: i32) -> i64 {
     -(e as i64)
 }
@@ -137,7 +143,7 @@ pub fn rt_sigaction(rt: &Runtime, c: &Call) -> i64 {
     }
     if act != 0 {
         // SIGKILL and SIGSTOP cannot be blocked while a handler runs.
-        let mask = kernel_mask(field(&new, 24)) | (field(&new, 24) & bit(libc::SIGSYS as usize));
+        let mask = blockable(field(&new, 24));
         put(&mut new, 24, mask);
         *slot = new;
         if sig != libc::SIGSYS as u64 {
@@ -176,7 +182,7 @@ pub fn rt_sigprocmask(_rt: &Runtime, c: &Call) -> i64 {
             return errno(e);
         }
     }
-    ctl.app_mask = kernel_mask(new) | (new & bit(libc::SIGSYS as usize));
+    ctl.app_mask = blockable(new);
     0
 }
 
@@ -223,7 +229,7 @@ pub fn rt_sigsuspend(_rt: &Runtime, c: &Call) -> i64 {
         // Safety: inside the SIGSYS handler of an application thread.
         let ctl = unsafe { current_ctl() };
         ctl.suspended_mask = Some(ctl.app_mask);
-        ctl.app_mask = kernel_mask(temporary) | (temporary & bit(libc::SIGSYS as usize));
+        ctl.app_mask = blockable(temporary);
     }
     ret
 }
@@ -514,7 +520,7 @@ pub fn sigreturn_frame(rt: &Runtime, ctl: &mut ThreadCtl, uc: &mut libc::ucontex
         unsafe { std::ptr::copy_nonoverlapping(fp.as_ptr(), fp_live as *mut u8, len) };
     }
     let mask = field(&saved, UC_SIGMASK);
-    ctl.app_mask = kernel_mask(mask) | (mask & bit(libc::SIGSYS as usize));
+    ctl.app_mask = blockable(mask);
     restore_mask_on_return(uc, ctl.app_mask);
 }
 
