@@ -28,10 +28,17 @@ pub const PAGE: u64 = PAGE_SIZE as u64;
 pub struct PageId(u32);
 
 /// A capacity-bounded pool of pages with a commit charge.
+///
+/// A page may be shared by several address spaces after a fork: it keeps a
+/// reference count, [`PagePool::share`] adds a holder, [`PagePool::free`]
+/// drops one and frees the page with the last, and a holder that wants to
+/// write a shared page copies it first ([`PagePool::is_shared`]).
 pub struct PagePool {
     /// Pages the pool may ever hold (capacity rounded down to pages).
     capacity_pages: u32,
     slabs: Vec<Box<[[u8; PAGE_SIZE]]>>,
+    /// Holders of each page of the existing slabs (0 for a free page).
+    refs: Vec<u32>,
     /// Pages of existing slabs that hold nothing.
     free: Vec<PageId>,
     /// Pages handed out and not yet freed.
@@ -48,6 +55,7 @@ impl PagePool {
         PagePool {
             capacity_pages: pages as u32,
             slabs: Vec::new(),
+            refs: Vec::new(),
             free: Vec::new(),
             allocated: 0,
             committed: 0,
@@ -99,6 +107,7 @@ impl PagePool {
             None => self.grow()?,
         };
         self.allocated += 1;
+        self.refs[id.0 as usize] = 1;
         let page = self.get_mut(id);
         // Freed pages keep their old bytes; never hand one process's data to
         // another.
@@ -119,6 +128,7 @@ impl PagePool {
         // host provides lazily: an unused slab costs address space only.
         self.slabs
             .push(vec![[0u8; PAGE_SIZE]; count].into_boxed_slice());
+        self.refs.resize(existing + count, 0);
         // Ids fit in u32 because capacity_pages does. Pushed in reverse so
         // pages are handed out in address order.
         let first = existing as u32;
@@ -127,11 +137,30 @@ impl PagePool {
         Some(PageId(first))
     }
 
-    /// Returns a page to the pool.
+    /// Drops one holder of a page; the last one returns it to the pool.
     pub fn free(&mut self, id: PageId) {
+        let refs = &mut self.refs[id.0 as usize];
+        debug_assert!(*refs > 0, "free of a free page");
+        *refs = refs.saturating_sub(1);
+        if *refs > 0 {
+            return;
+        }
         debug_assert!(self.allocated > 0, "free with no page allocated");
         self.allocated = self.allocated.saturating_sub(1);
         self.free.push(id);
+    }
+
+    /// Adds a holder to an allocated page (a fork's copy of it).
+    pub fn share(&mut self, id: PageId) {
+        let refs = &mut self.refs[id.0 as usize];
+        debug_assert!(*refs > 0, "share of a free page");
+        *refs += 1;
+    }
+
+    /// Whether more than one address space holds the page: it must be
+    /// copied before it is written.
+    pub fn is_shared(&self, id: PageId) -> bool {
+        self.refs[id.0 as usize] > 1
     }
 
     pub fn get(&self, id: PageId) -> &[u8; PAGE_SIZE] {
@@ -189,6 +218,22 @@ mod tests {
         pool.get_mut(b).fill(2);
         assert!(pool.get(a).iter().all(|&x| x == 1));
         assert!(pool.get(b).iter().all(|&x| x == 2));
+    }
+
+    #[test]
+    fn a_shared_page_is_freed_by_its_last_holder() {
+        let mut pool = PagePool::new(4 * PAGE);
+        let a = pool.alloc().unwrap();
+        pool.get_mut(a).fill(7);
+        pool.share(a);
+        assert!(pool.is_shared(a));
+        pool.free(a);
+        assert!(!pool.is_shared(a));
+        assert_eq!(pool.used(), PAGE, "one holder left");
+        assert!(pool.get(a).iter().all(|&x| x == 7));
+        pool.free(a);
+        assert_eq!(pool.used(), 0);
+        assert_eq!(pool.alloc(), Some(a), "freed with its last holder");
     }
 
     #[test]

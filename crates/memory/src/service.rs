@@ -1,5 +1,5 @@
-//! The memory manager's request handling: `Exec`, `Memory`, `FetchPage`,
-//! `WriteBack` and `ReleaseProcess` for the processes homed here.
+//! The memory manager's request handling: `Exec`, `Fork`, `Memory`,
+//! `FetchPage`, `WriteBack` and `ReleaseProcess` for the processes homed here.
 //!
 //! # Locking
 //!
@@ -166,6 +166,51 @@ impl MemoryService {
             self.free_slot(&replaced);
         }
         Message::ExecLoaded(exec).into()
+    }
+
+    /// fork: `child` gets a copy-on-write copy of `parent`'s address space.
+    /// Nothing is copied now; a page is copied when one side writes it back.
+    fn fork(&self, parent: ProcessId, child: ProcessId) -> Reply {
+        let Some(slot) = self.slot(parent) else {
+            return unknown_process(parent);
+        };
+        {
+            let table = lock(&self.processes);
+            if table.contains_key(&child) {
+                return bad_request(format!(
+                    "fork of process {parent:#x}: process {child:#x} already exists"
+                ));
+            }
+            if table.len() >= MAX_PROCESSES {
+                return bad_request(format!(
+                    "fork of process {parent:#x}: this memory manager already holds {MAX_PROCESSES} processes"
+                ));
+            }
+        }
+        let copy = {
+            let guard = lock(&slot);
+            let Some(space) = guard.as_ref() else {
+                return unknown_process(parent);
+            };
+            match space.fork_copy(&mut lock(&self.pool)) {
+                Some(copy) => copy,
+                // Linux's fork fails with ENOMEM when the child's commit
+                // charge does not fit.
+                None => return Message::MemoryFailed { errno: libc::ENOMEM }.into(),
+            }
+        };
+        info!(
+            parent = format_args!("{parent:#x}"),
+            child = format_args!("{child:#x}"),
+            pages = copy.stored_pages(),
+            "address space forked"
+        );
+        let replaced = lock(&self.processes).insert(child, Arc::new(Mutex::new(Some(copy))));
+        if let Some(replaced) = replaced {
+            // A concurrent Fork to the same child id: the last one wins.
+            self.free_slot(&replaced);
+        }
+        Message::Forked.into()
     }
 
     fn memory(&self, pid: ProcessId, op: MemoryOp) -> Reply {
@@ -386,6 +431,7 @@ impl Service for MemoryService {
     fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
         match request.message {
             Message::Exec { pid } => self.exec(pid, &request.payload),
+            Message::Fork { parent, child } => self.fork(parent, child),
             Message::Memory { pid, op } => self.memory(pid, op),
             Message::FetchPage { pid, addr } => self.fetch_page(pid, addr),
             Message::FetchPages { pid, addr, count } => self.fetch_pages(pid, addr, count),

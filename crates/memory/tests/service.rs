@@ -462,3 +462,88 @@ fn processes_are_served_concurrently() {
     }
     assert_eq!(used_and_committed(&service), (0, 0));
 }
+
+fn fetch_of(service: &MemoryService, pid: u64, addr: u64) -> Reply {
+    call(service, Message::FetchPage { pid, addr }, Vec::new())
+}
+
+#[test]
+fn fork_copies_on_write_and_charges_the_child() {
+    const CHILD: u64 = 0xc41d;
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    done(&service, mmap_fixed(AREA, 4 * PAGE));
+    assert_eq!(
+        write_back(&service, vec![AREA, AREA + PAGE], 0x11).message,
+        Message::WrittenBack
+    );
+    let (used, committed) = used_and_committed(&service);
+    let forked = call(
+        &service,
+        Message::Fork {
+            parent: PID,
+            child: CHILD,
+        },
+        Vec::new(),
+    );
+    assert_eq!(forked.message, Message::Forked);
+    let (used_after, committed_after) = used_and_committed(&service);
+    assert_eq!(used_after, used, "no page is copied by the fork itself");
+    assert_eq!(committed_after, 2 * committed, "the child is charged its own commit");
+    // Both see the parent's contents, and the program's.
+    for pid in [PID, CHILD] {
+        let page = fetch_of(&service, pid, AREA);
+        assert_eq!(page.message, Message::Page);
+        assert!(page.payload.iter().all(|&b| b == 0x11));
+        assert_eq!(fetch_of(&service, pid, 0x40_0000).payload, sample(2)[..PAGE_SIZE]);
+    }
+    // The child writes: only its copy changes, and one page is copied.
+    let payload = vec![0x22; PAGE_SIZE];
+    let reply = call(
+        &service,
+        Message::WriteBack {
+            pid: CHILD,
+            addrs: vec![AREA],
+        },
+        payload,
+    );
+    assert_eq!(reply.message, Message::WrittenBack);
+    assert!(fetch_of(&service, CHILD, AREA).payload.iter().all(|&b| b == 0x22));
+    assert!(fetch_of(&service, PID, AREA).payload.iter().all(|&b| b == 0x11));
+    assert_eq!(used_and_committed(&service).0, used + PAGE);
+    // The parent's address-space changes do not reach the child.
+    done(
+        &service,
+        MemoryOp::Munmap {
+            addr: AREA,
+            len: 4 * PAGE,
+        },
+    );
+    assert!(fetch_of(&service, CHILD, AREA + PAGE).payload.iter().all(|&b| b == 0x11));
+    // Releasing both frees everything.
+    for pid in [PID, CHILD] {
+        call(&service, Message::ReleaseProcess { pid }, Vec::new());
+    }
+    assert_eq!(used_and_committed(&service), (0, 0));
+    // Forking an unknown process, or onto an existing one, is refused.
+    let unknown = call(&service, Message::Fork { parent: 5, child: 6 }, Vec::new());
+    assert!(bad_request(unknown).contains("unknown process 0x5"));
+    exec(&service, PID);
+    exec(&service, CHILD);
+    let taken = call(&service, Message::Fork { parent: PID, child: CHILD }, Vec::new());
+    assert!(bad_request(taken).contains("already exists"));
+}
+
+#[test]
+fn fork_fails_with_enomem_when_the_child_charge_does_not_fit() {
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    // With the stack and the program, this takes just over half the pool,
+    // so a second charge of the same size cannot fit.
+    let (_, committed) = used_and_committed(&service);
+    let big = (64 << 20) / 2 - committed + PAGE;
+    done(&service, mmap_fixed(AREA, big & !(PAGE - 1)));
+    let reply = call(&service, Message::Fork { parent: PID, child: 9 }, Vec::new());
+    assert_eq!(reply.message, Message::MemoryFailed { errno: libc::ENOMEM });
+    assert_eq!(service.processes(), 1, "no child left behind");
+}

@@ -6,7 +6,7 @@
 //! ([`MAX_NAME_LEN`], [`MAX_TEXT_LEN`]) before storing anything.
 
 use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId};
-use crate::process::{ExitReport, LaunchSpec, ProcessInfo};
+use crate::process::{AdoptSpec, ExitReport, LaunchSpec, ProcessInfo};
 use crate::storage::{StorageReply, StorageRequest};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -235,8 +235,18 @@ pub enum Message {
         pid: ProcessId,
     },
     Exited(ExitReport),
+    /// A forked process's runtime announcing itself; the request carries
+    /// its live-counters page as a descriptor.
+    Adopt(AdoptSpec),
+    Adopted,
 
     // --- memory (memory manager) ---
+    /// fork: give `child` a copy-on-write copy of `parent`'s address space.
+    Fork {
+        parent: ProcessId,
+        child: ProcessId,
+    },
+    Forked,
     /// Build a new address space for `pid` from the ELF image in the
     /// payload, replacing any it had.
     Exec {
@@ -320,6 +330,10 @@ impl Message {
             Message::Launched { .. } => "Launched",
             Message::WaitProcess { .. } => "WaitProcess",
             Message::Exited(_) => "Exited",
+            Message::Adopt(_) => "Adopt",
+            Message::Adopted => "Adopted",
+            Message::Fork { .. } => "Fork",
+            Message::Forked => "Forked",
             Message::Exec { .. } => "Exec",
             Message::ExecLoaded(_) => "ExecLoaded",
             Message::Memory { .. } => "Memory",

@@ -79,3 +79,21 @@ pub struct ProcessInfo {
     pub resident_bytes: u64,
     pub misses: u64,
 }
+
+/// A process created by a fork, announced to its processor by its own
+/// runtime (the processor did not start it: the parent's runtime process
+/// forked). The request carries the page the runtime publishes its live
+/// counters on, as a descriptor; the connection stays open while the
+/// process lives, and its end closes it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AdoptSpec {
+    pub pid: ProcessId,
+    pub parent: ProcessId,
+    /// The runtime's pid on the processor's host.
+    pub host_pid: u32,
+    pub command: String,
+    /// The home memory manager (the parent's: the copy lives beside it).
+    pub memory: SocketAddr,
+    pub memory_name: String,
+    pub excache: u64,
+}

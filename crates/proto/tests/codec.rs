@@ -249,12 +249,27 @@ fn process_message() -> impl Strategy<Value = Message> {
                 error,
                 stats
             })),
+        (any::<u64>(), any::<u64>(), any::<u32>(), text(), addr(), text())
+            .prop_map(|(pid, parent, host_pid, command, memory, memory_name)| {
+                Message::Adopt(AdoptSpec {
+                    pid,
+                    parent,
+                    host_pid,
+                    command,
+                    memory,
+                    memory_name,
+                    excache: pid ^ parent,
+                })
+            }),
+        Just(Message::Adopted),
     ]
 }
 
 fn memory_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u64>().prop_map(|pid| Message::Exec { pid }),
+        (any::<u64>(), any::<u64>()).prop_map(|(parent, child)| Message::Fork { parent, child }),
+        Just(Message::Forked),
         (
             prop::array::uniform6(any::<u64>()),
             any::<u16>(),

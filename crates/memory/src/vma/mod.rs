@@ -284,7 +284,16 @@ impl AddressSpace {
             return true;
         }
         let id = match self.pages.get(&addr) {
-            Some(&id) => id,
+            Some(&id) if !pool.is_shared(id) => id,
+            // Copy on write: the other holders keep the old contents.
+            Some(&shared) => match pool.alloc() {
+                Some(id) => {
+                    pool.free(shared);
+                    self.pages.insert(addr, id);
+                    id
+                }
+                None => return false,
+            },
             None => match pool.alloc() {
                 Some(id) => {
                     self.pages.insert(addr, id);
@@ -306,6 +315,28 @@ impl AddressSpace {
         pool.uncommit(self.committed);
         self.committed = 0;
         self.vmas.clear();
+    }
+
+    /// fork: a copy of this address space that shares every stored page
+    /// (copied when either side writes it back, see `store_page`) and is
+    /// charged its own commit, as Linux charges a child its writable
+    /// private mappings. `None`, with nothing changed, when the charge
+    /// does not fit.
+    pub fn fork_copy(&self, pool: &mut PagePool) -> Option<AddressSpace> {
+        if !pool.try_commit(self.committed) {
+            return None;
+        }
+        for &id in self.pages.values() {
+            pool.share(id);
+        }
+        Some(AddressSpace {
+            vmas: self.vmas.clone(),
+            pages: self.pages.clone(),
+            brk_start: self.brk_start,
+            brk: self.brk,
+            committed: self.committed,
+            files: self.files.clone(),
+        })
     }
 
     /// Adds a VMA over a free range and charges it if accounted (the
