@@ -16,10 +16,15 @@ use lego_proto::{
     ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, MAX_ARGS,
     MAX_ARGS_BYTES,
 };
-use lego_runtime::RuntimeSpec;
+use lego_proto::AdoptSpec;
+use lego_runtime::live::LiveStats;
+use lego_runtime::{RuntimeReport, RuntimeSpec};
+use std::os::fd::AsRawFd;
 use lego_transport::fdpass::recv_fds;
 use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
+use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::mpsc;
@@ -104,16 +109,25 @@ fn serve_connection(
     )
     .map_err(|e| format!("refused: {e}"))?;
     let fds =
-        recv_fds(&stream).map_err(|e| format!("receiving stdio from {}: {e}", client.name))?;
+        recv_fds(&stream).map_err(|e| format!("receiving descriptors from {}: {e}", client.name))?;
+    let frame = reader
+        .read_frame()
+        .map_err(|e| format!("reading the launch request: {e}"))?;
+    if let Message::Adopt(spec) = frame.message {
+        let Ok([live]) = <[OwnedFd; 1]>::try_from(fds) else {
+            return Err(format!(
+                "{} sent the wrong number of descriptors with Adopt (want the live-counters page)",
+                client.name
+            ));
+        };
+        return adopt(processor, stream, writer, reader, frame.id, spec, live);
+    }
     let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
         return Err(format!(
             "{} sent the wrong number of descriptors (want stdin, stdout, stderr)",
             client.name
         ));
     };
-    let frame = reader
-        .read_frame()
-        .map_err(|e| format!("reading the launch request: {e}"))?;
     let Message::Launch(spec) = frame.message else {
         reply(
             &mut writer,
@@ -151,6 +165,8 @@ fn serve_connection(
         storage_retry_ms: spec.storage_retry_ms,
         cwd: spec.cwd.clone(),
         secret_hex: processor.secret.to_hex(),
+        processor_socket: processor.launch_socket.as_os_str().as_bytes().to_vec(),
+        processor_name: processor.name.clone(),
     };
     let runtime = match spawn::spawn(&runtime_spec, stdio) {
         Ok(runtime) => runtime,
@@ -236,5 +252,72 @@ fn serve_connection(
         unsafe { libc::kill(host_pid as i32, libc::SIGKILL) };
     }
     let _ = waiter.join();
+    Ok(())
+}
+
+/// A forked process's runtime announcing itself: it is tracked (and shown
+/// by `lego ps`) until its connection closes, which its end does; what it
+/// sent after `Adopted` is its report. Then its memory is released. Its
+/// exit status goes to its parent, which is its host parent too.
+fn adopt(
+    processor: &Arc<Processor>,
+    stream: UnixStream,
+    mut writer: UnixStream,
+    reader: FrameReader<UnixStream>,
+    id: u64,
+    spec: AdoptSpec,
+    live: OwnedFd,
+) -> Result<(), String> {
+    if reader.buffered() != 0 {
+        return reply(
+            &mut writer,
+            id,
+            Message::error(ErrorCode::BadRequest, "bytes after Adopt before its answer"),
+        );
+    }
+    let live = match LiveStats::map(live.as_raw_fd()) {
+        Ok(live) => Arc::new(live),
+        Err(e) => {
+            return reply(
+                &mut writer,
+                id,
+                Message::error(
+                    ErrorCode::BadRequest,
+                    format!("cannot map the live-counters page: {e}"),
+                ),
+            )
+        }
+    };
+    let pid = spec.pid;
+    info!(
+        "process {pid:x} (runtime pid {}) forked from {:x}: {}",
+        spec.host_pid, spec.parent, spec.command
+    );
+    processor.track(
+        ProcessInfo {
+            pid,
+            host_pid: spec.host_pid,
+            command: spec.command.chars().take(256).collect(),
+            home_memory: spec.memory_name.clone(),
+            excache_quota: spec.excache,
+            parent: Some(spec.parent),
+            resident_bytes: 0,
+            misses: 0,
+        },
+        live,
+    );
+    reply(&mut writer, id, Message::Adopted)?;
+    drop(reader);
+    // The runtime writes its report here as it ends; the end of the
+    // stream is the end of the process (or of its runtime).
+    let mut bytes = Vec::new();
+    let _ = (&stream).take(1 << 20).read_to_end(&mut bytes);
+    let report: Option<RuntimeReport> = postcard::from_bytes(&bytes).ok();
+    match report.as_ref().and_then(|r| r.error.as_deref()) {
+        Some(error) => warn!("process {pid:x} ended: {error}"),
+        None => info!("process {pid:x} ended"),
+    }
+    processor.untrack(pid);
+    processor.release(spec.memory, pid);
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct Processor {
     cores: u32,
     excache_quota: u64,
     processes: Mutex<HashMap<ProcessId, (ProcessInfo, Arc<LiveStats>)>>,
+    /// The launch socket, which forked runtimes connect back to.
+    launch_socket: PathBuf,
     memory_clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
 }
 
@@ -145,6 +147,7 @@ impl ProcessorManager {
             cores,
             excache_quota: config.excache,
             processes: Mutex::new(HashMap::new()),
+            launch_socket: config.launch_socket.clone(),
             memory_clients: Mutex::new(HashMap::new()),
         });
         launch::serve(&config.launch_socket, Arc::clone(&processor))?;

@@ -116,6 +116,30 @@ impl Arena {
         Ok(addr as u64)
     }
 
+    /// A forked process's arena: its parent's userfaultfd registration and
+    /// page-table view are not its own, and the pages it inherited are its
+    /// parent's cache. Registers the arena (and the staging area) with a
+    /// new userfaultfd under the same descriptor number, reopens the page
+    /// table, and empties the arena, so that every page comes from the
+    /// memory manager's copy.
+    pub fn renew_after_fork(&self) -> io::Result<()> {
+        let uffd = Userfaultfd::open()?;
+        uffd.register(USER_MIN, USER_END - USER_MIN).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("registering a forked process's arena with userfaultfd: {e}"),
+            )
+        })?;
+        if self.staging != 0 {
+            let len = STAGING_PAGES * PAGE;
+            uffd.register(self.staging, len)?;
+            self.unstage(len)?;
+        }
+        self.uffd.replace_with(uffd)?;
+        self.pagemap.reopen()?;
+        self.drop_pages(USER_MIN, USER_END)
+    }
+
     /// Whether pages can be moved out atomically (see [`Arena::stage_page`]).
     pub fn can_stage(&self) -> bool {
         self.staging != 0

@@ -71,6 +71,8 @@ pub trait EvictionPolicy: Send {
     fn removed(&mut self, page: u64);
     /// Picks up to `n` resident pages to evict and forgets them.
     fn victims(&mut self, n: usize, out: &mut Vec<u64>);
+    /// Forgets every page.
+    fn clear(&mut self);
 }
 
 /// First in, first out: the page resident longest goes first.
@@ -81,6 +83,10 @@ pub struct Fifo {
 }
 
 impl EvictionPolicy for Fifo {
+    fn clear(&mut self) {
+        *self = Fifo::default();
+    }
+
     fn inserted(&mut self, page: u64) {
         if self.live.insert(page) {
             self.queue.push_back(page);
@@ -509,6 +515,78 @@ impl ExCache {
         st.populated.remove(start, end);
         arena.drop_pages(start, end)?;
         Ok(())
+    }
+}
+
+/// Most pages one flush write-back carries (16 MiB).
+const FLUSH_BATCH: usize = 4096;
+
+/// The ExCache held across a fork (see [`ExCache::hold_for_fork`]).
+pub struct ForkHold<'a>(MutexGuard<'a, State>);
+
+impl ForkHold<'_> {
+    /// In the forked process: an empty cache with the parent's quota that
+    /// still knows which pages hold contents on the memory manager (the
+    /// copy has them all: the parent flushed before forking).
+    pub fn reset_for_child(mut self) {
+        let st = &mut *self.0;
+        st.resident.clear();
+        st.policy.clear();
+        st.in_flight = None;
+        st.next_expected = 0;
+        st.window = 1;
+        st.concurrent = false;
+        st.stats = ExcacheStats {
+            quota_bytes: st.quota_pages as u64 * PAGE,
+            miss_latency_log2_ns: vec![0; 40],
+            ..ExcacheStats::default()
+        };
+    }
+}
+
+impl ExCache {
+    /// Writes every written resident page back and marks it clean, so the
+    /// memory manager holds the whole address space (before a fork copies
+    /// it there). Pages stay resident. A page another thread writes during
+    /// the flush is written again later, as any dirty page.
+    pub fn flush(&self, arena: &Arena, backing: &dyn Backing) -> Result<(), CacheError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        Self::settle_locked(st)?;
+        let mut pages: Vec<u64> = st.resident.iter().copied().collect();
+        pages.sort_unstable();
+        let mut dirty = Vec::new();
+        for (start, end) in page_runs(&pages) {
+            st.regions
+                .resize(((end - start) / PAGE) as usize, PageRegion::default());
+            let n = arena.pagemap.written_then_clean(start, end, &mut st.regions)?;
+            for region in &st.regions[..n] {
+                dirty.extend((region.start..region.end).step_by(PAGE as usize));
+            }
+        }
+        for batch in dirty.chunks(FLUSH_BATCH) {
+            // Safety: every page of the batch is resident (only this lock's
+            // holder drops pages), so reading it cannot fault; the slices
+            // are read only until the write-back is acknowledged below.
+            let parts: Vec<&[u8]> = page_runs(batch)
+                .into_iter()
+                .map(|(start, end)| unsafe {
+                    std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
+                })
+                .collect();
+            backing.write_back(batch, &parts)?.finish()?;
+            st.stats.writebacks += batch.len() as u64;
+            st.stats.writeback_batches += 1;
+            st.stats.bytes_written_back += batch.len() as u64 * PAGE;
+            st.remote.extend(batch.iter().copied());
+        }
+        Ok(())
+    }
+
+    /// Holds the cache across a fork: no fault is served meanwhile, so the
+    /// forked process's copy of the cache's state is consistent.
+    pub fn hold_for_fork(&self) -> ForkHold<'_> {
+        ForkHold(self.lock())
     }
 }
 

@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 /// Exit status of a runtime that ended the process itself (a lost memory
 /// manager, an unloadable program); the report says why.
@@ -96,6 +96,10 @@ pub struct RuntimeSpec {
     /// The working directory the program starts in.
     pub cwd: Vec<u8>,
     pub secret_hex: String,
+    /// The processor's launch socket and name: a forked process's runtime
+    /// announces itself there.
+    pub processor_socket: Vec<u8>,
+    pub processor_name: String,
 }
 
 /// What a runtime tells its processor when the process ends (written to
@@ -123,9 +127,19 @@ pub struct Runtime {
     /// processor's own files are passed through).
     pub vfs: Option<vfs::Vfs>,
     /// Descriptors the runtime opened, sorted: not the application's. Set
-    /// once, just before the application starts.
-    runtime_fds: OnceLock<Vec<RawFd>>,
+    /// just before the application starts, and again in a forked process.
+    runtime_fds: RwLock<Vec<RawFd>>,
     reported: AtomicBool,
+    /// What a forked process needs to announce itself to the processor.
+    pub home: Home,
+}
+
+/// Where this process lives: its processor and the cluster's secret.
+pub struct Home {
+    pub secret: ClusterSecret,
+    pub processor_socket: Vec<u8>,
+    pub processor_name: String,
+    pub excache: u64,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -143,13 +157,27 @@ impl Runtime {
     /// descriptors. The kernel reads descriptor arguments as 32-bit
     /// integers, so only the low 32 bits count (high bits cannot alias).
     pub fn is_runtime_fd(&self, fd: u64) -> bool {
-        self.runtime_fds()
+        self.runtime_fds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .binary_search(&(fd as u32 as i32))
             .is_ok()
     }
 
-    pub fn runtime_fds(&self) -> &[RawFd] {
-        self.runtime_fds.get().map_or(&[], |fds| fds.as_slice())
+    /// The runtime's descriptors, sorted.
+    pub fn runtime_fds(&self) -> Vec<RawFd> {
+        self.runtime_fds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Fixes which descriptors are the runtime's: those open now, for a
+    /// runtime about to start the program; in a forked process, the
+    /// inherited ones still open and every one at or above the floor
+    /// (where the runtime puts all it opens).
+    pub fn set_runtime_fds(&self, fds: Vec<RawFd>) {
+        *self.runtime_fds.write().unwrap_or_else(|p| p.into_inner()) = fds;
     }
 
     /// Reports the ExCache counters (and an error, if the runtime is ending
@@ -166,11 +194,15 @@ impl Runtime {
 }
 
 fn write_report(report: &RuntimeReport) {
+    let fd = REPORT.load(std::sync::atomic::Ordering::SeqCst);
+    if fd < 0 {
+        // A forked process that could not announce itself: nobody to tell.
+        return;
+    }
     if let Ok(bytes) = postcard::to_stdvec(report) {
         // Safety: REPORT_FD was handed to us by the processor for this; the
         // File is forgotten so the descriptor is not closed twice.
-        let mut file =
-            unsafe { std::fs::File::from_raw_fd(REPORT.load(std::sync::atomic::Ordering::SeqCst)) };
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
         let _ = file.write_all(&bytes);
         std::mem::forget(file);
     }
@@ -203,8 +235,19 @@ fn read_spec() -> Result<RuntimeSpec, String> {
     postcard::from_bytes(&bytes).map_err(|e| format!("malformed runtime spec: {e}"))
 }
 
+/// Makes `fd` the descriptor the end-of-process report goes to (a forked
+/// process's connection to its processor), closing the inherited one.
+pub fn set_report_fd(fd: RawFd) {
+    let old = REPORT.swap(fd, std::sync::atomic::Ordering::SeqCst);
+    if old != fd {
+        // Safety: the old report descriptor is the runtime's own, and no
+        // longer used once swapped out.
+        unsafe { libc::close(old) };
+    }
+}
+
 /// Descriptors open now, other than 0-2 (the application's stdio).
-fn open_fds() -> Vec<RawFd> {
+pub fn open_fds() -> Vec<RawFd> {
     let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -313,7 +356,12 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         }
     };
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
-    let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret, spec.pid);
+    let remote = RemoteMemory::connect(
+        spec.memory,
+        spec.memory_name.clone(),
+        secret.clone(),
+        spec.pid,
+    );
     let prepared =
         exec::prepare(vfs.as_ref(), &spec.program, spec.argv.clone()).map_err(|e| e.message)?;
     let image = match remote.exec(&prepared.image)? {
@@ -333,8 +381,14 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
             ..procfs::ProcessView::default()
         }),
         vfs,
-        runtime_fds: OnceLock::new(),
+        runtime_fds: RwLock::new(Vec::new()),
         reported: AtomicBool::new(false),
+        home: Home {
+            secret: secret.clone(),
+            processor_socket: spec.processor_socket.clone(),
+            processor_name: spec.processor_name.clone(),
+            excache: spec.excache,
+        },
     };
     if RUNTIME.set(rt).is_err() {
         return Err("runtime bug: started twice".into());
@@ -356,7 +410,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
     rt.remote.open_writeback()?;
     // The runtime's descriptors are fixed from here on.
-    let _ = rt.runtime_fds.set(open_fds());
+    rt.set_runtime_fds(open_fds());
     tracing::info!(
         "starting {program} (pid {:x}): entry {:#x}, stack {:#x}, ExCache {} bytes",
         spec.pid,

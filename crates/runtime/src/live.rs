@@ -69,6 +69,39 @@ impl LiveStats {
         })
     }
 
+    /// In a forked process: a page of its own at the same address (the
+    /// inherited mapping is the parent's), and its descriptor, to hand to
+    /// the processor.
+    pub fn renew(&self) -> io::Result<OwnedFd> {
+        // Safety: memfd_create takes a C string of ours.
+        let fd = unsafe { libc::memfd_create(c"lego-stats".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: just created, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Safety: ftruncate on our own descriptor; then a shared mapping
+        // of it replaces exactly our own page (MAP_FIXED over the page
+        // this value maps, which nothing else uses).
+        unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let ptr = libc::mmap(
+                self.counters as *mut libc::c_void,
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            );
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(fd)
+    }
+
     fn counters(&self) -> &Counters {
         // Safety: the mapping is a page, larger than Counters, page-aligned
         // and alive as long as self.

@@ -7,13 +7,15 @@ use lego_proto::{
 };
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub struct RemoteMemory {
     client: Client,
     /// A second connection, for write-backs (see `write_back`).
     writeback: Client,
-    pid: ProcessId,
+    /// Changes once, in a forked process.
+    pid: AtomicU64,
     /// The memory manager's name, for errors ("memory-0 at 127.0.0.1:4000").
     name: String,
 }
@@ -37,7 +39,7 @@ impl RemoteMemory {
         RemoteMemory {
             writeback: Client::new(addr, config.clone()),
             client: Client::new(addr, config),
-            pid,
+            pid: AtomicU64::new(pid),
             name,
         }
     }
@@ -52,7 +54,53 @@ impl RemoteMemory {
     }
 
     pub fn pid(&self) -> ProcessId {
-        self.pid
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// The memory manager's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.client.addr()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// fork: has the memory manager copy this process's address space for
+    /// `child`. `Ok(Err(errno))` is the fork failing as Linux's would
+    /// (ENOMEM: the child's commit charge does not fit).
+    pub fn fork(&self, child: ProcessId) -> Result<Result<(), i32>, String> {
+        let reply = self
+            .client
+            .call(
+                &Message::Fork {
+                    parent: self.pid(),
+                    child,
+                },
+                &[],
+            )
+            .map_err(|e| self.lost(e))?;
+        match reply.message {
+            Message::Forked => Ok(Ok(())),
+            Message::MemoryFailed { errno } => Ok(Err(errno)),
+            other => Err(self.unexpected("Fork", other)),
+        }
+    }
+
+    /// Tells the memory manager `pid` is gone (a fork that failed on the
+    /// host after the copy was made).
+    pub fn release(&self, pid: ProcessId) {
+        let _ = self.client.call(&Message::ReleaseProcess { pid }, &[]);
+    }
+
+    /// In a forked process: speak for `pid` from now on, on connections of
+    /// its own (the inherited ones are the parent's conversations).
+    pub fn become_child(&self, pid: ProcessId) -> Result<(), String> {
+        self.pid.store(pid, Ordering::Relaxed);
+        self.client.disconnect();
+        self.writeback.disconnect();
+        self.client.connection().map_err(|e| self.lost(e))?;
+        self.open_writeback()
     }
 
     /// "memory-0 at 127.0.0.1:4000".
@@ -83,7 +131,7 @@ impl RemoteMemory {
     pub fn exec(&self, image: &[u8]) -> Result<Result<ExecImage, String>, String> {
         let reply = self
             .client
-            .call(&Message::Exec { pid: self.pid }, image)
+            .call(&Message::Exec { pid: self.pid() }, image)
             .map_err(|e| self.lost(e))?;
         match reply.message {
             Message::ExecLoaded(image) => Ok(Ok(image)),
@@ -98,7 +146,7 @@ impl RemoteMemory {
         let name = op.name();
         let reply = self
             .client
-            .call(&Message::Memory { pid: self.pid, op }, &[])
+            .call(&Message::Memory { pid: self.pid(), op }, &[])
             .map_err(|e| self.lost(e))?;
         match reply.message {
             Message::MemoryDone(done) => Ok(Ok(done)),
@@ -114,7 +162,7 @@ impl Backing for RemoteMemory {
             .client
             .call(
                 &Message::FetchPage {
-                    pid: self.pid,
+                    pid: self.pid(),
                     addr,
                 },
                 &[],
@@ -136,7 +184,7 @@ impl Backing for RemoteMemory {
             .client
             .call(
                 &Message::FetchPages {
-                    pid: self.pid,
+                    pid: self.pid(),
                     addr,
                     count: count as u32,
                 },
@@ -165,7 +213,7 @@ impl Backing for RemoteMemory {
         let pending = conn
             .send(
                 &Message::WriteBack {
-                    pid: self.pid,
+                    pid: self.pid(),
                     addrs: addrs.to_vec(),
                 },
                 parts,

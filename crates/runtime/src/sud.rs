@@ -535,6 +535,31 @@ pub unsafe fn enter_thread(
     unsafe { start(ctl, regs, fs, ready) }
 }
 
+/// Turns Syscall User Dispatch on for the calling thread with `ctl`'s
+/// selector: for a new thread, and for a forked process (neither inherits
+/// it).
+pub fn enable_dispatch(ctl: &mut ThreadCtl) -> io::Result<()> {
+    // Safety: taking the addresses of the linker-placed region bounds.
+    let start = unsafe { &lego_sud_allowed_start as *const u8 as usize };
+    let end = unsafe { &lego_sud_allowed_end as *const u8 as usize };
+    // Safety: prctl reads plain integers and keeps a pointer to the
+    // selector byte, which lives as long as the thread (control blocks
+    // are leaked).
+    let ret = unsafe {
+        libc::prctl(
+            PR_SET_SYSCALL_USER_DISPATCH,
+            PR_SYS_DISPATCH_ON,
+            start as libc::c_ulong,
+            (end - start) as libc::c_ulong,
+            &mut ctl.selector as *mut u8,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Register offsets in glibc's gregs (the kernel's sigcontext order).
 const _: () = {
     assert!(libc::REG_R8 == 0 && libc::REG_R15 == 7);
@@ -552,23 +577,9 @@ unsafe fn start(ctl: &'static mut ThreadCtl, regs: &[i64; 23], fs: u64, ready: i
         asm!("wrgsbase {}", in(reg) ctl as *mut ThreadCtl as u64, options(nostack));
     }
     ctl.app_fs = fs;
-    let start = unsafe { &lego_sud_allowed_start as *const u8 as usize };
-    let end = unsafe { &lego_sud_allowed_end as *const u8 as usize };
-    // Safety: prctl reads plain integers and keeps a pointer to the
-    // selector byte, which lives as long as the thread (leaked).
-    let ret = unsafe {
-        libc::prctl(
-            PR_SET_SYSCALL_USER_DISPATCH,
-            PR_SYS_DISPATCH_ON,
-            start as libc::c_ulong,
-            (end - start) as libc::c_ulong,
-            &mut ctl.selector as *mut u8,
-        )
-    };
-    if ret != 0 {
+    if let Err(e) = enable_dispatch(ctl) {
         crate::fatal(&format!(
-            "cannot enable Syscall User Dispatch: {} (needs Linux 5.11 or later)",
-            io::Error::last_os_error()
+            "cannot enable Syscall User Dispatch: {e} (needs Linux 5.11 or later)"
         ));
     }
     ready();

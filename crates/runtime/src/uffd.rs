@@ -31,6 +31,7 @@ const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
@@ -231,6 +232,15 @@ impl Userfaultfd {
         self.fd.as_raw_fd()
     }
 
+    /// Makes this descriptor number refer to `new` from now on (the old
+    /// object is closed): for a forked process, whose inherited descriptor
+    /// is its parent's.
+    pub fn replace_with(&self, new: Userfaultfd) -> io::Result<()> {
+        // Safety: dup3 onto a descriptor we own; `new` is closed after.
+        check(unsafe { libc::dup3(new.raw(), self.raw(), libc::O_CLOEXEC) } as libc::c_long)?;
+        Ok(())
+    }
+
     /// Moved above the descriptor floor (see `lego_transport::fdfloor`).
     pub fn lifted(self) -> io::Result<Userfaultfd> {
         Ok(Userfaultfd {
@@ -371,13 +381,43 @@ impl Pagemap {
         })
     }
 
+    /// Makes this descriptor read the calling process's page table (a
+    /// forked process inherits its parent's).
+    pub fn reopen(&self) -> io::Result<()> {
+        let new = Pagemap::open()?;
+        // Safety: dup3 onto a descriptor we own; `new` is closed after.
+        check(unsafe { libc::dup3(new.fd.as_raw_fd(), self.fd.as_raw_fd(), libc::O_CLOEXEC) }
+            as libc::c_long)?;
+        Ok(())
+    }
+
     /// Fills `out` with the runs of written pages in `[start, end)`; returns
     /// how many runs it found. A run that does not fit in `out` is cut
     /// short; callers size `out` to the number of pages they ask about.
     pub fn written(&self, start: u64, end: u64, out: &mut [PageRegion]) -> io::Result<usize> {
+        self.scan(start, end, out, PM_SCAN_CHECK_WPASYNC)
+    }
+
+    /// As [`Pagemap::written`], and marks the pages found clean again
+    /// (write-protected: the next write marks a page written).
+    pub fn written_then_clean(
+        &self,
+        start: u64,
+        end: u64,
+        out: &mut [PageRegion],
+    ) -> io::Result<usize> {
+        self.scan(
+            start,
+            end,
+            out,
+            PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING,
+        )
+    }
+
+    fn scan(&self, start: u64, end: u64, out: &mut [PageRegion], flags: u64) -> io::Result<usize> {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_CHECK_WPASYNC,
+            flags,
             start,
             end,
             walk_end: 0,

@@ -46,9 +46,10 @@ emu('signal::rt_sigsuspend', 'waits with the temporary mask; the waking signal i
 emu('fs::readlink', '/proc/self/exe names the program; other paths ' + 'from the storage manager when the program has one, else the host', 'readlink')
 emu('fs::readlinkat', 'as readlink', 'readlinkat')
 ref('ENOSYS', 'glibc falls back to running without restartable sequences', 'rseq')
-emu('thread::clone', 'threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; new processes are refused with ENOSYS', 'clone')
+emu('thread::clone', 'threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; without CLONE_THREAD a new process as fork (CLONE_VM only with CLONE_VFORK, served as vfork; sharing flags refused with EINVAL; the exit signal is always SIGCHLD)', 'clone')
 emu('thread::clone3', 'ENOSYS, so that glibc falls back to clone', 'clone3')
-ref('ENOSYS', 'new processes arrive with the rest of the processes issue', 'fork', 'vfork')
+emu('fork::fork', 'a new process: copy-on-write copy of the address space made by the memory manager, a new runtime forked from the parent\'s on the same processor with every descriptor, the file table and signal dispositions; storage-file offsets are copied, not shared', 'fork')
+emu('fork::vfork', 'as fork, and the parent waits until the child execs or ends; the child writes its own copy, not the parent\'s memory', 'vfork')
 emu('exec::execve', 'replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; refused with EAGAIN while several threads run', 'execve')
 emu('exec::execveat', 'as execve, for AT_FDCWD or absolute paths without flags; other forms ENOSYS', 'execveat')
 ref('ENOSYS', 'System V shared memory would map host memory outside the arena', 'shmget', 'shmat', 'shmdt', 'shmctl')
@@ -65,10 +66,11 @@ pas(HOSTFILE, 'read','write','open','stat','fstat','lstat','lseek','ioctl','prea
 HOSTOBJ = 'host kernel object'
 pas(HOSTOBJ, 'pipe','pipe2','socket','connect','accept','accept4','sendto','recvfrom','sendmsg','recvmsg','sendmmsg','recvmmsg','shutdown','bind','listen','getsockname','getpeername','socketpair','setsockopt','getsockopt','poll','ppoll','select','pselect6','epoll_create','epoll_create1','epoll_ctl','epoll_wait','epoll_pwait','epoll_pwait2','eventfd','eventfd2','timerfd_create','timerfd_settime','timerfd_gettime','signalfd','signalfd4','memfd_create','semget','semop','semctl','semtimedop','msgget','msgsnd','msgrcv','msgctl','mq_open','mq_unlink','mq_timedsend','mq_timedreceive','mq_notify','mq_getsetattr','pidfd_open','pidfd_send_signal','futex_waitv')
 pas('host clock and timers', 'nanosleep','clock_nanosleep','clock_gettime','clock_getres','gettimeofday','time','getitimer','setitimer','alarm','timer_create','timer_settime','timer_gettime','timer_getoverrun','timer_delete','pause','times')
-pas('host ids until the cluster-wide process ids of the processes issue', 'getpid','getppid','gettid','getuid','geteuid','getgid','getegid','getgroups','getresuid','getresgid','getpgid','getpgrp','getsid','setpgid','setsid','setuid','setgid','setreuid','setregid','setresuid','setresgid','setgroups','setfsuid','setfsgid','capget','capset')
+pas('host ids: a Lego process is its runtime\'s host process, whose parent, group and session are the host kernel\'s (its Lego id is what lego ps shows)', 'getpid','getppid','gettid','getuid','geteuid','getgid','getegid','getgroups','getresuid','getresgid','getpgid','getpgrp','getsid','setpgid','setsid','setuid','setgid','setreuid','setregid','setresuid','setresgid','setgroups','setfsuid','setfsgid','capget','capset')
 pas('host scheduler', 'sched_yield','sched_setparam','sched_getparam','sched_setscheduler','sched_getscheduler','sched_get_priority_max','sched_get_priority_min','sched_rr_get_interval','sched_setaffinity','sched_getaffinity','sched_setattr','sched_getattr','getpriority','setpriority','getcpu','ioprio_set','ioprio_get')
 emu('proc::sysinfo', 'RAM is the home memory manager\'s pool (what was unpromised at launch is free); uptime, load and process count are the host\'s', 'sysinfo')
-pas('host kernel', 'uname','getrusage','getrandom','getrlimit','personality','membarrier','restart_syscall','wait4','waitid','kill','tkill','tgkill','rt_sigtimedwait','rt_sigqueueinfo','rt_tgsigqueueinfo','set_tid_address','set_robust_list','get_robust_list','lsm_get_self_attr','lsm_list_modules')
+pas('host kernel', 'uname','getrusage','getrandom','getrlimit','personality','membarrier','restart_syscall','kill','tkill','tgkill','rt_sigtimedwait','rt_sigqueueinfo','rt_tgsigqueueinfo','set_tid_address','set_robust_list','get_robust_list','lsm_get_self_attr','lsm_list_modules')
+pas('host process relations: a Lego child is its parent runtime\'s host child, so statuses, rusage and SIGCHLD are the kernel\'s', 'wait4', 'waitid')
 pas('on arena addresses (host futexes: every operation, PI and requeue included)', 'futex','futex_wake','futex_wait','futex_requeue')
 pas('reports which pages are resident in the ExCache', 'mincore')
 
@@ -90,7 +92,7 @@ for n in ['setxattr','lsetxattr','fsetxattr','getxattr','lgetxattr','fgetxattr',
 
 out = []
 out.append('//! The syscall table: every x86-64 syscall number, what Lego does with it,\n//! and why. `docs/syscalls.md` is generated from it (a test keeps the two in\n//! sync). Numbers missing here are unknown to Lego and fail with ENOSYS.\n//!\n//! Written by `crates/runtime/tools/gen_table.py`: change the dispositions\n//! there and run it again.\n')
-out.append('use super::Disposition::{Emulate, Pass, Refuse};\nuse super::{exec, file, fs, mem, path, proc, signal, thread, Syscall};\n')
+out.append('use super::Disposition::{Emulate, Pass, Refuse};\nuse super::{exec, file, fork, fs, mem, path, proc, signal, thread, Syscall};\n')
 out.append('pub static SYSCALLS: &[Syscall] = &[')
 unknown_default = []
 for nr in sorted(names):

@@ -364,6 +364,13 @@ impl Client {
         Ok(connection)
     }
 
+    /// Drops the current connection, whatever its state, so the next call
+    /// makes a new one: for a forked process, whose copy of the socket is
+    /// its parent's conversation.
+    pub fn disconnect(&self) {
+        *lock(&self.current) = None;
+    }
+
     /// Drops the connection so the next call makes a new one.
     fn forget(&self, broken: &Arc<Connection>) {
         let mut current = lock(&self.current);

@@ -49,6 +49,11 @@ impl<R: Read> FrameReader<R> {
         self.limits = limits;
     }
 
+    /// Bytes received and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.stream
     }

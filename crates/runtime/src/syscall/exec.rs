@@ -120,6 +120,7 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
         .reset_for_exec();
     *rt.program.lock().unwrap_or_else(|p| p.into_inner()) = exe;
     *rt.pending_exec.lock().unwrap_or_else(|p| p.into_inner()) = Some((image.entry, sp));
+    super::fork::exec_done();
     0
 }
 

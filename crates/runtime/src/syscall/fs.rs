@@ -108,7 +108,7 @@ pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
     }
     // Apply the call to each stretch between the runtime's descriptors.
     let mut start = first;
-    for &fd in rt.runtime_fds() {
+    for fd in rt.runtime_fds() {
         let fd = fd as u64;
         if fd < start || fd > last {
             continue;

@@ -7,6 +7,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod fork;
 pub mod fs;
 pub mod mem;
 pub mod path;

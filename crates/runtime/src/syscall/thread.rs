@@ -20,6 +20,11 @@ pub fn several() -> bool {
     THREADS.load(Ordering::SeqCst) > 1
 }
 
+/// In a forked process: only the thread that forked runs.
+pub fn reset_after_fork() {
+    THREADS.store(1, Ordering::SeqCst);
+}
+
 /// The runtime's own stack for each application thread: its code only
 /// (the application runs on the stack it gave clone).
 const RUNTIME_STACK: usize = 256 << 10;
@@ -44,9 +49,7 @@ fn errno(e: i32) -> i64 {
 pub fn clone(rt: &Runtime, c: &Call) -> i64 {
     let [flags, stack, parent_tid, child_tid, tls, _] = c.args;
     if flags & CLONE_THREAD == 0 {
-        // New processes (fork, vfork, clone without CLONE_THREAD) are not
-        // supported yet.
-        return errno(libc::ENOSYS);
+        return super::fork::clone_process(rt, flags, stack, parent_tid, child_tid, tls);
     }
     if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND {
         return errno(libc::EINVAL);

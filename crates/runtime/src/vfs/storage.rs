@@ -47,6 +47,16 @@ impl RemoteStorage {
         }
     }
 
+    /// In a forked process: a connection of its own, made now (so its
+    /// descriptor is known to be the runtime's).
+    pub fn reconnect(&self) -> StorageResult<()> {
+        self.client.disconnect();
+        self.client
+            .connection()
+            .map(|_| ())
+            .map_err(|e| StorageError::Lost(format!("lost the {}: {e}", self.describe())))
+    }
+
     /// Where the storage manager serves.
     pub fn addr(&self) -> SocketAddr {
         self.client.addr()

@@ -1,0 +1,371 @@
+//! New processes: fork, vfork, and clone without CLONE_THREAD.
+//!
+//! The parent's runtime writes every dirty ExCache page back, has the home
+//! memory manager make a copy-on-write copy of the address space for the
+//! child (no page crosses the processor), and then forks its own host
+//! process. The host child is the new process's runtime: it starts from the
+//! parent's registers (it returns from the very same SIGSYS handler, with
+//! 0), keeps the runtime's state (signal dispositions and mask, the file
+//! table, the working directory), and inherits every host descriptor as
+//! Linux's fork does. Before the program runs again it makes itself a
+//! runtime of its own: a new userfaultfd over an emptied arena (every page
+//! now comes from the copy), new connections, a fault thread, Syscall User
+//! Dispatch (not inherited), and it announces itself to its processor,
+//! which lists it and frees its memory when it ends.
+//!
+//! Because the host child is the host process of the application's child,
+//! the kernel keeps the process relations: wait4 and waitid (statuses and
+//! rusage), SIGCHLD, getppid, process groups, sessions and the terminal's
+//! foreground group, and orphans' reparenting are the host's. Children run
+//! on the parent's processor: their inherited pipes, sockets and terminals
+//! are that host's kernel objects.
+
+use super::Call;
+use crate::sud::{self, current_ctl, raw_syscall};
+use crate::{fatal, user, Runtime};
+use lego_proto::{AdoptSpec, FrameLimits, Message, ProcessId, Role};
+use lego_transport::fdpass::send_fds;
+use lego_transport::{handshake, write_frame, FrameReader, Identity};
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+const CLONE_VM: u64 = libc::CLONE_VM as u64;
+const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
+const CLONE_SETTLS: u64 = libc::CLONE_SETTLS as u64;
+const CLONE_PARENT_SETTID: u64 = libc::CLONE_PARENT_SETTID as u64;
+const CLONE_CHILD_SETTID: u64 = libc::CLONE_CHILD_SETTID as u64;
+const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
+const EXIT_SIGNAL: u64 = 0xff;
+
+/// In a vfork child: the write end of the pipe its parent waits on,
+/// closed when the child execs (or, with the process, when it ends).
+static VFORK_DONE: AtomicI32 = AtomicI32::new(-1);
+
+fn errno(e: i32) -> i64 {
+    -(e as i64)
+}
+
+/// What the new process starts with, from clone's arguments.
+struct Request {
+    flags: u64,
+    stack: u64,
+    parent_tid: u64,
+    child_tid: u64,
+    tls: u64,
+}
+
+pub fn fork(rt: &Runtime, _c: &Call) -> i64 {
+    new_process(
+        rt,
+        Request {
+            flags: libc::SIGCHLD as u64,
+            stack: 0,
+            parent_tid: 0,
+            child_tid: 0,
+            tls: 0,
+        },
+    )
+}
+
+/// vfork: the parent waits until the child execs or ends. The child runs
+/// on a copy of the address space, not the parent's memory: what it writes
+/// before exec stays its own (programs may only call exec or _exit there).
+pub fn vfork(rt: &Runtime, _c: &Call) -> i64 {
+    new_process(
+        rt,
+        Request {
+            flags: CLONE_VM | CLONE_VFORK | libc::SIGCHLD as u64,
+            stack: 0,
+            parent_tid: 0,
+            child_tid: 0,
+            tls: 0,
+        },
+    )
+}
+
+/// clone without CLONE_THREAD: a new process. CLONE_VM only with
+/// CLONE_VFORK (posix_spawn's way), served as vfork.
+pub fn clone_process(
+    rt: &Runtime,
+    flags: u64,
+    stack: u64,
+    parent_tid: u64,
+    child_tid: u64,
+    tls: u64,
+) -> i64 {
+    let known = CLONE_VM
+        | CLONE_VFORK
+        | CLONE_SETTLS
+        | CLONE_PARENT_SETTID
+        | CLONE_CHILD_SETTID
+        | CLONE_CHILD_CLEARTID
+        | EXIT_SIGNAL;
+    if flags & !known != 0 || (flags & CLONE_VM != 0 && flags & CLONE_VFORK == 0) {
+        tracing::warn!(
+            "clone of a process with flags {flags:#x} refused with EINVAL: a new process \
+             can share nothing with its parent but a vfork's wait"
+        );
+        return errno(libc::EINVAL);
+    }
+    if flags & EXIT_SIGNAL != libc::SIGCHLD as u64 {
+        tracing::warn!(
+            "clone with exit signal {}: the parent is sent SIGCHLD instead",
+            flags & EXIT_SIGNAL
+        );
+    }
+    new_process(
+        rt,
+        Request {
+            flags,
+            stack,
+            parent_tid,
+            child_tid,
+            tls,
+        },
+    )
+}
+
+/// A new cluster-wide process id (random, as a processor picks them).
+fn new_pid() -> ProcessId {
+    let mut bytes = [0u8; 8];
+    // Safety: getrandom writes at most 8 bytes into `bytes`.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 8, 0) };
+    u64::from_ne_bytes(bytes) >> 1
+}
+
+/// A close-on-exec pipe above the descriptor floor: (read end, write end).
+fn vfork_pipe() -> io::Result<(RawFd, RawFd)> {
+    let mut fds = [0; 2];
+    // Safety: pipe2 writes two new descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let read = lego_transport::fdfloor::lift_fd(fds[0])?;
+    let write = lego_transport::fdfloor::lift_fd(fds[1])?;
+    Ok((read, write))
+}
+
+fn close(fd: RawFd) {
+    // Safety: closes a descriptor of the runtime's own.
+    unsafe { libc::close(fd) };
+}
+
+fn new_process(rt: &Runtime, req: Request) -> i64 {
+    let child = new_pid();
+    // The copy is made from what the memory manager holds.
+    if let Err(e) = rt.cache.flush(&rt.arena, &rt.remote) {
+        fatal(&format!("cannot write the address space back for a fork: {e}"));
+    }
+    match rt.remote.fork(child) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return errno(e),
+        Err(why) => fatal(&why),
+    }
+    let vfork = if req.flags & CLONE_VFORK != 0 {
+        match vfork_pipe() {
+            Ok(pipe) => Some(pipe),
+            Err(e) => {
+                rt.remote.release(child);
+                return errno(e.raw_os_error().unwrap_or(libc::EAGAIN));
+            }
+        }
+    } else {
+        None
+    };
+    // No fault is served while the host forks, so the child's copy of the
+    // cache's bookkeeping is whole.
+    let hold = rt.cache.hold_for_fork();
+    // Safety: glibc's fork, on the runtime's side of this thread (its FS
+    // base is the runtime's inside the handler): it takes the runtime's
+    // allocator locks across the fork. The child runs only this thread,
+    // which rebuilds what it needs of the runtime before the program runs.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        become_child(rt, hold, child, &req, vfork.map(|(r, w)| (r, w)));
+        return 0;
+    }
+    drop(hold);
+    if pid < 0 {
+        let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN);
+        rt.remote.release(child);
+        if let Some((r, w)) = vfork {
+            close(r);
+            close(w);
+        }
+        return errno(e);
+    }
+    if req.flags & CLONE_PARENT_SETTID != 0 {
+        let _ = user::write(req.parent_tid, &pid.to_ne_bytes());
+    }
+    if let Some((r, w)) = vfork {
+        close(w);
+        let mut byte = 0u8;
+        // Until the child execs or ends (both close its end).
+        loop {
+            // Safety: reads at most one byte into `byte` from our pipe.
+            let n = unsafe { libc::read(r, (&mut byte as *mut u8).cast(), 1) };
+            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        close(r);
+    }
+    pid as i64
+}
+
+/// In the host child: makes the inherited runtime this process's own.
+/// Every failure ends the child (its parent sees it die, as of a fork
+/// whose child could not start).
+fn become_child(
+    rt: &Runtime,
+    hold: crate::excache::ForkHold<'_>,
+    pid: ProcessId,
+    req: &Request,
+    vfork: Option<(RawFd, RawFd)>,
+) {
+    let parent = rt.remote.pid();
+    // Reports go to our own processor connection, never the parent's.
+    crate::set_report_fd(-1);
+    let inherited = VFORK_DONE.swap(vfork.map_or(-1, |(_, w)| w), Ordering::SeqCst);
+    if inherited >= 0 {
+        close(inherited);
+    }
+    if let Some((r, _)) = vfork {
+        close(r);
+    }
+    if let Err(e) = rt.arena.renew_after_fork() {
+        fatal(&format!("forked process {pid:x}: {e}"));
+    }
+    hold.reset_for_child();
+    super::thread::reset_after_fork();
+    if let Err(why) = rt.remote.become_child(pid) {
+        fatal(&format!("forked process {pid:x}: {why}"));
+    }
+    if let Some(vfs) = &rt.vfs {
+        if let Err(e) = vfs.storage.reconnect() {
+            fatal(&format!("forked process {pid:x}: {e:?}"));
+        }
+    }
+    if let Err(e) = crate::fault::spawn(crate::runtime()) {
+        fatal(&format!("forked process {pid:x}: cannot start the fault thread: {e}"));
+    }
+    match announce(rt, pid, parent) {
+        Ok(fd) => crate::set_report_fd(fd),
+        Err(e) => tracing::warn!(
+            "forked process {pid:x} could not announce itself to processor {}: {e}; \
+             it runs, but is not listed and its memory is freed only with its parent's",
+            rt.home.processor_name
+        ),
+    }
+    let inherited = rt.runtime_fds();
+    let floor = lego_transport::fdfloor::floor();
+    let mut fds: Vec<RawFd> = crate::open_fds()
+        .into_iter()
+        .filter(|fd| *fd >= floor || inherited.binary_search(fd).is_ok())
+        .collect();
+    fds.dedup();
+    rt.set_runtime_fds(fds);
+    // Safety: inside the SIGSYS handler of the thread that called fork
+    // (the only one in this process), whose control block and register
+    // frame are live.
+    let ctl = unsafe { current_ctl() };
+    if let Err(e) = sud::enable_dispatch(ctl) {
+        fatal(&format!(
+            "forked process {pid:x}: cannot enable Syscall User Dispatch: {e}"
+        ));
+    }
+    if req.stack != 0 && !ctl.regs.is_null() {
+        // Safety: `regs` points into this call's live SIGSYS frame, which
+        // the handler's return loads: the child resumes on its new stack.
+        unsafe { (*(ctl.regs as *mut [i64; 23]))[libc::REG_RSP as usize] = req.stack as i64 };
+    }
+    if req.flags & CLONE_SETTLS != 0 {
+        ctl.app_fs = req.tls;
+    }
+    // Safety: gettid has no preconditions.
+    let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
+    if req.flags & CLONE_CHILD_SETTID != 0 {
+        let _ = user::write(req.child_tid, &tid.to_ne_bytes());
+    }
+    if req.flags & CLONE_CHILD_CLEARTID != 0 {
+        // Safety: the kernel clears and wakes this application address
+        // when the thread ends, as for any clone.
+        unsafe {
+            raw_syscall(
+                libc::SYS_set_tid_address as u64,
+                [req.child_tid, 0, 0, 0, 0, 0],
+            )
+        };
+    }
+    tracing::info!("process {pid:x} forked from {parent:x} (host pid {tid})");
+}
+
+/// The vfork parent may go on: the child has a program of its own now.
+pub fn exec_done() {
+    let fd = VFORK_DONE.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        close(fd);
+    }
+}
+
+/// Tells the processor about this new process; returns the connection,
+/// which stays open while the process lives and takes its report.
+fn announce(rt: &Runtime, pid: ProcessId, parent: ProcessId) -> Result<RawFd, String> {
+    if rt.home.processor_socket.is_empty() {
+        return Err("no processor socket is known".into());
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&rt.home.processor_socket));
+    let stream = UnixStream::connect(path).map_err(|e| format!("cannot connect: {e}"))?;
+    let mut stream = lego_transport::fdfloor::lift(stream).map_err(|e| e.to_string())?;
+    let reading = lego_transport::fdfloor::lift(stream.try_clone().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new(reading, FrameLimits::HANDSHAKE);
+    handshake::client(
+        &mut stream,
+        &mut reader,
+        &path.into(),
+        &rt.home.secret,
+        &Identity::new(Role::Processor, format!("runtime-{pid:x}")),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| e.to_string())?;
+    let live = match crate::LIVE.get() {
+        Some(live) => live.renew(),
+        None => crate::live::LiveStats::create().map(|(live, fd)| {
+            let _ = crate::LIVE.set(live);
+            fd
+        }),
+    }
+    .map_err(|e| format!("cannot make the live-counters page: {e}"))?;
+    send_fds(&stream, &[live.as_raw_fd()]).map_err(|e| e.to_string())?;
+    drop(live);
+    let command = {
+        let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
+        view.cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let spec = AdoptSpec {
+        pid,
+        parent,
+        // Safety: getpid has no preconditions.
+        host_pid: unsafe { libc::getpid() } as u32,
+        command,
+        memory: rt.remote.addr(),
+        memory_name: rt.remote.name().to_string(),
+        excache: rt.home.excache,
+    };
+    write_frame(&mut stream, 1, &Message::Adopt(spec), &[]).map_err(|e| e.to_string())?;
+    match reader.read_frame().map_err(|e| e.to_string())?.message {
+        Message::Adopted => Ok(stream.into_raw_fd()),
+        Message::Error(e) => Err(e.message),
+        other => Err(format!("answered Adopt with {}", other.kind())),
+    }
+}
