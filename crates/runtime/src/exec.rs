@@ -39,16 +39,38 @@ impl ExecError {
     }
 }
 
-/// A program file's bytes: from the storage manager when the runtime has
-/// one, else from the processor's files.
-fn load_file(vfs: Option<&Vfs>, path: &str) -> Result<Vec<u8>, i32> {
+/// How much of a file is read first: enough for a `#!` line and the
+/// program headers with PT_INTERP of any ordinary ELF file. A dynamic
+/// program or a script needs no more (the dynamic linker maps the rest).
+const HEAD_LEN: usize = 64 << 10;
+
+/// The first `max` bytes of a program file: from the storage manager when
+/// the runtime has one, else from the processor's files.
+fn load_prefix(vfs: Option<&Vfs>, path: &str, max: usize) -> Result<Vec<u8>, i32> {
     match vfs {
-        // One byte more than an image may have: enough to say it is too big.
-        Some(vfs) => vfs
-            .read_file(path.as_bytes(), MAX_IMAGE_LEN + 1)
-            .map(|(bytes, _)| bytes),
-        None => std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+        Some(vfs) => vfs.read_file(path.as_bytes(), max).map(|(bytes, _)| bytes),
+        None => {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(max as u64).read_to_end(&mut bytes))
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            Ok(bytes)
+        }
     }
+}
+
+/// A program file's head, or all of it (one byte more than an image may
+/// have, to tell one too big) when it is neither a script nor dynamic.
+fn load_file(vfs: Option<&Vfs>, path: &str) -> Result<Vec<u8>, i32> {
+    let head = load_prefix(vfs, path, HEAD_LEN)?;
+    if head.len() < HEAD_LEN
+        || interp::shebang(&head).is_some()
+        || interp::interpreter(&head).is_some()
+    {
+        return Ok(head);
+    }
+    load_prefix(vfs, path, MAX_IMAGE_LEN + 1)
 }
 
 /// Reads `program` and follows `#!` lines and PT_INTERP to the image to load.

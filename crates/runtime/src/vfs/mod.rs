@@ -15,6 +15,7 @@ pub mod storage;
 
 use lego_proto::{FileAttr, FileHandle, FileType, StorageRequest};
 use std::collections::HashMap;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -139,13 +140,15 @@ impl Vfs {
         lock(&self.cwd)
     }
 
-    /// The whole contents of the regular file at `path` (relative to the
-    /// working directory), at most `max` bytes (EFBIG beyond), and its
-    /// attributes; a host path is read from the processor's files.
+    /// The first `max` bytes of the regular file at `path` (relative to
+    /// the working directory; all of it if shorter), and its attributes;
+    /// a host path is read from the processor's files.
     pub fn read_file(&self, path: &[u8], max: usize) -> Result<(Vec<u8>, Option<FileAttr>), i32> {
         let abs = path::normalize(&self.cwd().path, path);
         if path::is_host(&abs) {
-            let bytes = std::fs::read(std::ffi::OsStr::from_bytes(&abs))
+            let mut bytes = Vec::new();
+            std::fs::File::open(std::ffi::OsStr::from_bytes(&abs))
+                .and_then(|f| f.take(max as u64).read_to_end(&mut bytes))
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
             return Ok((bytes, None));
         }
@@ -164,10 +167,7 @@ impl Vfs {
         if attr.file_type != FileType::Regular {
             return Err(libc::EACCES);
         }
-        if attr.size as usize > max {
-            return Err(libc::EFBIG);
-        }
-        let mut out = Vec::with_capacity(attr.size as usize);
+        let mut out = Vec::with_capacity((attr.size as usize).min(max));
         loop {
             let (reply, data) = self
                 .storage
@@ -181,11 +181,9 @@ impl Vfs {
                 )
                 .map_err(lost)?;
             let eof = matches!(reply, lego_proto::StorageReply::Data { eof: true });
-            if data.is_empty() || out.len() + data.len() > max {
-                break;
-            }
-            out.extend_from_slice(&data);
-            if eof {
+            let wanted = (max - out.len()).min(data.len());
+            out.extend_from_slice(&data[..wanted]);
+            if data.is_empty() || eof || out.len() == max {
                 break;
             }
         }
