@@ -228,3 +228,41 @@ fn python_and_sqlite_match_the_native_run() {
         "the database is on disk"
     );
 }
+
+#[test]
+fn make_builds_a_c_project_with_gcc_under_lego() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let scratch = Scratch::new("make");
+    let src = &scratch.dir;
+    std::fs::write(
+        src.join("main.c"),
+        "#include <stdio.h>\nint triangle(int);\nint square(int);\n\
+         int main(void) { printf(\"%d %d\\n\", triangle(100), square(12)); return 0; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("triangle.c"),
+        "int triangle(int n) { int s = 0; for (int i = 1; i <= n; i++) s += i; return s; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("square.c"),
+        "int square(int n) { return n * n; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("Makefile"),
+        "prog: main.o triangle.o square.o\n\tgcc -o $@ $^\n%.o: %.c\n\tgcc -O2 -c $< -o $@\n",
+    )
+    .unwrap();
+    let make = cluster
+        .run_command(&[], Path::new("/usr/bin/make"), &["-j2", "-C"])
+        .arg(src)
+        .output()
+        .expect("lego run starts make");
+    assert_eq!(shell_status(&make), 0, "make: {}", text(&make.stderr));
+    // Built under Lego, it runs natively.
+    let built = native(&src.join("prog"), &[]);
+    assert_eq!(text(&built.stdout), "5050 144\n");
+    assert!(!cluster.log("processor-0").contains("runtime bug"));
+}

@@ -168,7 +168,7 @@ fn refused_and_unknown_syscalls_return_their_errno() {
         "reboot: -1 errno 1 (Operation not permitted)\n\
          mount: -1 errno 1 (Operation not permitted)\n\
          userfaultfd: -1 errno 38 (Function not implemented)\n\
-         fork: -1 errno 38 (Function not implemented)\n\
+         io_setup: -1 errno 38 (Function not implemented)\n\
          unknown 1000: -1 errno 38 (Function not implemented)\n\
          still running\n",
         "stderr: {}",
@@ -921,14 +921,27 @@ fn free_port() -> u16 {
 }
 
 #[test]
-fn redis_server_serves_redis_benchmark_without_errors() {
+fn redis_server_serves_redis_benchmark_and_bgsave_writes_a_valid_dump() {
     let cluster = Cluster::up(&["--memories", "1"]);
     let port = free_port().to_string();
+    let dir = std::env::temp_dir().join(format!("lego-test-redis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap();
     let server = cluster
         .run_command(
             &["--excache", "64M"],
             std::path::Path::new("/usr/bin/redis-server"),
-            &["--port", &port, "--save", "", "--appendonly", "no"],
+            &[
+                "--port",
+                &port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir_arg,
+            ],
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -965,8 +978,74 @@ fn redis_server_serves_redis_benchmark_without_errors() {
     }
     assert_eq!(text(&cli(&["set", "lego", "splitkernel"]).stdout), "OK\n");
     assert_eq!(text(&cli(&["get", "lego"]).stdout), "splitkernel\n");
+    let keys: u64 = text(&cli(&["dbsize"]).stdout).trim().parse().unwrap();
+    // BGSAVE forks: the child writes the dump from its copy of memory.
+    assert_eq!(
+        text(&cli(&["bgsave"]).stdout),
+        "Background saving started\n"
+    );
+    let saved = poll(Duration::from_secs(60), || {
+        let info = text(&cli(&["info", "persistence"]).stdout);
+        (info.contains("rdb_bgsave_in_progress:0") && info.contains("rdb_last_bgsave_status:"))
+            .then_some(info)
+    })
+    .expect("BGSAVE never finished");
+    assert!(saved.contains("rdb_last_bgsave_status:ok"), "{saved}");
+    let check = std::process::Command::new("redis-check-rdb")
+        .arg(dir.join("dump.rdb"))
+        .output()
+        .expect("redis-check-rdb runs");
+    let checked = text(&check.stdout);
+    assert!(check.status.success(), "{checked}");
+    assert!(checked.contains("RDB looks OK"), "{checked}");
+    assert!(
+        checked.contains(&format!("[info] {keys} keys read")),
+        "{keys} keys expected: {checked}"
+    );
     let _ = cli(&["shutdown", "nosave"]);
     let out = server.wait_with_output().expect("lego run ends");
     assert_eq!(shell_status(&out), 0, "{}", text(&out.stderr));
+    assert!(!cluster.log("processor-0").contains("runtime bug"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    // fork (memory copied on the memory side), vfork, posix_spawn, wait
+    // statuses with rusage, SIGCHLD, orphans, fork beside a running
+    // thread; 16 MiB of heap through an 8 MiB ExCache.
+    for build in [Build::GlibcStatic, Build::MuslStatic] {
+        let forks = program("forks", build);
+        let lego = cluster.run(&["--excache", "8M"], &forks, &[]);
+        assert_same(&lego, &native(&forks, &[]), &format!("forks {build:?}"));
+        assert!(
+            text(&lego.stdout).ends_with("fork beside a thread: exited 9\n"),
+            "{build:?}: {}",
+            text(&lego.stdout)
+        );
+    }
+    let sh = std::path::Path::new("/bin/sh");
+    let pipeline = ["-c", "seq 1 100000 | sort -rn | head -5"];
+    let lego = cluster.run(&[], sh, &pipeline);
+    assert_same(&lego, &native(sh, &pipeline), "sh pipeline");
+    assert_eq!(text(&lego.stdout), "100000\n99999\n99998\n99997\n99996\n");
+    let bash = std::path::Path::new("/bin/bash");
+    let script = [
+        "-c",
+        "trap 'echo trap on exit, status $?' EXIT\n\
+         x=$( (echo from a subshell; exit 3) ); echo \"$x: $?\"\n\
+         sleep 0.2 & background=$!\n\
+         false; echo \"false: $?\"\n\
+         wait $background; echo \"background job: $?\"\n\
+         (cd / && pwd)\n\
+         exit 4",
+    ];
+    let lego = cluster.run(&[], bash, &script);
+    assert_same(&lego, &native(bash, &script), "bash script");
+    assert_eq!(
+        text(&lego.stdout),
+        "from a subshell: 3\nfalse: 1\nbackground job: 0\n/\ntrap on exit, status 4\n"
+    );
     assert!(!cluster.log("processor-0").contains("runtime bug"));
 }

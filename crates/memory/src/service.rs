@@ -196,7 +196,12 @@ impl MemoryService {
                 Some(copy) => copy,
                 // Linux's fork fails with ENOMEM when the child's commit
                 // charge does not fit.
-                None => return Message::MemoryFailed { errno: libc::ENOMEM }.into(),
+                None => {
+                    return Message::MemoryFailed {
+                        errno: libc::ENOMEM,
+                    }
+                    .into()
+                }
             }
         };
         info!(

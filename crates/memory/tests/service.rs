@@ -489,13 +489,20 @@ fn fork_copies_on_write_and_charges_the_child() {
     assert_eq!(forked.message, Message::Forked);
     let (used_after, committed_after) = used_and_committed(&service);
     assert_eq!(used_after, used, "no page is copied by the fork itself");
-    assert_eq!(committed_after, 2 * committed, "the child is charged its own commit");
+    assert_eq!(
+        committed_after,
+        2 * committed,
+        "the child is charged its own commit"
+    );
     // Both see the parent's contents, and the program's.
     for pid in [PID, CHILD] {
         let page = fetch_of(&service, pid, AREA);
         assert_eq!(page.message, Message::Page);
         assert!(page.payload.iter().all(|&b| b == 0x11));
-        assert_eq!(fetch_of(&service, pid, 0x40_0000).payload, sample(2)[..PAGE_SIZE]);
+        assert_eq!(
+            fetch_of(&service, pid, 0x40_0000).payload,
+            sample(2)[..PAGE_SIZE]
+        );
     }
     // The child writes: only its copy changes, and one page is copied.
     let payload = vec![0x22; PAGE_SIZE];
@@ -508,8 +515,14 @@ fn fork_copies_on_write_and_charges_the_child() {
         payload,
     );
     assert_eq!(reply.message, Message::WrittenBack);
-    assert!(fetch_of(&service, CHILD, AREA).payload.iter().all(|&b| b == 0x22));
-    assert!(fetch_of(&service, PID, AREA).payload.iter().all(|&b| b == 0x11));
+    assert!(fetch_of(&service, CHILD, AREA)
+        .payload
+        .iter()
+        .all(|&b| b == 0x22));
+    assert!(fetch_of(&service, PID, AREA)
+        .payload
+        .iter()
+        .all(|&b| b == 0x11));
     assert_eq!(used_and_committed(&service).0, used + PAGE);
     // The parent's address-space changes do not reach the child.
     done(
@@ -519,18 +532,35 @@ fn fork_copies_on_write_and_charges_the_child() {
             len: 4 * PAGE,
         },
     );
-    assert!(fetch_of(&service, CHILD, AREA + PAGE).payload.iter().all(|&b| b == 0x11));
+    assert!(fetch_of(&service, CHILD, AREA + PAGE)
+        .payload
+        .iter()
+        .all(|&b| b == 0x11));
     // Releasing both frees everything.
     for pid in [PID, CHILD] {
         call(&service, Message::ReleaseProcess { pid }, Vec::new());
     }
     assert_eq!(used_and_committed(&service), (0, 0));
     // Forking an unknown process, or onto an existing one, is refused.
-    let unknown = call(&service, Message::Fork { parent: 5, child: 6 }, Vec::new());
+    let unknown = call(
+        &service,
+        Message::Fork {
+            parent: 5,
+            child: 6,
+        },
+        Vec::new(),
+    );
     assert!(bad_request(unknown).contains("unknown process 0x5"));
     exec(&service, PID);
     exec(&service, CHILD);
-    let taken = call(&service, Message::Fork { parent: PID, child: CHILD }, Vec::new());
+    let taken = call(
+        &service,
+        Message::Fork {
+            parent: PID,
+            child: CHILD,
+        },
+        Vec::new(),
+    );
     assert!(bad_request(taken).contains("already exists"));
 }
 
@@ -543,7 +573,19 @@ fn fork_fails_with_enomem_when_the_child_charge_does_not_fit() {
     let (_, committed) = used_and_committed(&service);
     let big = (64 << 20) / 2 - committed + PAGE;
     done(&service, mmap_fixed(AREA, big & !(PAGE - 1)));
-    let reply = call(&service, Message::Fork { parent: PID, child: 9 }, Vec::new());
-    assert_eq!(reply.message, Message::MemoryFailed { errno: libc::ENOMEM });
+    let reply = call(
+        &service,
+        Message::Fork {
+            parent: PID,
+            child: 9,
+        },
+        Vec::new(),
+    );
+    assert_eq!(
+        reply.message,
+        Message::MemoryFailed {
+            errno: libc::ENOMEM
+        }
+    );
     assert_eq!(service.processes(), 1, "no child left behind");
 }

@@ -12,17 +12,17 @@
 
 use crate::spawn;
 use crate::Processor;
+use lego_proto::AdoptSpec;
 use lego_proto::{
     ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, MAX_ARGS,
     MAX_ARGS_BYTES,
 };
-use lego_proto::AdoptSpec;
 use lego_runtime::live::LiveStats;
 use lego_runtime::{RuntimeReport, RuntimeSpec};
-use std::os::fd::AsRawFd;
 use lego_transport::fdpass::recv_fds;
 use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -108,8 +108,8 @@ fn serve_connection(
         Duration::from_secs(5),
     )
     .map_err(|e| format!("refused: {e}"))?;
-    let fds =
-        recv_fds(&stream).map_err(|e| format!("receiving descriptors from {}: {e}", client.name))?;
+    let fds = recv_fds(&stream)
+        .map_err(|e| format!("receiving descriptors from {}: {e}", client.name))?;
     let frame = reader
         .read_frame()
         .map_err(|e| format!("reading the launch request: {e}"))?;

@@ -249,7 +249,14 @@ fn process_message() -> impl Strategy<Value = Message> {
                 error,
                 stats
             })),
-        (any::<u64>(), any::<u64>(), any::<u32>(), text(), addr(), text())
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            text(),
+            addr(),
+            text()
+        )
             .prop_map(|(pid, parent, host_pid, command, memory, memory_name)| {
                 Message::Adopt(AdoptSpec {
                     pid,

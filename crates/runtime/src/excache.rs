@@ -559,7 +559,9 @@ impl ExCache {
         for (start, end) in page_runs(&pages) {
             st.regions
                 .resize(((end - start) / PAGE) as usize, PageRegion::default());
-            let n = arena.pagemap.written_then_clean(start, end, &mut st.regions)?;
+            let n = arena
+                .pagemap
+                .written_then_clean(start, end, &mut st.regions)?;
             for region in &st.regions[..n] {
                 dirty.extend((region.start..region.end).step_by(PAGE as usize));
             }

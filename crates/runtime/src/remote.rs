@@ -146,7 +146,13 @@ impl RemoteMemory {
         let name = op.name();
         let reply = self
             .client
-            .call(&Message::Memory { pid: self.pid(), op }, &[])
+            .call(
+                &Message::Memory {
+                    pid: self.pid(),
+                    op,
+                },
+                &[],
+            )
             .map_err(|e| self.lost(e))?;
         match reply.message {
             Message::MemoryDone(done) => Ok(Ok(done)),

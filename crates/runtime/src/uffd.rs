@@ -386,8 +386,10 @@ impl Pagemap {
     pub fn reopen(&self) -> io::Result<()> {
         let new = Pagemap::open()?;
         // Safety: dup3 onto a descriptor we own; `new` is closed after.
-        check(unsafe { libc::dup3(new.fd.as_raw_fd(), self.fd.as_raw_fd(), libc::O_CLOEXEC) }
-            as libc::c_long)?;
+        check(
+            unsafe { libc::dup3(new.fd.as_raw_fd(), self.fd.as_raw_fd(), libc::O_CLOEXEC) }
+                as libc::c_long,
+        )?;
         Ok(())
     }
 
@@ -406,12 +408,7 @@ impl Pagemap {
         end: u64,
         out: &mut [PageRegion],
     ) -> io::Result<usize> {
-        self.scan(
-            start,
-            end,
-            out,
-            PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING,
-        )
+        self.scan(start, end, out, PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING)
     }
 
     fn scan(&self, start: u64, end: u64, out: &mut [PageRegion], flags: u64) -> io::Result<usize> {

@@ -16,7 +16,7 @@ int main(void) {
     try("reboot", SYS_reboot);
     try("mount", SYS_mount);
     try("userfaultfd", SYS_userfaultfd);
-    try("fork", SYS_fork);
+    try("io_setup", SYS_io_setup);
     try("unknown 1000", 1000);
     printf("still running\n");
     return 0;

@@ -158,7 +158,9 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
     let child = new_pid();
     // The copy is made from what the memory manager holds.
     if let Err(e) = rt.cache.flush(&rt.arena, &rt.remote) {
-        fatal(&format!("cannot write the address space back for a fork: {e}"));
+        fatal(&format!(
+            "cannot write the address space back for a fork: {e}"
+        ));
     }
     match rt.remote.fork(child) {
         Ok(Ok(())) => {}
@@ -185,12 +187,14 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
     // which rebuilds what it needs of the runtime before the program runs.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        become_child(rt, hold, child, &req, vfork.map(|(r, w)| (r, w)));
+        become_child(rt, hold, child, &req, vfork);
         return 0;
     }
     drop(hold);
     if pid < 0 {
-        let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN);
+        let e = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EAGAIN);
         rt.remote.release(child);
         if let Some((r, w)) = vfork {
             close(r);
@@ -251,7 +255,9 @@ fn become_child(
         }
     }
     if let Err(e) = crate::fault::spawn(crate::runtime()) {
-        fatal(&format!("forked process {pid:x}: cannot start the fault thread: {e}"));
+        fatal(&format!(
+            "forked process {pid:x}: cannot start the fault thread: {e}"
+        ));
     }
     match announce(rt, pid, parent) {
         Ok(fd) => crate::set_report_fd(fd),
