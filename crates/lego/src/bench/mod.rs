@@ -64,6 +64,18 @@ pub enum Which {
         #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
         excache: u64,
     },
+    /// fork + exec + wait of a program per process, under Lego vs native
+    Fork {
+        /// Processes to start
+        #[arg(long, default_value_t = 200)]
+        count: u32,
+        /// Heap the parent has touched before it forks
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+        heap: u64,
+        /// The program each child execs
+        #[arg(long, default_value = "/bin/true")]
+        program: PathBuf,
+    },
     /// Sequential scan and uniform random updates, native vs Lego at ExCache 100%, 50%, 25%
     Workload {
         /// Working set
@@ -79,6 +91,7 @@ const MISS_C: &str = include_str!("miss.c");
 const SYSCALL_C: &str = include_str!("syscall.c");
 const WORKLOAD_C: &str = include_str!("workload.c");
 const THREADS_C: &str = include_str!("threads.c");
+const FORK_C: &str = include_str!("fork.c");
 
 /// A scratch directory with the compiled workloads and a private cluster.
 struct Bench {
@@ -195,7 +208,44 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         Which::Files { size } => files(size),
         Which::Threads { size, threads } => threads_bench(size, threads),
         Which::Redis { requests, excache } => redis(requests, excache),
+        Which::Fork {
+            count,
+            heap,
+            program,
+        } => fork_bench(count, heap, &program),
     }
+}
+
+fn fork_bench(count: u32, heap: u64, child: &Path) -> Result<()> {
+    let excache = 64 << 20;
+    let bench = Bench::new(4 << 30, excache)?;
+    let program = bench.compile("fork", FORK_C)?;
+    let args = [
+        count.to_string(),
+        (heap >> 20).to_string(),
+        child.display().to_string(),
+    ];
+    println!(
+        "fork + exec + wait of {} per process ({count} processes, parent heap {}, ExCache {}):",
+        child.display(),
+        format_size(heap),
+        format_size(excache)
+    );
+    let per_process = |out: &str| -> Result<f64> {
+        match numbers(out)[..] {
+            [_, ns, ..] => Ok(ns),
+            _ => bail!("unexpected output from the fork workload: {out:?}"),
+        }
+    };
+    let native_ns = per_process(&native(&program, &args)?)?;
+    println!(
+        "  native                              {:>10}",
+        us(native_ns)
+    );
+    let lego_ns = per_process(&bench.lego(excache, &program, &args)?)?;
+    println!("  Lego                                {:>10}", us(lego_ns));
+    println!("  ratio: Lego / native = {:.1}", lego_ns / native_ns);
+    Ok(())
 }
 
 fn miss(size: u64, excache: u64) -> Result<()> {
