@@ -844,6 +844,50 @@ fn lego_ps_lists_running_processes_with_their_excache_use() {
         assert!(Instant::now() < deadline, "the ended process stayed listed");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A shell's children: forked processes, listed with their parent and
+    // with what they run after their execve; gone when they end.
+    let mut shell = cluster
+        .run_command(
+            &[],
+            std::path::Path::new("/bin/sh"),
+            &["-c", "sleep 30 & sleep 30 & wait"],
+        )
+        .spawn()
+        .expect("lego run starts");
+    let rows = poll(Duration::from_secs(30), || {
+        let rows = ps();
+        (rows.len() == 3
+            && rows
+                .iter()
+                .filter(|r| r["command"].as_str() == Some("sleep 30"))
+                .count()
+                == 2)
+            .then_some(rows)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "lego ps never showed the shell and its two children: {:?}",
+            ps()
+        )
+    });
+    let top = rows
+        .iter()
+        .find(|r| r["parent"].is_null())
+        .expect("the shell has no parent");
+    for row in rows.iter().filter(|r| !r["parent"].is_null()) {
+        assert_eq!(row["parent"], top["pid"], "{rows:?}");
+        assert_eq!(row["command"].as_str(), Some("sleep 30"), "{rows:?}");
+        assert_eq!(row["home_memory"], top["home_memory"], "{rows:?}");
+    }
+    // SIGKILL of lego run kills the shell; its orphans are killed here.
+    for row in &rows {
+        // Safety: kill(2) on runtimes this test started.
+        unsafe { libc::kill(row["host_pid"].as_u64().unwrap() as i32, libc::SIGKILL) };
+    }
+    let _ = shell.wait();
+    let gone = poll(Duration::from_secs(30), || ps().is_empty().then_some(()));
+    assert!(gone.is_some(), "ended processes stayed listed: {:?}", ps());
 }
 
 #[test]

@@ -107,6 +107,8 @@ impl Processor {
                 ProcessInfo {
                     resident_bytes,
                     misses,
+                    // After an execve, what it runs now.
+                    command: live.command().unwrap_or_else(|| info.command.clone()),
                     ..info.clone()
                 }
             })

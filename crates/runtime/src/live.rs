@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Where a new runtime finds the page.
 pub const STATS_FD: RawFd = 6;
@@ -15,7 +15,17 @@ pub const STATS_FD: RawFd = 6;
 struct Counters {
     resident_bytes: AtomicU64,
     misses: AtomicU64,
+    /// The command line after an execve (empty until one): a sequence
+    /// lock, odd while the runtime writes `command`.
+    command_seq: AtomicU64,
+    command_len: AtomicU64,
+    command: [AtomicU8; COMMAND_LEN],
 }
+
+/// Longest command line the page carries (longer ones are cut).
+pub const COMMAND_LEN: usize = 256;
+
+const _: () = assert!(std::mem::size_of::<Counters>() <= PAGE);
 
 const PAGE: usize = 4096;
 
@@ -112,6 +122,35 @@ impl LiveStats {
         let c = self.counters();
         c.resident_bytes.store(resident_bytes, Ordering::Relaxed);
         c.misses.store(misses, Ordering::Relaxed);
+    }
+
+    /// Publishes the command line a process runs after an execve.
+    pub fn set_command(&self, command: &str) {
+        let c = self.counters();
+        let bytes = &command.as_bytes()[..command.len().min(COMMAND_LEN)];
+        c.command_seq.fetch_add(1, Ordering::AcqRel);
+        for (slot, &b) in c.command.iter().zip(bytes) {
+            slot.store(b, Ordering::Relaxed);
+        }
+        c.command_len.store(bytes.len() as u64, Ordering::Relaxed);
+        c.command_seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The command line published by [`LiveStats::set_command`], if any
+    /// (`None` too while the runtime is writing it).
+    pub fn command(&self) -> Option<String> {
+        let c = self.counters();
+        let before = c.command_seq.load(Ordering::Acquire);
+        if before == 0 || before % 2 == 1 {
+            return None;
+        }
+        let len = (c.command_len.load(Ordering::Relaxed) as usize).min(COMMAND_LEN);
+        let bytes: Vec<u8> = c.command[..len]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        (c.command_seq.load(Ordering::Acquire) == before)
+            .then(|| String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// (resident bytes, misses)

@@ -121,6 +121,17 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
     *rt.program.lock().unwrap_or_else(|p| p.into_inner()) = exe;
     *rt.pending_exec.lock().unwrap_or_else(|p| p.into_inner()) = Some((image.entry, sp));
     super::fork::exec_done();
+    if let Some(live) = crate::LIVE.get() {
+        let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
+        let command = view
+            .cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" ");
+        live.set_command(&command);
+    }
     0
 }
 

@@ -246,6 +246,21 @@ fn become_child(
     }
     hold.reset_for_child();
     super::thread::reset_after_fork();
+    // Before the fault thread publishes anything: the inherited counters
+    // page is shared with the parent's processor view.
+    let live = match crate::LIVE.get() {
+        Some(live) => live.renew(),
+        None => crate::live::LiveStats::create().map(|(live, fd)| {
+            let _ = crate::LIVE.set(live);
+            fd
+        }),
+    };
+    let live = match live {
+        Ok(fd) => fd,
+        Err(e) => fatal(&format!(
+            "forked process {pid:x}: cannot make its live-counters page: {e}"
+        )),
+    };
     if let Err(why) = rt.remote.become_child(pid) {
         fatal(&format!("forked process {pid:x}: {why}"));
     }
@@ -259,7 +274,7 @@ fn become_child(
             "forked process {pid:x}: cannot start the fault thread: {e}"
         ));
     }
-    match announce(rt, pid, parent) {
+    match announce(rt, pid, parent, live) {
         Ok(fd) => crate::set_report_fd(fd),
         Err(e) => tracing::warn!(
             "forked process {pid:x} could not announce itself to processor {}: {e}; \
@@ -320,7 +335,12 @@ pub fn exec_done() {
 
 /// Tells the processor about this new process; returns the connection,
 /// which stays open while the process lives and takes its report.
-fn announce(rt: &Runtime, pid: ProcessId, parent: ProcessId) -> Result<RawFd, String> {
+fn announce(
+    rt: &Runtime,
+    pid: ProcessId,
+    parent: ProcessId,
+    live: std::os::fd::OwnedFd,
+) -> Result<RawFd, String> {
     if rt.home.processor_socket.is_empty() {
         return Err("no processor socket is known".into());
     }
@@ -339,14 +359,6 @@ fn announce(rt: &Runtime, pid: ProcessId, parent: ProcessId) -> Result<RawFd, St
         Duration::from_secs(5),
     )
     .map_err(|e| e.to_string())?;
-    let live = match crate::LIVE.get() {
-        Some(live) => live.renew(),
-        None => crate::live::LiveStats::create().map(|(live, fd)| {
-            let _ = crate::LIVE.set(live);
-            fd
-        }),
-    }
-    .map_err(|e| format!("cannot make the live-counters page: {e}"))?;
     send_fds(&stream, &[live.as_raw_fd()]).map_err(|e| e.to_string())?;
     drop(live);
     let command = {
