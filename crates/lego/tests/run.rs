@@ -1069,6 +1069,32 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
             text(&lego.stdout)
         );
     }
+    // Memory shared between forked processes is the host's shared memory.
+    for build in [Build::GlibcStatic, Build::MuslStatic] {
+        let shared = program("shared", build);
+        let lego = cluster.run(&[], &shared, &[]);
+        assert_same(&lego, &native(&shared, &[]), &format!("shared {build:?}"));
+        assert!(
+            text(&lego.stdout).contains("process-shared semaphore: posted by the child\n"),
+            "{build:?}: {}",
+            text(&lego.stdout)
+        );
+    }
+    let python = std::path::Path::new("/usr/bin/python3");
+    let pool = [
+        "-c",
+        "import multiprocessing as mp, os\n\
+         def work(x): return (x * x, os.getpid())\n\
+         if __name__ == '__main__':\n\
+         \x20   with mp.Pool(2) as pool:\n\
+         \x20       results = pool.map(work, range(2000))\n\
+         \x20   print(sum(r[0] for r in results), len({r[1] for r in results} - {os.getpid()}) >= 1)\n\
+         \x20   import subprocess\n\
+         \x20   print(subprocess.run(['echo', 'subprocess'], capture_output=True).stdout)",
+    ];
+    let lego = cluster.run(&[], python, &pool);
+    assert_same(&lego, &native(python, &pool), "python multiprocessing");
+    assert_eq!(text(&lego.stdout), "2664667000 True\nb'subprocess\\n'\n");
     let sh = std::path::Path::new("/bin/sh");
     let pipeline = ["-c", "seq 1 100000 | sort -rn | head -5"];
     let lego = cluster.run(&[], sh, &pipeline);

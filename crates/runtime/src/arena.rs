@@ -25,6 +25,12 @@ pub struct Arena {
     /// The ranges the memory manager has mapped, whatever their
     /// protection (the host cannot tell a PROT_NONE mapping from none).
     mapped: Mutex<RangeSet>,
+    /// Shared mappings of host objects (MAP_SHARED of shared memory, a
+    /// memfd, a host file, or anonymous): mapped straight from the host
+    /// kernel, outside the userfaultfd and the ExCache, so that processes
+    /// forked from one another share them. The memory manager holds the
+    /// range as a reservation.
+    host_shared: Mutex<RangeSet>,
 }
 
 fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
@@ -90,6 +96,7 @@ impl Arena {
             pagemap: Pagemap::open()?.lifted()?,
             staging,
             mapped: Mutex::new(RangeSet::default()),
+            host_shared: Mutex::new(RangeSet::default()),
         })
     }
 
@@ -124,20 +131,128 @@ impl Arena {
     /// memory manager's copy.
     pub fn renew_after_fork(&self) -> io::Result<()> {
         let uffd = Userfaultfd::open()?;
-        uffd.register(USER_MIN, USER_END - USER_MIN).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("registering a forked process's arena with userfaultfd: {e}"),
-            )
-        })?;
+        // Shared host mappings stay as they are: shared with the parent.
+        for (start, end) in self.private_parts(USER_MIN, USER_END) {
+            uffd.register(start, end - start).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("registering a forked process's arena with userfaultfd: {e}"),
+                )
+            })?;
+            self.drop_pages(start, end)?;
+        }
         if self.staging != 0 {
             let len = STAGING_PAGES * PAGE;
             uffd.register(self.staging, len)?;
             self.unstage(len)?;
         }
         self.uffd.replace_with(uffd)?;
-        self.pagemap.reopen()?;
-        self.drop_pages(USER_MIN, USER_END)
+        self.pagemap.reopen()
+    }
+
+    fn host_shared(&self) -> std::sync::MutexGuard<'_, RangeSet> {
+        self.host_shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The parts of `[start, end)` that are not shared host mappings.
+    fn private_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let shared = self.host_shared().within(start, end);
+        let mut parts = Vec::new();
+        let mut at = start;
+        for (s, e) in shared {
+            if s > at {
+                parts.push((at, s));
+            }
+            at = e;
+        }
+        if at < end {
+            parts.push((at, end));
+        }
+        parts
+    }
+
+    /// Whether `[start, end)` lies wholly in shared host mappings.
+    pub fn is_host_shared(&self, start: u64, end: u64) -> bool {
+        start < end && self.private_parts(start, end).is_empty()
+    }
+
+    /// Whether `[start, end)` meets a shared host mapping.
+    pub fn touches_host_shared(&self, start: u64, end: u64) -> bool {
+        !self.host_shared().within(start, end).is_empty()
+    }
+
+    /// Maps `len` bytes of the host object `fd` (or anonymous shared
+    /// memory, with MAP_ANONYMOUS in `flags`) at `start`, over the
+    /// reservation the memory manager made there.
+    pub fn map_host_shared(
+        &self,
+        start: u64,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        offset: u64,
+    ) -> io::Result<()> {
+        debug_assert!(USER_MIN <= start && start + len <= USER_END);
+        let flags = (flags
+            & (libc::MAP_SHARED
+                | libc::MAP_SHARED_VALIDATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_POPULATE
+                | libc::MAP_NORESERVE
+                | libc::MAP_LOCKED))
+            | libc::MAP_FIXED;
+        // Safety: the range is inside the arena and reserved for this
+        // mapping by the memory manager; MAP_FIXED replaces only it.
+        let ptr = unsafe {
+            libc::mmap(
+                start as *mut _,
+                len as usize,
+                prot,
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // Whatever the failed call left there, the reservation returns.
+            self.host_shared().insert(start, start + len);
+            let _ = self.restore_private(start, start + len);
+            return Err(e);
+        }
+        self.host_shared().insert(start, start + len);
+        Ok(())
+    }
+
+    /// Turns the shared host mappings in `[start, end)` back into the
+    /// arena's own PROT_NONE reservation, registered with the userfaultfd
+    /// (the memory manager unmapped them, or mapped something new there).
+    pub fn restore_private(&self, start: u64, end: u64) -> io::Result<()> {
+        let shared = self.host_shared().within(start, end);
+        for (s, e) in shared {
+            let len = (e - s) as usize;
+            // Safety: replaces a shared host mapping inside the arena with
+            // a fresh reservation, as `reserve` made.
+            let ptr = unsafe {
+                libc::mmap(
+                    s as *mut _,
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            // Safety: advice on the reservation just made.
+            unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
+            self.uffd.register(s, e - s)?;
+            self.host_shared().remove(s, e);
+        }
+        Ok(())
     }
 
     /// Whether pages can be moved out atomically (see [`Arena::stage_page`]).
@@ -198,6 +313,9 @@ impl Arena {
     /// protection (PROT_* bits), or unmapped (`None`, PROT_NONE on the host).
     pub fn mirror(&self, start: u64, end: u64, mapping: Option<u32>) -> io::Result<()> {
         debug_assert!(USER_MIN <= start && start <= end && end <= USER_END);
+        if mapping.is_none() {
+            self.restore_private(start, end)?;
+        }
         {
             let mut mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
             match mapping {

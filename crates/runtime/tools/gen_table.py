@@ -22,11 +22,11 @@ def ref(errno, note, *ns):
 def pas(note, *ns):
     for n in ns: E[n] = ('Pass', note)
 
-emu('mem::mmap', 'via the memory manager; private file mappings (and read-only shared ones) read their pages from the storage manager on first touch, copy on write; host files are copied at the call; writable shared file mappings refused with ENODEV', 'mmap')
+emu('mem::mmap', 'via the memory manager; private file mappings (and read-only shared ones) of storage files read their pages from the storage manager on first touch, copy on write; private mappings of host files are copied at the call; shared mappings of host objects (POSIX shared memory, memfd, host files) and shared anonymous memory are the host kernel\'s own mappings inside the arena (the memory manager reserves the range), shared across fork; writable shared mappings of storage files refused with ENODEV', 'mmap')
 emu('mem::munmap', 'via the memory manager; cached pages dropped', 'munmap')
 emu('mem::mprotect', 'via the memory manager; host protections mirror it', 'mprotect')
 emu('mem::pkey_mprotect', 'as mprotect for pkey -1; protection keys refused with EINVAL', 'pkey_mprotect')
-emu('mem::mremap', 'via the memory manager; cached pages move with the mapping', 'mremap')
+emu('mem::mremap', 'via the memory manager; cached pages move with the mapping; shared host mappings refused with EINVAL', 'mremap')
 emu('mem::brk', 'via the memory manager', 'brk')
 emu('mem::madvise', 'DONTNEED and FREE drop pages on both sides; other advice is accepted as a hint', 'madvise')
 emu('mem::accept_noop', 'accepted; the ExCache decides residency', 'mlock', 'munlock', 'mlockall', 'munlockall', 'mlock2')

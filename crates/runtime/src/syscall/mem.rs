@@ -4,7 +4,7 @@
 
 use super::Call;
 use crate::{fatal, Runtime};
-use lego_proto::{MemoryOp, MemoryOpDone, RangeState};
+use lego_proto::{MemoryOp, MemoryOpDone, RangeState, USER_END};
 
 /// Makes the runtime's view match what the memory manager did.
 pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
@@ -53,21 +53,97 @@ fn memory_call(rt: &Runtime, op: MemoryOp) -> i64 {
 
 pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
     let [addr, len, prot, flags, fd, offset] = c.args;
-    if flags & libc::MAP_ANONYMOUS as u64 == 0 {
-        return file_mmap(rt, addr, len, prot, flags, fd, offset);
+    let shared = matches!(
+        (flags & MAP_TYPE) as i32,
+        libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE
+    );
+    let anonymous = flags & libc::MAP_ANONYMOUS as u64 != 0;
+    let host_object = !anonymous && rt.vfs.as_ref().and_then(|v| v.file(fd)).is_none();
+    let mapped = if shared && (anonymous || host_object) {
+        host_shared_mmap(rt, addr, len, prot, flags, fd, offset)
+    } else if !anonymous {
+        file_mmap(rt, addr, len, prot, flags, fd, offset)
+    } else {
+        memory_call(
+            rt,
+            MemoryOp::Mmap {
+                addr,
+                len,
+                prot: prot as u32,
+                flags: flags as u32,
+            },
+        )
+    };
+    // A new private mapping over a shared host one: the arena takes the
+    // range back, with the protection the memory manager gave it.
+    if mapped >= 0 && !(shared && (anonymous || host_object)) {
+        let start = mapped as u64;
+        let end = start
+            .saturating_add(len.next_multiple_of(4096))
+            .min(USER_END);
+        if rt.arena.touches_host_shared(start, end) {
+            let restored = rt
+                .arena
+                .restore_private(start, end)
+                .and_then(|()| rt.arena.mirror(start, end, Some(prot as u32)));
+            if let Err(e) = restored {
+                fatal(&format!("cannot map {start:#x}-{end:#x}: {e}"));
+            }
+        }
     }
-    memory_call(
+    mapped
+}
+
+const MAP_TYPE: u64 = 0x0f;
+
+/// A shared mapping of a host object (shared memory, a memfd, a host
+/// file) or shared anonymous memory: the host kernel's own mapping inside
+/// the arena, so that forked processes share it as on Linux. The memory
+/// manager reserves the range (PROT_NONE, never charged or fetched); the
+/// pages live on this processor, like the pipes and sockets the processes
+/// share.
+fn host_shared_mmap(
+    rt: &Runtime,
+    addr: u64,
+    len: u64,
+    prot: u64,
+    flags: u64,
+    fd: u64,
+    offset: u64,
+) -> i64 {
+    let reserve_flags = (flags & !MAP_TYPE & !(libc::MAP_POPULATE as u64))
+        | libc::MAP_PRIVATE as u64
+        | libc::MAP_ANONYMOUS as u64;
+    let reserved = memory_call(
         rt,
         MemoryOp::Mmap {
             addr,
             len,
-            prot: prot as u32,
-            flags: flags as u32,
+            prot: libc::PROT_NONE as u32,
+            flags: reserve_flags as u32,
         },
-    )
+    );
+    if reserved < 0 {
+        return reserved;
+    }
+    let start = reserved as u64;
+    let anonymous = flags & libc::MAP_ANONYMOUS as u64 != 0;
+    let fd = if anonymous { -1 } else { fd as i32 };
+    match rt.arena.map_host_shared(
+        start,
+        len.next_multiple_of(4096),
+        prot as i32,
+        flags as i32,
+        fd,
+        offset,
+    ) {
+        Ok(()) => reserved,
+        Err(e) => {
+            memory_call(rt, MemoryOp::Munmap { addr: start, len });
+            -(e.raw_os_error().unwrap_or(libc::ENODEV) as i64)
+        }
+    }
 }
-
-const MAP_TYPE: u64 = 0x0f;
 
 /// A file mapping, until the storage issue brings file-backed memory:
 /// private mappings, and read-only shared ones, get an anonymous mapping
@@ -212,6 +288,22 @@ pub fn munmap(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn mprotect(rt: &Runtime, c: &Call) -> i64 {
+    let [addr, len, prot, ..] = c.args;
+    if addr.is_multiple_of(4096)
+        && len > 0
+        && rt
+            .arena
+            .is_host_shared(addr, addr.saturating_add(len.next_multiple_of(4096)))
+    {
+        // A shared host mapping's protection is the host kernel's alone
+        // (the memory manager's reservation stays PROT_NONE, so it never
+        // merges with memory it serves).
+        // Safety: the range is wholly a shared host mapping of the
+        // application's, inside the arena.
+        return unsafe {
+            crate::sud::raw_syscall(libc::SYS_mprotect as u64, [addr, len, prot, 0, 0, 0])
+        };
+    }
     memory_call(
         rt,
         MemoryOp::Mprotect {
@@ -230,6 +322,14 @@ pub fn pkey_mprotect(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn mremap(rt: &Runtime, c: &Call) -> i64 {
+    let [old_addr, old_len, ..] = c.args;
+    if rt.arena.touches_host_shared(
+        old_addr,
+        old_addr.saturating_add(old_len.max(1)).min(USER_END),
+    ) {
+        tracing::warn!("mremap of a shared host mapping at {old_addr:#x} refused with EINVAL");
+        return -(libc::EINVAL as i64);
+    }
     memory_call(
         rt,
         MemoryOp::Mremap {
