@@ -132,9 +132,15 @@ struct State {
     /// its pages: a fetch of one of them waits for it first, and so does
     /// every change to the address space.
     in_flight: Option<(WriteBack, HashSet<u64>)>,
-    /// Scratch buffers, kept to avoid allocating on the miss path.
-    page_buf: Vec<u8>,
-    run_buf: Vec<u8>,
+    /// Pages a fault thread is fetching (without the lock): a fault on
+    /// one of them waits for that fetch, whose install wakes it.
+    fetching: HashSet<u64>,
+    /// Bumped by every change that may make a fetch in flight stale (a
+    /// discard, a move): such a fetch is not installed, and its fault is
+    /// taken again.
+    epoch: u64,
+    /// Scratch buffers of eviction, kept to avoid allocating on the miss
+    /// path.
     victims: Vec<u64>,
     dirty: Vec<u64>,
     regions: Vec<PageRegion>,
@@ -183,8 +189,8 @@ impl ExCache {
                 next_expected: 0,
                 window: 1,
                 in_flight: None,
-                page_buf: vec![0; PAGE as usize],
-                run_buf: Vec::new(),
+                fetching: HashSet::new(),
+                epoch: 0,
                 victims: Vec::new(),
                 dirty: Vec::new(),
                 regions: Vec::new(),
@@ -233,18 +239,25 @@ impl ExCache {
     /// fetched from the memory manager if it may hold contents there,
     /// zero-filled locally otherwise. A miss that continues a sequential
     /// run fetches a growing window of the pages after it in the same
-    /// round trip (readahead).
+    /// round trip (readahead). The fetch itself runs without the lock, so
+    /// several fault threads serve several threads' misses at once; the
+    /// pages being fetched count against the quota meanwhile.
     pub fn fault(
         &self,
         arena: &Arena,
         backing: &dyn Backing,
         addr: u64,
         write: bool,
+        scratch: &mut FaultScratch,
     ) -> Result<(), CacheError> {
         let started = Instant::now();
         let page = addr & !(PAGE - 1);
         let mut guard = self.lock();
         let st = &mut *guard;
+        if st.fetching.contains(&page) {
+            // Another fault thread is bringing it; its install wakes us.
+            return Ok(());
+        }
         if st.resident.contains(&page) {
             if arena.pagemap.present(page)? {
                 // Two faults on one page (e.g. the kernel and the application).
@@ -282,7 +295,11 @@ impl ExCache {
             1
         };
         let mut count = 1;
-        while count < st.window && !st.resident.contains(&(page + count as u64 * PAGE)) {
+        while count < st.window {
+            let next = page + count as u64 * PAGE;
+            if st.resident.contains(&next) || st.fetching.contains(&next) {
+                break;
+            }
             count += 1;
         }
         Self::make_room(st, arena, backing, count)?;
@@ -292,9 +309,36 @@ impl ExCache {
         if fetching_in_flight {
             Self::settle_locked(st)?;
         }
+        for i in 0..count as u64 {
+            st.fetching.insert(page + i * PAGE);
+        }
+        st.next_expected = page + count as u64 * PAGE;
+        let epoch = st.epoch;
+        drop(guard);
+
+        let fetched = if count == 1 {
+            backing.fetch(page, &mut scratch.page).map(usize::from)
+        } else {
+            backing
+                .fetch_run(page, count, &mut scratch.run)
+                .map(|got| got.clamp(1, count))
+        };
+
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for i in 0..count as u64 {
+            st.fetching.remove(&(page + i * PAGE));
+        }
+        let fetched = fetched?;
+        if st.epoch != epoch {
+            // The address space changed under the fetch: what it brought
+            // may be stale. The faulting access runs again and faults anew.
+            arena.uffd.wake(page, count as u64 * PAGE)?;
+            return Ok(());
+        }
         let got = if count == 1 {
-            let src = if backing.fetch(page, &mut st.page_buf)? {
-                st.page_buf.as_ptr()
+            let src = if fetched == 1 {
+                scratch.page.as_ptr()
             } else {
                 self.zero_page.as_ptr()
             };
@@ -302,15 +346,18 @@ impl ExCache {
             unsafe { arena.uffd.copy_pages(page, src, 1, !write)? };
             1
         } else {
-            let got = backing.fetch_run(page, count, &mut st.run_buf)?.min(count);
             // Clean: the faulting write (if any) marks its page written.
-            // Safety: `run_buf` holds `got` whole pages.
+            // Safety: `run` holds `fetched` whole pages.
             unsafe {
                 arena
                     .uffd
-                    .copy_pages(page, st.run_buf.as_ptr(), got, true)?
+                    .copy_pages(page, scratch.run.as_ptr(), fetched, true)?
             };
-            got
+            if fetched < count {
+                // The mapping ended sooner: nobody waits on the rest.
+                arena.uffd.wake(page, count as u64 * PAGE)?;
+            }
+            fetched
         };
         Self::admit(st, page, got);
         st.next_expected = page + got as u64 * PAGE;
@@ -338,14 +385,17 @@ impl ExCache {
         Self::settle_locked(&mut self.lock())
     }
 
-    /// Evicts until `pages` more fit in the quota.
+    /// Evicts until `pages` more fit in the quota, beside the pages other
+    /// fault threads are fetching.
     fn make_room(
         st: &mut State,
         arena: &Arena,
         backing: &dyn Backing,
         pages: usize,
     ) -> Result<(), CacheError> {
-        while st.resident.len() + pages > st.quota_pages {
+        while st.resident.len() + st.fetching.len() + pages > st.quota_pages
+            && !st.resident.is_empty()
+        {
             Self::evict(st, arena, backing, pages)?;
         }
         Ok(())
@@ -491,6 +541,7 @@ impl ExCache {
     pub fn discard(&self, arena: &Arena, start: u64, end: u64) -> Result<(), CacheError> {
         let mut guard = self.lock();
         let st = &mut *guard;
+        st.epoch += 1;
         let pages = (end - start) / PAGE;
         let gone: Vec<u64> = if pages as usize > st.resident.len() {
             st.resident
@@ -518,6 +569,21 @@ impl ExCache {
     }
 }
 
+/// A fault thread's buffers for the pages it fetches.
+pub struct FaultScratch {
+    page: Vec<u8>,
+    run: Vec<u8>,
+}
+
+impl Default for FaultScratch {
+    fn default() -> FaultScratch {
+        FaultScratch {
+            page: vec![0; PAGE as usize],
+            run: Vec::new(),
+        }
+    }
+}
+
 /// Most pages one flush write-back carries (16 MiB).
 const FLUSH_BATCH: usize = 4096;
 
@@ -531,6 +597,7 @@ impl ForkHold<'_> {
     pub fn reset_for_child(mut self) {
         let st = &mut *self.0;
         st.resident.clear();
+        st.fetching.clear();
         st.policy.clear();
         st.in_flight = None;
         st.next_expected = 0;

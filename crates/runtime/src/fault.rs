@@ -3,15 +3,25 @@
 //! sleeps, because waking a halted vCPU costs far more than a miss
 //! (DESIGN.md: ~75 µs against ~10 µs).
 
+use crate::excache::FaultScratch;
 use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE};
 use crate::{fatal, Runtime};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long to poll an empty queue before blocking.
 const SPIN: Duration = Duration::from_micros(50);
 
+/// Most fault threads: one per application thread, up to this many.
+pub const MAX_SERVERS: usize = crate::remote::LANES;
+
+/// Fault threads running.
+static SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts the first fault thread, on the application thread's CPU.
 pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
+    SERVERS.store(0, Ordering::SeqCst);
     let fd = rt.arena.uffd.raw();
     // Safety: fcntl on our own descriptor.
     unsafe {
@@ -31,20 +41,42 @@ pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
     if pinned {
         pin(cpu);
     }
-    std::thread::Builder::new()
-        .name("excache-fault".into())
+    start(rt, pinned.then_some(cpu))
+}
+
+/// One more fault thread, when the application runs one more thread
+/// (up to [`MAX_SERVERS`]): then several misses are served at once.
+/// Unpinned: the application's threads run on any CPU.
+pub fn add_server(rt: &'static Runtime, app_threads: usize) {
+    if SERVERS.load(Ordering::SeqCst) >= app_threads.min(MAX_SERVERS) {
+        return;
+    }
+    if let Err(e) = start(rt, None) {
+        tracing::warn!("cannot start another fault thread: {e}");
+    }
+}
+
+fn start(rt: &'static Runtime, cpu: Option<i32>) -> io::Result<()> {
+    let lane = SERVERS.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name(format!("excache-fault-{lane}"))
         .spawn(move || {
             crate::sud::block_all_signals();
-            if pinned {
+            if let Some(cpu) = cpu {
                 pin(cpu);
             }
+            crate::remote::set_lane(lane);
             serve(rt)
-        })?;
-    Ok(())
+        });
+    if spawned.is_err() {
+        SERVERS.fetch_sub(1, Ordering::SeqCst);
+    }
+    spawned.map(|_| ())
 }
 
 fn serve(rt: &'static Runtime) -> ! {
     let mut msgs = [UffdMsg::ZERO; 16];
+    let mut scratch = FaultScratch::default();
     let mut idle_since: Option<Instant> = None;
     let mut last_publish = Instant::now();
     loop {
@@ -74,10 +106,13 @@ fn serve(rt: &'static Runtime) -> ! {
                 continue;
             }
             let write = msg.fault_flags() & UFFD_PAGEFAULT_FLAG_WRITE != 0;
-            if let Err(e) = rt
-                .cache
-                .fault(&rt.arena, &rt.remote, msg.fault_address(), write)
-            {
+            if let Err(e) = rt.cache.fault(
+                &rt.arena,
+                &rt.remote,
+                msg.fault_address(),
+                write,
+                &mut scratch,
+            ) {
                 fatal(&format!(
                     "cannot serve a page fault at {:#x}: {e}",
                     msg.fault_address()

@@ -408,7 +408,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     sud::install_sigsys_handler().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
     sud::install_altstack(sud::SIGSYS_STACK)
         .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
-    rt.remote.open_writeback()?;
+    rt.remote.open_connections()?;
     // The runtime's descriptors are fixed from here on.
     rt.set_runtime_fds(open_fds());
     tracing::info!(

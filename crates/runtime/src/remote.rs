@@ -10,8 +10,25 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Connections fetches are spread over: one per fault thread, so the
+/// memory manager (a thread per connection) serves several misses at once.
+pub const LANES: usize = 4;
+
+thread_local! {
+    /// The fetch connection the calling fault thread uses.
+    static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread fetch on connection `lane` (mod [`LANES`]).
+pub fn set_lane(lane: usize) {
+    LANE.with(|l| l.set(lane % LANES));
+}
+
 pub struct RemoteMemory {
+    /// Address-space calls, and lane 0 of the fetches.
     client: Client,
+    /// Lanes 1.. of the fetches.
+    lanes: Vec<Client>,
     /// A second connection, for write-backs (see `write_back`).
     writeback: Client,
     /// Changes once, in a forked process.
@@ -38,19 +55,33 @@ impl RemoteMemory {
         config.request_timeout = Duration::from_secs(10);
         RemoteMemory {
             writeback: Client::new(addr, config.clone()),
+            lanes: (1..LANES)
+                .map(|_| Client::new(addr, config.clone()))
+                .collect(),
             client: Client::new(addr, config),
             pid: AtomicU64::new(pid),
             name,
         }
     }
 
-    /// Opens the write-back connection now, so its descriptor exists before
-    /// the runtime's descriptors are fixed (see `Runtime::runtime_fds`).
-    pub fn open_writeback(&self) -> Result<(), String> {
-        self.writeback
-            .connection()
-            .map(|_| ())
-            .map_err(|e| self.lost(e))
+    /// Opens every connection now, so their descriptors exist before the
+    /// runtime's descriptors are fixed (see `Runtime::runtime_fds`).
+    pub fn open_connections(&self) -> Result<(), String> {
+        for client in [&self.client, &self.writeback]
+            .into_iter()
+            .chain(&self.lanes)
+        {
+            client.connection().map_err(|e| self.lost(e))?;
+        }
+        Ok(())
+    }
+
+    /// The fetch connection of the calling fault thread.
+    fn lane(&self) -> &Client {
+        match LANE.with(|l| l.get()) {
+            0 => &self.client,
+            n => &self.lanes[(n - 1) % self.lanes.len()],
+        }
     }
 
     pub fn pid(&self) -> ProcessId {
@@ -97,10 +128,13 @@ impl RemoteMemory {
     /// its own (the inherited ones are the parent's conversations).
     pub fn become_child(&self, pid: ProcessId) -> Result<(), String> {
         self.pid.store(pid, Ordering::Relaxed);
-        self.client.disconnect();
-        self.writeback.disconnect();
-        self.client.connection().map_err(|e| self.lost(e))?;
-        self.open_writeback()
+        for client in [&self.client, &self.writeback]
+            .into_iter()
+            .chain(&self.lanes)
+        {
+            client.disconnect();
+        }
+        self.open_connections()
     }
 
     /// "memory-0 at 127.0.0.1:4000".
@@ -165,7 +199,7 @@ impl RemoteMemory {
 impl Backing for RemoteMemory {
     fn fetch(&self, addr: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
         let reply = self
-            .client
+            .lane()
             .call(
                 &Message::FetchPage {
                     pid: self.pid(),
@@ -187,7 +221,7 @@ impl Backing for RemoteMemory {
     fn fetch_run(&self, addr: u64, count: usize, buf: &mut Vec<u8>) -> Result<usize, CacheError> {
         let count = count.min(MAX_FETCH_PAGES as usize);
         let reply = self
-            .client
+            .lane()
             .call(
                 &Message::FetchPages {
                     pid: self.pid(),

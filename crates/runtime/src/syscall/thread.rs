@@ -83,6 +83,7 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
         return errno(libc::EAGAIN);
     }
     rt.cache.set_concurrent();
+    crate::fault::add_server(crate::runtime(), THREADS.load(Ordering::SeqCst) + 1);
     // Safety: inside the SIGSYS handler of an application thread, which
     // set `regs` to the registers of this very call.
     let ctl = unsafe { current_ctl() };
