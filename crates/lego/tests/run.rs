@@ -1100,6 +1100,16 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
     let lego = cluster.run(&[], sh, &pipeline);
     assert_same(&lego, &native(sh, &pipeline), "sh pipeline");
     assert_eq!(text(&lego.stdout), "100000\n99999\n99998\n99997\n99996\n");
+    // A shell and its children writing one redirected file share its
+    // offset, as on Linux: nothing is overwritten.
+    let file = std::env::temp_dir().join(format!("lego-test-redirect-{}", std::process::id()));
+    let redirect = format!(
+        "{{ echo a; (echo b); echo c; sh -c 'echo d'; }} > {0}; cat {0}; rm {0}",
+        file.display()
+    );
+    let lego = cluster.run(&[], sh, &["-c", &redirect]);
+    assert_same(&lego, &native(sh, &["-c", &redirect]), "sh redirect");
+    assert_eq!(text(&lego.stdout), "a\nb\nc\nd\n");
     let bash = std::path::Path::new("/bin/bash");
     let script = [
         "-c",

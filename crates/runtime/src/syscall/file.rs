@@ -459,9 +459,7 @@ pub fn ioctl(rt: &Runtime, c: &Call) -> i64 {
                 Ok(a) => a,
                 Err(e) => return -(e as i64),
             };
-            let left = attr
-                .size
-                .saturating_sub(*file.offset.lock().unwrap_or_else(|p| p.into_inner()));
+            let left = attr.size.saturating_sub(*file.offset.lock());
             let value = (left.min(i32::MAX as u64) as i32).to_ne_bytes();
             ret(user::write(c.args[2], &value).map(|_| 0))
         }
@@ -619,8 +617,8 @@ pub(super) fn with_file(
     }
 }
 
-fn lock_offset(file: &OpenFile) -> std::sync::MutexGuard<'_, u64> {
-    file.offset.lock().unwrap_or_else(|p| p.into_inner())
+fn lock_offset(file: &OpenFile) -> crate::vfs::offset::OffsetGuard<'_> {
+    file.offset.lock()
 }
 
 pub fn read(rt: &Runtime, c: &Call) -> i64 {

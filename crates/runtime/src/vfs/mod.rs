@@ -10,6 +10,7 @@
 //! own flag. `/dev`, `/proc` and `/sys` are the processor's (as LegoOS's
 //! processor served them); everything else is the storage manager's.
 
+pub mod offset;
 pub mod path;
 pub mod storage;
 
@@ -32,8 +33,9 @@ pub struct OpenFile {
     pub path: Vec<u8>,
     /// Access mode and status flags (`O_ACCMODE | O_APPEND | O_NONBLOCK ...`).
     pub status: AtomicU32,
-    /// Shared by every descriptor duplicated from the same open.
-    pub offset: Mutex<u64>,
+    /// Shared by every descriptor duplicated from the same open, and with
+    /// the processes forked since (see `offset`).
+    pub offset: offset::Offset,
     /// Where `getdents64` goes on.
     pub dir_cookie: Mutex<u64>,
     /// A file the runtime serves itself (`/proc/self/maps` and the like):
@@ -85,6 +87,8 @@ impl Vfs {
     /// Connects to the storage manager and enters `cwd` (the export root if
     /// it does not exist there).
     pub fn new(storage: RemoteStorage, cwd: &[u8]) -> StorageResult<Vfs> {
+        // Before any fork: the processes of one tree share the offsets.
+        offset::init();
         let (root, _) = storage.found(StorageRequest::Root)?;
         let cwd_path = path::normalize(b"/", cwd);
         let cwd = if path::is_host(&cwd_path) {
@@ -245,7 +249,7 @@ impl Vfs {
                 file_type,
                 path: abs,
                 status: AtomicU32::new(flags & keep),
-                offset: Mutex::new(0),
+                offset: offset::Offset::new(),
                 dir_cookie: Mutex::new(0),
                 content: content.map(Arc::new),
                 listing: listing.map(Arc::new),
