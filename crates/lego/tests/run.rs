@@ -1128,4 +1128,17 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
         "from a subshell: 3\nfalse: 1\nbackground job: 0\n/\ntrap on exit, status 4\n"
     );
     assert!(!cluster.log("processor-0").contains("runtime bug"));
+    // Every copy was released when its process ended: nothing is left on
+    // the memory manager.
+    let memory = "memory-0";
+    let freed = poll(Duration::from_secs(30), || {
+        (cluster.load(memory, "used") == Some(0) && cluster.load(memory, "committed") == Some(0))
+            .then_some(())
+    });
+    assert!(
+        freed.is_some(),
+        "{memory} still holds {:?} bytes ({:?} committed) after every process ended",
+        cluster.load(memory, "used"),
+        cluster.load(memory, "committed")
+    );
 }
