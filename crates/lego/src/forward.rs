@@ -51,8 +51,17 @@ pub fn start() {
             }
             let target = TARGET.load(Ordering::SeqCst);
             if target > 0 {
+                // What a terminal sends its foreground group (Ctrl-C,
+                // Ctrl-\, a hang-up) goes to the program's process group,
+                // its children included; the rest to the program, as a
+                // `kill` of its pid would. The program leads its group
+                // unless it left it.
+                let group = matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP);
                 // Safety: kill(2) with plain integers.
-                unsafe { libc::kill(target, sig) };
+                if !group || unsafe { libc::kill(-target, sig) } != 0 {
+                    // Safety: as above.
+                    unsafe { libc::kill(target, sig) };
+                }
             } else {
                 std::process::exit(128 + sig);
             }

@@ -786,6 +786,34 @@ fn signals_sent_to_lego_run_reach_the_program() {
         assert!(Instant::now() < deadline, "the program outlived lego run");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Ctrl-C reaches the program's process group, its children too, as a
+    // terminal's does.
+    let sh = std::path::Path::new("/bin/sh");
+    let mut child = cluster
+        .run_command(&[], sh, &["-c", "sleep 60 & sleep 60 & wait"])
+        .spawn()
+        .expect("lego run starts");
+    let runtimes = poll(Duration::from_secs(30), || {
+        let rows = cluster.processes();
+        (rows.len() == 3).then_some(rows)
+    })
+    .expect("the shell and its two children never showed up");
+    // Safety: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("lego run ends");
+    assert_eq!(status.code(), Some(128 + libc::SIGINT));
+    for (_, host_pid, _) in runtimes {
+        let gone = poll(Duration::from_secs(30), || {
+            (!process_alive(host_pid)).then_some(())
+        });
+        assert!(gone.is_some(), "runtime {host_pid} outlived Ctrl-C");
+    }
+    // `kill 0` signals the program's own group: never the processor.
+    let out = cluster.run(&[], sh, &["-c", "kill 0; sleep 5"]);
+    assert_eq!(shell_status(&out), 128 + libc::SIGTERM);
+    for name in ["processor-0", "memory-0", "storage-0", "monitor"] {
+        assert!(process_alive(cluster.pid(name)), "{name} died of `kill 0`");
+    }
 }
 
 #[test]

@@ -247,9 +247,14 @@ fn serve_connection(
     // lego run went away: if the program still runs, nobody can see it.
     if !waiter.is_finished() {
         warn!("lego run for process {pid:x} disconnected; killing runtime pid {host_pid}");
+        // Its process group (its children, unless they left it) with it.
         // Safety: kill(2) with plain integers; the pid is our own child,
-        // not yet reaped (the waiter has not finished), so it is not recycled.
-        unsafe { libc::kill(host_pid as i32, libc::SIGKILL) };
+        // not yet reaped (the waiter has not finished), so it is not
+        // recycled, and it leads the group it made at its start.
+        unsafe {
+            libc::kill(-(host_pid as i32), libc::SIGKILL);
+            libc::kill(host_pid as i32, libc::SIGKILL);
+        }
     }
     let _ = waiter.join();
     Ok(())

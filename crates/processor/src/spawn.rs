@@ -78,8 +78,8 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
         }
     }
     // Safety: between fork and exec the closure only calls async-signal-safe
-    // functions (dup2, sigprocmask, prctl, getppid) on descriptors that
-    // exist.
+    // functions (dup2, sigprocmask, setsid, prctl, getppid) on descriptors
+    // that exist.
     unsafe {
         let parent = libc::getpid();
         command.pre_exec(move || {
@@ -93,6 +93,13 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
             let mut none = std::mem::zeroed::<libc::sigset_t>();
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            // A session (and process group) of its own: the program's
+            // `kill(0, ...)`, its shell's job control signals and the
+            // signals `lego run` forwards to its group reach the program
+            // and its children, never the processor.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
