@@ -27,6 +27,9 @@ fn forwarded_set() -> libc::sigset_t {
         for sig in FORWARDED {
             libc::sigaddset(&mut set, sig);
         }
+        // Not forwarded: a new window size is copied to the program's
+        // terminal, whose kernel tells the program.
+        libc::sigaddset(&mut set, libc::SIGWINCH);
         set
     }
 }
@@ -49,6 +52,10 @@ pub fn start() {
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 continue;
             }
+            if sig == libc::SIGWINCH {
+                crate::tty::resize();
+                continue;
+            }
             let target = TARGET.load(Ordering::SeqCst);
             if target > 0 {
                 // What a terminal sends its foreground group (Ctrl-C,
@@ -63,6 +70,7 @@ pub fn start() {
                     unsafe { libc::kill(target, sig) };
                 }
             } else {
+                crate::tty::restore();
                 std::process::exit(128 + sig);
             }
         });

@@ -8,6 +8,7 @@ mod run;
 mod serve;
 mod state;
 mod status;
+mod tty;
 mod units;
 
 use clap::{Args, Parser, Subcommand};

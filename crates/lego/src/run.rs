@@ -5,6 +5,7 @@
 
 use crate::cluster::{self, monitor_client, UpArgs};
 use crate::state::StateDir;
+use crate::tty;
 use crate::units::{format_size, parse_size};
 use crate::StateArgs;
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,6 +17,7 @@ use lego_transport::{
     handshake, write_frame, Client, ClientConfig, ClusterSecret, FrameReader, Identity,
 };
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -191,11 +193,35 @@ fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
     }
 }
 
+/// The program's stdin, stdout and stderr: `lego run`'s own, except that
+/// those on the user's terminal become the program's terminal when it has
+/// one.
+fn stdio(pty: Option<&tty::Pty>) -> [RawFd; 3] {
+    let Some(pty) = pty else {
+        return [0, 1, 2];
+    };
+    let device = |fd: RawFd| {
+        // Safety: fstat writes into our struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0 && unsafe { libc::isatty(fd) } == 1)
+            .then_some(st.st_rdev)
+    };
+    let terminal = device(0);
+    [0, 1, 2].map(|fd| {
+        if terminal.is_some() && device(fd) == terminal {
+            pty.slave.as_raw_fd()
+        } else {
+            fd
+        }
+    })
+}
+
 /// Starts the program on `processor` and waits for it to end.
 fn launch(
     secret: &ClusterSecret,
     processor: &Registration,
     spec: LaunchSpec,
+    pty: Option<tty::Pty>,
 ) -> Result<ExitReport> {
     let socket = processor
         .unix_socket
@@ -213,8 +239,10 @@ fn launch(
         &Identity::new(Role::Client, "lego-run"),
         Duration::from_secs(5),
     )?;
-    send_fds(&stream, &[0, 1, 2]).context("cannot hand the terminal to the processor")?;
+    send_fds(&stream, &stdio(pty.as_ref())).context("cannot hand the terminal to the processor")?;
     write_frame(&mut stream, 1, &Message::Launch(spec), &[])?;
+    // The program holds its terminal now; ours would keep it open.
+    let master = pty.map(|pty| pty.master);
     let gone = |e| anyhow!("lost processor {} at {socket}: {e}", processor.name);
     let pid = match reader.read_frame().map_err(gone)?.message {
         Message::Launched { pid, host_pid } => {
@@ -232,8 +260,19 @@ fn launch(
             other.kind()
         ),
     };
+    let relay = match master {
+        Some(master) => {
+            tty::make_raw().context("cannot put the terminal in raw mode")?;
+            Some(tty::relay(master).context("cannot relay the program's terminal")?)
+        }
+        None => None,
+    };
     write_frame(&mut stream, 2, &Message::WaitProcess { pid }, &[])?;
-    match reader.read_frame().map_err(gone)?.message {
+    let ended = reader.read_frame().map_err(gone);
+    if let Some(relay) = relay {
+        relay.finish();
+    }
+    match ended?.message {
         Message::Exited(report) => Ok(report),
         other => bail!(
             "processor {} answered WaitProcess with {}",
@@ -334,6 +373,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         } => (capacity, capacity.saturating_sub(committed)),
         _ => (0, 0),
     };
+    // In the foreground of a terminal, the program gets a terminal of its
+    // own (job control, Ctrl-C and Ctrl-Z through its line discipline).
+    let pty = if tty::wanted() && std::env::var_os("LEGO_NO_TTY").is_none() {
+        match tty::open() {
+            Ok(pty) => Some(pty),
+            Err(e) => {
+                eprintln!(
+                    "lego: cannot give the program a terminal of its own ({e}); it shares this one"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let spec = LaunchSpec {
         program: program.into_os_string().into_vec(),
         argv: args.command.iter().map(|a| a.as_bytes().to_vec()).collect(),
@@ -354,8 +408,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         storage: storage.as_ref().map(|s| s.addr),
         storage_name: storage.map(|s| s.name).unwrap_or_default(),
         storage_retry_ms: args.storage_retry.as_millis() as u64,
+        controlling_tty: pty.is_some(),
     };
-    let report = launch(&secret, &processor, spec)?;
+    let report = launch(&secret, &processor, spec, pty);
+    tty::restore();
+    let report = report?;
     if args.stats {
         if let Some(stats) = &report.stats {
             print_stats(stats);

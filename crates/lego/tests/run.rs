@@ -344,6 +344,46 @@ fn a_terminal_stays_a_terminal() {
 }
 
 #[test]
+fn a_shell_on_a_terminal_has_job_control_and_ctrl_c() {
+    // Under a terminal the program gets one of its own (a pseudo-terminal
+    // lego run relays), which is its session's: bash runs jobs on it.
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let lego_run = format!("{} run --state {} --", LEGO, cluster.state.display());
+    let script = |command: &str, input: Option<&'static [u8]>| {
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            .env_remove("LEGO_STATE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(bytes) = input {
+            // Typed once the program runs (a key pressed early waits in
+            // the terminal's buffer).
+            std::thread::sleep(Duration::from_millis(500));
+            use std::io::Write;
+            let _ = stdin.write_all(bytes);
+        }
+        let out = child.wait_with_output().expect("script ends");
+        drop(stdin);
+        (text(&out.stdout).replace('\r', ""), out.status.code())
+    };
+    let jobs = "bash -ic 'sleep 0.3 & fg >/dev/null; echo \"fg: $?\";                 [ \"$(ps -o tpgid= -p $$ | tr -d \" \")\" = \"$(ps -o pgid= -p $$ | tr -d \" \")\" ] && echo foreground'";
+    let (native, _) = script(jobs, None);
+    let (lego, status) = script(&format!("{lego_run} {jobs}"), None);
+    assert!(native.contains("fg: 0\nforeground\n"), "native: {native}");
+    assert!(lego.contains("fg: 0\nforeground\n"), "{lego}");
+    assert!(!lego.contains("no job control"), "{lego}");
+    assert_eq!(status, Some(0));
+    // Ctrl-C typed at the terminal interrupts the program.
+    let started = Instant::now();
+    let (_, status) = script(&format!("{lego_run} /bin/sleep 30"), Some(b"\x03"));
+    assert_eq!(status, Some(128 + libc::SIGINT));
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
 fn dynamically_linked_debian_programs_and_scripts_run_as_natively() {
     let cluster = Cluster::up(&["--memories", "1"]);
     let cases: [(&str, &[&str]); 4] = [

@@ -168,7 +168,7 @@ fn serve_connection(
         processor_socket: processor.launch_socket.as_os_str().as_bytes().to_vec(),
         processor_name: processor.name.clone(),
     };
-    let runtime = match spawn::spawn(&runtime_spec, stdio) {
+    let runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty) {
         Ok(runtime) => runtime,
         Err(e) => {
             return reply(

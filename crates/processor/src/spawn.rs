@@ -46,7 +46,11 @@ fn high_dup(fd: RawFd) -> io::Result<OwnedFd> {
 /// page on fd 6. The runtime dies
 /// with the processor (PR_SET_PDEATHSIG): its process cannot outlive the
 /// component that owns it.
-pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProcess> {
+pub fn spawn(
+    spec: &RuntimeSpec,
+    stdio: [OwnedFd; 3],
+    controlling_tty: bool,
+) -> io::Result<RuntimeProcess> {
     let (spec_r, spec_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
     let spec_src = high_dup(spec_r.as_raw_fd())?;
@@ -78,8 +82,8 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
         }
     }
     // Safety: between fork and exec the closure only calls async-signal-safe
-    // functions (dup2, sigprocmask, setsid, prctl, getppid) on descriptors
-    // that exist.
+    // functions (dup2, sigprocmask, setsid, ioctl, prctl, getppid) on
+    // descriptors that exist.
     unsafe {
         let parent = libc::getpid();
         command.pre_exec(move || {
@@ -98,6 +102,11 @@ pub fn spawn(spec: &RuntimeSpec, stdio: [OwnedFd; 3]) -> io::Result<RuntimeProce
             // signals `lego run` forwards to its group reach the program
             // and its children, never the processor.
             if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Its own terminal (a pseudo-terminal lego run relays) is the
+            // session's: a shell can run jobs on it.
+            if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -33,6 +33,10 @@ pub struct LaunchSpec {
     /// How long the program waits for an unreachable storage manager to
     /// come back (a restart) before it fails, in milliseconds.
     pub storage_retry_ms: u64,
+    /// The program's stdin is a terminal of its own (a pseudo-terminal
+    /// `lego run` relays): make it the controlling terminal of the
+    /// program's session.
+    pub controlling_tty: bool,
 }
 
 /// How a process ended.

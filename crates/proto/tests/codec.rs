@@ -231,6 +231,7 @@ fn process_message() -> impl Strategy<Value = Message> {
                         storage,
                         storage_name: memory_name,
                         storage_retry_ms: excache.rotate_left(7),
+                        controlling_tty: excache % 2 == 1,
                     })
                 }
             ),
