@@ -103,12 +103,19 @@ fn exchange_preambles<S: Stream>(stream: &mut S, addr: &Peer) -> Result<(), Tran
         .write_all(&Preamble::ours().encode())
         .map_err(|e| io_err(addr, "sending the preamble", e))?;
     let mut theirs = [0u8; PREAMBLE_LEN];
-    stream
-        .read_exact(&mut theirs)
-        .map_err(|e| TransportError::NotLego {
+    stream.read_exact(&mut theirs).map_err(|e| match e.kind() {
+        // The connection went away before any answer: a server that died
+        // or is restarting (a connection left in a dead listener's queue
+        // is reset), worth another try; not proof of a foreign server.
+        std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::UnexpectedEof => io_err(addr, "reading the preamble", e),
+        _ => TransportError::NotLego {
             addr: addr.clone(),
             detail: format!("no preamble ({e})"),
-        })?;
+        },
+    })?;
     let preamble = Preamble::decode(&theirs).map_err(|e| TransportError::NotLego {
         addr: addr.clone(),
         detail: e.to_string(),
