@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -200,13 +200,20 @@ fn serve_connection(
 
     // The waiter reports the end to whoever asked (if anyone still listens).
     let (asked_tx, asked_rx) = mpsc::channel::<u64>();
+    // Whether the program still runs: the waiter clears it, holding it,
+    // before reaping; a kill holds it too, so it never reaches a reaped
+    // (and perhaps recycled) pid, nor the orphans left in its group.
+    let running = Arc::new(Mutex::new(true));
     let waiter = {
         let processor = Arc::clone(processor);
         let memory = spec.memory;
+        let running = Arc::clone(&running);
         let mut writer = writer.try_clone().map_err(|e| e.to_string())?;
         thread::Builder::new()
             .name(format!("wait {pid:x}"))
             .spawn(move || {
+                runtime.wait_ended();
+                *running.lock().unwrap_or_else(|p| p.into_inner()) = false;
                 let report: ExitReport = runtime.wait();
                 info!(
                     "process {pid:x} ended: {:?}{}",
@@ -245,15 +252,18 @@ fn serve_connection(
         }
     }
     // lego run went away: if the program still runs, nobody can see it.
-    if !waiter.is_finished() {
-        warn!("lego run for process {pid:x} disconnected; killing runtime pid {host_pid}");
-        // Its process group (its children, unless they left it) with it.
-        // Safety: kill(2) with plain integers; the pid is our own child,
-        // not yet reaped (the waiter has not finished), so it is not
-        // recycled, and it leads the group it made at its start.
-        unsafe {
-            libc::kill(-(host_pid as i32), libc::SIGKILL);
-            libc::kill(host_pid as i32, libc::SIGKILL);
+    {
+        let running = running.lock().unwrap_or_else(|p| p.into_inner());
+        if *running {
+            warn!("lego run for process {pid:x} disconnected; killing runtime pid {host_pid}");
+            // Its process group (its children, unless they left it) with it.
+            // Safety: kill(2) with plain integers; the pid is our own
+            // child, not yet reaped (`running` is held), so it is not
+            // recycled, and it leads the group it made at its start.
+            unsafe {
+                libc::kill(-(host_pid as i32), libc::SIGKILL);
+                libc::kill(host_pid as i32, libc::SIGKILL);
+            }
         }
     }
     let _ = waiter.join();

@@ -141,6 +141,27 @@ impl RuntimeProcess {
         self.child.id()
     }
 
+    /// Waits until the runtime has ended, without reaping it (its pid
+    /// and process group stay its own until `wait`).
+    pub fn wait_ended(&self) {
+        loop {
+            // Safety: waitid writes one siginfo_t of ours; WNOWAIT leaves
+            // the child to be reaped by `wait`.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let ret = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.child.id() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if ret == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return;
+            }
+        }
+    }
+
     /// Waits for the runtime to end and collects its report.
     pub fn wait(mut self) -> ExitReport {
         let status = match self.child.wait() {

@@ -157,25 +157,33 @@ impl Runtime {
     /// descriptors. The kernel reads descriptor arguments as 32-bit
     /// integers, so only the low 32 bits count (high bits cannot alias).
     pub fn is_runtime_fd(&self, fd: u64) -> bool {
+        let fd = fd as u32 as i32;
         self.runtime_fds
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .binary_search(&(fd as u32 as i32))
+            .binary_search(&fd)
             .is_ok()
+            || lego_transport::fdfloor::is_lifted(fd)
     }
 
-    /// The runtime's descriptors, sorted.
+    /// The runtime's descriptors, sorted: those it held when the program
+    /// started, and every connection it opened since (all above the floor).
     pub fn runtime_fds(&self) -> Vec<RawFd> {
-        self.runtime_fds
+        let mut fds = self
+            .runtime_fds
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        fds.extend(lego_transport::fdfloor::lifted());
+        fds.sort_unstable();
+        fds.dedup();
+        fds
     }
 
-    /// Fixes which descriptors are the runtime's: those open now, for a
-    /// runtime about to start the program; in a forked process, the
-    /// inherited ones still open and every one at or above the floor
-    /// (where the runtime puts all it opens).
+    /// Fixes which descriptors are the runtime's besides the connections
+    /// it opens (see `runtime_fds`): those open now, for a runtime about
+    /// to start the program; in a forked process, the inherited ones still
+    /// open.
     pub fn set_runtime_fds(&self, fds: Vec<RawFd>) {
         *self.runtime_fds.write().unwrap_or_else(|p| p.into_inner()) = fds;
     }

@@ -64,13 +64,11 @@ impl RemoteMemory {
         }
     }
 
-    /// Opens every connection now, so their descriptors exist before the
-    /// runtime's descriptors are fixed (see `Runtime::runtime_fds`).
+    /// Opens the connections every process uses, so that a memory manager
+    /// that cannot be reached fails the start (the fetch lanes open when a
+    /// second thread first needs them).
     pub fn open_connections(&self) -> Result<(), String> {
-        for client in [&self.client, &self.writeback]
-            .into_iter()
-            .chain(&self.lanes)
-        {
+        for client in [&self.client, &self.writeback] {
             client.connection().map_err(|e| self.lost(e))?;
         }
         Ok(())
@@ -134,7 +132,10 @@ impl RemoteMemory {
         {
             client.disconnect();
         }
-        self.open_connections()
+        // Connections are made as they are first needed (every one lands
+        // above the descriptor floor, where the program's calls never
+        // reach it): a child that execs at once needs only one.
+        Ok(())
     }
 
     /// "memory-0 at 127.0.0.1:4000".

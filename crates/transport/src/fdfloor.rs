@@ -24,7 +24,11 @@ pub fn floor() -> RawFd {
 /// closed; unchanged when no floor is set or it is already above.
 pub fn lift_fd(fd: RawFd) -> io::Result<RawFd> {
     let floor = floor();
-    if floor <= 0 || fd >= floor {
+    if floor <= 0 {
+        return Ok(fd);
+    }
+    if fd >= floor {
+        remember(fd);
         return Ok(fd);
     }
     // Safety: F_DUPFD_CLOEXEC duplicates a descriptor we own; closing the
@@ -35,8 +39,36 @@ pub fn lift_fd(fd: RawFd) -> io::Result<RawFd> {
             return Err(io::Error::last_os_error());
         }
         libc::close(fd);
+        remember(high);
         Ok(high)
     }
+}
+
+/// Every descriptor number lifted so far: the host process's own (a
+/// runtime's connections, opened at any time), never the program's.
+static LIFTED: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn remember(fd: RawFd) {
+    LIFTED.lock().unwrap_or_else(|p| p.into_inner()).insert(fd);
+}
+
+/// Whether `fd` is a number this process lifted (and may still use).
+pub fn is_lifted(fd: RawFd) -> bool {
+    LIFTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&fd)
+}
+
+/// The numbers lifted so far, sorted.
+pub fn lifted() -> Vec<RawFd> {
+    LIFTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .copied()
+        .collect()
 }
 
 /// An owned descriptor object moved above the floor.

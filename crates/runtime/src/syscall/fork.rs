@@ -265,9 +265,7 @@ fn become_child(
         fatal(&format!("forked process {pid:x}: {why}"));
     }
     if let Some(vfs) = &rt.vfs {
-        if let Err(e) = vfs.storage.reconnect() {
-            fatal(&format!("forked process {pid:x}: {e:?}"));
-        }
+        vfs.storage.disconnect();
     }
     if let Err(e) = crate::fault::spawn(crate::runtime()) {
         fatal(&format!(
@@ -283,12 +281,10 @@ fn become_child(
         ),
     }
     let inherited = rt.runtime_fds();
-    let floor = lego_transport::fdfloor::floor();
-    let mut fds: Vec<RawFd> = crate::open_fds()
+    let fds: Vec<RawFd> = crate::open_fds()
         .into_iter()
-        .filter(|fd| *fd >= floor || inherited.binary_search(fd).is_ok())
+        .filter(|fd| inherited.binary_search(fd).is_ok())
         .collect();
-    fds.dedup();
     rt.set_runtime_fds(fds);
     // Safety: inside the SIGSYS handler of the thread that called fork
     // (the only one in this process), whose control block and register

@@ -47,14 +47,10 @@ impl RemoteStorage {
         }
     }
 
-    /// In a forked process: a connection of its own, made now (so its
-    /// descriptor is known to be the runtime's).
-    pub fn reconnect(&self) -> StorageResult<()> {
+    /// In a forked process: the next request makes a connection of its
+    /// own (the inherited one is its parent's conversation).
+    pub fn disconnect(&self) {
         self.client.disconnect();
-        self.client
-            .connection()
-            .map(|_| ())
-            .map_err(|e| StorageError::Lost(format!("lost the {}: {e}", self.describe())))
     }
 
     /// Where the storage manager serves.
