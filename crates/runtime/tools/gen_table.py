@@ -47,7 +47,7 @@ emu('fs::readlink', '/proc/self/exe names the program; other paths ' + 'from the
 emu('fs::readlinkat', 'as readlink', 'readlinkat')
 ref('ENOSYS', 'glibc falls back to running without restartable sequences', 'rseq')
 emu('thread::clone', 'threads (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND; SETTLS, PARENT_SETTID, CHILD_SETTID, CHILD_CLEARTID): each on a runtime thread of its own that traps its syscalls; without CLONE_THREAD a new process as fork (CLONE_VM only with CLONE_VFORK, served as vfork; sharing flags refused with EINVAL; the exit signal is always SIGCHLD)', 'clone')
-emu('thread::clone3', 'ENOSYS, so that glibc falls back to clone', 'clone3')
+emu('thread::clone3', 'as clone, from clone_args (the stack is stack + stack_size); CLONE_PIDFD, set_tid and CLONE_INTO_CGROUP answered ENOSYS, on which callers fall back to clone', 'clone3')
 emu('fork::fork', 'a new process: copy-on-write copy of the address space made by the memory manager, a new runtime forked from the parent\'s on the same processor with every descriptor, the file table and signal dispositions; storage-file offsets are shared with the parent, as Linux shares an open file description\'s', 'fork')
 emu('fork::vfork', 'as fork, and the parent waits until the child execs or ends; the child writes its own copy, not the parent\'s memory', 'vfork')
 emu('exec::execve', 'replaces the program: address space rebuilt by the memory manager, close-on-exec descriptors closed, handled signals reset; refused with EAGAIN while several threads run', 'execve')

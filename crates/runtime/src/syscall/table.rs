@@ -355,7 +355,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 432, name: "fsmount", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 433, name: "fspick", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },
     Syscall { nr: 434, name: "pidfd_open", disposition: Pass, note: "host kernel object" },
-    Syscall { nr: 435, name: "clone3", disposition: Emulate(thread::clone3), note: "ENOSYS, so that glibc falls back to clone" },
+    Syscall { nr: 435, name: "clone3", disposition: Emulate(thread::clone3), note: "as clone, from clone_args (the stack is stack + stack_size); CLONE_PIDFD, set_tid and CLONE_INTO_CGROUP answered ENOSYS, on which callers fall back to clone" },
     Syscall { nr: 436, name: "close_range", disposition: Emulate(file::close_range), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's; the runtime's own descriptors are refused with EBADF" },
     Syscall { nr: 437, name: "openat2", disposition: Emulate(file::openat2), note: "from the storage manager (the host's with LEGO_FILES=host or a cluster without one); /dev, /proc, /sys and host objects (pipes, sockets, terminals) are always the host's" },
     Syscall { nr: 438, name: "pidfd_getfd", disposition: Refuse(libc::EPERM), note: "privileged: not available to a Lego process" },

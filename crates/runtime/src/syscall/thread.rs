@@ -70,10 +70,53 @@ pub fn clone(rt: &Runtime, c: &Call) -> i64 {
     spawn(rt, flags, stack, parent_tid, child_tid, tls)
 }
 
-/// clone3 is answered ENOSYS: glibc then uses clone, which carries the
-/// same thread options.
-pub fn clone3(_rt: &Runtime, _c: &Call) -> i64 {
-    errno(libc::ENOSYS)
+/// clone3: the same threads and processes as clone, from a `clone_args`
+/// structure. What only clone3 can ask (a pidfd, chosen tids, a cgroup)
+/// is answered ENOSYS, on which callers (glibc) fall back to clone.
+pub fn clone3(rt: &Runtime, c: &Call) -> i64 {
+    const CLONE_PIDFD: u64 = libc::CLONE_PIDFD as u64;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let [args, size, ..] = c.args;
+    // CLONE_ARGS_SIZE_VER0: flags .. tls, eight u64 words.
+    if size < 64 || size > 4096 {
+        return errno(libc::EINVAL);
+    }
+    let mut raw = vec![0u8; size as usize];
+    if let Err(e) = user::read(args, &mut raw) {
+        return errno(e);
+    }
+    let word = |i: usize| {
+        raw.get(i * 8..i * 8 + 8)
+            .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+    };
+    let (flags, pidfd, child_tid, parent_tid, exit_signal) =
+        (word(0), word(1), word(2), word(3), word(4));
+    let (stack, stack_size, tls, set_tid_size, cgroup) =
+        (word(5), word(6), word(7), word(9), word(10));
+    if flags & (CLONE_PIDFD | CLONE_INTO_CGROUP) != 0 || set_tid_size != 0 || cgroup != 0 {
+        return errno(libc::ENOSYS);
+    }
+    // Bytes past the structure this kernel knows must be zero.
+    if raw
+        .get(88..)
+        .is_some_and(|rest| rest.iter().any(|&b| b != 0))
+    {
+        return errno(libc::E2BIG);
+    }
+    let _ = pidfd;
+    if exit_signal > 0xff || flags & 0xff != 0 || (stack == 0) != (stack_size == 0) {
+        return errno(libc::EINVAL);
+    }
+    let top = if stack == 0 {
+        0
+    } else {
+        stack.wrapping_add(stack_size)
+    };
+    let call = Call {
+        nr: c.nr,
+        args: [flags | exit_signal, top, parent_tid, child_tid, tls, 0],
+    };
+    clone(rt, &call)
 }
 
 fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, tls: u64) -> i64 {
