@@ -78,7 +78,7 @@ pub fn clone3(rt: &Runtime, c: &Call) -> i64 {
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let [args, size, ..] = c.args;
     // CLONE_ARGS_SIZE_VER0: flags .. tls, eight u64 words.
-    if size < 64 || size > 4096 {
+    if !(64..=4096).contains(&size) {
         return errno(libc::EINVAL);
     }
     let mut raw = vec![0u8; size as usize];
