@@ -992,22 +992,45 @@ fn threads_share_memory_locks_tls_and_signals_as_natively() {
     // Thousands of short-lived threads, each joined: a join must never
     // miss its thread's end (it did when the creator stored the tid after
     // the thread had already ended).
+    // An ended thread's runtime thread runs the next one: the runtime's
+    // address space does not grow with every thread ever made.
     let churn = program("threadchurn", Build::GlibcStatic);
+    let processor = cluster.pid("processor-0");
     let mut child = cluster
-        .run_command(&[], &churn, &["2000"])
+        .run_command(&[], &churn, &["20000"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("lego run starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let vm_size = |pid: u32| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib << 10)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut first, mut most) = (None, 0u64);
     while child.try_wait().expect("lego run waits").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("2000 thread joins did not finish within a minute");
+            panic!("20000 thread joins did not finish within two minutes");
+        }
+        if let Some(size) = runtimes_of(processor).first().and_then(|&pid| vm_size(pid)) {
+            first.get_or_insert(size);
+            most = most.max(size);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("lego run ends");
-    assert_eq!(text(&out.stdout), "joined 2000 sum 2001000\n");
+    assert_eq!(text(&out.stdout), "joined 20000 sum 200010000\n");
+    if let Some(first) = first {
+        assert!(
+            most - first < 64 << 20,
+            "the runtime grew from {first} to {most} bytes over 20000 threads"
+        );
+    }
     // Python threads contending on one lock.
     let python = std::path::Path::new("/usr/bin/python3");
     let script = "import threading\n\

@@ -51,6 +51,9 @@ pub struct ThreadCtl {
     /// The application's registers at the call being served (null
     /// outside the SIGSYS handler's dispatch): what clone copies.
     pub regs: *const [i64; 23],
+    /// The thread's `set_tid_address` / CLONE_CHILD_CLEARTID word, which is
+    /// cleared and woken when its application thread ends (0: none).
+    pub clear_tid: u64,
 }
 
 // The assembly stubs address these fields by offset.
@@ -72,6 +75,7 @@ impl ThreadCtl {
             interrupted: 0,
             suspended_mask: None,
             regs: std::ptr::null(),
+            clear_tid: 0,
         }
     }
 }

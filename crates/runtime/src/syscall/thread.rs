@@ -9,7 +9,7 @@ use super::Call;
 use crate::sud::{self, current_ctl, raw_syscall, ThreadCtl};
 use crate::{user, Runtime};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Application threads alive (the first is the one the program started on).
 static THREADS: AtomicUsize = AtomicUsize::new(1);
@@ -18,11 +18,6 @@ static THREADS: AtomicUsize = AtomicUsize::new(1);
 /// written while the runtime evicts.
 pub fn several() -> bool {
     THREADS.load(Ordering::SeqCst) > 1
-}
-
-/// In a forked process: only the thread that forked runs.
-pub fn reset_after_fork() {
-    THREADS.store(1, Ordering::SeqCst);
 }
 
 /// The runtime's own stack for each application thread: its code only
@@ -119,6 +114,58 @@ pub fn clone3(rt: &Runtime, c: &Call) -> i64 {
     clone(rt, &call)
 }
 
+/// What a new application thread starts with.
+struct Start {
+    regs: [i64; 23],
+    fs: u64,
+    mask: u64,
+    flags: u64,
+    parent_tid: u64,
+    child_tid: u64,
+    /// Where to say the thread runs (its tid) or why it could not start.
+    ready: mpsc::Sender<Result<i32, i32>>,
+}
+
+/// A runtime thread whose application thread ended, waiting in its SIGSYS
+/// handler to run the next one: ended threads are reused instead of
+/// leaving their stacks behind, so memory follows the most threads alive
+/// at once, not how many were ever made.
+struct Parked {
+    start: Mutex<Option<Start>>,
+    wake: Condvar,
+}
+
+/// Runtime threads waiting for an application thread.
+static POOL: Mutex<Vec<Arc<Parked>>> = Mutex::new(Vec::new());
+
+fn pool() -> std::sync::MutexGuard<'static, Vec<Arc<Parked>>> {
+    POOL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stores the new thread's tid where clone was asked to and records its
+/// clear-tid word: on the new thread, before it can run (let alone end,
+/// which clears the CLEARTID word: the creator's store coming after that
+/// would leave a joiner waiting forever).
+fn settle_tids(ctl: &mut ThreadCtl, start: &Start, tid: i32) {
+    if start.flags & CLONE_PARENT_SETTID != 0 {
+        let _ = user::write(start.parent_tid, &tid.to_ne_bytes());
+    }
+    if start.flags & CLONE_CHILD_SETTID != 0 {
+        let _ = user::write(start.child_tid, &tid.to_ne_bytes());
+    }
+    if start.flags & CLONE_CHILD_CLEARTID != 0 {
+        ctl.clear_tid = start.child_tid;
+        // Safety: the kernel clears and wakes this application address if
+        // the thread ends for real, as for any clone.
+        unsafe {
+            raw_syscall(
+                libc::SYS_set_tid_address as u64,
+                [start.child_tid, 0, 0, 0, 0, 0],
+            )
+        };
+    }
+}
+
 fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, tls: u64) -> i64 {
     if !rt.arena.can_stage() {
         // Eviction would not be safe with threads writing meanwhile.
@@ -144,69 +191,145 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
     } else {
         ctl.app_fs
     };
-    let mask = ctl.app_mask;
     let (tx, rx) = mpsc::channel::<Result<i32, i32>>();
+    let start = Start {
+        regs,
+        fs,
+        mask: ctl.app_mask,
+        flags,
+        parent_tid,
+        child_tid,
+        ready: tx,
+    };
     THREADS.fetch_add(1, Ordering::SeqCst);
-    let spawned = std::thread::Builder::new()
+    let parked = pool().pop();
+    if let Some(parked) = parked {
+        *parked.start.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
+        parked.wake.notify_one();
+    } else if let Err(e) = start_runtime_thread(start) {
+        THREADS.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!("cannot start a runtime thread for the application: {e}");
+        return errno(libc::EAGAIN);
+    }
+    match rx.recv() {
+        Ok(Ok(tid)) => tid as i64,
+        Ok(Err(e)) => errno(e),
+        Err(_) => errno(libc::EAGAIN),
+    }
+}
+
+/// A new runtime thread for an application thread.
+fn start_runtime_thread(start: Start) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name("app-thread".into())
         .stack_size(RUNTIME_STACK)
         .spawn(move || {
             // Safety: gettid has no preconditions.
             let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
             if let Err(e) = sud::install_altstack(sud::SIGSYS_STACK) {
-                let _ = tx.send(Err(e.raw_os_error().unwrap_or(libc::ENOMEM)));
+                let _ = start
+                    .ready
+                    .send(Err(e.raw_os_error().unwrap_or(libc::ENOMEM)));
                 THREADS.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
-            // Both tid stores happen before the thread can run, let alone
-            // end (which clears the CLEARTID word): the creator's store
-            // coming after that would leave a joiner waiting forever.
-            if flags & CLONE_PARENT_SETTID != 0 {
-                let _ = user::write(parent_tid, &tid.to_ne_bytes());
-            }
-            if flags & CLONE_CHILD_SETTID != 0 {
-                let _ = user::write(child_tid, &tid.to_ne_bytes());
-            }
-            if flags & CLONE_CHILD_CLEARTID != 0 {
-                // Safety: the kernel clears and wakes this application
-                // address when the thread exits, as for any clone.
-                unsafe {
-                    raw_syscall(libc::SYS_set_tid_address as u64, [child_tid, 0, 0, 0, 0, 0])
-                };
-            }
             let ctl = Box::leak(Box::new(ThreadCtl::new()));
-            ctl.app_mask = mask;
+            settle_tids(ctl, &start, tid);
+            ctl.app_mask = start.mask;
+            let Start {
+                regs, fs, ready, ..
+            } = start;
             // Safety: `ctl` is leaked, the SIGSYS handler is process-wide
             // and this thread's alternate stack is installed; `regs` are
             // the creator's at its clone, with the child's rax and stack.
             unsafe {
                 sud::enter_thread(ctl, &regs, fs, move || {
-                    let _ = tx.send(Ok(tid));
+                    let _ = ready.send(Ok(tid));
                 })
             }
-        });
-    if let Err(e) = spawned {
-        THREADS.fetch_sub(1, Ordering::SeqCst);
-        tracing::warn!("cannot start a runtime thread for the application: {e}");
-        return errno(libc::EAGAIN);
-    }
-    let tid = match rx.recv() {
-        Ok(Ok(tid)) => tid,
-        Ok(Err(e)) => return errno(e),
-        Err(_) => return errno(libc::EAGAIN),
-    };
-    tid as i64
+        })
+        .map(|_| ())
 }
 
-/// exit: ends the calling thread, or the process with the last one.
+/// In a forked process: only the thread that forked runs.
+pub fn reset_after_fork() {
+    THREADS.store(1, Ordering::SeqCst);
+    // The parked runtime threads were the parent's.
+    pool().clear();
+}
+
+/// set_tid_address: recorded, so that a thread that ends (and whose
+/// runtime thread is reused) clears and wakes the word as Linux would.
+pub fn set_tid_address(_rt: &Runtime, c: &Call) -> i64 {
+    // Safety: inside the SIGSYS handler of an application thread.
+    let ctl = unsafe { current_ctl() };
+    ctl.clear_tid = c.args[0];
+    // Safety: the kernel only records the address (and returns the tid).
+    unsafe { raw_syscall(c.nr, c.args) }
+}
+
+/// exit: ends the calling thread, or the process with the last one. The
+/// application thread ends as on Linux (its clear-tid word is cleared and
+/// woken, so a join returns); its runtime thread then waits, parked, to
+/// run the next thread the application makes.
 pub fn exit(rt: &Runtime, c: &Call) -> i64 {
     if THREADS.fetch_sub(1, Ordering::SeqCst) == 1 {
         THREADS.store(1, Ordering::SeqCst);
         return super::proc::exit_group(rt, c);
     }
-    // Safety: ends this thread only; the kernel clears and wakes its
-    // CLONE_CHILD_CLEARTID address. Its runtime stack and control block
-    // are not reclaimed (a few hundred KiB per ended thread).
-    unsafe { raw_syscall(libc::SYS_exit as u64, [c.args[0], 0, 0, 0, 0, 0]) };
-    unreachable!("exit returned")
+    // Safety: inside the SIGSYS handler of an application thread, with
+    // `regs` set to this call's frame.
+    let ctl = unsafe { current_ctl() };
+    if ctl.regs.is_null() {
+        // Safety: ends this thread only.
+        unsafe { raw_syscall(libc::SYS_exit as u64, [c.args[0], 0, 0, 0, 0, 0]) };
+        unreachable!("exit returned");
+    }
+    // Parked before a joiner can wake: the clone that usually follows a
+    // join finds this runtime thread rather than making another.
+    let parked = Arc::new(Parked {
+        start: Mutex::new(None),
+        wake: Condvar::new(),
+    });
+    pool().push(Arc::clone(&parked));
+    if ctl.clear_tid != 0 {
+        let word = ctl.clear_tid;
+        ctl.clear_tid = 0;
+        // Safety: the kernel no longer clears it at this thread's end;
+        // then the word is cleared and its waiters woken, as the kernel
+        // does when a thread ends.
+        unsafe {
+            raw_syscall(libc::SYS_set_tid_address as u64, [0; 6]);
+        }
+        if user::write(word, &0u32.to_ne_bytes()).is_ok() {
+            // Safety: FUTEX_WAKE only reads the word's address.
+            unsafe {
+                raw_syscall(
+                    libc::SYS_futex as u64,
+                    [word, libc::FUTEX_WAKE as u64, 1, 0, 0, 0],
+                )
+            };
+        }
+    }
+    let start = {
+        let mut slot = parked.start.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(start) = slot.take() {
+                break start;
+            }
+            slot = parked.wake.wait(slot).unwrap_or_else(|p| p.into_inner());
+        }
+    };
+    // Safety: gettid has no preconditions.
+    let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
+    settle_tids(ctl, &start, tid);
+    ctl.app_mask = start.mask;
+    ctl.app_fs = start.fs;
+    ctl.interrupted = 0;
+    ctl.suspended_mask = None;
+    // Safety: `regs` points into this call's live SIGSYS frame, whose
+    // return loads them: the handler returns into the new thread.
+    unsafe { *(ctl.regs as *mut [i64; 23]) = start.regs };
+    let _ = start.ready.send(Ok(tid));
+    0
 }
