@@ -1031,6 +1031,24 @@ fn threads_share_memory_locks_tls_and_signals_as_natively() {
             "the runtime grew from {first} to {most} bytes over 20000 threads"
         );
     }
+    // execve ends every other thread first, wherever it is (spinning, in a
+    // read, a condition wait, a sleep), from the first thread or another.
+    for build in [Build::GlibcStatic, Build::MuslStatic] {
+        let mtexec = program("mtexec", build);
+        for args in [&[][..], &["from-thread"][..]] {
+            let lego = cluster.run(&[], &mtexec, args);
+            assert_same(
+                &lego,
+                &native(&mtexec, args),
+                &format!("mtexec {build:?} {args:?}"),
+            );
+            assert!(
+                text(&lego.stdout).starts_with("4 threads running\nexec'd from"),
+                "{build:?} {args:?}: {}",
+                text(&lego.stdout)
+            );
+        }
+    }
     // Python threads contending on one lock.
     let python = std::path::Path::new("/usr/bin/python3");
     let script = "import threading\n\

@@ -256,7 +256,9 @@ pub fn set_report_fd(fd: RawFd) {
 
 /// Descriptors open now, other than 0-2 (the application's stdio).
 pub fn open_fds() -> Vec<RawFd> {
-    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+    // thread-self: the first thread may have ended (an execve from
+    // another), and /proc/self then shows no descriptors.
+    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/thread-self/fd")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .filter(|&fd| fd > 2)
@@ -414,6 +416,9 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
     default_fault_signals();
     sud::install_sigsys_handler().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
+    sud::install_exec_kill_action()
+        .map_err(|e| format!("cannot install the runtime's thread-ending signal: {e}"))?;
+    syscall::thread::register_main_thread();
     sud::install_altstack(sud::SIGSYS_STACK)
         .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
     rt.remote.open_connections()?;

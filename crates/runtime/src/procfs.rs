@@ -48,7 +48,7 @@ pub fn listing(rt: &Runtime, abs: &[u8]) -> Option<Vec<crate::vfs::Entry>> {
     if abs != b"/proc/self/fd" && abs != own.as_bytes() && abs != b"/proc/thread-self/fd" {
         return None;
     }
-    let mut fds: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+    let mut fds: Vec<u64> = std::fs::read_dir("/proc/thread-self/fd")
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|&fd| !rt.is_runtime_fd(fd))
@@ -71,7 +71,7 @@ pub fn listing(rt: &Runtime, abs: &[u8]) -> Option<Vec<crate::vfs::Entry>> {
 
 /// Bytes the program has mapped (the arena's accessible ranges).
 fn mapped_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/maps")
+    std::fs::read_to_string("/proc/thread-self/maps")
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {

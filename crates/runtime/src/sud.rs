@@ -54,6 +54,9 @@ pub struct ThreadCtl {
     /// The thread's `set_tid_address` / CLONE_CHILD_CLEARTID word, which is
     /// cleared and woken when its application thread ends (0: none).
     pub clear_tid: u64,
+    /// Another thread execs: this one ends when the runtime is done with
+    /// what it was doing for it.
+    pub exit_requested: bool,
 }
 
 // The assembly stubs address these fields by offset.
@@ -76,6 +79,7 @@ impl ThreadCtl {
             suspended_mask: None,
             regs: std::ptr::null(),
             clear_tid: 0,
+            exit_requested: false,
         }
     }
 }
@@ -282,7 +286,47 @@ fn synchronous_signals() -> u64 {
 /// The mask the kernel applies while the application runs with `mask`:
 /// SIGSYS is the runtime's, SIGKILL and SIGSTOP cannot be blocked.
 pub fn kernel_mask(mask: u64) -> u64 {
-    mask & !(sigbit(libc::SIGSYS) | sigbit(libc::SIGKILL) | sigbit(libc::SIGSTOP))
+    mask & !(sigbit(libc::SIGSYS)
+        | sigbit(libc::SIGKILL)
+        | sigbit(libc::SIGSTOP)
+        | sigbit(EXEC_KILL_SIGNAL))
+}
+
+/// The runtime's own signal (SIGRTMAX, not the application's): it ends an
+/// application thread when another one execs, as Linux's execve ends every
+/// other thread. Never blocked while the application runs nor while the
+/// runtime serves it, so it reaches a thread wherever it is; a thread it
+/// finds inside the runtime ends at the next safe point (see
+/// `syscall::thread::end_for_exec`).
+pub const EXEC_KILL_SIGNAL: libc::c_int = 64;
+
+/// Installs the runtime's entry for [`EXEC_KILL_SIGNAL`] (no SA_RESTART:
+/// a blocking call it interrupts must return, so the thread can end).
+pub fn install_exec_kill_action() -> io::Result<()> {
+    let action = KernelSigaction {
+        handler: lego_signal_entry as *const () as usize,
+        flags: SA_SIGINFO | SA_ONSTACK | SA_RESTORER,
+        restorer: lego_sigreturn_restorer as *const () as usize,
+        mask: !synchronous_signals(),
+    };
+    // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout.
+    let ret = unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigaction as u64,
+            [
+                EXEC_KILL_SIGNAL as u64,
+                &action as *const KernelSigaction as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
+    }
+    Ok(())
 }
 
 /// Installs the host action for application signal `sig`: the runtime's

@@ -370,7 +370,7 @@ impl Pagemap {
     }
 
     pub fn open() -> io::Result<Pagemap> {
-        let file = std::fs::File::open("/proc/self/pagemap")?;
+        let file = std::fs::File::open("/proc/thread-self/pagemap")?;
         Ok(Pagemap { fd: file.into() })
     }
 

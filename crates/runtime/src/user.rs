@@ -20,11 +20,15 @@ fn transfer(addr: u64, buf: *mut u8, len: usize, write: bool) -> Result<(), i32>
     // Safety: `local` describes memory of ours the caller owns for `len`
     // bytes; `remote` is checked by the kernel, which fails with EFAULT
     // rather than touching anything invalid.
+    // Addressed by this thread's id, not the process's: after an execve
+    // from another thread the first thread may be gone, and the kernel
+    // finds no memory through its (zombie) task.
+    let me = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
     let done = unsafe {
         if write {
-            libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
+            libc::process_vm_writev(me, &local, 1, &remote, 1, 0)
         } else {
-            libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+            libc::process_vm_readv(me, &local, 1, &remote, 1, 0)
         }
     };
     if done == len as isize {

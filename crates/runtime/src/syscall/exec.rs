@@ -59,12 +59,12 @@ pub fn execveat(rt: &Runtime, c: &Call) -> i64 {
 }
 
 fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
-    if super::thread::several() {
-        // Linux ends the other threads first; the runtime cannot yet stop
-        // a thread that is running, so the exec is refused instead.
-        tracing::warn!("execve with several threads running refused with EAGAIN");
-        return errno(libc::EAGAIN);
-    }
+    let ret = exec_one(rt, path, argv, envp);
+    super::thread::exec_finished();
+    ret
+}
+
+fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
     let path = match user::read_cstring(path, libc::PATH_MAX as usize) {
         Ok(p) if !p.is_empty() => p,
         Ok(_) => return errno(libc::ENOENT),
@@ -88,6 +88,11 @@ fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
             return errno(e.errno);
         }
     };
+    // The program is found: the other threads end before the address
+    // space is replaced under them, as Linux's execve ends them.
+    if super::thread::several() && !super::thread::end_other_threads() {
+        return errno(libc::EAGAIN);
+    }
     if let Err(e) = rt.cache.settle() {
         fatal(&format!("before execve: {e}"));
     }
@@ -175,7 +180,7 @@ fn check_executable(rt: &Runtime, path: &[u8]) -> Result<(), i32> {
 
 /// Closes the application's descriptors marked close-on-exec.
 fn close_on_exec(rt: &Runtime) {
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+    let fds: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .collect()

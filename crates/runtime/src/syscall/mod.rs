@@ -200,6 +200,10 @@ pub unsafe extern "C" fn sigsys_handler(
             g[libc::REG_CSGSFS as usize] = segments;
             ctl.app_fs = 0;
         }
+        if ctl.exit_requested {
+            // Another thread execs: the runtime holds nothing here.
+            thread::end_for_exec();
+        }
         // The kernel restores the mask saved in the frame: make it the
         // application's, as the call may have changed it.
         signal::restore_mask_on_return(uc, ctl.app_mask);

@@ -743,7 +743,7 @@ pub fn fchdir(rt: &Runtime, c: &Call) -> i64 {
         None => {
             let r = pass(c);
             if r == 0 {
-                if let Ok(target) = std::fs::read_link("/proc/self/cwd") {
+                if let Ok(target) = std::fs::read_link("/proc/thread-self/cwd") {
                     let mut cwd = vfs.cwd();
                     cwd.path = target.into_os_string().into_encoded_bytes();
                     cwd.handle = None;

@@ -128,6 +128,10 @@ pub fn rt_sigaction(rt: &Runtime, c: &Call) -> i64 {
     if act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64) {
         return errno(libc::EINVAL);
     }
+    if sig == crate::sud::EXEC_KILL_SIGNAL as u64 {
+        // The runtime's own (as glibc keeps signals 32 and 33 for itself).
+        return errno(libc::EINVAL);
+    }
     let mut new = [0u8; SIGACTION_LEN];
     if act != 0 {
         if let Err(e) = user::read(act, &mut new) {
@@ -587,6 +591,12 @@ pub extern "C" fn app_signal_handler(
     info: *mut libc::siginfo_t,
     uctx: *mut libc::c_void,
 ) {
+    if sig == crate::sud::EXEC_KILL_SIGNAL {
+        // It interrupted application code: nothing of the runtime's is
+        // held, so the thread can end here.
+        super::thread::end_for_exec();
+        return;
+    }
     let served = std::panic::catch_unwind(|| {
         // Safety: inside a signal handler on an application thread; the
         // kernel's ucontext stays alive until the handler returns.
@@ -629,13 +639,19 @@ pub extern "C" fn runtime_signal_handler(
             uc.uc_mcontext.gregs[libc::REG_RIP as usize]
         ));
     }
-    let sig = sig as usize;
-    requeue(sig, &info);
-    *mask_of(uc) |= bit(sig);
     // Safety: only the SIGSYS handler of an application thread unblocks
     // signals, and its thread's GS base is its control block.
     let ctl = unsafe { current_ctl() };
-    ctl.interrupted |= bit(sig);
+    if sig == crate::sud::EXEC_KILL_SIGNAL {
+        // Inside the runtime, which may hold locks: the thread ends when
+        // its SIGSYS handler is done (a blocking call returns EINTR).
+        ctl.exit_requested = true;
+    } else {
+        let sig = sig as usize;
+        requeue(sig, &info);
+        *mask_of(uc) |= bit(sig);
+        ctl.interrupted |= bit(sig);
+    }
     let (start, syscall, done) = sud::blocking_window();
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
     if (start..=syscall).contains(&rip) {

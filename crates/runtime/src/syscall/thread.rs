@@ -8,7 +8,7 @@
 use super::Call;
 use crate::sud::{self, current_ctl, raw_syscall, ThreadCtl};
 use crate::{user, Runtime};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Application threads alive (the first is the one the program started on).
@@ -142,11 +142,100 @@ fn pool() -> std::sync::MutexGuard<'static, Vec<Arc<Parked>>> {
     POOL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The host tids of the application's threads.
+static APP_TIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn app_tids() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    APP_TIDS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn gettid() -> i32 {
+    // Safety: gettid has no preconditions.
+    unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) as i32 }
+}
+
+/// Records the thread the program starts on.
+pub fn register_main_thread() {
+    app_tids().push(gettid());
+}
+
+/// The thread that is exec'ing, while it ends the others (0: none).
+static EXEC_TID: AtomicI32 = AtomicI32::new(0);
+
+/// execve with several threads: ends every other application thread
+/// first, as Linux does. Each is sent the runtime's own signal, again
+/// until it is gone (one caught just before a blocking call would
+/// otherwise block on). `false` if some thread would not end in time.
+pub fn end_other_threads() -> bool {
+    let me = gettid();
+    EXEC_TID.store(me, Ordering::SeqCst);
+    // Safety: getpid has no preconditions.
+    let pid = unsafe { raw_syscall(libc::SYS_getpid as u64, [0; 6]) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while THREADS.load(Ordering::SeqCst) > 1 {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                "execve: {} other threads did not end within 10 s; refused with EAGAIN",
+                THREADS.load(Ordering::SeqCst) - 1
+            );
+            EXEC_TID.store(0, Ordering::SeqCst);
+            return false;
+        }
+        let others: Vec<i32> = app_tids().iter().copied().filter(|&t| t != me).collect();
+        for tid in others {
+            // Safety: signals one thread of this process.
+            unsafe {
+                raw_syscall(
+                    libc::SYS_tgkill as u64,
+                    [
+                        pid as u64,
+                        tid as u64,
+                        sud::EXEC_KILL_SIGNAL as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
+/// The exec that ended the other threads is over.
+pub fn exec_finished() {
+    EXEC_TID.store(0, Ordering::SeqCst);
+}
+
+/// Ends the calling application thread because another one execs (called
+/// where the runtime holds nothing: from its signal entry over
+/// application code, or at the end of its SIGSYS handler). A stray
+/// request (no exec under way, or the exec'ing thread itself) is dropped.
+pub fn end_for_exec() {
+    // Safety: on an application thread, whose GS base is its control block.
+    let ctl = unsafe { current_ctl() };
+    ctl.exit_requested = false;
+    let me = gettid();
+    let exec_tid = EXEC_TID.load(Ordering::SeqCst);
+    if exec_tid == 0 || exec_tid == me {
+        return;
+    }
+    app_tids().retain(|&t| t != me);
+    THREADS.fetch_sub(1, Ordering::SeqCst);
+    // Safety: ends this thread only; the exec'ing thread replaces the
+    // address space once every other thread is gone.
+    unsafe { raw_syscall(libc::SYS_exit as u64, [0; 6]) };
+    unreachable!("exit returned");
+}
+
 /// Stores the new thread's tid where clone was asked to and records its
 /// clear-tid word: on the new thread, before it can run (let alone end,
 /// which clears the CLEARTID word: the creator's store coming after that
 /// would leave a joiner waiting forever).
 fn settle_tids(ctl: &mut ThreadCtl, start: &Start, tid: i32) {
+    ctl.exit_requested = false;
+    app_tids().push(tid);
     if start.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(start.parent_tid, &tid.to_ne_bytes());
     }
@@ -254,6 +343,7 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
 /// In a forked process: only the thread that forked runs.
 pub fn reset_after_fork() {
     THREADS.store(1, Ordering::SeqCst);
+    *app_tids() = vec![gettid()];
     // The parked runtime threads were the parent's.
     pool().clear();
 }
@@ -285,6 +375,8 @@ pub fn exit(rt: &Runtime, c: &Call) -> i64 {
         unsafe { raw_syscall(libc::SYS_exit as u64, [c.args[0], 0, 0, 0, 0, 0]) };
         unreachable!("exit returned");
     }
+    let me = gettid();
+    app_tids().retain(|&t| t != me);
     // Parked before a joiner can wake: the clone that usually follows a
     // join finds this runtime thread rather than making another.
     let parked = Arc::new(Parked {
