@@ -252,14 +252,19 @@ fn sigsys_action(handled: u64) -> io::Result<()> {
         restorer: lego_sigreturn_restorer as *const () as usize,
         mask: (handled | sigbit(libc::SIGPIPE)) & !synchronous_signals(),
     };
+    set_action(libc::SIGSYS, &action)
+}
+
+/// Installs `action` as the host's action for `sig`.
+fn set_action(sig: libc::c_int, action: &KernelSigaction) -> io::Result<()> {
     // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout
     // (the sigset is 8 bytes, passed as the last argument).
     let ret = unsafe {
         raw_syscall(
             libc::SYS_rt_sigaction as u64,
             [
-                libc::SIGSYS as u64,
-                &action as *const KernelSigaction as u64,
+                sig as u64,
+                action as *const KernelSigaction as u64,
                 0,
                 8,
                 0,
@@ -309,24 +314,7 @@ pub fn install_exec_kill_action() -> io::Result<()> {
         restorer: lego_sigreturn_restorer as *const () as usize,
         mask: !synchronous_signals(),
     };
-    // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout.
-    let ret = unsafe {
-        raw_syscall(
-            libc::SYS_rt_sigaction as u64,
-            [
-                EXEC_KILL_SIGNAL as u64,
-                &action as *const KernelSigaction as u64,
-                0,
-                8,
-                0,
-                0,
-            ],
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret as i32));
-    }
-    Ok(())
+    set_action(EXEC_KILL_SIGNAL, &action)
 }
 
 /// Installs the host action for application signal `sig`: the runtime's
@@ -352,24 +340,7 @@ pub fn install_app_action(sig: libc::c_int, handled: bool, ignore: bool) -> io::
             mask: 0,
         }
     };
-    // Safety: rt_sigaction reads one KernelSigaction of the kernel's layout.
-    let ret = unsafe {
-        raw_syscall(
-            libc::SYS_rt_sigaction as u64,
-            [
-                sig as u64,
-                &action as *const KernelSigaction as u64,
-                0,
-                8,
-                0,
-                0,
-            ],
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret as i32));
-    }
-    Ok(())
+    set_action(sig, &action)
 }
 
 /// Where the blocking window starts and where its syscall instruction is:

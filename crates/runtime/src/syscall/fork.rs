@@ -33,12 +33,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-const CLONE_VM: u64 = libc::CLONE_VM as u64;
+use super::thread::{
+    CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_VM,
+};
+
 const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
-const CLONE_SETTLS: u64 = libc::CLONE_SETTLS as u64;
-const CLONE_PARENT_SETTID: u64 = libc::CLONE_PARENT_SETTID as u64;
-const CLONE_CHILD_SETTID: u64 = libc::CLONE_CHILD_SETTID as u64;
-const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
 const EXIT_SIGNAL: u64 = 0xff;
 
 /// In a vfork child: the write end of the pipe its parent waits on,

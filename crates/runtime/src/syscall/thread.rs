@@ -24,13 +24,13 @@ pub fn several() -> bool {
 /// (the application runs on the stack it gave clone).
 const RUNTIME_STACK: usize = 256 << 10;
 
-const CLONE_VM: u64 = libc::CLONE_VM as u64;
-const CLONE_SIGHAND: u64 = libc::CLONE_SIGHAND as u64;
-const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
-const CLONE_SETTLS: u64 = libc::CLONE_SETTLS as u64;
-const CLONE_PARENT_SETTID: u64 = libc::CLONE_PARENT_SETTID as u64;
-const CLONE_CHILD_SETTID: u64 = libc::CLONE_CHILD_SETTID as u64;
-const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
+pub(super) const CLONE_VM: u64 = libc::CLONE_VM as u64;
+pub(super) const CLONE_SIGHAND: u64 = libc::CLONE_SIGHAND as u64;
+pub(super) const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
+pub(super) const CLONE_SETTLS: u64 = libc::CLONE_SETTLS as u64;
+pub(super) const CLONE_PARENT_SETTID: u64 = libc::CLONE_PARENT_SETTID as u64;
+pub(super) const CLONE_CHILD_SETTID: u64 = libc::CLONE_CHILD_SETTID as u64;
+pub(super) const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
 /// Flags a thread may carry that need nothing from the runtime: the
 /// thread shares everything of the process already.
 /// CLONE_DETACHED is ignored by Linux (musl still passes it).
