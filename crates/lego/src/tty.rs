@@ -116,12 +116,12 @@ pub fn relay(master: OwnedFd) -> io::Result<Relay> {
     std::thread::Builder::new()
         .name("tty-in".into())
         .spawn(move || copy(0, fd))?;
+    // The terminal stays open until `lego run` exits: the input thread and
+    // window-size changes keep using its number.
+    std::mem::forget(master);
     let output = std::thread::Builder::new()
         .name("tty-out".into())
-        .spawn(move || {
-            copy(fd, 1);
-            drop(master);
-        })?;
+        .spawn(move || copy(fd, 1))?;
     Ok(Relay { output })
 }
 

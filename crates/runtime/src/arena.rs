@@ -155,7 +155,7 @@ impl Arena {
     }
 
     /// The parts of `[start, end)` that are not shared host mappings.
-    fn private_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+    pub fn private_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         let shared = self.host_shared().within(start, end);
         let mut parts = Vec::new();
         let mut at = start;
@@ -178,7 +178,12 @@ impl Arena {
 
     /// Whether `[start, end)` meets a shared host mapping.
     pub fn touches_host_shared(&self, start: u64, end: u64) -> bool {
-        !self.host_shared().within(start, end).is_empty()
+        !self.host_shared_parts(start, end).is_empty()
+    }
+
+    /// The parts of `[start, end)` that are shared host mappings.
+    pub fn host_shared_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.host_shared().within(start, end)
     }
 
     /// Maps `len` bytes of the host object `fd` (or anonymous shared

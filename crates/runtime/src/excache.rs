@@ -135,10 +135,9 @@ struct State {
     /// Pages a fault thread is fetching (without the lock): a fault on
     /// one of them waits for that fetch, whose install wakes it.
     fetching: HashSet<u64>,
-    /// Bumped by every change that may make a fetch in flight stale (a
-    /// discard, a move): such a fetch is not installed, and its fault is
-    /// taken again.
-    epoch: u64,
+    /// Pages of fetches in flight that a change made stale (a discard, a
+    /// move): such a fetch is not installed, and its fault is taken again.
+    stale: HashSet<u64>,
     /// Scratch buffers of eviction, kept to avoid allocating on the miss
     /// path.
     victims: Vec<u64>,
@@ -190,7 +189,7 @@ impl ExCache {
                 window: 1,
                 in_flight: None,
                 fetching: HashSet::new(),
-                epoch: 0,
+                stale: HashSet::new(),
                 victims: Vec::new(),
                 dirty: Vec::new(),
                 regions: Vec::new(),
@@ -313,7 +312,6 @@ impl ExCache {
             st.fetching.insert(page + i * PAGE);
         }
         st.next_expected = page + count as u64 * PAGE;
-        let epoch = st.epoch;
         drop(guard);
 
         let fetched = if count == 1 {
@@ -326,11 +324,13 @@ impl ExCache {
 
         let mut guard = self.lock();
         let st = &mut *guard;
+        let mut stale = false;
         for i in 0..count as u64 {
             st.fetching.remove(&(page + i * PAGE));
+            stale |= st.stale.remove(&(page + i * PAGE));
         }
         let fetched = fetched?;
-        if st.epoch != epoch {
+        if stale {
             // The address space changed under the fetch: what it brought
             // may be stale. The faulting access runs again and faults anew.
             arena.uffd.wake(page, count as u64 * PAGE)?;
@@ -541,7 +541,7 @@ impl ExCache {
     pub fn discard(&self, arena: &Arena, start: u64, end: u64) -> Result<(), CacheError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        st.epoch += 1;
+        Self::mark_stale(st, start, end);
         let pages = (end - start) / PAGE;
         let gone: Vec<u64> = if pages as usize > st.resident.len() {
             st.resident
@@ -584,6 +584,20 @@ impl Default for FaultScratch {
     }
 }
 
+impl ExCache {
+    /// Fetches in flight for pages of `[start, end)` bring what the memory
+    /// manager held before a change there: they are not installed.
+    fn mark_stale(st: &mut State, start: u64, end: u64) {
+        let hit: Vec<u64> = st
+            .fetching
+            .iter()
+            .copied()
+            .filter(|&p| p >= start && p < end)
+            .collect();
+        st.stale.extend(hit);
+    }
+}
+
 /// Most pages one flush write-back carries (16 MiB).
 const FLUSH_BATCH: usize = 4096;
 
@@ -598,6 +612,7 @@ impl ForkHold<'_> {
         let st = &mut *self.0;
         st.resident.clear();
         st.fetching.clear();
+        st.stale.clear();
         st.policy.clear();
         st.in_flight = None;
         st.next_expected = 0;
@@ -670,6 +685,8 @@ impl ExCache {
         let mut guard = self.lock();
         let st = &mut *guard;
         let end = from + len;
+        // A fetch in flight from the old place would land there.
+        Self::mark_stale(st, from, end);
         let mut moving: Vec<u64> = st
             .resident
             .iter()

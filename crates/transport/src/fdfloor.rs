@@ -44,31 +44,48 @@ pub fn lift_fd(fd: RawFd) -> io::Result<RawFd> {
     }
 }
 
-/// Every descriptor number lifted so far: the host process's own (a
-/// runtime's connections, opened at any time), never the program's.
-static LIFTED: std::sync::Mutex<std::collections::BTreeSet<RawFd>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// Every descriptor lifted so far, with the identity (device, inode) of
+/// what it opened: the host process's own (a runtime's connections, opened
+/// at any time), never the program's. A number closed since and reused
+/// for something else no longer matches and is forgotten.
+static LIFTED: std::sync::Mutex<std::collections::BTreeMap<RawFd, (u64, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// What `fd` refers to now, if it is open.
+fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    // Safety: fstat writes one struct stat of ours.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+fn lifted_table() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<RawFd, (u64, u64)>> {
+    LIFTED.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn remember(fd: RawFd) {
-    LIFTED.lock().unwrap_or_else(|p| p.into_inner()).insert(fd);
+    if let Some(id) = identity(fd) {
+        lifted_table().insert(fd, id);
+    }
 }
 
-/// Whether `fd` is a number this process lifted (and may still use).
+/// Whether `fd` is a descriptor this process lifted and still holds.
 pub fn is_lifted(fd: RawFd) -> bool {
-    LIFTED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&fd)
+    let mut table = lifted_table();
+    match table.get(&fd) {
+        None => false,
+        Some(&id) if identity(fd) == Some(id) => true,
+        Some(_) => {
+            table.remove(&fd);
+            false
+        }
+    }
 }
 
-/// The numbers lifted so far, sorted.
+/// The descriptors lifted and still held, sorted.
 pub fn lifted() -> Vec<RawFd> {
-    LIFTED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .copied()
-        .collect()
+    let mut table = lifted_table();
+    table.retain(|&fd, id| identity(fd) == Some(*id));
+    table.keys().copied().collect()
 }
 
 /// An owned descriptor object moved above the floor.

@@ -40,6 +40,11 @@ int main(void) {
     char back[4];
     pread(fd, back, 4, len - 4);
     printf("shm_open file holds: %.4s\n", back);
+    madvise(shm, len, MADV_DONTNEED);
+    printf("MADV_DONTNEED on it: %s\n", shm[len / 2] == 's' ? "contents kept" : "contents lost");
+    mprotect(shm, 4096, PROT_READ);
+    printf("read-only first page still reads: %c\n", shm[1]);
+    mprotect(shm, 4096, PROT_READ | PROT_WRITE);
 
     int mfd = memfd_create("lego", 0);
     if (mfd < 0 || ftruncate(mfd, len)) return 1;

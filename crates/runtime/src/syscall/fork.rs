@@ -308,6 +308,7 @@ fn become_child(
         let _ = user::write(req.child_tid, &tid.to_ne_bytes());
     }
     if req.flags & CLONE_CHILD_CLEARTID != 0 {
+        ctl.clear_tid = req.child_tid;
         // Safety: the kernel clears and wakes this application address
         // when the thread ends, as for any clone.
         unsafe {

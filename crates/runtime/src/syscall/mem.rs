@@ -14,6 +14,14 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
             .map_err(|e| format!("moving cached pages {:#x}->{:#x}: {e}", m.from, m.to))?;
     }
     for c in &done.changes {
+        // The memory manager changes a shared host mapping's range only to
+        // unmap or replace it (protection and advice on one go to the host,
+        // see `split_call`): the arena takes the range back first.
+        if rt.arena.touches_host_shared(c.start, c.end) {
+            rt.arena
+                .restore_private(c.start, c.end)
+                .map_err(|e| format!("{:#x}-{:#x}: {e}", c.start, c.end))?;
+        }
         let (mapping, populated) = match c.state {
             RangeState::Unmapped => (None, false),
             RangeState::Mapped { prot, populated } => (Some(prot), populated),
@@ -59,7 +67,7 @@ pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
     );
     let anonymous = flags & libc::MAP_ANONYMOUS as u64 != 0;
     let host_object = !anonymous && rt.vfs.as_ref().and_then(|v| v.file(fd)).is_none();
-    let mapped = if shared && (anonymous || host_object) {
+    if shared && (anonymous || host_object) {
         host_shared_mmap(rt, addr, len, prot, flags, fd, offset)
     } else if !anonymous {
         file_mmap(rt, addr, len, prot, flags, fd, offset)
@@ -73,25 +81,36 @@ pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
                 flags: flags as u32,
             },
         )
-    };
-    // A new private mapping over a shared host one: the arena takes the
-    // range back, with the protection the memory manager gave it.
-    if mapped >= 0 && !(shared && (anonymous || host_object)) {
-        let start = mapped as u64;
-        let end = start
-            .saturating_add(len.next_multiple_of(4096))
-            .min(USER_END);
-        if rt.arena.touches_host_shared(start, end) {
-            let restored = rt
-                .arena
-                .restore_private(start, end)
-                .and_then(|()| rt.arena.mirror(start, end, Some(prot as u32)));
-            if let Err(e) = restored {
-                fatal(&format!("cannot map {start:#x}-{end:#x}: {e}"));
-            }
+    }
+}
+
+/// mprotect or madvise over a range that may hold shared host mappings:
+/// their parts go to the host kernel (the memory manager only reserves
+/// them), the rest to the memory manager, part by part.
+fn split_call(rt: &Runtime, c: &Call, op: impl Fn(u64, u64) -> MemoryOp) -> i64 {
+    let [addr, len, ..] = c.args;
+    let end = addr
+        .saturating_add(len.next_multiple_of(4096))
+        .min(USER_END);
+    if !addr.is_multiple_of(4096) || len == 0 || !rt.arena.touches_host_shared(addr, end) {
+        return memory_call(rt, op(addr, len));
+    }
+    for (start, stop) in rt.arena.host_shared_parts(addr, end) {
+        // Safety: the range is a shared host mapping of the application's
+        // inside the arena; the call changes its protection or advice.
+        let ret =
+            unsafe { crate::sud::raw_syscall(c.nr, [start, stop - start, c.args[2], 0, 0, 0]) };
+        if ret < 0 {
+            return ret;
         }
     }
-    mapped
+    for (start, stop) in rt.arena.private_parts(addr, end) {
+        let ret = memory_call(rt, op(start, stop - start));
+        if ret < 0 {
+            return ret;
+        }
+    }
+    0
 }
 
 const MAP_TYPE: u64 = 0x0f;
@@ -288,30 +307,11 @@ pub fn munmap(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn mprotect(rt: &Runtime, c: &Call) -> i64 {
-    let [addr, len, prot, ..] = c.args;
-    if addr.is_multiple_of(4096)
-        && len > 0
-        && rt
-            .arena
-            .is_host_shared(addr, addr.saturating_add(len.next_multiple_of(4096)))
-    {
-        // A shared host mapping's protection is the host kernel's alone
-        // (the memory manager's reservation stays PROT_NONE, so it never
-        // merges with memory it serves).
-        // Safety: the range is wholly a shared host mapping of the
-        // application's, inside the arena.
-        return unsafe {
-            crate::sud::raw_syscall(libc::SYS_mprotect as u64, [addr, len, prot, 0, 0, 0])
-        };
-    }
-    memory_call(
-        rt,
-        MemoryOp::Mprotect {
-            addr: c.args[0],
-            len: c.args[1],
-            prot: c.args[2] as u32,
-        },
-    )
+    split_call(rt, c, |addr, len| MemoryOp::Mprotect {
+        addr,
+        len,
+        prot: c.args[2] as u32,
+    })
 }
 
 pub fn pkey_mprotect(rt: &Runtime, c: &Call) -> i64 {
@@ -322,11 +322,14 @@ pub fn pkey_mprotect(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn mremap(rt: &Runtime, c: &Call) -> i64 {
-    let [old_addr, old_len, ..] = c.args;
-    if rt.arena.touches_host_shared(
-        old_addr,
-        old_addr.saturating_add(old_len.max(1)).min(USER_END),
-    ) {
+    let [old_addr, old_len, new_len, flags, new_addr, _] = c.args;
+    let touches = |start: u64, len: u64| {
+        rt.arena
+            .touches_host_shared(start, start.saturating_add(len.max(1)).min(USER_END))
+    };
+    if touches(old_addr, old_len)
+        || (flags & libc::MREMAP_FIXED as u64 != 0 && touches(new_addr, new_len))
+    {
         tracing::warn!("mremap of a shared host mapping at {old_addr:#x} refused with EINVAL");
         return -(libc::EINVAL as i64);
     }
@@ -347,14 +350,11 @@ pub fn brk(rt: &Runtime, c: &Call) -> i64 {
 }
 
 pub fn madvise(rt: &Runtime, c: &Call) -> i64 {
-    memory_call(
-        rt,
-        MemoryOp::Madvise {
-            addr: c.args[0],
-            len: c.args[1],
-            advice: c.args[2] as u32,
-        },
-    )
+    split_call(rt, c, |addr, len| MemoryOp::Madvise {
+        addr,
+        len,
+        advice: c.args[2] as u32,
+    })
 }
 
 pub fn accept_noop(_rt: &Runtime, _c: &Call) -> i64 {

@@ -168,7 +168,13 @@ static EXEC_TID: AtomicI32 = AtomicI32::new(0);
 /// otherwise block on). `false` if some thread would not end in time.
 pub fn end_other_threads() -> bool {
     let me = gettid();
-    EXEC_TID.store(me, Ordering::SeqCst);
+    if EXEC_TID
+        .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // Another thread execs already: this one is about to end.
+        return false;
+    }
     // Safety: getpid has no preconditions.
     let pid = unsafe { raw_syscall(libc::SYS_getpid as u64, [0; 6]) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -205,7 +211,7 @@ pub fn end_other_threads() -> bool {
 
 /// The exec that ended the other threads is over.
 pub fn exec_finished() {
-    EXEC_TID.store(0, Ordering::SeqCst);
+    let _ = EXEC_TID.compare_exchange(gettid(), 0, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 /// Ends the calling application thread because another one execs (called
@@ -222,11 +228,38 @@ pub fn end_for_exec() {
         return;
     }
     app_tids().retain(|&t| t != me);
+    // Its clear-tid word is written now, not by the kernel after the
+    // exec'ing thread may have replaced the address space.
+    clear_tid_word(ctl);
     THREADS.fetch_sub(1, Ordering::SeqCst);
     // Safety: ends this thread only; the exec'ing thread replaces the
     // address space once every other thread is gone.
     unsafe { raw_syscall(libc::SYS_exit as u64, [0; 6]) };
     unreachable!("exit returned");
+}
+
+/// What the kernel does with a thread's clear-tid word when it ends: done
+/// by hand, now (and the kernel told to leave it).
+fn clear_tid_word(ctl: &mut ThreadCtl) {
+    if ctl.clear_tid == 0 {
+        return;
+    }
+    let word = ctl.clear_tid;
+    ctl.clear_tid = 0;
+    // Safety: the kernel no longer clears it at this thread's end; then
+    // the word is cleared and its waiters woken, as the kernel does.
+    unsafe {
+        raw_syscall(libc::SYS_set_tid_address as u64, [0; 6]);
+    }
+    if user::write(word, &0u32.to_ne_bytes()).is_ok() {
+        // Safety: FUTEX_WAKE only reads the word's address.
+        unsafe {
+            raw_syscall(
+                libc::SYS_futex as u64,
+                [word, libc::FUTEX_WAKE as u64, 1, 0, 0, 0],
+            )
+        };
+    }
 }
 
 /// Stores the new thread's tid where clone was asked to and records its
@@ -344,6 +377,10 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
 pub fn reset_after_fork() {
     THREADS.store(1, Ordering::SeqCst);
     *app_tids() = vec![gettid()];
+    // An exec under way in the parent is not this process's.
+    EXEC_TID.store(0, Ordering::SeqCst);
+    // Safety: on the forking thread, whose GS base is its control block.
+    unsafe { current_ctl() }.exit_requested = false;
     // The parked runtime threads were the parent's.
     pool().clear();
 }
@@ -384,25 +421,7 @@ pub fn exit(rt: &Runtime, c: &Call) -> i64 {
         wake: Condvar::new(),
     });
     pool().push(Arc::clone(&parked));
-    if ctl.clear_tid != 0 {
-        let word = ctl.clear_tid;
-        ctl.clear_tid = 0;
-        // Safety: the kernel no longer clears it at this thread's end;
-        // then the word is cleared and its waiters woken, as the kernel
-        // does when a thread ends.
-        unsafe {
-            raw_syscall(libc::SYS_set_tid_address as u64, [0; 6]);
-        }
-        if user::write(word, &0u32.to_ne_bytes()).is_ok() {
-            // Safety: FUTEX_WAKE only reads the word's address.
-            unsafe {
-                raw_syscall(
-                    libc::SYS_futex as u64,
-                    [word, libc::FUTEX_WAKE as u64, 1, 0, 0, 0],
-                )
-            };
-        }
-    }
+    clear_tid_word(ctl);
     let start = {
         let mut slot = parked.start.lock().unwrap_or_else(|p| p.into_inner());
         loop {
