@@ -1204,6 +1204,30 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
     let lego = cluster.run(&[], python, &pool);
     assert_same(&lego, &native(python, &pool), "python multiprocessing");
     assert_eq!(text(&lego.stdout), "2664667000 True\nb'subprocess\\n'\n");
+    // Forks from several threads at once (subprocess uses vfork), while
+    // the others run: every child starts, runs and is reaped.
+    let spawners = [
+        "-c",
+        "import subprocess, threading, os\n\
+         bad = []\n\
+         def work(i):\n\
+         \x20   for j in range(15):\n\
+         \x20       out = subprocess.run(['/bin/echo', f'{i}-{j}'], capture_output=True).stdout\n\
+         \x20       if out != f'{i}-{j}\\n'.encode(): bad.append(out)\n\
+         ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]\n\
+         for t in ts: t.start()\n\
+         for t in ts: t.join()\n\
+         pid = os.fork()\n\
+         if pid == 0: os._exit(3)\n\
+         print('wrong outputs:', bad, 'child status:', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))",
+    ];
+    let lego = cluster.run(&[], python, &spawners);
+    assert_same(
+        &lego,
+        &native(python, &spawners),
+        "python subprocess from 4 threads",
+    );
+    assert_eq!(text(&lego.stdout), "wrong outputs: [] child status: 3\n");
     let sh = std::path::Path::new("/bin/sh");
     let pipeline = ["-c", "seq 1 100000 | sort -rn | head -5"];
     let lego = cluster.run(&[], sh, &pipeline);

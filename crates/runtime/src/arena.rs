@@ -15,6 +15,12 @@ pub const PAGE: u64 = 4096;
 /// Pages the staging area holds: more than an eviction batch takes.
 pub const STAGING_PAGES: u64 = 4096;
 
+/// The arena's tables, held across a fork.
+pub struct ArenaHold<'a> {
+    _mapped: std::sync::MutexGuard<'a, RangeSet>,
+    _host_shared: std::sync::MutexGuard<'a, RangeSet>,
+}
+
 pub struct Arena {
     pub uffd: Userfaultfd,
     pub pagemap: Pagemap,
@@ -148,6 +154,15 @@ impl Arena {
         }
         self.uffd.replace_with(uffd)?;
         self.pagemap.reopen()
+    }
+
+    /// Holds the arena's tables across a fork (dropping the value
+    /// releases them).
+    pub fn hold_for_fork(&self) -> ArenaHold<'_> {
+        ArenaHold {
+            _mapped: self.mapped.lock().unwrap_or_else(|p| p.into_inner()),
+            _host_shared: self.host_shared(),
+        }
     }
 
     fn host_shared(&self) -> std::sync::MutexGuard<'_, RangeSet> {

@@ -5,7 +5,9 @@ use lego_proto::{
     ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, Role, MAX_FETCH_PAGES,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
-use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
+use lego_transport::{
+    Backoff, Client, ClientConfig, ClientHold, ClusterSecret, Identity, TransportError,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -122,20 +124,25 @@ impl RemoteMemory {
         let _ = self.client.call(&Message::ReleaseProcess { pid }, &[]);
     }
 
-    /// In a forked process: speak for `pid` from now on, on connections of
-    /// its own (the inherited ones are the parent's conversations).
-    pub fn become_child(&self, pid: ProcessId) -> Result<(), String> {
-        self.pid.store(pid, Ordering::Relaxed);
-        for client in [&self.client, &self.writeback]
+    /// Holds every connection across a fork (none is being opened).
+    pub fn hold_for_fork(&self) -> Vec<ClientHold<'_>> {
+        [&self.client, &self.writeback]
             .into_iter()
             .chain(&self.lanes)
-        {
-            client.disconnect();
+            .map(Client::hold_for_fork)
+            .collect()
+    }
+
+    /// In a forked process: speak for `pid` from now on, on connections of
+    /// its own (the inherited ones are the parent's conversations), made
+    /// as they are first needed (every one lands above the descriptor
+    /// floor, where the program's calls never reach it): a child that
+    /// execs at once needs only one.
+    pub fn become_child(&self, pid: ProcessId, held: Vec<ClientHold<'_>>) {
+        self.pid.store(pid, Ordering::Relaxed);
+        for hold in held {
+            hold.disconnect();
         }
-        // Connections are made as they are first needed (every one lands
-        // above the descriptor floor, where the program's calls never
-        // reach it): a child that execs at once needs only one.
-        Ok(())
     }
 
     /// "memory-0 at 127.0.0.1:4000".

@@ -365,10 +365,16 @@ impl Client {
     }
 
     /// Drops the current connection, whatever its state, so the next call
-    /// makes a new one: for a forked process, whose copy of the socket is
-    /// its parent's conversation.
+    /// makes a new one.
     pub fn disconnect(&self) {
         *lock(&self.current) = None;
+    }
+
+    /// Holds the client across a fork of the process (no thread of it is
+    /// connecting meanwhile); in the forked process, `ClientHold::disconnect`
+    /// drops the copy of the parent's conversation.
+    pub fn hold_for_fork(&self) -> ClientHold<'_> {
+        ClientHold(lock(&self.current))
     }
 
     /// Drops the connection so the next call makes a new one.
@@ -419,5 +425,15 @@ impl Client {
             std::thread::sleep(delay);
             delay = (delay * 2).min(backoff.max_delay);
         }
+    }
+}
+
+/// A client held across a fork (see [`Client::hold_for_fork`]).
+pub struct ClientHold<'a>(MutexGuard<'a, Option<Arc<Connection>>>);
+
+impl ClientHold<'_> {
+    /// In the forked process: the next call makes a connection of its own.
+    pub fn disconnect(mut self) {
+        *self.0 = None;
     }
 }

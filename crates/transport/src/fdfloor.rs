@@ -81,6 +81,19 @@ pub fn is_lifted(fd: RawFd) -> bool {
     }
 }
 
+/// The table of lifted descriptors, held across a fork.
+pub struct LiftedHold {
+    _table: std::sync::MutexGuard<'static, std::collections::BTreeMap<RawFd, (u64, u64)>>,
+}
+
+/// Holds the table across a fork of the process (nobody updates it
+/// meanwhile); dropping the value releases it.
+pub fn hold_for_fork() -> LiftedHold {
+    LiftedHold {
+        _table: lifted_table(),
+    }
+}
+
 /// The descriptors lifted and still held, sorted.
 pub fn lifted() -> Vec<RawFd> {
     let mut table = lifted_table();

@@ -20,7 +20,7 @@ mod io;
 mod secret;
 mod server;
 
-pub use client::{Backoff, Client, ClientConfig, Connection, Pending};
+pub use client::{Backoff, Client, ClientConfig, ClientHold, Connection, Pending};
 pub use error::{Peer, TransportError};
 pub use handshake::{Identity, Stream};
 pub use io::{write_frame, write_frame_parts, FrameReader, ReadError};

@@ -31,6 +31,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::thread::{
@@ -153,8 +154,54 @@ fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Forks of this process happen one at a time; the vfork pipes whose
+/// write ends are open are listed here, so a child made by another thread
+/// meanwhile closes those it inherited (it never execs on the host, so
+/// close-on-exec would never close them, and its parent would wait on).
+static FORKING: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Every lock of the runtime a forked child needs, taken before the host
+/// fork as `pthread_atfork` handlers take theirs: a lock another thread
+/// held at the fork would stay held forever in the child, where that
+/// thread does not exist. Order: the leaf tables, then the cache, then
+/// the connections (the fault path takes the cache, then a connection).
+struct ForkLocks<'a> {
+    _signals: MutexGuard<'a, super::signal::SignalState>,
+    _process: MutexGuard<'a, crate::procfs::ProcessView>,
+    _program: MutexGuard<'a, Vec<u8>>,
+    _pending_exec: MutexGuard<'a, Option<(u64, u64)>>,
+    vfs: Option<crate::vfs::VfsHold<'a>>,
+    threads: super::thread::ThreadsHold,
+    _arena: crate::arena::ArenaHold<'a>,
+    cache: crate::excache::ForkHold<'a>,
+    remote: Vec<lego_transport::ClientHold<'a>>,
+    _lifted: lego_transport::fdfloor::LiftedHold,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runtime {
+    fn hold_for_fork(&self) -> ForkLocks<'_> {
+        ForkLocks {
+            _signals: lock(&self.signals),
+            _process: lock(&self.process),
+            _program: lock(&self.program),
+            _pending_exec: lock(&self.pending_exec),
+            vfs: self.vfs.as_ref().map(|v| v.hold_for_fork()),
+            threads: super::thread::hold_for_fork(),
+            _arena: self.arena.hold_for_fork(),
+            cache: self.cache.hold_for_fork(),
+            remote: self.remote.hold_for_fork(),
+            _lifted: lego_transport::fdfloor::hold_for_fork(),
+        }
+    }
+}
+
 fn new_process(rt: &Runtime, req: Request) -> i64 {
     let child = new_pid();
+    let mut forking = lock(&FORKING);
     // The copy is made from what the memory manager holds.
     if let Err(e) = rt.cache.flush(&rt.arena, &rt.remote) {
         fatal(&format!(
@@ -177,19 +224,33 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
     } else {
         None
     };
-    // No fault is served while the host forks, so the child's copy of the
-    // cache's bookkeeping is whole.
-    let hold = rt.cache.hold_for_fork();
+    if let Some((_, w)) = vfork {
+        forking.push(w);
+    }
+    let held = rt.hold_for_fork();
     // Safety: glibc's fork, on the runtime's side of this thread (its FS
     // base is the runtime's inside the handler): it takes the runtime's
-    // allocator locks across the fork. The child runs only this thread,
-    // which rebuilds what it needs of the runtime before the program runs.
+    // allocator locks across the fork, as `held` does the runtime's own.
+    // The child runs only this thread, which rebuilds what it needs of the
+    // runtime before the program runs.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        become_child(rt, hold, child, &req, vfork);
+        // Inherited write ends of other threads' vforks: not this child's.
+        for &w in forking.iter() {
+            if Some(w) != vfork.map(|(_, own)| own) {
+                close(w);
+            }
+        }
+        forking.clear();
+        drop(forking);
+        become_child(rt, held, child, &req, vfork);
         return 0;
     }
-    drop(hold);
+    drop(held);
+    if let Some((_, w)) = vfork {
+        forking.retain(|&fd| fd != w);
+    }
+    drop(forking);
     if pid < 0 {
         let e = io::Error::last_os_error()
             .raw_os_error()
@@ -225,7 +286,7 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
 /// whose child could not start).
 fn become_child(
     rt: &Runtime,
-    hold: crate::excache::ForkHold<'_>,
+    held: ForkLocks<'_>,
     pid: ProcessId,
     req: &Request,
     vfork: Option<(RawFd, RawFd)>,
@@ -240,11 +301,30 @@ fn become_child(
     if let Some((r, _)) = vfork {
         close(r);
     }
+    let ForkLocks {
+        _signals,
+        _process,
+        _program,
+        _pending_exec,
+        vfs,
+        threads,
+        _arena,
+        cache,
+        remote,
+        _lifted,
+    } = held;
+    // The tables were only held so that no other thread had them at the
+    // fork: free now, for this thread's use below.
+    drop((_signals, _process, _program, _pending_exec, _arena, _lifted));
     if let Err(e) = rt.arena.renew_after_fork() {
         fatal(&format!("forked process {pid:x}: {e}"));
     }
-    hold.reset_for_child();
-    super::thread::reset_after_fork();
+    cache.reset_for_child();
+    super::thread::reset_after_fork(threads);
+    rt.remote.become_child(pid, remote);
+    if let Some(vfs) = vfs {
+        vfs.storage.disconnect();
+    }
     // Before the fault thread publishes anything: the inherited counters
     // page is shared with the parent's processor view.
     let live = match crate::LIVE.get() {
@@ -260,12 +340,6 @@ fn become_child(
             "forked process {pid:x}: cannot make its live-counters page: {e}"
         )),
     };
-    if let Err(why) = rt.remote.become_child(pid) {
-        fatal(&format!("forked process {pid:x}: {why}"));
-    }
-    if let Some(vfs) = &rt.vfs {
-        vfs.storage.disconnect();
-    }
     if let Err(e) = crate::fault::spawn(crate::runtime()) {
         fatal(&format!(
             "forked process {pid:x}: cannot start the fault thread: {e}"

@@ -138,20 +138,26 @@ pub fn rt_sigaction(rt: &Runtime, c: &Call) -> i64 {
             return errno(e);
         }
     }
-    let mut state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
-    let slot = &mut state.actions[sig as usize - 1];
-    if oact != 0 {
-        if let Err(e) = user::write(oact, slot) {
-            return errno(e);
+    let old = {
+        let mut state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut state.actions[sig as usize - 1];
+        let old = *slot;
+        if act != 0 {
+            // SIGKILL and SIGSTOP cannot be blocked while a handler runs.
+            let mask = blockable(field(&new, 24));
+            put(&mut new, 24, mask);
+            *slot = new;
+            if sig != libc::SIGSYS as u64 {
+                install(sig as i32, &new);
+            }
         }
-    }
-    if act != 0 {
-        // SIGKILL and SIGSTOP cannot be blocked while a handler runs.
-        let mask = blockable(field(&new, 24));
-        put(&mut new, 24, mask);
-        *slot = new;
-        if sig != libc::SIGSYS as u64 {
-            install(sig as i32, &new);
+        old
+    };
+    // Written after the lock is released (application memory may fault),
+    // as Linux copies the old action out after changing it.
+    if oact != 0 {
+        if let Err(e) = user::write(oact, &old) {
+            return errno(e);
         }
     }
     0
@@ -254,14 +260,18 @@ pub fn sigaltstack(rt: &Runtime, c: &Call) -> i64 {
             return errno(libc::ENOMEM);
         }
     }
-    let mut state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = {
+        let mut state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = state.altstack;
+        if ss != 0 {
+            state.altstack = new;
+        }
+        previous
+    };
     if old != 0 {
-        if let Err(e) = user::write(old, &state.altstack) {
+        if let Err(e) = user::write(old, &previous) {
             return errno(e);
         }
-    }
-    if ss != 0 {
-        state.altstack = new;
     }
     0
 }

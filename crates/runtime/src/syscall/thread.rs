@@ -373,16 +373,32 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
         .map(|_| ())
 }
 
+/// The thread tables held across a fork (see `syscall::fork`).
+pub struct ThreadsHold {
+    pool: std::sync::MutexGuard<'static, Vec<Arc<Parked>>>,
+    tids: std::sync::MutexGuard<'static, Vec<i32>>,
+}
+
+/// Holds the thread tables across a fork, so the forked process finds
+/// them free.
+pub fn hold_for_fork() -> ThreadsHold {
+    ThreadsHold {
+        pool: pool(),
+        tids: app_tids(),
+    }
+}
+
 /// In a forked process: only the thread that forked runs.
-pub fn reset_after_fork() {
+pub fn reset_after_fork(mut held: ThreadsHold) {
     THREADS.store(1, Ordering::SeqCst);
-    *app_tids() = vec![gettid()];
+    // The parked runtime threads were the parent's.
+    held.pool.clear();
+    *held.tids = vec![gettid()];
+    drop(held);
     // An exec under way in the parent is not this process's.
     EXEC_TID.store(0, Ordering::SeqCst);
     // Safety: on the forking thread, whose GS base is its control block.
     unsafe { current_ctl() }.exit_requested = false;
-    // The parked runtime threads were the parent's.
-    pool().clear();
 }
 
 /// set_tid_address: recorded, so that a thread that ends (and whose

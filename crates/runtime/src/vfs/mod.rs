@@ -77,6 +77,25 @@ pub struct Vfs {
     files: Mutex<HashMap<i32, Arc<OpenFile>>>,
 }
 
+/// The file table held across a fork (see `syscall::fork`).
+pub struct VfsHold<'a> {
+    _cwd: MutexGuard<'a, Cwd>,
+    _files: MutexGuard<'a, HashMap<i32, Arc<OpenFile>>>,
+    pub storage: lego_transport::ClientHold<'a>,
+}
+
+impl Vfs {
+    /// Holds the working directory, the file table and the storage
+    /// connection across a fork, so the forked process finds them free.
+    pub fn hold_for_fork(&self) -> VfsHold<'_> {
+        VfsHold {
+            _cwd: lock(&self.cwd),
+            _files: lock(&self.files),
+            storage: self.storage.hold_for_fork(),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain tables; a panic ends the runtime (see `fatal`), so a poisoned
     // lock is never seen by a survivor.

@@ -47,10 +47,11 @@ impl RemoteStorage {
         }
     }
 
-    /// In a forked process: the next request makes a connection of its
-    /// own (the inherited one is its parent's conversation).
-    pub fn disconnect(&self) {
-        self.client.disconnect();
+    /// Holds the connection across a fork; in the forked process, the
+    /// hold's `disconnect` makes the next request open one of its own (the
+    /// inherited one is its parent's conversation).
+    pub fn hold_for_fork(&self) -> lego_transport::ClientHold<'_> {
+        self.client.hold_for_fork()
     }
 
     /// Where the storage manager serves.
