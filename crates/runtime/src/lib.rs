@@ -438,7 +438,9 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
 }
 
 /// Logs go to [`LOG_FD`] (the processor's log), never to stderr, which is
-/// the application's.
+/// the application's. Each line is written with one write(2) and no lock,
+/// so a fork while another thread logs cannot leave a forked process
+/// waiting on a lock forever.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     // Safety: LOG_FD was handed to us for logging; the File owns it from
@@ -448,7 +450,7 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("LEGO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::sync::Mutex::new(log))
+        .with_writer(std::sync::Arc::new(log))
         .with_ansi(false)
         .with_target(false)
         .try_init();

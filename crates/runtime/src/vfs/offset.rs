@@ -156,11 +156,12 @@ impl Default for Offset {
     }
 }
 
-/// Whether thread `tid` of host process `pid` still runs (a holder that
-/// has not yet written its pid counts as running).
+/// Whether thread `tid` of host process `pid` still runs.
 fn alive(pid: u32, tid: u32) -> bool {
     if pid == 0 {
-        return true;
+        // Taken a moment ago (or its holder died just after taking it):
+        // whether the thread exists at all decides.
+        return std::path::Path::new(&format!("/proc/{tid}")).exists();
     }
     // Safety: signal 0 only checks that the target exists.
     let ret = unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid as i32, 0) };
