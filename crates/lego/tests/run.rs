@@ -1173,7 +1173,8 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
         let lego = cluster.run(&["--excache", "8M"], &forks, &[]);
         assert_same(&lego, &native(&forks, &[]), &format!("forks {build:?}"));
         assert!(
-            text(&lego.stdout).ends_with("fork beside a thread: exited 9\n"),
+            text(&lego.stdout)
+                .ends_with("fork beside a thread: exited 9\ninaccessible page kept: yes\n"),
             "{build:?}: {}",
             text(&lego.stdout)
         );

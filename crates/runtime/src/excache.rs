@@ -667,6 +667,71 @@ impl ExCache {
         Ok(())
     }
 
+    /// Writes the written resident pages of `[start, end)` back and drops
+    /// every resident page there: before the range becomes inaccessible
+    /// (PROT_NONE), after which the runtime could no longer read them.
+    pub fn write_back_and_drop(
+        &self,
+        arena: &Arena,
+        backing: &dyn Backing,
+        start: u64,
+        end: u64,
+    ) -> Result<(), CacheError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        Self::settle_locked(st)?;
+        let mut pages: Vec<u64> = if ((end - start) / PAGE) as usize > st.resident.len() {
+            st.resident
+                .iter()
+                .copied()
+                .filter(|&p| p >= start && p < end)
+                .collect()
+        } else {
+            (start..end)
+                .step_by(PAGE as usize)
+                .filter(|p| st.resident.contains(p))
+                .collect()
+        };
+        if pages.is_empty() {
+            return Ok(());
+        }
+        pages.sort_unstable();
+        let mut dirty = Vec::new();
+        for (run_start, run_end) in page_runs(&pages) {
+            st.regions.resize(
+                ((run_end - run_start) / PAGE) as usize,
+                PageRegion::default(),
+            );
+            let n = arena.pagemap.written(run_start, run_end, &mut st.regions)?;
+            for region in &st.regions[..n] {
+                dirty.extend((region.start..region.end).step_by(PAGE as usize));
+            }
+        }
+        for batch in dirty.chunks(FLUSH_BATCH) {
+            // Safety: resident pages, still readable (the protection
+            // changes after this returns); read until acknowledged below.
+            let parts: Vec<&[u8]> = page_runs(batch)
+                .into_iter()
+                .map(|(s, e)| unsafe {
+                    std::slice::from_raw_parts(s as *const u8, (e - s) as usize)
+                })
+                .collect();
+            backing.write_back(batch, &parts)?.finish()?;
+            st.stats.writebacks += batch.len() as u64;
+            st.stats.writeback_batches += 1;
+            st.stats.bytes_written_back += batch.len() as u64 * PAGE;
+            st.remote.extend(batch.iter().copied());
+        }
+        for (run_start, run_end) in page_runs(&pages) {
+            arena.drop_pages(run_start, run_end)?;
+        }
+        for p in pages {
+            st.resident.remove(&p);
+            st.policy.removed(p);
+        }
+        Ok(())
+    }
+
     /// Holds the cache across a fork: no fault is served meanwhile, so the
     /// forked process's copy of the cache's state is consistent.
     pub fn hold_for_fork(&self) -> ForkHold<'_> {

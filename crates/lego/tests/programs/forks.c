@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +32,11 @@ static void status(const char *what, int st) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
+    // Written, then made inaccessible: it must survive eviction and every
+    // fork below (the runtime cannot read it once it is PROT_NONE).
+    char *hidden = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(hidden, 0x5a, 1 << 16);
+    mprotect(hidden, 1 << 16, PROT_NONE);
     size_t n = 16 << 20;
     unsigned char *heap = malloc(n);
     for (size_t i = 0; i < n; i++) heap[i] = (unsigned char)(i * 7);
@@ -129,5 +135,7 @@ int main(void) {
     spin_stop = 1;
     pthread_join(t, NULL);
     status("fork beside a thread", st);
+    mprotect(hidden, 1 << 16, PROT_READ);
+    printf("inaccessible page kept: %s\n", hidden[4321] == 0x5a ? "yes" : "no");
     return 0;
 }

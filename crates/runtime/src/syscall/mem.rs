@@ -26,6 +26,13 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
             RangeState::Unmapped => (None, false),
             RangeState::Mapped { prot, populated } => (Some(prot), populated),
         };
+        if mapping == Some(libc::PROT_NONE as u32) && !c.discard {
+            // Kept but inaccessible: the runtime could not read its written
+            // pages once the host protection follows, so they go back now.
+            rt.cache
+                .write_back_and_drop(&rt.arena, &rt.remote, c.start, c.end)
+                .map_err(|e| format!("writing {:#x}-{:#x} back: {e}", c.start, c.end))?;
+        }
         if c.discard {
             rt.cache
                 .discard(&rt.arena, c.start, c.end)
