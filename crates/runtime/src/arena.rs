@@ -293,7 +293,7 @@ impl Arena {
             return Err(io::Error::other("the staging area cannot take this batch"));
         }
         let dst = self.staging + at;
-        match self.uffd.move_pages(dst, page, PAGE) {
+        match self.move_out(dst, page) {
             Ok(()) => return Ok(Some(dst)),
             Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
             Err(_) => {}
@@ -308,7 +308,7 @@ impl Arena {
             )
         };
         set(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)?;
-        let moved = self.uffd.move_pages(dst, page, PAGE);
+        let moved = self.move_out(dst, page);
         set(libc::PROT_READ | libc::PROT_WRITE)?;
         match moved {
             Ok(()) => Ok(Some(dst)),
@@ -317,6 +317,28 @@ impl Arena {
                 e.kind(),
                 format!("moving {page:#x} out of the arena: {e}"),
             )),
+        }
+    }
+
+    /// Moves resident `page` to `dst` in the staging area. A page still
+    /// shared with a forked child's copy of the process (after a host fork
+    /// a page is not the parent's alone until written) cannot be moved: a
+    /// write that changes nothing makes it this process's own again.
+    fn move_out(&self, dst: u64, page: u64) -> io::Result<()> {
+        match self.uffd.move_pages(dst, page, PAGE) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                // Safety: `page` is resident (a victim the ExCache holds)
+                // in a writable mapping (the kernel checked the protections
+                // equal the staging slice's, which is writable) and
+                // page-aligned; an atomic add of zero leaves the contents as
+                // any concurrent writer left them.
+                unsafe {
+                    (*(page as *const std::sync::atomic::AtomicU64))
+                        .fetch_add(0, std::sync::atomic::Ordering::SeqCst)
+                };
+                self.uffd.move_pages(dst, page, PAGE)
+            }
+            other => other,
         }
     }
 

@@ -24,6 +24,9 @@ pub const MIN_QUOTA_PAGES: usize = 64;
 const MAX_EVICT_BATCH: usize = 256;
 /// Largest readahead window, in pages (bounded by a fraction of the quota).
 const MAX_READAHEAD: usize = 128;
+/// Pages a miss in a program image or file mapping brings at least
+/// (Linux's fault_around_bytes is 64 KiB).
+const FAULT_AROUND: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -293,8 +296,16 @@ impl ExCache {
         } else {
             1
         };
+        // Fault-around, as Linux maps a file fault's neighbours: a program
+        // image or a file mapping is read in scattered places near each
+        // other, so a miss there brings the pages after it too.
+        let wanted = if st.populated.contains(page) {
+            st.window.max(FAULT_AROUND.min(max_window))
+        } else {
+            st.window
+        };
         let mut count = 1;
-        while count < st.window {
+        while count < wanted {
             let next = page + count as u64 * PAGE;
             if st.resident.contains(&next) || st.fetching.contains(&next) {
                 break;
