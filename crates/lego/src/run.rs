@@ -200,15 +200,8 @@ fn stdio(pty: Option<&tty::Pty>) -> [RawFd; 3] {
     let Some(pty) = pty else {
         return [0, 1, 2];
     };
-    let device = |fd: RawFd| {
-        // Safety: fstat writes into our struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        (unsafe { libc::fstat(fd, &mut st) } == 0 && unsafe { libc::isatty(fd) } == 1)
-            .then_some(st.st_rdev)
-    };
-    let terminal = device(0);
     [0, 1, 2].map(|fd| {
-        if terminal.is_some() && device(fd) == terminal {
+        if tty::same_terminal(fd, 0) {
             pty.slave.as_raw_fd()
         } else {
             fd

@@ -119,9 +119,15 @@ pub fn relay(master: OwnedFd) -> io::Result<Relay> {
     // The terminal stays open until `lego run` exits: the input thread and
     // window-size changes keep using its number.
     std::mem::forget(master);
+    // The program's terminal output goes to the user's terminal, not to
+    // wherever `lego run`'s stdout was redirected.
+    let terminal = [1, 2, 0]
+        .into_iter()
+        .find(|&t| same_terminal(t, 0))
+        .unwrap_or(0);
     let output = std::thread::Builder::new()
         .name("tty-out".into())
-        .spawn(move || copy(fd, 1))?;
+        .spawn(move || copy(fd, terminal))?;
     Ok(Relay { output })
 }
 
@@ -140,6 +146,17 @@ impl Relay {
         }
         restore();
     }
+}
+
+/// Whether descriptors `a` and `b` are the same terminal.
+pub fn same_terminal(a: RawFd, b: RawFd) -> bool {
+    let device = |fd: RawFd| {
+        // Safety: fstat writes into our struct; isatty only queries.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0 && unsafe { libc::isatty(fd) } == 1)
+            .then_some(st.st_rdev)
+    };
+    device(a).is_some() && device(a) == device(b)
 }
 
 /// Copies `from` to `to` until either end fails (the program's terminal

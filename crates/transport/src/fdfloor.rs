@@ -70,6 +70,11 @@ fn remember(fd: RawFd) {
 
 /// Whether `fd` is a descriptor this process lifted and still holds.
 pub fn is_lifted(fd: RawFd) -> bool {
+    let floor = floor();
+    if floor <= 0 || fd < floor {
+        // The program's numbers: no lock on the syscall path.
+        return false;
+    }
     let mut table = lifted_table();
     match table.get(&fd) {
         None => false,
