@@ -18,7 +18,7 @@
 
 use crate::pool::{PagePool, PAGE};
 use crate::vma::{
-    page_align, AddressSpace, Vma, PROT_EXEC, PROT_READ, PROT_WRITE, STACK_SIZE, STACK_TOP,
+    page_align, AddressSpace, OnFork, Vma, PROT_EXEC, PROT_READ, PROT_WRITE, STACK_SIZE, STACK_TOP,
 };
 use lego_proto::{ExecImage, RangeChange, RangeState, PAGE_SIZE, USER_END, USER_MIN};
 use thiserror::Error;
@@ -474,6 +474,7 @@ impl Plan {
                 populated: true,
                 accounted: true,
                 file: None,
+                on_fork: OnFork::Copy,
             };
             if !space.map_new(pool, vma) || !copy_contents(&mut space, pool, image, s) {
                 space.release(pool);
@@ -487,6 +488,7 @@ impl Plan {
             populated: false,
             accounted: true,
             file: None,
+            on_fork: OnFork::Copy,
         };
         if !space.map_new(pool, stack) {
             space.release(pool);

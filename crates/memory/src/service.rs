@@ -187,7 +187,7 @@ impl MemoryService {
                 ));
             }
         }
-        let copy = {
+        let (copy, changes) = {
             let guard = lock(&slot);
             let Some(space) = guard.as_ref() else {
                 return unknown_process(parent);
@@ -215,7 +215,7 @@ impl MemoryService {
             // A concurrent Fork to the same child id: the last one wins.
             self.free_slot(&replaced);
         }
-        Message::Forked.into()
+        Message::Forked { changes }.into()
     }
 
     fn memory(&self, pid: ProcessId, op: MemoryOp) -> Reply {

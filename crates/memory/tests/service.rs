@@ -486,7 +486,7 @@ fn fork_copies_on_write_and_charges_the_child() {
         },
         Vec::new(),
     );
-    assert_eq!(forked.message, Message::Forked);
+    assert_eq!(forked.message, Message::Forked { changes: vec![] });
     let (used_after, committed_after) = used_and_committed(&service);
     assert_eq!(used_after, used, "no page is copied by the fork itself");
     assert_eq!(
@@ -588,4 +588,65 @@ fn fork_fails_with_enomem_when_the_child_charge_does_not_fit() {
         }
     );
     assert_eq!(service.processes(), 1, "no child left behind");
+}
+
+#[test]
+fn fork_wipes_wipeonfork_and_leaves_out_dontfork_ranges() {
+    const CHILD: u64 = 0xc41e;
+    let service = MemoryService::new(64 << 20);
+    exec(&service, PID);
+    done(&service, mmap_fixed(AREA, 3 * PAGE));
+    assert_eq!(
+        write_back(&service, vec![AREA, AREA + PAGE, AREA + 2 * PAGE], 0x33).message,
+        Message::WrittenBack
+    );
+    let advise = |addr, advice: i32| MemoryOp::Madvise {
+        addr,
+        len: PAGE,
+        advice: advice as u32,
+    };
+    done(&service, advise(AREA + PAGE, libc::MADV_WIPEONFORK));
+    done(&service, advise(AREA + 2 * PAGE, libc::MADV_DONTFORK));
+    let (_, committed) = used_and_committed(&service);
+    let forked = call(
+        &service,
+        Message::Fork {
+            parent: PID,
+            child: CHILD,
+        },
+        Vec::new(),
+    );
+    let Message::Forked { changes } = forked.message else {
+        panic!("fork failed: {:?}", forked.message);
+    };
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!((changes[0].start, changes[0].discard), (AREA + PAGE, true));
+    assert_eq!(changes[1].state, lego_proto::RangeState::Unmapped);
+    // The child: a copy, zeros, nothing; the parent keeps all three.
+    assert!(fetch_of(&service, CHILD, AREA)
+        .payload
+        .iter()
+        .all(|&b| b == 0x33));
+    assert_eq!(
+        fetch_of(&service, CHILD, AREA + PAGE).message,
+        Message::ZeroPage
+    );
+    assert!(bad_request(fetch_of(&service, CHILD, AREA + 2 * PAGE)).contains("not mapped"));
+    for page in 0..3 {
+        assert!(fetch_of(&service, PID, AREA + page * PAGE)
+            .payload
+            .iter()
+            .all(|&b| b == 0x33));
+    }
+    // The child is charged for what it has, not for the range it lacks.
+    assert_eq!(used_and_committed(&service).1, 2 * committed - PAGE);
+    // MADV_KEEPONFORK undoes WIPEONFORK; WIPEONFORK on a loaded segment
+    // (file-like memory) is EINVAL, as on Linux.
+    done(&service, advise(AREA + PAGE, libc::MADV_KEEPONFORK));
+    assert_eq!(
+        memory(&service, advise(0x40_0000, libc::MADV_WIPEONFORK)),
+        Message::MemoryFailed {
+            errno: libc::EINVAL
+        }
+    );
 }

@@ -5,7 +5,7 @@
 //! the frame size, and receivers check the semantic limits
 //! ([`MAX_NAME_LEN`], [`MAX_TEXT_LEN`]) before storing anything.
 
-use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId};
+use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId, RangeChange};
 use crate::process::{AdoptSpec, ExitReport, LaunchSpec, ProcessInfo};
 use crate::storage::{StorageReply, StorageRequest};
 use serde::{Deserialize, Serialize};
@@ -246,7 +246,11 @@ pub enum Message {
         parent: ProcessId,
         child: ProcessId,
     },
-    Forked,
+    /// Reply: the ranges where the child's copy differs from the parent's
+    /// (`MADV_WIPEONFORK` ones read zeros, `MADV_DONTFORK` ones are absent).
+    Forked {
+        changes: Vec<RangeChange>,
+    },
     /// Build a new address space for `pid` from the ELF image in the
     /// payload, replacing any it had.
     Exec {
@@ -333,7 +337,7 @@ impl Message {
             Message::Adopt(_) => "Adopt",
             Message::Adopted => "Adopted",
             Message::Fork { .. } => "Fork",
-            Message::Forked => "Forked",
+            Message::Forked { .. } => "Forked",
             Message::Exec { .. } => "Exec",
             Message::ExecLoaded(_) => "ExecLoaded",
             Message::Memory { .. } => "Memory",

@@ -277,7 +277,7 @@ fn memory_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u64>().prop_map(|pid| Message::Exec { pid }),
         (any::<u64>(), any::<u64>()).prop_map(|(parent, child)| Message::Fork { parent, child }),
-        Just(Message::Forked),
+        prop::collection::vec(range_change(), 0..4).prop_map(|changes| Message::Forked { changes }),
         (
             prop::array::uniform6(any::<u64>()),
             any::<u16>(),

@@ -2,7 +2,7 @@
 
 use crate::excache::{Backing, CacheError, WriteBack};
 use lego_proto::{
-    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, Role, MAX_FETCH_PAGES,
+    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, RangeChange, Role, MAX_FETCH_PAGES,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{
@@ -100,7 +100,9 @@ impl RemoteMemory {
     /// fork: has the memory manager copy this process's address space for
     /// `child`. `Ok(Err(errno))` is the fork failing as Linux's would
     /// (ENOMEM: the child's commit charge does not fit).
-    pub fn fork(&self, child: ProcessId) -> Result<Result<(), i32>, String> {
+    /// On success, the ranges where the child's copy differs (see
+    /// `Message::Forked`).
+    pub fn fork(&self, child: ProcessId) -> Result<Result<Vec<RangeChange>, i32>, String> {
         let reply = self
             .client
             .call(
@@ -112,7 +114,7 @@ impl RemoteMemory {
             )
             .map_err(|e| self.lost(e))?;
         match reply.message {
-            Message::Forked => Ok(Ok(())),
+            Message::Forked { changes } => Ok(Ok(changes)),
             Message::MemoryFailed { errno } => Ok(Err(errno)),
             other => Err(self.unexpected("Fork", other)),
         }

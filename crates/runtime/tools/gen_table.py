@@ -28,7 +28,7 @@ emu('mem::mprotect', 'via the memory manager; host protections mirror it', 'mpro
 emu('mem::pkey_mprotect', 'as mprotect for pkey -1; protection keys refused with EINVAL', 'pkey_mprotect')
 emu('mem::mremap', 'via the memory manager; cached pages move with the mapping; shared host mappings refused with EINVAL', 'mremap')
 emu('mem::brk', 'via the memory manager', 'brk')
-emu('mem::madvise', 'DONTNEED and FREE drop pages on both sides; other advice is accepted as a hint', 'madvise')
+emu('mem::madvise', 'DONTNEED and FREE drop pages on both sides; WIPEONFORK, KEEPONFORK, DONTFORK and DOFORK are honoured by fork; on shared host mappings, the host\'s; other advice is accepted as a hint', 'madvise')
 emu('mem::accept_noop', 'accepted; the ExCache decides residency', 'mlock', 'munlock', 'mlockall', 'munlockall', 'mlock2')
 emu('mem::accept_noop', 'accepted; anonymous memory has no file to sync', 'msync')
 emu('proc::arch_prctl', 'FS base virtualised; ARCH_SET_GS refused (GS belongs to the runtime); others passed through', 'arch_prctl')

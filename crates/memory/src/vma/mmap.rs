@@ -8,8 +8,8 @@
 //! `vm.overcommit_memory=2`). `MAP_GROWSDOWN` mappings do not grow.
 
 use super::{
-    is_aligned, page_align, AddressSpace, Errno, FileRef, FileSource, Outcome, Vma, PROT_ALL,
-    PROT_READ, PROT_WRITE,
+    is_aligned, page_align, AddressSpace, Errno, FileRef, FileSource, OnFork, Outcome, Vma,
+    PROT_ALL, PROT_READ, PROT_WRITE,
 };
 use crate::pool::{PagePool, PAGE};
 use lego_proto::{RangeChange, USER_END, USER_MIN};
@@ -154,6 +154,7 @@ impl AddressSpace {
             populated: file.is_some(),
             accounted,
             file,
+            on_fork: OnFork::Copy,
         };
         self.insert(vma);
         Outcome::ok(
@@ -218,6 +219,7 @@ impl AddressSpace {
             populated: false,
             accounted: true,
             file: None,
+            on_fork: OnFork::Copy,
         };
         self.insert(vma);
         self.brk = addr;

@@ -124,6 +124,20 @@ pub struct Vma {
     /// A private file mapping: where its first page lies in which file
     /// (pages not written back read from there).
     pub file: Option<FileRef>,
+    /// What a fork makes of it (`MADV_WIPEONFORK`, `MADV_DONTFORK`).
+    pub on_fork: OnFork,
+}
+
+/// What a fork does with a VMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFork {
+    /// The child gets a copy (copy on write).
+    #[default]
+    Copy,
+    /// The child gets the mapping, reading zeros (`MADV_WIPEONFORK`).
+    Wipe,
+    /// The child does not get it (`MADV_DONTFORK`).
+    Skip,
 }
 
 /// Where a file-backed VMA's first page lies in its file.
@@ -168,6 +182,7 @@ impl Vma {
         self.prot == other.prot
             && self.populated == other.populated
             && self.accounted == other.accounted
+            && self.on_fork == other.on_fork
             // File mappings stay separate VMAs (merging would need equal
             // files and contiguous offsets).
             && self.file.is_none()
@@ -322,21 +337,65 @@ impl AddressSpace {
     /// charged its own commit, as Linux charges a child its writable
     /// private mappings. `None`, with nothing changed, when the charge
     /// does not fit.
-    pub fn fork_copy(&self, pool: &mut PagePool) -> Option<AddressSpace> {
-        if !pool.try_commit(self.committed) {
+    /// VMAs marked `MADV_WIPEONFORK` are copied empty (reading zeros) and
+    /// `MADV_DONTFORK` ones not at all, as Linux does; the returned changes
+    /// say which ranges the child's runtime must forget or unmap.
+    pub fn fork_copy(&self, pool: &mut PagePool) -> Option<(AddressSpace, Vec<RangeChange>)> {
+        let mut vmas = BTreeMap::new();
+        let mut changes = Vec::new();
+        let mut committed = 0;
+        for vma in self.vmas.values() {
+            match vma.on_fork {
+                OnFork::Skip => {
+                    changes.push(RangeChange {
+                        start: vma.start,
+                        end: vma.end,
+                        state: RangeState::Unmapped,
+                        discard: true,
+                    });
+                    continue;
+                }
+                OnFork::Wipe => changes.push(RangeChange {
+                    start: vma.start,
+                    end: vma.end,
+                    state: vma.state(),
+                    discard: true,
+                }),
+                OnFork::Copy => {}
+            }
+            if vma.accounted {
+                committed += vma.len();
+            }
+            vmas.insert(vma.start, *vma);
+        }
+        if !pool.try_commit(committed) {
             return None;
         }
-        for &id in self.pages.values() {
+        let copied = |addr: &u64| {
+            vmas.range(..=*addr)
+                .next_back()
+                .is_some_and(|(_, v): (_, &Vma)| v.end > *addr && v.on_fork == OnFork::Copy)
+        };
+        let pages: BTreeMap<u64, PageId> = self
+            .pages
+            .iter()
+            .filter(|(addr, _)| copied(addr))
+            .map(|(&addr, &id)| (addr, id))
+            .collect();
+        for &id in pages.values() {
             pool.share(id);
         }
-        Some(AddressSpace {
-            vmas: self.vmas.clone(),
-            pages: self.pages.clone(),
-            brk_start: self.brk_start,
-            brk: self.brk,
-            committed: self.committed,
-            files: self.files.clone(),
-        })
+        Some((
+            AddressSpace {
+                vmas,
+                pages,
+                brk_start: self.brk_start,
+                brk: self.brk,
+                committed,
+                files: self.files.clone(),
+            },
+            coalesce(changes),
+        ))
     }
 
     /// Adds a VMA over a free range and charges it if accounted (the

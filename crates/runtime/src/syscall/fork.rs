@@ -208,11 +208,11 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
             "cannot write the address space back for a fork: {e}"
         ));
     }
-    match rt.remote.fork(child) {
-        Ok(Ok(())) => {}
+    let differences = match rt.remote.fork(child) {
+        Ok(Ok(changes)) => changes,
         Ok(Err(e)) => return errno(e),
         Err(why) => fatal(&why),
-    }
+    };
     let vfork = if req.flags & CLONE_VFORK != 0 {
         match vfork_pipe() {
             Ok(pipe) => Some(pipe),
@@ -243,7 +243,7 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
         }
         forking.clear();
         drop(forking);
-        become_child(rt, held, child, &req, vfork);
+        become_child(rt, held, child, &req, vfork, differences);
         return 0;
     }
     drop(held);
@@ -290,6 +290,7 @@ fn become_child(
     pid: ProcessId,
     req: &Request,
     vfork: Option<(RawFd, RawFd)>,
+    differences: Vec<lego_proto::RangeChange>,
 ) {
     let parent = rt.remote.pid();
     // Reports go to our own processor connection, never the parent's.
@@ -340,6 +341,15 @@ fn become_child(
             "forked process {pid:x}: cannot make its live-counters page: {e}"
         )),
     };
+    // MADV_WIPEONFORK ranges read zeros here, MADV_DONTFORK ones are gone.
+    let done = lego_proto::MemoryOpDone {
+        result: 0,
+        moves: Vec::new(),
+        changes: differences,
+    };
+    if let Err(e) = super::mem::apply(rt, &done) {
+        fatal(&format!("forked process {pid:x}: {e}"));
+    }
     if let Err(e) = crate::fault::spawn(crate::runtime()) {
         fatal(&format!(
             "forked process {pid:x}: cannot start the fault thread: {e}"

@@ -37,7 +37,7 @@ pub static SYSCALLS: &[Syscall] = &[
     Syscall { nr: 25, name: "mremap", disposition: Emulate(mem::mremap), note: "via the memory manager; cached pages move with the mapping; shared host mappings refused with EINVAL" },
     Syscall { nr: 26, name: "msync", disposition: Emulate(mem::accept_noop), note: "accepted; anonymous memory has no file to sync" },
     Syscall { nr: 27, name: "mincore", disposition: Pass, note: "reports which pages are resident in the ExCache" },
-    Syscall { nr: 28, name: "madvise", disposition: Emulate(mem::madvise), note: "DONTNEED and FREE drop pages on both sides; other advice is accepted as a hint" },
+    Syscall { nr: 28, name: "madvise", disposition: Emulate(mem::madvise), note: "DONTNEED and FREE drop pages on both sides; WIPEONFORK, KEEPONFORK, DONTFORK and DOFORK are honoured by fork; on shared host mappings, the host's; other advice is accepted as a hint" },
     Syscall { nr: 29, name: "shmget", disposition: Refuse(libc::ENOSYS), note: "System V shared memory would map host memory outside the arena" },
     Syscall { nr: 30, name: "shmat", disposition: Refuse(libc::ENOSYS), note: "System V shared memory would map host memory outside the arena" },
     Syscall { nr: 31, name: "shmctl", disposition: Refuse(libc::ENOSYS), note: "System V shared memory would map host memory outside the arena" },
