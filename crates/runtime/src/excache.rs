@@ -553,20 +553,7 @@ impl ExCache {
         let mut guard = self.lock();
         let st = &mut *guard;
         Self::mark_stale(st, start, end);
-        let pages = (end - start) / PAGE;
-        let gone: Vec<u64> = if pages as usize > st.resident.len() {
-            st.resident
-                .iter()
-                .copied()
-                .filter(|&p| p >= start && p < end)
-                .collect()
-        } else {
-            (0..pages)
-                .map(|i| start + i * PAGE)
-                .filter(|p| st.resident.contains(p))
-                .collect()
-        };
-        for p in gone {
+        for p in Self::resident_in(st, start, end) {
             st.resident.remove(&p);
             st.policy.removed(p);
         }
@@ -648,21 +635,39 @@ impl ExCache {
         Self::settle_locked(st)?;
         let mut pages: Vec<u64> = st.resident.iter().copied().collect();
         pages.sort_unstable();
+        Self::write_back_written(st, arena, backing, &pages, true)
+    }
+
+    /// Writes the written pages among resident `pages` (sorted) back and
+    /// waits for the memory manager to store them; with `clean`, they are
+    /// marked unwritten again.
+    fn write_back_written(
+        st: &mut State,
+        arena: &Arena,
+        backing: &dyn Backing,
+        pages: &[u64],
+        clean: bool,
+    ) -> Result<(), CacheError> {
         let mut dirty = Vec::new();
-        for (start, end) in page_runs(&pages) {
+        for (start, end) in page_runs(pages) {
             st.regions
                 .resize(((end - start) / PAGE) as usize, PageRegion::default());
-            let n = arena
-                .pagemap
-                .written_then_clean(start, end, &mut st.regions)?;
+            let n = if clean {
+                arena
+                    .pagemap
+                    .written_then_clean(start, end, &mut st.regions)?
+            } else {
+                arena.pagemap.written(start, end, &mut st.regions)?
+            };
             for region in &st.regions[..n] {
                 dirty.extend((region.start..region.end).step_by(PAGE as usize));
             }
         }
         for batch in dirty.chunks(FLUSH_BATCH) {
             // Safety: every page of the batch is resident (only this lock's
-            // holder drops pages), so reading it cannot fault; the slices
-            // are read only until the write-back is acknowledged below.
+            // holder drops pages) and readable (the callers' ranges change
+            // protection only afterwards), so reading it cannot fault; the
+            // slices are read only until the write-back is acknowledged.
             let parts: Vec<&[u8]> = page_runs(batch)
                 .into_iter()
                 .map(|(start, end)| unsafe {
@@ -678,6 +683,22 @@ impl ExCache {
         Ok(())
     }
 
+    /// The resident pages of `[start, end)`, found the cheaper way.
+    fn resident_in(st: &State, start: u64, end: u64) -> Vec<u64> {
+        if ((end - start) / PAGE) as usize > st.resident.len() {
+            st.resident
+                .iter()
+                .copied()
+                .filter(|&p| p >= start && p < end)
+                .collect()
+        } else {
+            (start..end)
+                .step_by(PAGE as usize)
+                .filter(|p| st.resident.contains(p))
+                .collect()
+        }
+    }
+
     /// Writes the written resident pages of `[start, end)` back and drops
     /// every resident page there: before the range becomes inaccessible
     /// (PROT_NONE), after which the runtime could no longer read them.
@@ -691,48 +712,12 @@ impl ExCache {
         let mut guard = self.lock();
         let st = &mut *guard;
         Self::settle_locked(st)?;
-        let mut pages: Vec<u64> = if ((end - start) / PAGE) as usize > st.resident.len() {
-            st.resident
-                .iter()
-                .copied()
-                .filter(|&p| p >= start && p < end)
-                .collect()
-        } else {
-            (start..end)
-                .step_by(PAGE as usize)
-                .filter(|p| st.resident.contains(p))
-                .collect()
-        };
+        let mut pages = Self::resident_in(st, start, end);
         if pages.is_empty() {
             return Ok(());
         }
         pages.sort_unstable();
-        let mut dirty = Vec::new();
-        for (run_start, run_end) in page_runs(&pages) {
-            st.regions.resize(
-                ((run_end - run_start) / PAGE) as usize,
-                PageRegion::default(),
-            );
-            let n = arena.pagemap.written(run_start, run_end, &mut st.regions)?;
-            for region in &st.regions[..n] {
-                dirty.extend((region.start..region.end).step_by(PAGE as usize));
-            }
-        }
-        for batch in dirty.chunks(FLUSH_BATCH) {
-            // Safety: resident pages, still readable (the protection
-            // changes after this returns); read until acknowledged below.
-            let parts: Vec<&[u8]> = page_runs(batch)
-                .into_iter()
-                .map(|(s, e)| unsafe {
-                    std::slice::from_raw_parts(s as *const u8, (e - s) as usize)
-                })
-                .collect();
-            backing.write_back(batch, &parts)?.finish()?;
-            st.stats.writebacks += batch.len() as u64;
-            st.stats.writeback_batches += 1;
-            st.stats.bytes_written_back += batch.len() as u64 * PAGE;
-            st.remote.extend(batch.iter().copied());
-        }
+        Self::write_back_written(st, arena, backing, &pages, false)?;
         for (run_start, run_end) in page_runs(&pages) {
             arena.drop_pages(run_start, run_end)?;
         }

@@ -76,6 +76,19 @@ impl Connection {
                 addr: addr.into(),
                 source,
             })?;
+        // With nothing listening, a connection to a port of this host can
+        // be given that very port as its own and connect to itself (TCP
+        // simultaneous open): it would hold the port a restarting server
+        // needs and read its own preamble. It is a refusal, tried again.
+        if stream.local_addr().ok() == Some(addr) {
+            return Err(TransportError::Connect {
+                addr: addr.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "connected to itself: nothing listens there",
+                ),
+            });
+        }
         stream
             .set_nodelay(true)
             .map_err(|source| TransportError::Connect {

@@ -72,6 +72,25 @@ impl ServerConfig {
     }
 }
 
+/// Binds `addr`; a given port that is briefly taken (a restarted
+/// component's address, which a client's outgoing connection may hold as
+/// its local port for a moment) is tried again for a few seconds.
+fn bind_retrying(addr: SocketAddr) -> io::Result<TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && std::time::Instant::now() < deadline =>
+            {
+                thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A listening server. Dropping it stops accepting new connections.
 pub struct Server {
     local_addr: SocketAddr,
@@ -85,7 +104,7 @@ impl Server {
         config: ServerConfig,
         service: Arc<dyn Service>,
     ) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = bind_retrying(addr)?;
         let local_addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
