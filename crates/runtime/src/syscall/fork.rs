@@ -388,20 +388,7 @@ fn become_child(
     }
     // Safety: gettid has no preconditions.
     let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
-    if req.flags & CLONE_CHILD_SETTID != 0 {
-        let _ = user::write(req.child_tid, &tid.to_ne_bytes());
-    }
-    if req.flags & CLONE_CHILD_CLEARTID != 0 {
-        ctl.clear_tid = req.child_tid;
-        // Safety: the kernel clears and wakes this application address
-        // when the thread ends, as for any clone.
-        unsafe {
-            raw_syscall(
-                libc::SYS_set_tid_address as u64,
-                [req.child_tid, 0, 0, 0, 0, 0],
-            )
-        };
-    }
+    super::thread::child_tids(ctl, req.flags, req.child_tid, tid);
     tracing::info!("process {pid:x} forked from {parent:x} (host pid {tid})");
 }
 

@@ -272,19 +272,20 @@ fn settle_tids(ctl: &mut ThreadCtl, start: &Start, tid: i32) {
     if start.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(start.parent_tid, &tid.to_ne_bytes());
     }
-    if start.flags & CLONE_CHILD_SETTID != 0 {
-        let _ = user::write(start.child_tid, &tid.to_ne_bytes());
+    child_tids(ctl, start.flags, start.child_tid, tid);
+}
+
+/// CLONE_CHILD_SETTID and CLONE_CHILD_CLEARTID, on the new thread (or the
+/// forked process's only one) whose tid is `tid`.
+pub(super) fn child_tids(ctl: &mut ThreadCtl, flags: u64, child_tid: u64, tid: i32) {
+    if flags & CLONE_CHILD_SETTID != 0 {
+        let _ = user::write(child_tid, &tid.to_ne_bytes());
     }
-    if start.flags & CLONE_CHILD_CLEARTID != 0 {
-        ctl.clear_tid = start.child_tid;
+    if flags & CLONE_CHILD_CLEARTID != 0 {
+        ctl.clear_tid = child_tid;
         // Safety: the kernel clears and wakes this application address if
         // the thread ends for real, as for any clone.
-        unsafe {
-            raw_syscall(
-                libc::SYS_set_tid_address as u64,
-                [start.child_tid, 0, 0, 0, 0, 0],
-            )
-        };
+        unsafe { raw_syscall(libc::SYS_set_tid_address as u64, [child_tid, 0, 0, 0, 0, 0]) };
     }
 }
 
