@@ -246,27 +246,25 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
         become_child(rt, held, child, &req, vfork, differences);
         return 0;
     }
+    let fork_error = io::Error::last_os_error();
     drop(held);
     if let Some((_, w)) = vfork {
+        // Closed before another fork can copy it: only the child holds it.
         forking.retain(|&fd| fd != w);
+        close(w);
     }
     drop(forking);
     if pid < 0 {
-        let e = io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EAGAIN);
         rt.remote.release(child);
-        if let Some((r, w)) = vfork {
+        if let Some((r, _)) = vfork {
             close(r);
-            close(w);
         }
-        return errno(e);
+        return errno(fork_error.raw_os_error().unwrap_or(libc::EAGAIN));
     }
     if req.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(req.parent_tid, &pid.to_ne_bytes());
     }
-    if let Some((r, w)) = vfork {
-        close(w);
+    if let Some((r, _)) = vfork {
         let mut byte = 0u8;
         // Until the child execs or ends (both close its end).
         loop {
