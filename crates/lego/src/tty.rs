@@ -23,10 +23,12 @@ pub struct Pty {
 }
 
 /// Whether `lego run` should give the program a terminal of its own: its
-/// stdin is a terminal whose foreground group is `lego run`'s.
+/// stdin and stdout are one terminal whose foreground group is `lego
+/// run`'s (an interactive run; in `lego run -- ls | less` the terminal's
+/// keys are less's, so the program keeps sharing it).
 pub fn wanted() -> bool {
-    // Safety: isatty, tcgetpgrp and getpgrp only query.
-    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+    // Safety: tcgetpgrp and getpgrp only query.
+    same_terminal(0, 1) && unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
 /// A new pseudo-terminal with the user's terminal's settings and size.
