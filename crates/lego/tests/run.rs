@@ -1183,6 +1183,20 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
             text(&lego.stdout)
         );
     }
+    // Forks beside threads that map, write and unmap memory, through a
+    // small ExCache: the fork's write-back never meets a range another
+    // thread is unmapping (the memory manager refused such a page).
+    for build in [Build::GlibcStatic, Build::MuslStatic] {
+        let churn = program("mapchurn", build);
+        let lego = cluster.run(&["--excache", "4M"], &churn, &[]);
+        assert_same(&lego, &native(&churn, &[]), &format!("mapchurn {build:?}"));
+        assert_eq!(
+            text(&lego.stdout),
+            "400 forks beside 3 mapping threads\n",
+            "{build:?}: {}",
+            text(&lego.stderr)
+        );
+    }
     // Memory shared between forked processes is the host's shared memory.
     for build in [Build::GlibcStatic, Build::MuslStatic] {
         let shared = program("shared", build);

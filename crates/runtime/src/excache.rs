@@ -14,7 +14,7 @@ use crate::ranges::RangeSet;
 use crate::uffd::PageRegion;
 use lego_proto::ExcacheStats;
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 use thiserror::Error;
 
@@ -153,8 +153,19 @@ struct State {
 
 pub struct ExCache {
     state: Mutex<State>,
+    /// The address-space lock (Linux's mmap_lock): every fault holds it
+    /// shared, every change of the address space (an mmap-family call, a
+    /// fork) exclusively, so no write-back of a fault's eviction or of a
+    /// fork's flush reaches the memory manager between its change of a
+    /// range and the runtime's (it would refuse a page it no longer maps,
+    /// or store stale contents in a new mapping). Taken before `state`.
+    layout: RwLock<()>,
     zero_page: Vec<u8>,
 }
+
+/// Proof that the address space may change: no fault is being served
+/// (see [`ExCache::change_layout`]).
+pub struct LayoutChange<'a>(#[allow(dead_code)] RwLockWriteGuard<'a, ()>);
 
 /// The runs `[start, end)` of adjacent pages in sorted `pages`.
 fn page_runs(pages: &[u64]) -> Vec<(u64, u64)> {
@@ -198,8 +209,20 @@ impl ExCache {
                 regions: Vec::new(),
                 concurrent: false,
             }),
+            layout: RwLock::new(()),
             zero_page: vec![0; PAGE as usize],
         }
+    }
+
+    /// Waits until no fault is being served and keeps new ones waiting
+    /// while the returned value lives: hold it from the memory manager's
+    /// change of the address space until the runtime has mirrored it.
+    pub fn change_layout(&self) -> LayoutChange<'_> {
+        LayoutChange(self.layout.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn layout_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.layout.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -228,7 +251,7 @@ impl ExCache {
     }
 
     /// Marks `[start, end)` as holding contents on the memory manager.
-    pub fn set_populated(&self, start: u64, end: u64, populated: bool) {
+    pub fn set_populated(&self, _: &LayoutChange, start: u64, end: u64, populated: bool) {
         let mut st = self.lock();
         if populated {
             st.populated.insert(start, end);
@@ -254,6 +277,7 @@ impl ExCache {
     ) -> Result<(), CacheError> {
         let started = Instant::now();
         let page = addr & !(PAGE - 1);
+        let _layout = self.layout_shared();
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.fetching.contains(&page) {
@@ -549,7 +573,13 @@ impl ExCache {
     /// Forgets `[start, end)`: its contents were discarded on the memory
     /// side (munmap, MADV_DONTNEED, a new program). Drops the resident
     /// pages without writing them back.
-    pub fn discard(&self, arena: &Arena, start: u64, end: u64) -> Result<(), CacheError> {
+    pub fn discard(
+        &self,
+        _: &LayoutChange,
+        arena: &Arena,
+        start: u64,
+        end: u64,
+    ) -> Result<(), CacheError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         Self::mark_stale(st, start, end);
@@ -629,7 +659,12 @@ impl ExCache {
     /// memory manager holds the whole address space (before a fork copies
     /// it there). Pages stay resident. A page another thread writes during
     /// the flush is written again later, as any dirty page.
-    pub fn flush(&self, arena: &Arena, backing: &dyn Backing) -> Result<(), CacheError> {
+    pub fn flush(
+        &self,
+        _: &LayoutChange,
+        arena: &Arena,
+        backing: &dyn Backing,
+    ) -> Result<(), CacheError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         Self::settle_locked(st)?;
@@ -704,6 +739,7 @@ impl ExCache {
     /// (PROT_NONE), after which the runtime could no longer read them.
     pub fn write_back_and_drop(
         &self,
+        _: &LayoutChange,
         arena: &Arena,
         backing: &dyn Backing,
         start: u64,
@@ -739,10 +775,17 @@ impl ExCache {
     /// Moves the cached pages of `[from, from + len)` to `to` (an mremap
     /// that moved the mapping; the memory manager moved its copies the
     /// same way). Written pages stay written; clean ones stay clean.
-    pub fn relocate(&self, arena: &Arena, from: u64, to: u64, len: u64) -> Result<(), CacheError> {
+    pub fn relocate(
+        &self,
+        change: &LayoutChange,
+        arena: &Arena,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> Result<(), CacheError> {
         // Whatever the destination held was replaced on the memory side
         // (MREMAP_FIXED over existing mappings): drop our copies first.
-        self.discard(arena, to, to + len)?;
+        self.discard(change, arena, to, to + len)?;
         let mut guard = self.lock();
         let st = &mut *guard;
         let end = from + len;

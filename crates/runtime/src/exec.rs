@@ -134,20 +134,25 @@ pub fn install(
     execfn: &[u8],
 ) -> Result<u64, String> {
     let argv = &prepared.argv;
-    rt.cache
-        .discard(&rt.arena, USER_MIN, USER_END)
-        .map_err(|e| format!("clearing the arena: {e}"))?;
-    rt.arena
-        .mirror(USER_MIN, USER_END, None)
-        .map_err(|e| format!("clearing the arena: {e}"))?;
-    crate::syscall::mem::apply(
-        rt,
-        &MemoryOpDone {
-            result: 0,
-            moves: Vec::new(),
-            changes: image.mappings.clone(),
-        },
-    )?;
+    {
+        // Released before the stack is written below: that write faults.
+        let change = rt.cache.change_layout();
+        rt.cache
+            .discard(&change, &rt.arena, USER_MIN, USER_END)
+            .map_err(|e| format!("clearing the arena: {e}"))?;
+        rt.arena
+            .mirror(USER_MIN, USER_END, None)
+            .map_err(|e| format!("clearing the arena: {e}"))?;
+        crate::syscall::mem::apply(
+            rt,
+            &change,
+            &MemoryOpDone {
+                result: 0,
+                moves: Vec::new(),
+                changes: image.mappings.clone(),
+            },
+        )?;
+    }
     let mut random = [0u8; 16];
     // Safety: getrandom writes at most 16 bytes into `random`.
     unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };

@@ -202,8 +202,13 @@ impl Runtime {
 fn new_process(rt: &Runtime, req: Request) -> i64 {
     let child = new_pid();
     let mut forking = lock(&FORKING);
+    // Like Linux's fork, an exclusive hold of the address space from the
+    // flush through the host fork: no other thread changes a range (whose
+    // pages the flush would write back) or has a fault half served (whose
+    // lock the child would inherit held).
+    let layout = rt.cache.change_layout();
     // The copy is made from what the memory manager holds.
-    if let Err(e) = rt.cache.flush(&rt.arena, &rt.remote) {
+    if let Err(e) = rt.cache.flush(&layout, &rt.arena, &rt.remote) {
         fatal(&format!(
             "cannot write the address space back for a fork: {e}"
         ));
@@ -243,11 +248,12 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
         }
         forking.clear();
         drop(forking);
-        become_child(rt, held, child, &req, vfork, differences);
+        become_child(rt, layout, held, child, &req, vfork, differences);
         return 0;
     }
     let fork_error = io::Error::last_os_error();
     drop(held);
+    drop(layout);
     if let Some((_, w)) = vfork {
         // Closed before another fork can copy it: only the child holds it.
         forking.retain(|&fd| fd != w);
@@ -284,6 +290,7 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
 /// whose child could not start).
 fn become_child(
     rt: &Runtime,
+    layout: crate::excache::LayoutChange<'_>,
     held: ForkLocks<'_>,
     pid: ProcessId,
     req: &Request,
@@ -345,9 +352,10 @@ fn become_child(
         moves: Vec::new(),
         changes: differences,
     };
-    if let Err(e) = super::mem::apply(rt, &done) {
+    if let Err(e) = super::mem::apply(rt, &layout, &done) {
         fatal(&format!("forked process {pid:x}: {e}"));
     }
+    drop(layout);
     if let Err(e) = crate::fault::spawn(crate::runtime()) {
         fatal(&format!(
             "forked process {pid:x}: cannot start the fault thread: {e}"

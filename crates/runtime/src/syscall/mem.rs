@@ -3,14 +3,15 @@
 //! runtime mirrors that in host protections and in the ExCache.
 
 use super::Call;
+use crate::excache::LayoutChange;
 use crate::{fatal, Runtime};
 use lego_proto::{MemoryOp, MemoryOpDone, RangeState, USER_END};
 
 /// Makes the runtime's view match what the memory manager did.
-pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
+pub fn apply(rt: &Runtime, change: &LayoutChange, done: &MemoryOpDone) -> Result<(), String> {
     for m in &done.moves {
         rt.cache
-            .relocate(&rt.arena, m.from, m.to, m.len)
+            .relocate(change, &rt.arena, m.from, m.to, m.len)
             .map_err(|e| format!("moving cached pages {:#x}->{:#x}: {e}", m.from, m.to))?;
     }
     for c in &done.changes {
@@ -30,18 +31,18 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
             // Kept but inaccessible: the runtime could not read its written
             // pages once the host protection follows, so they go back now.
             rt.cache
-                .write_back_and_drop(&rt.arena, &rt.remote, c.start, c.end)
+                .write_back_and_drop(change, &rt.arena, &rt.remote, c.start, c.end)
                 .map_err(|e| format!("writing {:#x}-{:#x} back: {e}", c.start, c.end))?;
         }
         if c.discard {
             rt.cache
-                .discard(&rt.arena, c.start, c.end)
+                .discard(change, &rt.arena, c.start, c.end)
                 .map_err(|e| format!("dropping {:#x}-{:#x}: {e}", c.start, c.end))?;
         }
         rt.arena
             .mirror(c.start, c.end, mapping)
             .map_err(|e| format!("{:#x}-{:#x}: {e}", c.start, c.end))?;
-        rt.cache.set_populated(c.start, c.end, populated);
+        rt.cache.set_populated(change, c.start, c.end, populated);
     }
     Ok(())
 }
@@ -49,6 +50,9 @@ pub fn apply(rt: &Runtime, done: &MemoryOpDone) -> Result<(), String> {
 /// Sends one address-space call and mirrors its effect.
 fn memory_call(rt: &Runtime, op: MemoryOp) -> i64 {
     let name = op.name();
+    // From the memory manager's change until the arena mirrors it, no
+    // fault may evict (and write back) a page of the changed ranges.
+    let change = rt.cache.change_layout();
     // The memory manager must hold every written-back page before the
     // address space changes under them.
     if let Err(e) = rt.cache.settle() {
@@ -58,7 +62,7 @@ fn memory_call(rt: &Runtime, op: MemoryOp) -> i64 {
         Err(lost) => fatal(&lost),
         Ok(Err(errno)) => -(errno as i64),
         Ok(Ok(done)) => {
-            if let Err(e) = apply(rt, &done) {
+            if let Err(e) = apply(rt, &change, &done) {
                 fatal(&format!("cannot apply {name} to the arena: {e}"));
             }
             done.result as i64
