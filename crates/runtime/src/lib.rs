@@ -419,8 +419,11 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     sud::install_exec_kill_action()
         .map_err(|e| format!("cannot install the runtime's thread-ending signal: {e}"))?;
     syscall::thread::register_main_thread();
-    sud::install_altstack(sud::SIGSYS_STACK)
-        .map_err(|e| format!("cannot set up the signal stack: {e}"))?;
+    // The first thread's stack is never removed: it ends with the process.
+    std::mem::forget(
+        sud::AltStack::install(sud::SIGSYS_STACK)
+            .map_err(|e| format!("cannot set up the signal stack: {e}"))?,
+    );
     rt.remote.open_connections()?;
     // The runtime's descriptors are fixed from here on.
     rt.set_runtime_fds(open_fds());

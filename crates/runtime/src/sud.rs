@@ -57,6 +57,10 @@ pub struct ThreadCtl {
     /// Another thread execs: this one ends when the runtime is done with
     /// what it was doing for it.
     pub exit_requested: bool,
+    /// Where the runtime thread resumes when its application thread ends
+    /// (a stack pointer saved by `lego_thread_run`; 0 for the thread the
+    /// program started on, which just exits).
+    pub resume_sp: u64,
 }
 
 // The assembly stubs address these fields by offset.
@@ -80,6 +84,7 @@ impl ThreadCtl {
             regs: std::ptr::null(),
             clear_tid: 0,
             exit_requested: false,
+            resume_sp: 0,
         }
     }
 }
@@ -168,6 +173,38 @@ lego_blocking_done:
     ret
     .popsection
 
+    // lego_thread_run(resume_sp: *mut u64, body: fn(arg) -> !, arg):
+    // saves the callee-saved registers on this stack and the stack pointer
+    // in *resume_sp, then runs body(arg), which never returns; it comes
+    // back here only through lego_thread_resume(*resume_sp).
+    .pushsection .text.lego_thread_run,"ax",@progbits
+    .p2align 4
+    .globl lego_thread_run
+lego_thread_run:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    sub rsp, 8
+    mov qword ptr [rdi], rsp
+    mov rdi, rdx
+    call rsi
+    ud2
+    .globl lego_thread_resume
+lego_thread_resume:
+    mov rsp, rdi
+    add rsp, 8
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+    .popsection
+
     .pushsection .text.lego_sigsys_entry,"ax",@progbits
     .p2align 4
     .globl lego_sigsys_entry
@@ -193,6 +230,12 @@ extern "C" {
     fn lego_sigsys_entry();
     fn lego_signal_entry();
     fn lego_blocking(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64;
+    fn lego_thread_run(
+        resume_sp: *mut u64,
+        body: unsafe extern "C" fn(*mut libc::c_void) -> !,
+        arg: *mut libc::c_void,
+    );
+    fn lego_thread_resume(sp: u64) -> !;
     static lego_blocking_syscall: u8;
     static lego_blocking_done: u8;
 }
@@ -481,20 +524,41 @@ pub fn block_all_signals() {
 /// runtime code they run).
 pub const SIGSYS_STACK: usize = 512 << 10;
 
-/// Gives the calling thread an alternate signal stack of `size` bytes for
-/// the SIGSYS handler (the application's stack is not ours to use).
-pub fn install_altstack(size: usize) -> io::Result<()> {
-    let stack = vec![0u8; size].leak();
-    let ss = libc::stack_t {
-        ss_sp: stack.as_mut_ptr().cast(),
-        ss_flags: 0,
-        ss_size: size,
-    };
-    // Safety: `stack` is leaked, so it outlives the thread.
-    if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
-        return Err(io::Error::last_os_error());
+/// A thread's alternate signal stack for the runtime's handlers (the
+/// application's stack is not ours to use). The kernel uses it until
+/// [`AltStack::remove`]; a value never removed must be leaked.
+pub struct AltStack(Box<[u8]>);
+
+impl AltStack {
+    /// Gives the calling thread an alternate signal stack of `size` bytes.
+    pub fn install(size: usize) -> io::Result<AltStack> {
+        let mut stack = AltStack(vec![0u8; size].into_boxed_slice());
+        let ss = libc::stack_t {
+            ss_sp: stack.0.as_mut_ptr().cast(),
+            ss_flags: 0,
+            ss_size: size,
+        };
+        // Safety: the kernel keeps a pointer to the buffer, which lives
+        // until `remove` turns the stack off, or forever if leaked.
+        if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
     }
-    Ok(())
+
+    /// Turns the calling thread's alternate stack off and frees it (no
+    /// handler may be running on it: the thread has left its handlers).
+    pub fn remove(self) {
+        let ss = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // Safety: disabling takes no buffer; the kernel forgets ours
+        // before it is freed below.
+        unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
+        drop(self.0);
+    }
 }
 
 /// Whether the CPU and kernel let user code read and write FS/GS bases.
@@ -552,6 +616,57 @@ pub unsafe fn enter_thread(
 ) -> ! {
     // Safety: delegated to the caller.
     unsafe { start(ctl, regs, fs, ready) }
+}
+
+/// Runs an application thread on the calling runtime thread: `body(arg)`
+/// enters the application and never returns; when the application thread
+/// ends, [`leave_thread`] brings the runtime thread back here, out of the
+/// SIGSYS handler it ended in, so that it can free what it holds and end
+/// as an ordinary thread (its host tid is then never reused by the
+/// runtime, as Linux gives every new thread a new tid).
+///
+/// # Safety
+/// `ctl` is the thread's control block and outlives the call; `body`
+/// must end only through [`leave_thread`], and the frames it leaves
+/// behind must own nothing that needs dropping.
+pub unsafe fn run_thread(
+    ctl: *mut ThreadCtl,
+    body: unsafe extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) {
+    // Safety: delegated to the caller; the stub saves the stack pointer
+    // in the control block before it calls `body`.
+    unsafe { lego_thread_run(&raw mut (*ctl).resume_sp, body, arg) }
+}
+
+/// Ends the calling application thread: back to where [`run_thread`]
+/// started it, or, for the thread the program started on (which has no
+/// such place), the host thread ends here.
+///
+/// # Safety
+/// Inside a handler of an application thread whose runtime holds no lock
+/// and no value that needs dropping in the frames being left.
+pub unsafe fn leave_thread(ctl: &mut ThreadCtl) -> ! {
+    if ctl.resume_sp != 0 {
+        // Safety: `resume_sp` was saved by `lego_thread_run` on this
+        // thread's own stack, whose frames below it are still live.
+        unsafe { lego_thread_resume(ctl.resume_sp) }
+    }
+    // Safety: ends this thread only.
+    unsafe { raw_syscall(libc::SYS_exit as u64, [0; 6]) };
+    unreachable!("exit returned")
+}
+
+/// Turns Syscall User Dispatch off on the calling thread, whose
+/// application thread has ended, before its control block is freed.
+pub fn disable_dispatch() {
+    const PR_SYS_DISPATCH_OFF: libc::c_ulong = 0;
+    // Safety: prctl with plain integers; the kernel drops its pointer to
+    // the selector.
+    unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0) };
+    // Safety: GS pointed at the control block about to be freed; nothing
+    // reads it once the thread runs no application code.
+    unsafe { asm!("wrgsbase {}", in(reg) 0u64, options(nostack)) };
 }
 
 /// Turns Syscall User Dispatch on for the calling thread with `ctl`'s

@@ -9,7 +9,7 @@ use super::Call;
 use crate::sud::{self, current_ctl, raw_syscall, ThreadCtl};
 use crate::{user, Runtime};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Mutex};
 
 /// Application threads alive (the first is the one the program started on).
 static THREADS: AtomicUsize = AtomicUsize::new(1);
@@ -126,22 +126,6 @@ struct Start {
     ready: mpsc::Sender<Result<i32, i32>>,
 }
 
-/// A runtime thread whose application thread ended, waiting in its SIGSYS
-/// handler to run the next one: ended threads are reused instead of
-/// leaving their stacks behind, so memory follows the most threads alive
-/// at once, not how many were ever made.
-struct Parked {
-    start: Mutex<Option<Start>>,
-    wake: Condvar,
-}
-
-/// Runtime threads waiting for an application thread.
-static POOL: Mutex<Vec<Arc<Parked>>> = Mutex::new(Vec::new());
-
-fn pool() -> std::sync::MutexGuard<'static, Vec<Arc<Parked>>> {
-    POOL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The host tids of the application's threads.
 static APP_TIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
@@ -232,10 +216,10 @@ pub fn end_for_exec() {
     // exec'ing thread may have replaced the address space.
     clear_tid_word(ctl);
     THREADS.fetch_sub(1, Ordering::SeqCst);
-    // Safety: ends this thread only; the exec'ing thread replaces the
-    // address space once every other thread is gone.
-    unsafe { raw_syscall(libc::SYS_exit as u64, [0; 6]) };
-    unreachable!("exit returned");
+    // Safety: called where the runtime holds nothing (see above); the
+    // exec'ing thread replaces the address space once every other thread
+    // is gone.
+    unsafe { sud::leave_thread(ctl) }
 }
 
 /// What the kernel does with a thread's clear-tid word when it ends: done
@@ -325,11 +309,7 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
         ready: tx,
     };
     THREADS.fetch_add(1, Ordering::SeqCst);
-    let parked = pool().pop();
-    if let Some(parked) = parked {
-        *parked.start.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
-        parked.wake.notify_one();
-    } else if let Err(e) = start_runtime_thread(start) {
+    if let Err(e) = start_runtime_thread(start) {
         THREADS.fetch_sub(1, Ordering::SeqCst);
         tracing::warn!("cannot start a runtime thread for the application: {e}");
         return errno(libc::EAGAIN);
@@ -341,59 +321,131 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
     }
 }
 
-/// A new runtime thread for an application thread.
+/// The address the kernel clears when the calling thread ends (glibc's
+/// own thread-id word of the runtime thread, which tells glibc the
+/// thread's stack may be reused), or 0.
+fn tid_address() -> u64 {
+    const PR_GET_TID_ADDRESS: libc::c_int = 40;
+    let mut addr = 0u64;
+    // Safety: the kernel writes one pointer-sized value into `addr`.
+    if unsafe { libc::prctl(PR_GET_TID_ADDRESS, &mut addr as *mut u64) } != 0 {
+        return 0;
+    }
+    addr
+}
+
+/// A new runtime thread for an application thread. It runs the
+/// application thread until that ends, then frees its control block and
+/// signal stack and ends itself: each application thread is a new host
+/// thread, with a tid of its own, as on Linux.
 fn start_runtime_thread(start: Start) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("app-thread".into())
         .stack_size(RUNTIME_STACK)
         .spawn(move || {
-            // Safety: gettid has no preconditions.
-            let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
-            if let Err(e) = sud::install_altstack(sud::SIGSYS_STACK) {
-                let _ = start
-                    .ready
-                    .send(Err(e.raw_os_error().unwrap_or(libc::ENOMEM)));
-                THREADS.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
-            let ctl = Box::leak(Box::new(ThreadCtl::new()));
-            settle_tids(ctl, &start, tid);
-            ctl.app_mask = start.mask;
-            let Start {
-                regs, fs, ready, ..
-            } = start;
-            // Safety: `ctl` is leaked, the SIGSYS handler is process-wide
-            // and this thread's alternate stack is installed; `regs` are
-            // the creator's at its clone, with the child's rax and stack.
+            let runtime_tid_word = tid_address();
+            let altstack = match sud::AltStack::install(sud::SIGSYS_STACK) {
+                Ok(altstack) => altstack,
+                Err(e) => {
+                    let _ = start
+                        .ready
+                        .send(Err(e.raw_os_error().unwrap_or(libc::ENOMEM)));
+                    THREADS.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            };
+            let ctl = Box::into_raw(Box::new(ThreadCtl::new()));
+            let mut body = ThreadBody {
+                ctl,
+                start: Some(start),
+            };
+            // Safety: `ctl` lives until after the application thread has
+            // ended (freed below); `enter_application_thread` ends only
+            // through `sud::leave_thread`, leaving frames that own nothing.
             unsafe {
-                sud::enter_thread(ctl, &regs, fs, move || {
-                    let _ = ready.send(Ok(tid));
-                })
+                sud::run_thread(
+                    ctl,
+                    enter_application_thread,
+                    (&mut body as *mut ThreadBody).cast(),
+                )
+            };
+            // The application thread has ended (its clear-tid word is
+            // written). Back to an ordinary thread of the runtime's.
+            sud::block_all_signals();
+            sud::disable_dispatch();
+            // Safety: set_robust_list and set_tid_address take plain
+            // values: the ended application thread's robust list is no
+            // longer this thread's, and glibc's own tid word is cleared
+            // by the kernel when this thread ends, as glibc expects.
+            unsafe {
+                raw_syscall(libc::SYS_set_robust_list as u64, [0, 24, 0, 0, 0, 0]);
+                raw_syscall(
+                    libc::SYS_set_tid_address as u64,
+                    [runtime_tid_word, 0, 0, 0, 0, 0],
+                );
             }
+            altstack.remove();
+            // Safety: made by Box::into_raw above; no handler runs on
+            // this thread any more, so nothing else refers to it.
+            drop(unsafe { Box::from_raw(ctl) });
         })
         .map(|_| ())
 }
 
+/// What [`enter_application_thread`] starts: on its runtime thread's
+/// stack, read once.
+struct ThreadBody {
+    ctl: *mut ThreadCtl,
+    start: Option<Start>,
+}
+
+/// Starts the application thread described by `arg` (a [`ThreadBody`])
+/// on the calling runtime thread.
+///
+/// # Safety
+/// `arg` points to a live `ThreadBody` whose control block outlives the
+/// application thread, as `start_runtime_thread` makes it.
+unsafe extern "C" fn enter_application_thread(arg: *mut libc::c_void) -> ! {
+    // Safety: the caller's contract.
+    let body = unsafe { &mut *(arg as *mut ThreadBody) };
+    // Safety: as above; 'static stands for "until the runtime thread
+    // frees it", after the application thread has ended.
+    let ctl: &'static mut ThreadCtl = unsafe { &mut *body.ctl };
+    let Some(start) = body.start.take() else {
+        // Safety: ends this thread only (a runtime bug: entered twice).
+        unsafe { raw_syscall(libc::SYS_exit as u64, [0; 6]) };
+        unreachable!("exit returned");
+    };
+    let tid = gettid();
+    settle_tids(ctl, &start, tid);
+    ctl.app_mask = start.mask;
+    let Start {
+        regs, fs, ready, ..
+    } = start;
+    // Safety: the SIGSYS handler is process-wide and this thread's
+    // alternate stack is installed; `regs` are the creator's at its clone,
+    // with the child's rax and stack.
+    unsafe {
+        sud::enter_thread(ctl, &regs, fs, move || {
+            let _ = ready.send(Ok(tid));
+        })
+    }
+}
+
 /// The thread tables held across a fork (see `syscall::fork`).
 pub struct ThreadsHold {
-    pool: std::sync::MutexGuard<'static, Vec<Arc<Parked>>>,
     tids: std::sync::MutexGuard<'static, Vec<i32>>,
 }
 
 /// Holds the thread tables across a fork, so the forked process finds
 /// them free.
 pub fn hold_for_fork() -> ThreadsHold {
-    ThreadsHold {
-        pool: pool(),
-        tids: app_tids(),
-    }
+    ThreadsHold { tids: app_tids() }
 }
 
 /// In a forked process: only the thread that forked runs.
 pub fn reset_after_fork(mut held: ThreadsHold) {
     THREADS.store(1, Ordering::SeqCst);
-    // The parked runtime threads were the parent's.
-    held.pool.clear();
     *held.tids = vec![gettid()];
     drop(held);
     // An exec under way in the parent is not this process's.
@@ -414,50 +466,17 @@ pub fn set_tid_address(_rt: &Runtime, c: &Call) -> i64 {
 
 /// exit: ends the calling thread, or the process with the last one. The
 /// application thread ends as on Linux (its clear-tid word is cleared and
-/// woken, so a join returns); its runtime thread then waits, parked, to
-/// run the next thread the application makes.
+/// woken, so a join returns), and so does its runtime thread.
 pub fn exit(rt: &Runtime, c: &Call) -> i64 {
     if THREADS.fetch_sub(1, Ordering::SeqCst) == 1 {
         THREADS.store(1, Ordering::SeqCst);
         return super::proc::exit_group(rt, c);
     }
-    // Safety: inside the SIGSYS handler of an application thread, with
-    // `regs` set to this call's frame.
+    // Safety: inside the SIGSYS handler of an application thread.
     let ctl = unsafe { current_ctl() };
-    if ctl.regs.is_null() {
-        // Safety: ends this thread only.
-        unsafe { raw_syscall(libc::SYS_exit as u64, [c.args[0], 0, 0, 0, 0, 0]) };
-        unreachable!("exit returned");
-    }
     let me = gettid();
     app_tids().retain(|&t| t != me);
-    // Parked before a joiner can wake: the clone that usually follows a
-    // join finds this runtime thread rather than making another.
-    let parked = Arc::new(Parked {
-        start: Mutex::new(None),
-        wake: Condvar::new(),
-    });
-    pool().push(Arc::clone(&parked));
     clear_tid_word(ctl);
-    let start = {
-        let mut slot = parked.start.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(start) = slot.take() {
-                break start;
-            }
-            slot = parked.wake.wait(slot).unwrap_or_else(|p| p.into_inner());
-        }
-    };
-    // Safety: gettid has no preconditions.
-    let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
-    settle_tids(ctl, &start, tid);
-    ctl.app_mask = start.mask;
-    ctl.app_fs = start.fs;
-    ctl.interrupted = 0;
-    ctl.suspended_mask = None;
-    // Safety: `regs` points into this call's live SIGSYS frame, whose
-    // return loads them: the handler returns into the new thread.
-    unsafe { *(ctl.regs as *mut [i64; 23]) = start.regs };
-    let _ = start.ready.send(Ok(tid));
-    0
+    // Safety: the handler holds no lock here and its frames own nothing.
+    unsafe { sud::leave_thread(ctl) }
 }
