@@ -33,7 +33,7 @@ emu('mem::accept_noop', 'accepted; the ExCache decides residency', 'mlock', 'mun
 emu('mem::accept_noop', 'accepted; anonymous memory has no file to sync', 'msync')
 emu('proc::arch_prctl', 'FS base virtualised; ARCH_SET_GS refused (GS belongs to the runtime); others passed through', 'arch_prctl')
 emu('proc::exit_group', 'ends the process; ExCache counters are reported', 'exit_group')
-emu('thread::exit', 'ends the calling thread (its CLONE_CHILD_CLEARTID address is cleared and woken; its runtime thread is kept for the next clone); the last thread ends the process as exit_group', 'exit')
+emu('thread::exit', 'ends the calling thread and its runtime thread (its CLONE_CHILD_CLEARTID address is cleared and woken; a new thread gets a new host thread and tid); the last thread ends the process as exit_group', 'exit')
 emu('proc::prctl', 'passed through, except syscall user dispatch, seccomp and PR_SET_MM (EINVAL)', 'prctl')
 emu('proc::prlimit64', 'passed through; new RLIMIT_AS and RLIMIT_DATA values accepted but not applied (the arena is reserved up front)', 'prlimit64')
 emu('proc::setrlimit', 'as prlimit64', 'setrlimit')
