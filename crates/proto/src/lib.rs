@@ -12,12 +12,14 @@
 //! The codec is total: any byte string either decodes or yields a
 //! [`CodecError`]; nothing in this crate panics on input from the network.
 
+pub mod errno;
 pub mod frame;
 pub mod memory;
 pub mod message;
 pub mod process;
 pub mod storage;
 
+pub use errno::Errno;
 pub use frame::{
     decode_frame, encode_frame_header, CodecError, Frame, FrameLimits, Preamble, FRAME_PREFIX_LEN,
     MAX_FRAME_LEN, MAX_HEADER_LEN, MAX_PAYLOAD_LEN, PREAMBLE_LEN,

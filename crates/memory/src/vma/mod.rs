@@ -65,19 +65,7 @@ pub const PROT_WRITE: u32 = libc::PROT_WRITE as u32;
 pub const PROT_EXEC: u32 = libc::PROT_EXEC as u32;
 const PROT_ALL: u32 = PROT_READ | PROT_WRITE | PROT_EXEC;
 
-/// A Linux errno value (x86-64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("errno {0}")]
-pub struct Errno(pub i32);
-
-impl Errno {
-    pub const EPERM: Errno = Errno(libc::EPERM);
-    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
-    pub const EFAULT: Errno = Errno(libc::EFAULT);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const ENODEV: Errno = Errno(libc::ENODEV);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-}
+pub use lego_proto::Errno;
 
 /// What an address-space call did.
 #[derive(Debug, Clone, PartialEq, Eq)]
