@@ -4,6 +4,7 @@
 //! memory manager builds the address space, and the runtime mirrors it and
 //! writes the initial stack.
 
+use crate::syscall::{Errno, SysError};
 use crate::vfs::Vfs;
 use crate::{interp, stack, user, Runtime};
 use lego_proto::{ExecImage, MemoryOpDone, MAX_IMAGE_LEN, USER_END, USER_MIN};
@@ -20,22 +21,31 @@ pub struct Prepared {
     pub shown_argv: Vec<Vec<u8>>,
 }
 
-/// Why a program cannot run: the errno execve returns, and a sentence for
-/// the user.
+/// Why a program cannot run: what execve fails with (an errno, or a
+/// runtime fault such as a lost storage manager), and a sentence for the
+/// user.
 #[derive(Debug)]
 pub struct ExecError {
-    pub errno: i32,
+    pub error: SysError,
     pub message: String,
 }
 
 impl ExecError {
-    fn new(errno: i32, message: String) -> ExecError {
-        ExecError { errno, message }
+    fn new(errno: Errno, message: String) -> ExecError {
+        ExecError {
+            error: errno.into(),
+            message,
+        }
     }
 
-    fn io(what: &str, path: &str, errno: i32) -> ExecError {
-        let e = std::io::Error::from_raw_os_error(errno);
-        ExecError::new(errno, format!("{what} {path}: {e}"))
+    fn io(what: &str, path: &str, error: SysError) -> ExecError {
+        let message = match &error {
+            SysError::Errno(e) => {
+                format!("{what} {path}: {}", std::io::Error::from_raw_os_error(e.0))
+            }
+            SysError::Fatal(why) => format!("{what} {path}: {why}"),
+        };
+        ExecError { error, message }
     }
 }
 
@@ -46,7 +56,7 @@ const HEAD_LEN: usize = 64 << 10;
 
 /// The first `max` bytes of a program file: from the storage manager when
 /// the runtime has one, else from the processor's files.
-fn load_prefix(vfs: Option<&Vfs>, path: &str, max: usize) -> Result<Vec<u8>, i32> {
+fn load_prefix(vfs: Option<&Vfs>, path: &str, max: usize) -> Result<Vec<u8>, SysError> {
     match vfs {
         Some(vfs) => vfs.read_file(path.as_bytes(), max).map(|(bytes, _)| bytes),
         None => {
@@ -54,7 +64,7 @@ fn load_prefix(vfs: Option<&Vfs>, path: &str, max: usize) -> Result<Vec<u8>, i32
             let mut bytes = Vec::new();
             std::fs::File::open(path)
                 .and_then(|f| f.take(max as u64).read_to_end(&mut bytes))
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                .map_err(Errno::from)?;
             Ok(bytes)
         }
     }
@@ -62,7 +72,7 @@ fn load_prefix(vfs: Option<&Vfs>, path: &str, max: usize) -> Result<Vec<u8>, i32
 
 /// A program file's head, or all of it (one byte more than an image may
 /// have, to tell one too big) when it is neither a script nor dynamic.
-fn load_file(vfs: Option<&Vfs>, path: &str) -> Result<Vec<u8>, i32> {
+fn load_file(vfs: Option<&Vfs>, path: &str) -> Result<Vec<u8>, SysError> {
     let head = load_prefix(vfs, path, HEAD_LEN)?;
     if head.len() < HEAD_LEN
         || interp::shebang(&head).is_some()
@@ -89,7 +99,7 @@ pub fn prepare(
         };
         if depth == interp::MAX_SCRIPT_DEPTH {
             return Err(ExecError::new(
-                libc::ELOOP,
+                Errno::ELOOP,
                 format!("cannot run {name}: too many levels of #! interpreters"),
             ));
         }
@@ -109,7 +119,7 @@ pub fn prepare(
     }
     if image.len() > MAX_IMAGE_LEN {
         return Err(ExecError::new(
-            libc::ENOEXEC,
+            Errno::ENOEXEC,
             format!(
                 "{name} is {} bytes; images over {MAX_IMAGE_LEN} bytes are not supported yet",
                 image.len()
@@ -157,7 +167,7 @@ pub fn install(
     // Safety: getrandom writes at most 16 bytes into `random`.
     unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
     let (stack, sp, auxv) = stack::build(image, argv, envp, execfn, random)?;
-    user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack (errno {e})"))?;
+    user::write(sp, &stack).map_err(|e| format!("cannot write the initial stack: {e}"))?;
     let mut process = rt.process.lock().unwrap_or_else(|p| p.into_inner());
     process.cmdline = prepared
         .shown_argv

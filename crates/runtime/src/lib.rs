@@ -117,9 +117,6 @@ pub struct Runtime {
     pub remote: RemoteMemory,
     /// The program's path, for /proc/self/exe.
     pub program: Mutex<Vec<u8>>,
-    /// Set by `execve`: the entry point and stack pointer the SIGSYS
-    /// handler returns to instead of the caller.
-    pub pending_exec: Mutex<Option<(u64, u64)>>,
     pub signals: Mutex<syscall::signal::SignalState>,
     /// What /proc/self/{cmdline,auxv,maps} show of the running program.
     pub process: Mutex<procfs::ProcessView>,
@@ -351,7 +348,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
                 vfs::storage::StorageError::Errno(errno) => format!(
                     "the storage manager {} refused the export root: {}",
                     spec.storage_name,
-                    std::io::Error::from_raw_os_error(errno)
+                    std::io::Error::from_raw_os_error(errno.0)
                 ),
             })?)
         }
@@ -383,7 +380,6 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         cache: ExCache::new(spec.excache, Box::new(Fifo::default())),
         remote,
         program: Mutex::new(spec.program.clone()),
-        pending_exec: Mutex::new(None),
         signals: syscall::signal::SignalState::new(),
         process: Mutex::new(procfs::ProcessView {
             memory_capacity: spec.memory_capacity,

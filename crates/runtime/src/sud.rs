@@ -48,9 +48,6 @@ pub struct ThreadCtl {
     /// set by sigsuspend, whose temporary mask lasts until its signal's
     /// handler starts, and whose handler returns to the mask before it.
     pub suspended_mask: Option<u64>,
-    /// The application's registers at the call being served (null
-    /// outside the SIGSYS handler's dispatch): what clone copies.
-    pub regs: *const [i64; 23],
     /// The thread's `set_tid_address` / CLONE_CHILD_CLEARTID word, which is
     /// cleared and woken when its application thread ends (0: none).
     pub clear_tid: u64,
@@ -81,7 +78,6 @@ impl ThreadCtl {
             app_mask: 0,
             interrupted: 0,
             suspended_mask: None,
-            regs: std::ptr::null(),
             clear_tid: 0,
             exit_requested: false,
             resume_sp: 0,
@@ -400,68 +396,18 @@ pub fn blocking_window() -> (u64, u64, u64) {
     }
 }
 
-/// Syscalls that can wait indefinitely: made for the application with its
-/// own signal mask, so that a signal interrupts them as it would natively.
-pub fn may_block(nr: u64) -> bool {
-    matches!(
-        nr as i64,
-        libc::SYS_read
-            | libc::SYS_write
-            | libc::SYS_readv
-            | libc::SYS_writev
-            | libc::SYS_pread64
-            | libc::SYS_pwrite64
-            | libc::SYS_open
-            | libc::SYS_openat
-            | libc::SYS_ioctl
-            | libc::SYS_fcntl
-            | libc::SYS_flock
-            | libc::SYS_pause
-            | libc::SYS_nanosleep
-            | libc::SYS_clock_nanosleep
-            | libc::SYS_wait4
-            | libc::SYS_waitid
-            | libc::SYS_poll
-            | libc::SYS_ppoll
-            | libc::SYS_select
-            | libc::SYS_pselect6
-            | libc::SYS_epoll_wait
-            | libc::SYS_epoll_pwait
-            | libc::SYS_epoll_pwait2
-            | libc::SYS_accept
-            | libc::SYS_accept4
-            | libc::SYS_connect
-            | libc::SYS_recvfrom
-            | libc::SYS_recvmsg
-            | libc::SYS_recvmmsg
-            | libc::SYS_sendto
-            | libc::SYS_sendmsg
-            | libc::SYS_sendmmsg
-            | libc::SYS_futex
-            | libc::SYS_rt_sigsuspend
-            | libc::SYS_rt_sigtimedwait
-            | libc::SYS_msgrcv
-            | libc::SYS_msgsnd
-            | libc::SYS_semop
-            | libc::SYS_semtimedop
-            | libc::SYS_mq_timedreceive
-            | libc::SYS_mq_timedsend
-    )
-}
-
-/// Makes the application's call on the host: a call that may block runs
-/// with the application's signal mask, the way it would natively.
+/// Makes the application's call on the host: a call that may block
+/// (`blocks`, from the syscall table) runs with the application's signal
+/// mask, the way it would natively.
 ///
 /// # Safety
-/// As [`raw_syscall`]; only inside the SIGSYS handler of an application
-/// thread.
-pub unsafe fn host_syscall(nr: u64, args: [u64; 6]) -> i64 {
-    if !may_block(nr) || HANDLED.load(Ordering::Relaxed) == 0 {
+/// As [`raw_syscall`]; only inside the SIGSYS handler of the application
+/// thread whose control block is `ctl`.
+pub unsafe fn host_syscall(ctl: &mut ThreadCtl, blocks: bool, nr: u64, args: [u64; 6]) -> i64 {
+    if !blocks || HANDLED.load(Ordering::Relaxed) == 0 {
         // Safety: delegated to the caller.
         return unsafe { raw_syscall(nr, args) };
     }
-    // Safety: inside the SIGSYS handler (the caller's contract).
-    let ctl = unsafe { current_ctl() };
     let app = kernel_mask(ctl.app_mask) | sigbit(libc::SIGSYS);
     let mut saved = 0u64;
     ctl.interrupted = 0;

@@ -3,9 +3,10 @@
 //! copies go through process_vm_readv/writev on our own process, so the
 //! kernel checks protections and serves ExCache misses for us.
 
+use lego_proto::Errno;
 use libc::{c_void, iovec};
 
-fn transfer(addr: u64, buf: *mut u8, len: usize, write: bool) -> Result<(), i32> {
+fn transfer(addr: u64, buf: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
     if len == 0 {
         return Ok(());
     }
@@ -34,22 +35,22 @@ fn transfer(addr: u64, buf: *mut u8, len: usize, write: bool) -> Result<(), i32>
     if done == len as isize {
         Ok(())
     } else {
-        Err(libc::EFAULT)
+        Err(Errno::EFAULT)
     }
 }
 
 /// Copies `out.len()` bytes from application address `addr`.
-pub fn read(addr: u64, out: &mut [u8]) -> Result<(), i32> {
+pub fn read(addr: u64, out: &mut [u8]) -> Result<(), Errno> {
     transfer(addr, out.as_mut_ptr(), out.len(), false)
 }
 
 /// Copies `bytes` to application address `addr`.
-pub fn write(addr: u64, bytes: &[u8]) -> Result<(), i32> {
+pub fn write(addr: u64, bytes: &[u8]) -> Result<(), Errno> {
     transfer(addr, bytes.as_ptr() as *mut u8, bytes.len(), true)
 }
 
 /// Reads a NUL-terminated string of at most `max` bytes (without the NUL).
-pub fn read_cstring(addr: u64, max: usize) -> Result<Vec<u8>, i32> {
+pub fn read_cstring(addr: u64, max: usize) -> Result<Vec<u8>, Errno> {
     let mut out = Vec::new();
     let mut at = addr;
     loop {
@@ -64,7 +65,7 @@ pub fn read_cstring(addr: u64, max: usize) -> Result<Vec<u8>, i32> {
         }
         out.extend_from_slice(&buf);
         if out.len() > max {
-            return Err(libc::ENAMETOOLONG);
+            return Err(Errno::ENAMETOOLONG);
         }
         at += chunk as u64;
     }

@@ -5,20 +5,17 @@
 //! malformed program makes execve fail with the old program intact, as on
 //! Linux. After that point the arena is rebuilt, close-on-exec descriptors
 //! are closed, handled signals revert to their defaults, and the SIGSYS
-//! handler returns into the new program's entry point.
+//! handler returns into the new program's entry point
+//! ([`Outcome::Exec`]).
 
-use super::Call;
+use super::{Call, Ctx, Errno, Outcome, SysError, SysResult};
 use crate::exec::{install, prepare};
-use crate::{fatal, user, Runtime};
+use crate::{user, Runtime};
 use lego_proto::{MAX_ARGS, MAX_ARGS_BYTES};
-
-fn errno(e: i32) -> i64 {
-    -(e as i64)
-}
 
 /// Reads a NULL-terminated array of string pointers, bounded like Linux's
 /// argument limits (E2BIG beyond them).
-fn read_strings(mut ptr: u64, total: &mut usize) -> Result<Vec<Vec<u8>>, i32> {
+fn read_strings(mut ptr: u64, total: &mut usize) -> Result<Vec<Vec<u8>>, Errno> {
     let mut out = Vec::new();
     if ptr == 0 {
         return Ok(out);
@@ -33,76 +30,64 @@ fn read_strings(mut ptr: u64, total: &mut usize) -> Result<Vec<Vec<u8>>, i32> {
         let s = user::read_cstring(addr, MAX_ARGS_BYTES)?;
         *total += s.len() + 1;
         if out.len() >= MAX_ARGS || *total > MAX_ARGS_BYTES {
-            return Err(libc::E2BIG);
+            return Err(Errno::E2BIG);
         }
         out.push(s);
         ptr += 8;
     }
 }
 
-pub fn execve(rt: &Runtime, c: &Call) -> i64 {
-    exec_common(rt, c.args[0], c.args[1], c.args[2])
+pub fn execve(cx: &mut Ctx, c: &Call) -> SysResult {
+    exec_common(cx.rt, c.args[0], c.args[1], c.args[2])
 }
 
-pub fn execveat(rt: &Runtime, c: &Call) -> i64 {
+pub fn execveat(cx: &mut Ctx, c: &Call) -> SysResult {
     let [dirfd, path, argv, envp, flags, _] = c.args;
     // Only what needs no descriptor-relative lookup: an absolute path, or
     // a path relative to the working directory.
-    let path_bytes = match user::read_cstring(path, libc::PATH_MAX as usize) {
-        Ok(p) => p,
-        Err(e) => return errno(e),
-    };
+    let path_bytes = user::read_cstring(path, libc::PATH_MAX as usize)?;
     if flags != 0 || (dirfd as i32 != libc::AT_FDCWD && !path_bytes.starts_with(b"/")) {
-        return errno(libc::ENOSYS);
+        return Err(Errno::ENOSYS.into());
     }
-    exec_common(rt, path, argv, envp)
+    exec_common(cx.rt, path, argv, envp)
 }
 
-fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
-    let ret = exec_one(rt, path, argv, envp);
+fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
+    let result = exec_one(rt, path, argv, envp);
     super::thread::exec_finished();
-    ret
+    result
 }
 
-fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
-    let path = match user::read_cstring(path, libc::PATH_MAX as usize) {
-        Ok(p) if !p.is_empty() => p,
-        Ok(_) => return errno(libc::ENOENT),
-        Err(e) => return errno(e),
-    };
-    let mut total = 0;
-    let (argv, envp) = match (
-        read_strings(argv, &mut total),
-        read_strings(envp, &mut total),
-    ) {
-        (Ok(a), Ok(e)) => (a, e),
-        (Err(e), _) | (_, Err(e)) => return errno(e),
-    };
-    if let Err(e) = check_executable(rt, &path) {
-        return errno(e);
+fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
+    let path = user::read_cstring(path, libc::PATH_MAX as usize)?;
+    if path.is_empty() {
+        return Err(Errno::ENOENT.into());
     }
+    let mut total = 0;
+    let argv = read_strings(argv, &mut total)?;
+    let envp = read_strings(envp, &mut total)?;
+    check_executable(rt, &path)?;
     let prepared = match prepare(rt.vfs.as_ref(), &path, argv) {
         Ok(p) => p,
         Err(e) => {
             tracing::info!("execve: {}", e.message);
-            return errno(e.errno);
+            return Err(e.error);
         }
     };
     // The program is found: the other threads end before the address
     // space is replaced under them, as Linux's execve ends them.
     if super::thread::several() && !super::thread::end_other_threads() {
-        return errno(libc::EAGAIN);
+        return Err(Errno::EAGAIN.into());
     }
-    if let Err(e) = rt.cache.settle() {
-        fatal(&format!("before execve: {e}"));
-    }
-    let image = match rt.remote.exec(&prepared.image) {
-        Err(lost) => fatal(&lost),
-        Ok(Err(refusal)) => {
+    rt.cache
+        .settle()
+        .map_err(|e| SysError::fatal(format!("before execve: {e}")))?;
+    let image = match rt.remote.exec(&prepared.image).map_err(SysError::Fatal)? {
+        Err(refusal) => {
             tracing::info!("execve of {}: {refusal}", String::from_utf8_lossy(&path));
-            return errno(libc::ENOEXEC);
+            return Err(Errno::ENOEXEC.into());
         }
-        Ok(Ok(image)) => image,
+        Ok(image) => image,
     };
     // The point of no return: the memory manager holds the new image.
     let exe = match &rt.vfs {
@@ -111,20 +96,15 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
             .map(|p| p.into_os_string().into_encoded_bytes())
             .unwrap_or_else(|_| path.clone()),
     };
-    let sp = match install(rt, &image, &prepared, &envp, &path) {
-        Ok(sp) => sp,
-        Err(e) => fatal(&format!(
-            "execve of {}: {e}",
-            String::from_utf8_lossy(&path)
-        )),
-    };
+    let sp = install(rt, &image, &prepared, &envp, &path).map_err(|e| {
+        SysError::fatal(format!("execve of {}: {e}", String::from_utf8_lossy(&path)))
+    })?;
     close_on_exec(rt);
     rt.signals
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .reset_for_exec();
     *rt.program.lock().unwrap_or_else(|p| p.into_inner()) = exe;
-    *rt.pending_exec.lock().unwrap_or_else(|p| p.into_inner()) = Some((image.entry, sp));
     super::fork::exec_done();
     if let Some(live) = crate::LIVE.get() {
         let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,11 +117,14 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> i64 {
             .join(" ");
         live.set_command(&command);
     }
-    0
+    Ok(Outcome::Exec {
+        entry: image.entry,
+        sp,
+    })
 }
 
 /// execve's permission check: a regular file with an execute bit.
-fn check_executable(rt: &Runtime, path: &[u8]) -> Result<(), i32> {
+fn check_executable(rt: &Runtime, path: &[u8]) -> Result<(), SysError> {
     if let Some(vfs) = &rt.vfs {
         let abs = crate::vfs::path::normalize(&vfs.cwd().path, path);
         if !crate::vfs::path::is_host(&abs) {
@@ -152,27 +135,22 @@ fn check_executable(rt: &Runtime, path: &[u8]) -> Result<(), i32> {
                     path: abs,
                     follow: true,
                 })
-                .map_err(|e| match e {
-                    crate::vfs::storage::StorageError::Errno(errno) => errno,
-                    crate::vfs::storage::StorageError::Lost(why) => fatal(&why),
-                })?;
+                .map_err(SysError::from)?;
             if attr.file_type != lego_proto::FileType::Regular || attr.mode & 0o111 == 0 {
-                return Err(libc::EACCES);
+                return Err(Errno::EACCES.into());
             }
             return Ok(());
         }
     }
-    let c_path = std::ffi::CString::new(path.to_vec()).map_err(|_| libc::ENOENT)?;
+    let c_path = std::ffi::CString::new(path.to_vec()).map_err(|_| Errno::ENOENT)?;
     // Safety: access and stat read a NUL-terminated path of ours.
     unsafe {
         if libc::access(c_path.as_ptr(), libc::X_OK) != 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EACCES));
+            return Err(Errno::last().into());
         }
         let mut st: libc::stat = std::mem::zeroed();
         if libc::stat(c_path.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(libc::EACCES);
+            return Err(Errno::EACCES.into());
         }
     }
     Ok(())

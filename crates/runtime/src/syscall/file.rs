@@ -5,42 +5,22 @@
 //! Every handler starts the same way: find out whether its descriptor or
 //! path is a storage file; if not, make the host call (with a normalised
 //! path where one was given relative to a storage directory).
+//!
+//! A storage failure is the application's errno; a lost storage manager
+//! is a fault of the runtime (`SysError::Fatal`, from `StorageError`).
 
-use super::Call;
-use crate::sud::host_syscall;
+use super::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
+use crate::sud::raw_syscall;
 use crate::vfs::path::{is_host, normalize, split_last};
 use crate::vfs::storage::StorageError;
 use crate::vfs::{OpenFile, Vfs};
-use crate::{fatal, user, Runtime};
+use crate::{user, Runtime};
 use lego_proto::{
     dirent64_len, FileAttr, FileHandle, FileType, SetAttr, StorageReply, StorageRequest,
     MAX_READ_LEN, MAX_WRITE_LEN,
 };
 use std::ffi::CString;
 use std::sync::Arc;
-
-pub(super) type SysResult = Result<i64, i32>;
-
-pub(super) fn ret(r: SysResult) -> i64 {
-    match r {
-        Ok(v) => v,
-        Err(e) => -(e as i64),
-    }
-}
-
-/// A storage failure as the application sees it; a lost storage manager
-/// ends the process.
-pub(super) fn errno_of(e: StorageError) -> i32 {
-    match e {
-        StorageError::Errno(errno) => errno,
-        StorageError::Lost(why) => fatal(&why),
-    }
-}
-
-pub(super) fn pass(c: &Call) -> i64 {
-    // Safety: the application's own call, unchanged, on host objects.
-    unsafe { host_syscall(c.nr, c.args) }
-}
 
 /// Where a path leads.
 pub(super) enum Place {
@@ -56,13 +36,13 @@ pub(super) enum Place {
     },
 }
 
-pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString, i32> {
-    CString::new(bytes).map_err(|_| libc::EINVAL)
+pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString, Errno> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
 }
 
 /// Classifies `path` relative to `dirfd` (AT_FDCWD for the working
 /// directory).
-pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, i32> {
+pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, Errno> {
     let base = if path.starts_with(b"/") {
         None
     } else if dirfd as i32 == libc::AT_FDCWD {
@@ -70,7 +50,7 @@ pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, i32> {
         Some((cwd.path.clone(), cwd.handle.clone()))
     } else if let Some(file) = vfs.file(dirfd) {
         if file.file_type != FileType::Directory {
-            return Err(libc::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         }
         if file.handle.0.is_empty() {
             // A directory the runtime serves (/proc/self/fd): a host path.
@@ -104,15 +84,16 @@ pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, i32> {
     }
 }
 
-pub(super) fn read_path(ptr: u64) -> Result<Vec<u8>, i32> {
+pub(super) fn read_path(ptr: u64) -> Result<Vec<u8>, Errno> {
     user::read_cstring(ptr, libc::PATH_MAX as usize)
 }
 
 /// Makes a host call with `path` (an absolute path of ours) in argument
 /// `index`, or the original call when `path` is `None`.
-pub(super) fn host_call(c: &Call, index: usize, path: Option<CString>) -> i64 {
+pub(super) fn host_call(cx: &mut Ctx, c: &Call, index: usize, path: Option<CString>) -> SysResult {
     match path {
-        None => pass(c),
+        // Safety: the application's own call, unchanged, on host objects.
+        None => unsafe { cx.host(c.nr, c.args) },
         Some(path) => {
             let mut args = c.args;
             args[index] = path.as_ptr() as u64;
@@ -121,7 +102,7 @@ pub(super) fn host_call(c: &Call, index: usize, path: Option<CString>) -> i64 {
             // Safety: `path` outlives the call; the rest are the
             // application's arguments. (Opening a FIFO may block: it runs
             // with the application's signal mask like any blocking call.)
-            unsafe { host_syscall(c.nr, args) }
+            unsafe { cx.host(c.nr, args) }
         }
     }
 }
@@ -131,10 +112,10 @@ pub(super) fn lookup(
     dir: FileHandle,
     path: Vec<u8>,
     follow: bool,
-) -> Result<(FileHandle, FileAttr), i32> {
-    vfs.storage
-        .found(StorageRequest::Lookup { dir, path, follow })
-        .map_err(errno_of)
+) -> Result<(FileHandle, FileAttr), SysError> {
+    Ok(vfs
+        .storage
+        .found(StorageRequest::Lookup { dir, path, follow })?)
 }
 
 /// The parent directory and the new name a creating call acts on.
@@ -142,11 +123,11 @@ pub(super) fn parent_and_name(
     vfs: &Vfs,
     dir: FileHandle,
     path: &[u8],
-) -> Result<(FileHandle, Vec<u8>), i32> {
-    let (parent, name) = split_last(path).ok_or(libc::EEXIST)?;
+) -> Result<(FileHandle, Vec<u8>), SysError> {
+    let (parent, name) = split_last(path).ok_or(Errno::EEXIST)?;
     let (parent_handle, attr) = lookup(vfs, dir, parent.to_vec(), true)?;
     if attr.file_type != FileType::Directory {
-        return Err(libc::ENOTDIR);
+        return Err(Errno::ENOTDIR.into());
     }
     Ok((parent_handle, name.to_vec()))
 }
@@ -162,9 +143,9 @@ pub(super) fn umask() -> u32 {
 
 // ---------------------------------------------------------------- open
 
-pub fn open(rt: &Runtime, c: &Call) -> i64 {
+pub fn open(cx: &mut Ctx, c: &Call) -> SysResult {
     open_common(
-        rt,
+        cx,
         c,
         libc::AT_FDCWD as u64,
         c.args[0],
@@ -174,10 +155,10 @@ pub fn open(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn creat(rt: &Runtime, c: &Call) -> i64 {
+pub fn creat(cx: &mut Ctx, c: &Call) -> SysResult {
     let flags = (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u32;
     open_common(
-        rt,
+        cx,
         c,
         libc::AT_FDCWD as u64,
         c.args[0],
@@ -187,9 +168,9 @@ pub fn creat(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn openat(rt: &Runtime, c: &Call) -> i64 {
+pub fn openat(cx: &mut Ctx, c: &Call) -> SysResult {
     open_common(
-        rt,
+        cx,
         c,
         c.args[0],
         c.args[1],
@@ -199,28 +180,29 @@ pub fn openat(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn openat2(rt: &Runtime, c: &Call) -> i64 {
-    let Some(_) = &rt.vfs else { return pass(c) };
+pub fn openat2(cx: &mut Ctx, c: &Call) -> SysResult {
+    let Some(_) = &cx.rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
     let mut how = [0u8; 24];
     if c.args[3] < 24 {
-        return -(libc::EINVAL as i64);
+        return Err(Errno::EINVAL.into());
     }
-    if let Err(e) = user::read(c.args[2], &mut how) {
-        return -(e as i64);
-    }
+    user::read(c.args[2], &mut how)?;
     let flags = u64::from_ne_bytes(how[0..8].try_into().expect("8 bytes"));
     let mode = u64::from_ne_bytes(how[8..16].try_into().expect("8 bytes"));
     let resolve = u64::from_ne_bytes(how[16..24].try_into().expect("8 bytes"));
     if resolve != 0 {
         // RESOLVE_* restrictions are not offered yet; callers fall back.
-        return -(libc::ENOSYS as i64);
+        return Err(Errno::ENOSYS.into());
     }
     let as_openat = Call {
         nr: libc::SYS_openat as u64,
         args: [c.args[0], c.args[1], flags, mode, 0, 0],
     };
     open_common(
-        rt,
+        cx,
         &as_openat,
         c.args[0],
         c.args[1],
@@ -231,41 +213,36 @@ pub fn openat2(rt: &Runtime, c: &Call) -> i64 {
 }
 
 fn open_common(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     dirfd: u64,
     path_ptr: u64,
     flags: u32,
     mode: u32,
     path_arg: usize,
-) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
-    let path = match read_path(path_ptr) {
-        Ok(p) => p,
-        Err(e) => return -(e as i64),
+) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     };
+    let path = read_path(path_ptr)?;
     if path.is_empty() {
-        return -(libc::ENOENT as i64);
+        return Err(Errno::ENOENT.into());
     }
-    match place(vfs, dirfd, &path) {
-        Err(e) => -(e as i64),
-        Ok(Place::Host(Some(abs))) => {
+    match place(vfs, dirfd, &path)? {
+        Place::Host(Some(abs)) => {
             if let Some(content) = crate::procfs::serve(rt, abs.as_bytes()) {
-                return ret(vfs
-                    .open_content(abs.as_bytes().to_vec(), content, flags)
-                    .map(i64::from));
+                return ok(vfs.open_content(abs.as_bytes().to_vec(), content, flags)?);
             }
             if let Some(entries) = crate::procfs::listing(rt, abs.as_bytes()) {
-                return ret(vfs
-                    .open_listing(abs.as_bytes().to_vec(), entries, flags)
-                    .map(i64::from));
+                return ok(vfs.open_listing(abs.as_bytes().to_vec(), entries, flags)?);
             }
-            host_call(c, path_arg, Some(abs))
+            host_call(cx, c, path_arg, Some(abs))
         }
-        Ok(Place::Host(None)) => pass(c),
-        Ok(Place::Storage { dir, path, abs }) => {
-            ret(open_storage(vfs, dir, &path, abs, flags, mode))
-        }
+        // Safety: the application's own call, unchanged, on host objects.
+        Place::Host(None) => unsafe { cx.host(c.nr, c.args) },
+        Place::Storage { dir, path, abs } => ok(open_storage(vfs, dir, &path, abs, flags, mode)?),
     }
 }
 
@@ -276,9 +253,9 @@ fn open_storage(
     abs: Vec<u8>,
     flags: u32,
     mode: u32,
-) -> SysResult {
+) -> Result<i32, SysError> {
     if flags & libc::O_TMPFILE as u32 == libc::O_TMPFILE as u32 {
-        return Err(libc::EOPNOTSUPP);
+        return Err(Errno::EOPNOTSUPP.into());
     }
     let follow = flags & libc::O_NOFOLLOW as u32 == 0;
     let accmode = flags & libc::O_ACCMODE as u32;
@@ -297,34 +274,32 @@ fn open_storage(
             Ok(found) => found,
             // A symlink in the way: open what it points to (creating
             // through a dangling link is not offered yet).
-            Err(StorageError::Errno(libc::ELOOP)) if follow => {
+            Err(StorageError::Errno(Errno::ELOOP)) if follow => {
                 lookup(vfs, dir, path.to_vec(), true)?
             }
-            Err(e) => return Err(errno_of(e)),
+            Err(e) => return Err(e.into()),
         }
     } else {
         let (handle, attr) = lookup(vfs, dir, path.to_vec(), follow)?;
         if attr.file_type == FileType::Symlink && flags & libc::O_PATH as u32 == 0 {
-            return Err(libc::ELOOP);
+            return Err(Errno::ELOOP.into());
         }
         if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
-            vfs.storage
-                .attr(StorageRequest::Setattr {
-                    handle: handle.clone(),
-                    set: SetAttr {
-                        size: Some(0),
-                        ..SetAttr::default()
-                    },
-                })
-                .map_err(errno_of)?;
+            vfs.storage.attr(StorageRequest::Setattr {
+                handle: handle.clone(),
+                set: SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            })?;
         }
         (handle, attr)
     };
     if flags & libc::O_DIRECTORY as u32 != 0 && attr.file_type != FileType::Directory {
-        return Err(libc::ENOTDIR);
+        return Err(Errno::ENOTDIR.into());
     }
     if writing && attr.file_type == FileType::Directory {
-        return Err(libc::EISDIR);
+        return Err(Errno::EISDIR.into());
     }
     if !matches!(
         attr.file_type,
@@ -332,19 +307,21 @@ fn open_storage(
     ) {
         // Devices, FIFOs and sockets inside the export are the storage
         // host's; they cannot be opened from here.
-        return Err(libc::ENXIO);
+        return Err(Errno::ENXIO.into());
     }
-    vfs.open_handle(handle, &attr, abs, flags).map(i64::from)
+    Ok(vfs.open_handle(handle, &attr, abs, flags)?)
 }
 
 // ---------------------------------------------------------------- descriptors
 
-pub fn close(rt: &Runtime, c: &Call) -> i64 {
+pub fn close(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     if rt.is_runtime_fd(c.args[0]) {
-        return -(libc::EBADF as i64);
+        return Err(Errno::EBADF.into());
     }
-    let r = pass(c);
-    if r == 0 {
+    // Safety: the application's own call, unchanged, on host objects.
+    let r = unsafe { cx.host(c.nr, c.args) };
+    if r == Ok(Outcome::Return(0)) {
         if let Some(vfs) = &rt.vfs {
             vfs.remove(c.args[0] as i32);
         }
@@ -352,9 +329,11 @@ pub fn close(rt: &Runtime, c: &Call) -> i64 {
     r
 }
 
-/// After a host dup of `old` to `new`: `new` names the same open file.
-fn after_dup(rt: &Runtime, old: u64, new: i64) -> i64 {
-    if let Some(vfs) = &rt.vfs {
+/// After a host dup of `old` to the descriptor `r` returned: it names the
+/// same open file.
+fn after_dup(rt: &Runtime, old: u64, r: SysResult) -> SysResult {
+    if let (Some(vfs), Ok(Outcome::Return(new))) = (&rt.vfs, &r) {
+        let new = *new;
         if new >= 0 {
             vfs.remove(new as i32);
             if let Some(file) = vfs.file(old) {
@@ -362,36 +341,41 @@ fn after_dup(rt: &Runtime, old: u64, new: i64) -> i64 {
             }
         }
     }
-    new
+    r
 }
 
-pub fn dup(rt: &Runtime, c: &Call) -> i64 {
+pub fn dup(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     if rt.is_runtime_fd(c.args[0]) {
-        return -(libc::EBADF as i64);
+        return Err(Errno::EBADF.into());
     }
-    let new = pass(c);
+    // Safety: the application's own call, unchanged, on host objects.
+    let new = unsafe { cx.host(c.nr, c.args) };
     after_dup(rt, c.args[0], new)
 }
 
-pub fn dup2(rt: &Runtime, c: &Call) -> i64 {
+pub fn dup2(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     if rt.is_runtime_fd(c.args[0]) || rt.is_runtime_fd(c.args[1]) {
-        return -(libc::EBADF as i64);
+        return Err(Errno::EBADF.into());
     }
-    let new = pass(c);
+    // Safety: the application's own call, unchanged, on host objects.
+    let new = unsafe { cx.host(c.nr, c.args) };
     if c.args[0] == c.args[1] {
         return new;
     }
     after_dup(rt, c.args[0], new)
 }
 
-pub fn dup3(rt: &Runtime, c: &Call) -> i64 {
-    dup2(rt, c)
+pub fn dup3(cx: &mut Ctx, c: &Call) -> SysResult {
+    dup2(cx, c)
 }
 
-pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
-    let r = super::fs::close_range(rt, c);
+pub fn close_range(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let r = close_range_host(cx, c);
     const CLOSE_RANGE_CLOEXEC: u64 = 4;
-    if r == 0 && (c.args[2] as u32 as u64) & CLOSE_RANGE_CLOEXEC == 0 {
+    if r == Ok(Outcome::Return(0)) && (c.args[2] as u32 as u64) & CLOSE_RANGE_CLOEXEC == 0 {
         if let Some(vfs) = &rt.vfs {
             for fd in vfs.fds() {
                 let fd64 = fd as u64;
@@ -405,15 +389,19 @@ pub fn close_range(rt: &Runtime, c: &Call) -> i64 {
     r
 }
 
-pub fn fcntl(rt: &Runtime, c: &Call) -> i64 {
+pub fn fcntl(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     let [fd, cmd, arg, ..] = c.args;
     if rt.is_runtime_fd(fd) {
-        return -(libc::EBADF as i64);
+        return Err(Errno::EBADF.into());
     }
     let file = rt.vfs.as_ref().and_then(|v| v.file(fd));
-    let Some(file) = file else { return pass(c) };
+    let Some(file) = file else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
     match cmd as i32 {
-        libc::F_GETFL => (file.status() | libc::O_LARGEFILE as u32) as i64,
+        libc::F_GETFL => ok((file.status() | libc::O_LARGEFILE as u32) as i64),
         libc::F_SETFL => {
             let settable = (libc::O_APPEND
                 | libc::O_NONBLOCK
@@ -425,51 +413,56 @@ pub fn fcntl(rt: &Runtime, c: &Call) -> i64 {
                 (old & !settable) | (arg as u32 & settable),
                 std::sync::atomic::Ordering::Relaxed,
             );
-            0
+            ok(0)
         }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-            let new = pass(c);
+            // Safety: the application's own call, unchanged: the host
+            // duplicates the placeholder descriptor.
+            let new = unsafe { cx.host(c.nr, c.args) };
             after_dup(rt, fd, new)
         }
         libc::F_GETLK | libc::F_OFD_GETLK => {
             // One process holds every lock it asks for: nothing conflicts.
             let mut lock = [0u8; 32];
-            if let Err(e) = user::read(arg, &mut lock) {
-                return -(e as i64);
-            }
+            user::read(arg, &mut lock)?;
             lock[0..2].copy_from_slice(&(libc::F_UNLCK as i16).to_ne_bytes());
-            ret(user::write(arg, &lock).map(|_| 0))
+            user::write(arg, &lock)?;
+            ok(0)
         }
-        libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => 0,
-        _ => pass(c),
+        libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => ok(0),
+        // Safety: the application's own call, unchanged, on the
+        // placeholder descriptor (descriptor flags and the like).
+        _ => unsafe { cx.host(c.nr, c.args) },
     }
 }
 
-pub fn ioctl(rt: &Runtime, c: &Call) -> i64 {
+pub fn ioctl(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     if rt.is_runtime_fd(c.args[0]) {
-        return -(libc::EBADF as i64);
+        return Err(Errno::EBADF.into());
     }
     let Some(file) = rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) else {
-        return pass(c);
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     };
     match c.args[1] {
-        x if x == libc::FIOCLEX || x == libc::FIONCLEX => pass(c),
+        // Safety: the application's own call, unchanged: close-on-exec
+        // rides on the placeholder descriptor's own flag.
+        x if x == libc::FIOCLEX || x == libc::FIONCLEX => unsafe { cx.host(c.nr, c.args) },
         x if x == libc::FIONREAD => {
-            let attr = match getattr(rt, &file) {
-                Ok(a) => a,
-                Err(e) => return -(e as i64),
-            };
+            let attr = getattr(rt, &file)?;
             let left = attr.size.saturating_sub(*file.offset.lock());
             let value = (left.min(i32::MAX as u64) as i32).to_ne_bytes();
-            ret(user::write(c.args[2], &value).map(|_| 0))
+            user::write(c.args[2], &value)?;
+            ok(0)
         }
-        _ => -(libc::ENOTTY as i64),
+        _ => Err(Errno::ENOTTY.into()),
     }
 }
 
 // ---------------------------------------------------------------- data
 
-pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, i32> {
+pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, SysError> {
     if file.listing.is_some() {
         return Ok(FileAttr {
             file_type: FileType::Directory,
@@ -510,20 +503,25 @@ pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, i32> {
         .vfs
         .as_ref()
         .expect("storage files exist only with a vfs");
-    vfs.storage
-        .attr(StorageRequest::Getattr {
-            handle: file.handle.clone(),
-        })
-        .map_err(errno_of)
+    Ok(vfs.storage.attr(StorageRequest::Getattr {
+        handle: file.handle.clone(),
+    })?)
 }
 
-/// Reads up to `len` bytes at `offset` into application memory at `buf`.
-pub(super) fn read_at(rt: &Runtime, file: &OpenFile, buf: u64, len: u64, offset: u64) -> SysResult {
+/// Reads up to `len` bytes at `offset` into application memory at `buf`;
+/// returns the count.
+pub(super) fn read_at(
+    rt: &Runtime,
+    file: &OpenFile,
+    buf: u64,
+    len: u64,
+    offset: u64,
+) -> Result<i64, SysError> {
     if file.file_type == FileType::Directory {
-        return Err(libc::EISDIR);
+        return Err(Errno::EISDIR.into());
     }
     if !file.readable() {
-        return Err(libc::EBADF);
+        return Err(Errno::EBADF.into());
     }
     if len == 0 {
         return Ok(0);
@@ -538,22 +536,19 @@ pub(super) fn read_at(rt: &Runtime, file: &OpenFile, buf: u64, len: u64, offset:
         .vfs
         .as_ref()
         .expect("storage files exist only with a vfs");
-    let (reply, data) = vfs
-        .storage
-        .call(
-            StorageRequest::Read {
-                handle: file.handle.clone(),
-                offset,
-                len: len.min(MAX_READ_LEN as u64) as u32,
-            },
-            &[],
-        )
-        .map_err(errno_of)?;
+    let (reply, data) = vfs.storage.call(
+        StorageRequest::Read {
+            handle: file.handle.clone(),
+            offset,
+            len: len.min(MAX_READ_LEN as u64) as u32,
+        },
+        &[],
+    )?;
     if !matches!(reply, StorageReply::Data { .. }) || data.len() as u64 > len {
-        fatal(&format!(
+        return Err(SysError::fatal(format!(
             "the storage manager answered a read with {}",
             reply.name()
-        ));
+        )));
     }
     user::write(buf, &data)?;
     Ok(data.len() as i64)
@@ -568,9 +563,9 @@ fn write_at(
     len: u64,
     offset: u64,
     append: bool,
-) -> Result<(i64, u64), i32> {
+) -> Result<(i64, u64), SysError> {
     if !file.writable() {
-        return Err(libc::EBADF);
+        return Err(Errno::EBADF.into());
     }
     let len = len.min(MAX_WRITE_LEN as u64) as usize;
     let mut data = vec![0u8; len];
@@ -590,30 +585,33 @@ fn write_at(
                 stable,
             },
             &[&data],
-        )
-        .map_err(errno_of)?
+        )?
         .0
     {
         StorageReply::Written { count, attr } => Ok((count as i64, attr.size)),
-        other => fatal(&format!(
+        other => Err(SysError::fatal(format!(
             "the storage manager answered a write with {}",
             other.name()
-        )),
+        ))),
     }
 }
 
+/// Serves a call on descriptor argument 0: `f` on its storage file (the
+/// value it gives is the call's), the host call on any other descriptor.
 pub(super) fn with_file(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
-    f: impl FnOnce(&Arc<OpenFile>) -> SysResult,
-) -> i64 {
+    f: impl FnOnce(&Arc<OpenFile>) -> Result<i64, SysError>,
+) -> SysResult {
+    let rt = cx.rt;
     if rt.is_runtime_fd(c.args[0]) {
         // Not the application's: as if it were not open.
-        return -(libc::EBADF as i64);
+        return Err(Errno::EBADF.into());
     }
     match rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) {
-        Some(file) => ret(f(&file)),
-        None => pass(c),
+        Some(file) => f(&file).map(Outcome::Return),
+        // Safety: the application's own call, unchanged, on host objects.
+        None => unsafe { cx.host(c.nr, c.args) },
     }
 }
 
@@ -621,8 +619,9 @@ fn lock_offset(file: &OpenFile) -> crate::vfs::offset::OffsetGuard<'_> {
     file.offset.lock()
 }
 
-pub fn read(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn read(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let mut offset = lock_offset(file);
         let n = read_at(rt, file, c.args[1], c.args[2], *offset)?;
         *offset += n as u64;
@@ -630,17 +629,19 @@ pub fn read(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn pread64(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn pread64(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         if (c.args[3] as i64) < 0 {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         read_at(rt, file, c.args[1], c.args[2], c.args[3])
     })
 }
 
-pub fn write(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn write(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let mut offset = lock_offset(file);
         let append = file.status() & libc::O_APPEND as u32 != 0;
         let (n, size) = write_at(rt, file, c.args[1], c.args[2], *offset, append)?;
@@ -649,10 +650,11 @@ pub fn write(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn pwrite64(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn pwrite64(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         if (c.args[3] as i64) < 0 {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         let append = file.status() & libc::O_APPEND as u32 != 0;
         write_at(rt, file, c.args[1], c.args[2], c.args[3], append).map(|(n, _)| n)
@@ -660,9 +662,9 @@ pub fn pwrite64(rt: &Runtime, c: &Call) -> i64 {
 }
 
 /// The (base, len) pairs of an iovec array.
-fn iovecs(ptr: u64, count: u64) -> Result<Vec<(u64, u64)>, i32> {
+fn iovecs(ptr: u64, count: u64) -> Result<Vec<(u64, u64)>, Errno> {
     if count > 1024 {
-        return Err(libc::EINVAL);
+        return Err(Errno::EINVAL);
     }
     let mut raw = vec![0u8; count as usize * 16];
     user::read(ptr, &mut raw)?;
@@ -678,7 +680,13 @@ fn iovecs(ptr: u64, count: u64) -> Result<Vec<(u64, u64)>, i32> {
 }
 
 /// readv/preadv: fills each buffer in turn, stopping at a short read.
-fn readv_at(rt: &Runtime, file: &OpenFile, iov: u64, count: u64, mut offset: u64) -> SysResult {
+fn readv_at(
+    rt: &Runtime,
+    file: &OpenFile,
+    iov: u64,
+    count: u64,
+    mut offset: u64,
+) -> Result<i64, SysError> {
     let mut total = 0;
     for (base, len) in iovecs(iov, count)? {
         let n = read_at(rt, file, base, len, offset)?;
@@ -697,7 +705,7 @@ fn writev_at(
     iov: u64,
     count: u64,
     mut offset: u64,
-) -> Result<(i64, u64), i32> {
+) -> Result<(i64, u64), SysError> {
     let append = file.status() & libc::O_APPEND as u32 != 0;
     let mut total = 0;
     let mut size = offset;
@@ -716,8 +724,9 @@ fn writev_at(
     Ok((total, if append { size } else { offset }))
 }
 
-pub fn readv(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn readv(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let mut offset = lock_offset(file);
         let n = readv_at(rt, file, c.args[1], c.args[2], *offset)?;
         *offset += n as u64;
@@ -725,8 +734,9 @@ pub fn readv(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn preadv(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn preadv(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         if c.args[3] as i64 == -1 {
             let mut offset = lock_offset(file);
             let n = readv_at(rt, file, c.args[1], c.args[2], *offset)?;
@@ -737,8 +747,9 @@ pub fn preadv(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn writev(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn writev(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let mut offset = lock_offset(file);
         let (n, next) = writev_at(rt, file, c.args[1], c.args[2], *offset)?;
         *offset = next;
@@ -746,8 +757,9 @@ pub fn writev(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn pwritev(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn pwritev(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         if c.args[3] as i64 == -1 {
             let mut offset = lock_offset(file);
             let (n, next) = writev_at(rt, file, c.args[1], c.args[2], *offset)?;
@@ -758,8 +770,9 @@ pub fn pwritev(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn lseek(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn lseek(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let mut offset = lock_offset(file);
         let delta = c.args[1] as i64;
         let new = match c.args[2] as i32 {
@@ -769,7 +782,7 @@ pub fn lseek(rt: &Runtime, c: &Call) -> i64 {
             libc::SEEK_DATA | libc::SEEK_HOLE => {
                 let size = getattr(rt, file)?.size as i64;
                 if delta < 0 || delta >= size {
-                    return Err(libc::ENXIO);
+                    return Err(Errno::ENXIO.into());
                 }
                 if c.args[2] as i32 == libc::SEEK_DATA {
                     delta
@@ -777,10 +790,10 @@ pub fn lseek(rt: &Runtime, c: &Call) -> i64 {
                     size
                 }
             }
-            _ => return Err(libc::EINVAL),
+            _ => return Err(Errno::EINVAL.into()),
         };
         if new < 0 {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if file.file_type == FileType::Directory && new == 0 {
             *file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner()) = 0;
@@ -790,10 +803,11 @@ pub fn lseek(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn getdents64(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn getdents64(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         if file.file_type != FileType::Directory {
-            return Err(libc::ENOTDIR);
+            return Err(Errno::ENOTDIR.into());
         }
         let vfs = rt
             .vfs
@@ -814,43 +828,40 @@ pub fn getdents64(rt: &Runtime, c: &Call) -> i64 {
                     cookie: i as u64 + 1,
                 })
                 .collect();
-            return write_dirents(c.args[1], budget, &entries, &mut cookie);
+            return Ok(write_dirents(c.args[1], budget, &entries, &mut cookie)?);
         }
-        let (reply, _) = vfs
-            .storage
-            .call(
-                StorageRequest::Readdir {
-                    dir: file.handle.clone(),
-                    cookie: *cookie,
-                    max_bytes: budget,
-                },
-                &[],
-            )
-            .map_err(errno_of)?;
+        let (reply, _) = vfs.storage.call(
+            StorageRequest::Readdir {
+                dir: file.handle.clone(),
+                cookie: *cookie,
+                max_bytes: budget,
+            },
+            &[],
+        )?;
         let StorageReply::Entries { entries, .. } = reply else {
-            fatal(&format!(
+            return Err(SysError::fatal(format!(
                 "the storage manager answered a readdir with {}",
                 reply.name()
-            ));
+            )));
         };
-        write_dirents(c.args[1], budget, &entries, &mut cookie)
+        Ok(write_dirents(c.args[1], budget, &entries, &mut cookie)?)
     })
 }
 
 /// Lays `entries` out as `getdents64` does, as many as fit in `budget`
-/// bytes, and advances `cookie` past them.
+/// bytes, and advances `cookie` past them; returns the bytes written.
 fn write_dirents(
     buf: u64,
     budget: u32,
     entries: &[lego_proto::DirEntry],
     cookie: &mut u64,
-) -> SysResult {
+) -> Result<i64, Errno> {
     let mut out = Vec::with_capacity(budget as usize);
     for entry in entries {
         let reclen = dirent64_len(entry.name.len());
         if out.len() + reclen > budget as usize {
             if out.is_empty() {
-                return Err(libc::EINVAL);
+                return Err(Errno::EINVAL);
             }
             break;
         }
@@ -866,30 +877,30 @@ fn write_dirents(
     Ok(out.len() as i64)
 }
 
-pub fn fsync(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn fsync(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let vfs = rt
             .vfs
             .as_ref()
             .expect("storage files exist only with a vfs");
-        vfs.storage
-            .done(StorageRequest::Commit {
-                handle: file.handle.clone(),
-                data_only: c.nr == libc::SYS_fdatasync as u64,
-            })
-            .map_err(errno_of)?;
+        vfs.storage.done(StorageRequest::Commit {
+            handle: file.handle.clone(),
+            data_only: c.nr == libc::SYS_fdatasync as u64,
+        })?;
         Ok(0)
     })
 }
 
 /// Hints and calls with nothing to do on a storage file.
-pub fn noop_on_storage(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |_| Ok(0))
+pub fn noop_on_storage(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_file(cx, c, |_| Ok(0))
 }
 
 /// Copies between descriptors: not offered on storage files; callers fall
 /// back to read and write.
-pub fn copy_unsupported(rt: &Runtime, c: &Call) -> i64 {
+pub fn copy_unsupported(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     let storage = |fd: u64| rt.vfs.as_ref().and_then(|v| v.file(fd)).is_some();
     let (a, b) = match c.nr as i64 {
         libc::SYS_copy_file_range => (c.args[0], c.args[2]),
@@ -897,22 +908,25 @@ pub fn copy_unsupported(rt: &Runtime, c: &Call) -> i64 {
         _ => (c.args[0], c.args[1]),
     };
     if storage(a) || storage(b) {
-        return -(if c.nr as i64 == libc::SYS_copy_file_range {
-            libc::EXDEV
+        return Err(if c.nr as i64 == libc::SYS_copy_file_range {
+            Errno::EXDEV
         } else {
-            libc::EINVAL
-        }) as i64;
+            Errno::EINVAL
+        }
+        .into());
     }
-    pass(c)
+    // Safety: the application's own call, unchanged, on host objects.
+    unsafe { cx.host(c.nr, c.args) }
 }
 
-pub fn fallocate(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn fallocate(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let [_, mode, offset, len, ..] = c.args;
         if mode != 0 {
-            return Err(libc::EOPNOTSUPP);
+            return Err(Errno::EOPNOTSUPP.into());
         }
-        let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
         if end > getattr(rt, file)?.size {
             setattr(
                 rt,
@@ -927,10 +941,11 @@ pub fn fallocate(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub fn ftruncate(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn ftruncate(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         if !file.writable() {
-            return Err(libc::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         setattr(
             rt,
@@ -943,22 +958,22 @@ pub fn ftruncate(rt: &Runtime, c: &Call) -> i64 {
     })
 }
 
-pub(super) fn setattr(rt: &Runtime, handle: &FileHandle, set: SetAttr) -> SysResult {
+/// Sets attributes of a storage file; the call's value is 0.
+pub(super) fn setattr(rt: &Runtime, handle: &FileHandle, set: SetAttr) -> Result<i64, SysError> {
     let vfs = rt
         .vfs
         .as_ref()
         .expect("storage files exist only with a vfs");
-    vfs.storage
-        .attr(StorageRequest::Setattr {
-            handle: handle.clone(),
-            set,
-        })
-        .map_err(errno_of)?;
+    vfs.storage.attr(StorageRequest::Setattr {
+        handle: handle.clone(),
+        set,
+    })?;
     Ok(0)
 }
 
-pub fn fchmod(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn fchmod(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         setattr(
             rt,
             &file.handle,
@@ -979,8 +994,44 @@ pub(super) fn owner(uid: u64, gid: u64) -> SetAttr {
     }
 }
 
-pub fn fchown(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn fchown(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         setattr(rt, &file.handle, owner(c.args[1], c.args[2]))
     })
+}
+
+/// close_range on the host, in the stretches between the runtime's own
+/// descriptors.
+fn close_range_host(cx: &mut Ctx, c: &Call) -> SysResult {
+    // The kernel's arguments are unsigned ints: truncate as it does.
+    let (first, last, flags) = (
+        c.args[0] as u32 as u64,
+        c.args[1] as u32 as u64,
+        c.args[2] as u32 as u64,
+    );
+    if first > last {
+        return Err(Errno::EINVAL.into());
+    }
+    // Apply the call to each stretch between the runtime's descriptors.
+    let mut start = first;
+    for fd in cx.rt.runtime_fds() {
+        let fd = fd as u64;
+        if fd < start || fd > last {
+            continue;
+        }
+        if fd > start {
+            // Safety: the stretch holds only application descriptors.
+            let ret = unsafe { raw_syscall(c.nr, [start, fd - 1, flags, 0, 0, 0]) };
+            if ret < 0 {
+                return returned(ret);
+            }
+        }
+        start = fd + 1;
+    }
+    if start <= last {
+        // Safety: as above.
+        return returned(unsafe { raw_syscall(c.nr, [start, last, flags, 0, 0, 0]) });
+    }
+    ok(0)
 }

@@ -20,9 +20,9 @@
 //! on the parent's processor: their inherited pipes, sockets and terminals
 //! are that host's kernel objects.
 
-use super::Call;
-use crate::sud::{self, current_ctl, raw_syscall};
-use crate::{fatal, user, Runtime};
+use super::{ok, Call, Ctx, Errno, SysError, SysResult};
+use crate::sud::{self, raw_syscall};
+use crate::{user, Runtime};
 use lego_proto::{AdoptSpec, FrameLimits, Message, ProcessId, Role};
 use lego_transport::fdpass::send_fds;
 use lego_transport::{handshake, write_frame, FrameReader, Identity};
@@ -45,10 +45,6 @@ const EXIT_SIGNAL: u64 = 0xff;
 /// closed when the child execs (or, with the process, when it ends).
 static VFORK_DONE: AtomicI32 = AtomicI32::new(-1);
 
-fn errno(e: i32) -> i64 {
-    -(e as i64)
-}
-
 /// What the new process starts with, from clone's arguments.
 struct Request {
     flags: u64,
@@ -58,9 +54,9 @@ struct Request {
     tls: u64,
 }
 
-pub fn fork(rt: &Runtime, _c: &Call) -> i64 {
+pub fn fork(cx: &mut Ctx, _c: &Call) -> SysResult {
     new_process(
-        rt,
+        cx,
         Request {
             flags: libc::SIGCHLD as u64,
             stack: 0,
@@ -74,9 +70,9 @@ pub fn fork(rt: &Runtime, _c: &Call) -> i64 {
 /// vfork: the parent waits until the child execs or ends. The child runs
 /// on a copy of the address space, not the parent's memory: what it writes
 /// before exec stays its own (programs may only call exec or _exit there).
-pub fn vfork(rt: &Runtime, _c: &Call) -> i64 {
+pub fn vfork(cx: &mut Ctx, _c: &Call) -> SysResult {
     new_process(
-        rt,
+        cx,
         Request {
             flags: CLONE_VM | CLONE_VFORK | libc::SIGCHLD as u64,
             stack: 0,
@@ -90,13 +86,13 @@ pub fn vfork(rt: &Runtime, _c: &Call) -> i64 {
 /// clone without CLONE_THREAD: a new process. CLONE_VM only with
 /// CLONE_VFORK (posix_spawn's way), served as vfork.
 pub fn clone_process(
-    rt: &Runtime,
+    cx: &mut Ctx,
     flags: u64,
     stack: u64,
     parent_tid: u64,
     child_tid: u64,
     tls: u64,
-) -> i64 {
+) -> SysResult {
     let known = CLONE_VM
         | CLONE_VFORK
         | CLONE_SETTLS
@@ -109,7 +105,7 @@ pub fn clone_process(
             "clone of a process with flags {flags:#x} refused with EINVAL: a new process \
              can share nothing with its parent but a vfork's wait"
         );
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     if flags & EXIT_SIGNAL != libc::SIGCHLD as u64 {
         tracing::warn!(
@@ -118,7 +114,7 @@ pub fn clone_process(
         );
     }
     new_process(
-        rt,
+        cx,
         Request {
             flags,
             stack,
@@ -169,7 +165,6 @@ struct ForkLocks<'a> {
     _signals: MutexGuard<'a, super::signal::SignalState>,
     _process: MutexGuard<'a, crate::procfs::ProcessView>,
     _program: MutexGuard<'a, Vec<u8>>,
-    _pending_exec: MutexGuard<'a, Option<(u64, u64)>>,
     vfs: Option<crate::vfs::VfsHold<'a>>,
     threads: super::thread::ThreadsHold,
     _arena: crate::arena::ArenaHold<'a>,
@@ -188,7 +183,6 @@ impl Runtime {
             _signals: lock(&self.signals),
             _process: lock(&self.process),
             _program: lock(&self.program),
-            _pending_exec: lock(&self.pending_exec),
             vfs: self.vfs.as_ref().map(|v| v.hold_for_fork()),
             threads: super::thread::hold_for_fork(),
             _arena: self.arena.hold_for_fork(),
@@ -199,7 +193,8 @@ impl Runtime {
     }
 }
 
-fn new_process(rt: &Runtime, req: Request) -> i64 {
+fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
+    let rt = cx.rt;
     let child = new_pid();
     let mut forking = lock(&FORKING);
     // Like Linux's fork, an exclusive hold of the address space from the
@@ -208,22 +203,24 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
     // lock the child would inherit held).
     let layout = rt.cache.change_layout();
     // The copy is made from what the memory manager holds.
-    if let Err(e) = rt.cache.flush(&layout, &rt.arena, &rt.remote) {
-        fatal(&format!(
-            "cannot write the address space back for a fork: {e}"
-        ));
-    }
-    let differences = match rt.remote.fork(child) {
-        Ok(Ok(changes)) => changes,
-        Ok(Err(e)) => return errno(e),
-        Err(why) => fatal(&why),
-    };
+    rt.cache
+        .flush(&layout, &rt.arena, &rt.remote)
+        .map_err(|e| {
+            SysError::fatal(format!(
+                "cannot write the address space back for a fork: {e}"
+            ))
+        })?;
+    let differences = rt
+        .remote
+        .fork(child)
+        .map_err(SysError::Fatal)?
+        .map_err(Errno)?;
     let vfork = if req.flags & CLONE_VFORK != 0 {
         match vfork_pipe() {
             Ok(pipe) => Some(pipe),
             Err(e) => {
                 rt.remote.release(child);
-                return errno(e.raw_os_error().unwrap_or(libc::EAGAIN));
+                return Err(Errno(e.raw_os_error().unwrap_or(libc::EAGAIN)).into());
             }
         }
     } else {
@@ -248,8 +245,8 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
         }
         forking.clear();
         drop(forking);
-        become_child(rt, layout, held, child, &req, vfork, differences);
-        return 0;
+        become_child(cx, layout, held, child, &req, vfork, differences)?;
+        return ok(0);
     }
     let fork_error = io::Error::last_os_error();
     drop(held);
@@ -265,7 +262,7 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
         if let Some((r, _)) = vfork {
             close(r);
         }
-        return errno(fork_error.raw_os_error().unwrap_or(libc::EAGAIN));
+        return Err(Errno(fork_error.raw_os_error().unwrap_or(libc::EAGAIN)).into());
     }
     if req.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(req.parent_tid, &pid.to_ne_bytes());
@@ -282,21 +279,22 @@ fn new_process(rt: &Runtime, req: Request) -> i64 {
         }
         close(r);
     }
-    pid as i64
+    ok(pid)
 }
 
 /// In the host child: makes the inherited runtime this process's own.
 /// Every failure ends the child (its parent sees it die, as of a fork
 /// whose child could not start).
 fn become_child(
-    rt: &Runtime,
+    cx: &mut Ctx,
     layout: crate::excache::LayoutChange<'_>,
     held: ForkLocks<'_>,
     pid: ProcessId,
     req: &Request,
     vfork: Option<(RawFd, RawFd)>,
     differences: Vec<lego_proto::RangeChange>,
-) {
+) -> Result<(), SysError> {
+    let rt = cx.rt;
     let parent = rt.remote.pid();
     // Reports go to our own processor connection, never the parent's.
     crate::set_report_fd(-1);
@@ -311,7 +309,6 @@ fn become_child(
         _signals,
         _process,
         _program,
-        _pending_exec,
         vfs,
         threads,
         _arena,
@@ -321,12 +318,13 @@ fn become_child(
     } = held;
     // The tables were only held so that no other thread had them at the
     // fork: free now, for this thread's use below.
-    drop((_signals, _process, _program, _pending_exec, _arena, _lifted));
-    if let Err(e) = rt.arena.renew_after_fork() {
-        fatal(&format!("forked process {pid:x}: {e}"));
-    }
+    drop((_signals, _process, _program, _arena, _lifted));
+    let failed = |why: String| SysError::fatal(format!("forked process {pid:x}: {why}"));
+    rt.arena
+        .renew_after_fork()
+        .map_err(|e| failed(e.to_string()))?;
     cache.reset_for_child();
-    super::thread::reset_after_fork(threads);
+    super::thread::reset_after_fork(cx.thread, threads);
     rt.remote.become_child(pid, remote);
     if let Some(vfs) = vfs {
         vfs.storage.disconnect();
@@ -340,27 +338,16 @@ fn become_child(
             fd
         }),
     };
-    let live = match live {
-        Ok(fd) => fd,
-        Err(e) => fatal(&format!(
-            "forked process {pid:x}: cannot make its live-counters page: {e}"
-        )),
-    };
+    let live = live.map_err(|e| failed(format!("cannot make its live-counters page: {e}")))?;
     // MADV_WIPEONFORK ranges read zeros here, MADV_DONTFORK ones are gone.
     let done = lego_proto::MemoryOpDone {
         result: 0,
         moves: Vec::new(),
         changes: differences,
     };
-    if let Err(e) = super::mem::apply(rt, &layout, &done) {
-        fatal(&format!("forked process {pid:x}: {e}"));
-    }
+    super::mem::apply(rt, &layout, &done).map_err(failed)?;
     drop(layout);
-    if let Err(e) = crate::fault::spawn(crate::runtime()) {
-        fatal(&format!(
-            "forked process {pid:x}: cannot start the fault thread: {e}"
-        ));
-    }
+    crate::fault::spawn(rt).map_err(|e| failed(format!("cannot start the fault thread: {e}")))?;
     match announce(rt, pid, parent, live) {
         Ok(fd) => crate::set_report_fd(fd),
         Err(e) => tracing::warn!(
@@ -375,27 +362,20 @@ fn become_child(
         .filter(|fd| inherited.binary_search(fd).is_ok())
         .collect();
     rt.set_runtime_fds(fds);
-    // Safety: inside the SIGSYS handler of the thread that called fork
-    // (the only one in this process), whose control block and register
-    // frame are live.
-    let ctl = unsafe { current_ctl() };
-    if let Err(e) = sud::enable_dispatch(ctl) {
-        fatal(&format!(
-            "forked process {pid:x}: cannot enable Syscall User Dispatch: {e}"
-        ));
-    }
-    if req.stack != 0 && !ctl.regs.is_null() {
-        // Safety: `regs` points into this call's live SIGSYS frame, which
-        // the handler's return loads: the child resumes on its new stack.
-        unsafe { (*(ctl.regs as *mut [i64; 23]))[libc::REG_RSP as usize] = req.stack as i64 };
+    sud::enable_dispatch(cx.thread)
+        .map_err(|e| failed(format!("cannot enable Syscall User Dispatch: {e}")))?;
+    if req.stack != 0 {
+        // The child resumes on its new stack.
+        cx.regs()[libc::REG_RSP as usize] = req.stack as i64;
     }
     if req.flags & CLONE_SETTLS != 0 {
-        ctl.app_fs = req.tls;
+        cx.thread.app_fs = req.tls;
     }
     // Safety: gettid has no preconditions.
     let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
-    super::thread::child_tids(ctl, req.flags, req.child_tid, tid);
+    super::thread::child_tids(cx.thread, req.flags, req.child_tid, tid);
     tracing::info!("process {pid:x} forked from {parent:x} (host pid {tid})");
+    Ok(())
 }
 
 /// The vfork parent may go on: the child has a program of its own now.

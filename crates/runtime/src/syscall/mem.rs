@@ -2,9 +2,9 @@
 //! owns the address space; the reply says which ranges changed, and the
 //! runtime mirrors that in host protections and in the ExCache.
 
-use super::Call;
+use super::{ok, returned, Call, Ctx, Errno, SysError, SysResult};
 use crate::excache::LayoutChange;
-use crate::{fatal, Runtime};
+use crate::Runtime;
 use lego_proto::{MemoryOp, MemoryOpDone, RangeState, USER_END};
 
 /// Makes the runtime's view match what the memory manager did.
@@ -48,29 +48,29 @@ pub fn apply(rt: &Runtime, change: &LayoutChange, done: &MemoryOpDone) -> Result
 }
 
 /// Sends one address-space call and mirrors its effect.
-fn memory_call(rt: &Runtime, op: MemoryOp) -> i64 {
+fn memory_call(rt: &Runtime, op: MemoryOp) -> SysResult {
     let name = op.name();
     // From the memory manager's change until the arena mirrors it, no
     // fault may evict (and write back) a page of the changed ranges.
     let change = rt.cache.change_layout();
     // The memory manager must hold every written-back page before the
     // address space changes under them.
-    if let Err(e) = rt.cache.settle() {
-        fatal(&format!("before {name}: {e}"));
-    }
-    match rt.remote.memory_op(op) {
-        Err(lost) => fatal(&lost),
-        Ok(Err(errno)) => -(errno as i64),
-        Ok(Ok(done)) => {
-            if let Err(e) = apply(rt, &change, &done) {
-                fatal(&format!("cannot apply {name} to the arena: {e}"));
-            }
-            done.result as i64
-        }
-    }
+    rt.cache
+        .settle()
+        .map_err(|e| SysError::fatal(format!("before {name}: {e}")))?;
+    let done = rt
+        .remote
+        .memory_op(op)
+        .map_err(SysError::Fatal)?
+        .map_err(Errno)?;
+    apply(rt, &change, &done)
+        .map_err(|e| SysError::fatal(format!("cannot apply {name} to the arena: {e}")))?;
+    // A partial failure (mprotect over a hole) is the negated errno here.
+    returned(done.result as i64)
 }
 
-pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
+pub fn mmap(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     let [addr, len, prot, flags, fd, offset] = c.args;
     let shared = matches!(
         (flags & MAP_TYPE) as i32,
@@ -98,7 +98,7 @@ pub fn mmap(rt: &Runtime, c: &Call) -> i64 {
 /// mprotect or madvise over a range that may hold shared host mappings:
 /// their parts go to the host kernel (the memory manager only reserves
 /// them), the rest to the memory manager, part by part.
-fn split_call(rt: &Runtime, c: &Call, op: impl Fn(u64, u64) -> MemoryOp) -> i64 {
+fn split_call(rt: &Runtime, c: &Call, op: impl Fn(u64, u64) -> MemoryOp) -> SysResult {
     let [addr, len, ..] = c.args;
     let end = addr
         .saturating_add(len.next_multiple_of(4096))
@@ -109,19 +109,14 @@ fn split_call(rt: &Runtime, c: &Call, op: impl Fn(u64, u64) -> MemoryOp) -> i64 
     for (start, stop) in rt.arena.host_shared_parts(addr, end) {
         // Safety: the range is a shared host mapping of the application's
         // inside the arena; the call changes its protection or advice.
-        let ret =
-            unsafe { crate::sud::raw_syscall(c.nr, [start, stop - start, c.args[2], 0, 0, 0]) };
-        if ret < 0 {
-            return ret;
-        }
+        returned(unsafe {
+            crate::sud::raw_syscall(c.nr, [start, stop - start, c.args[2], 0, 0, 0])
+        })?;
     }
     for (start, stop) in rt.arena.private_parts(addr, end) {
-        let ret = memory_call(rt, op(start, stop - start));
-        if ret < 0 {
-            return ret;
-        }
+        memory_call(rt, op(start, stop - start))?;
     }
-    0
+    ok(0)
 }
 
 const MAP_TYPE: u64 = 0x0f;
@@ -140,7 +135,7 @@ fn host_shared_mmap(
     flags: u64,
     fd: u64,
     offset: u64,
-) -> i64 {
+) -> SysResult {
     let reserve_flags = (flags & !MAP_TYPE & !(libc::MAP_POPULATE as u64))
         | libc::MAP_PRIVATE as u64
         | libc::MAP_ANONYMOUS as u64;
@@ -152,11 +147,11 @@ fn host_shared_mmap(
             prot: libc::PROT_NONE as u32,
             flags: reserve_flags as u32,
         },
-    );
-    if reserved < 0 {
-        return reserved;
-    }
-    let start = reserved as u64;
+    )?;
+    let super::Outcome::Return(start) = reserved else {
+        return Err(SysError::fatal("runtime bug: mmap returned no address"));
+    };
+    let start = start as u64;
     let anonymous = flags & libc::MAP_ANONYMOUS as u64 != 0;
     let fd = if anonymous { -1 } else { fd as i32 };
     match rt.arena.map_host_shared(
@@ -167,10 +162,16 @@ fn host_shared_mmap(
         fd,
         offset,
     ) {
-        Ok(()) => reserved,
+        Ok(()) => Ok(reserved),
         Err(e) => {
-            memory_call(rt, MemoryOp::Munmap { addr: start, len });
-            -(e.raw_os_error().unwrap_or(libc::ENODEV) as i64)
+            // The mapping's own error is the answer; only a lost memory
+            // manager is worse.
+            if let Err(SysError::Fatal(why)) =
+                memory_call(rt, MemoryOp::Munmap { addr: start, len })
+            {
+                return Err(SysError::Fatal(why));
+            }
+            Err(Errno(e.raw_os_error().unwrap_or(libc::ENODEV)).into())
         }
     }
 }
@@ -187,13 +188,13 @@ fn file_mmap(
     flags: u64,
     fd: u64,
     offset: u64,
-) -> i64 {
+) -> SysResult {
     let private = flags & MAP_TYPE == libc::MAP_PRIVATE as u64;
     if !private && prot & libc::PROT_WRITE as u64 != 0 {
-        return -(libc::ENODEV as i64);
+        return Err(Errno::ENODEV.into());
     }
     if !offset.is_multiple_of(4096) {
-        return -(libc::EINVAL as i64);
+        return Err(Errno::EINVAL.into());
     }
     let storage_file = rt.vfs.as_ref().and_then(|v| v.file(fd));
     // A storage file: the memory manager reads its pages from the storage
@@ -202,10 +203,10 @@ fn file_mmap(
     if let (Some(file), Some(vfs)) = (&storage_file, &rt.vfs) {
         if file.content.is_none() {
             if !file.readable() {
-                return -(libc::EACCES as i64);
+                return Err(Errno::EACCES.into());
             }
             if file.file_type != lego_proto::FileType::Regular {
-                return -(libc::ENODEV as i64);
+                return Err(Errno::ENODEV.into());
             }
             return memory_call(
                 rt,
@@ -224,27 +225,27 @@ fn file_mmap(
     let size = match &storage_file {
         Some(file) => {
             if !file.readable() {
-                return -(libc::EACCES as i64);
+                return Err(Errno::EACCES.into());
             }
-            match super::file::getattr(rt, file) {
-                Ok(attr) if attr.file_type == lego_proto::FileType::Regular => attr.size,
-                Ok(_) => return -(libc::ENODEV as i64),
-                Err(e) => return -(e as i64),
+            let attr = super::file::getattr(rt, file)?;
+            if attr.file_type != lego_proto::FileType::Regular {
+                return Err(Errno::ENODEV.into());
             }
+            attr.size
         }
         None => {
             // Safety: fstat/fcntl on the application's descriptor, into our
             // buffer.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             if unsafe { libc::fstat(fd as i32, &mut st) } != 0 {
-                return -(libc::EBADF as i64);
+                return Err(Errno::EBADF.into());
             }
             if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                return -(libc::ENODEV as i64);
+                return Err(Errno::ENODEV.into());
             }
             let access = unsafe { libc::fcntl(fd as i32, libc::F_GETFL) } & libc::O_ACCMODE;
             if access == libc::O_WRONLY {
-                return -(libc::EACCES as i64);
+                return Err(Errno::EACCES.into());
             }
             st.st_size as u64
         }
@@ -259,57 +260,52 @@ fn file_mmap(
             prot: rw,
             flags: anon_flags as u32,
         },
-    );
-    if mapped < 0 {
-        return mapped;
-    }
-    let start = mapped as u64;
+    )?;
+    let super::Outcome::Return(start) = mapped else {
+        return Err(SysError::fatal("runtime bug: mmap returned no address"));
+    };
+    let start = start as u64;
     let want = len.min(size.saturating_sub(offset));
     let mut done = 0u64;
     while done < want {
         let n = match &storage_file {
-            Some(file) => {
-                match super::file::read_at(rt, file, start + done, want - done, offset + done) {
-                    Ok(n) => n,
-                    Err(e) => -(e as i64),
-                }
-            }
+            Some(file) => super::file::read_at(rt, file, start + done, want - done, offset + done),
             // Safety: reads the application's file into the mapping just
             // made for it, which is writable; the kernel serves its faults.
-            None => unsafe {
+            None => returned(unsafe {
                 crate::sud::raw_syscall(
                     libc::SYS_pread64 as u64,
                     [fd, start + done, want - done, offset + done, 0, 0],
                 )
-            },
+            })
+            .map(|read| match read {
+                super::Outcome::Return(n) => n,
+                _ => 0,
+            }),
         };
-        if n == -(libc::EINTR as i64) {
-            continue;
+        match n {
+            Err(SysError::Errno(Errno::EINTR)) => continue,
+            Err(SysError::Fatal(why)) => return Err(SysError::Fatal(why)),
+            Ok(n) if n > 0 => done += n as u64,
+            _ => break,
         }
-        if n <= 0 {
-            break;
-        }
-        done += n as u64;
     }
     if prot as u32 != rw {
-        let protected = memory_call(
+        memory_call(
             rt,
             MemoryOp::Mprotect {
                 addr: start,
                 len,
                 prot: prot as u32,
             },
-        );
-        if protected < 0 {
-            return protected;
-        }
+        )?;
     }
-    mapped
+    Ok(mapped)
 }
 
-pub fn munmap(rt: &Runtime, c: &Call) -> i64 {
+pub fn munmap(cx: &mut Ctx, c: &Call) -> SysResult {
     memory_call(
-        rt,
+        cx.rt,
         MemoryOp::Munmap {
             addr: c.args[0],
             len: c.args[1],
@@ -317,22 +313,23 @@ pub fn munmap(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn mprotect(rt: &Runtime, c: &Call) -> i64 {
-    split_call(rt, c, |addr, len| MemoryOp::Mprotect {
+pub fn mprotect(cx: &mut Ctx, c: &Call) -> SysResult {
+    split_call(cx.rt, c, |addr, len| MemoryOp::Mprotect {
         addr,
         len,
         prot: c.args[2] as u32,
     })
 }
 
-pub fn pkey_mprotect(rt: &Runtime, c: &Call) -> i64 {
+pub fn pkey_mprotect(cx: &mut Ctx, c: &Call) -> SysResult {
     if c.args[3] as i64 != -1 {
-        return -(libc::EINVAL as i64);
+        return Err(Errno::EINVAL.into());
     }
-    mprotect(rt, c)
+    mprotect(cx, c)
 }
 
-pub fn mremap(rt: &Runtime, c: &Call) -> i64 {
+pub fn mremap(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
     let [old_addr, old_len, new_len, flags, new_addr, _] = c.args;
     let touches = |start: u64, len: u64| {
         rt.arena
@@ -342,7 +339,7 @@ pub fn mremap(rt: &Runtime, c: &Call) -> i64 {
         || (flags & libc::MREMAP_FIXED as u64 != 0 && touches(new_addr, new_len))
     {
         tracing::warn!("mremap of a shared host mapping at {old_addr:#x} refused with EINVAL");
-        return -(libc::EINVAL as i64);
+        return Err(Errno::EINVAL.into());
     }
     memory_call(
         rt,
@@ -356,18 +353,18 @@ pub fn mremap(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn brk(rt: &Runtime, c: &Call) -> i64 {
-    memory_call(rt, MemoryOp::Brk { addr: c.args[0] })
+pub fn brk(cx: &mut Ctx, c: &Call) -> SysResult {
+    memory_call(cx.rt, MemoryOp::Brk { addr: c.args[0] })
 }
 
-pub fn madvise(rt: &Runtime, c: &Call) -> i64 {
-    split_call(rt, c, |addr, len| MemoryOp::Madvise {
+pub fn madvise(cx: &mut Ctx, c: &Call) -> SysResult {
+    split_call(cx.rt, c, |addr, len| MemoryOp::Madvise {
         addr,
         len,
         advice: c.args[2] as u32,
     })
 }
 
-pub fn accept_noop(_rt: &Runtime, _c: &Call) -> i64 {
-    0
+pub fn accept_noop(_cx: &mut Ctx, _c: &Call) -> SysResult {
+    ok(0)
 }

@@ -1,14 +1,23 @@
-//! Syscall dispatch. Every syscall the application makes arrives in
-//! [`sigsys_handler`] and is served according to the table in [`table`]:
-//! emulated by the runtime, passed through to the host kernel, or refused
-//! with an errno. One shape for every handler: it takes the runtime and
-//! the call, and returns what the application's `rax` gets — a value, or a
-//! negated errno.
+//! Syscall dispatch, and the one contract every handler follows.
+//!
+//! Every syscall the application makes arrives in [`sigsys_handler`] and
+//! is served according to the table in [`table`]: emulated by the
+//! runtime, passed through to the host kernel, or refused with an errno.
+//!
+//! The calling convention (one shape for every handler): a handler is a
+//! [`Handler`], `fn(&mut Ctx, &Call) -> SysResult`. [`Ctx`] gives it the
+//! process's kernel state, the calling thread's control block and the
+//! registers the thread will resume with; [`Call`] its number and six
+//! argument registers. It returns what happens next, an [`Outcome`], or a
+//! [`SysError`]: an [`Errno`] the application is given, or a fault of the
+//! runtime itself (a lost memory manager, a broken invariant), which ends
+//! the process in one place ([`serve`]). No handler writes `rax`, ends a
+//! thread or the process, or calls `fatal` itself: [`serve`] turns the
+//! result into register state.
 
 pub mod exec;
 pub mod file;
 pub mod fork;
-pub mod fs;
 pub mod mem;
 pub mod path;
 pub mod proc;
@@ -16,7 +25,9 @@ pub mod signal;
 pub mod table;
 pub mod thread;
 
+use crate::sud::ThreadCtl;
 use crate::Runtime;
+pub use lego_proto::Errno;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -27,34 +38,164 @@ pub struct Call {
     pub args: [u64; 6],
 }
 
-pub type Handler = fn(&Runtime, &Call) -> i64;
+/// What a handler may use while it serves one call.
+pub struct Ctx<'a> {
+    /// The process's kernel state.
+    pub rt: &'static Runtime,
+    /// The calling application thread's control block.
+    pub thread: &'a mut ThreadCtl,
+    /// The interrupted context the thread resumes with when the SIGSYS
+    /// handler returns: its registers, FPU state and signal mask.
+    pub(super) uc: &'a mut libc::ucontext_t,
+}
+
+impl Ctx<'_> {
+    /// The registers the calling thread resumes with (glibc's gregs
+    /// order); `rax` is set from the outcome afterwards.
+    pub fn regs(&mut self) -> &mut [i64; 23] {
+        &mut self.uc.uc_mcontext.gregs
+    }
+
+    /// The whole interrupted context (signal delivery and return).
+    pub fn ucontext(&mut self) -> &mut libc::ucontext_t {
+        self.uc
+    }
+
+    /// Makes the application's call on the host, with the application's
+    /// signal mask if it may block (see `sud::host_syscall`).
+    ///
+    /// # Safety
+    /// As for any syscall: the arguments must be valid for it (the
+    /// application's own, or pointers of the runtime's that outlive it).
+    pub unsafe fn host(&mut self, nr: u64, args: [u64; 6]) -> SysResult {
+        let blocks = wait_of(nr) != Wait::Never;
+        // Safety: delegated to the caller; inside the SIGSYS handler.
+        returned(unsafe { crate::sud::host_syscall(self.thread, blocks, nr, args) })
+    }
+}
+
+/// What happens after a call was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call returns this value in `rax`.
+    Return(i64),
+    /// The handler set the registers the thread resumes with
+    /// (rt_sigreturn): they are left as they are.
+    Resume,
+    /// execve succeeded: the new program starts at `entry` with its stack
+    /// at `sp`, registers cleared and FS base 0, as Linux starts one.
+    Exec { entry: u64, sp: u64 },
+    /// The calling thread ends (its clear-tid word already written).
+    ExitThread,
+    /// The process ends with this status.
+    ExitProcess(i32),
+}
+
+/// Why a call did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SysError {
+    /// The application's error: the call returns it.
+    Errno(Errno),
+    /// The runtime cannot go on (a lost memory manager, a broken
+    /// invariant): the process ends, reporting this.
+    Fatal(String),
+}
+
+impl SysError {
+    pub fn fatal(why: impl Into<String>) -> SysError {
+        SysError::Fatal(why.into())
+    }
+}
+
+impl From<Errno> for SysError {
+    fn from(e: Errno) -> SysError {
+        SysError::Errno(e)
+    }
+}
+
+/// What every handler returns.
+pub type SysResult = Result<Outcome, SysError>;
+
+/// A call returning `value`.
+pub fn ok(value: impl Into<i64>) -> SysResult {
+    Ok(Outcome::Return(value.into()))
+}
+
+/// A raw syscall's return value as a result: -4095..=-1 are errnos.
+pub fn returned(ret: i64) -> SysResult {
+    match Errno::of_return(ret) {
+        Some(e) => Err(e.into()),
+        None => Ok(Outcome::Return(ret)),
+    }
+}
+
+/// Signature of an emulating handler (see the module comment).
+pub type Handler = fn(&mut Ctx, &Call) -> SysResult;
 
 /// What Lego does with a syscall.
 #[derive(Clone, Copy)]
 pub enum Disposition {
-    /// Served by the runtime.
-    Emulate(Handler),
+    /// Served by the runtime's `handler` (named by `path`, e.g.
+    /// `file::read`, for the documentation); `partial` when the note
+    /// says what differs from Linux.
+    Emulate {
+        handler: Handler,
+        path: &'static str,
+        partial: bool,
+    },
     /// Made on the host kernel unchanged.
     Pass,
     /// Fails with this errno.
-    Refuse(i32),
+    Refuse(Errno),
 }
 
 impl Disposition {
     pub fn label(&self) -> &'static str {
         match self {
-            Disposition::Emulate(_) => "emulated",
+            Disposition::Emulate { partial: false, .. } => "emulated",
+            Disposition::Emulate { partial: true, .. } => "partly emulated",
             Disposition::Pass => "passed through",
             Disposition::Refuse(_) => "refused",
         }
     }
 }
 
+/// Whether a call may wait indefinitely, and what Linux does when a
+/// handled signal interrupts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Never waits: made with every signal blocked.
+    Never,
+    /// May wait: made with the application's signal mask, so a signal
+    /// interrupts it; restarted after a handler with SA_RESTART.
+    Restarted,
+    /// May wait, and is never restarted: EINTR whatever the handler's
+    /// flags (signal(7): sleeps, polls, sigsuspend, System V IPC).
+    Interrupted,
+}
+
+impl Wait {
+    pub fn label(self) -> &'static str {
+        match self {
+            Wait::Never => "-",
+            Wait::Restarted => "may wait; restarted (SA_RESTART)",
+            Wait::Interrupted => "may wait; never restarted",
+        }
+    }
+}
+
+/// One row of the table: everything Lego knows about a syscall number.
 pub struct Syscall {
     pub nr: u32,
     pub name: &'static str,
     pub disposition: Disposition,
+    pub wait: Wait,
     pub note: &'static str,
+}
+
+/// How `nr` waits (unknown numbers never do).
+pub fn wait_of(nr: u64) -> Wait {
+    lookup(nr).map_or(Wait::Never, |s| s.wait)
 }
 
 /// Largest syscall number the index covers.
@@ -86,13 +227,13 @@ fn log_once(nr: u64, what: impl FnOnce() -> String) {
     }
 }
 
-/// Serves one call.
-pub fn dispatch(rt: &Runtime, call: &Call) -> i64 {
+/// Serves one call by its table entry.
+fn dispatch(cx: &mut Ctx, call: &Call) -> SysResult {
     match lookup(call.nr) {
         Some(Syscall {
-            disposition: Disposition::Emulate(handler),
+            disposition: Disposition::Emulate { handler, .. },
             ..
-        }) => handler(rt, call),
+        }) => handler(cx, call),
         // Safety: a passed-through call is the application's own, made on
         // its behalf with its arguments, exactly as if it had not trapped;
         // the table passes through only calls that cannot reach runtime
@@ -100,7 +241,7 @@ pub fn dispatch(rt: &Runtime, call: &Call) -> i64 {
         Some(Syscall {
             disposition: Disposition::Pass,
             ..
-        }) => unsafe { crate::sud::host_syscall(call.nr, call.args) },
+        }) => unsafe { cx.host(call.nr, call.args) },
         Some(Syscall {
             disposition: Disposition::Refuse(errno),
             name,
@@ -108,16 +249,57 @@ pub fn dispatch(rt: &Runtime, call: &Call) -> i64 {
             ..
         }) => {
             log_once(call.nr, || {
-                format!("refused {name} ({}) with errno {errno}: {note}", call.nr)
+                format!(
+                    "refused {name} ({}) with errno {} ({}): {note}",
+                    call.nr,
+                    errno.0,
+                    errno.name().unwrap_or("unnamed")
+                )
             });
-            -(*errno as i64)
+            Err((*errno).into())
         }
         None => {
             log_once(call.nr, || {
                 format!("unknown syscall {} refused with ENOSYS", call.nr)
             });
-            -(libc::ENOSYS as i64)
+            Err(Errno::ENOSYS.into())
         }
+    }
+}
+
+/// Serves one call and turns its result into the state the thread
+/// resumes with: the one place a handler's outcome or error takes effect.
+fn serve(cx: &mut Ctx, call: &Call) {
+    // Only a blocking call made for this one may be restarted.
+    cx.thread.interrupted = 0;
+    let result = dispatch(cx, call);
+    let rax = libc::REG_RAX as usize;
+    match result {
+        Ok(Outcome::Return(value)) => cx.regs()[rax] = value,
+        Ok(Outcome::Resume) => {}
+        Ok(Outcome::Exec { entry, sp }) => {
+            let g = cx.regs();
+            let segments = g[libc::REG_CSGSFS as usize];
+            g.fill(0);
+            g[libc::REG_RIP as usize] = entry as i64;
+            g[libc::REG_RSP as usize] = sp as i64;
+            g[libc::REG_EFL as usize] = 0x202;
+            g[libc::REG_CSGSFS as usize] = segments;
+            cx.thread.app_fs = 0;
+        }
+        Ok(Outcome::ExitThread) => thread::end(cx.thread),
+        Ok(Outcome::ExitProcess(status)) => proc::end_process(cx.rt, status),
+        Err(SysError::Errno(e)) => {
+            cx.regs()[rax] = e.negated();
+            if e == Errno::EINTR {
+                signal::maybe_restart(cx.rt, cx.thread, call.nr, &mut cx.uc.uc_mcontext.gregs);
+            }
+        }
+        Err(SysError::Fatal(why)) => crate::fatal(&why),
+    }
+    if cx.thread.exit_requested {
+        // Another thread execs: the runtime holds nothing here.
+        thread::end_for_exec(cx.thread);
     }
 }
 
@@ -139,26 +321,23 @@ pub unsafe extern "C" fn sigsys_handler(
         // Safety: the kernel passes SA_SIGINFO handlers a valid ucontext,
         // which stays alive until the handler returns.
         let uc = unsafe { &mut *(uctx as *mut libc::ucontext_t) };
-        // Safety: inside the SIGSYS handler of an application thread.
-        let ctl = unsafe { crate::sud::current_ctl() };
+        // Safety: inside the SIGSYS handler of an application thread;
+        // this is the only reference to its control block while it runs.
+        let thread = unsafe { crate::sud::current_ctl() };
         let rt = crate::runtime();
-        if let Some(mask) = ctl.suspended_mask.take() {
+        if let Some(mask) = thread.suspended_mask.take() {
             // A sigsuspend whose signal was not delivered after all (its
             // disposition changed): its temporary mask ends here.
-            ctl.app_mask = mask;
+            thread.app_mask = mask;
         }
         // Safety: the kernel passes SA_SIGINFO handlers a full siginfo.
         let code = unsafe { (*info).si_code };
         if code != SYS_USER_DISPATCH {
             // A SIGSYS someone sent: the application's, not a syscall.
-            signal::sent_sigsys(rt, ctl, uc, info);
+            signal::sent_sigsys(rt, thread, uc, info);
             return;
         }
-        if uc.uc_mcontext.gregs[libc::REG_RAX as usize] == libc::SYS_rt_sigreturn {
-            signal::sigreturn_frame(rt, ctl, uc);
-            return;
-        }
-        let g = &mut uc.uc_mcontext.gregs;
+        let g = &uc.uc_mcontext.gregs;
         let call = Call {
             nr: g[libc::REG_RAX as usize] as u64,
             args: [
@@ -170,59 +349,33 @@ pub unsafe extern "C" fn sigsys_handler(
                 g[libc::REG_R9 as usize] as u64,
             ],
         };
-        // Only a blocking call made for this one may be restarted.
-        ctl.interrupted = 0;
-        ctl.regs = &*g;
-        let ret = dispatch(rt, &call);
-        ctl.regs = std::ptr::null();
-        g[libc::REG_RAX as usize] = ret;
-        signal::maybe_restart(rt, ctl, call.nr, g);
-        // Only a successful execve changes where the handler returns to.
-        let is_exec = call.nr == libc::SYS_execve as u64 || call.nr == libc::SYS_execveat as u64;
-        let exec = if is_exec && ret == 0 {
-            rt.pending_exec
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-        } else {
-            None
-        };
-        if let Some((entry, sp)) = exec {
-            // execve succeeded: return into the new program as Linux starts
-            // one (registers cleared, rsp at argc, FS base 0).
-            let segments = g[libc::REG_CSGSFS as usize];
-            for reg in g.iter_mut() {
-                *reg = 0;
-            }
-            g[libc::REG_RIP as usize] = entry as i64;
-            g[libc::REG_RSP as usize] = sp as i64;
-            g[libc::REG_EFL as usize] = 0x202;
-            g[libc::REG_CSGSFS as usize] = segments;
-            ctl.app_fs = 0;
-        }
-        if ctl.exit_requested {
-            // Another thread execs: the runtime holds nothing here.
-            thread::end_for_exec();
-        }
+        let mut cx = Ctx { rt, thread, uc };
+        serve(&mut cx, &call);
         // The kernel restores the mask saved in the frame: make it the
         // application's, as the call may have changed it.
-        signal::restore_mask_on_return(uc, ctl.app_mask);
+        let mask = cx.thread.app_mask;
+        signal::restore_mask_on_return(cx.uc, mask);
     });
     if served.is_err() {
         crate::fatal("runtime bug: a panic while serving a syscall (see the log)");
     }
 }
 
-/// Renders the compatibility table as Markdown (docs/syscalls.md).
+/// Renders the compatibility table as Markdown (docs/syscalls.md): every
+/// row names its handler, linked to the file that holds it.
 pub fn compatibility_markdown() -> String {
     let mut out = String::from(
         "# Syscall compatibility\n\n\
-         Generated from `crates/runtime/src/syscall/table.rs` (itself written by `crates/runtime/tools/gen_table.py`) by \
+         Generated from the table in \
+         [`crates/runtime/src/syscall/table.rs`](../crates/runtime/src/syscall/table.rs) by \
          `LEGO_UPDATE_DOCS=1 cargo test -p lego-runtime syscall_doc`; do not edit by hand.\n\n\
          Every x86-64 system call an application makes is trapped by the Lego runtime \
-         (Syscall User Dispatch) and is either *emulated* by Lego, *passed through* to the \
-         processor's host kernel, or *refused* with an errno. Numbers not listed fail with \
-         ENOSYS.\n\n",
+         (Syscall User Dispatch) and is either *emulated* by Lego (by the handler named; \
+         *partly emulated* when the note says what differs from Linux), *passed through* to \
+         the processor's host kernel, or *refused* with an errno. A call that may wait is \
+         made with the application's signal mask, so that a signal interrupts it as on \
+         Linux, and is restarted after an SA_RESTART handler unless Linux never restarts \
+         it. Numbers not listed fail with ENOSYS.\n\n",
     );
     let count = |label: &str| {
         table::SYSCALLS
@@ -231,35 +384,42 @@ pub fn compatibility_markdown() -> String {
             .count()
     };
     out.push_str(&format!(
-        "{} syscalls: {} emulated, {} passed through, {} refused.\n\n",
+        "{} syscalls: {} emulated, {} partly emulated, {} passed through, {} refused.\n\n",
         table::SYSCALLS.len(),
         count("emulated"),
+        count("partly emulated"),
         count("passed through"),
         count("refused")
     ));
-    out.push_str("| nr | name | disposition | note |\n|---:|---|---|---|\n");
+    out.push_str(
+        "| nr | name | disposition | handler | waits | note |\n|---:|---|---|---|---|---|\n",
+    );
     for s in table::SYSCALLS {
-        let disposition = match s.disposition {
-            Disposition::Refuse(errno) => format!("refused ({})", errno_name(errno)),
-            other => other.label().to_string(),
+        let (disposition, handler) = match s.disposition {
+            Disposition::Refuse(errno) => (
+                format!("refused ({})", errno.name().unwrap_or("errno")),
+                "-".to_string(),
+            ),
+            Disposition::Emulate { path, .. } => {
+                let family = path.split("::").next().unwrap_or(path);
+                (
+                    s.disposition.label().to_string(),
+                    format!("[`{path}`](../crates/runtime/src/syscall/{family}.rs)"),
+                )
+            }
+            Disposition::Pass => (s.disposition.label().to_string(), "host".to_string()),
         };
         out.push_str(&format!(
-            "| {} | `{}` | {} | {} |\n",
-            s.nr, s.name, disposition, s.note
+            "| {} | `{}` | {} | {} | {} | {} |\n",
+            s.nr,
+            s.name,
+            disposition,
+            handler,
+            s.wait.label(),
+            s.note
         ));
     }
     out
-}
-
-fn errno_name(errno: i32) -> &'static str {
-    match errno {
-        libc::ENOSYS => "ENOSYS",
-        libc::EPERM => "EPERM",
-        libc::EINVAL => "EINVAL",
-        libc::ENODEV => "ENODEV",
-        libc::EBADF => "EBADF",
-        _ => "errno",
-    }
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! structures they fill. See `file` for the shared conventions.
 
 use super::file::{
-    errno_of, getattr, host_call, lookup, owner, parent_and_name, pass, place, read_path, ret,
-    setattr, umask, with_file, Place, SysResult,
+    getattr, host_call, lookup, owner, parent_and_name, place, read_path, setattr, umask,
+    with_file, Place,
 };
-use super::Call;
+use super::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
+use crate::sud::raw_syscall;
 use crate::vfs::path::normalize;
 use crate::vfs::Vfs;
 use crate::{user, Runtime};
@@ -21,73 +22,71 @@ const AT_REMOVEDIR: u64 = 0x200;
 const AT_SYMLINK_FOLLOW: u64 = 0x400;
 
 /// A path call resolved: the storage file (and its absolute path), or the
-/// host call already made.
+/// host call already made (and succeeded: its failure is the error).
 enum Target {
     Storage(FileHandle, FileAttr),
-    Done(i64),
+    Done(Outcome),
 }
 
 /// Resolves `path` (argument `path_arg`) relative to `dirfd`; with
 /// AT_EMPTY_PATH and an empty path, the descriptor itself.
 fn resolve(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     dirfd: u64,
     path_arg: usize,
     flags: u64,
     follow: bool,
-) -> Target {
+) -> Result<Target, SysError> {
+    let rt = cx.rt;
     let vfs = rt.vfs.as_ref().expect("called only with a vfs");
-    let path = match read_path(c.args[path_arg]) {
-        Ok(p) => p,
-        Err(e) => return Target::Done(-(e as i64)),
-    };
+    let path = read_path(c.args[path_arg])?;
     if path.is_empty() {
         if flags & AT_EMPTY_PATH == 0 {
-            return Target::Done(-(libc::ENOENT as i64));
+            return Err(Errno::ENOENT.into());
         }
         if let Some(file) = vfs.file(dirfd) {
-            return match getattr(rt, &file) {
-                Ok(attr) => Target::Storage(file.handle.clone(), attr),
-                Err(e) => Target::Done(-(e as i64)),
-            };
+            let attr = getattr(rt, &file)?;
+            return Ok(Target::Storage(file.handle.clone(), attr));
         }
-        return Target::Done(pass(c));
+        // Safety: the application's own call, unchanged, on host objects.
+        return Ok(Target::Done(unsafe { cx.host(c.nr, c.args) }?));
     }
-    match place(vfs, dirfd, &path) {
-        Err(e) => Target::Done(-(e as i64)),
-        Ok(Place::Host(abs)) => Target::Done(host_call(c, path_arg, abs)),
-        Ok(Place::Storage { dir, path, .. }) => match lookup(vfs, dir, path, follow) {
-            Ok((handle, attr)) => Target::Storage(handle, attr),
-            Err(e) => Target::Done(-(e as i64)),
-        },
+    match place(vfs, dirfd, &path)? {
+        Place::Host(abs) => Ok(Target::Done(host_call(cx, c, path_arg, abs)?)),
+        Place::Storage { dir, path, .. } => {
+            let (handle, attr) = lookup(vfs, dir, path, follow)?;
+            Ok(Target::Storage(handle, attr))
+        }
     }
 }
 
 /// The shape every path call here has: the host call when there is no
-/// storage (or the path is the host's), else `f` on the storage file.
+/// storage (or the path is the host's), else `f` on the storage file (the
+/// value it gives is the call's).
 /// Symlinks are followed unless AT_SYMLINK_NOFOLLOW is in `flags`.
 fn on_storage(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     dirfd: u64,
     path_arg: usize,
     flags: u64,
-    f: impl FnOnce(FileHandle, FileAttr) -> i64,
-) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
+    f: impl FnOnce(FileHandle, FileAttr) -> Result<i64, SysError>,
+) -> SysResult {
+    if cx.rt.vfs.is_none() {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     }
     match resolve(
-        rt,
+        cx,
         c,
         dirfd,
         path_arg,
         flags,
         flags & AT_SYMLINK_NOFOLLOW == 0,
-    ) {
-        Target::Done(r) => r,
-        Target::Storage(handle, attr) => f(handle, attr),
+    )? {
+        Target::Done(outcome) => Ok(outcome),
+        Target::Storage(handle, attr) => f(handle, attr).map(Outcome::Return),
     }
 }
 
@@ -151,27 +150,36 @@ fn statx_bytes(a: &FileAttr) -> [u8; 256] {
     b
 }
 
-pub fn fstat(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| {
+pub fn fstat(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| {
         let attr = getattr(rt, file)?;
         user::write(c.args[1], &stat_bytes(&attr))?;
         Ok(0)
     })
 }
 
-fn stat_common(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize, flags: u64, buf: u64) -> i64 {
-    on_storage(rt, c, dirfd, path_arg, flags, |_, attr| {
-        ret(user::write(buf, &stat_bytes(&attr)).map(|_| 0))
+fn stat_common(
+    cx: &mut Ctx,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    flags: u64,
+    buf: u64,
+) -> SysResult {
+    on_storage(cx, c, dirfd, path_arg, flags, |_, attr| {
+        user::write(buf, &stat_bytes(&attr))?;
+        Ok(0)
     })
 }
 
-pub fn stat(rt: &Runtime, c: &Call) -> i64 {
-    stat_common(rt, c, libc::AT_FDCWD as u64, 0, 0, c.args[1])
+pub fn stat(cx: &mut Ctx, c: &Call) -> SysResult {
+    stat_common(cx, c, libc::AT_FDCWD as u64, 0, 0, c.args[1])
 }
 
-pub fn lstat(rt: &Runtime, c: &Call) -> i64 {
+pub fn lstat(cx: &mut Ctx, c: &Call) -> SysResult {
     stat_common(
-        rt,
+        cx,
         c,
         libc::AT_FDCWD as u64,
         0,
@@ -180,14 +188,15 @@ pub fn lstat(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn newfstatat(rt: &Runtime, c: &Call) -> i64 {
-    stat_common(rt, c, c.args[0], 1, c.args[3], c.args[2])
+pub fn newfstatat(cx: &mut Ctx, c: &Call) -> SysResult {
+    stat_common(cx, c, c.args[0], 1, c.args[3], c.args[2])
 }
 
-pub fn statx(rt: &Runtime, c: &Call) -> i64 {
+pub fn statx(cx: &mut Ctx, c: &Call) -> SysResult {
     let [dirfd, _, flags, _, buf, _] = c.args;
-    on_storage(rt, c, dirfd, 1, flags, |_, attr| {
-        ret(user::write(buf, &statx_bytes(&attr)).map(|_| 0))
+    on_storage(cx, c, dirfd, 1, flags, |_, attr| {
+        user::write(buf, &statx_bytes(&attr))?;
+        Ok(0)
     })
 }
 
@@ -205,46 +214,44 @@ fn statfs_bytes(s: &FsStat) -> [u8; 120] {
     b
 }
 
-fn statfs_of(rt: &Runtime, handle: FileHandle, buf: u64) -> SysResult {
+fn statfs_of(rt: &Runtime, handle: FileHandle, buf: u64) -> Result<i64, SysError> {
     let vfs = rt.vfs.as_ref().expect("called only with a vfs");
-    match vfs
-        .storage
-        .call(StorageRequest::Statfs { handle }, &[])
-        .map_err(errno_of)?
-        .0
-    {
+    match vfs.storage.call(StorageRequest::Statfs { handle }, &[])?.0 {
         StorageReply::FsStat(s) => {
             user::write(buf, &statfs_bytes(&s))?;
             Ok(0)
         }
-        other => crate::fatal(&format!(
+        other => Err(SysError::fatal(format!(
             "the storage manager answered statfs with {}",
             other.name()
-        )),
+        ))),
     }
 }
 
-pub fn statfs(rt: &Runtime, c: &Call) -> i64 {
-    on_storage(rt, c, libc::AT_FDCWD as u64, 0, 0, |handle, _| {
-        ret(statfs_of(rt, handle, c.args[1]))
+pub fn statfs(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    on_storage(cx, c, libc::AT_FDCWD as u64, 0, 0, |handle, _| {
+        statfs_of(rt, handle, c.args[1])
     })
 }
 
-pub fn fstatfs(rt: &Runtime, c: &Call) -> i64 {
-    with_file(rt, c, |file| statfs_of(rt, file.handle.clone(), c.args[1]))
+pub fn fstatfs(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    with_file(cx, c, |file| statfs_of(rt, file.handle.clone(), c.args[1]))
 }
 
 // ---------------------------------------------------------------- access, readlink
 
 fn access_common(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     dirfd: u64,
     path_arg: usize,
     mode: u64,
     flags: u64,
-) -> i64 {
-    on_storage(rt, c, dirfd, path_arg, flags, |handle, _| {
+) -> SysResult {
+    let rt = cx.rt;
+    on_storage(cx, c, dirfd, path_arg, flags, |handle, _| {
         let vfs = rt.vfs.as_ref().expect("checked above");
         // Safety: plain id queries.
         let credentials = unsafe {
@@ -254,59 +261,56 @@ fn access_common(
                 groups: Vec::new(),
             }
         };
-        ret(vfs
-            .storage
-            .done(StorageRequest::Access {
-                handle,
-                mask: mode as u32 & 7,
-                credentials,
-            })
-            .map(|_| 0)
-            .map_err(errno_of))
+        vfs.storage.done(StorageRequest::Access {
+            handle,
+            mask: mode as u32 & 7,
+            credentials,
+        })?;
+        Ok(0)
     })
 }
 
-pub fn access(rt: &Runtime, c: &Call) -> i64 {
-    access_common(rt, c, libc::AT_FDCWD as u64, 0, c.args[1], 0)
+pub fn access(cx: &mut Ctx, c: &Call) -> SysResult {
+    access_common(cx, c, libc::AT_FDCWD as u64, 0, c.args[1], 0)
 }
 
-pub fn faccessat(rt: &Runtime, c: &Call) -> i64 {
-    access_common(rt, c, c.args[0], 1, c.args[2], 0)
+pub fn faccessat(cx: &mut Ctx, c: &Call) -> SysResult {
+    access_common(cx, c, c.args[0], 1, c.args[2], 0)
 }
 
-pub fn faccessat2(rt: &Runtime, c: &Call) -> i64 {
-    access_common(rt, c, c.args[0], 1, c.args[2], c.args[3])
+pub fn faccessat2(cx: &mut Ctx, c: &Call) -> SysResult {
+    access_common(cx, c, c.args[0], 1, c.args[2], c.args[3])
 }
 
 /// readlink on storage (the /proc/self/exe answer is `fs::readlink`'s).
 pub fn readlink_storage(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     dirfd: u64,
     path_arg: usize,
     buf: u64,
     size: u64,
-) -> i64 {
-    match resolve(rt, c, dirfd, path_arg, 0, false) {
-        Target::Done(r) => r,
+) -> SysResult {
+    match resolve(cx, c, dirfd, path_arg, 0, false)? {
+        Target::Done(outcome) => Ok(outcome),
         Target::Storage(handle, attr) => {
             if attr.file_type != FileType::Symlink {
-                return -(libc::EINVAL as i64);
+                return Err(Errno::EINVAL.into());
             }
             if (size as i64) <= 0 {
-                return -(libc::EINVAL as i64);
+                return Err(Errno::EINVAL.into());
             }
-            let vfs = rt.vfs.as_ref().expect("called only with a vfs");
-            match vfs.storage.call(StorageRequest::Readlink { handle }, &[]) {
-                Ok((StorageReply::Target { target }, _)) => {
+            let vfs = cx.rt.vfs.as_ref().expect("called only with a vfs");
+            match vfs.storage.call(StorageRequest::Readlink { handle }, &[])? {
+                (StorageReply::Target { target }, _) => {
                     let n = target.len().min(size as usize);
-                    ret(user::write(buf, &target[..n]).map(|_| n as i64))
+                    user::write(buf, &target[..n])?;
+                    ok(n as i64)
                 }
-                Ok((other, _)) => crate::fatal(&format!(
+                (other, _) => Err(SysError::fatal(format!(
                     "the storage manager answered readlink with {}",
                     other.name()
-                )),
-                Err(e) => -(errno_of(e) as i64),
+                ))),
             }
         }
     }
@@ -317,139 +321,145 @@ pub fn readlink_storage(
 /// Runs `make` on the parent directory and last name of `path`, or the host
 /// call for a host path.
 fn with_parent(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     dirfd: u64,
     path_arg: usize,
-    make: impl FnOnce(&Vfs, FileHandle, Vec<u8>) -> SysResult,
-) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
-    let path = match read_path(c.args[path_arg]) {
-        Ok(p) if !p.is_empty() => p,
-        Ok(_) => return -(libc::ENOENT as i64),
-        Err(e) => return -(e as i64),
+    make: impl FnOnce(&Vfs, FileHandle, Vec<u8>) -> Result<i64, SysError>,
+) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     };
-    match place(vfs, dirfd, &path) {
-        Err(e) => -(e as i64),
-        Ok(Place::Host(abs)) => host_call(c, path_arg, abs),
-        Ok(Place::Storage { dir, path, .. }) => {
-            ret(parent_and_name(vfs, dir, &path).and_then(|(d, n)| make(vfs, d, n)))
+    let path = read_path(c.args[path_arg])?;
+    if path.is_empty() {
+        return Err(Errno::ENOENT.into());
+    }
+    match place(vfs, dirfd, &path)? {
+        Place::Host(abs) => host_call(cx, c, path_arg, abs),
+        Place::Storage { dir, path, .. } => {
+            let (dir, name) = parent_and_name(vfs, dir, &path)?;
+            make(vfs, dir, name).map(Outcome::Return)
         }
     }
 }
 
-fn mkdir_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, mode: u64) -> SysResult {
-    vfs.storage
-        .found(StorageRequest::Mkdir {
-            dir,
-            name,
-            mode: mode as u32 & 0o7777 & !umask(),
-        })
-        .map(|_| 0)
-        .map_err(errno_of)
+fn mkdir_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, mode: u64) -> Result<i64, SysError> {
+    vfs.storage.found(StorageRequest::Mkdir {
+        dir,
+        name,
+        mode: mode as u32 & 0o7777 & !umask(),
+    })?;
+    Ok(0)
 }
 
-pub fn mkdir(rt: &Runtime, c: &Call) -> i64 {
-    with_parent(rt, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
+pub fn mkdir(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_parent(cx, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
         mkdir_in(vfs, dir, name, c.args[1])
     })
 }
 
-pub fn mkdirat(rt: &Runtime, c: &Call) -> i64 {
-    with_parent(rt, c, c.args[0], 1, |vfs, dir, name| {
+pub fn mkdirat(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_parent(cx, c, c.args[0], 1, |vfs, dir, name| {
         mkdir_in(vfs, dir, name, c.args[2])
     })
 }
 
-fn remove_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, directory: bool) -> SysResult {
+fn remove_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, directory: bool) -> Result<i64, SysError> {
     let request = if directory {
         StorageRequest::Rmdir { dir, name }
     } else {
         StorageRequest::Remove { dir, name }
     };
-    vfs.storage.done(request).map(|_| 0).map_err(errno_of)
+    vfs.storage.done(request)?;
+    Ok(0)
 }
 
-pub fn unlink(rt: &Runtime, c: &Call) -> i64 {
-    with_parent(rt, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
+pub fn unlink(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_parent(cx, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
         remove_in(vfs, dir, name, false)
     })
 }
 
-pub fn rmdir(rt: &Runtime, c: &Call) -> i64 {
-    with_parent(rt, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
+pub fn rmdir(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_parent(cx, c, libc::AT_FDCWD as u64, 0, |vfs, dir, name| {
         remove_in(vfs, dir, name, true)
     })
 }
 
-pub fn unlinkat(rt: &Runtime, c: &Call) -> i64 {
+pub fn unlinkat(cx: &mut Ctx, c: &Call) -> SysResult {
     let directory = c.args[2] & AT_REMOVEDIR != 0;
-    with_parent(rt, c, c.args[0], 1, |vfs, dir, name| {
+    with_parent(cx, c, c.args[0], 1, |vfs, dir, name| {
         remove_in(vfs, dir, name, directory)
     })
 }
 
-fn symlink_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, target_ptr: u64) -> SysResult {
+fn symlink_in(vfs: &Vfs, dir: FileHandle, name: Vec<u8>, target_ptr: u64) -> Result<i64, SysError> {
     let target = read_path(target_ptr)?;
     vfs.storage
-        .found(StorageRequest::Symlink { dir, name, target })
-        .map(|_| 0)
-        .map_err(errno_of)
+        .found(StorageRequest::Symlink { dir, name, target })?;
+    Ok(0)
 }
 
-pub fn symlink(rt: &Runtime, c: &Call) -> i64 {
-    with_parent(rt, c, libc::AT_FDCWD as u64, 1, |vfs, dir, name| {
+pub fn symlink(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_parent(cx, c, libc::AT_FDCWD as u64, 1, |vfs, dir, name| {
         symlink_in(vfs, dir, name, c.args[0])
     })
 }
 
-pub fn symlinkat(rt: &Runtime, c: &Call) -> i64 {
-    with_parent(rt, c, c.args[1], 2, |vfs, dir, name| {
+pub fn symlinkat(cx: &mut Ctx, c: &Call) -> SysResult {
+    with_parent(cx, c, c.args[1], 2, |vfs, dir, name| {
         symlink_in(vfs, dir, name, c.args[0])
     })
 }
 
 /// The storage directory and name a two-path call's path names, or the
 /// errno: both paths of rename and link must be on storage (EXDEV else).
-fn storage_parent(vfs: &Vfs, dirfd: u64, ptr: u64) -> Result<(FileHandle, Vec<u8>), i32> {
+fn storage_parent(vfs: &Vfs, dirfd: u64, ptr: u64) -> Result<(FileHandle, Vec<u8>), SysError> {
     let path = read_path(ptr)?;
     if path.is_empty() {
-        return Err(libc::ENOENT);
+        return Err(Errno::ENOENT.into());
     }
     match place(vfs, dirfd, &path)? {
-        Place::Host(_) => Err(libc::EXDEV),
+        Place::Host(_) => Err(Errno::EXDEV.into()),
         Place::Storage { dir, path, .. } => parent_and_name(vfs, dir, &path),
     }
 }
 
 fn rename_common(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     olddir: u64,
     old: u64,
     newdir: u64,
     new: u64,
     flags: u64,
-) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
-    let r = (|| {
+) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
+    let r = (|| -> Result<i64, SysError> {
         let (from_dir, from_name) = storage_parent(vfs, olddir, old)?;
         let (to_dir, to_name) = storage_parent(vfs, newdir, new)?;
-        vfs.storage
-            .done(StorageRequest::Rename {
-                from_dir,
-                from_name,
-                to_dir,
-                to_name,
-                flags: flags as u32,
-            })
-            .map(|_| 0)
-            .map_err(errno_of)
+        vfs.storage.done(StorageRequest::Rename {
+            from_dir,
+            from_name,
+            to_dir,
+            to_name,
+            flags: flags as u32,
+        })?;
+        Ok(0)
     })();
     match r {
         // Both on the host: the host renames.
-        Err(libc::EXDEV) if both_host(vfs, olddir, old, newdir, new) => pass(c),
-        r => ret(r),
+        // Safety: the application's own call, unchanged, on host paths.
+        Err(SysError::Errno(Errno::EXDEV)) if both_host(vfs, olddir, old, newdir, new) => unsafe {
+            cx.host(c.nr, c.args)
+        },
+        r => r.map(Outcome::Return),
     }
 }
 
@@ -463,61 +473,75 @@ fn both_host(vfs: &Vfs, olddir: u64, old: u64, newdir: u64, new: u64) -> bool {
     host(olddir, old) && host(newdir, new)
 }
 
-pub fn rename(rt: &Runtime, c: &Call) -> i64 {
+pub fn rename(cx: &mut Ctx, c: &Call) -> SysResult {
     let cwd = libc::AT_FDCWD as u64;
-    rename_common(rt, c, cwd, c.args[0], cwd, c.args[1], 0)
+    rename_common(cx, c, cwd, c.args[0], cwd, c.args[1], 0)
 }
 
-pub fn renameat(rt: &Runtime, c: &Call) -> i64 {
-    rename_common(rt, c, c.args[0], c.args[1], c.args[2], c.args[3], 0)
+pub fn renameat(cx: &mut Ctx, c: &Call) -> SysResult {
+    rename_common(cx, c, c.args[0], c.args[1], c.args[2], c.args[3], 0)
 }
 
-pub fn renameat2(rt: &Runtime, c: &Call) -> i64 {
-    rename_common(rt, c, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4])
+pub fn renameat2(cx: &mut Ctx, c: &Call) -> SysResult {
+    rename_common(cx, c, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4])
 }
 
 fn link_common(
-    rt: &Runtime,
+    cx: &mut Ctx,
     c: &Call,
     olddir: u64,
     old: u64,
     newdir: u64,
     new: u64,
     flags: u64,
-) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
-    let r = (|| {
+) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
+    let r = (|| -> Result<i64, SysError> {
         let path = read_path(old)?;
         let Place::Storage { dir, path, .. } = place(vfs, olddir, &path)? else {
-            return Err(libc::EXDEV);
+            return Err(Errno::EXDEV.into());
         };
         let (handle, _) = lookup(vfs, dir, path, flags & AT_SYMLINK_FOLLOW != 0)?;
         let (dir, name) = storage_parent(vfs, newdir, new)?;
         vfs.storage
-            .found(StorageRequest::Link { handle, dir, name })
-            .map(|_| 0)
-            .map_err(errno_of)
+            .found(StorageRequest::Link { handle, dir, name })?;
+        Ok(0)
     })();
     match r {
-        Err(libc::EXDEV) if both_host(vfs, olddir, old, newdir, new) => pass(c),
-        r => ret(r),
+        // Safety: the application's own call, unchanged, on host paths.
+        Err(SysError::Errno(Errno::EXDEV)) if both_host(vfs, olddir, old, newdir, new) => unsafe {
+            cx.host(c.nr, c.args)
+        },
+        r => r.map(Outcome::Return),
     }
 }
 
-pub fn link(rt: &Runtime, c: &Call) -> i64 {
+pub fn link(cx: &mut Ctx, c: &Call) -> SysResult {
     let cwd = libc::AT_FDCWD as u64;
-    link_common(rt, c, cwd, c.args[0], cwd, c.args[1], 0)
+    link_common(cx, c, cwd, c.args[0], cwd, c.args[1], 0)
 }
 
-pub fn linkat(rt: &Runtime, c: &Call) -> i64 {
-    link_common(rt, c, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4])
+pub fn linkat(cx: &mut Ctx, c: &Call) -> SysResult {
+    link_common(cx, c, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4])
 }
 
 // ---------------------------------------------------------------- attributes
 
-fn set_path(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize, flags: u64, set: SetAttr) -> i64 {
-    on_storage(rt, c, dirfd, path_arg, flags, |handle, _| {
-        ret(setattr(rt, &handle, set))
+fn set_path(
+    cx: &mut Ctx,
+    c: &Call,
+    dirfd: u64,
+    path_arg: usize,
+    flags: u64,
+    set: SetAttr,
+) -> SysResult {
+    let rt = cx.rt;
+    on_storage(cx, c, dirfd, path_arg, flags, |handle, _| {
+        setattr(rt, &handle, set)
     })
 }
 
@@ -528,21 +552,21 @@ fn mode(m: u64) -> SetAttr {
     }
 }
 
-pub fn chmod(rt: &Runtime, c: &Call) -> i64 {
-    set_path(rt, c, libc::AT_FDCWD as u64, 0, 0, mode(c.args[1]))
+pub fn chmod(cx: &mut Ctx, c: &Call) -> SysResult {
+    set_path(cx, c, libc::AT_FDCWD as u64, 0, 0, mode(c.args[1]))
 }
 
-pub fn fchmodat(rt: &Runtime, c: &Call) -> i64 {
-    set_path(rt, c, c.args[0], 1, 0, mode(c.args[2]))
+pub fn fchmodat(cx: &mut Ctx, c: &Call) -> SysResult {
+    set_path(cx, c, c.args[0], 1, 0, mode(c.args[2]))
 }
 
-pub fn fchmodat2(rt: &Runtime, c: &Call) -> i64 {
-    set_path(rt, c, c.args[0], 1, c.args[3], mode(c.args[2]))
+pub fn fchmodat2(cx: &mut Ctx, c: &Call) -> SysResult {
+    set_path(cx, c, c.args[0], 1, c.args[3], mode(c.args[2]))
 }
 
-pub fn chown(rt: &Runtime, c: &Call) -> i64 {
+pub fn chown(cx: &mut Ctx, c: &Call) -> SysResult {
     set_path(
-        rt,
+        cx,
         c,
         libc::AT_FDCWD as u64,
         0,
@@ -551,9 +575,9 @@ pub fn chown(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn lchown(rt: &Runtime, c: &Call) -> i64 {
+pub fn lchown(cx: &mut Ctx, c: &Call) -> SysResult {
     set_path(
-        rt,
+        cx,
         c,
         libc::AT_FDCWD as u64,
         0,
@@ -562,16 +586,16 @@ pub fn lchown(rt: &Runtime, c: &Call) -> i64 {
     )
 }
 
-pub fn fchownat(rt: &Runtime, c: &Call) -> i64 {
-    set_path(rt, c, c.args[0], 1, c.args[4], owner(c.args[2], c.args[3]))
+pub fn fchownat(cx: &mut Ctx, c: &Call) -> SysResult {
+    set_path(cx, c, c.args[0], 1, c.args[4], owner(c.args[2], c.args[3]))
 }
 
-pub fn truncate(rt: &Runtime, c: &Call) -> i64 {
+pub fn truncate(cx: &mut Ctx, c: &Call) -> SysResult {
     if (c.args[1] as i64) < 0 {
-        return -(libc::EINVAL as i64);
+        return Err(Errno::EINVAL.into());
     }
     set_path(
-        rt,
+        cx,
         c,
         libc::AT_FDCWD as u64,
         0,
@@ -587,13 +611,13 @@ const UTIME_NOW: i64 = 0x3fff_ffff;
 const UTIME_OMIT: i64 = 0x3fff_fffe;
 
 /// Times from a `struct timespec[2]` (NULL: both now).
-fn times_from(ptr: u64) -> Result<(Option<SetTime>, Option<SetTime>), i32> {
+fn times_from(ptr: u64) -> Result<(Option<SetTime>, Option<SetTime>), Errno> {
     if ptr == 0 {
         return Ok((Some(SetTime::Now), Some(SetTime::Now)));
     }
     let mut raw = [0u8; 32];
     user::read(ptr, &mut raw)?;
-    let one = |b: &[u8]| -> Result<Option<SetTime>, i32> {
+    let one = |b: &[u8]| -> Result<Option<SetTime>, Errno> {
         let sec = i64::from_ne_bytes(b[0..8].try_into().expect("8 bytes"));
         let nsec = i64::from_ne_bytes(b[8..16].try_into().expect("8 bytes"));
         Ok(match nsec {
@@ -603,19 +627,20 @@ fn times_from(ptr: u64) -> Result<(Option<SetTime>, Option<SetTime>), i32> {
                 sec,
                 nsec: n as u32,
             })),
-            _ => return Err(libc::EINVAL),
+            _ => return Err(Errno::EINVAL),
         })
     };
     Ok((one(&raw[0..16])?, one(&raw[16..32])?))
 }
 
-pub fn utimensat(rt: &Runtime, c: &Call) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
-    let [dirfd, path, times, flags, ..] = c.args;
-    let (atime, mtime) = match times_from(times) {
-        Ok(t) => t,
-        Err(e) => return -(e as i64),
+pub fn utimensat(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     };
+    let [dirfd, path, times, flags, ..] = c.args;
+    let (atime, mtime) = times_from(times)?;
     let set = SetAttr {
         atime,
         mtime,
@@ -624,17 +649,20 @@ pub fn utimensat(rt: &Runtime, c: &Call) -> i64 {
     if path == 0 {
         // futimens: the descriptor itself.
         return match vfs.file(dirfd) {
-            Some(file) => ret(setattr(rt, &file.handle, set)),
-            None => pass(c),
+            Some(file) => setattr(rt, &file.handle, set).map(Outcome::Return),
+            // Safety: the application's own call, unchanged, on a host
+            // descriptor.
+            None => unsafe { cx.host(c.nr, c.args) },
         };
     }
-    set_path(rt, c, dirfd, 1, flags, set)
+    set_path(cx, c, dirfd, 1, flags, set)
 }
 
 /// utime and utimes (and futimesat): seconds (and microseconds) given.
-pub fn utimes(rt: &Runtime, c: &Call) -> i64 {
-    if rt.vfs.is_none() {
-        return pass(c);
+pub fn utimes(cx: &mut Ctx, c: &Call) -> SysResult {
+    if cx.rt.vfs.is_none() {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     }
     let (dirfd, path_arg, times) = match c.nr as i64 {
         libc::SYS_futimesat => (c.args[0], 1, c.args[2]),
@@ -650,9 +678,7 @@ pub fn utimes(rt: &Runtime, c: &Call) -> i64 {
         let utime = c.nr as i64 == libc::SYS_utime;
         let mut raw = [0u8; 32];
         let len = if utime { 16 } else { 32 };
-        if let Err(e) = user::read(times, &mut raw[..len]) {
-            return -(e as i64);
-        }
+        user::read(times, &mut raw[..len])?;
         let word =
             |i: usize| i64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         let at = |sec: i64, usec: i64| {
@@ -672,77 +698,90 @@ pub fn utimes(rt: &Runtime, c: &Call) -> i64 {
             ..SetAttr::default()
         }
     };
-    set_path(rt, c, dirfd, path_arg, 0, set)
+    set_path(cx, c, dirfd, path_arg, 0, set)
 }
 
 // ---------------------------------------------------------------- working directory
 
-pub fn getcwd(rt: &Runtime, c: &Call) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
+pub fn getcwd(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
     let mut path = vfs.cwd().path.clone();
     path.push(0);
     if (c.args[1] as usize) < path.len() {
-        return -(libc::ERANGE as i64);
+        return Err(Errno::ERANGE.into());
     }
-    ret(user::write(c.args[0], &path).map(|_| path.len() as i64))
+    user::write(c.args[0], &path)?;
+    ok(path.len() as i64)
 }
 
-pub fn chdir(rt: &Runtime, c: &Call) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
-    let path = match read_path(c.args[0]) {
-        Ok(p) if !p.is_empty() => p,
-        Ok(_) => return -(libc::ENOENT as i64),
-        Err(e) => return -(e as i64),
+pub fn chdir(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
     };
-    match place(vfs, libc::AT_FDCWD as u64, &path) {
-        Err(e) => -(e as i64),
-        Ok(Place::Host(abs)) => {
+    let path = read_path(c.args[0])?;
+    if path.is_empty() {
+        return Err(Errno::ENOENT.into());
+    }
+    match place(vfs, libc::AT_FDCWD as u64, &path)? {
+        Place::Host(abs) => {
             let abs_bytes = abs.as_ref().map(|a| a.as_bytes().to_vec());
-            let r = host_call(c, 0, abs);
-            if r == 0 {
+            let r = host_call(cx, c, 0, abs);
+            if r == Ok(Outcome::Return(0)) {
                 let mut cwd = vfs.cwd();
                 cwd.path = abs_bytes.unwrap_or_else(|| normalize(&cwd.path, &path));
                 cwd.handle = None;
             }
             r
         }
-        Ok(Place::Storage { dir, path, abs }) => match lookup(vfs, dir, path, true) {
-            Err(e) => -(e as i64),
-            Ok((_, attr)) if attr.file_type != FileType::Directory => -(libc::ENOTDIR as i64),
-            Ok((handle, _)) => {
-                let mut cwd = vfs.cwd();
-                cwd.path = abs;
-                cwd.handle = Some(handle);
-                0
+        Place::Storage { dir, path, abs } => {
+            let (handle, attr) = lookup(vfs, dir, path, true)?;
+            if attr.file_type != FileType::Directory {
+                return Err(Errno::ENOTDIR.into());
             }
-        },
+            let mut cwd = vfs.cwd();
+            cwd.path = abs;
+            cwd.handle = Some(handle);
+            ok(0)
+        }
     }
 }
 
-pub fn fchdir(rt: &Runtime, c: &Call) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
+pub fn fchdir(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
     match vfs.file(c.args[0]) {
-        Some(file) if file.file_type != FileType::Directory => -(libc::ENOTDIR as i64),
+        Some(file) if file.file_type != FileType::Directory => Err(Errno::ENOTDIR.into()),
         Some(file) => {
             let handle = (!file.handle.0.is_empty()).then(|| file.handle.clone());
             if handle.is_none() {
                 // A directory the runtime serves is a host directory.
                 let Ok(path) = std::ffi::CString::new(file.path.clone()) else {
-                    return -(libc::ENOENT as i64);
+                    return Err(Errno::ENOENT.into());
                 };
                 // Safety: chdir reads a NUL-terminated path of ours.
                 if unsafe { libc::chdir(path.as_ptr()) } != 0 {
-                    return -(libc::ENOENT as i64);
+                    return Err(Errno::ENOENT.into());
                 }
             }
             let mut cwd = vfs.cwd();
             cwd.path = file.path.clone();
             cwd.handle = handle;
-            0
+            ok(0)
         }
         None => {
-            let r = pass(c);
-            if r == 0 {
+            // Safety: the application's own call, unchanged, on a host
+            // descriptor.
+            let r = unsafe { cx.host(c.nr, c.args) };
+            if r == Ok(Outcome::Return(0)) {
                 if let Ok(target) = std::fs::read_link("/proc/thread-self/cwd") {
                     let mut cwd = vfs.cwd();
                     cwd.path = target.into_os_string().into_encoded_bytes();
@@ -756,27 +795,29 @@ pub fn fchdir(rt: &Runtime, c: &Call) -> i64 {
 
 /// Extended attributes are not served from storage (ENOTSUP, which tools
 /// treat as "none").
-pub fn xattr(rt: &Runtime, c: &Call) -> i64 {
-    let Some(vfs) = &rt.vfs else { return pass(c) };
+pub fn xattr(cx: &mut Ctx, c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let Some(vfs) = &rt.vfs else {
+        // Safety: the application's own call, unchanged, on host objects.
+        return unsafe { cx.host(c.nr, c.args) };
+    };
     let fd_call = matches!(
         c.nr as i64,
         libc::SYS_fgetxattr | libc::SYS_fsetxattr | libc::SYS_flistxattr | libc::SYS_fremovexattr
     );
     if fd_call {
         return if vfs.file(c.args[0]).is_some() {
-            -(libc::ENOTSUP as i64)
+            Err(Errno::ENOTSUP.into())
         } else {
-            pass(c)
+            // Safety: the application's own call, unchanged, on a host
+            // descriptor.
+            unsafe { cx.host(c.nr, c.args) }
         };
     }
-    let path = match read_path(c.args[0]) {
-        Ok(p) => p,
-        Err(e) => return -(e as i64),
-    };
-    match place(vfs, libc::AT_FDCWD as u64, &path) {
-        Err(e) => -(e as i64),
-        Ok(Place::Host(abs)) => host_call(c, 0, abs),
-        Ok(Place::Storage { dir, path, .. }) => {
+    let path = read_path(c.args[0])?;
+    match place(vfs, libc::AT_FDCWD as u64, &path)? {
+        Place::Host(abs) => host_call(cx, c, 0, abs),
+        Place::Storage { dir, path, .. } => {
             let follow = !matches!(
                 c.nr as i64,
                 libc::SYS_lgetxattr
@@ -784,24 +825,83 @@ pub fn xattr(rt: &Runtime, c: &Call) -> i64 {
                     | libc::SYS_llistxattr
                     | libc::SYS_lremovexattr
             );
-            match lookup(vfs, dir, path, follow) {
-                Ok(_) => -(libc::ENOTSUP as i64),
-                Err(e) => -(e as i64),
-            }
+            lookup(vfs, dir, path, follow)?;
+            Err(Errno::ENOTSUP.into())
         }
     }
 }
 
 /// Special files (FIFOs, devices, sockets) are the processor's business:
 /// on storage paths they are refused.
-fn mknod_common(rt: &Runtime, c: &Call, dirfd: u64, path_arg: usize) -> i64 {
-    with_parent(rt, c, dirfd, path_arg, |_, _, _| Err(libc::EPERM))
+fn mknod_common(cx: &mut Ctx, c: &Call, dirfd: u64, path_arg: usize) -> SysResult {
+    with_parent(cx, c, dirfd, path_arg, |_, _, _| Err(Errno::EPERM.into()))
 }
 
-pub fn mknod(rt: &Runtime, c: &Call) -> i64 {
-    mknod_common(rt, c, libc::AT_FDCWD as u64, 0)
+pub fn mknod(cx: &mut Ctx, c: &Call) -> SysResult {
+    mknod_common(cx, c, libc::AT_FDCWD as u64, 0)
 }
 
-pub fn mknodat(rt: &Runtime, c: &Call) -> i64 {
-    mknod_common(rt, c, c.args[0], 1)
+pub fn mknodat(cx: &mut Ctx, c: &Call) -> SysResult {
+    mknod_common(cx, c, c.args[0], 1)
+}
+
+/// Answers readlink of /proc/self/exe with the program's path; passes
+/// anything else through.
+fn readlink_common(
+    cx: &mut Ctx,
+    path_ptr: u64,
+    buf: u64,
+    size: u64,
+    pass: impl FnOnce(&mut Ctx) -> SysResult,
+) -> SysResult {
+    let rt = cx.rt;
+    let path = user::read_cstring(path_ptr, libc::PATH_MAX as usize)?;
+    let pid = std::process::id().to_string();
+    let own = |rest: &[u8]| -> Option<Vec<u8>> {
+        let tail = path
+            .strip_prefix(b"/proc/self/")
+            .or_else(|| path.strip_prefix(format!("/proc/{pid}/").as_bytes()))?;
+        (tail == rest).then(Vec::new).or_else(|| {
+            let n: u64 = std::str::from_utf8(tail.strip_prefix(rest)?)
+                .ok()?
+                .parse()
+                .ok()?;
+            Some(n.to_string().into_bytes())
+        })
+    };
+    let target = if own(b"exe").is_some_and(|v| v.is_empty()) {
+        rt.program.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    } else if let Some(fd) =
+        own(b"fd/").and_then(|n| String::from_utf8(n).ok()?.parse::<u64>().ok())
+    {
+        // A storage file's descriptor names the file, not its placeholder.
+        match rt.vfs.as_ref().and_then(|v| v.file(fd)) {
+            Some(file) => file.path.clone(),
+            None => return pass(cx),
+        }
+    } else {
+        return pass(cx);
+    };
+    if (size as i64) <= 0 {
+        return Err(Errno::EINVAL.into());
+    }
+    let n = target.len().min(size as usize);
+    user::write(buf, &target[..n])?;
+    ok(n as i64)
+}
+
+pub fn readlink(cx: &mut Ctx, c: &Call) -> SysResult {
+    readlink_common(cx, c.args[0], c.args[1], c.args[2], |cx| match cx.rt.vfs {
+        Some(_) => readlink_storage(cx, c, libc::AT_FDCWD as u64, 0, c.args[1], c.args[2]),
+        // Safety: the application's own call, unchanged.
+        None => returned(unsafe { raw_syscall(c.nr, c.args) }),
+    })
+}
+
+pub fn readlinkat(cx: &mut Ctx, c: &Call) -> SysResult {
+    readlink_common(cx, c.args[1], c.args[2], c.args[3], |cx| match cx.rt.vfs {
+        Some(_) => readlink_storage(cx, c, c.args[0], 1, c.args[2], c.args[3]),
+        // Safety: the application's own call, unchanged.
+        None => returned(unsafe { raw_syscall(c.nr, c.args) }),
+    })
 }

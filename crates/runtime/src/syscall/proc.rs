@@ -1,7 +1,7 @@
 //! Process-wide calls: exit, FS base, prctl, resource limits.
 
-use super::Call;
-use crate::sud::{current_ctl, raw_syscall};
+use super::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
+use crate::sud::raw_syscall;
 use crate::{user, Runtime};
 
 const ARCH_SET_GS: u64 = 0x1001;
@@ -9,34 +9,37 @@ const ARCH_SET_FS: u64 = 0x1002;
 const ARCH_GET_FS: u64 = 0x1003;
 const ARCH_GET_GS: u64 = 0x1004;
 
-pub fn arch_prctl(_rt: &Runtime, c: &Call) -> i64 {
-    // Safety: we are in the SIGSYS handler of an application thread.
-    let ctl = unsafe { current_ctl() };
+pub fn arch_prctl(cx: &mut Ctx, c: &Call) -> SysResult {
     match c.args[0] {
         ARCH_SET_FS => {
             // Written back to the FS base by the exit stub.
-            ctl.app_fs = c.args[1];
-            0
+            cx.thread.app_fs = c.args[1];
+            ok(0)
         }
-        ARCH_GET_FS => match user::write(c.args[1], &ctl.app_fs.to_ne_bytes()) {
-            Ok(()) => 0,
-            Err(errno) => -(errno as i64),
-        },
-        ARCH_GET_GS => match user::write(c.args[1], &0u64.to_ne_bytes()) {
-            Ok(()) => 0,
-            Err(errno) => -(errno as i64),
-        },
-        ARCH_SET_GS => -(libc::EINVAL as i64),
+        ARCH_GET_FS => {
+            user::write(c.args[1], &cx.thread.app_fs.to_ne_bytes())?;
+            ok(0)
+        }
+        ARCH_GET_GS => {
+            user::write(c.args[1], &0u64.to_ne_bytes())?;
+            ok(0)
+        }
+        ARCH_SET_GS => Err(Errno::EINVAL.into()),
         // Safety: the remaining codes (CET status, AMX permission, ...)
         // concern the application's own CPU features, as on Linux.
-        _ => unsafe { raw_syscall(c.nr, c.args) },
+        _ => returned(unsafe { raw_syscall(c.nr, c.args) }),
     }
 }
 
-pub fn exit_group(rt: &Runtime, c: &Call) -> i64 {
+pub fn exit_group(_cx: &mut Ctx, c: &Call) -> SysResult {
+    Ok(Outcome::ExitProcess(c.args[0] as i32))
+}
+
+/// Ends the process with `status`, its counters reported first.
+pub fn end_process(rt: &Runtime, status: i32) -> ! {
     rt.finish(None);
     // Safety: ends the process; nothing runs after it.
-    unsafe { raw_syscall(libc::SYS_exit_group as u64, [c.args[0], 0, 0, 0, 0, 0]) };
+    unsafe { raw_syscall(libc::SYS_exit_group as u64, [status as u64, 0, 0, 0, 0, 0]) };
     unreachable!("exit_group returned")
 }
 
@@ -44,12 +47,12 @@ const PR_SET_SECCOMP: u64 = 22;
 const PR_SET_MM: u64 = 35;
 const PR_SET_SYSCALL_USER_DISPATCH: u64 = 59;
 
-pub fn prctl(_rt: &Runtime, c: &Call) -> i64 {
+pub fn prctl(_cx: &mut Ctx, c: &Call) -> SysResult {
     match c.args[0] {
-        PR_SET_SECCOMP | PR_SET_MM | PR_SET_SYSCALL_USER_DISPATCH => -(libc::EINVAL as i64),
+        PR_SET_SECCOMP | PR_SET_MM | PR_SET_SYSCALL_USER_DISPATCH => Err(Errno::EINVAL.into()),
         // Safety: the other options act on the calling thread's or
         // process's own attributes (name, dumpable, ...), as on Linux.
-        _ => unsafe { raw_syscall(c.nr, c.args) },
+        _ => returned(unsafe { raw_syscall(c.nr, c.args) }),
     }
 }
 
@@ -59,34 +62,35 @@ fn ignored_limit(resource: u64) -> bool {
     resource == libc::RLIMIT_AS as u64 || resource == libc::RLIMIT_DATA as u64
 }
 
-pub fn prlimit64(_rt: &Runtime, c: &Call) -> i64 {
+pub fn prlimit64(_cx: &mut Ctx, c: &Call) -> SysResult {
     let [pid, resource, new, old, _, _] = c.args;
     // Safety: rlimits of the host process; the pointers are the
     // application's and the kernel checks them.
-    unsafe {
+    returned(unsafe {
         if new != 0 && ignored_limit(resource) && (pid == 0 || pid == libc::getpid() as u64) {
             // Report the old value, keep the new one unapplied.
-            return raw_syscall(c.nr, [pid, resource, 0, old, 0, 0]);
+            raw_syscall(c.nr, [pid, resource, 0, old, 0, 0])
+        } else {
+            raw_syscall(c.nr, c.args)
         }
-        raw_syscall(c.nr, c.args)
-    }
+    })
 }
 
-pub fn setrlimit(_rt: &Runtime, c: &Call) -> i64 {
+pub fn setrlimit(_cx: &mut Ctx, c: &Call) -> SysResult {
     if ignored_limit(c.args[0]) {
-        return 0;
+        return ok(0);
     }
     // Safety: as prlimit64.
-    unsafe { raw_syscall(c.nr, c.args) }
+    returned(unsafe { raw_syscall(c.nr, c.args) })
 }
 
-pub fn sysinfo(rt: &Runtime, c: &Call) -> i64 {
+pub fn sysinfo(cx: &mut Ctx, c: &Call) -> SysResult {
     // Safety: sysinfo fills one struct sysinfo of ours.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
     if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return -(libc::EFAULT as i64);
+        return Err(Errno::EFAULT.into());
     }
-    crate::procfs::sysinfo(rt, &mut info);
+    crate::procfs::sysinfo(cx.rt, &mut info);
     // Safety: struct sysinfo is plain data; we copy its bytes.
     let bytes = unsafe {
         std::slice::from_raw_parts(
@@ -94,8 +98,6 @@ pub fn sysinfo(rt: &Runtime, c: &Call) -> i64 {
             std::mem::size_of::<libc::sysinfo>(),
         )
     };
-    match user::write(c.args[0], bytes) {
-        Ok(()) => 0,
-        Err(e) => -(e as i64),
-    }
+    user::write(c.args[0], bytes)?;
+    ok(0)
 }

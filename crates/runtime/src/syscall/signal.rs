@@ -10,7 +10,7 @@
 //! stack and enters the handler; the handler's `rt_sigreturn` traps like
 //! any syscall and [`sigreturn_frame`] restores what the frame holds.
 
-use super::Call;
+use super::{ok, Call, Ctx, Errno, Outcome, SysResult};
 use crate::sud::{self, current_ctl, kernel_mask, raw_syscall, ThreadCtl};
 use crate::{fatal, runtime, user, Runtime};
 use std::sync::Mutex;
@@ -108,10 +108,6 @@ fn blockable(mask: u64) -> u64 {
     mask & !(bit(libc::SIGKILL as usize) | bit(libc::SIGSTOP as usize))
 }
 
-fn errno(e: i32) -> i64 {
-    -(e as i64)
-}
-
 /// Puts the host's action for `sig` in line with the application's.
 fn install(sig: i32, action: &[u8; SIGACTION_LEN]) {
     let handler = handler_of(action);
@@ -120,26 +116,24 @@ fn install(sig: i32, action: &[u8; SIGACTION_LEN]) {
     }
 }
 
-pub fn rt_sigaction(rt: &Runtime, c: &Call) -> i64 {
+pub fn rt_sigaction(cx: &mut Ctx, c: &Call) -> SysResult {
     let [sig, act, oact, sigsetsize, _, _] = c.args;
     if sigsetsize != 8 || sig == 0 || sig > NSIG {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     if act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64) {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     if sig == crate::sud::EXEC_KILL_SIGNAL as u64 {
         // The runtime's own (as glibc keeps signals 32 and 33 for itself).
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     let mut new = [0u8; SIGACTION_LEN];
     if act != 0 {
-        if let Err(e) = user::read(act, &mut new) {
-            return errno(e);
-        }
+        user::read(act, &mut new)?;
     }
     let old = {
-        let mut state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = cx.rt.signals.lock().unwrap_or_else(|p| p.into_inner());
         let slot = &mut state.actions[sig as usize - 1];
         let old = *slot;
         if act != 0 {
@@ -156,112 +150,93 @@ pub fn rt_sigaction(rt: &Runtime, c: &Call) -> i64 {
     // Written after the lock is released (application memory may fault),
     // as Linux copies the old action out after changing it.
     if oact != 0 {
-        if let Err(e) = user::write(oact, &old) {
-            return errno(e);
-        }
+        user::write(oact, &old)?;
     }
-    0
+    ok(0)
 }
 
 /// The application's mask is the runtime's record; the kernel's follows it
 /// when the SIGSYS handler returns (see `sigsys_handler`).
-pub fn rt_sigprocmask(_rt: &Runtime, c: &Call) -> i64 {
+pub fn rt_sigprocmask(cx: &mut Ctx, c: &Call) -> SysResult {
     let [how, set, oset, sigsetsize, _, _] = c.args;
     if sigsetsize != 8 {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
-    // Safety: inside the SIGSYS handler of an application thread.
-    let ctl = unsafe { current_ctl() };
-    let old = ctl.app_mask;
+    let old = cx.thread.app_mask;
     let mut new = old;
     if set != 0 {
         let mut bytes = [0u8; 8];
-        if let Err(e) = user::read(set, &mut bytes) {
-            return errno(e);
-        }
+        user::read(set, &mut bytes)?;
         let set = u64::from_ne_bytes(bytes);
         new = match how as i32 {
             libc::SIG_BLOCK => old | set,
             libc::SIG_UNBLOCK => old & !set,
             libc::SIG_SETMASK => set,
-            _ => return errno(libc::EINVAL),
+            _ => return Err(Errno::EINVAL.into()),
         };
     }
     if oset != 0 {
-        if let Err(e) = user::write(oset, &old.to_ne_bytes()) {
-            return errno(e);
-        }
+        user::write(oset, &old.to_ne_bytes())?;
     }
-    ctl.app_mask = blockable(new);
-    0
+    cx.thread.app_mask = blockable(new);
+    ok(0)
 }
 
 /// Pending signals the application blocks (the kernel's view inside the
 /// handler blocks everything).
-pub fn rt_sigpending(_rt: &Runtime, c: &Call) -> i64 {
+pub fn rt_sigpending(cx: &mut Ctx, c: &Call) -> SysResult {
     let [set, sigsetsize, _, _, _, _] = c.args;
     if sigsetsize != 8 {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     let mut pending = 0u64;
     // Safety: rt_sigpending writes one 8-byte set of ours.
     let ret = unsafe { raw_syscall(c.nr, [&mut pending as *mut u64 as u64, 8, 0, 0, 0, 0]) };
-    if ret < 0 {
-        return ret;
-    }
-    // Safety: inside the SIGSYS handler of an application thread.
-    let ctl = unsafe { current_ctl() };
-    match user::write(set, &(pending & ctl.app_mask).to_ne_bytes()) {
-        Ok(()) => 0,
-        Err(e) => errno(e),
-    }
+    super::returned(ret)?;
+    user::write(set, &(pending & cx.thread.app_mask).to_ne_bytes())?;
+    ok(0)
 }
 
 /// Waits with the application's temporary mask; the signal that ends the
 /// wait is delivered when the handler returns.
-pub fn rt_sigsuspend(_rt: &Runtime, c: &Call) -> i64 {
+pub fn rt_sigsuspend(cx: &mut Ctx, c: &Call) -> SysResult {
     let [set, sigsetsize, _, _, _, _] = c.args;
     if sigsetsize != 8 {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     let mut bytes = [0u8; 8];
-    if let Err(e) = user::read(set, &mut bytes) {
-        return errno(e);
-    }
+    user::read(set, &mut bytes)?;
     let temporary = u64::from_ne_bytes(bytes);
     let mask = kernel_mask(temporary) | bit(libc::SIGSYS as usize);
     // Safety: rt_sigsuspend reads one 8-byte set of ours.
-    let ret = unsafe { sud::host_syscall(c.nr, [&mask as *const u64 as u64, 8, 0, 0, 0, 0]) };
-    if ret == -(libc::EINTR as i64) {
+    let result = unsafe { cx.host(c.nr, [&mask as *const u64 as u64, 8, 0, 0, 0, 0]) };
+    if result == Err(Errno::EINTR.into()) {
         // The waking signal is queued again and blocked until the SIGSYS
         // handler returns; returning with the temporary mask lets the
         // kernel hand it over at once, and its frame keeps the old mask.
-        // Safety: inside the SIGSYS handler of an application thread.
-        let ctl = unsafe { current_ctl() };
+        let ctl = &mut *cx.thread;
         ctl.suspended_mask = Some(ctl.app_mask);
         ctl.app_mask = blockable(temporary);
     }
-    ret
+    result
 }
 
-pub fn sigaltstack(rt: &Runtime, c: &Call) -> i64 {
+pub fn sigaltstack(cx: &mut Ctx, c: &Call) -> SysResult {
     let [ss, old, _, _, _, _] = c.args;
     let mut new = [0u8; 24];
     if ss != 0 {
-        if let Err(e) = user::read(ss, &mut new) {
-            return errno(e);
-        }
+        user::read(ss, &mut new)?;
         let flags = u32::from_ne_bytes(new[8..12].try_into().unwrap_or([0; 4])) as i32;
         const SS_AUTODISARM: i32 = 1 << 31;
         if flags & !(libc::SS_DISABLE | libc::SS_ONSTACK | SS_AUTODISARM) != 0 {
-            return errno(libc::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if flags & libc::SS_DISABLE == 0 && field(&new, 16) < libc::MINSIGSTKSZ as u64 {
-            return errno(libc::ENOMEM);
+            return Err(Errno::ENOMEM.into());
         }
     }
     let previous = {
-        let mut state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = cx.rt.signals.lock().unwrap_or_else(|p| p.into_inner());
         let previous = state.altstack;
         if ss != 0 {
             state.altstack = new;
@@ -269,36 +244,9 @@ pub fn sigaltstack(rt: &Runtime, c: &Call) -> i64 {
         previous
     };
     if old != 0 {
-        if let Err(e) = user::write(old, &previous) {
-            return errno(e);
-        }
+        user::write(old, &previous)?;
     }
-    0
-}
-
-/// Whether Linux restarts `nr` after a handler with SA_RESTART: every
-/// call that may block except those signal(7) lists as never restarted.
-fn restartable(nr: u64) -> bool {
-    sud::may_block(nr)
-        && !matches!(
-            nr as i64,
-            libc::SYS_pause
-                | libc::SYS_nanosleep
-                | libc::SYS_clock_nanosleep
-                | libc::SYS_poll
-                | libc::SYS_ppoll
-                | libc::SYS_select
-                | libc::SYS_pselect6
-                | libc::SYS_epoll_wait
-                | libc::SYS_epoll_pwait
-                | libc::SYS_epoll_pwait2
-                | libc::SYS_rt_sigsuspend
-                | libc::SYS_rt_sigtimedwait
-                | libc::SYS_msgrcv
-                | libc::SYS_msgsnd
-                | libc::SYS_semop
-                | libc::SYS_semtimedop
-        )
+    ok(0)
 }
 
 /// After a call interrupted by a handled signal: rewinds the application
@@ -308,7 +256,7 @@ pub fn maybe_restart(rt: &Runtime, ctl: &ThreadCtl, nr: u64, gregs: &mut [i64; 2
     if ctl.interrupted == 0 || gregs[libc::REG_RAX as usize] != -(libc::EINTR as i64) {
         return;
     }
-    if !restartable(nr) {
+    if super::wait_of(nr) != super::Wait::Restarted {
         return;
     }
     let state = rt.signals.lock().unwrap_or_else(|p| p.into_inner());
@@ -495,18 +443,18 @@ fn deliver(
     }
 }
 
-/// rt_sigreturn replaces the whole register set, so `sigsys_handler`
-/// serves it through [`sigreturn_frame`] before dispatching; this entry
-/// only gives the table its disposition.
-pub fn rt_sigreturn(_rt: &Runtime, _c: &Call) -> i64 {
-    errno(libc::EFAULT)
-}
-
 /// Emulated rt_sigreturn: the frame `deliver` built sits at the
 /// application's stack pointer (the handler's `ret` popped the return
 /// address); its registers, mask and FPU state become the state the
 /// SIGSYS handler returns to.
-pub fn sigreturn_frame(rt: &Runtime, ctl: &mut ThreadCtl, uc: &mut libc::ucontext_t) {
+pub fn rt_sigreturn(cx: &mut Ctx, _c: &Call) -> SysResult {
+    let rt = cx.rt;
+    let ctl = &mut *cx.thread;
+    sigreturn_frame(rt, ctl, cx.uc);
+    Ok(Outcome::Resume)
+}
+
+fn sigreturn_frame(rt: &Runtime, ctl: &mut ThreadCtl, uc: &mut libc::ucontext_t) {
     let g = &mut uc.uc_mcontext.gregs;
     let at = g[libc::REG_RSP as usize] as u64;
     let mut saved = [0u8; UC_LEN];
@@ -604,7 +552,9 @@ pub extern "C" fn app_signal_handler(
     if sig == crate::sud::EXEC_KILL_SIGNAL {
         // It interrupted application code: nothing of the runtime's is
         // held, so the thread can end here.
-        super::thread::end_for_exec();
+        // Safety: on an application thread, whose GS base is its control
+        // block; the only reference to it while this handler runs.
+        super::thread::end_for_exec(unsafe { current_ctl() });
         return;
     }
     let served = std::panic::catch_unwind(|| {

@@ -5,9 +5,9 @@
 //! the process: its tid, futexes (on arena addresses), CLONE_CHILD_CLEARTID
 //! and tgkill are the host's.
 
-use super::Call;
-use crate::sud::{self, current_ctl, raw_syscall, ThreadCtl};
-use crate::{user, Runtime};
+use super::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
+use crate::sud::{self, raw_syscall, ThreadCtl};
+use crate::user;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
@@ -37,17 +37,13 @@ pub(super) const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
 const SHARED: u64 =
     (libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SYSVSEM | libc::CLONE_DETACHED) as u64;
 
-fn errno(e: i32) -> i64 {
-    -(e as i64)
-}
-
-pub fn clone(rt: &Runtime, c: &Call) -> i64 {
+pub fn clone(cx: &mut Ctx, c: &Call) -> SysResult {
     let [flags, stack, parent_tid, child_tid, tls, _] = c.args;
     if flags & CLONE_THREAD == 0 {
-        return super::fork::clone_process(rt, flags, stack, parent_tid, child_tid, tls);
+        return super::fork::clone_process(cx, flags, stack, parent_tid, child_tid, tls);
     }
     if flags & (CLONE_VM | CLONE_SIGHAND) != CLONE_VM | CLONE_SIGHAND {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     let known = CLONE_VM
         | CLONE_SIGHAND
@@ -60,26 +56,24 @@ pub fn clone(rt: &Runtime, c: &Call) -> i64 {
     if flags & !known != 0 || flags & 0xff != 0 {
         // No exit signal for a thread; other options (CLONE_VFORK,
         // CLONE_PTRACE, namespaces...) are not thread options.
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
-    spawn(rt, flags, stack, parent_tid, child_tid, tls)
+    spawn(cx, flags, stack, parent_tid, child_tid, tls)
 }
 
 /// clone3: the same threads and processes as clone, from a `clone_args`
 /// structure. What only clone3 can ask (a pidfd, chosen tids, a cgroup)
 /// is answered ENOSYS, on which callers (glibc) fall back to clone.
-pub fn clone3(rt: &Runtime, c: &Call) -> i64 {
+pub fn clone3(cx: &mut Ctx, c: &Call) -> SysResult {
     const CLONE_PIDFD: u64 = libc::CLONE_PIDFD as u64;
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let [args, size, ..] = c.args;
     // CLONE_ARGS_SIZE_VER0: flags .. tls, eight u64 words.
     if !(64..=4096).contains(&size) {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     let mut raw = vec![0u8; size as usize];
-    if let Err(e) = user::read(args, &mut raw) {
-        return errno(e);
-    }
+    user::read(args, &mut raw)?;
     let word = |i: usize| {
         raw.get(i * 8..i * 8 + 8)
             .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
@@ -89,18 +83,18 @@ pub fn clone3(rt: &Runtime, c: &Call) -> i64 {
     let (stack, stack_size, tls, set_tid_size, cgroup) =
         (word(5), word(6), word(7), word(9), word(10));
     if flags & (CLONE_PIDFD | CLONE_INTO_CGROUP) != 0 || set_tid_size != 0 || cgroup != 0 {
-        return errno(libc::ENOSYS);
+        return Err(Errno::ENOSYS.into());
     }
     // Bytes past the structure this kernel knows must be zero.
     if raw
         .get(88..)
         .is_some_and(|rest| rest.iter().any(|&b| b != 0))
     {
-        return errno(libc::E2BIG);
+        return Err(Errno::E2BIG.into());
     }
     let _ = pidfd;
     if exit_signal > 0xff || flags & 0xff != 0 || (stack == 0) != (stack_size == 0) {
-        return errno(libc::EINVAL);
+        return Err(Errno::EINVAL.into());
     }
     let top = if stack == 0 {
         0
@@ -111,7 +105,7 @@ pub fn clone3(rt: &Runtime, c: &Call) -> i64 {
         nr: c.nr,
         args: [flags | exit_signal, top, parent_tid, child_tid, tls, 0],
     };
-    clone(rt, &call)
+    clone(cx, &call)
 }
 
 /// What a new application thread starts with.
@@ -123,7 +117,7 @@ struct Start {
     parent_tid: u64,
     child_tid: u64,
     /// Where to say the thread runs (its tid) or why it could not start.
-    ready: mpsc::Sender<Result<i32, i32>>,
+    ready: mpsc::Sender<Result<i32, Errno>>,
 }
 
 /// The host tids of the application's threads.
@@ -202,9 +196,7 @@ pub fn exec_finished() {
 /// where the runtime holds nothing: from its signal entry over
 /// application code, or at the end of its SIGSYS handler). A stray
 /// request (no exec under way, or the exec'ing thread itself) is dropped.
-pub fn end_for_exec() {
-    // Safety: on an application thread, whose GS base is its control block.
-    let ctl = unsafe { current_ctl() };
+pub fn end_for_exec(ctl: &mut ThreadCtl) {
     ctl.exit_requested = false;
     let me = gettid();
     let exec_tid = EXEC_TID.load(Ordering::SeqCst);
@@ -273,22 +265,25 @@ pub(super) fn child_tids(ctl: &mut ThreadCtl, flags: u64, child_tid: u64, tid: i
     }
 }
 
-fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, tls: u64) -> i64 {
+fn spawn(
+    cx: &mut Ctx,
+    flags: u64,
+    stack: u64,
+    parent_tid: u64,
+    child_tid: u64,
+    tls: u64,
+) -> SysResult {
+    let rt = cx.rt;
     if !rt.arena.can_stage() {
         // Eviction would not be safe with threads writing meanwhile.
         tracing::warn!("threads need UFFDIO_MOVE (Linux 6.8 or later); clone refused");
-        return errno(libc::EAGAIN);
+        return Err(Errno::EAGAIN.into());
     }
     rt.cache.set_concurrent();
-    crate::fault::add_server(crate::runtime(), THREADS.load(Ordering::SeqCst) + 1);
-    // Safety: inside the SIGSYS handler of an application thread, which
-    // set `regs` to the registers of this very call.
-    let ctl = unsafe { current_ctl() };
-    if ctl.regs.is_null() {
-        return errno(libc::EINVAL);
-    }
-    // Safety: `regs` points into the live SIGSYS frame of this call.
-    let mut regs = unsafe { *ctl.regs };
+    crate::fault::add_server(rt, THREADS.load(Ordering::SeqCst) + 1);
+    // The new thread starts from this call's registers.
+    let mut regs = *cx.regs();
+    let ctl = &*cx.thread;
     regs[libc::REG_RAX as usize] = 0;
     if stack != 0 {
         regs[libc::REG_RSP as usize] = stack as i64;
@@ -298,7 +293,7 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
     } else {
         ctl.app_fs
     };
-    let (tx, rx) = mpsc::channel::<Result<i32, i32>>();
+    let (tx, rx) = mpsc::channel::<Result<i32, Errno>>();
     let start = Start {
         regs,
         fs,
@@ -312,12 +307,12 @@ fn spawn(rt: &Runtime, flags: u64, stack: u64, parent_tid: u64, child_tid: u64, 
     if let Err(e) = start_runtime_thread(start) {
         THREADS.fetch_sub(1, Ordering::SeqCst);
         tracing::warn!("cannot start a runtime thread for the application: {e}");
-        return errno(libc::EAGAIN);
+        return Err(Errno::EAGAIN.into());
     }
     match rx.recv() {
-        Ok(Ok(tid)) => tid as i64,
-        Ok(Err(e)) => errno(e),
-        Err(_) => errno(libc::EAGAIN),
+        Ok(Ok(tid)) => ok(tid),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(Errno::EAGAIN.into()),
     }
 }
 
@@ -349,7 +344,7 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
                 Err(e) => {
                     let _ = start
                         .ready
-                        .send(Err(e.raw_os_error().unwrap_or(libc::ENOMEM)));
+                        .send(Err(Errno(e.raw_os_error().unwrap_or(libc::ENOMEM))));
                     THREADS.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
@@ -443,40 +438,43 @@ pub fn hold_for_fork() -> ThreadsHold {
     ThreadsHold { tids: app_tids() }
 }
 
-/// In a forked process: only the thread that forked runs.
-pub fn reset_after_fork(mut held: ThreadsHold) {
+/// In a forked process: only the thread that forked (`ctl`) runs.
+pub fn reset_after_fork(ctl: &mut ThreadCtl, mut held: ThreadsHold) {
     THREADS.store(1, Ordering::SeqCst);
     *held.tids = vec![gettid()];
     drop(held);
     // An exec under way in the parent is not this process's.
     EXEC_TID.store(0, Ordering::SeqCst);
-    // Safety: on the forking thread, whose GS base is its control block.
-    unsafe { current_ctl() }.exit_requested = false;
+    ctl.exit_requested = false;
 }
 
-/// set_tid_address: recorded, so that a thread that ends (and whose
-/// runtime thread is reused) clears and wakes the word as Linux would.
-pub fn set_tid_address(_rt: &Runtime, c: &Call) -> i64 {
-    // Safety: inside the SIGSYS handler of an application thread.
-    let ctl = unsafe { current_ctl() };
-    ctl.clear_tid = c.args[0];
+/// set_tid_address: recorded, so that a thread that ends clears and wakes
+/// the word as Linux would (the runtime does it, before its runtime thread
+/// ends).
+pub fn set_tid_address(cx: &mut Ctx, c: &Call) -> SysResult {
+    cx.thread.clear_tid = c.args[0];
     // Safety: the kernel only records the address (and returns the tid).
-    unsafe { raw_syscall(c.nr, c.args) }
+    returned(unsafe { raw_syscall(c.nr, c.args) })
 }
 
 /// exit: ends the calling thread, or the process with the last one. The
 /// application thread ends as on Linux (its clear-tid word is cleared and
 /// woken, so a join returns), and so does its runtime thread.
-pub fn exit(rt: &Runtime, c: &Call) -> i64 {
+pub fn exit(cx: &mut Ctx, c: &Call) -> SysResult {
     if THREADS.fetch_sub(1, Ordering::SeqCst) == 1 {
         THREADS.store(1, Ordering::SeqCst);
-        return super::proc::exit_group(rt, c);
+        return Ok(Outcome::ExitProcess(c.args[0] as i32));
     }
-    // Safety: inside the SIGSYS handler of an application thread.
-    let ctl = unsafe { current_ctl() };
     let me = gettid();
     app_tids().retain(|&t| t != me);
-    clear_tid_word(ctl);
-    // Safety: the handler holds no lock here and its frames own nothing.
+    clear_tid_word(cx.thread);
+    Ok(Outcome::ExitThread)
+}
+
+/// Ends the calling application thread, once `exit` has done its part
+/// (called by the dispatcher, where the runtime holds nothing).
+pub fn end(ctl: &mut ThreadCtl) -> ! {
+    // Safety: the dispatcher calls this last, holding no lock, from
+    // frames that own nothing.
     unsafe { sud::leave_thread(ctl) }
 }

@@ -14,7 +14,8 @@ pub mod offset;
 pub mod path;
 pub mod storage;
 
-use lego_proto::{FileAttr, FileHandle, FileType, StorageRequest};
+use crate::syscall::SysError;
+use lego_proto::{Errno, FileAttr, FileHandle, FileType, StorageRequest};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -165,44 +166,39 @@ impl Vfs {
 
     /// The first `max` bytes of the regular file at `path` (relative to
     /// the working directory; all of it if shorter), and its attributes;
-    /// a host path is read from the processor's files.
-    pub fn read_file(&self, path: &[u8], max: usize) -> Result<(Vec<u8>, Option<FileAttr>), i32> {
+    /// a host path is read from the processor's files. A lost storage
+    /// manager is a fault of the runtime (`SysError::Fatal`).
+    pub fn read_file(
+        &self,
+        path: &[u8],
+        max: usize,
+    ) -> Result<(Vec<u8>, Option<FileAttr>), SysError> {
         let abs = path::normalize(&self.cwd().path, path);
         if path::is_host(&abs) {
             let mut bytes = Vec::new();
             std::fs::File::open(std::ffi::OsStr::from_bytes(&abs))
                 .and_then(|f| f.take(max as u64).read_to_end(&mut bytes))
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                .map_err(Errno::from)?;
             return Ok((bytes, None));
         }
-        let lost = |e| match e {
-            StorageError::Errno(errno) => errno,
-            StorageError::Lost(why) => crate::fatal(&why),
-        };
-        let (handle, attr) = self
-            .storage
-            .found(StorageRequest::Lookup {
-                dir: self.root.clone(),
-                path: abs,
-                follow: true,
-            })
-            .map_err(lost)?;
+        let (handle, attr) = self.storage.found(StorageRequest::Lookup {
+            dir: self.root.clone(),
+            path: abs,
+            follow: true,
+        })?;
         if attr.file_type != FileType::Regular {
-            return Err(libc::EACCES);
+            return Err(Errno::EACCES.into());
         }
         let mut out = Vec::with_capacity((attr.size as usize).min(max));
         loop {
-            let (reply, data) = self
-                .storage
-                .call(
-                    StorageRequest::Read {
-                        handle: handle.clone(),
-                        offset: out.len() as u64,
-                        len: lego_proto::MAX_READ_LEN,
-                    },
-                    &[],
-                )
-                .map_err(lost)?;
+            let (reply, data) = self.storage.call(
+                StorageRequest::Read {
+                    handle: handle.clone(),
+                    offset: out.len() as u64,
+                    len: lego_proto::MAX_READ_LEN,
+                },
+                &[],
+            )?;
             let eof = matches!(reply, lego_proto::StorageReply::Data { eof: true });
             let wanted = (max - out.len()).min(data.len());
             out.extend_from_slice(&data[..wanted]);
@@ -222,7 +218,7 @@ impl Vfs {
         attr: &FileAttr,
         abs: Vec<u8>,
         flags: u32,
-    ) -> Result<i32, i32> {
+    ) -> Result<i32, Errno> {
         self.open_file(handle, attr.file_type, abs, flags, None, None)
     }
 
@@ -234,7 +230,7 @@ impl Vfs {
         flags: u32,
         content: Option<Vec<u8>>,
         listing: Option<Vec<Entry>>,
-    ) -> Result<i32, i32> {
+    ) -> Result<i32, Errno> {
         let cloexec = flags & libc::O_CLOEXEC as u32;
         // Safety: opening /dev/null, a path of ours, for its number only.
         let fd = unsafe {
@@ -251,7 +247,7 @@ impl Vfs {
             )
         };
         if fd < 0 {
-            return Err(-fd as i32);
+            return Err(Errno(-fd as i32));
         }
         let keep = libc::O_ACCMODE as u32
             | libc::O_APPEND as u32
@@ -278,7 +274,7 @@ impl Vfs {
     }
 
     /// Opens a file the runtime serves itself, with these contents.
-    pub fn open_content(&self, abs: Vec<u8>, content: Vec<u8>, flags: u32) -> Result<i32, i32> {
+    pub fn open_content(&self, abs: Vec<u8>, content: Vec<u8>, flags: u32) -> Result<i32, Errno> {
         let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
         self.open_file(
             FileHandle(Vec::new()),
@@ -291,7 +287,12 @@ impl Vfs {
     }
 
     /// Opens a directory the runtime serves itself, with these entries.
-    pub fn open_listing(&self, abs: Vec<u8>, entries: Vec<Entry>, flags: u32) -> Result<i32, i32> {
+    pub fn open_listing(
+        &self,
+        abs: Vec<u8>,
+        entries: Vec<Entry>,
+        flags: u32,
+    ) -> Result<i32, Errno> {
         let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
         self.open_file(
             FileHandle(Vec::new()),

@@ -1,6 +1,7 @@
 //! The runtime's link to the storage manager serving the program's files.
 
-use lego_proto::{FileAttr, FileHandle, Message, Role, StorageReply, StorageRequest};
+use crate::syscall::SysError;
+use lego_proto::{Errno, FileAttr, FileHandle, Message, Role, StorageReply, StorageRequest};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,10 +10,21 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum StorageError {
     /// The call failed as Linux would fail it; the application gets this.
-    Errno(i32),
+    Errno(Errno),
     /// The storage manager cannot be reached (after retrying) or broke the
     /// protocol: the runtime cannot go on.
     Lost(String),
+}
+
+impl From<StorageError> for SysError {
+    /// The application's errno, or, for a lost storage manager, a fault
+    /// of the runtime that ends the process.
+    fn from(e: StorageError) -> SysError {
+        match e {
+            StorageError::Errno(errno) => SysError::Errno(errno),
+            StorageError::Lost(why) => SysError::Fatal(why),
+        }
+    }
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -102,7 +114,7 @@ impl RemoteStorage {
         payload: &[&[u8]],
     ) -> StorageResult<(StorageReply, Vec<u8>)> {
         if Self::names_no_file(&request) {
-            return Err(StorageError::Errno(libc::EINVAL));
+            return Err(StorageError::Errno(Errno::EINVAL));
         }
         let message = Message::Storage(request);
         let joined: Vec<u8>;
@@ -121,7 +133,7 @@ impl RemoteStorage {
                 Ok(frame) => {
                     return match frame.message {
                         Message::StorageDone(reply) => Ok((reply, frame.payload)),
-                        Message::StorageFailed { errno } => Err(StorageError::Errno(errno)),
+                        Message::StorageFailed { errno } => Err(StorageError::Errno(Errno(errno))),
                         Message::Error(e) => Err(StorageError::Lost(format!(
                             "the {} refused a request: {}",
                             self.describe(),
