@@ -205,14 +205,14 @@ fn python_and_sqlite_match_the_native_run() {
          select k, count(*) from t where k between 10 and 12 group by k;\n",
     )
     .unwrap();
-    let native = Command::new("/usr/bin/sqlite3")
+    let native = Command::new(require("sqlite3"))
         .arg("native.db")
         .current_dir(&scratch.dir)
         .stdin(std::fs::File::open(&sql).unwrap())
         .output()
         .unwrap();
     let lego = cluster
-        .run_command(&[], Path::new("/usr/bin/sqlite3"), &["lego.db"])
+        .run_command(&[], &require("sqlite3"), &["lego.db"])
         .current_dir(&scratch.dir)
         .stdin(std::fs::File::open(&sql).unwrap())
         .output()
@@ -256,7 +256,7 @@ fn make_builds_a_c_project_with_gcc_under_lego() {
     )
     .unwrap();
     let make = cluster
-        .run_command(&[], Path::new("/usr/bin/make"), &["-j2", "-C"])
+        .run_command(&[], &require("make"), &["-j2", "-C"])
         .arg(src)
         .output()
         .expect("lego run starts make");

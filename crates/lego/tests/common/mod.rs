@@ -192,10 +192,50 @@ pub const ALL_BUILDS: [Build; 4] = [
     Build::MuslStaticPie,
 ];
 
+/// The Debian package of each tool the tests run (`.ci/run` installs the
+/// same list).
+const PACKAGES: &[(&str, &str)] = &[
+    ("gcc", "gcc"),
+    ("ld", "binutils"),
+    ("musl-gcc", "musl-tools"),
+    ("make", "make"),
+    ("script", "bsdutils"),
+    ("ps", "procps"),
+    ("free", "procps"),
+    ("python3", "python3"),
+    ("sqlite3", "sqlite3"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("redis-benchmark", "redis-tools"),
+    ("redis-check-rdb", "redis-tools"),
+    ("gzip", "gzip"),
+    ("bash", "bash"),
+];
+
+/// Where the system's `tool` is (in /usr/bin or /bin, as Debian installs
+/// it); a missing tool fails the test with the package to install.
+pub fn require(tool: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let path = Path::new(dir).join(tool);
+        if path.exists() {
+            return path;
+        }
+    }
+    let package = PACKAGES
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map_or("the package that has it", |(_, p)| p);
+    panic!("{tool} is not installed: `apt-get install -y {package}` (.ci/run installs every tool the tests use)")
+}
+
 fn run_tool(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd:?}: {e} (is it installed? .ci/run installs it)")
-    });
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    if !tool.contains('/') {
+        require(&tool);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}",
