@@ -50,7 +50,8 @@ enum Command {
     Kill(cluster::KillArgs),
     /// Run a program on the cluster (starting an embedded cluster if none is up)
     Run(run::RunArgs),
-    /// Measure Lego against baselines taken in the same run (miss, syscall, workload)
+    /// Measure Lego against baselines taken in the same run (miss, syscall, files, threads,
+    /// redis, fork, workload)
     Bench(bench::BenchArgs),
     /// Run the global monitor: cluster membership and failure detection
     Monitor(serve::MonitorArgs),

@@ -7,8 +7,9 @@
 //! empty and live components re-register on their own (the [`link`] sees
 //! the monitor vanish and registers again), so nothing is lost by killing it.
 //!
-//! Later issues add coarse-grained placement here (which processor runs a
-//! process, which memory managers hold its regions).
+//! It also places new processes (`PlaceProcess`: the least-busy live
+//! processor and the live memory manager with the most uncommitted
+//! memory); regions over several memory managers come with a later issue.
 
 pub mod link;
 mod membership;

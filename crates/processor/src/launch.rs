@@ -12,13 +12,13 @@
 
 use crate::spawn;
 use crate::Processor;
+use lego_proto::live::LiveStats;
+use lego_proto::runtime::{RuntimeReport, RuntimeSpec};
 use lego_proto::AdoptSpec;
 use lego_proto::{
     ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, MAX_ARGS,
     MAX_ARGS_BYTES,
 };
-use lego_runtime::live::LiveStats;
-use lego_runtime::{RuntimeReport, RuntimeSpec};
 use lego_transport::fdpass::recv_fds;
 use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
 use std::io::Read;
@@ -152,18 +152,7 @@ fn serve_connection(
         .join(" ");
     let runtime_spec = RuntimeSpec {
         pid,
-        program: spec.program.clone(),
-        argv: spec.argv.clone(),
-        envp: spec.envp.clone(),
-        excache: spec.excache,
-        memory: spec.memory,
-        memory_name: spec.memory_name.clone(),
-        memory_capacity: spec.memory_capacity,
-        memory_available: spec.memory_available,
-        storage: spec.storage,
-        storage_name: spec.storage_name.clone(),
-        storage_retry_ms: spec.storage_retry_ms,
-        cwd: spec.cwd.clone(),
+        launch: spec.clone(),
         secret_hex: processor.secret.to_hex(),
         processor_socket: processor.launch_socket.as_os_str().as_bytes().to_vec(),
         processor_name: processor.name.clone(),

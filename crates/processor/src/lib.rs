@@ -1,6 +1,7 @@
 //! The processor manager (LegoOS's pComponent).
 //!
-//! It starts one runtime ([`lego_runtime`]) per application process,
+//! It starts one runtime (the `lego-runtime` crate, in a process of its
+//! own; their contract is `lego_proto::runtime`) per application process,
 //! handing it the program's stdio and the address of its home memory
 //! manager ([`launch`], [`spawn`]); reports the processes it runs to the
 //! monitor in its heartbeat; and tells the memory manager to free a
@@ -13,8 +14,8 @@ mod launch;
 mod spawn;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
+use lego_proto::live::LiveStats;
 use lego_proto::{ErrorCode, Frame, Load, Message, ProcessId, ProcessInfo, Role};
-use lego_runtime::live::LiveStats;
 use lego_transport::{Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::net::SocketAddr;

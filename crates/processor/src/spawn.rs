@@ -1,8 +1,10 @@
 //! Starting a runtime process for an application and collecting its end.
 
+use lego_proto::live::{LiveStats, STATS_FD};
+use lego_proto::runtime::{
+    RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, RUNTIME_FAILURE_EXIT, SPEC_FD,
+};
 use lego_proto::{ExitReport, ExitStatus, ProcessId};
-use lego_runtime::live::{LiveStats, STATS_FD};
-use lego_runtime::{RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, SPEC_FD};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -169,7 +171,7 @@ impl RuntimeProcess {
             Err(e) => {
                 return ExitReport {
                     pid: self.pid,
-                    status: ExitStatus::Code(lego_runtime::RUNTIME_FAILURE_EXIT),
+                    status: ExitStatus::Code(RUNTIME_FAILURE_EXIT),
                     error: Some(format!("cannot wait for the runtime: {e}")),
                     stats: None,
                 }
@@ -181,10 +183,10 @@ impl RuntimeProcess {
         let status = match (status.code(), status.signal()) {
             (Some(code), _) => ExitStatus::Code(code),
             (None, Some(sig)) => ExitStatus::Signal(sig),
-            (None, None) => ExitStatus::Code(lego_runtime::RUNTIME_FAILURE_EXIT),
+            (None, None) => ExitStatus::Code(RUNTIME_FAILURE_EXIT),
         };
         let error = report.as_ref().and_then(|r| r.error.clone()).or_else(|| {
-            (status == ExitStatus::Code(lego_runtime::RUNTIME_FAILURE_EXIT) && report.is_none())
+            (status == ExitStatus::Code(RUNTIME_FAILURE_EXIT) && report.is_none())
                 .then(|| "the runtime ended without a report".to_string())
         });
         ExitReport {

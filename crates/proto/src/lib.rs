@@ -14,9 +14,11 @@
 
 pub mod errno;
 pub mod frame;
+pub mod live;
 pub mod memory;
 pub mod message;
 pub mod process;
+pub mod runtime;
 pub mod storage;
 
 pub use errno::Errno;

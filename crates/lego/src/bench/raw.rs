@@ -1,7 +1,7 @@
 //! Baselines measured inside the bench process: a raw TCP round trip of
 //! the miss path's size and a local userfaultfd miss.
 
-use lego_runtime::uffd::{UffdMsg, Userfaultfd, UFFD_EVENT_PAGEFAULT};
+use lego_runtime::host::uffd::{UffdMsg, Userfaultfd, UFFD_EVENT_PAGEFAULT};
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

@@ -1,9 +1,12 @@
 //! mmap, munmap and brk.
 //!
-//! Only anonymous memory is served here; file mappings are the runtime's
-//! business (a later issue), so they fail with `ENODEV`. `MAP_SHARED`
-//! anonymous memory is accepted and behaves as private: without fork there
-//! is nobody to share it with. `MAP_HUGETLB` gets normal pages, and
+//! Anonymous memory is served by `mmap`; private (and read-only shared)
+//! mappings of a storage file by `mmap_file`, whose pages are read from
+//! the storage manager on first fetch; a call without MAP_ANONYMOUS that
+//! names no file fails with `ENODEV`. Shared mappings of host objects and
+//! shared anonymous memory are the runtime's (the host kernel's own
+//! mappings on the processor, shared across fork): here they are only a
+//! reserved range. `MAP_HUGETLB` gets normal pages, and
 //! `MAP_NORESERVE` is ignored (strict accounting, as under
 //! `vm.overcommit_memory=2`). `MAP_GROWSDOWN` mappings do not grow.
 

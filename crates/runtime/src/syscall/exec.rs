@@ -8,9 +8,11 @@
 //! handler returns into the new program's entry point
 //! ([`Outcome::Exec`]).
 
-use super::{Call, Ctx, Errno, Outcome, SysError, SysResult};
-use crate::exec::{install, prepare};
-use crate::{user, Runtime};
+use super::contract::{Call, Ctx, Errno, Outcome, SysError, SysResult};
+use crate::host::user;
+use crate::image::{install, prepare};
+use crate::process::Runtime;
+use crate::task::threads;
 use lego_proto::{MAX_ARGS, MAX_ARGS_BYTES};
 
 /// Reads a NULL-terminated array of string pointers, bounded like Linux's
@@ -54,7 +56,7 @@ pub fn execveat(cx: &mut Ctx, c: &Call) -> SysResult {
 
 fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
     let result = exec_one(rt, path, argv, envp);
-    super::thread::exec_finished();
+    crate::task::threads::exec_finished();
     result
 }
 
@@ -76,13 +78,19 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
     };
     // The program is found: the other threads end before the address
     // space is replaced under them, as Linux's execve ends them.
-    if super::thread::several() && !super::thread::end_other_threads() {
+    if threads::several() && !threads::end_other_threads() {
         return Err(Errno::EAGAIN.into());
     }
-    rt.cache
+    rt.mm
+        .cache
         .settle()
         .map_err(|e| SysError::fatal(format!("before execve: {e}")))?;
-    let image = match rt.remote.exec(&prepared.image).map_err(SysError::Fatal)? {
+    let image = match rt
+        .mm
+        .remote
+        .exec(&prepared.image)
+        .map_err(SysError::Fatal)?
+    {
         Err(refusal) => {
             tracing::info!("execve of {}: {refusal}", String::from_utf8_lossy(&path));
             return Err(Errno::ENOEXEC.into());
@@ -106,7 +114,7 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
         .reset_for_exec();
     *rt.program.lock().unwrap_or_else(|p| p.into_inner()) = exe;
     super::fork::exec_done();
-    if let Some(live) = crate::LIVE.get() {
+    if let Some(live) = crate::host::live::get() {
         let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
         let command = view
             .cmdline

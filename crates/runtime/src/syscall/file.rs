@@ -9,12 +9,13 @@
 //! A storage failure is the application's errno; a lost storage manager
 //! is a fault of the runtime (`SysError::Fatal`, from `StorageError`).
 
-use super::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
-use crate::sud::raw_syscall;
+use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
+use crate::host::raw_syscall;
+use crate::host::user;
+use crate::process::Runtime;
 use crate::vfs::path::{is_host, normalize, split_last};
 use crate::vfs::storage::StorageError;
 use crate::vfs::{OpenFile, Vfs};
-use crate::{user, Runtime};
 use lego_proto::{
     dirent64_len, FileAttr, FileHandle, FileType, SetAttr, StorageReply, StorageRequest,
     MAX_READ_LEN, MAX_WRITE_LEN,
@@ -232,10 +233,10 @@ fn open_common(
     }
     match place(vfs, dirfd, &path)? {
         Place::Host(Some(abs)) => {
-            if let Some(content) = crate::procfs::serve(rt, abs.as_bytes()) {
+            if let Some(content) = crate::process::procfs::serve(rt, abs.as_bytes()) {
                 return ok(vfs.open_content(abs.as_bytes().to_vec(), content, flags)?);
             }
-            if let Some(entries) = crate::procfs::listing(rt, abs.as_bytes()) {
+            if let Some(entries) = crate::process::procfs::listing(rt, abs.as_bytes()) {
                 return ok(vfs.open_listing(abs.as_bytes().to_vec(), entries, flags)?);
             }
             host_call(cx, c, path_arg, Some(abs))

@@ -20,9 +20,10 @@
 //! on the parent's processor: their inherited pipes, sockets and terminals
 //! are that host's kernel objects.
 
-use super::{ok, Call, Ctx, Errno, SysError, SysResult};
-use crate::sud::{self, raw_syscall};
-use crate::{user, Runtime};
+use super::contract::{ok, Call, Ctx, Errno, SysError, SysResult};
+use crate::host::raw_syscall;
+use crate::host::user;
+use crate::process::Runtime;
 use lego_proto::{AdoptSpec, FrameLimits, Message, ProcessId, Role};
 use lego_transport::fdpass::send_fds;
 use lego_transport::{handshake, write_frame, FrameReader, Identity};
@@ -34,8 +35,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::thread::{
-    CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_VM,
+use crate::task::threads::{
+    self, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_VM,
 };
 
 const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
@@ -162,13 +163,13 @@ static FORKING: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 /// thread does not exist. Order: the leaf tables, then the cache, then
 /// the connections (the fault path takes the cache, then a connection).
 struct ForkLocks<'a> {
-    _signals: MutexGuard<'a, super::signal::SignalState>,
-    _process: MutexGuard<'a, crate::procfs::ProcessView>,
+    _signals: MutexGuard<'a, crate::task::signals::SignalState>,
+    _process: MutexGuard<'a, crate::process::ProcessView>,
     _program: MutexGuard<'a, Vec<u8>>,
     vfs: Option<crate::vfs::VfsHold<'a>>,
-    threads: super::thread::ThreadsHold,
-    _arena: crate::arena::ArenaHold<'a>,
-    cache: crate::excache::ForkHold<'a>,
+    threads: threads::ThreadsHold,
+    _arena: crate::mm::arena::ArenaHold<'a>,
+    cache: crate::mm::excache::ForkHold<'a>,
     remote: Vec<lego_transport::ClientHold<'a>>,
     _lifted: lego_transport::fdfloor::LiftedHold,
 }
@@ -184,10 +185,10 @@ impl Runtime {
             _process: lock(&self.process),
             _program: lock(&self.program),
             vfs: self.vfs.as_ref().map(|v| v.hold_for_fork()),
-            threads: super::thread::hold_for_fork(),
-            _arena: self.arena.hold_for_fork(),
-            cache: self.cache.hold_for_fork(),
-            remote: self.remote.hold_for_fork(),
+            threads: threads::hold_for_fork(),
+            _arena: self.mm.arena.hold_for_fork(),
+            cache: self.mm.cache.hold_for_fork(),
+            remote: self.mm.remote.hold_for_fork(),
             _lifted: lego_transport::fdfloor::hold_for_fork(),
         }
     }
@@ -201,16 +202,18 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
     // flush through the host fork: no other thread changes a range (whose
     // pages the flush would write back) or has a fault half served (whose
     // lock the child would inherit held).
-    let layout = rt.cache.change_layout();
+    let layout = rt.mm.cache.change_layout();
     // The copy is made from what the memory manager holds.
-    rt.cache
-        .flush(&layout, &rt.arena, &rt.remote)
+    rt.mm
+        .cache
+        .flush(&layout, &rt.mm.arena, &rt.mm.remote)
         .map_err(|e| {
             SysError::fatal(format!(
                 "cannot write the address space back for a fork: {e}"
             ))
         })?;
     let differences = rt
+        .mm
         .remote
         .fork(child)
         .map_err(SysError::Fatal)?
@@ -219,7 +222,7 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
         match vfork_pipe() {
             Ok(pipe) => Some(pipe),
             Err(e) => {
-                rt.remote.release(child);
+                rt.mm.remote.release(child);
                 return Err(Errno(e.raw_os_error().unwrap_or(libc::EAGAIN)).into());
             }
         }
@@ -258,7 +261,7 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
     }
     drop(forking);
     if pid < 0 {
-        rt.remote.release(child);
+        rt.mm.remote.release(child);
         if let Some((r, _)) = vfork {
             close(r);
         }
@@ -287,7 +290,7 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
 /// whose child could not start).
 fn become_child(
     cx: &mut Ctx,
-    layout: crate::excache::LayoutChange<'_>,
+    layout: crate::mm::excache::LayoutChange<'_>,
     held: ForkLocks<'_>,
     pid: ProcessId,
     req: &Request,
@@ -295,9 +298,9 @@ fn become_child(
     differences: Vec<lego_proto::RangeChange>,
 ) -> Result<(), SysError> {
     let rt = cx.rt;
-    let parent = rt.remote.pid();
+    let parent = rt.mm.remote.pid();
     // Reports go to our own processor connection, never the parent's.
-    crate::set_report_fd(-1);
+    crate::host::report::set_report_fd(-1);
     let inherited = VFORK_DONE.swap(vfork.map_or(-1, |(_, w)| w), Ordering::SeqCst);
     if inherited >= 0 {
         close(inherited);
@@ -320,21 +323,22 @@ fn become_child(
     // fork: free now, for this thread's use below.
     drop((_signals, _process, _program, _arena, _lifted));
     let failed = |why: String| SysError::fatal(format!("forked process {pid:x}: {why}"));
-    rt.arena
+    rt.mm
+        .arena
         .renew_after_fork()
         .map_err(|e| failed(e.to_string()))?;
     cache.reset_for_child();
-    super::thread::reset_after_fork(cx.thread, threads);
-    rt.remote.become_child(pid, remote);
+    threads::reset_after_fork(cx.thread, threads);
+    rt.mm.remote.become_child(pid, remote);
     if let Some(vfs) = vfs {
         vfs.storage.disconnect();
     }
     // Before the fault thread publishes anything: the inherited counters
     // page is shared with the parent's processor view.
-    let live = match crate::LIVE.get() {
+    let live = match crate::host::live::get() {
         Some(live) => live.renew(),
-        None => crate::live::LiveStats::create().map(|(live, fd)| {
-            let _ = crate::LIVE.set(live);
+        None => lego_proto::live::LiveStats::create().map(|(live, fd)| {
+            crate::host::live::set(live);
             fd
         }),
     };
@@ -345,11 +349,12 @@ fn become_child(
         moves: Vec::new(),
         changes: differences,
     };
-    super::mem::apply(rt, &layout, &done).map_err(failed)?;
+    rt.mm.apply(&layout, &done).map_err(failed)?;
     drop(layout);
-    crate::fault::spawn(rt).map_err(|e| failed(format!("cannot start the fault thread: {e}")))?;
+    crate::mm::fault::spawn(&rt.mm)
+        .map_err(|e| failed(format!("cannot start the fault thread: {e}")))?;
     match announce(rt, pid, parent, live) {
-        Ok(fd) => crate::set_report_fd(fd),
+        Ok(fd) => crate::host::report::set_report_fd(fd),
         Err(e) => tracing::warn!(
             "forked process {pid:x} could not announce itself to processor {}: {e}; \
              it runs, but is not listed and its memory is freed only with its parent's",
@@ -357,12 +362,12 @@ fn become_child(
         ),
     }
     let inherited = rt.runtime_fds();
-    let fds: Vec<RawFd> = crate::open_fds()
+    let fds: Vec<RawFd> = crate::host::fds::open_fds()
         .into_iter()
         .filter(|fd| inherited.binary_search(fd).is_ok())
         .collect();
     rt.set_runtime_fds(fds);
-    sud::enable_dispatch(cx.thread)
+    crate::task::dispatch::enable_dispatch(cx.thread)
         .map_err(|e| failed(format!("cannot enable Syscall User Dispatch: {e}")))?;
     if req.stack != 0 {
         // The child resumes on its new stack.
@@ -373,7 +378,7 @@ fn become_child(
     }
     // Safety: gettid has no preconditions.
     let tid = unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) } as i32;
-    super::thread::child_tids(cx.thread, req.flags, req.child_tid, tid);
+    threads::child_tids(cx.thread, req.flags, req.child_tid, tid);
     tracing::info!("process {pid:x} forked from {parent:x} (host pid {tid})");
     Ok(())
 }
@@ -429,8 +434,8 @@ fn announce(
         // Safety: getpid has no preconditions.
         host_pid: unsafe { libc::getpid() } as u32,
         command,
-        memory: rt.remote.addr(),
-        memory_name: rt.remote.name().to_string(),
+        memory: rt.mm.remote.addr(),
+        memory_name: rt.mm.remote.name().to_string(),
         excache: rt.home.excache,
     };
     write_frame(&mut stream, 1, &Message::Adopt(spec), &[]).map_err(|e| e.to_string())?;

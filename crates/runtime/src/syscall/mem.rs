@@ -2,68 +2,30 @@
 //! owns the address space; the reply says which ranges changed, and the
 //! runtime mirrors that in host protections and in the ExCache.
 
-use super::{ok, returned, Call, Ctx, Errno, SysError, SysResult};
-use crate::excache::LayoutChange;
-use crate::Runtime;
-use lego_proto::{MemoryOp, MemoryOpDone, RangeState, USER_END};
-
-/// Makes the runtime's view match what the memory manager did.
-pub fn apply(rt: &Runtime, change: &LayoutChange, done: &MemoryOpDone) -> Result<(), String> {
-    for m in &done.moves {
-        rt.cache
-            .relocate(change, &rt.arena, m.from, m.to, m.len)
-            .map_err(|e| format!("moving cached pages {:#x}->{:#x}: {e}", m.from, m.to))?;
-    }
-    for c in &done.changes {
-        // The memory manager changes a shared host mapping's range only to
-        // unmap or replace it (protection and advice on one go to the host,
-        // see `split_call`): the arena takes the range back first.
-        if rt.arena.touches_host_shared(c.start, c.end) {
-            rt.arena
-                .restore_private(c.start, c.end)
-                .map_err(|e| format!("{:#x}-{:#x}: {e}", c.start, c.end))?;
-        }
-        let (mapping, populated) = match c.state {
-            RangeState::Unmapped => (None, false),
-            RangeState::Mapped { prot, populated } => (Some(prot), populated),
-        };
-        if mapping == Some(libc::PROT_NONE as u32) && !c.discard {
-            // Kept but inaccessible: the runtime could not read its written
-            // pages once the host protection follows, so they go back now.
-            rt.cache
-                .write_back_and_drop(change, &rt.arena, &rt.remote, c.start, c.end)
-                .map_err(|e| format!("writing {:#x}-{:#x} back: {e}", c.start, c.end))?;
-        }
-        if c.discard {
-            rt.cache
-                .discard(change, &rt.arena, c.start, c.end)
-                .map_err(|e| format!("dropping {:#x}-{:#x}: {e}", c.start, c.end))?;
-        }
-        rt.arena
-            .mirror(c.start, c.end, mapping)
-            .map_err(|e| format!("{:#x}-{:#x}: {e}", c.start, c.end))?;
-        rt.cache.set_populated(change, c.start, c.end, populated);
-    }
-    Ok(())
-}
+use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
+use crate::process::Runtime;
+use lego_proto::{MemoryOp, USER_END};
 
 /// Sends one address-space call and mirrors its effect.
 fn memory_call(rt: &Runtime, op: MemoryOp) -> SysResult {
     let name = op.name();
     // From the memory manager's change until the arena mirrors it, no
     // fault may evict (and write back) a page of the changed ranges.
-    let change = rt.cache.change_layout();
+    let change = rt.mm.cache.change_layout();
     // The memory manager must hold every written-back page before the
     // address space changes under them.
-    rt.cache
+    rt.mm
+        .cache
         .settle()
         .map_err(|e| SysError::fatal(format!("before {name}: {e}")))?;
     let done = rt
+        .mm
         .remote
         .memory_op(op)
         .map_err(SysError::Fatal)?
         .map_err(Errno)?;
-    apply(rt, &change, &done)
+    rt.mm
+        .apply(&change, &done)
         .map_err(|e| SysError::fatal(format!("cannot apply {name} to the arena: {e}")))?;
     // A partial failure (mprotect over a hole) is the negated errno here.
     returned(done.result as i64)
@@ -103,17 +65,17 @@ fn split_call(rt: &Runtime, c: &Call, op: impl Fn(u64, u64) -> MemoryOp) -> SysR
     let end = addr
         .saturating_add(len.next_multiple_of(4096))
         .min(USER_END);
-    if !addr.is_multiple_of(4096) || len == 0 || !rt.arena.touches_host_shared(addr, end) {
+    if !addr.is_multiple_of(4096) || len == 0 || !rt.mm.arena.touches_host_shared(addr, end) {
         return memory_call(rt, op(addr, len));
     }
-    for (start, stop) in rt.arena.host_shared_parts(addr, end) {
+    for (start, stop) in rt.mm.arena.host_shared_parts(addr, end) {
         // Safety: the range is a shared host mapping of the application's
         // inside the arena; the call changes its protection or advice.
         returned(unsafe {
-            crate::sud::raw_syscall(c.nr, [start, stop - start, c.args[2], 0, 0, 0])
+            crate::host::raw_syscall(c.nr, [start, stop - start, c.args[2], 0, 0, 0])
         })?;
     }
-    for (start, stop) in rt.arena.private_parts(addr, end) {
+    for (start, stop) in rt.mm.arena.private_parts(addr, end) {
         memory_call(rt, op(start, stop - start))?;
     }
     ok(0)
@@ -148,13 +110,13 @@ fn host_shared_mmap(
             flags: reserve_flags as u32,
         },
     )?;
-    let super::Outcome::Return(start) = reserved else {
+    let Outcome::Return(start) = reserved else {
         return Err(SysError::fatal("runtime bug: mmap returned no address"));
     };
     let start = start as u64;
     let anonymous = flags & libc::MAP_ANONYMOUS as u64 != 0;
     let fd = if anonymous { -1 } else { fd as i32 };
-    match rt.arena.map_host_shared(
+    match rt.mm.arena.map_host_shared(
         start,
         len.next_multiple_of(4096),
         prot as i32,
@@ -261,7 +223,7 @@ fn file_mmap(
             flags: anon_flags as u32,
         },
     )?;
-    let super::Outcome::Return(start) = mapped else {
+    let Outcome::Return(start) = mapped else {
         return Err(SysError::fatal("runtime bug: mmap returned no address"));
     };
     let start = start as u64;
@@ -273,13 +235,13 @@ fn file_mmap(
             // Safety: reads the application's file into the mapping just
             // made for it, which is writable; the kernel serves its faults.
             None => returned(unsafe {
-                crate::sud::raw_syscall(
+                crate::host::raw_syscall(
                     libc::SYS_pread64 as u64,
                     [fd, start + done, want - done, offset + done, 0, 0],
                 )
             })
             .map(|read| match read {
-                super::Outcome::Return(n) => n,
+                Outcome::Return(n) => n,
                 _ => 0,
             }),
         };
@@ -332,7 +294,8 @@ pub fn mremap(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
     let [old_addr, old_len, new_len, flags, new_addr, _] = c.args;
     let touches = |start: u64, len: u64| {
-        rt.arena
+        rt.mm
+            .arena
             .touches_host_shared(start, start.saturating_add(len.max(1)).min(USER_END))
     };
     if touches(old_addr, old_len)

@@ -2,15 +2,16 @@
 //! link changes, attributes, the working directory) and the layout of the
 //! structures they fill. See `file` for the shared conventions.
 
+use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
 use super::file::{
     getattr, host_call, lookup, owner, parent_and_name, place, read_path, setattr, umask,
     with_file, Place,
 };
-use super::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
-use crate::sud::raw_syscall;
+use crate::host::raw_syscall;
+use crate::host::user;
+use crate::process::Runtime;
 use crate::vfs::path::normalize;
 use crate::vfs::Vfs;
-use crate::{user, Runtime};
 use lego_proto::{
     Credentials, FileAttr, FileHandle, FileType, FsStat, SetAttr, SetTime, StorageReply,
     StorageRequest, Timespec,

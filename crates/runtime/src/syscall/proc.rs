@@ -1,8 +1,8 @@
 //! Process-wide calls: exit, FS base, prctl, resource limits.
 
-use super::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
-use crate::sud::raw_syscall;
-use crate::{user, Runtime};
+use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
+use crate::host::raw_syscall;
+use crate::host::user;
 
 const ARCH_SET_GS: u64 = 0x1001;
 const ARCH_SET_FS: u64 = 0x1002;
@@ -36,8 +36,8 @@ pub fn exit_group(_cx: &mut Ctx, c: &Call) -> SysResult {
 }
 
 /// Ends the process with `status`, its counters reported first.
-pub fn end_process(rt: &Runtime, status: i32) -> ! {
-    rt.finish(None);
+pub fn end_process(status: i32) -> ! {
+    crate::host::report::finish(None);
     // Safety: ends the process; nothing runs after it.
     unsafe { raw_syscall(libc::SYS_exit_group as u64, [status as u64, 0, 0, 0, 0, 0]) };
     unreachable!("exit_group returned")
@@ -90,7 +90,7 @@ pub fn sysinfo(cx: &mut Ctx, c: &Call) -> SysResult {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return Err(Errno::EFAULT.into());
     }
-    crate::procfs::sysinfo(cx.rt, &mut info);
+    crate::process::procfs::sysinfo(cx.rt, &mut info);
     // Safety: struct sysinfo is plain data; we copy its bytes.
     let bytes = unsafe {
         std::slice::from_raw_parts(

@@ -9,13 +9,14 @@
 //! A row: `row(number, name, disposition, wait class, note)`. A note
 //! shared by several rows is written once, as a named constant below.
 
-use super::Disposition::{Pass, Refuse};
-use super::{exec, file, fork, mem, path, proc, signal, thread, Errno, Syscall, Wait};
+use super::contract::Disposition::{self, Pass, Refuse};
+use super::contract::{Errno, Syscall, Wait};
+use super::{exec, file, fork, mem, path, proc, signal, thread};
 
 /// An emulated call: the runtime serves it as Linux does.
 macro_rules! emulate {
     ($family:ident :: $handler:ident) => {
-        super::Disposition::Emulate {
+        Disposition::Emulate {
             handler: $family::$handler,
             path: concat!(stringify!($family), "::", stringify!($handler)),
             partial: false,
@@ -26,7 +27,7 @@ macro_rules! emulate {
 /// A partly emulated call: the note says what differs from Linux.
 macro_rules! partial {
     ($family:ident :: $handler:ident) => {
-        super::Disposition::Emulate {
+        Disposition::Emulate {
             handler: $family::$handler,
             path: concat!(stringify!($family), "::", stringify!($handler)),
             partial: true,
@@ -71,7 +72,7 @@ const SYSV_SHM: &str = "System V shared memory would map host memory outside the
 const fn row(
     nr: u32,
     name: &'static str,
-    disposition: super::Disposition,
+    disposition: Disposition,
     wait: Wait,
     note: &'static str,
 ) -> Syscall {
@@ -111,7 +112,7 @@ pub static SYSCALLS: &[Syscall] = &[
     row(23, "select", Pass, Wait::Interrupted, HOST_OBJECT),
     row(24, "sched_yield", Pass, Wait::Never, HOST_SCHEDULER),
     row(25, "mremap", partial!(mem::mremap), Wait::Never, "via the memory manager; cached pages move with the mapping; shared host mappings refused with EINVAL"),
-    row(26, "msync", partial!(mem::accept_noop), Wait::Never, "accepted; anonymous memory has no file to sync"),
+    row(26, "msync", partial!(mem::accept_noop), Wait::Never, "accepted without checking its arguments: private mappings have nothing to write back, and writable shared mappings of storage files are refused at mmap"),
     row(27, "mincore", Pass, Wait::Never, "reports which pages are resident in the ExCache"),
     row(28, "madvise", partial!(mem::madvise), Wait::Never, "DONTNEED and FREE drop pages on both sides; WIPEONFORK, KEEPONFORK, DONTFORK and DOFORK are honoured by fork; on shared host mappings, the host's; other advice is accepted as a hint"),
     row(29, "shmget", Refuse(Errno::ENOSYS), Wait::Never, SYSV_SHM),

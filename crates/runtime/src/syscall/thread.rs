@@ -5,32 +5,20 @@
 //! the process: its tid, futexes (on arena addresses), CLONE_CHILD_CLEARTID
 //! and tgkill are the host's.
 
-use super::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
-use crate::sud::{self, raw_syscall, ThreadCtl};
-use crate::user;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
-
-/// Application threads alive (the first is the one the program started on).
-static THREADS: AtomicUsize = AtomicUsize::new(1);
-
-/// Whether the application has more than one thread: then pages may be
-/// written while the runtime evicts.
-pub fn several() -> bool {
-    THREADS.load(Ordering::SeqCst) > 1
-}
+use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
+use crate::host::{gettid, raw_syscall, user};
+use crate::task::dispatch::ThreadCtl;
+use crate::task::thread as task_thread;
+use crate::task::threads::{
+    self, child_tids, clear_tid_word, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID,
+    CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_SIGHAND, CLONE_THREAD, CLONE_VM,
+};
+use std::sync::mpsc;
 
 /// The runtime's own stack for each application thread: its code only
 /// (the application runs on the stack it gave clone).
 const RUNTIME_STACK: usize = 256 << 10;
 
-pub(super) const CLONE_VM: u64 = libc::CLONE_VM as u64;
-pub(super) const CLONE_SIGHAND: u64 = libc::CLONE_SIGHAND as u64;
-pub(super) const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
-pub(super) const CLONE_SETTLS: u64 = libc::CLONE_SETTLS as u64;
-pub(super) const CLONE_PARENT_SETTID: u64 = libc::CLONE_PARENT_SETTID as u64;
-pub(super) const CLONE_CHILD_SETTID: u64 = libc::CLONE_CHILD_SETTID as u64;
-pub(super) const CLONE_CHILD_CLEARTID: u64 = libc::CLONE_CHILD_CLEARTID as u64;
 /// Flags a thread may carry that need nothing from the runtime: the
 /// thread shares everything of the process already.
 /// CLONE_DETACHED is ignored by Linux (musl still passes it).
@@ -120,149 +108,17 @@ struct Start {
     ready: mpsc::Sender<Result<i32, Errno>>,
 }
 
-/// The host tids of the application's threads.
-static APP_TIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-fn app_tids() -> std::sync::MutexGuard<'static, Vec<i32>> {
-    APP_TIDS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn gettid() -> i32 {
-    // Safety: gettid has no preconditions.
-    unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) as i32 }
-}
-
-/// Records the thread the program starts on.
-pub fn register_main_thread() {
-    app_tids().push(gettid());
-}
-
-/// The thread that is exec'ing, while it ends the others (0: none).
-static EXEC_TID: AtomicI32 = AtomicI32::new(0);
-
-/// execve with several threads: ends every other application thread
-/// first, as Linux does. Each is sent the runtime's own signal, again
-/// until it is gone (one caught just before a blocking call would
-/// otherwise block on). `false` if some thread would not end in time.
-pub fn end_other_threads() -> bool {
-    let me = gettid();
-    if EXEC_TID
-        .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        // Another thread execs already: this one is about to end.
-        return false;
-    }
-    // Safety: getpid has no preconditions.
-    let pid = unsafe { raw_syscall(libc::SYS_getpid as u64, [0; 6]) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while THREADS.load(Ordering::SeqCst) > 1 {
-        if std::time::Instant::now() > deadline {
-            tracing::warn!(
-                "execve: {} other threads did not end within 10 s; refused with EAGAIN",
-                THREADS.load(Ordering::SeqCst) - 1
-            );
-            EXEC_TID.store(0, Ordering::SeqCst);
-            return false;
-        }
-        let others: Vec<i32> = app_tids().iter().copied().filter(|&t| t != me).collect();
-        for tid in others {
-            // Safety: signals one thread of this process.
-            unsafe {
-                raw_syscall(
-                    libc::SYS_tgkill as u64,
-                    [
-                        pid as u64,
-                        tid as u64,
-                        sud::EXEC_KILL_SIGNAL as u64,
-                        0,
-                        0,
-                        0,
-                    ],
-                )
-            };
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    true
-}
-
-/// The exec that ended the other threads is over.
-pub fn exec_finished() {
-    let _ = EXEC_TID.compare_exchange(gettid(), 0, Ordering::SeqCst, Ordering::SeqCst);
-}
-
-/// Ends the calling application thread because another one execs (called
-/// where the runtime holds nothing: from its signal entry over
-/// application code, or at the end of its SIGSYS handler). A stray
-/// request (no exec under way, or the exec'ing thread itself) is dropped.
-pub fn end_for_exec(ctl: &mut ThreadCtl) {
-    ctl.exit_requested = false;
-    let me = gettid();
-    let exec_tid = EXEC_TID.load(Ordering::SeqCst);
-    if exec_tid == 0 || exec_tid == me {
-        return;
-    }
-    app_tids().retain(|&t| t != me);
-    // Its clear-tid word is written now, not by the kernel after the
-    // exec'ing thread may have replaced the address space.
-    clear_tid_word(ctl);
-    THREADS.fetch_sub(1, Ordering::SeqCst);
-    // Safety: called where the runtime holds nothing (see above); the
-    // exec'ing thread replaces the address space once every other thread
-    // is gone.
-    unsafe { sud::leave_thread(ctl) }
-}
-
-/// What the kernel does with a thread's clear-tid word when it ends: done
-/// by hand, now (and the kernel told to leave it).
-fn clear_tid_word(ctl: &mut ThreadCtl) {
-    if ctl.clear_tid == 0 {
-        return;
-    }
-    let word = ctl.clear_tid;
-    ctl.clear_tid = 0;
-    // Safety: the kernel no longer clears it at this thread's end; then
-    // the word is cleared and its waiters woken, as the kernel does.
-    unsafe {
-        raw_syscall(libc::SYS_set_tid_address as u64, [0; 6]);
-    }
-    if user::write(word, &0u32.to_ne_bytes()).is_ok() {
-        // Safety: FUTEX_WAKE only reads the word's address.
-        unsafe {
-            raw_syscall(
-                libc::SYS_futex as u64,
-                [word, libc::FUTEX_WAKE as u64, 1, 0, 0, 0],
-            )
-        };
-    }
-}
-
 /// Stores the new thread's tid where clone was asked to and records its
 /// clear-tid word: on the new thread, before it can run (let alone end,
 /// which clears the CLEARTID word: the creator's store coming after that
 /// would leave a joiner waiting forever).
 fn settle_tids(ctl: &mut ThreadCtl, start: &Start, tid: i32) {
     ctl.exit_requested = false;
-    app_tids().push(tid);
+    threads::started(tid);
     if start.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(start.parent_tid, &tid.to_ne_bytes());
     }
     child_tids(ctl, start.flags, start.child_tid, tid);
-}
-
-/// CLONE_CHILD_SETTID and CLONE_CHILD_CLEARTID, on the new thread (or the
-/// forked process's only one) whose tid is `tid`.
-pub(super) fn child_tids(ctl: &mut ThreadCtl, flags: u64, child_tid: u64, tid: i32) {
-    if flags & CLONE_CHILD_SETTID != 0 {
-        let _ = user::write(child_tid, &tid.to_ne_bytes());
-    }
-    if flags & CLONE_CHILD_CLEARTID != 0 {
-        ctl.clear_tid = child_tid;
-        // Safety: the kernel clears and wakes this application address if
-        // the thread ends for real, as for any clone.
-        unsafe { raw_syscall(libc::SYS_set_tid_address as u64, [child_tid, 0, 0, 0, 0, 0]) };
-    }
 }
 
 fn spawn(
@@ -274,13 +130,13 @@ fn spawn(
     tls: u64,
 ) -> SysResult {
     let rt = cx.rt;
-    if !rt.arena.can_stage() {
+    if !rt.mm.arena.can_stage() {
         // Eviction would not be safe with threads writing meanwhile.
         tracing::warn!("threads need UFFDIO_MOVE (Linux 6.8 or later); clone refused");
         return Err(Errno::EAGAIN.into());
     }
-    rt.cache.set_concurrent();
-    crate::fault::add_server(rt, THREADS.load(Ordering::SeqCst) + 1);
+    rt.mm.cache.set_concurrent();
+    crate::mm::fault::add_server(&rt.mm, threads::count() + 1);
     // The new thread starts from this call's registers.
     let mut regs = *cx.regs();
     let ctl = &*cx.thread;
@@ -303,9 +159,9 @@ fn spawn(
         child_tid,
         ready: tx,
     };
-    THREADS.fetch_add(1, Ordering::SeqCst);
+    threads::starting();
     if let Err(e) = start_runtime_thread(start) {
-        THREADS.fetch_sub(1, Ordering::SeqCst);
+        threads::not_started();
         tracing::warn!("cannot start a runtime thread for the application: {e}");
         return Err(Errno::EAGAIN.into());
     }
@@ -339,13 +195,13 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
         .stack_size(RUNTIME_STACK)
         .spawn(move || {
             let runtime_tid_word = tid_address();
-            let altstack = match sud::AltStack::install(sud::SIGSYS_STACK) {
+            let altstack = match task_thread::AltStack::install(task_thread::SIGSYS_STACK) {
                 Ok(altstack) => altstack,
                 Err(e) => {
                     let _ = start
                         .ready
                         .send(Err(Errno(e.raw_os_error().unwrap_or(libc::ENOMEM))));
-                    THREADS.fetch_sub(1, Ordering::SeqCst);
+                    threads::not_started();
                     return;
                 }
             };
@@ -356,9 +212,9 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
             };
             // Safety: `ctl` lives until after the application thread has
             // ended (freed below); `enter_application_thread` ends only
-            // through `sud::leave_thread`, leaving frames that own nothing.
+            // through `task_thread::leave_thread`, leaving frames that own nothing.
             unsafe {
-                sud::run_thread(
+                task_thread::run_thread(
                     ctl,
                     enter_application_thread,
                     (&mut body as *mut ThreadBody).cast(),
@@ -366,8 +222,8 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
             };
             // The application thread has ended (its clear-tid word is
             // written). Back to an ordinary thread of the runtime's.
-            sud::block_all_signals();
-            sud::disable_dispatch();
+            crate::host::block_all_signals();
+            crate::task::dispatch::disable_dispatch();
             // Safety: set_robust_list and set_tid_address take plain
             // values: the ended application thread's robust list is no
             // longer this thread's, and glibc's own tid word is cleared
@@ -421,31 +277,10 @@ unsafe extern "C" fn enter_application_thread(arg: *mut libc::c_void) -> ! {
     // alternate stack is installed; `regs` are the creator's at its clone,
     // with the child's rax and stack.
     unsafe {
-        sud::enter_thread(ctl, &regs, fs, move || {
+        task_thread::enter_thread(ctl, &regs, fs, move || {
             let _ = ready.send(Ok(tid));
         })
     }
-}
-
-/// The thread tables held across a fork (see `syscall::fork`).
-pub struct ThreadsHold {
-    tids: std::sync::MutexGuard<'static, Vec<i32>>,
-}
-
-/// Holds the thread tables across a fork, so the forked process finds
-/// them free.
-pub fn hold_for_fork() -> ThreadsHold {
-    ThreadsHold { tids: app_tids() }
-}
-
-/// In a forked process: only the thread that forked (`ctl`) runs.
-pub fn reset_after_fork(ctl: &mut ThreadCtl, mut held: ThreadsHold) {
-    THREADS.store(1, Ordering::SeqCst);
-    *held.tids = vec![gettid()];
-    drop(held);
-    // An exec under way in the parent is not this process's.
-    EXEC_TID.store(0, Ordering::SeqCst);
-    ctl.exit_requested = false;
 }
 
 /// set_tid_address: recorded, so that a thread that ends clears and wakes
@@ -461,12 +296,9 @@ pub fn set_tid_address(cx: &mut Ctx, c: &Call) -> SysResult {
 /// application thread ends as on Linux (its clear-tid word is cleared and
 /// woken, so a join returns), and so does its runtime thread.
 pub fn exit(cx: &mut Ctx, c: &Call) -> SysResult {
-    if THREADS.fetch_sub(1, Ordering::SeqCst) == 1 {
-        THREADS.store(1, Ordering::SeqCst);
+    if threads::ending() {
         return Ok(Outcome::ExitProcess(c.args[0] as i32));
     }
-    let me = gettid();
-    app_tids().retain(|&t| t != me);
     clear_tid_word(cx.thread);
     Ok(Outcome::ExitThread)
 }
@@ -476,5 +308,5 @@ pub fn exit(cx: &mut Ctx, c: &Call) -> SysResult {
 pub fn end(ctl: &mut ThreadCtl) -> ! {
     // Safety: the dispatcher calls this last, holding no lock, from
     // frames that own nothing.
-    unsafe { sud::leave_thread(ctl) }
+    unsafe { task_thread::leave_thread(ctl) }
 }

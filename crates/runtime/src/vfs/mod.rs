@@ -14,7 +14,7 @@ pub mod offset;
 pub mod path;
 pub mod storage;
 
-use crate::syscall::SysError;
+use crate::error::SysError;
 use lego_proto::{Errno, FileAttr, FileHandle, FileType, StorageRequest};
 use std::collections::HashMap;
 use std::io::Read;
@@ -234,7 +234,7 @@ impl Vfs {
         let cloexec = flags & libc::O_CLOEXEC as u32;
         // Safety: opening /dev/null, a path of ours, for its number only.
         let fd = unsafe {
-            crate::sud::raw_syscall(
+            crate::host::raw_syscall(
                 libc::SYS_open as u64,
                 [
                     c"/dev/null".as_ptr() as u64,

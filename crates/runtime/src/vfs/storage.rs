@@ -1,6 +1,6 @@
 //! The runtime's link to the storage manager serving the program's files.
 
-use crate::syscall::SysError;
+use crate::error::SysError;
 use lego_proto::{Errno, FileAttr, FileHandle, Message, Role, StorageReply, StorageRequest};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
 use std::net::SocketAddr;

@@ -4,8 +4,8 @@
 //! (unmapped ranges stay PROT_NONE, so a stray access faults as on Linux);
 //! a touch of an accessible page that is not resident is an ExCache miss.
 
-use crate::ranges::RangeSet;
-use crate::uffd::{Pagemap, Userfaultfd};
+use crate::host::uffd::{Pagemap, Userfaultfd};
+use crate::mm::ranges::RangeSet;
 use lego_proto::{USER_END, USER_MIN};
 use std::io;
 use std::sync::Mutex;

@@ -4,9 +4,13 @@
 //! memory manager builds the address space, and the runtime mirrors it and
 //! writes the initial stack.
 
-use crate::syscall::{Errno, SysError};
+pub mod interp;
+pub mod stack;
+
+use crate::error::{Errno, SysError};
+use crate::host::user;
+use crate::process::Runtime;
 use crate::vfs::Vfs;
-use crate::{interp, stack, user, Runtime};
 use lego_proto::{ExecImage, MemoryOpDone, MAX_IMAGE_LEN, USER_END, USER_MIN};
 
 /// A program ready to load.
@@ -146,15 +150,16 @@ pub fn install(
     let argv = &prepared.argv;
     {
         // Released before the stack is written below: that write faults.
-        let change = rt.cache.change_layout();
-        rt.cache
-            .discard(&change, &rt.arena, USER_MIN, USER_END)
+        let change = rt.mm.cache.change_layout();
+        rt.mm
+            .cache
+            .discard(&change, &rt.mm.arena, USER_MIN, USER_END)
             .map_err(|e| format!("clearing the arena: {e}"))?;
-        rt.arena
+        rt.mm
+            .arena
             .mirror(USER_MIN, USER_END, None)
             .map_err(|e| format!("clearing the arena: {e}"))?;
-        crate::syscall::mem::apply(
-            rt,
+        rt.mm.apply(
             &change,
             &MemoryOpDone {
                 result: 0,

@@ -1,6 +1,6 @@
 //! The runtime's link to the process's home memory manager.
 
-use crate::excache::{Backing, CacheError, WriteBack};
+use crate::mm::excache::{Backing, CacheError, WriteBack};
 use lego_proto::{
     ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, RangeChange, Role, MAX_FETCH_PAGES,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,

@@ -2,22 +2,8 @@
 //! describe the runtime process rather than the program: its command line,
 //! its auxiliary vector, and its memory map.
 
-use crate::Runtime;
+use super::Runtime;
 use lego_proto::{FileType, USER_END, USER_MIN};
-
-/// What the program looks like from /proc.
-#[derive(Default)]
-pub struct ProcessView {
-    /// argv, each NUL-terminated.
-    pub cmdline: Vec<u8>,
-    /// The auxiliary vector given to the program.
-    pub auxv: Vec<u8>,
-    pub stack_top: u64,
-    /// The home memory manager's pool, and what was unpromised of it when
-    /// the process was placed.
-    pub memory_capacity: u64,
-    pub memory_available: u64,
-}
 
 /// The contents of `abs` if the runtime serves it.
 pub fn serve(rt: &Runtime, abs: &[u8]) -> Option<Vec<u8>> {
@@ -164,7 +150,7 @@ fn maps(stack_top: u64) -> Vec<u8> {
 /// manager's pool is its RAM, the ExCache its cache on this processor.
 fn meminfo(rt: &Runtime) -> Vec<u8> {
     let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
-    let stats = rt.cache.stats();
+    let stats = rt.mm.cache.stats();
     let kib = |b: u64| b / 1024;
     let lines = [
         ("MemTotal", kib(view.memory_capacity)),
@@ -176,7 +162,7 @@ fn meminfo(rt: &Runtime) -> Vec<u8> {
         ("SwapTotal", 0),
         ("SwapFree", 0),
         ("ExCacheTotal", kib(stats.quota_bytes)),
-        ("ExCacheResident", kib(rt.cache.resident_bytes())),
+        ("ExCacheResident", kib(rt.mm.cache.resident_bytes())),
     ];
     lines
         .iter()

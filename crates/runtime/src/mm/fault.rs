@@ -3,9 +3,10 @@
 //! sleeps, because waking a halted vCPU costs far more than a miss
 //! (DESIGN.md: ~75 µs against ~10 µs).
 
-use crate::excache::FaultScratch;
-use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE};
-use crate::{fatal, Runtime};
+use super::excache::FaultScratch;
+use super::Memory;
+use crate::host::report::fatal;
+use crate::host::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,15 +15,15 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_micros(50);
 
 /// Most fault threads: one per application thread, up to this many.
-pub const MAX_SERVERS: usize = crate::remote::LANES;
+pub const MAX_SERVERS: usize = super::remote::LANES;
 
 /// Fault threads running.
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
 
 /// Starts the first fault thread, on the application thread's CPU.
-pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
+pub fn spawn(mm: &'static Memory) -> io::Result<()> {
     SERVERS.store(0, Ordering::SeqCst);
-    let fd = rt.arena.uffd.raw();
+    let fd = mm.arena.uffd.raw();
     // Safety: fcntl on our own descriptor.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
@@ -41,32 +42,32 @@ pub fn spawn(rt: &'static Runtime) -> io::Result<()> {
     if pinned {
         pin(cpu);
     }
-    start(rt, pinned.then_some(cpu))
+    start(mm, pinned.then_some(cpu))
 }
 
 /// One more fault thread, when the application runs one more thread
 /// (up to [`MAX_SERVERS`]): then several misses are served at once.
 /// Unpinned: the application's threads run on any CPU.
-pub fn add_server(rt: &'static Runtime, app_threads: usize) {
+pub fn add_server(mm: &'static Memory, app_threads: usize) {
     if SERVERS.load(Ordering::SeqCst) >= app_threads.min(MAX_SERVERS) {
         return;
     }
-    if let Err(e) = start(rt, None) {
+    if let Err(e) = start(mm, None) {
         tracing::warn!("cannot start another fault thread: {e}");
     }
 }
 
-fn start(rt: &'static Runtime, cpu: Option<i32>) -> io::Result<()> {
+fn start(mm: &'static Memory, cpu: Option<i32>) -> io::Result<()> {
     let lane = SERVERS.fetch_add(1, Ordering::SeqCst);
     let spawned = std::thread::Builder::new()
         .name(format!("excache-fault-{lane}"))
         .spawn(move || {
-            crate::sud::block_all_signals();
+            crate::host::block_all_signals();
             if let Some(cpu) = cpu {
                 pin(cpu);
             }
-            crate::remote::set_lane(lane);
-            serve(rt)
+            super::remote::set_lane(lane);
+            serve(mm)
         });
     if spawned.is_err() {
         SERVERS.fetch_sub(1, Ordering::SeqCst);
@@ -74,13 +75,13 @@ fn start(rt: &'static Runtime, cpu: Option<i32>) -> io::Result<()> {
     spawned.map(|_| ())
 }
 
-fn serve(rt: &'static Runtime) -> ! {
+fn serve(mm: &'static Memory) -> ! {
     let mut msgs = [UffdMsg::ZERO; 16];
     let mut scratch = FaultScratch::default();
     let mut idle_since: Option<Instant> = None;
     let mut last_publish = Instant::now();
     loop {
-        let n = match rt.arena.uffd.read(&mut msgs) {
+        let n = match mm.arena.uffd.read(&mut msgs) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let since = *idle_since.get_or_insert_with(Instant::now);
@@ -90,9 +91,9 @@ fn serve(rt: &'static Runtime) -> ! {
                     // last fix) may need this very CPU.
                     std::thread::yield_now();
                 } else {
-                    publish(rt);
+                    publish(mm);
                     last_publish = Instant::now();
-                    wait_readable(rt.arena.uffd.raw());
+                    wait_readable(mm.arena.uffd.raw());
                     idle_since = None;
                 }
                 continue;
@@ -106,9 +107,9 @@ fn serve(rt: &'static Runtime) -> ! {
                 continue;
             }
             let write = msg.fault_flags() & UFFD_PAGEFAULT_FLAG_WRITE != 0;
-            if let Err(e) = rt.cache.fault(
-                &rt.arena,
-                &rt.remote,
+            if let Err(e) = mm.cache.fault(
+                &mm.arena,
+                &mm.remote,
                 msg.fault_address(),
                 write,
                 &mut scratch,
@@ -120,7 +121,7 @@ fn serve(rt: &'static Runtime) -> ! {
             }
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
-            publish(rt);
+            publish(mm);
             last_publish = Instant::now();
         }
     }
@@ -130,9 +131,9 @@ fn serve(rt: &'static Runtime) -> ! {
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// Refreshes the counters the processor reports (`lego ps`).
-fn publish(rt: &Runtime) {
-    if let Some(live) = crate::LIVE.get() {
-        let (resident, misses) = rt.cache.live();
+fn publish(mm: &Memory) {
+    if let Some(live) = crate::host::live::get() {
+        let (resident, misses) = mm.cache.live();
         live.publish(resident, misses);
     }
 }

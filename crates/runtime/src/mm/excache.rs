@@ -9,9 +9,9 @@
 //! - Nothing touches arena memory that may be non-resident while holding
 //!   the lock: such a touch faults, and the fault thread needs the lock.
 
-use crate::arena::{Arena, PAGE};
-use crate::ranges::RangeSet;
-use crate::uffd::PageRegion;
+use crate::host::uffd::PageRegion;
+use crate::mm::arena::{Arena, PAGE};
+use crate::mm::ranges::RangeSet;
 use lego_proto::ExcacheStats;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -1,0 +1,40 @@
+//! The contract between a processor and the runtimes it starts: the
+//! descriptors a runtime is handed, what it is told ([`RuntimeSpec`], on
+//! [`SPEC_FD`]) and what it reports when its process ends
+//! ([`RuntimeReport`], on [`REPORT_FD`]). The processor depends on this,
+//! never on the runtime's code.
+
+use crate::{ExcacheStats, LaunchSpec, ProcessId};
+use serde::{Deserialize, Serialize};
+use std::os::fd::RawFd;
+
+/// Exit status of a runtime that ended the process itself (a lost memory
+/// manager, an unloadable program); the report says why.
+pub const RUNTIME_FAILURE_EXIT: i32 = 125;
+
+/// Descriptors a processor hands a runtime, besides the program's 0-2
+/// (and the live-counters page, `live::STATS_FD`).
+pub const SPEC_FD: RawFd = 3;
+pub const REPORT_FD: RawFd = 4;
+pub const LOG_FD: RawFd = 5;
+
+/// What a processor tells a new runtime (written to [`SPEC_FD`]).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RuntimeSpec {
+    pub pid: ProcessId,
+    /// What `lego run` asked for, as the monitor placed it.
+    pub launch: LaunchSpec,
+    pub secret_hex: String,
+    /// The processor's launch socket and name: a forked process's runtime
+    /// announces itself there.
+    pub processor_socket: Vec<u8>,
+    pub processor_name: String,
+}
+
+/// What a runtime tells its processor when the process ends (written to
+/// [`REPORT_FD`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RuntimeReport {
+    pub stats: ExcacheStats,
+    pub error: Option<String>,
+}

@@ -1,0 +1,71 @@
+//! The host layer, the runtime's bottom: raw system calls, the kernel
+//! interfaces the runtime drives (userfaultfd and the page map in
+//! [`uffd`]), copies to and from application memory ([`user`]), the live
+//! counters page ([`live`]), the report channel to the processor
+//! ([`report`]) and the runtime's own descriptors ([`fds`]).
+//!
+//! May call: nothing of the runtime's. Invariant: nothing here keeps
+//! state about the application.
+
+pub mod fds;
+pub mod live;
+pub mod report;
+pub mod uffd;
+pub mod user;
+
+use std::arch::asm;
+
+/// A raw syscall, for passing the application's calls through. Only valid
+/// while the selector is ALLOW (inside the handler, or before the
+/// application starts).
+///
+/// # Safety
+/// The caller vouches for the syscall's effect on memory, as with any
+/// syscall: pointers in the arguments must be valid for it.
+#[inline]
+pub unsafe fn raw_syscall(nr: u64, args: [u64; 6]) -> i64 {
+    let ret: i64;
+    // Safety: delegated to the caller; `syscall` clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as i64 => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// The calling thread's host id.
+pub fn gettid() -> i32 {
+    // Safety: gettid has no preconditions.
+    unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) as i32 }
+}
+
+/// Blocks every signal on the calling runtime thread: application signals
+/// must reach application threads, never the runtime's own.
+pub fn block_all_signals() {
+    let all = !0u64;
+    // Safety: rt_sigprocmask reads one 8-byte set of ours.
+    unsafe {
+        raw_syscall(
+            libc::SYS_rt_sigprocmask as u64,
+            [
+                libc::SIG_SETMASK as u64,
+                &all as *const u64 as u64,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
+    }
+}
