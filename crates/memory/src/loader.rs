@@ -3,8 +3,11 @@
 //! Loading is two steps. [`parse`] reads and checks the image without
 //! allocating anything from the pool: every field is bounds-checked and
 //! every sum overflow-checked, so no input can panic it, and each error
-//! names the offending header, offsets and sizes. [`Plan::build`] then maps
-//! the segments and the stack and copies the file contents into pool pages.
+//! names the offending header, offsets and sizes. The ELF header and the
+//! program header table are read and checked by [`lego_proto::elf::parse`],
+//! the workspace's one ELF parser; its errors become the first
+//! [`LoadError`] variants. [`Plan::build`] then maps the segments and the
+//! stack and copies the file contents into pool pages.
 //!
 //! Supported: ELF64, little-endian, x86-64, `ET_EXEC` and static-pie
 //! `ET_DYN` (no `PT_INTERP`), loaded at [`ET_DYN_BASE`] like Linux's
@@ -20,6 +23,10 @@ use crate::pool::{PagePool, PAGE};
 use crate::vma::{
     page_align, AddressSpace, OnFork, Vma, PROT_EXEC, PROT_READ, PROT_WRITE, STACK_SIZE, STACK_TOP,
 };
+use lego_proto::elf::{
+    self, ElfError, ProgramHeader, ET_DYN, PF_R, PF_W, PF_X, PHDR_LEN, PT_GNU_STACK, PT_INTERP,
+    PT_LOAD, PT_PHDR,
+};
 use lego_proto::{ExecImage, RangeChange, RangeState, PAGE_SIZE, USER_END, USER_MIN};
 use thiserror::Error;
 
@@ -27,23 +34,8 @@ use thiserror::Error;
 /// as Linux's `ELF_ET_DYN_BASE`, leaving room below for `brk`.
 pub const ET_DYN_BASE: u64 = (USER_END / 3 * 2) & !(PAGE - 1);
 
-const EHDR_LEN: usize = 64;
-const PHDR_LEN: usize = 56;
-/// Linux refuses program header tables over 64 KiB.
-const MAX_PHNUM: usize = 65536 / PHDR_LEN;
 /// Longest interpreter path reported (Linux's PATH_MAX).
 const MAX_INTERP_LEN: usize = 4096;
-
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
-const PT_INTERP: u32 = 3;
-const PT_PHDR: u32 = 6;
-const PT_GNU_STACK: u32 = 0x6474_e551;
-const PF_X: u32 = 1;
-const PF_W: u32 = 2;
-const PF_R: u32 = 4;
 
 /// Why an image cannot be loaded. Messages are shown to the user as they
 /// are, so each one names what is wrong with numbers from the file.
@@ -158,103 +150,45 @@ pub struct Plan {
     segments: Vec<Segment>,
 }
 
-fn read<const N: usize>(bytes: &[u8], offset: usize) -> Option<[u8; N]> {
-    bytes.get(offset..offset.checked_add(N)?)?.try_into().ok()
-}
-
-fn u16_at(bytes: &[u8], offset: usize) -> u16 {
-    read(bytes, offset).map_or(0, u16::from_le_bytes)
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    read(bytes, offset).map_or(0, u32::from_le_bytes)
-}
-
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    read(bytes, offset).map_or(0, u64::from_le_bytes)
-}
-
-fn unsupported(field: &'static str, value: impl Into<u64>, expected: &'static str) -> LoadError {
-    LoadError::Unsupported {
-        field,
-        value: value.into(),
-        expected,
+impl From<ElfError> for LoadError {
+    fn from(e: ElfError) -> Self {
+        match e {
+            ElfError::TooShort { len } => LoadError::TooShort { len },
+            ElfError::BadMagic { magic } => LoadError::BadMagic { magic },
+            ElfError::Unsupported {
+                field,
+                value,
+                expected,
+            } => LoadError::Unsupported {
+                field,
+                value,
+                expected,
+            },
+            ElfError::HeadersPastEnd {
+                offset,
+                count,
+                file_len,
+            } => LoadError::HeadersPastEnd {
+                offset,
+                count,
+                file_len,
+            },
+        }
     }
-}
-
-/// Raw fields of one program header.
-struct ProgramHeader {
-    kind: u32,
-    flags: u32,
-    offset: u64,
-    vaddr: u64,
-    filesz: u64,
-    memsz: u64,
-    align: u64,
 }
 
 /// Checks an image and plans its address space.
 pub fn parse(image: &[u8]) -> Result<Plan, LoadError> {
     let len = image.len();
-    let Some(magic) = read::<4>(image, 0).filter(|_| len >= EHDR_LEN) else {
-        return Err(LoadError::TooShort { len });
-    };
-    if magic != *b"\x7fELF" {
-        return Err(LoadError::BadMagic { magic });
-    }
-    if image[4] != 2 {
-        return Err(unsupported("ELF class", image[4], "2 (64-bit)"));
-    }
-    if image[5] != 1 {
-        return Err(unsupported("data encoding", image[5], "1 (little-endian)"));
-    }
-    if image[6] != 1 {
-        return Err(unsupported("ELF version", image[6], "1"));
-    }
-    let kind = u16_at(image, 16);
-    if kind != ET_EXEC && kind != ET_DYN {
-        return Err(unsupported("e_type", kind, "2 (ET_EXEC) or 3 (ET_DYN)"));
-    }
-    let machine = u16_at(image, 18);
-    if machine != EM_X86_64 {
-        return Err(unsupported("e_machine", machine, "62 (x86-64)"));
-    }
-    let entry = u64_at(image, 24);
-    let phoff = u64_at(image, 32);
-    let phentsize = u16_at(image, 54);
-    if usize::from(phentsize) != PHDR_LEN {
-        return Err(unsupported("e_phentsize", phentsize, "56"));
-    }
-    let phnum = u16_at(image, 56);
-    let count = usize::from(phnum);
-    if count == 0 || count > MAX_PHNUM {
-        return Err(unsupported("e_phnum", phnum, "1 to 1170"));
-    }
-    let table = usize::try_from(phoff)
-        .ok()
-        .and_then(|start| Some((start, start.checked_add(count * PHDR_LEN)?)))
-        .filter(|&(_, end)| end <= len);
-    let Some((table_start, _)) = table else {
-        return Err(LoadError::HeadersPastEnd {
-            offset: phoff,
-            count,
-            file_len: len,
-        });
-    };
-    let headers: Vec<ProgramHeader> = (0..count)
-        .map(|i| {
-            let at = table_start + i * PHDR_LEN;
-            ProgramHeader {
-                kind: u32_at(image, at),
-                flags: u32_at(image, at + 4),
-                offset: u64_at(image, at + 8),
-                vaddr: u64_at(image, at + 16),
-                filesz: u64_at(image, at + 32),
-                memsz: u64_at(image, at + 40),
-                align: u64_at(image, at + 48),
-            }
-        })
-        .collect();
+    let parsed = elf::parse(image)?;
+    let phnum = parsed.phnum();
+    let elf::Elf {
+        kind,
+        entry,
+        phoff,
+        headers,
+    } = parsed;
+    let count = headers.len();
 
     for (index, h) in headers.iter().enumerate() {
         if h.kind == PT_INTERP {

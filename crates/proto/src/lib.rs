@@ -12,6 +12,7 @@
 //! The codec is total: any byte string either decodes or yields a
 //! [`CodecError`]; nothing in this crate panics on input from the network.
 
+pub mod elf;
 pub mod errno;
 pub mod frame;
 pub mod live;

@@ -5,37 +5,12 @@
 //! glibc's and musl's linkers both support — so the program sees the argv
 //! it was given.
 
-/// The PT_INTERP path of an ELF image, if it has one. Malformed images
+/// The PT_INTERP path of an ELF image, if it has one, as read by
+/// [`lego_proto::elf`], the workspace's one ELF parser. Malformed images
 /// yield `None`: the memory manager's loader reports their defects
 /// precisely.
 pub fn interpreter(image: &[u8]) -> Option<Vec<u8>> {
-    const PT_INTERP: u32 = 3;
-    // Every offset comes from the file: add with overflow checks.
-    let bytes = |off: usize, n: usize| image.get(off..off.checked_add(n)?);
-    let u16_at = |off: usize| Some(u16::from_le_bytes(bytes(off, 2)?.try_into().ok()?));
-    let u32_at = |off: usize| Some(u32::from_le_bytes(bytes(off, 4)?.try_into().ok()?));
-    let u64_at = |off: usize| Some(u64::from_le_bytes(bytes(off, 8)?.try_into().ok()?));
-    if image.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let phoff = usize::try_from(u64_at(32)?).ok()?;
-    let phentsize = u16_at(54)? as usize;
-    let phnum = u16_at(56)? as usize;
-    if phentsize < 56 {
-        return None;
-    }
-    for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(ph)? != PT_INTERP {
-            continue;
-        }
-        let offset = usize::try_from(u64_at(ph.checked_add(8)?)?).ok()?;
-        let size = usize::try_from(u64_at(ph.checked_add(32)?)?).ok()?;
-        let bytes = image.get(offset..offset.checked_add(size)?)?;
-        let path = bytes.split(|&b| b == 0).next()?;
-        return (!path.is_empty()).then(|| path.to_vec());
-    }
-    None
+    lego_proto::elf::interpreter(image)
 }
 
 /// Most nested `#!` interpreters, as Linux allows.
