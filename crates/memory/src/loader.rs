@@ -41,25 +41,9 @@ const MAX_INTERP_LEN: usize = 4096;
 /// are, so each one names what is wrong with numbers from the file.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum LoadError {
-    #[error("not an ELF file: the image is {len} bytes, shorter than the 64-byte ELF header")]
-    TooShort { len: usize },
-    #[error("not an ELF file: it starts with {magic:02x?}, expected 7f 45 4c 46 (\"\\x7fELF\")")]
-    BadMagic { magic: [u8; 4] },
-    #[error("unsupported ELF file: {field} is {value}, expected {expected}")]
-    Unsupported {
-        field: &'static str,
-        value: u64,
-        expected: &'static str,
-    },
-    #[error(
-        "program header table at {offset:#x} ({count} entries of {PHDR_LEN} bytes) extends past \
-         the end of the {file_len:#x}-byte file"
-    )]
-    HeadersPastEnd {
-        offset: u64,
-        count: usize,
-        file_len: usize,
-    },
+    /// The ELF header or program-header table (see `lego_proto::elf`).
+    #[error(transparent)]
+    Elf(#[from] ElfError),
     #[error("program header {index}: {problem}")]
     Segment {
         index: usize,
@@ -148,33 +132,6 @@ pub struct Plan {
     stack_prot: u32,
     /// Sorted by address, non-empty, pages disjoint.
     segments: Vec<Segment>,
-}
-
-impl From<ElfError> for LoadError {
-    fn from(e: ElfError) -> Self {
-        match e {
-            ElfError::TooShort { len } => LoadError::TooShort { len },
-            ElfError::BadMagic { magic } => LoadError::BadMagic { magic },
-            ElfError::Unsupported {
-                field,
-                value,
-                expected,
-            } => LoadError::Unsupported {
-                field,
-                value,
-                expected,
-            },
-            ElfError::HeadersPastEnd {
-                offset,
-                count,
-                file_len,
-            } => LoadError::HeadersPastEnd {
-                offset,
-                count,
-                file_len,
-            },
-        }
-    }
 }
 
 /// Checks an image and plans its address space.
