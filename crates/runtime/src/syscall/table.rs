@@ -13,25 +13,28 @@ use super::contract::Disposition::{self, Pass, Refuse};
 use super::contract::{Errno, Syscall, Wait};
 use super::{exec, file, fork, mem, path, proc, signal, thread};
 
-/// An emulated call: the runtime serves it as Linux does.
-macro_rules! emulate {
-    ($family:ident :: $handler:ident) => {
+/// A row served by `family::handler`, named for the documentation.
+macro_rules! served_by {
+    ($family:ident :: $handler:ident, $partial:expr) => {
         Disposition::Emulate {
             handler: $family::$handler,
             path: concat!(stringify!($family), "::", stringify!($handler)),
-            partial: false,
+            partial: $partial,
         }
+    };
+}
+
+/// An emulated call: the runtime serves it as Linux does.
+macro_rules! emulate {
+    ($family:ident :: $handler:ident) => {
+        served_by!($family::$handler, false)
     };
 }
 
 /// A partly emulated call: the note says what differs from Linux.
 macro_rules! partial {
     ($family:ident :: $handler:ident) => {
-        Disposition::Emulate {
-            handler: $family::$handler,
-            path: concat!(stringify!($family), "::", stringify!($handler)),
-            partial: true,
-        }
+        served_by!($family::$handler, true)
     };
 }
 
