@@ -1,5 +1,6 @@
 //! The memory manager's request handling: `Exec`, `Fork`, `Memory`,
-//! `FetchPage`, `WriteBack` and `ReleaseProcess` for the processes homed here.
+//! `FetchPage`, `FetchPages`, `WriteBack` and `ReleaseProcess` for the processes
+//! homed here.
 //!
 //! # Locking
 //!

@@ -138,10 +138,11 @@ fn host_shared_mmap(
     }
 }
 
-/// A file mapping, until the storage issue brings file-backed memory:
-/// private mappings, and read-only shared ones, get an anonymous mapping
-/// filled with the file's contents at the time of the call. Writable
-/// shared mappings are refused with ENODEV.
+/// A file mapping. Of a storage file: the memory manager reads its pages
+/// from the storage manager on first touch. Of a host file (or one the
+/// runtime serves from memory): private mappings, and read-only shared
+/// ones, get an anonymous mapping filled with the file's contents at the
+/// time of the call. Writable shared mappings are refused with ENODEV.
 fn file_mmap(
     rt: &Runtime,
     addr: u64,

@@ -1,6 +1,7 @@
 //! Syscall dispatch, and the one contract every handler follows.
 //!
-//! Every syscall the application makes arrives in [`sigsys_handler`] and
+//! Every syscall the application makes arrives, through the trap layer's
+//! SIGSYS entry, in [`serve`] and
 //! is served according to the table in [`table`]: emulated by the
 //! runtime, passed through to the host kernel, or refused with an errno.
 //!

@@ -5,7 +5,7 @@
 //! The entry points themselves are the trap layer's, registered once with
 //! [`set_entries`].
 //!
-//! May call: `host`.
+//! May call: `host`, `task::dispatch`.
 
 use super::dispatch::ThreadCtl;
 use crate::host::{raw_syscall, user};
