@@ -36,11 +36,6 @@ pub use contract::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-/// How `nr` waits (unknown numbers never do).
-pub fn wait_of(nr: u64) -> Wait {
-    lookup(nr).map_or(Wait::Never, |s| s.wait)
-}
-
 /// Largest syscall number the index covers.
 const MAX_NR: usize = 512;
 
@@ -70,9 +65,10 @@ fn log_once(nr: u64, what: impl FnOnce() -> String) {
     }
 }
 
-/// Serves one call by its table entry.
-fn dispatch(cx: &mut Ctx, call: &Call) -> SysResult {
-    match lookup(call.nr) {
+/// Serves one call by its table entry (`None`: a number Lego does not
+/// know).
+fn dispatch(cx: &mut Ctx, call: &Call, entry: Option<&'static Syscall>) -> SysResult {
+    match entry {
         Some(Syscall {
             disposition: Disposition::Emulate { handler, .. },
             ..
@@ -129,7 +125,10 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
             g[libc::REG_R9 as usize] as u64,
         ],
     };
-    let wait = wait_of(call.nr);
+    // One lookup per call: the row gives both the handler and the wait
+    // class.
+    let entry = lookup(call.nr);
+    let wait = entry.map_or(Wait::Never, |s| s.wait);
     let mut cx = Ctx {
         rt,
         wait,
@@ -138,7 +137,7 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
     };
     // Only a blocking call made for this one may be restarted.
     cx.thread.interrupted = 0;
-    let result = dispatch(&mut cx, &call);
+    let result = dispatch(&mut cx, &call, entry);
     let rax = libc::REG_RAX as usize;
     match result {
         Ok(Outcome::Return(value)) => cx.regs()[rax] = value,
