@@ -446,6 +446,16 @@ impl ExCache {
         st.stats.peak_resident_bytes = st.stats.peak_resident_bytes.max(resident);
     }
 
+    /// Books the batch of `st.dirty` just sent: in flight until its
+    /// acknowledgement, counted, and held by the memory manager from now on.
+    fn sent_back(st: &mut State, ticket: WriteBack) {
+        st.in_flight = Some((ticket, st.dirty.iter().copied().collect()));
+        st.stats.writebacks += st.dirty.len() as u64;
+        st.stats.writeback_batches += 1;
+        st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
+        st.remote.extend(st.dirty.iter().copied());
+    }
+
     /// Evicts a batch of victims: written ones are sent back in one batch,
     /// then all are dropped from the arena.
     fn evict(
@@ -491,11 +501,7 @@ impl ExCache {
                 })
                 .collect();
             let ticket = backing.write_back(&st.dirty, &parts)?;
-            st.in_flight = Some((ticket, st.dirty.iter().copied().collect()));
-            st.stats.writebacks += st.dirty.len() as u64;
-            st.stats.writeback_batches += 1;
-            st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
-            st.remote.extend(st.dirty.iter().copied());
+            Self::sent_back(st, ticket);
         }
         for &(start, end) in &runs {
             arena.drop_pages(start, end)?;
@@ -553,11 +559,7 @@ impl ExCache {
                 })
                 .collect();
             let ticket = backing.write_back(&st.dirty, &parts)?;
-            st.in_flight = Some((ticket, st.dirty.iter().copied().collect()));
-            st.stats.writebacks += st.dirty.len() as u64;
-            st.stats.writeback_batches += 1;
-            st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
-            st.remote.extend(st.dirty.iter().copied());
+            Self::sent_back(st, ticket);
         }
         arena.unstage(staged)?;
         for (start, end) in page_runs(&in_place) {
