@@ -1300,3 +1300,178 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
         cluster.load(memory, "committed")
     );
 }
+
+/// The whole kernel state of a running process with three threads (one
+/// waiting in read, one spinning with known registers), open storage
+/// files and a pipe, handlers, an alternate stack and a pending signal,
+/// taken at a syscall boundary: it survives serialization and holds, field
+/// by field, what the program knows of itself; the threads run on after
+/// (the waiting read is made again and gets its byte).
+#[test]
+fn a_running_process_state_is_one_value_that_round_trips() {
+    use lego_proto::state::{OpenState, ProcessState, Stop};
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let statecheck = program("statecheck", Build::GlibcStatic);
+    let dir = std::env::temp_dir().join(format!("lego-test-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = cluster.run(&[], &statecheck, &[dir.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    // "key=N M ..." words: the numbers after each key.
+    let mut values: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for line in stdout.lines().filter(|l| !l.starts_with("state=")) {
+        let mut key = String::new();
+        for word in line.split(' ') {
+            let number = match word.split_once('=') {
+                Some((k, v)) => {
+                    key = k.to_string();
+                    v
+                }
+                None => word,
+            };
+            if let Ok(n) = number.parse::<u64>() {
+                values.entry(key.clone()).or_default().push(n);
+            }
+        }
+    }
+    let value = |key: &str| -> Vec<u64> {
+        values
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key}= in {stdout}"))
+    };
+    let hex = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("state="))
+        .expect("the state's bytes");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let state = ProcessState::from_bytes(&bytes).expect("the bytes are a ProcessState");
+    // The round trip: the value encodes to the same bytes, which decode
+    // to an equal value, field by field.
+    let again = state.to_bytes().unwrap();
+    assert_eq!(again, bytes, "re-encoding changed the bytes");
+    let back = ProcessState::from_bytes(&again).unwrap();
+    assert_eq!(state.differences(&back), Vec::<String>::new());
+    assert_eq!(state, back);
+
+    // Threads: the taker first, then the others by tid.
+    let (main, reader, spinner) = (value("main")[0], value("reader")[0], value("spinner")[0]);
+    let tids: Vec<u64> = state.threads.iter().map(|t| t.tid as u64).collect();
+    let mut others = vec![reader, spinner];
+    others.sort();
+    assert_eq!(tids, [vec![main], others].concat());
+    let thread = |tid: u64| state.threads.iter().find(|t| t.tid as u64 == tid).unwrap();
+    let reg = |tid: u64, r: libc::c_int| thread(tid).regs[r as usize] as u64;
+    let fds = value("fds");
+    let (file_a, file_b, pipe_r, pipe_w) = (fds[0], fds[1], fds[2], fds[3]);
+    let usr2 = 1u64 << (libc::SIGUSR2 - 1);
+    // The taker: its own call, lego_process_state(buf, len).
+    assert_eq!(thread(main).stop, Stop::Taker);
+    assert_eq!(reg(main, libc::REG_RAX), 511);
+    assert_eq!(reg(main, libc::REG_RDI), value("buf")[0]);
+    assert_ne!(thread(main).mask & usr2, 0, "SIGUSR2 is blocked on main");
+    assert_ne!(thread(main).pending & usr2, 0, "SIGUSR2 is pending on main");
+    // The reader waited in read(pipe): stopped to make that call again.
+    assert_eq!(thread(reader).stop, Stop::CallRestart);
+    assert_eq!(reg(reader, libc::REG_RAX), libc::SYS_read as u64);
+    assert_eq!(reg(reader, libc::REG_RDI), pipe_r);
+    // The spinner was stopped in its own loop, with its registers.
+    assert_eq!(thread(spinner).stop, Stop::Running);
+    assert_eq!(reg(spinner, libc::REG_R12), 0x1e90);
+    let fpu = &thread(spinner).fpu;
+    assert!(fpu.len() >= 512, "fxsave area: {} bytes", fpu.len());
+    // xmm0 lies at byte 160 of the fxsave area.
+    assert_eq!(&fpu[160..168], &0x0123_4567_89ab_cdefu64.to_le_bytes());
+    let fs: Vec<u64> = state.threads.iter().map(|t| t.fs_base).collect();
+    assert!(fs.iter().all(|&f| f != 0) && fs[0] != fs[1] && fs[1] != fs[2] && fs[0] != fs[2]);
+    assert!(thread(reader).clear_tid != 0 && thread(spinner).clear_tid != 0);
+
+    // Signals.
+    let usr1 = state.signals.actions[libc::SIGUSR1 as usize - 1];
+    assert_eq!(usr1.handler, value("handler")[0]);
+    let flags = (libc::SA_SIGINFO | libc::SA_RESTART) as u64;
+    assert_eq!(usr1.flags & flags, flags);
+    assert_eq!(usr1.mask, usr2);
+    assert_eq!(state.signals.actions[libc::SIGTERM as usize - 1].handler, 1);
+    assert_eq!(state.signals.actions[libc::SIGINT as usize - 1].handler, 0);
+    assert_eq!(state.signals.altstack.sp, value("alt")[0]);
+    assert_eq!(state.signals.altstack.size, value("altsize")[0]);
+
+    // Files: the two storage files with their offsets and flags, the pipe.
+    let file = |fd: u64| {
+        state
+            .files
+            .iter()
+            .find(|f| f.fd as u64 == fd)
+            .unwrap_or_else(|| panic!("fd {fd} in {:?}", state.files))
+    };
+    let dir_bytes = dir.to_str().unwrap().as_bytes();
+    match &file(file_a).open {
+        OpenState::Storage {
+            path,
+            status,
+            offset,
+            ..
+        } => {
+            assert_eq!(path, &[dir_bytes, b"/state-a"].concat());
+            assert_eq!(*status & libc::O_ACCMODE as u32, libc::O_RDWR as u32);
+            assert_eq!(*offset, 5);
+        }
+        other => panic!("state-a: {other:?}"),
+    }
+    assert!(!file(file_a).cloexec);
+    match &file(file_b).open {
+        OpenState::Storage { status, .. } => {
+            assert_ne!(*status & libc::O_APPEND as u32, 0);
+            assert_eq!(*status & libc::O_ACCMODE as u32, libc::O_WRONLY as u32);
+        }
+        other => panic!("state-b: {other:?}"),
+    }
+    assert!(file(file_b).cloexec);
+    for fd in [pipe_r, pipe_w] {
+        match &file(fd).open {
+            OpenState::Host { target, offset, .. } => {
+                assert!(target.starts_with(b"pipe:["), "{fd}: {target:?}");
+                assert_eq!(*offset, None);
+            }
+            other => panic!("pipe end {fd}: {other:?}"),
+        }
+    }
+    // Nothing of the runtime's: the program's descriptors only.
+    let numbers: Vec<u64> = state.files.iter().map(|f| f.fd as u64).collect();
+    assert_eq!(numbers, vec![0, 1, 2, file_a, file_b, pipe_r, pipe_w]);
+
+    // The rest of the process.
+    assert_eq!(state.cwd, dir_bytes);
+    assert_eq!(state.umask, 0o027);
+    let msgqueue = state
+        .limits
+        .iter()
+        .find(|l| l.resource == libc::RLIMIT_MSGQUEUE as u32)
+        .expect("RLIMIT_MSGQUEUE");
+    assert_eq!(msgqueue.soft, 12345);
+    // Safety: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(state.credentials.uid[0], uid);
+    let buf = value("buf")[0];
+    assert!(
+        state
+            .memory
+            .mapped
+            .iter()
+            .any(|&(s, e)| s <= buf && buf < e),
+        "buf {buf:#x} in {:x?}",
+        state.memory.mapped
+    );
+    assert!(state.image.program.ends_with(b"statecheck-GlibcStatic"));
+    assert!(state.image.cmdline.ends_with(&[dir_bytes, b"\0"].concat()));
+
+    // After: the read was made again and got the byte; one thread left.
+    assert!(stdout.contains("reader_got=1\n"), "{stdout}");
+    assert!(stdout.contains("again=ok\n"), "{stdout}");
+    assert!(stdout.contains("small=Numerical result out of range\n"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod message;
 pub mod process;
 pub mod runtime;
+pub mod state;
 pub mod storage;
 
 pub use errno::Errno;

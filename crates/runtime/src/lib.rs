@@ -167,6 +167,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
             ..process::ProcessView::default()
         }),
         vfs,
+        threads: task::threads::Threads::new(),
+        forks: process::Forks::default(),
         runtime_fds: RwLock::new(Vec::new()),
         home: Home {
             secret: secret.clone(),
@@ -188,7 +190,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
     default_fault_signals();
     trap::install()?;
-    task::threads::register_main_thread();
+    rt.threads.register_main_thread();
     // The first thread's stack is never removed: it ends with the process.
     std::mem::forget(
         task::thread::AltStack::install(task::thread::SIGSYS_STACK)

@@ -2,20 +2,24 @@
 //! process it serves, one value reached by the layers above (`syscall`,
 //! `trap`) and made of the subsystems' own state (`mm`, `vfs`, `task`).
 //!
-//! [`procfs`] renders the /proc files that describe the program rather
+//! [`state`] takes all of it as one plain value (for checkpoints and
+//! moves). [`procfs`] renders the /proc files that describe the program rather
 //! than the runtime's host process.
 //!
 //! May call: `mm`, `vfs`, `task`, `host`. Invariant: nothing here calls
 //! up into `syscall` or `trap`.
 
 pub mod procfs;
+pub mod state;
 
 use crate::host::report::fatal;
 use crate::mm::Memory;
 use crate::task::signals::SignalState;
+use crate::task::threads::Threads;
 use crate::vfs::Vfs;
 use lego_transport::ClusterSecret;
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicI32;
 use std::sync::{Mutex, OnceLock, RwLock};
 
 /// What the program looks like from /proc.
@@ -44,11 +48,38 @@ pub struct Runtime {
     /// The program's files, when a storage manager serves them (else the
     /// processor's own files are passed through).
     pub vfs: Option<Vfs>,
+    /// The application's threads.
+    pub threads: Threads,
+    /// The host descriptors this process's forks keep.
+    pub forks: Forks,
     /// Descriptors the runtime opened, sorted: not the application's. Set
     /// just before the application starts, and again in a forked process.
     pub(crate) runtime_fds: RwLock<Vec<RawFd>>,
     /// What a forked process needs to announce itself to the processor.
     pub home: Home,
+}
+
+/// The host descriptors of forks under way (see `syscall::fork`).
+pub struct Forks {
+    /// Forks of this process happen one at a time; the vfork pipes whose
+    /// write ends are open are listed here, so a child made by another
+    /// thread meanwhile closes those it inherited (it never execs on the
+    /// host, so close-on-exec would never close them, and its parent
+    /// would wait on).
+    pub forking: Mutex<Vec<RawFd>>,
+    /// In a vfork child: the write end of the pipe its parent waits on,
+    /// closed when the child execs (or, with the process, when it ends);
+    /// -1 otherwise.
+    pub vfork_done: AtomicI32,
+}
+
+impl Default for Forks {
+    fn default() -> Forks {
+        Forks {
+            forking: Mutex::new(Vec::new()),
+            vfork_done: AtomicI32::new(-1),
+        }
+    }
 }
 
 /// Where this process lives: its processor and the cluster's secret.

@@ -12,7 +12,6 @@ use super::contract::{Call, Ctx, Errno, Outcome, SysError, SysResult};
 use crate::host::user;
 use crate::image::{install, prepare};
 use crate::process::Runtime;
-use crate::task::threads;
 use lego_proto::{MAX_ARGS, MAX_ARGS_BYTES};
 
 /// Reads a NULL-terminated array of string pointers, bounded like Linux's
@@ -56,7 +55,7 @@ pub fn execveat(cx: &mut Ctx, c: &Call) -> SysResult {
 
 fn exec_common(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
     let result = exec_one(rt, path, argv, envp);
-    crate::task::threads::exec_finished();
+    rt.threads.exec_finished();
     result
 }
 
@@ -78,7 +77,7 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
     };
     // The program is found: the other threads end before the address
     // space is replaced under them, as Linux's execve ends them.
-    if threads::several() && !threads::end_other_threads() {
+    if rt.threads.several() && !rt.threads.end_other_threads() {
         return Err(Errno::EAGAIN.into());
     }
     rt.mm
@@ -113,7 +112,7 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
         .unwrap_or_else(|p| p.into_inner())
         .reset_for_exec();
     *rt.program.lock().unwrap_or_else(|p| p.into_inner()) = exe;
-    super::fork::exec_done();
+    super::fork::exec_done(rt);
     if let Some(live) = crate::host::live::get() {
         let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
         let command = view

@@ -31,7 +31,7 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,10 +41,6 @@ use crate::task::threads::{
 
 const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
 const EXIT_SIGNAL: u64 = 0xff;
-
-/// In a vfork child: the write end of the pipe its parent waits on,
-/// closed when the child execs (or, with the process, when it ends).
-static VFORK_DONE: AtomicI32 = AtomicI32::new(-1);
 
 /// What the new process starts with, from clone's arguments.
 struct Request {
@@ -151,12 +147,6 @@ fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// Forks of this process happen one at a time; the vfork pipes whose
-/// write ends are open are listed here, so a child made by another thread
-/// meanwhile closes those it inherited (it never execs on the host, so
-/// close-on-exec would never close them, and its parent would wait on).
-static FORKING: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
-
 /// Every lock of the runtime a forked child needs, taken before the host
 /// fork as `pthread_atfork` handlers take theirs: a lock another thread
 /// held at the fork would stay held forever in the child, where that
@@ -167,7 +157,7 @@ struct ForkLocks<'a> {
     _process: MutexGuard<'a, crate::process::ProcessView>,
     _program: MutexGuard<'a, Vec<u8>>,
     vfs: Option<crate::vfs::VfsHold<'a>>,
-    threads: threads::ThreadsHold,
+    threads: threads::ThreadsHold<'a>,
     _arena: crate::mm::arena::ArenaHold<'a>,
     cache: crate::mm::excache::ForkHold<'a>,
     remote: Vec<lego_transport::ClientHold<'a>>,
@@ -185,7 +175,7 @@ impl Runtime {
             _process: lock(&self.process),
             _program: lock(&self.program),
             vfs: self.vfs.as_ref().map(|v| v.hold_for_fork()),
-            threads: threads::hold_for_fork(),
+            threads: self.threads.hold_for_fork(),
             _arena: self.mm.arena.hold_for_fork(),
             cache: self.mm.cache.hold_for_fork(),
             remote: self.mm.remote.hold_for_fork(),
@@ -197,7 +187,7 @@ impl Runtime {
 fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
     let rt = cx.rt;
     let child = new_pid();
-    let mut forking = lock(&FORKING);
+    let mut forking = lock(&rt.forks.forking);
     // Like Linux's fork, an exclusive hold of the address space from the
     // flush through the host fork: no other thread changes a range (whose
     // pages the flush would write back) or has a fault half served (whose
@@ -301,7 +291,10 @@ fn become_child(
     let parent = rt.mm.remote.pid();
     // Reports go to our own processor connection, never the parent's.
     crate::host::report::set_report_fd(-1);
-    let inherited = VFORK_DONE.swap(vfork.map_or(-1, |(_, w)| w), Ordering::SeqCst);
+    let inherited = rt
+        .forks
+        .vfork_done
+        .swap(vfork.map_or(-1, |(_, w)| w), Ordering::SeqCst);
     if inherited >= 0 {
         close(inherited);
     }
@@ -328,7 +321,7 @@ fn become_child(
         .renew_after_fork()
         .map_err(|e| failed(e.to_string()))?;
     cache.reset_for_child();
-    threads::reset_after_fork(cx.thread, threads);
+    rt.threads.reset_after_fork(cx.thread, threads);
     rt.mm.remote.become_child(pid, remote);
     if let Some(vfs) = vfs {
         vfs.storage.disconnect();
@@ -384,8 +377,8 @@ fn become_child(
 }
 
 /// The vfork parent may go on: the child has a program of its own now.
-pub fn exec_done() {
-    let fd = VFORK_DONE.swap(-1, Ordering::SeqCst);
+pub fn exec_done(rt: &Runtime) {
+    let fd = rt.forks.vfork_done.swap(-1, Ordering::SeqCst);
     if fd >= 0 {
         close(fd);
     }

@@ -33,6 +33,7 @@ pub use contract::{
     ok, returned, Call, Ctx, Disposition, Errno, Handler, Outcome, SysError, SysResult, Syscall,
     Wait,
 };
+use lego_proto::state::Stop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -135,10 +136,13 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
         thread,
         uc,
     };
-    // Only a blocking call made for this one may be restarted.
+    // Only a blocking call made for this one may be restarted, or stopped
+    // in for a thread taking the process's state.
     cx.thread.interrupted = 0;
+    cx.thread.park_requested = false;
     let result = dispatch(&mut cx, &call, entry);
     let rax = libc::REG_RAX as usize;
+    let mut restarted = false;
     match result {
         Ok(Outcome::Return(value)) => cx.regs()[rax] = value,
         Ok(Outcome::Resume) => {}
@@ -156,7 +160,15 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
         Ok(Outcome::ExitProcess(status)) => proc::end_process(status),
         Err(SysError::Errno(e)) => {
             cx.regs()[rax] = e.negated();
-            if e == Errno::EINTR && wait == Wait::Restarted {
+            if e == Errno::EINTR && cx.thread.park_requested && cx.thread.interrupted == 0 {
+                // Interrupted by the runtime's own signal, not one of the
+                // application's: made again, as Linux restarts a call
+                // interrupted without a handler.
+                let g = cx.regs();
+                g[libc::REG_RIP as usize] -= 2;
+                g[rax] = call.nr as i64;
+                restarted = true;
+            } else if e == Errno::EINTR && wait == Wait::Restarted {
                 crate::task::signals::maybe_restart(
                     &cx.rt.signals,
                     cx.thread,
@@ -167,9 +179,19 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
         }
         Err(SysError::Fatal(why)) => crate::host::report::fatal(&why),
     }
+    if cx.thread.park_requested {
+        // Another thread takes the process's state: this one stops here,
+        // at the end of its call (or before making it again).
+        let stop = if restarted {
+            Stop::CallRestart
+        } else {
+            Stop::CallDone
+        };
+        cx.rt.threads.park(cx.thread, cx.uc, stop);
+    }
     if cx.thread.exit_requested {
         // Another thread execs: the runtime holds nothing here.
-        crate::task::threads::end_for_exec(cx.thread);
+        cx.rt.threads.end_for_exec(cx.thread);
     }
 }
 

@@ -1,8 +1,10 @@
-//! Process-wide calls: exit, FS base, prctl, resource limits.
+//! Process-wide calls: exit, FS base, prctl, resource limits, and Lego's
+//! own call that gives a process its whole kernel state.
 
-use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
+use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
 use crate::host::raw_syscall;
 use crate::host::user;
+use lego_proto::state::ProcessState;
 
 const ARCH_SET_GS: u64 = 0x1001;
 const ARCH_SET_FS: u64 = 0x1002;
@@ -100,4 +102,35 @@ pub fn sysinfo(cx: &mut Ctx, c: &Call) -> SysResult {
     };
     user::write(c.args[0], bytes)?;
     ok(0)
+}
+
+/// Lego's own call (not Linux's): the calling process's whole kernel
+/// state, taken with every other thread stopped at a boundary, as the
+/// bytes of a `lego_proto::state::ProcessState`, into `buf` (`len`
+/// bytes). Returns the length; ERANGE if `len` is too small. The state is
+/// checked to survive its own serialization before it is given out.
+pub fn process_state(cx: &mut Ctx, c: &Call) -> SysResult {
+    let [buf, len, ..] = c.args;
+    let state = cx.rt.take_state(cx.thread, cx.uc)?;
+    let bytes = state.to_bytes().map_err(|e| {
+        SysError::fatal(format!(
+            "runtime bug: cannot serialize the process state: {e}"
+        ))
+    })?;
+    let back = ProcessState::from_bytes(&bytes).map_err(|e| {
+        SysError::fatal(format!(
+            "runtime bug: cannot read back the process state: {e}"
+        ))
+    })?;
+    let differences = state.differences(&back);
+    if !differences.is_empty() {
+        return Err(SysError::fatal(format!(
+            "runtime bug: the process state changed in serialization: {differences:?}"
+        )));
+    }
+    if (len as usize) < bytes.len() {
+        return Err(Errno::ERANGE.into());
+    }
+    user::write(buf, &bytes)?;
+    ok(bytes.len() as i64)
 }

@@ -470,4 +470,9 @@ pub static SYSCALLS: &[Syscall] = &[
     row(467, "open_tree_attr", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
     row(468, "file_getattr", Pass, Wait::Never, HOST_FILE_CALL),
     row(469, "file_setattr", Pass, Wait::Never, HOST_FILE_CALL),
+    row(LEGO_PROCESS_STATE, "lego_process_state", emulate!(proc::process_state), Wait::Never, "Lego's own, not Linux's: `syscall(511, buf, len)` writes the process's whole kernel state (`lego_proto::state::ProcessState`, postcard bytes), taken with every other thread stopped, and returns its length (ERANGE: `len` too small)"),
 ];
+
+/// Lego's own call: the process's kernel state (a number Linux leaves
+/// unused, below the x32 range that starts at 512).
+pub const LEGO_PROCESS_STATE: u32 = 511;

@@ -7,11 +7,12 @@
 
 use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysResult};
 use crate::host::{gettid, raw_syscall, user};
+use crate::process::Runtime;
 use crate::task::dispatch::ThreadCtl;
 use crate::task::thread as task_thread;
 use crate::task::threads::{
-    self, child_tids, clear_tid_word, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID,
-    CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_SIGHAND, CLONE_THREAD, CLONE_VM,
+    child_tids, clear_tid_word, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID,
+    CLONE_SETTLS, CLONE_SIGHAND, CLONE_THREAD, CLONE_VM,
 };
 use std::sync::mpsc;
 
@@ -112,9 +113,9 @@ struct Start {
 /// clear-tid word: on the new thread, before it can run (let alone end,
 /// which clears the CLEARTID word: the creator's store coming after that
 /// would leave a joiner waiting forever).
-fn settle_tids(ctl: &mut ThreadCtl, start: &Start, tid: i32) {
+fn settle_tids(rt: &Runtime, ctl: &mut ThreadCtl, start: &Start, tid: i32) {
     ctl.exit_requested = false;
-    threads::started(tid);
+    rt.threads.started(tid);
     if start.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(start.parent_tid, &tid.to_ne_bytes());
     }
@@ -136,7 +137,7 @@ fn spawn(
         return Err(Errno::EAGAIN.into());
     }
     rt.mm.cache.set_concurrent();
-    crate::mm::fault::add_server(&rt.mm, threads::count() + 1);
+    crate::mm::fault::add_server(&rt.mm, rt.threads.count() + 1);
     // The new thread starts from this call's registers.
     let mut regs = *cx.regs();
     let ctl = &*cx.thread;
@@ -159,9 +160,9 @@ fn spawn(
         child_tid,
         ready: tx,
     };
-    threads::starting();
-    if let Err(e) = start_runtime_thread(start) {
-        threads::not_started();
+    rt.threads.starting();
+    if let Err(e) = start_runtime_thread(rt, start) {
+        rt.threads.not_started();
         tracing::warn!("cannot start a runtime thread for the application: {e}");
         return Err(Errno::EAGAIN.into());
     }
@@ -189,7 +190,7 @@ fn tid_address() -> u64 {
 /// application thread until that ends, then frees its control block and
 /// signal stack and ends itself: each application thread is a new host
 /// thread, with a tid of its own, as on Linux.
-fn start_runtime_thread(start: Start) -> std::io::Result<()> {
+fn start_runtime_thread(rt: &'static Runtime, start: Start) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("app-thread".into())
         .stack_size(RUNTIME_STACK)
@@ -201,12 +202,13 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
                     let _ = start
                         .ready
                         .send(Err(Errno(e.raw_os_error().unwrap_or(libc::ENOMEM))));
-                    threads::not_started();
+                    rt.threads.not_started();
                     return;
                 }
             };
             let ctl = Box::into_raw(Box::new(ThreadCtl::new()));
             let mut body = ThreadBody {
+                rt,
                 ctl,
                 start: Some(start),
             };
@@ -246,6 +248,7 @@ fn start_runtime_thread(start: Start) -> std::io::Result<()> {
 /// What [`enter_application_thread`] starts: on its runtime thread's
 /// stack, read once.
 struct ThreadBody {
+    rt: &'static Runtime,
     ctl: *mut ThreadCtl,
     start: Option<Start>,
 }
@@ -268,7 +271,7 @@ unsafe extern "C" fn enter_application_thread(arg: *mut libc::c_void) -> ! {
         unreachable!("exit returned");
     };
     let tid = gettid();
-    settle_tids(ctl, &start, tid);
+    settle_tids(body.rt, ctl, &start, tid);
     ctl.app_mask = start.mask;
     let Start {
         regs, fs, ready, ..
@@ -296,7 +299,7 @@ pub fn set_tid_address(cx: &mut Ctx, c: &Call) -> SysResult {
 /// application thread ends as on Linux (its clear-tid word is cleared and
 /// woken, so a join returns), and so does its runtime thread.
 pub fn exit(cx: &mut Ctx, c: &Call) -> SysResult {
-    if threads::ending() {
+    if cx.rt.threads.ending() {
         return Ok(Outcome::ExitProcess(c.args[0] as i32));
     }
     clear_tid_word(cx.thread);

@@ -44,6 +44,10 @@ pub struct ThreadCtl {
     /// Another thread execs: this one ends when the runtime is done with
     /// what it was doing for it.
     pub exit_requested: bool,
+    /// Another thread takes the process's state: this one stops when the
+    /// runtime is done with what it was doing for it (see
+    /// `task::threads::Threads::park`).
+    pub park_requested: bool,
     /// Where the runtime thread resumes when its application thread ends
     /// (a stack pointer saved by `lego_thread_run`; 0 for the thread the
     /// program started on, which just exits).
@@ -70,6 +74,7 @@ impl ThreadCtl {
             suspended_mask: None,
             clear_tid: 0,
             exit_requested: false,
+            park_requested: false,
             resume_sp: 0,
         }
     }

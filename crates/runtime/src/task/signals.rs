@@ -9,6 +9,7 @@
 
 use super::dispatch::ThreadCtl;
 use crate::host::{raw_syscall, user};
+use lego_proto::state::{AltStack, SigAction, SignalsState};
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -266,6 +267,29 @@ impl SignalState {
         old
     }
 
+    /// The dispositions and the alternate stack as plain values, with the
+    /// process's pending signals (`pending`, the host's).
+    pub fn state(&self, pending: u64) -> SignalsState {
+        SignalsState {
+            actions: self
+                .actions
+                .iter()
+                .map(|a| SigAction {
+                    handler: field(a, 0),
+                    flags: field(a, 8),
+                    restorer: field(a, 16),
+                    mask: field(a, 24),
+                })
+                .collect(),
+            altstack: AltStack {
+                sp: field(&self.altstack, 0),
+                flags: i32::from_ne_bytes(self.altstack[8..12].try_into().unwrap_or([0; 4])),
+                size: field(&self.altstack, 16),
+            },
+            pending,
+        }
+    }
+
     /// What execve keeps: ignored signals stay ignored, handled ones go
     /// back to their default action, the alternate stack is dropped.
     pub fn reset_for_exec(&mut self) {
@@ -359,6 +383,19 @@ fn fpstate_len(read: impl Fn(u64, &mut [u8]) -> bool, fpstate: u64) -> usize {
     } else {
         512
     }
+}
+
+/// The application's FPU state in the kernel's frame `uc` (empty if the
+/// frame has none).
+pub fn fpu_state(uc: &libc::ucontext_t) -> Vec<u8> {
+    let at = uc.uc_mcontext.fpregs as u64;
+    if at == 0 {
+        return Vec::new();
+    }
+    let len = fpstate_len(read_own, at);
+    // Safety: the kernel's FPU state for the handler that is running,
+    // `len` bytes by its own recorded length.
+    unsafe { std::slice::from_raw_parts(at as *const u8, len) }.to_vec()
 }
 
 /// Reads memory the kernel wrote for us (our own signal frame).

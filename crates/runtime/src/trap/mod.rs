@@ -14,7 +14,7 @@ use crate::process::{runtime, Runtime};
 use crate::task::blocking::blocking_window;
 use crate::task::dispatch::current_ctl;
 use crate::task::signals::{self, EXEC_KILL_SIGNAL};
-use crate::task::threads;
+use lego_proto::state::Stop;
 use std::arch::global_asm;
 
 global_asm!(
@@ -169,10 +169,15 @@ unsafe extern "C" fn app_signal_handler(
 ) {
     if sig == EXEC_KILL_SIGNAL {
         // It interrupted application code: nothing of the runtime's is
-        // held, so the thread can end here.
+        // held, so the thread can stop here for a thread taking the
+        // process's state, or end for one that execs.
         // Safety: on an application thread, whose GS base is its control
-        // block; the only reference to it while this handler runs.
-        threads::end_for_exec(unsafe { current_ctl() });
+        // block; the only reference to it while this handler runs. The
+        // kernel's ucontext stays alive until the handler returns.
+        let (ctl, uc) = unsafe { (current_ctl(), &*(uctx as *const libc::ucontext_t)) };
+        let rt = runtime();
+        rt.threads.park(ctl, uc, Stop::Running);
+        rt.threads.end_for_exec(ctl);
         return;
     }
     let served = std::panic::catch_unwind(|| {
@@ -221,9 +226,11 @@ unsafe extern "C" fn runtime_signal_handler(
     // signals, and its thread's GS base is its control block.
     let ctl = unsafe { current_ctl() };
     if sig == EXEC_KILL_SIGNAL {
-        // Inside the runtime, which may hold locks: the thread ends when
-        // its SIGSYS handler is done (a blocking call returns EINTR).
+        // Inside the runtime, which may hold locks: the thread ends, or
+        // stops, when its SIGSYS handler is done (a blocking call returns
+        // EINTR).
         ctl.exit_requested = true;
+        ctl.park_requested = true;
     } else {
         let sig = sig as usize;
         signals::requeue(sig, &info);

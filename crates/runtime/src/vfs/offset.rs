@@ -106,6 +106,12 @@ impl Offset {
         }
     }
 
+    /// The offset's value now, without taking it (for a state taken while
+    /// no call of this process runs).
+    pub fn peek(&self) -> u64 {
+        self.slot().value.load(Ordering::Relaxed)
+    }
+
     /// Takes the offset for a read or write at it.
     pub fn lock(&self) -> OffsetGuard<'_> {
         let slot = self.slot();

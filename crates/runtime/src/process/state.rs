@@ -1,0 +1,211 @@
+//! The process's kernel state taken whole, as one plain value
+//! ([`ProcessState`]): every other thread is stopped at a boundary first
+//! (see `task::threads::Threads::stop_others`), so nothing changes while
+//! the pieces are gathered from the subsystems that own them. What the
+//! host kernel keeps for the process (credentials, umask, limits, pending
+//! signals, host descriptors) is read from it.
+//!
+//! May call: `mm`, `vfs`, `task`, `host`.
+
+use super::Runtime;
+use crate::error::SysError;
+use crate::task::dispatch::ThreadCtl;
+use crate::task::threads::{pending_of, thread_state, StopError};
+use lego_proto::state::{
+    Credentials, FileState, ImageState, Limit, MemoryLayout, OpenState, ProcessState, Stop,
+};
+use lego_proto::Errno;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+/// How long the other threads get to stop.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Resource limits Linux has (RLIMIT_CPU .. RLIMIT_RTTIME).
+const RLIMITS: u32 = 16;
+
+/// Lets the stopped threads run on however the state-taking ends.
+struct Resume<'a>(&'a Runtime);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.threads.resume_others();
+    }
+}
+
+impl Runtime {
+    /// The process's kernel state, taken by the application thread `ctl`
+    /// inside its call (registers in `uc`). `Errno::EINTR` when another
+    /// thread takes it at the same time (this one stops for that one, and
+    /// makes its call again after), `Errno::EAGAIN` when an exec is under
+    /// way or some thread did not stop in time.
+    pub fn take_state(
+        &self,
+        ctl: &ThreadCtl,
+        uc: &libc::ucontext_t,
+    ) -> Result<ProcessState, SysError> {
+        let others = match self.threads.stop_others(STOP_LIMIT) {
+            Ok(others) => others,
+            Err(StopError::Busy) if ctl.park_requested => return Err(Errno::EINTR.into()),
+            Err(StopError::Busy) => return Err(Errno::EAGAIN.into()),
+            Err(StopError::Timeout(n)) => {
+                tracing::warn!(
+                    "process state: {n} threads did not stop within {STOP_LIMIT:?}; EAGAIN"
+                );
+                return Err(Errno::EAGAIN.into());
+            }
+        };
+        let _resume = Resume(self);
+        let mut threads = vec![thread_state(ctl, uc, Stop::Taker)];
+        let mut others = others;
+        others.sort_by_key(|t| t.tid);
+        threads.extend(others);
+        let image = {
+            let view = self.process.lock().unwrap_or_else(|p| p.into_inner());
+            ImageState {
+                program: self
+                    .program
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                cmdline: view.cmdline.clone(),
+                auxv: view.auxv.clone(),
+                stack_top: view.stack_top,
+            }
+        };
+        let signals = self
+            .signals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state(pending_of("/proc/self/status", "ShdPnd:"));
+        let (mapped, host_shared) = self.mm.arena.layout();
+        Ok(ProcessState {
+            image,
+            threads,
+            signals,
+            files: self.file_states(),
+            cwd: self.cwd_path(),
+            umask: umask(),
+            credentials: credentials(),
+            limits: limits(),
+            memory: MemoryLayout {
+                mapped,
+                host_shared,
+            },
+        })
+    }
+
+    /// Every descriptor of the application's, by number.
+    fn file_states(&self) -> Vec<FileState> {
+        let mut fds = vec![0, 1, 2];
+        fds.extend(crate::host::fds::open_fds());
+        fds.retain(|&fd| !self.is_runtime_fd(fd as u64));
+        fds.into_iter()
+            .filter_map(|fd| self.file_state(fd))
+            .collect()
+    }
+
+    fn file_state(&self, fd: i32) -> Option<FileState> {
+        // Safety: F_GETFD and F_GETFL only query the descriptor table.
+        let fd_flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if fd_flags < 0 {
+            return None;
+        }
+        let cloexec = fd_flags & libc::FD_CLOEXEC != 0;
+        if let Some(file) = self.vfs.as_ref().and_then(|v| v.file(fd as u64)) {
+            let dir_cookie = *file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner());
+            return Some(FileState {
+                fd,
+                cloexec,
+                open: OpenState::Storage {
+                    handle: file.handle.0.clone(),
+                    path: file.path.clone(),
+                    status: file.status(),
+                    offset: file.offset.peek(),
+                    dir_cookie,
+                    directory: file.file_type == lego_proto::FileType::Directory,
+                    content: file.content.as_ref().map(|c| c.to_vec()),
+                },
+            });
+        }
+        // Safety: as above.
+        let status = unsafe { libc::fcntl(fd, libc::F_GETFL) } as u32;
+        // Safety: lseek with SEEK_CUR only reads the offset.
+        let offset = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        let target = std::fs::read_link(format!("/proc/thread-self/fd/{fd}"))
+            .map(|t| t.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        Some(FileState {
+            fd,
+            cloexec,
+            open: OpenState::Host {
+                target,
+                status,
+                offset: (offset >= 0).then_some(offset as u64),
+            },
+        })
+    }
+
+    /// The working directory: the file system's, or the host's when the
+    /// processor's own files are passed through.
+    fn cwd_path(&self) -> Vec<u8> {
+        match &self.vfs {
+            Some(vfs) => vfs.cwd().path.clone(),
+            None => std::env::current_dir()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The process's umask (read, not changed: `umask(2)` would set it).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
+}
+
+fn credentials() -> Credentials {
+    let (mut uid, mut gid) = ([0u32; 3], [0u32; 3]);
+    // Safety: getresuid/getresgid write three ids each into our arrays;
+    // getgroups writes at most `groups.len()` ids.
+    let groups = unsafe {
+        libc::getresuid(&mut uid[0], &mut uid[1], &mut uid[2]);
+        libc::getresgid(&mut gid[0], &mut gid[1], &mut gid[2]);
+        let n = libc::getgroups(0, std::ptr::null_mut()).max(0);
+        let mut groups = vec![0u32; n as usize];
+        let got = libc::getgroups(n, groups.as_mut_ptr());
+        groups.truncate(got.max(0) as usize);
+        groups
+    };
+    Credentials { uid, gid, groups }
+}
+
+fn limits() -> Vec<Limit> {
+    (0..RLIMITS)
+        .filter_map(|resource| {
+            let mut old = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // Safety: prlimit64 of our own process writes one rlimit64.
+            let ret = unsafe {
+                libc::prlimit64(
+                    0,
+                    resource as libc::__rlimit_resource_t,
+                    std::ptr::null(),
+                    &mut old,
+                )
+            };
+            (ret == 0).then_some(Limit {
+                resource,
+                soft: old.rlim_cur,
+                hard: old.rlim_max,
+            })
+        })
+        .collect()
+}
