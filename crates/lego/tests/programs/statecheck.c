@@ -140,6 +140,7 @@ int main(int argc, char **argv) {
     /* With one thread left, the state has one thread. */
     n = syscall(LEGO_PROCESS_STATE, buf, sizeof buf);
     printf("again=%s\n", n > 0 ? "ok" : strerror(errno));
-    printf("small=%s\n", syscall(LEGO_PROCESS_STATE, buf, 16) < 0 ? strerror(errno) : "accepted");
+    /* A buffer too small for it: ERANGE. */
+    printf("small=%d\n", syscall(LEGO_PROCESS_STATE, buf, 16) < 0 ? errno : 0);
     return 0;
 }

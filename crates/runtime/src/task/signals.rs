@@ -46,7 +46,10 @@ pub fn sigbit(sig: libc::c_int) -> u64 {
     1 << (sig - 1)
 }
 
-/// Application signals with a handler (the runtime's entry on the host).
+/// Application signals with a handler (the runtime's entry on the host):
+/// a mirror of the actions installed in the host kernel, which are the
+/// host process's, kept for the blocking path to read without a lock;
+/// rebuilt from the dispositions whenever one is set.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 /// Whether the application handles any signal (else blocking calls need
