@@ -511,20 +511,35 @@ fn proc_self_describes_the_program_not_the_runtime() {
     let cluster = Cluster::up(&["--memories", "1"]);
     let procself = program("procself", Build::GlibcStatic);
     let args = ["one", "two words"];
-    let lego = cluster.run(&[], &procself, &args);
-    assert_same(&lego, &native(&procself, &args), "procself");
-    let out = cluster.run(
-        &[],
-        &require("python3"),
-        &[
-            "-c",
-            "print(open('/proc/self/cmdline').read().split(chr(0)))",
-        ],
-    );
-    assert_eq!(
-        text(&out.stdout),
-        "['/usr/bin/python3', '-c', \"print(open('/proc/self/cmdline').read().split(chr(0)))\", '']\n"
-    );
+    let python = require("python3");
+    let script = "import os; print(open('/proc/self/cmdline').read().split(chr(0))); \
+                  print(sorted(os.listdir('/proc/self/fd'), key=int))";
+    // Whatever the file source: the storage manager's files, or the
+    // processor's own (before, the latter showed the runtime's command
+    // line and descriptors).
+    for files in ["storage", "host"] {
+        let lego = cluster
+            .run_command(&[], &procself, &args)
+            .env("LEGO_FILES", files)
+            .output()
+            .unwrap();
+        assert_same(
+            &lego,
+            &native(&procself, &args),
+            &format!("procself, {files} files"),
+        );
+        let out = cluster
+            .run_command(&[], &python, &["-c", script])
+            .env("LEGO_FILES", files)
+            .output()
+            .unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            format!("['/usr/bin/python3', '-c', \"{script}\", '']\n['0', '1', '2']\n"),
+            "{files} files: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -1456,7 +1471,7 @@ fn check_process_state(cluster: &Cluster, build: Build) {
     let msgqueue = state
         .limits
         .iter()
-        .find(|l| l.resource == libc::RLIMIT_MSGQUEUE as u32)
+        .find(|l| l.resource == libc::RLIMIT_MSGQUEUE)
         .expect("RLIMIT_MSGQUEUE");
     assert_eq!(msgqueue.soft, 12345);
     // Safety: getuid has no preconditions.

@@ -167,6 +167,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
             ..process::ProcessView::default()
         }),
         vfs,
+        files: vfs::FileTable::default(),
         threads: task::threads::Threads::new(),
         forks: process::Forks::default(),
         runtime_fds: RwLock::new(Vec::new()),

@@ -376,13 +376,16 @@ impl Arena {
     }
 
     /// The ranges the memory manager has mapped, and the host-shared ones.
-    pub fn layout(&self) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    pub fn layout(&self) -> lego_proto::state::MemoryLayout {
         let all = |set: &Mutex<RangeSet>| {
             set.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .within(0, u64::MAX)
         };
-        (all(&self.mapped), all(&self.host_shared))
+        lego_proto::state::MemoryLayout {
+            mapped: all(&self.mapped),
+            host_shared: all(&self.host_shared),
+        }
     }
 
     /// Whether `addr` lies in a mapping of the memory manager's.

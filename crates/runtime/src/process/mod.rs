@@ -16,7 +16,7 @@ use crate::host::report::fatal;
 use crate::mm::Memory;
 use crate::task::signals::SignalState;
 use crate::task::threads::Threads;
-use crate::vfs::Vfs;
+use crate::vfs::{FileTable, Vfs};
 use lego_transport::ClusterSecret;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicI32;
@@ -48,6 +48,9 @@ pub struct Runtime {
     /// The program's files, when a storage manager serves them (else the
     /// processor's own files are passed through).
     pub vfs: Option<Vfs>,
+    /// The open files the runtime keeps (storage files, and the files it
+    /// serves itself), whatever the file source.
+    pub files: FileTable,
     /// The application's threads.
     pub threads: Threads,
     /// The host descriptors this process's forks keep.

@@ -11,9 +11,7 @@ use super::Runtime;
 use crate::error::SysError;
 use crate::task::dispatch::ThreadCtl;
 use crate::task::threads::{pending_of, thread_state, StopError};
-use lego_proto::state::{
-    Credentials, FileState, ImageState, Limit, MemoryLayout, OpenState, ProcessState, Stop,
-};
+use lego_proto::state::{Credentials, FileState, ImageState, Limit, OpenState, ProcessState, Stop};
 use lego_proto::Errno;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
@@ -78,7 +76,6 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .state(pending_of("/proc/self/status", "ShdPnd:"));
-        let (mapped, host_shared) = self.mm.arena.layout();
         Ok(ProcessState {
             image,
             threads,
@@ -88,10 +85,7 @@ impl Runtime {
             umask: umask(),
             credentials: credentials(),
             limits: limits(),
-            memory: MemoryLayout {
-                mapped,
-                host_shared,
-            },
+            memory: self.mm.arena.layout(),
         })
     }
 
@@ -112,7 +106,7 @@ impl Runtime {
             return None;
         }
         let cloexec = fd_flags & libc::FD_CLOEXEC != 0;
-        if let Some(file) = self.vfs.as_ref().and_then(|v| v.file(fd as u64)) {
+        if let Some(file) = self.files.get(fd as u64) {
             let dir_cookie = *file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner());
             return Some(FileState {
                 fd,

@@ -181,9 +181,7 @@ fn close_on_exec(rt: &Runtime) {
             flags >= 0 && flags & libc::FD_CLOEXEC != 0 && libc::close(fd) == 0
         };
         if closed {
-            if let Some(vfs) = &rt.vfs {
-                vfs.remove(fd);
-            }
+            rt.files.remove(fd);
         }
     }
 }

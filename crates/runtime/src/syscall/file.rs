@@ -15,7 +15,7 @@ use crate::host::user;
 use crate::process::Runtime;
 use crate::vfs::path::{is_host, normalize, split_last};
 use crate::vfs::storage::StorageError;
-use crate::vfs::{OpenFile, Vfs};
+use crate::vfs::{FileTable, OpenFile, Vfs};
 use lego_proto::{
     dirent64_len, FileAttr, FileHandle, FileType, SetAttr, StorageReply, StorageRequest,
     MAX_READ_LEN, MAX_WRITE_LEN,
@@ -43,13 +43,13 @@ pub(super) fn cstring(bytes: Vec<u8>) -> Result<CString, Errno> {
 
 /// Classifies `path` relative to `dirfd` (AT_FDCWD for the working
 /// directory).
-pub(super) fn place(vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, Errno> {
+pub(super) fn place(files: &FileTable, vfs: &Vfs, dirfd: u64, path: &[u8]) -> Result<Place, Errno> {
     let base = if path.starts_with(b"/") {
         None
     } else if dirfd as i32 == libc::AT_FDCWD {
         let cwd = vfs.cwd();
         Some((cwd.path.clone(), cwd.handle.clone()))
-    } else if let Some(file) = vfs.file(dirfd) {
+    } else if let Some(file) = files.get(dirfd) {
         if file.file_type != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
@@ -224,6 +224,14 @@ fn open_common(
 ) -> SysResult {
     let rt = cx.rt;
     let Some(vfs) = &rt.vfs else {
+        // The processor's own files, passed through; the /proc files that
+        // describe the program are served all the same.
+        let path = read_path(path_ptr)?;
+        if let Some(abs) = host_absolute(rt, dirfd, &path) {
+            if let Some(fd) = open_served(rt, &abs, flags)? {
+                return ok(fd);
+            }
+        }
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
     };
@@ -231,23 +239,62 @@ fn open_common(
     if path.is_empty() {
         return Err(Errno::ENOENT.into());
     }
-    match place(vfs, dirfd, &path)? {
+    match place(&rt.files, vfs, dirfd, &path)? {
         Place::Host(Some(abs)) => {
-            if let Some(content) = crate::process::procfs::serve(rt, abs.as_bytes()) {
-                return ok(vfs.open_content(abs.as_bytes().to_vec(), content, flags)?);
-            }
-            if let Some(entries) = crate::process::procfs::listing(rt, abs.as_bytes()) {
-                return ok(vfs.open_listing(abs.as_bytes().to_vec(), entries, flags)?);
+            if let Some(fd) = open_served(rt, abs.as_bytes(), flags)? {
+                return ok(fd);
             }
             host_call(cx, c, path_arg, Some(abs))
         }
         // Safety: the application's own call, unchanged, on host objects.
         Place::Host(None) => unsafe { cx.host(c.nr, c.args) },
-        Place::Storage { dir, path, abs } => ok(open_storage(vfs, dir, &path, abs, flags, mode)?),
+        Place::Storage { dir, path, abs } => {
+            ok(open_storage(&rt.files, vfs, dir, &path, abs, flags, mode)?)
+        }
     }
 }
 
+/// Opens `abs` if it is a /proc file or directory the runtime serves (one
+/// that must describe the program, not the runtime's host process).
+fn open_served(rt: &Runtime, abs: &[u8], flags: u32) -> Result<Option<i32>, Errno> {
+    if let Some(content) = crate::process::procfs::serve(rt, abs) {
+        return rt
+            .files
+            .open_content(abs.to_vec(), content, flags)
+            .map(Some);
+    }
+    if let Some(entries) = crate::process::procfs::listing(rt, abs) {
+        return rt
+            .files
+            .open_listing(abs.to_vec(), entries, flags)
+            .map(Some);
+    }
+    Ok(None)
+}
+
+/// With the processor's own files: `path` (relative to `dirfd`) as an
+/// absolute, lexically normalised path, where it can be told (relative to
+/// the working directory or to a directory the runtime serves).
+fn host_absolute(rt: &Runtime, dirfd: u64, path: &[u8]) -> Option<Vec<u8>> {
+    if path.is_empty() {
+        return None;
+    }
+    if path.starts_with(b"/") {
+        return Some(normalize(b"/", path));
+    }
+    let base = if dirfd as i32 == libc::AT_FDCWD {
+        std::env::current_dir()
+            .ok()?
+            .into_os_string()
+            .into_encoded_bytes()
+    } else {
+        rt.files.get(dirfd)?.path.clone()
+    };
+    Some(normalize(&base, path))
+}
+
 fn open_storage(
+    files: &FileTable,
     vfs: &Vfs,
     dir: FileHandle,
     path: &[u8],
@@ -310,7 +357,7 @@ fn open_storage(
         // host's; they cannot be opened from here.
         return Err(Errno::ENXIO.into());
     }
-    Ok(vfs.open_handle(handle, &attr, abs, flags)?)
+    Ok(files.open_handle(handle, &attr, abs, flags)?)
 }
 
 // ---------------------------------------------------------------- descriptors
@@ -323,9 +370,7 @@ pub fn close(cx: &mut Ctx, c: &Call) -> SysResult {
     // Safety: the application's own call, unchanged, on host objects.
     let r = unsafe { cx.host(c.nr, c.args) };
     if r == Ok(Outcome::Return(0)) {
-        if let Some(vfs) = &rt.vfs {
-            vfs.remove(c.args[0] as i32);
-        }
+        rt.files.remove(c.args[0] as i32);
     }
     r
 }
@@ -333,12 +378,12 @@ pub fn close(cx: &mut Ctx, c: &Call) -> SysResult {
 /// After a host dup of `old` to the descriptor `r` returned: it names the
 /// same open file.
 fn after_dup(rt: &Runtime, old: u64, r: SysResult) -> SysResult {
-    if let (Some(vfs), Ok(Outcome::Return(new))) = (&rt.vfs, &r) {
+    if let Ok(Outcome::Return(new)) = &r {
         let new = *new;
         if new >= 0 {
-            vfs.remove(new as i32);
-            if let Some(file) = vfs.file(old) {
-                vfs.insert(new as i32, file);
+            rt.files.remove(new as i32);
+            if let Some(file) = rt.files.get(old) {
+                rt.files.insert(new as i32, file);
             }
         }
     }
@@ -377,13 +422,11 @@ pub fn close_range(cx: &mut Ctx, c: &Call) -> SysResult {
     let r = close_range_host(cx, c);
     const CLOSE_RANGE_CLOEXEC: u64 = 4;
     if r == Ok(Outcome::Return(0)) && (c.args[2] as u32 as u64) & CLOSE_RANGE_CLOEXEC == 0 {
-        if let Some(vfs) = &rt.vfs {
-            for fd in vfs.fds() {
-                let fd64 = fd as u64;
-                let (first, last) = (c.args[0] as u32 as u64, c.args[1] as u32 as u64);
-                if fd64 >= first && fd64 <= last && !rt.is_runtime_fd(fd64) {
-                    vfs.remove(fd);
-                }
+        for fd in rt.files.fds() {
+            let fd64 = fd as u64;
+            let (first, last) = (c.args[0] as u32 as u64, c.args[1] as u32 as u64);
+            if fd64 >= first && fd64 <= last && !rt.is_runtime_fd(fd64) {
+                rt.files.remove(fd);
             }
         }
     }
@@ -396,7 +439,7 @@ pub fn fcntl(cx: &mut Ctx, c: &Call) -> SysResult {
     if rt.is_runtime_fd(fd) {
         return Err(Errno::EBADF.into());
     }
-    let file = rt.vfs.as_ref().and_then(|v| v.file(fd));
+    let file = rt.files.get(fd);
     let Some(file) = file else {
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
@@ -442,7 +485,7 @@ pub fn ioctl(cx: &mut Ctx, c: &Call) -> SysResult {
     if rt.is_runtime_fd(c.args[0]) {
         return Err(Errno::EBADF.into());
     }
-    let Some(file) = rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) else {
+    let Some(file) = rt.files.get(c.args[0]) else {
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
     };
@@ -462,6 +505,12 @@ pub fn ioctl(cx: &mut Ctx, c: &Call) -> SysResult {
 }
 
 // ---------------------------------------------------------------- data
+
+/// The storage manager behind a file in the table that is not one the
+/// runtime serves itself (such a file has a handle only with one).
+fn storage_of(rt: &Runtime) -> Result<&Vfs, SysError> {
+    rt.vfs.as_ref().ok_or(SysError::Errno(Errno::EINVAL))
+}
 
 pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, SysError> {
     if file.listing.is_some() {
@@ -500,10 +549,7 @@ pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, SysErro
             rdev: 0,
         });
     }
-    let vfs = rt
-        .vfs
-        .as_ref()
-        .expect("storage files exist only with a vfs");
+    let vfs = storage_of(rt)?;
     Ok(vfs.storage.attr(StorageRequest::Getattr {
         handle: file.handle.clone(),
     })?)
@@ -533,10 +579,7 @@ pub(super) fn read_at(
         user::write(buf, &content[start..end])?;
         return Ok((end - start) as i64);
     }
-    let vfs = rt
-        .vfs
-        .as_ref()
-        .expect("storage files exist only with a vfs");
+    let vfs = storage_of(rt)?;
     let (reply, data) = vfs.storage.call(
         StorageRequest::Read {
             handle: file.handle.clone(),
@@ -571,10 +614,7 @@ fn write_at(
     let len = len.min(MAX_WRITE_LEN as u64) as usize;
     let mut data = vec![0u8; len];
     user::read(buf, &mut data)?;
-    let vfs = rt
-        .vfs
-        .as_ref()
-        .expect("storage files exist only with a vfs");
+    let vfs = storage_of(rt)?;
     let stable = file.status() & libc::O_SYNC as u32 != 0;
     match vfs
         .storage
@@ -609,7 +649,7 @@ pub(super) fn with_file(
         // Not the application's: as if it were not open.
         return Err(Errno::EBADF.into());
     }
-    match rt.vfs.as_ref().and_then(|v| v.file(c.args[0])) {
+    match rt.files.get(c.args[0]) {
         Some(file) => f(&file).map(Outcome::Return),
         // Safety: the application's own call, unchanged, on host objects.
         None => unsafe { cx.host(c.nr, c.args) },
@@ -810,10 +850,6 @@ pub fn getdents64(cx: &mut Ctx, c: &Call) -> SysResult {
         if file.file_type != FileType::Directory {
             return Err(Errno::ENOTDIR.into());
         }
-        let vfs = rt
-            .vfs
-            .as_ref()
-            .expect("storage files exist only with a vfs");
         let mut cookie = file.dir_cookie.lock().unwrap_or_else(|p| p.into_inner());
         let budget = c.args[2].min(u32::MAX as u64) as u32;
         if let Some(listing) = &file.listing {
@@ -831,6 +867,7 @@ pub fn getdents64(cx: &mut Ctx, c: &Call) -> SysResult {
                 .collect();
             return Ok(write_dirents(c.args[1], budget, &entries, &mut cookie)?);
         }
+        let vfs = storage_of(rt)?;
         let (reply, _) = vfs.storage.call(
             StorageRequest::Readdir {
                 dir: file.handle.clone(),
@@ -881,10 +918,7 @@ fn write_dirents(
 pub fn fsync(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
     with_file(cx, c, |file| {
-        let vfs = rt
-            .vfs
-            .as_ref()
-            .expect("storage files exist only with a vfs");
+        let vfs = storage_of(rt)?;
         vfs.storage.done(StorageRequest::Commit {
             handle: file.handle.clone(),
             data_only: c.nr == libc::SYS_fdatasync as u64,
@@ -902,7 +936,7 @@ pub fn noop_on_storage(cx: &mut Ctx, c: &Call) -> SysResult {
 /// back to read and write.
 pub fn copy_unsupported(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
-    let storage = |fd: u64| rt.vfs.as_ref().and_then(|v| v.file(fd)).is_some();
+    let storage = |fd: u64| rt.files.get(fd).is_some();
     let (a, b) = match c.nr as i64 {
         libc::SYS_copy_file_range => (c.args[0], c.args[2]),
         libc::SYS_splice => (c.args[0], c.args[2]),
@@ -961,10 +995,7 @@ pub fn ftruncate(cx: &mut Ctx, c: &Call) -> SysResult {
 
 /// Sets attributes of a storage file; the call's value is 0.
 pub(super) fn setattr(rt: &Runtime, handle: &FileHandle, set: SetAttr) -> Result<i64, SysError> {
-    let vfs = rt
-        .vfs
-        .as_ref()
-        .expect("storage files exist only with a vfs");
+    let vfs = storage_of(rt)?;
     vfs.storage.attr(StorageRequest::Setattr {
         handle: handle.clone(),
         set,

@@ -157,6 +157,7 @@ struct ForkLocks<'a> {
     _process: MutexGuard<'a, crate::process::ProcessView>,
     _program: MutexGuard<'a, Vec<u8>>,
     vfs: Option<crate::vfs::VfsHold<'a>>,
+    _files: crate::vfs::files::FilesHold<'a>,
     threads: threads::ThreadsHold<'a>,
     _arena: crate::mm::arena::ArenaHold<'a>,
     cache: crate::mm::excache::ForkHold<'a>,
@@ -175,6 +176,7 @@ impl Runtime {
             _process: lock(&self.process),
             _program: lock(&self.program),
             vfs: self.vfs.as_ref().map(|v| v.hold_for_fork()),
+            _files: self.files.hold_for_fork(),
             threads: self.threads.hold_for_fork(),
             _arena: self.mm.arena.hold_for_fork(),
             cache: self.mm.cache.hold_for_fork(),
@@ -306,6 +308,7 @@ fn become_child(
         _process,
         _program,
         vfs,
+        _files,
         threads,
         _arena,
         cache,
@@ -314,7 +317,7 @@ fn become_child(
     } = held;
     // The tables were only held so that no other thread had them at the
     // fork: free now, for this thread's use below.
-    drop((_signals, _process, _program, _arena, _lifted));
+    drop((_signals, _process, _program, _files, _arena, _lifted));
     let failed = |why: String| SysError::fatal(format!("forked process {pid:x}: {why}"));
     rt.mm
         .arena

@@ -39,7 +39,7 @@ pub fn mmap(cx: &mut Ctx, c: &Call) -> SysResult {
         libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE
     );
     let anonymous = flags & libc::MAP_ANONYMOUS as u64 != 0;
-    let host_object = !anonymous && rt.vfs.as_ref().and_then(|v| v.file(fd)).is_none();
+    let host_object = !anonymous && rt.files.get(fd).is_none();
     if shared && (anonymous || host_object) {
         host_shared_mmap(rt, addr, len, prot, flags, fd, offset)
     } else if !anonymous {
@@ -159,7 +159,7 @@ fn file_mmap(
     if !offset.is_multiple_of(4096) {
         return Err(Errno::EINVAL.into());
     }
-    let storage_file = rt.vfs.as_ref().and_then(|v| v.file(fd));
+    let storage_file = rt.files.get(fd);
     // A storage file: the memory manager reads its pages from the storage
     // manager when they are first touched (the runtime's own files, served
     // from memory, are copied below like host files).

@@ -46,14 +46,14 @@ fn resolve(
         if flags & AT_EMPTY_PATH == 0 {
             return Err(Errno::ENOENT.into());
         }
-        if let Some(file) = vfs.file(dirfd) {
+        if let Some(file) = rt.files.get(dirfd) {
             let attr = getattr(rt, &file)?;
             return Ok(Target::Storage(file.handle.clone(), attr));
         }
         // Safety: the application's own call, unchanged, on host objects.
         return Ok(Target::Done(unsafe { cx.host(c.nr, c.args) }?));
     }
-    match place(vfs, dirfd, &path)? {
+    match place(&rt.files, vfs, dirfd, &path)? {
         Place::Host(abs) => Ok(Target::Done(host_call(cx, c, path_arg, abs)?)),
         Place::Storage { dir, path, .. } => {
             let (handle, attr) = lookup(vfs, dir, path, follow)?;
@@ -75,6 +75,13 @@ fn on_storage(
     f: impl FnOnce(FileHandle, FileAttr) -> Result<i64, SysError>,
 ) -> SysResult {
     if cx.rt.vfs.is_none() {
+        if flags & AT_EMPTY_PATH != 0 && read_path(c.args[path_arg])?.is_empty() {
+            if let Some(file) = cx.rt.files.get(dirfd) {
+                // A file the runtime serves, named by its descriptor.
+                let attr = getattr(cx.rt, &file)?;
+                return f(file.handle.clone(), attr).map(Outcome::Return);
+            }
+        }
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
     }
@@ -216,7 +223,9 @@ fn statfs_bytes(s: &FsStat) -> [u8; 120] {
 }
 
 fn statfs_of(rt: &Runtime, handle: FileHandle, buf: u64) -> Result<i64, SysError> {
-    let vfs = rt.vfs.as_ref().expect("called only with a vfs");
+    let Some(vfs) = rt.vfs.as_ref() else {
+        return Err(Errno::EINVAL.into());
+    };
     match vfs.storage.call(StorageRequest::Statfs { handle }, &[])?.0 {
         StorageReply::FsStat(s) => {
             user::write(buf, &statfs_bytes(&s))?;
@@ -238,7 +247,25 @@ pub fn statfs(cx: &mut Ctx, c: &Call) -> SysResult {
 
 pub fn fstatfs(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
-    with_file(cx, c, |file| statfs_of(rt, file.handle.clone(), c.args[1]))
+    with_file(cx, c, |file| {
+        if file.handle.0.is_empty() {
+            // A file the runtime serves: /proc's file system.
+            // Safety: statfs reads our path and writes one struct statfs
+            // at the application's pointer, which the kernel checks.
+            let r = unsafe {
+                raw_syscall(
+                    libc::SYS_statfs as u64,
+                    [c"/proc".as_ptr() as u64, c.args[1], 0, 0, 0, 0],
+                )
+            };
+            return if r < 0 {
+                Err(Errno(-r as i32).into())
+            } else {
+                Ok(r)
+            };
+        }
+        statfs_of(rt, file.handle.clone(), c.args[1])
+    })
 }
 
 // ---------------------------------------------------------------- access, readlink
@@ -252,8 +279,15 @@ fn access_common(
     flags: u64,
 ) -> SysResult {
     let rt = cx.rt;
-    on_storage(cx, c, dirfd, path_arg, flags, |handle, _| {
-        let vfs = rt.vfs.as_ref().expect("checked above");
+    on_storage(cx, c, dirfd, path_arg, flags, |handle, attr| {
+        let Some(vfs) = rt.vfs.as_ref().filter(|_| !handle.0.is_empty()) else {
+            // A file the runtime serves: read-only to everyone.
+            return if mode as u32 & attr.mode & 0o7 != mode as u32 & 7 {
+                Err(Errno::EACCES.into())
+            } else {
+                Ok(0)
+            };
+        };
         // Safety: plain id queries.
         let credentials = unsafe {
             Credentials {
@@ -337,7 +371,7 @@ fn with_parent(
     if path.is_empty() {
         return Err(Errno::ENOENT.into());
     }
-    match place(vfs, dirfd, &path)? {
+    match place(&rt.files, vfs, dirfd, &path)? {
         Place::Host(abs) => host_call(cx, c, path_arg, abs),
         Place::Storage { dir, path, .. } => {
             let (dir, name) = parent_and_name(vfs, dir, &path)?;
@@ -417,12 +451,17 @@ pub fn symlinkat(cx: &mut Ctx, c: &Call) -> SysResult {
 
 /// The storage directory and name a two-path call's path names, or the
 /// errno: both paths of rename and link must be on storage (EXDEV else).
-fn storage_parent(vfs: &Vfs, dirfd: u64, ptr: u64) -> Result<(FileHandle, Vec<u8>), SysError> {
+fn storage_parent(
+    rt: &Runtime,
+    vfs: &Vfs,
+    dirfd: u64,
+    ptr: u64,
+) -> Result<(FileHandle, Vec<u8>), SysError> {
     let path = read_path(ptr)?;
     if path.is_empty() {
         return Err(Errno::ENOENT.into());
     }
-    match place(vfs, dirfd, &path)? {
+    match place(&rt.files, vfs, dirfd, &path)? {
         Place::Host(_) => Err(Errno::EXDEV.into()),
         Place::Storage { dir, path, .. } => parent_and_name(vfs, dir, &path),
     }
@@ -443,8 +482,8 @@ fn rename_common(
         return unsafe { cx.host(c.nr, c.args) };
     };
     let r = (|| -> Result<i64, SysError> {
-        let (from_dir, from_name) = storage_parent(vfs, olddir, old)?;
-        let (to_dir, to_name) = storage_parent(vfs, newdir, new)?;
+        let (from_dir, from_name) = storage_parent(rt, vfs, olddir, old)?;
+        let (to_dir, to_name) = storage_parent(rt, vfs, newdir, new)?;
         vfs.storage.done(StorageRequest::Rename {
             from_dir,
             from_name,
@@ -457,18 +496,18 @@ fn rename_common(
     match r {
         // Both on the host: the host renames.
         // Safety: the application's own call, unchanged, on host paths.
-        Err(SysError::Errno(Errno::EXDEV)) if both_host(vfs, olddir, old, newdir, new) => unsafe {
+        Err(SysError::Errno(Errno::EXDEV)) if both_host(rt, vfs, olddir, old, newdir, new) => unsafe {
             cx.host(c.nr, c.args)
         },
         r => r.map(Outcome::Return),
     }
 }
 
-fn both_host(vfs: &Vfs, olddir: u64, old: u64, newdir: u64, new: u64) -> bool {
+fn both_host(rt: &Runtime, vfs: &Vfs, olddir: u64, old: u64, newdir: u64, new: u64) -> bool {
     let host = |dirfd, ptr| {
         read_path(ptr)
             .ok()
-            .and_then(|p| place(vfs, dirfd, &p).ok())
+            .and_then(|p| place(&rt.files, vfs, dirfd, &p).ok())
             .is_some_and(|p| matches!(p, Place::Host(_)))
     };
     host(olddir, old) && host(newdir, new)
@@ -503,18 +542,18 @@ fn link_common(
     };
     let r = (|| -> Result<i64, SysError> {
         let path = read_path(old)?;
-        let Place::Storage { dir, path, .. } = place(vfs, olddir, &path)? else {
+        let Place::Storage { dir, path, .. } = place(&rt.files, vfs, olddir, &path)? else {
             return Err(Errno::EXDEV.into());
         };
         let (handle, _) = lookup(vfs, dir, path, flags & AT_SYMLINK_FOLLOW != 0)?;
-        let (dir, name) = storage_parent(vfs, newdir, new)?;
+        let (dir, name) = storage_parent(rt, vfs, newdir, new)?;
         vfs.storage
             .found(StorageRequest::Link { handle, dir, name })?;
         Ok(0)
     })();
     match r {
         // Safety: the application's own call, unchanged, on host paths.
-        Err(SysError::Errno(Errno::EXDEV)) if both_host(vfs, olddir, old, newdir, new) => unsafe {
+        Err(SysError::Errno(Errno::EXDEV)) if both_host(rt, vfs, olddir, old, newdir, new) => unsafe {
             cx.host(c.nr, c.args)
         },
         r => r.map(Outcome::Return),
@@ -636,7 +675,7 @@ fn times_from(ptr: u64) -> Result<(Option<SetTime>, Option<SetTime>), Errno> {
 
 pub fn utimensat(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
-    let Some(vfs) = &rt.vfs else {
+    if rt.vfs.is_none() {
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
     };
@@ -649,7 +688,7 @@ pub fn utimensat(cx: &mut Ctx, c: &Call) -> SysResult {
     };
     if path == 0 {
         // futimens: the descriptor itself.
-        return match vfs.file(dirfd) {
+        return match rt.files.get(dirfd) {
             Some(file) => setattr(rt, &file.handle, set).map(Outcome::Return),
             // Safety: the application's own call, unchanged, on a host
             // descriptor.
@@ -729,7 +768,7 @@ pub fn chdir(cx: &mut Ctx, c: &Call) -> SysResult {
     if path.is_empty() {
         return Err(Errno::ENOENT.into());
     }
-    match place(vfs, libc::AT_FDCWD as u64, &path)? {
+    match place(&rt.files, vfs, libc::AT_FDCWD as u64, &path)? {
         Place::Host(abs) => {
             let abs_bytes = abs.as_ref().map(|a| a.as_bytes().to_vec());
             let r = host_call(cx, c, 0, abs);
@@ -759,7 +798,7 @@ pub fn fchdir(cx: &mut Ctx, c: &Call) -> SysResult {
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
     };
-    match vfs.file(c.args[0]) {
+    match rt.files.get(c.args[0]) {
         Some(file) if file.file_type != FileType::Directory => Err(Errno::ENOTDIR.into()),
         Some(file) => {
             let handle = (!file.handle.0.is_empty()).then(|| file.handle.clone());
@@ -807,7 +846,7 @@ pub fn xattr(cx: &mut Ctx, c: &Call) -> SysResult {
         libc::SYS_fgetxattr | libc::SYS_fsetxattr | libc::SYS_flistxattr | libc::SYS_fremovexattr
     );
     if fd_call {
-        return if vfs.file(c.args[0]).is_some() {
+        return if rt.files.get(c.args[0]).is_some() {
             Err(Errno::ENOTSUP.into())
         } else {
             // Safety: the application's own call, unchanged, on a host
@@ -816,7 +855,7 @@ pub fn xattr(cx: &mut Ctx, c: &Call) -> SysResult {
         };
     }
     let path = read_path(c.args[0])?;
-    match place(vfs, libc::AT_FDCWD as u64, &path)? {
+    match place(&rt.files, vfs, libc::AT_FDCWD as u64, &path)? {
         Place::Host(abs) => host_call(cx, c, 0, abs),
         Place::Storage { dir, path, .. } => {
             let follow = !matches!(
@@ -876,7 +915,7 @@ fn readlink_common(
         own(b"fd/").and_then(|n| String::from_utf8(n).ok()?.parse::<u64>().ok())
     {
         // A storage file's descriptor names the file, not its placeholder.
-        match rt.vfs.as_ref().and_then(|v| v.file(fd)) {
+        match rt.files.get(fd) {
             Some(file) => file.path.clone(),
             None => return pass(cx),
         }

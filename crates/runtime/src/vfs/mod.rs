@@ -1,6 +1,8 @@
 //! The runtime's virtual file system: the program's files live on a
 //! storage manager, and an open file is a handle, an offset and flags held
-//! here, with no open state on the server.
+//! in the file table ([`files`], which also holds the files the runtime
+//! serves itself, with or without a storage manager), with no open state
+//! on the server.
 //!
 //! Descriptor numbers stay the host kernel's: opening a storage file claims
 //! a placeholder host descriptor (`/dev/null`) whose number the program
@@ -10,59 +12,19 @@
 //! own flag. `/dev`, `/proc` and `/sys` are the processor's (as LegoOS's
 //! processor served them); everything else is the storage manager's.
 
+pub mod files;
 pub mod offset;
 pub mod path;
 pub mod storage;
 
+pub use files::{Entry, FileTable, OpenFile};
+
 use crate::error::SysError;
 use lego_proto::{Errno, FileAttr, FileHandle, FileType, StorageRequest};
-use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use storage::{RemoteStorage, StorageError, StorageResult};
-
-/// A directory entry the runtime makes up: name and type.
-pub type Entry = (Vec<u8>, FileType);
-
-/// An open storage file.
-pub struct OpenFile {
-    pub handle: FileHandle,
-    pub file_type: FileType,
-    /// Absolute path it was opened by (for `*at` calls relative to it).
-    pub path: Vec<u8>,
-    /// Access mode and status flags (`O_ACCMODE | O_APPEND | O_NONBLOCK ...`).
-    pub status: AtomicU32,
-    /// Shared by every descriptor duplicated from the same open, and with
-    /// the processes forked since (see `offset`).
-    pub offset: offset::Offset,
-    /// Where `getdents64` goes on.
-    pub dir_cookie: Mutex<u64>,
-    /// A file the runtime serves itself (`/proc/self/maps` and the like):
-    /// its contents, fixed when it was opened. Its handle is empty.
-    pub content: Option<Arc<Vec<u8>>>,
-    /// A directory the runtime serves itself (`/proc/self/fd`): its
-    /// entries, fixed when it was opened.
-    pub listing: Option<Arc<Vec<Entry>>>,
-}
-
-impl OpenFile {
-    pub fn status(&self) -> u32 {
-        self.status.load(Ordering::Relaxed)
-    }
-
-    pub fn readable(&self) -> bool {
-        self.status() & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
-            && self.status() & libc::O_PATH as u32 == 0
-    }
-
-    pub fn writable(&self) -> bool {
-        let mode = self.status() & libc::O_ACCMODE as u32;
-        (mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32)
-            && self.status() & libc::O_PATH as u32 == 0
-    }
-}
 
 /// The working directory: its absolute path, and its handle when it is a
 /// storage directory (`None`: a host directory such as `/proc`).
@@ -75,23 +37,21 @@ pub struct Vfs {
     pub storage: RemoteStorage,
     pub root: FileHandle,
     cwd: Mutex<Cwd>,
-    files: Mutex<HashMap<i32, Arc<OpenFile>>>,
 }
 
-/// The file table held across a fork (see `syscall::fork`).
+/// The working directory and the storage connection held across a fork
+/// (see `syscall::fork`).
 pub struct VfsHold<'a> {
     _cwd: MutexGuard<'a, Cwd>,
-    _files: MutexGuard<'a, HashMap<i32, Arc<OpenFile>>>,
     pub storage: lego_transport::ClientHold<'a>,
 }
 
 impl Vfs {
-    /// Holds the working directory, the file table and the storage
-    /// connection across a fork, so the forked process finds them free.
+    /// Holds the working directory and the storage connection across a
+    /// fork, so the forked process finds them free.
     pub fn hold_for_fork(&self) -> VfsHold<'_> {
         VfsHold {
             _cwd: lock(&self.cwd),
-            _files: lock(&self.files),
             storage: self.storage.hold_for_fork(),
         }
     }
@@ -137,27 +97,7 @@ impl Vfs {
             storage,
             root,
             cwd: Mutex::new(cwd),
-            files: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The storage file behind descriptor argument `fd` (its low 32 bits,
-    /// as the kernel reads it).
-    pub fn file(&self, fd: u64) -> Option<Arc<OpenFile>> {
-        lock(&self.files).get(&(fd as u32 as i32)).cloned()
-    }
-
-    pub fn insert(&self, fd: i32, file: Arc<OpenFile>) {
-        lock(&self.files).insert(fd, file);
-    }
-
-    pub fn remove(&self, fd: i32) -> Option<Arc<OpenFile>> {
-        lock(&self.files).remove(&fd)
-    }
-
-    /// Descriptors of open storage files, for close_range and exec.
-    pub fn fds(&self) -> Vec<i32> {
-        lock(&self.files).keys().copied().collect()
     }
 
     pub fn cwd(&self) -> MutexGuard<'_, Cwd> {
@@ -207,100 +147,5 @@ impl Vfs {
             }
         }
         Ok((out, Some(attr)))
-    }
-
-    /// Opens `handle` as a new descriptor: claims a placeholder host
-    /// descriptor (close-on-exec as asked) and records the file under its
-    /// number.
-    pub fn open_handle(
-        &self,
-        handle: FileHandle,
-        attr: &FileAttr,
-        abs: Vec<u8>,
-        flags: u32,
-    ) -> Result<i32, Errno> {
-        self.open_file(handle, attr.file_type, abs, flags, None, None)
-    }
-
-    fn open_file(
-        &self,
-        handle: FileHandle,
-        file_type: FileType,
-        abs: Vec<u8>,
-        flags: u32,
-        content: Option<Vec<u8>>,
-        listing: Option<Vec<Entry>>,
-    ) -> Result<i32, Errno> {
-        let cloexec = flags & libc::O_CLOEXEC as u32;
-        // Safety: opening /dev/null, a path of ours, for its number only.
-        let fd = unsafe {
-            crate::host::raw_syscall(
-                libc::SYS_open as u64,
-                [
-                    c"/dev/null".as_ptr() as u64,
-                    (libc::O_RDWR as u32 | cloexec) as u64,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            )
-        };
-        if fd < 0 {
-            return Err(Errno(-fd as i32));
-        }
-        let keep = libc::O_ACCMODE as u32
-            | libc::O_APPEND as u32
-            | libc::O_NONBLOCK as u32
-            | libc::O_PATH as u32
-            | libc::O_DIRECTORY as u32
-            | libc::O_NOATIME as u32
-            | libc::O_DIRECT as u32
-            | libc::O_SYNC as u32;
-        self.insert(
-            fd as i32,
-            Arc::new(OpenFile {
-                handle,
-                file_type,
-                path: abs,
-                status: AtomicU32::new(flags & keep),
-                offset: offset::Offset::new(),
-                dir_cookie: Mutex::new(0),
-                content: content.map(Arc::new),
-                listing: listing.map(Arc::new),
-            }),
-        );
-        Ok(fd as i32)
-    }
-
-    /// Opens a file the runtime serves itself, with these contents.
-    pub fn open_content(&self, abs: Vec<u8>, content: Vec<u8>, flags: u32) -> Result<i32, Errno> {
-        let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
-        self.open_file(
-            FileHandle(Vec::new()),
-            FileType::Regular,
-            abs,
-            flags,
-            Some(content),
-            None,
-        )
-    }
-
-    /// Opens a directory the runtime serves itself, with these entries.
-    pub fn open_listing(
-        &self,
-        abs: Vec<u8>,
-        entries: Vec<Entry>,
-        flags: u32,
-    ) -> Result<i32, Errno> {
-        let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
-        self.open_file(
-            FileHandle(Vec::new()),
-            FileType::Directory,
-            abs,
-            flags,
-            None,
-            Some(entries),
-        )
     }
 }

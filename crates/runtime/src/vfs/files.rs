@@ -1,0 +1,196 @@
+//! The file table: every descriptor whose open file the runtime keeps
+//! (storage files, and the files and directories it serves itself, such
+//! as /proc/self/maps), by number. Descriptor numbers stay the host
+//! kernel's: each entry holds a placeholder host descriptor (`/dev/null`)
+//! whose number the program sees, so `dup`, `close` and close-on-exec
+//! work on it as on any descriptor. The table does not depend on where
+//! the program's files come from.
+//!
+//! May call: `host`, `vfs::offset`.
+
+use super::offset;
+use lego_proto::{Errno, FileAttr, FileHandle, FileType};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A directory entry the runtime makes up: name and type.
+pub type Entry = (Vec<u8>, FileType);
+
+/// An open storage file.
+pub struct OpenFile {
+    pub handle: FileHandle,
+    pub file_type: FileType,
+    /// Absolute path it was opened by (for `*at` calls relative to it).
+    pub path: Vec<u8>,
+    /// Access mode and status flags (`O_ACCMODE | O_APPEND | O_NONBLOCK ...`).
+    pub status: AtomicU32,
+    /// Shared by every descriptor duplicated from the same open, and with
+    /// the processes forked since (see `offset`).
+    pub offset: offset::Offset,
+    /// Where `getdents64` goes on.
+    pub dir_cookie: Mutex<u64>,
+    /// A file the runtime serves itself (`/proc/self/maps` and the like):
+    /// its contents, fixed when it was opened. Its handle is empty.
+    pub content: Option<Arc<Vec<u8>>>,
+    /// A directory the runtime serves itself (`/proc/self/fd`): its
+    /// entries, fixed when it was opened.
+    pub listing: Option<Arc<Vec<Entry>>>,
+}
+
+impl OpenFile {
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Relaxed)
+    }
+
+    pub fn readable(&self) -> bool {
+        self.status() & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32
+            && self.status() & libc::O_PATH as u32 == 0
+    }
+
+    pub fn writable(&self) -> bool {
+        let mode = self.status() & libc::O_ACCMODE as u32;
+        (mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32)
+            && self.status() & libc::O_PATH as u32 == 0
+    }
+}
+
+/// Open files by descriptor number.
+#[derive(Default)]
+pub struct FileTable {
+    files: Mutex<HashMap<i32, Arc<OpenFile>>>,
+}
+
+/// The file table held across a fork (see `syscall::fork`).
+pub struct FilesHold<'a> {
+    _files: MutexGuard<'a, HashMap<i32, Arc<OpenFile>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A plain table; a panic ends the runtime (see `fatal`), so a poisoned
+    // lock is never seen by a survivor.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FileTable {
+    /// Holds the table across a fork, so the forked process finds it free.
+    pub fn hold_for_fork(&self) -> FilesHold<'_> {
+        FilesHold {
+            _files: lock(&self.files),
+        }
+    }
+
+    /// The open file behind descriptor argument `fd` (its low 32 bits, as
+    /// the kernel reads it).
+    pub fn get(&self, fd: u64) -> Option<Arc<OpenFile>> {
+        lock(&self.files).get(&(fd as u32 as i32)).cloned()
+    }
+
+    pub fn insert(&self, fd: i32, file: Arc<OpenFile>) {
+        lock(&self.files).insert(fd, file);
+    }
+
+    pub fn remove(&self, fd: i32) -> Option<Arc<OpenFile>> {
+        lock(&self.files).remove(&fd)
+    }
+
+    /// Descriptors in the table, for close_range and exec.
+    pub fn fds(&self) -> Vec<i32> {
+        lock(&self.files).keys().copied().collect()
+    }
+
+    /// Opens `handle` as a new descriptor: claims a placeholder host
+    /// descriptor (close-on-exec as asked) and records the file under its
+    /// number.
+    pub fn open_handle(
+        &self,
+        handle: FileHandle,
+        attr: &FileAttr,
+        abs: Vec<u8>,
+        flags: u32,
+    ) -> Result<i32, Errno> {
+        self.open_file(handle, attr.file_type, abs, flags, None, None)
+    }
+
+    fn open_file(
+        &self,
+        handle: FileHandle,
+        file_type: FileType,
+        abs: Vec<u8>,
+        flags: u32,
+        content: Option<Vec<u8>>,
+        listing: Option<Vec<Entry>>,
+    ) -> Result<i32, Errno> {
+        let cloexec = flags & libc::O_CLOEXEC as u32;
+        // Safety: opening /dev/null, a path of ours, for its number only.
+        let fd = unsafe {
+            crate::host::raw_syscall(
+                libc::SYS_open as u64,
+                [
+                    c"/dev/null".as_ptr() as u64,
+                    (libc::O_RDWR as u32 | cloexec) as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        if fd < 0 {
+            return Err(Errno(-fd as i32));
+        }
+        let keep = libc::O_ACCMODE as u32
+            | libc::O_APPEND as u32
+            | libc::O_NONBLOCK as u32
+            | libc::O_PATH as u32
+            | libc::O_DIRECTORY as u32
+            | libc::O_NOATIME as u32
+            | libc::O_DIRECT as u32
+            | libc::O_SYNC as u32;
+        self.insert(
+            fd as i32,
+            Arc::new(OpenFile {
+                handle,
+                file_type,
+                path: abs,
+                status: AtomicU32::new(flags & keep),
+                offset: offset::Offset::new(),
+                dir_cookie: Mutex::new(0),
+                content: content.map(Arc::new),
+                listing: listing.map(Arc::new),
+            }),
+        );
+        Ok(fd as i32)
+    }
+
+    /// Opens a file the runtime serves itself, with these contents.
+    pub fn open_content(&self, abs: Vec<u8>, content: Vec<u8>, flags: u32) -> Result<i32, Errno> {
+        let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
+        self.open_file(
+            FileHandle(Vec::new()),
+            FileType::Regular,
+            abs,
+            flags,
+            Some(content),
+            None,
+        )
+    }
+
+    /// Opens a directory the runtime serves itself, with these entries.
+    pub fn open_listing(
+        &self,
+        abs: Vec<u8>,
+        entries: Vec<Entry>,
+        flags: u32,
+    ) -> Result<i32, Errno> {
+        let flags = (flags & !(libc::O_ACCMODE as u32)) | libc::O_RDONLY as u32;
+        self.open_file(
+            FileHandle(Vec::new()),
+            FileType::Directory,
+            abs,
+            flags,
+            None,
+            Some(entries),
+        )
+    }
+}
