@@ -4,7 +4,7 @@
 //! (unmapped ranges stay PROT_NONE, so a stray access faults as on Linux);
 //! a touch of an accessible page that is not resident is an ExCache miss.
 
-use crate::host::uffd::{Pagemap, Userfaultfd};
+use crate::host::uffd::{PageRegion, Pagemap, Userfaultfd};
 use crate::mm::ranges::RangeSet;
 use lego_proto::{USER_END, USER_MIN};
 use std::io;
@@ -404,5 +404,91 @@ impl Arena {
             unsafe { libc::madvise(start as *mut _, (end - start) as usize, libc::MADV_DONTNEED) },
             "madvise(MADV_DONTNEED) in the arena",
         )
+    }
+}
+
+/// The arena's pages as the host kernel holds them: all the ExCache needs
+/// of the host. [`Arena`] is the real one; the ExCache's tests use a fake.
+pub trait Pages: Sync {
+    /// Whether `page` is present now.
+    fn present(&self, page: u64) -> io::Result<bool>;
+    /// Wakes the threads whose faults wait on `[start, start + len)`.
+    fn wake(&self, start: u64, len: u64) -> io::Result<()>;
+    /// Installs the whole pages `src` at `start` and wakes their faults;
+    /// with `write_protect` they start clean (a first write marks a page
+    /// written), else they count as written already. A page already there
+    /// is left as it is.
+    fn install(&self, start: u64, src: &[u8], write_protect: bool) -> io::Result<()>;
+    /// The written runs of `[start, end)`, into `out`; how many.
+    fn written(&self, start: u64, end: u64, out: &mut [PageRegion]) -> io::Result<usize>;
+    /// As [`Pages::written`], and marks the pages found clean again.
+    fn written_then_clean(&self, start: u64, end: u64, out: &mut [PageRegion])
+        -> io::Result<usize>;
+    /// Drops the resident pages of `[start, end)`: the next touch misses.
+    fn drop_pages(&self, start: u64, end: u64) -> io::Result<()>;
+    /// Moves resident `page` out to staging offset `at`, returning where
+    /// it is now (`None`: it cannot be moved, and nobody can write it).
+    fn stage_page(&self, page: u64, at: u64) -> io::Result<Option<u64>>;
+    /// Empties the first `len` bytes of the staging area.
+    fn unstage(&self, len: u64) -> io::Result<()>;
+    /// The bytes of `[start, start + len)`.
+    ///
+    /// # Safety
+    /// The range must be resident or staged, readable, and stay so (and
+    /// unwritten) while the slice lives.
+    unsafe fn contents(&self, start: u64, len: u64) -> &[u8];
+}
+
+impl Pages for Arena {
+    fn present(&self, page: u64) -> io::Result<bool> {
+        self.pagemap.present(page)
+    }
+
+    fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        self.uffd.wake(start, len)
+    }
+
+    fn install(&self, start: u64, src: &[u8], write_protect: bool) -> io::Result<()> {
+        assert!((src.len() as u64).is_multiple_of(PAGE), "whole pages only");
+        // Safety: `src` is a slice of whole pages.
+        unsafe {
+            self.uffd.copy_pages(
+                start,
+                src.as_ptr(),
+                src.len() / PAGE as usize,
+                write_protect,
+            )
+        }
+    }
+
+    fn written(&self, start: u64, end: u64, out: &mut [PageRegion]) -> io::Result<usize> {
+        self.pagemap.written(start, end, out)
+    }
+
+    fn written_then_clean(
+        &self,
+        start: u64,
+        end: u64,
+        out: &mut [PageRegion],
+    ) -> io::Result<usize> {
+        self.pagemap.written_then_clean(start, end, out)
+    }
+
+    fn drop_pages(&self, start: u64, end: u64) -> io::Result<()> {
+        Arena::drop_pages(self, start, end)
+    }
+
+    fn stage_page(&self, page: u64, at: u64) -> io::Result<Option<u64>> {
+        Arena::stage_page(self, page, at)
+    }
+
+    fn unstage(&self, len: u64) -> io::Result<()> {
+        Arena::unstage(self, len)
+    }
+
+    unsafe fn contents(&self, start: u64, len: u64) -> &[u8] {
+        // Safety: the caller's contract; arena and staging addresses are
+        // the runtime's own memory at those addresses.
+        unsafe { std::slice::from_raw_parts(start as *const u8, len as usize) }
     }
 }

@@ -10,7 +10,7 @@
 //!   the lock: such a touch faults, and the fault thread needs the lock.
 
 use crate::host::uffd::PageRegion;
-use crate::mm::arena::{Arena, PAGE};
+use crate::mm::arena::{Pages, PAGE};
 use crate::mm::ranges::RangeSet;
 use lego_proto::ExcacheStats;
 use std::collections::{BTreeSet, HashSet, VecDeque};
@@ -138,9 +138,6 @@ struct State {
     /// Pages a fault thread is fetching (without the lock): a fault on
     /// one of them waits for that fetch, whose install wakes it.
     fetching: HashSet<u64>,
-    /// Pages of fetches in flight that a change made stale (a discard, a
-    /// move): such a fetch is not installed, and its fault is taken again.
-    stale: HashSet<u64>,
     /// Scratch buffers of eviction, kept to avoid allocating on the miss
     /// path.
     victims: Vec<u64>,
@@ -203,7 +200,6 @@ impl ExCache {
                 window: 1,
                 in_flight: None,
                 fetching: HashSet::new(),
-                stale: HashSet::new(),
                 victims: Vec::new(),
                 dirty: Vec::new(),
                 regions: Vec::new(),
@@ -269,7 +265,7 @@ impl ExCache {
     /// pages being fetched count against the quota meanwhile.
     pub fn fault(
         &self,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
         addr: u64,
         write: bool,
@@ -285,9 +281,9 @@ impl ExCache {
             return Ok(());
         }
         if st.resident.contains(&page) {
-            if arena.pagemap.present(page)? {
+            if arena.present(page)? {
                 // Two faults on one page (e.g. the kernel and the application).
-                arena.uffd.wake(page, PAGE)?;
+                arena.wake(page, PAGE)?;
                 return Ok(());
             }
             // The bookkeeping says resident but the page is gone: a bug,
@@ -304,12 +300,7 @@ impl ExCache {
             Self::make_room(st, arena, backing, 1)?;
             // A write fault would dirty the page at once: install it
             // writable rather than take a second (write-protect) fault.
-            // Safety: the zero page is a page-sized buffer of ours.
-            unsafe {
-                arena
-                    .uffd
-                    .copy_pages(page, self.zero_page.as_ptr(), 1, !write)?
-            };
+            arena.install(page, &self.zero_page, !write)?;
             Self::admit(st, page, 1);
             st.stats.zero_fills += 1;
             return Ok(());
@@ -357,40 +348,28 @@ impl ExCache {
                 .map(|got| got.clamp(1, count))
         };
 
+        // No change of the address space ran meanwhile (this fault holds
+        // the layout lock shared), so what the fetch brought is current.
         let mut guard = self.lock();
         let st = &mut *guard;
-        let mut stale = false;
         for i in 0..count as u64 {
             st.fetching.remove(&(page + i * PAGE));
-            stale |= st.stale.remove(&(page + i * PAGE));
         }
         let fetched = fetched?;
-        if stale {
-            // The address space changed under the fetch: what it brought
-            // may be stale. The faulting access runs again and faults anew.
-            arena.uffd.wake(page, count as u64 * PAGE)?;
-            return Ok(());
-        }
         let got = if count == 1 {
             let src = if fetched == 1 {
-                scratch.page.as_ptr()
+                &scratch.page
             } else {
-                self.zero_page.as_ptr()
+                &self.zero_page
             };
-            // Safety: `src` is one of our page-sized buffers.
-            unsafe { arena.uffd.copy_pages(page, src, 1, !write)? };
+            arena.install(page, src, !write)?;
             1
         } else {
             // Clean: the faulting write (if any) marks its page written.
-            // Safety: `run` holds `fetched` whole pages.
-            unsafe {
-                arena
-                    .uffd
-                    .copy_pages(page, scratch.run.as_ptr(), fetched, true)?
-            };
+            arena.install(page, &scratch.run[..fetched * PAGE as usize], true)?;
             if fetched < count {
                 // The mapping ended sooner: nobody waits on the rest.
-                arena.uffd.wake(page, count as u64 * PAGE)?;
+                arena.wake(page, count as u64 * PAGE)?;
             }
             fetched
         };
@@ -424,7 +403,7 @@ impl ExCache {
     /// fault threads are fetching.
     fn make_room(
         st: &mut State,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
         pages: usize,
     ) -> Result<(), CacheError> {
@@ -460,7 +439,7 @@ impl ExCache {
     /// then all are dropped from the arena.
     fn evict(
         st: &mut State,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
         at_least: usize,
     ) -> Result<(), CacheError> {
@@ -479,7 +458,7 @@ impl ExCache {
         for &(start, end) in &runs {
             st.regions
                 .resize(((end - start) / PAGE) as usize, PageRegion::default());
-            let n = arena.pagemap.written(start, end, &mut st.regions)?;
+            let n = arena.written(start, end, &mut st.regions)?;
             for region in &st.regions[..n] {
                 st.dirty
                     .extend((region.start..region.end).step_by(PAGE as usize));
@@ -496,9 +475,7 @@ impl ExCache {
             // returns, before the pages are dropped below.
             let parts: Vec<&[u8]> = page_runs(&st.dirty)
                 .into_iter()
-                .map(|(start, end)| unsafe {
-                    std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
-                })
+                .map(|(start, end)| unsafe { arena.contents(start, end - start) })
                 .collect();
             let ticket = backing.write_back(&st.dirty, &parts)?;
             Self::sent_back(st, ticket);
@@ -522,7 +499,7 @@ impl ExCache {
     /// write them either: for them the scan's answer holds.
     fn evict_moving(
         st: &mut State,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
     ) -> Result<(), CacheError> {
         Self::settle_locked(st)?;
@@ -541,7 +518,7 @@ impl ExCache {
         }
         for &page in &in_place {
             st.regions.resize(1, PageRegion::default());
-            if arena.pagemap.written(page, page + PAGE, &mut st.regions)? > 0 {
+            if arena.written(page, page + PAGE, &mut st.regions)? > 0 {
                 sources.push((page, page));
             }
         }
@@ -554,9 +531,7 @@ impl ExCache {
             // `write_back` returns, before either is emptied below.
             let parts: Vec<&[u8]> = sources
                 .iter()
-                .map(|&(_, at)| unsafe {
-                    std::slice::from_raw_parts(at as *const u8, PAGE as usize)
-                })
+                .map(|&(_, at)| unsafe { arena.contents(at, PAGE) })
                 .collect();
             let ticket = backing.write_back(&st.dirty, &parts)?;
             Self::sent_back(st, ticket);
@@ -578,13 +553,14 @@ impl ExCache {
     pub fn discard(
         &self,
         _: &LayoutChange,
-        arena: &Arena,
+        arena: &dyn Pages,
         start: u64,
         end: u64,
     ) -> Result<(), CacheError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        Self::mark_stale(st, start, end);
+        // No fetch is in flight: faults hold the layout lock shared.
+        debug_assert!(st.fetching.is_empty());
         for p in Self::resident_in(st, start, end) {
             st.resident.remove(&p);
             st.policy.removed(p);
@@ -614,20 +590,6 @@ impl Default for FaultScratch {
     }
 }
 
-impl ExCache {
-    /// Fetches in flight for pages of `[start, end)` bring what the memory
-    /// manager held before a change there: they are not installed.
-    fn mark_stale(st: &mut State, start: u64, end: u64) {
-        let hit: Vec<u64> = st
-            .fetching
-            .iter()
-            .copied()
-            .filter(|&p| p >= start && p < end)
-            .collect();
-        st.stale.extend(hit);
-    }
-}
-
 /// Most pages one flush write-back carries (16 MiB).
 const FLUSH_BATCH: usize = 4096;
 
@@ -642,7 +604,6 @@ impl ForkHold<'_> {
         let st = &mut *self.0;
         st.resident.clear();
         st.fetching.clear();
-        st.stale.clear();
         st.policy.clear();
         st.in_flight = None;
         st.next_expected = 0;
@@ -664,7 +625,7 @@ impl ExCache {
     pub fn flush(
         &self,
         _: &LayoutChange,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
     ) -> Result<(), CacheError> {
         let mut guard = self.lock();
@@ -680,7 +641,7 @@ impl ExCache {
     /// marked unwritten again.
     fn write_back_written(
         st: &mut State,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
         pages: &[u64],
         clean: bool,
@@ -690,11 +651,9 @@ impl ExCache {
             st.regions
                 .resize(((end - start) / PAGE) as usize, PageRegion::default());
             let n = if clean {
-                arena
-                    .pagemap
-                    .written_then_clean(start, end, &mut st.regions)?
+                arena.written_then_clean(start, end, &mut st.regions)?
             } else {
-                arena.pagemap.written(start, end, &mut st.regions)?
+                arena.written(start, end, &mut st.regions)?
             };
             for region in &st.regions[..n] {
                 dirty.extend((region.start..region.end).step_by(PAGE as usize));
@@ -707,9 +666,7 @@ impl ExCache {
             // slices are read only until the write-back is acknowledged.
             let parts: Vec<&[u8]> = page_runs(batch)
                 .into_iter()
-                .map(|(start, end)| unsafe {
-                    std::slice::from_raw_parts(start as *const u8, (end - start) as usize)
-                })
+                .map(|(start, end)| unsafe { arena.contents(start, end - start) })
                 .collect();
             backing.write_back(batch, &parts)?.finish()?;
             st.stats.writebacks += batch.len() as u64;
@@ -742,7 +699,7 @@ impl ExCache {
     pub fn write_back_and_drop(
         &self,
         _: &LayoutChange,
-        arena: &Arena,
+        arena: &dyn Pages,
         backing: &dyn Backing,
         start: u64,
         end: u64,
@@ -780,7 +737,7 @@ impl ExCache {
     pub fn relocate(
         &self,
         change: &LayoutChange,
-        arena: &Arena,
+        arena: &dyn Pages,
         from: u64,
         to: u64,
         len: u64,
@@ -791,8 +748,6 @@ impl ExCache {
         let mut guard = self.lock();
         let st = &mut *guard;
         let end = from + len;
-        // A fetch in flight from the old place would land there.
-        Self::mark_stale(st, from, end);
         let mut moving: Vec<u64> = st
             .resident
             .iter()
@@ -804,7 +759,7 @@ impl ExCache {
         if !moving.is_empty() {
             st.regions.resize(moving.len(), PageRegion::default());
             let (first, last) = (moving[0], moving[moving.len() - 1] + PAGE);
-            let n = arena.pagemap.written(first, last, &mut st.regions)?;
+            let n = arena.written(first, last, &mut st.regions)?;
             for region in &st.regions[..n] {
                 let mut p = region.start;
                 while p < region.end {
@@ -816,12 +771,10 @@ impl ExCache {
         for &p in &moving {
             let dst = to + (p - from);
             // Safety: `p` is resident (see `evict`), so it is readable
-            // without faulting, and it is a whole page.
-            unsafe {
-                arena
-                    .uffd
-                    .copy_pages(dst, p as *const u8, 1, !written.contains(&p))?
-            };
+            // without faulting, and nothing writes it meanwhile (the
+            // layout is held exclusively: no fault is served).
+            let page = unsafe { arena.contents(p, PAGE) };
+            arena.install(dst, page, !written.contains(&p))?;
             st.resident.remove(&p);
             st.policy.removed(p);
             st.resident.insert(dst);
@@ -844,9 +797,488 @@ impl ExCache {
     }
 }
 
+/// A fake host and a fake memory manager, for the ExCache's tests.
+#[cfg(test)]
+mod fake {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    /// Pages the fake arena holds, from `BASE`; a staging area follows.
+    pub const PAGES: u64 = 512;
+    pub const BASE: u64 = 0x1000_0000;
+    const STAGING: u64 = BASE + PAGES * PAGE;
+
+    pub fn page(i: u64) -> u64 {
+        BASE + i * PAGE
+    }
+
+    #[derive(Default)]
+    struct Kernel {
+        present: HashSet<u64>,
+        written: HashSet<u64>,
+    }
+
+    /// The arena as the kernel would hold it: which pages are present,
+    /// which were written since they were installed clean, and their bytes.
+    pub struct FakePages {
+        /// `LEN` bytes, from `Box::into_raw` (freed on drop); reached only
+        /// through raw pointers, so no reference ever spans it whole.
+        mem: *mut u8,
+        kernel: Mutex<Kernel>,
+    }
+
+    const LEN: usize = (2 * PAGES * PAGE) as usize;
+
+    impl Drop for FakePages {
+        fn drop(&mut self) {
+            // Safety: made by `Box::into_raw` of a `LEN`-byte slice in
+            // `new`; no slice of it outlives the fake.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.mem, LEN)) });
+        }
+    }
+
+    // Safety: the bytes are written only by `install`, `drop_pages`,
+    // `stage_page`, `unstage` and `write`, each under the `kernel` lock,
+    // and never in a range a live `contents` slice covers (the ExCache
+    // reads only pages it holds resident or staged, as with the real
+    // arena); the tests' threads follow the same rule.
+    unsafe impl Sync for FakePages {}
+    // Safety: as above; the pointer is owned (see `mem`).
+    unsafe impl Send for FakePages {}
+
+    impl FakePages {
+        pub fn new() -> FakePages {
+            FakePages {
+                mem: Box::into_raw(vec![0u8; LEN].into_boxed_slice()) as *mut u8,
+                kernel: Mutex::new(Kernel::default()),
+            }
+        }
+
+        fn at(addr: u64) -> usize {
+            assert!((BASE..BASE + 2 * PAGES * PAGE).contains(&addr), "{addr:#x}");
+            (addr - BASE) as usize
+        }
+
+        /// Writes `bytes` at `addr`, as the kernel would copy them in.
+        fn put(&self, addr: u64, bytes: &[u8]) {
+            let at = Self::at(addr);
+            assert!(at + bytes.len() <= LEN);
+            // Safety: see the Sync impl; `at..at + len` lies in `mem`.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.mem.add(at), bytes.len()) };
+        }
+
+        fn get(&self, addr: u64) -> u8 {
+            // Safety: as `put`, reading one byte inside `mem`.
+            unsafe { *self.mem.add(Self::at(addr)) }
+        }
+
+        /// The application writes `value` at `addr`: the page must be
+        /// present (the test faulted it in), and becomes written.
+        pub fn write(&self, addr: u64, value: u8) {
+            let mut k = self.kernel.lock().unwrap();
+            let page = addr & !(PAGE - 1);
+            assert!(k.present.contains(&page), "write to absent {page:#x}");
+            k.written.insert(page);
+            self.put(addr, &[value]);
+        }
+
+        /// The application reads `addr`: `None` when it would fault.
+        pub fn read(&self, addr: u64) -> Option<u8> {
+            let k = self.kernel.lock().unwrap();
+            k.present
+                .contains(&(addr & !(PAGE - 1)))
+                .then(|| self.get(addr))
+        }
+
+        pub fn is_present(&self, page: u64) -> bool {
+            self.kernel.lock().unwrap().present.contains(&page)
+        }
+
+        fn scan(&self, start: u64, end: u64, out: &mut [PageRegion], clean: bool) -> usize {
+            let mut k = self.kernel.lock().unwrap();
+            let mut n = 0;
+            let mut p = start;
+            while p < end {
+                if k.present.contains(&p) && k.written.contains(&p) {
+                    if clean {
+                        k.written.remove(&p);
+                    }
+                    if n > 0 && out[n - 1].end == p {
+                        out[n - 1].end += PAGE;
+                    } else {
+                        out[n] = PageRegion {
+                            start: p,
+                            end: p + PAGE,
+                            categories: 0,
+                        };
+                        n += 1;
+                    }
+                }
+                p += PAGE;
+            }
+            n
+        }
+    }
+
+    impl Pages for FakePages {
+        fn present(&self, page: u64) -> io::Result<bool> {
+            Ok(self.is_present(page))
+        }
+
+        fn wake(&self, _start: u64, _len: u64) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn install(&self, start: u64, src: &[u8], write_protect: bool) -> io::Result<()> {
+            assert!((src.len() as u64).is_multiple_of(PAGE));
+            let mut k = self.kernel.lock().unwrap();
+            for (i, bytes) in src.chunks(PAGE as usize).enumerate() {
+                let p = start + i as u64 * PAGE;
+                if k.present.insert(p) {
+                    self.put(p, bytes);
+                    if !write_protect {
+                        k.written.insert(p);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn written(&self, start: u64, end: u64, out: &mut [PageRegion]) -> io::Result<usize> {
+            Ok(self.scan(start, end, out, false))
+        }
+
+        fn written_then_clean(
+            &self,
+            start: u64,
+            end: u64,
+            out: &mut [PageRegion],
+        ) -> io::Result<usize> {
+            Ok(self.scan(start, end, out, true))
+        }
+
+        fn drop_pages(&self, start: u64, end: u64) -> io::Result<()> {
+            let mut k = self.kernel.lock().unwrap();
+            let mut p = start;
+            while p < end {
+                k.present.remove(&p);
+                k.written.remove(&p);
+                self.put(p, &[0; PAGE as usize]);
+                p += PAGE;
+            }
+            Ok(())
+        }
+
+        fn stage_page(&self, page: u64, at: u64) -> io::Result<Option<u64>> {
+            let mut k = self.kernel.lock().unwrap();
+            assert!(k.present.remove(&page), "staging absent {page:#x}");
+            k.written.remove(&page);
+            // Safety: one present page, copied out before it is changed.
+            let bytes = unsafe { self.contents(page, PAGE) }.to_vec();
+            self.put(page, &[0; PAGE as usize]);
+            self.put(STAGING + at, &bytes);
+            Ok(Some(STAGING + at))
+        }
+
+        fn unstage(&self, len: u64) -> io::Result<()> {
+            let _k = self.kernel.lock().unwrap();
+            self.put(STAGING, &vec![0; len as usize]);
+            Ok(())
+        }
+
+        unsafe fn contents(&self, start: u64, len: u64) -> &[u8] {
+            let at = Self::at(start);
+            assert!(at + len as usize <= LEN);
+            // Safety: the caller's contract (see the Sync impl); the
+            // range lies inside `mem`.
+            unsafe { std::slice::from_raw_parts(self.mem.add(at), len as usize) }
+        }
+    }
+
+    /// The memory manager: pages by address, and what was asked of it.
+    #[derive(Default)]
+    pub struct FakeBacking {
+        pub store: Mutex<HashMap<u64, Vec<u8>>>,
+        /// Every write-back batch: its page addresses.
+        pub batches: Mutex<Vec<Vec<u64>>>,
+        /// Write-backs acknowledged so far (finished tickets).
+        pub acked: Arc<AtomicUsize>,
+        /// Every fetch: (first page, pages, acknowledged write-backs then).
+        pub fetches: Mutex<Vec<(u64, usize, usize)>>,
+        /// When set, a fetch says it started here and waits for a word on
+        /// the receiver.
+        pub gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl FakeBacking {
+        fn log_fetch(&self, addr: u64, count: usize) {
+            let acked = self.acked.load(Ordering::SeqCst);
+            self.fetches.lock().unwrap().push((addr, count, acked));
+            if let Some((started, go)) = &*self.gate.lock().unwrap() {
+                started.send(()).unwrap();
+                go.recv().unwrap();
+            }
+        }
+
+        pub fn stored(&self, addr: u64) -> Option<u8> {
+            let page = addr & !(PAGE - 1);
+            self.store
+                .lock()
+                .unwrap()
+                .get(&page)
+                .map(|b| b[(addr - page) as usize])
+        }
+    }
+
+    impl Backing for FakeBacking {
+        fn fetch(&self, addr: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
+            self.log_fetch(addr, 1);
+            match self.store.lock().unwrap().get(&addr) {
+                Some(bytes) => {
+                    buf.copy_from_slice(bytes);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+
+        fn fetch_run(
+            &self,
+            addr: u64,
+            count: usize,
+            buf: &mut Vec<u8>,
+        ) -> Result<usize, CacheError> {
+            self.log_fetch(addr, count);
+            buf.clear();
+            let store = self.store.lock().unwrap();
+            for i in 0..count as u64 {
+                match store.get(&(addr + i * PAGE)) {
+                    Some(bytes) => buf.extend_from_slice(bytes),
+                    None => buf.extend_from_slice(&[0; PAGE as usize]),
+                }
+            }
+            Ok(count)
+        }
+
+        fn write_back(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError> {
+            let bytes: Vec<u8> = parts.concat();
+            assert_eq!(bytes.len() as u64, addrs.len() as u64 * PAGE);
+            let mut store = self.store.lock().unwrap();
+            for (i, &addr) in addrs.iter().enumerate() {
+                let at = i * PAGE as usize;
+                store.insert(addr, bytes[at..at + PAGE as usize].to_vec());
+            }
+            self.batches.lock().unwrap().push(addrs.to_vec());
+            let acked = self.acked.clone();
+            Ok(WriteBack::new(move || {
+                acked.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fake::{page, FakeBacking, FakePages};
     use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// A cache of the fewest pages, its fake host and memory manager.
+    fn setup() -> (ExCache, FakePages, FakeBacking, FaultScratch) {
+        let cache = ExCache::new(MIN_QUOTA_PAGES as u64 * PAGE, Box::new(Fifo::default()));
+        (
+            cache,
+            FakePages::new(),
+            FakeBacking::default(),
+            FaultScratch::default(),
+        )
+    }
+
+    /// The application touches `addr` (writing `value` if given), faulting
+    /// first when the page is absent.
+    fn touch(
+        cache: &ExCache,
+        pages: &FakePages,
+        backing: &FakeBacking,
+        scratch: &mut FaultScratch,
+        addr: u64,
+        value: Option<u8>,
+    ) -> u8 {
+        if pages.read(addr).is_none() {
+            cache
+                .fault(pages, backing, addr, value.is_some(), scratch)
+                .unwrap();
+        }
+        if let Some(v) = value {
+            pages.write(addr, v);
+        }
+        pages.read(addr).expect("present after the fault")
+    }
+
+    #[test]
+    fn the_quota_holds_and_nothing_written_is_lost() {
+        let (cache, pages, backing, mut scratch) = setup();
+        let n = 4 * MIN_QUOTA_PAGES as u64;
+        for i in 0..n {
+            touch(
+                &cache,
+                &pages,
+                &backing,
+                &mut scratch,
+                page(i) + 7,
+                Some((i % 250) as u8 + 1),
+            );
+            assert!(cache.resident_bytes() <= MIN_QUOTA_PAGES as u64 * PAGE);
+        }
+        assert!(cache.stats().evictions >= n - MIN_QUOTA_PAGES as u64);
+        // Every page reads back what was written, through more evictions.
+        for i in 0..n {
+            let got = touch(&cache, &pages, &backing, &mut scratch, page(i) + 7, None);
+            assert_eq!(got, (i % 250) as u8 + 1, "page {i}");
+            assert!(cache.resident_bytes() <= MIN_QUOTA_PAGES as u64 * PAGE);
+        }
+        assert!(cache.stats().peak_resident_bytes <= MIN_QUOTA_PAGES as u64 * PAGE);
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_pages_in_one_batch_of_the_written_ones() {
+        let (cache, pages, backing, mut scratch) = setup();
+        let quota = MIN_QUOTA_PAGES as u64;
+        // Fill the cache: even pages written, odd ones only read.
+        for i in 0..quota {
+            let value = (i % 2 == 0).then_some(1 + i as u8);
+            touch(&cache, &pages, &backing, &mut scratch, page(i), value);
+        }
+        assert!(backing.batches.lock().unwrap().is_empty());
+        // One more: a batch of quota/16 = 4 victims, the oldest.
+        touch(&cache, &pages, &backing, &mut scratch, page(quota), None);
+        for i in 0..4 {
+            assert!(!pages.is_present(page(i)), "page {i} stayed");
+        }
+        for i in 4..=quota {
+            assert!(pages.is_present(page(i)), "page {i} was evicted");
+        }
+        // Only the written victims went back, together.
+        assert_eq!(
+            *backing.batches.lock().unwrap(),
+            vec![vec![page(0), page(2)]]
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.writeback_batches, stats.writebacks), (1, 2));
+        assert_eq!(backing.stored(page(2)), Some(3));
+        // The batch is in flight: a fetch of one of its pages waits for
+        // its acknowledgement first.
+        assert_eq!(backing.acked.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            touch(&cache, &pages, &backing, &mut scratch, page(0), None),
+            1
+        );
+        let fetches = backing.fetches.lock().unwrap().clone();
+        assert_eq!(fetches.last(), Some(&(page(0), 1, 1)), "{fetches:x?}");
+        // A clean victim is not fetched again: it reads as zero-filled.
+        assert_eq!(
+            touch(&cache, &pages, &backing, &mut scratch, page(1), None),
+            0
+        );
+        assert_eq!(backing.fetches.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn with_several_threads_every_victim_is_moved_out_and_written_back() {
+        let (cache, pages, backing, mut scratch) = setup();
+        cache.set_concurrent();
+        let quota = MIN_QUOTA_PAGES as u64;
+        for i in 0..=quota {
+            // Clean pages: another thread could write them between a scan
+            // and the drop, so they are written back all the same.
+            touch(&cache, &pages, &backing, &mut scratch, page(i), None);
+        }
+        assert_eq!(
+            *backing.batches.lock().unwrap(),
+            vec![(0..4).map(page).collect::<Vec<_>>()]
+        );
+        for i in 0..4 {
+            assert!(!pages.is_present(page(i)));
+            assert_eq!(backing.stored(page(i)), Some(0));
+        }
+    }
+
+    #[test]
+    fn a_miss_in_a_loaded_image_brings_its_neighbours_in_one_round_trip() {
+        let (cache, pages, backing, mut scratch) = setup();
+        for i in 0..16 {
+            backing
+                .store
+                .lock()
+                .unwrap()
+                .insert(page(i), vec![i as u8 + 10; PAGE as usize]);
+        }
+        {
+            let layout = cache.change_layout();
+            cache.set_populated(&layout, page(0), page(16), true);
+        }
+        assert_eq!(
+            touch(&cache, &pages, &backing, &mut scratch, page(0), None),
+            10
+        );
+        // Fault-around: quota/8 = 8 pages, in one fetch.
+        assert_eq!(*backing.fetches.lock().unwrap(), vec![(page(0), 8, 0)]);
+        for i in 0..8 {
+            assert_eq!(pages.read(page(i)), Some(i as u8 + 10));
+        }
+        assert!(!pages.is_present(page(8)));
+        let stats = cache.stats();
+        assert_eq!((stats.misses, stats.prefetched), (1, 7));
+    }
+
+    #[test]
+    fn a_change_of_the_layout_waits_for_a_fetch_so_none_goes_stale() {
+        use std::sync::mpsc;
+        let (cache, pages, backing, _) = setup();
+        backing
+            .store
+            .lock()
+            .unwrap()
+            .insert(page(0), vec![1; PAGE as usize]);
+        {
+            let layout = cache.change_layout();
+            cache.set_populated(&layout, page(0), page(1), true);
+        }
+        let (started_tx, started_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel();
+        *backing.gate.lock().unwrap() = Some((started_tx, go_rx));
+        std::thread::scope(|s| {
+            let fault = s.spawn(|| {
+                let mut scratch = FaultScratch::default();
+                cache.fault(&pages, &backing, page(0), false, &mut scratch)
+            });
+            started_rx.recv().unwrap();
+            // The fetch is under way: no change of the address space may
+            // start (it would make what the fetch brings stale).
+            assert!(cache.layout.try_write().is_err());
+            go_tx.send(()).unwrap();
+            fault.join().unwrap().unwrap();
+        });
+        *backing.gate.lock().unwrap() = None;
+        assert_eq!(pages.read(page(0)), Some(1));
+        // The page is discarded (munmap): the next touch must not see the
+        // old contents, and nothing is fetched for it.
+        {
+            let layout = cache.change_layout();
+            cache.discard(&layout, &pages, page(0), page(1)).unwrap();
+        }
+        assert!(!pages.is_present(page(0)));
+        let mut scratch = FaultScratch::default();
+        assert_eq!(
+            touch(&cache, &pages, &backing, &mut scratch, page(0), None),
+            0
+        );
+        assert_eq!(backing.fetches.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn fifo_evicts_oldest_first_and_skips_removed_pages() {
