@@ -11,10 +11,9 @@ use crate::export::{path_cstring, Export};
 use crate::sys::{self, Errno};
 use crate::Failure;
 use lego_proto::{
-    dirent64_len, Credentials, DirEntry, FileAttr, FileHandle, FileType, SetAttr, SetTime,
-    StorageReply, ACCESS_EXECUTE, ACCESS_READ, ACCESS_WRITE, MAX_FILE_NAME_LEN, MAX_GROUPS,
-    MAX_PATH_LEN, MAX_READDIR_BYTES, MAX_READ_LEN, MAX_WRITE_LEN, RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
+    dirent64_len, Credentials, FileAttr, FileHandle, FileType, SetAttr, SetTime, StorageReply,
+    ACCESS_EXECUTE, ACCESS_READ, ACCESS_WRITE, MAX_FILE_NAME_LEN, MAX_GROUPS, MAX_PATH_LEN,
+    MAX_READDIR_BYTES, MAX_READ_LEN, MAX_WRITE_LEN, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -282,33 +281,30 @@ impl Export {
         sys::seek_dir(fd.as_fd(), cookie)?;
         let mut entries = Vec::new();
         let mut used = 0;
-        let mut buf = vec![0u8; GETDENTS_BUF];
-        loop {
-            let filled = sys::getdents64(fd.as_fd(), &mut buf)?;
-            if filled == 0 {
-                return reply(StorageReply::Entries { entries, eof: true });
-            }
-            for mut entry in parse_dirents(&buf[..filled.min(buf.len())]) {
-                let need = dirent64_len(entry.name.len());
-                if used + need > budget {
-                    if entries.is_empty() {
-                        // getdents64's answer to a buffer too small.
-                        return Err(Errno(libc::EINVAL).into());
-                    }
-                    return reply(StorageReply::Entries {
-                        entries,
-                        eof: false,
-                    });
+        let mut buf = Vec::with_capacity(GETDENTS_BUF);
+        let mut stream = sys::DirStream::new(fd.as_fd(), buf.spare_capacity_mut());
+        while let Some(entry) = stream.next_entry() {
+            let mut entry = entry?;
+            let need = dirent64_len(entry.name.len());
+            if used + need > budget {
+                if entries.is_empty() {
+                    // getdents64's answer to a buffer too small.
+                    return Err(Errno(libc::EINVAL).into());
                 }
-                used += need;
-                // The root's parent is outside the export: `..` there is
-                // the root itself, as after chroot.
-                if at_root && entry.name == b".." {
-                    entry.ino = attr.ino;
-                }
-                entries.push(entry);
+                return reply(StorageReply::Entries {
+                    entries,
+                    eof: false,
+                });
             }
+            used += need;
+            // The root's parent is outside the export: `..` there is
+            // the root itself, as after chroot.
+            if at_root && entry.name == b".." {
+                entry.ino = attr.ino;
+            }
+            entries.push(entry);
         }
+        reply(StorageReply::Entries { entries, eof: true })
     }
 
     pub fn statfs(&self, handle: &FileHandle) -> Served {
@@ -399,47 +395,6 @@ fn utime(time: Option<SetTime>) -> Result<libc::timespec, Failure> {
     })
 }
 
-/// The entries of a `getdents64` buffer. Stops at the first record that
-/// does not fit, so a short or odd buffer yields fewer entries, never a
-/// panic.
-fn parse_dirents(buf: &[u8]) -> Vec<DirEntry> {
-    let mut entries = Vec::new();
-    let mut at = 0;
-    // d_ino:u64 d_off:i64 d_reclen:u16 d_type:u8 d_name[]
-    while let Some(header) = buf.get(at..at + 19) {
-        let ino = u64::from_ne_bytes(header[0..8].try_into().unwrap_or_default());
-        let cookie = u64::from_ne_bytes(header[8..16].try_into().unwrap_or_default());
-        let reclen = usize::from(u16::from_ne_bytes([header[16], header[17]]));
-        let d_type = header[18];
-        let Some(record) = buf.get(at..at + reclen).filter(|_| reclen > 19) else {
-            break;
-        };
-        let name = &record[19..];
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        entries.push(DirEntry {
-            name: name.to_vec(),
-            ino,
-            file_type: dirent_type(d_type),
-            cookie,
-        });
-        at += reclen;
-    }
-    entries
-}
-
-fn dirent_type(d_type: u8) -> FileType {
-    match d_type {
-        1 => FileType::Fifo,
-        2 => FileType::CharDevice,
-        4 => FileType::Directory,
-        6 => FileType::BlockDevice,
-        8 => FileType::Regular,
-        10 => FileType::Symlink,
-        12 => FileType::Socket,
-        _ => FileType::Unknown,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,25 +450,6 @@ mod tests {
         assert!(!permitted(&file, ACCESS_EXECUTE, &who(0, 0, &[])));
         let dir = attr(0o700, 1000, 100, FileType::Directory);
         assert!(permitted(&dir, ACCESS_EXECUTE, &who(0, 0, &[])));
-    }
-
-    #[test]
-    fn dirent_parsing_survives_garbage() {
-        // A huge record length stops parsing instead of reading past the end.
-        assert!(parse_dirents(&[0xff; 100]).is_empty());
-        assert!(parse_dirents(&[0; 18]).is_empty());
-        let mut record = vec![0u8; 24];
-        record[0] = 5;
-        record[8] = 9;
-        record[16] = 24;
-        record[18] = 8;
-        record[19] = b'a';
-        let entries = parse_dirents(&record);
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].name, b"a");
-        assert_eq!(entries[0].ino, 5);
-        assert_eq!(entries[0].cookie, 9);
-        assert_eq!(entries[0].file_type, FileType::Regular);
     }
 
     #[test]

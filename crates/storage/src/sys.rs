@@ -4,8 +4,18 @@
 //! already checked (no NUL inside), and returns the raw errno on failure:
 //! the service hands errnos to the client unchanged, so nothing here
 //! translates them.
+//!
+//! The calls go through `rustix` wherever it offers them. Three stay raw
+//! syscalls, because `rustix` has no safe form of them:
+//! `name_to_handle_at` and `open_by_handle_at` (not wrapped at all) and
+//! `fchmodat2` (its `chmodat` refuses `AT_EMPTY_PATH` without asking the
+//! kernel).
 
-use lego_proto::{FileAttr, FileType, FsStat, Timespec};
+use lego_proto::{DirEntry, FileAttr, FileType, FsStat, Timespec};
+use rustix::fs::{
+    AtFlags, Gid, Mode, OFlags, RawDir, RenameFlags, ResolveFlags, SeekFrom, StatxFlags,
+    StatxTimestamp, Timestamps, Uid, CWD,
+};
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -14,7 +24,12 @@ pub use lego_proto::Errno;
 
 pub type SysResult<T> = Result<T, Errno>;
 
-/// Turns a `-1`-on-error return value into a result.
+/// The errno a `rustix` call failed with, unchanged.
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno(e.raw_os_error())
+}
+
+/// Turns a raw syscall's `-1`-on-error return value into a result.
 fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
     if ret < 0 {
         Err(Errno::last())
@@ -23,7 +38,7 @@ fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
     }
 }
 
-/// Owns the descriptor a successful open returned.
+/// Owns the descriptor a successful raw open returned.
 fn owned(ret: libc::c_long) -> SysResult<OwnedFd> {
     let fd = check(ret)? as RawFd;
     // Safety: the kernel just returned `fd` as a new descriptor that nothing
@@ -33,6 +48,11 @@ fn owned(ret: libc::c_long) -> SysResult<OwnedFd> {
 
 const EMPTY: &CStr = c"";
 
+/// Open flags as `rustix` takes them, always close-on-exec.
+fn open_flags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
+}
+
 /// `openat2(2)`: `path` from `dir` under the `resolve` rules.
 pub fn openat2(
     dir: BorrowedFd<'_>,
@@ -41,42 +61,32 @@ pub fn openat2(
     mode: u32,
     resolve: u64,
 ) -> SysResult<OwnedFd> {
-    // Safety: open_how is plain data; zero is a valid value of every field.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
     // The kernel refuses a mode without O_CREAT/O_TMPFILE.
-    how.mode = if flags & libc::O_CREAT != 0 {
-        u64::from(mode & 0o7777)
+    let mode = if flags & libc::O_CREAT != 0 {
+        mode & 0o7777
     } else {
         0
     };
-    how.resolve = resolve;
-    // Safety: `path` is NUL-terminated and `how` is a valid open_how whose
-    // size we pass; both outlive the call.
-    owned(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })
+    rustix::fs::openat2(
+        dir,
+        path,
+        open_flags(flags),
+        Mode::from_bits_retain(mode),
+        ResolveFlags::from_bits_retain(resolve),
+    )
+    .map_err(errno)
 }
 
 /// `openat(2)` of one name in `dir`.
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
-    // Safety: `name` is NUL-terminated and outlives the call.
-    owned(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode & 0o7777,
-        )
-    } as libc::c_long)
+    rustix::fs::openat(
+        dir,
+        name,
+        open_flags(flags),
+        Mode::from_bits_retain(mode & 0o7777),
+    )
+    .map_err(errno)
 }
-
 /// Largest kernel file handle (`MAX_HANDLE_SZ`).
 pub const MAX_KERNEL_HANDLE: usize = 128;
 
@@ -103,6 +113,7 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> SysResult<KernelHandle> {
         f_handle: [0; MAX_KERNEL_HANDLE],
     };
     let mut mount_id: libc::c_int = 0;
+    // rustix has no name_to_handle_at: raw syscall.
     // Safety: `raw` is a file_handle header followed by `handle_bytes`
     // bytes of room, as the call requires; `mount_id` is writable.
     check(unsafe {
@@ -139,6 +150,7 @@ pub fn open_by_handle(
         f_handle: [0; MAX_KERNEL_HANDLE],
     };
     raw.f_handle[..bytes.len()].copy_from_slice(bytes);
+    // rustix has no open_by_handle_at: raw syscall.
     // Safety: `raw` is a valid file_handle of `handle_bytes` bytes that
     // outlives the call.
     owned(unsafe {
@@ -151,7 +163,7 @@ pub fn open_by_handle(
     })
 }
 
-fn timespec(t: libc::statx_timestamp) -> Timespec {
+fn timespec(t: StatxTimestamp) -> Timespec {
     Timespec {
         sec: t.tv_sec,
         nsec: t.tv_nsec,
@@ -161,20 +173,13 @@ fn timespec(t: libc::statx_timestamp) -> Timespec {
 /// Attributes and mount id of the file `fd` refers to (a symlink itself, not
 /// its target).
 pub fn statx(fd: BorrowedFd<'_>) -> SysResult<(FileAttr, u64)> {
-    let mut stx = MaybeUninit::<libc::statx>::zeroed();
-    // Safety: `stx` is writable memory of the right type; the path is an
-    // empty NUL-terminated string, as AT_EMPTY_PATH requires.
-    check(unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
-            stx.as_mut_ptr(),
-        )
-    } as libc::c_long)?;
-    // Safety: zero-initialised, then filled by a successful statx.
-    let stx = unsafe { stx.assume_init() };
+    let stx = rustix::fs::statx(
+        fd,
+        EMPTY,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )
+    .map_err(errno)?;
     let mode = u32::from(stx.stx_mode);
     let attr = FileAttr {
         file_type: FileType::from_mode(mode),
@@ -188,29 +193,22 @@ pub fn statx(fd: BorrowedFd<'_>) -> SysResult<(FileAttr, u64)> {
         atime: timespec(stx.stx_atime),
         mtime: timespec(stx.stx_mtime),
         ctime: timespec(stx.stx_ctime),
-        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
         ino: stx.stx_ino,
-        rdev: libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor),
+        rdev: rustix::fs::makedev(stx.stx_rdev_major, stx.stx_rdev_minor),
     };
     Ok((attr, stx.stx_mnt_id))
 }
 
+/// `ST_VALID` in `statfs`'s `f_flags`: set by every kernel since 2.6.36.
+const ST_VALID: u64 = 0x20;
+
 /// `fstatfs(2)` (works on `O_PATH` descriptors).
 pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<FsStat> {
-    let mut st = MaybeUninit::<libc::statfs>::zeroed();
-    // Safety: `st` is writable memory of the right type.
-    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } as libc::c_long)?;
-    // Safety: zero-initialised, then filled by a successful fstatfs.
-    let st = unsafe { st.assume_init() };
-    // libc's statfs lacks f_flags; statvfs carries the same mount flags.
-    let mut vfs = MaybeUninit::<libc::statvfs>::zeroed();
-    // Safety: `vfs` is writable memory of the right type.
-    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), vfs.as_mut_ptr()) } as libc::c_long)?;
-    // Safety: zero-initialised, then filled by a successful fstatvfs.
-    let vfs = unsafe { vfs.assume_init() };
-    // Safety: fsid_t is two c_ints with private fields; reading it as such
-    // is what glibc's own headers do.
-    let fsid: [i32; 2] = unsafe { std::mem::transmute(st.f_fsid) };
+    let st = rustix::fs::fstatfs(fd).map_err(errno)?;
+    // rustix keeps statfs's f_fsid private; its statvfs carries the same
+    // two words, joined as below.
+    let vfs = rustix::fs::fstatvfs(fd).map_err(errno)?;
     Ok(FsStat {
         fs_type: st.f_type as u64,
         bsize: st.f_bsize as u64,
@@ -219,10 +217,11 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<FsStat> {
         bavail: st.f_bavail,
         files: st.f_files,
         ffree: st.f_ffree,
-        fsid: u64::from(fsid[0] as u32) | (u64::from(fsid[1] as u32) << 32),
+        fsid: vfs.f_fsid,
         namelen: st.f_namelen as u64,
         frsize: st.f_frsize as u64,
-        flags: vfs.f_flag,
+        // The mount flags as glibc's statvfs reports them: without ST_VALID.
+        flags: st.f_flags as u64 & !ST_VALID,
     })
 }
 
@@ -232,22 +231,14 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<
     while done < buf.len() {
         let at = offset
             .checked_add(done as u64)
-            .and_then(|at| i64::try_from(at).ok())
+            .filter(|&at| i64::try_from(at).is_ok())
             .ok_or(Errno(libc::EINVAL))?;
-        let rest = &mut buf[done..];
-        // Safety: `rest` is writable for its length.
-        let n = unsafe { libc::pread64(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
-        match n {
-            0 => break,
-            n if n > 0 => done += n as usize,
-            _ => {
-                let e = Errno::last();
-                if e.0 == libc::EINTR {
-                    continue;
-                }
-                // Bytes already read are the answer, as for read(2).
-                return if done > 0 { Ok(done) } else { Err(e) };
-            }
+        match rustix::io::pread(fd, &mut buf[done..], at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            // Bytes already read are the answer, as for read(2).
+            Err(e) => return if done > 0 { Ok(done) } else { Err(errno(e)) },
         }
     }
     Ok(done)
@@ -260,50 +251,42 @@ pub fn pwrite_full(fd: BorrowedFd<'_>, data: &[u8], offset: u64, append: bool) -
     let mut done = 0;
     while done < data.len() {
         let rest = &data[done..];
-        let n = if append {
-            // Safety: `rest` is readable for its length.
-            unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) }
+        let written = if append {
+            rustix::io::write(fd, rest)
         } else {
             let at = offset
                 .checked_add(done as u64)
-                .and_then(|at| i64::try_from(at).ok())
+                .filter(|&at| i64::try_from(at).is_ok())
                 .ok_or(Errno(libc::EFBIG))?;
-            // Safety: `rest` is readable for its length.
-            unsafe { libc::pwrite64(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), at) }
+            rustix::io::pwrite(fd, rest, at)
         };
-        if n > 0 {
-            done += n as usize;
-            continue;
-        }
-        let e = if n == 0 {
-            Errno(libc::EIO)
-        } else {
-            Errno::last()
+        let e = match written {
+            Ok(0) => Errno(libc::EIO),
+            Ok(n) => {
+                done += n;
+                continue;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => errno(e),
         };
-        if e.0 == libc::EINTR {
-            continue;
-        }
         return if done > 0 { Ok(done) } else { Err(e) };
     }
     Ok(done)
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> SysResult<()> {
-    // Safety: plain calls on a borrowed descriptor.
-    let ret = unsafe {
-        if data_only {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    };
-    check(ret as libc::c_long).map(drop)
+    if data_only {
+        rustix::fs::fdatasync(fd).map_err(errno)
+    } else {
+        rustix::fs::fsync(fd).map_err(errno)
+    }
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
-    let size = i64::try_from(size).map_err(|_| Errno(libc::EFBIG))?;
-    // Safety: plain call on a borrowed descriptor.
-    check(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) } as libc::c_long).map(drop)
+    if i64::try_from(size).is_err() {
+        return Err(Errno(libc::EFBIG));
+    }
+    rustix::fs::ftruncate(fd, size).map_err(errno)
 }
 
 /// The `/proc/self/fd/N` path of a descriptor, for calls that take no
@@ -315,13 +298,14 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 
 /// The file's current path in the server's namespace (`/proc/self/fd`).
 pub fn fd_path(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
-    readlinkat_raw(libc::AT_FDCWD, &proc_fd_path(fd))
+    readlinkat_raw(CWD, &proc_fd_path(fd))
 }
 
 /// Changes permission bits of the file itself (`EOPNOTSUPP` for symlinks,
 /// as `lchmod`).
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     // fchmodat2 (Linux 6.6) takes AT_EMPTY_PATH on O_PATH descriptors.
+    // rustix has no fchmodat2 (its chmodat refuses these flags): raw syscall.
     const SYS_FCHMODAT2: libc::c_long = 452;
     // Safety: the path is an empty NUL-terminated string.
     let ret = unsafe {
@@ -335,9 +319,8 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     };
     match check(ret) {
         Err(Errno(libc::ENOSYS)) => {
-            let path = proc_fd_path(fd);
-            // Safety: `path` is NUL-terminated and outlives the call.
-            check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) } as libc::c_long).map(drop)
+            rustix::fs::chmod(&*proc_fd_path(fd), Mode::from_bits_retain(mode & 0o7777))
+                .map_err(errno)
         }
         other => other.map(drop),
     }
@@ -345,49 +328,42 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
 
 /// Changes owner and group (`u32::MAX`: unchanged) of the file itself.
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
-    // Safety: the path is an empty NUL-terminated string.
-    check(unsafe {
-        libc::fchownat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            uid,
-            gid,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } as libc::c_long)
-    .map(drop)
+    // rustix passes `None` to the kernel as -1, which is `u32::MAX`.
+    let owner = (uid != u32::MAX).then(|| Uid::from_raw(uid));
+    let group = (gid != u32::MAX).then(|| Gid::from_raw(gid));
+    rustix::fs::chownat(
+        fd,
+        EMPTY,
+        owner,
+        group,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(errno)
 }
 
 /// Sets access and modification times (`UTIME_NOW`/`UTIME_OMIT` allowed
 /// in `tv_nsec`) of the file `fd` refers to (a symlink itself, not its
 /// target).
 pub fn utimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    let time = |t: &libc::timespec| rustix::fs::Timespec {
+        tv_sec: t.tv_sec,
+        tv_nsec: t.tv_nsec,
+    };
+    let times = Timestamps {
+        last_access: time(&times[0]),
+        last_modification: time(&times[1]),
+    };
     // AT_EMPTY_PATH (Linux 5.8) acts on an O_PATH descriptor, where futimens
     // would refuse it. Not /proc/self/fd/N with AT_SYMLINK_NOFOLLOW: that
     // silently sets the times of the procfs link.
-    // Safety: the path is an empty NUL-terminated string and `times` points
-    // to two timespecs; both outlive the call.
-    check(unsafe {
-        libc::utimensat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            times.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    } as libc::c_long)
-    .map(drop)
+    rustix::fs::utimensat(fd, EMPTY, &times, AtFlags::EMPTY_PATH).map_err(errno)
 }
 
-fn readlinkat_raw(dir: RawFd, path: &CStr) -> SysResult<Vec<u8>> {
+fn readlinkat_raw(dir: BorrowedFd<'_>, path: &CStr) -> SysResult<Vec<u8>> {
     // PATH_MAX plus one to detect truncation; targets longer than that
     // cannot be created through Linux's symlink(2).
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // Safety: `path` is NUL-terminated; `buf` is writable for its length.
-    let n =
-        check(
-            unsafe { libc::readlinkat(dir, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
-                as libc::c_long,
-        )? as usize;
+    let n = rustix::fs::readlinkat_raw(dir, path, &mut buf[..]).map_err(errno)?;
     if n >= buf.len() {
         return Err(Errno(libc::ENAMETOOLONG));
     }
@@ -397,28 +373,24 @@ fn readlinkat_raw(dir: RawFd, path: &CStr) -> SysResult<Vec<u8>> {
 
 /// The target of the symlink `fd` refers to (`EINVAL` if not a symlink).
 pub fn readlink(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
-    readlinkat_raw(fd.as_raw_fd(), EMPTY)
+    readlinkat_raw(fd, EMPTY)
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
-    // Safety: `name` is NUL-terminated and outlives the call.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode & 0o7777) } as libc::c_long)
-        .map(drop)
+    rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(mode & 0o7777)).map_err(errno)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> SysResult<()> {
-    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
-    // Safety: `name` is NUL-terminated and outlives the call.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) } as libc::c_long)
-        .map(drop)
+    let flags = if remove_dir {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
+    rustix::fs::unlinkat(dir, name, flags).map_err(errno)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
-    // Safety: both strings are NUL-terminated and outlive the call.
-    check(
-        unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } as libc::c_long,
-    )
-    .map(drop)
+    rustix::fs::symlinkat(target, dir, name).map_err(errno)
 }
 
 pub fn renameat2(
@@ -428,70 +400,146 @@ pub fn renameat2(
     to: &CStr,
     flags: u32,
 ) -> SysResult<()> {
-    // Safety: both names are NUL-terminated and outlive the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            from_dir.as_raw_fd(),
-            from.as_ptr(),
-            to_dir.as_raw_fd(),
-            to.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    rustix::fs::renameat_with(
+        from_dir,
+        from,
+        to_dir,
+        to,
+        RenameFlags::from_bits_retain(flags),
+    )
+    .map_err(errno)
 }
 
 /// A new link named `name` in `dir` to the file `fd` refers to.
 pub fn linkat(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
     // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc/self/fd jump works
     // without it and links the file itself (a symlink stays a symlink).
-    // Safety: both paths are NUL-terminated and outlive the calls.
-    let ret = unsafe {
-        libc::linkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    match check(ret as libc::c_long) {
-        Err(Errno(libc::ENOENT)) | Err(Errno(libc::EPERM)) => {
-            let path = proc_fd_path(fd);
-            // Safety: as above.
-            check(unsafe {
-                libc::linkat(
-                    libc::AT_FDCWD,
-                    path.as_ptr(),
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    libc::AT_SYMLINK_FOLLOW,
-                )
-            } as libc::c_long)
-            .map(drop)
+    match rustix::fs::linkat(fd, EMPTY, dir, name, AtFlags::EMPTY_PATH) {
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            rustix::fs::linkat(CWD, &*proc_fd_path(fd), dir, name, AtFlags::SYMLINK_FOLLOW)
+                .map_err(errno)
         }
-        other => other.map(drop),
+        other => other.map_err(errno),
     }
 }
 
 /// Positions a directory stream at a `d_off` cookie.
 pub fn seek_dir(fd: BorrowedFd<'_>, cookie: u64) -> SysResult<()> {
-    let at = i64::try_from(cookie).map_err(|_| Errno(libc::EINVAL))?;
-    // Safety: plain call on a borrowed descriptor.
-    check(unsafe { libc::lseek64(fd.as_raw_fd(), at, libc::SEEK_SET) } as libc::c_long).map(drop)
+    if i64::try_from(cookie).is_err() {
+        return Err(Errno(libc::EINVAL));
+    }
+    rustix::fs::seek(fd, SeekFrom::Start(cookie))
+        .map(drop)
+        .map_err(errno)
 }
 
-/// One `getdents64(2)` into `buf`; returns the bytes filled (0 at the end).
-pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
-    // Safety: `buf` is writable for its length.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    })
-    .map(|n| n as usize)
+/// The entries of a directory stream, read with `getdents64(2)` from where
+/// [`seek_dir`] put it.
+pub struct DirStream<'buf, 'fd> {
+    raw: RawDir<'buf, BorrowedFd<'fd>>,
+}
+
+impl<'buf, 'fd> DirStream<'buf, 'fd> {
+    /// `buf` is the room each `getdents64` fills.
+    pub fn new(fd: BorrowedFd<'fd>, buf: &'buf mut [MaybeUninit<u8>]) -> Self {
+        DirStream {
+            raw: RawDir::new(fd, buf),
+        }
+    }
+
+    /// The next entry, or `None` at the end of the directory. Its cookie is
+    /// the kernel's `d_off`: [`seek_dir`] to it resumes after this entry.
+    pub fn next_entry(&mut self) -> Option<SysResult<DirEntry>> {
+        let entry = match self.raw.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(errno(e))),
+        };
+        Some(Ok(DirEntry {
+            name: entry.file_name().to_bytes().to_vec(),
+            ino: entry.ino(),
+            file_type: file_type(entry.file_type()),
+            cookie: entry.next_entry_cookie(),
+        }))
+    }
+}
+
+fn file_type(t: rustix::fs::FileType) -> FileType {
+    use rustix::fs::FileType as Raw;
+    match t {
+        Raw::Fifo => FileType::Fifo,
+        Raw::CharacterDevice => FileType::CharDevice,
+        Raw::Directory => FileType::Directory,
+        Raw::BlockDevice => FileType::BlockDevice,
+        Raw::RegularFile => FileType::Regular,
+        Raw::Symlink => FileType::Symlink,
+        Raw::Socket => FileType::Socket,
+        Raw::Unknown => FileType::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("lego-sys-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn all_entries(fd: BorrowedFd<'_>) -> Vec<DirEntry> {
+        let mut buf = Vec::with_capacity(4096);
+        let mut stream = DirStream::new(fd, buf.spare_capacity_mut());
+        std::iter::from_fn(|| stream.next_entry())
+            .collect::<SysResult<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn directory_cookies_resume_after_their_entry() {
+        let scratch = Scratch::new("cookies");
+        for i in 0..200 {
+            std::fs::write(scratch.0.join(format!("file-{i:03}")), b"").unwrap();
+        }
+        std::fs::create_dir(scratch.0.join("sub")).unwrap();
+        let dir = std::fs::File::open(&scratch.0).unwrap();
+        let entries = all_entries(dir.as_fd());
+        assert_eq!(entries.len(), 203, "200 files, sub, . and ..");
+        let sub = entries.iter().find(|e| e.name == b"sub").unwrap();
+        assert_eq!(sub.file_type, FileType::Directory);
+        let file = entries.iter().find(|e| e.name == b"file-007").unwrap();
+        assert_eq!(file.file_type, FileType::Regular);
+
+        let middle = entries.len() / 2;
+        seek_dir(dir.as_fd(), entries[middle].cookie).unwrap();
+        assert_eq!(all_entries(dir.as_fd()), entries[middle + 1..]);
+        seek_dir(dir.as_fd(), 0).unwrap();
+        assert_eq!(all_entries(dir.as_fd()), entries);
+    }
+
+    #[test]
+    fn errnos_reach_the_caller_unchanged() {
+        let scratch = Scratch::new("errnos");
+        let dir = std::fs::File::open(&scratch.0).unwrap();
+        let missing = openat(dir.as_fd(), c"missing", libc::O_RDONLY, 0).err();
+        assert_eq!(missing, Some(Errno(libc::ENOENT)));
+        let escape = openat2(dir.as_fd(), c"../x", libc::O_PATH, 0, libc::RESOLVE_BENEATH).err();
+        assert_eq!(escape, Some(Errno(libc::EXDEV)));
+        assert_eq!(seek_dir(dir.as_fd(), u64::MAX), Err(Errno(libc::EINVAL)));
+        // readlinkat(fd, "") of a directory.
+        assert_eq!(readlink(dir.as_fd()), Err(Errno(libc::ENOENT)));
+    }
 }
