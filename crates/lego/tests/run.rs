@@ -513,7 +513,9 @@ fn proc_self_describes_the_program_not_the_runtime() {
     let args = ["one", "two words"];
     let python = require("python3");
     let script = "import os; print(open('/proc/self/cmdline').read().split(chr(0))); \
-                  print(sorted(os.listdir('/proc/self/fd'), key=int))";
+                  print(sorted(os.listdir('/proc/self/fd'), key=int)); \
+                  d = os.open('/proc/self/fd', os.O_RDONLY); \
+                  print(os.stat('1', dir_fd=d).st_ino == os.stat(1).st_ino)";
     // Whatever the file source: the storage manager's files, or the
     // processor's own (before, the latter showed the runtime's command
     // line and descriptors).
@@ -535,7 +537,7 @@ fn proc_self_describes_the_program_not_the_runtime() {
             .unwrap();
         assert_eq!(
             text(&out.stdout),
-            format!("['/usr/bin/python3', '-c', \"{script}\", '']\n['0', '1', '2']\n"),
+            format!("['/usr/bin/python3', '-c', \"{script}\", '']\n['0', '1', '2']\nTrue\n"),
             "{files} files: {}",
             text(&out.stderr)
         );
@@ -1316,8 +1318,9 @@ fn fork_exec_wait_pipes_and_shells_behave_as_natively() {
     );
 }
 
-/// The whole kernel state of a running process with three threads (one
-/// waiting in read, one spinning with known registers), open storage
+/// The whole kernel state of a running process with four threads (one
+/// waiting in read, one spinning and one making syscalls in a loop, both
+/// with known registers), open storage
 /// files and a pipe, handlers, an alternate stack and a pending signal,
 /// taken at a syscall boundary: it survives serialization and holds, field
 /// by field, what the program knows of itself; the threads run on after
@@ -1379,9 +1382,14 @@ fn check_process_state(cluster: &Cluster, build: Build) {
     assert_eq!(state, back);
 
     // Threads: the taker first, then the others by tid.
-    let (main, reader, spinner) = (value("main")[0], value("reader")[0], value("spinner")[0]);
+    let (main, reader, spinner, caller) = (
+        value("main")[0],
+        value("reader")[0],
+        value("spinner")[0],
+        value("caller")[0],
+    );
     let tids: Vec<u64> = state.threads.iter().map(|t| t.tid as u64).collect();
-    let mut others = vec![reader, spinner];
+    let mut others = vec![reader, spinner, caller];
     others.sort();
     assert_eq!(tids, [vec![main], others].concat());
     let thread = |tid: u64| state.threads.iter().find(|t| t.tid as u64 == tid).unwrap();
@@ -1406,8 +1414,30 @@ fn check_process_state(cluster: &Cluster, build: Build) {
     assert!(fpu.len() >= 512, "fxsave area: {} bytes", fpu.len());
     // xmm0 lies at byte 160 of the fxsave area.
     assert_eq!(&fpu[160..168], &0x0123_4567_89ab_cdefu64.to_le_bytes());
-    let fs: Vec<u64> = state.threads.iter().map(|t| t.fs_base).collect();
-    assert!(fs.iter().all(|&f| f != 0) && fs[0] != fs[1] && fs[1] != fs[2] && fs[0] != fs[2]);
+    // The caller, stopped on its way into or out of a call or between
+    // two: its own registers, not the runtime's.
+    assert!(
+        matches!(thread(caller).stop, Stop::Running | Stop::CallDone),
+        "{:?}",
+        thread(caller).stop
+    );
+    assert_eq!(reg(caller, libc::REG_R13), 0x5a5a);
+    let near = value("callerstack")[0];
+    assert!(
+        reg(caller, libc::REG_RSP).abs_diff(near) < 4096,
+        "caller rsp {:#x}, its stack at {near:#x}",
+        reg(caller, libc::REG_RSP)
+    );
+    // xmm1 lies at byte 176.
+    assert_eq!(
+        &thread(caller).fpu[176..184],
+        &0x1122_3344_5566_7788u64.to_le_bytes()
+    );
+    let mut fs: Vec<u64> = state.threads.iter().map(|t| t.fs_base).collect();
+    assert!(fs.iter().all(|&f| f != 0));
+    fs.sort();
+    fs.dedup();
+    assert_eq!(fs.len(), 4, "every thread has its own TLS");
     assert!(thread(reader).clear_tid != 0 && thread(spinner).clear_tid != 0);
 
     // Signals.
@@ -1464,6 +1494,10 @@ fn check_process_state(cluster: &Cluster, build: Build) {
     // Nothing of the runtime's: the program's descriptors only.
     let numbers: Vec<u64> = state.files.iter().map(|f| f.fd as u64).collect();
     assert_eq!(numbers, vec![0, 1, 2, file_a, file_b, pipe_r, pipe_w]);
+    // The runtime's own signal is not the application's.
+    for t in &state.threads {
+        assert_eq!(t.pending & (1 << 63), 0);
+    }
 
     // The rest of the process.
     assert_eq!(state.cwd, dir_bytes);
@@ -1495,6 +1529,7 @@ fn check_process_state(cluster: &Cluster, build: Build) {
 
     // After: the read was made again and got the byte; one thread left.
     assert!(stdout.contains("reader_got=1\n"), "{stdout}");
+    assert_eq!(value("repeated"), [20], "taken 20 times back to back");
     assert!(stdout.contains("again=ok\n"), "{stdout}");
     assert_eq!(value("small"), [libc::ERANGE as u64], "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);

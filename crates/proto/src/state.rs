@@ -83,6 +83,9 @@ pub enum Stop {
     /// makes it again when it runs on, as Linux restarts a call
     /// interrupted without a handler.
     CallRestart,
+    /// Inside the call in `rax`, which goes on when it runs on (a vfork
+    /// parent waiting for its child to exec or end).
+    InCall,
 }
 
 /// The signal dispositions and the process-wide signal state.

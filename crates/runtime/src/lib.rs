@@ -180,7 +180,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     };
     let rt = process::install(rt)?;
     mm::fault::spawn(&rt.mm).map_err(|e| format!("cannot start the fault thread: {e}"))?;
-    let sp = image::install(rt, &loaded, &prepared, &spec.envp, &spec.program)?;
+    let change = rt.mm.cache.change_layout();
+    let sp = image::install(rt, change, &loaded, &prepared, &spec.envp, &spec.program)?;
 
     // No core dumps of a 64 TiB arena; the application's faults end it.
     let no_core = libc::rlimit {

@@ -1,8 +1,9 @@
 /* Sets up a process with three threads, open files, signal handlers, an
  * alternate stack, a blocked pending signal, a umask, a limit and a
  * working directory, then asks Lego for its whole kernel state (Lego's own
- * syscall 511) while one thread waits in read() and another spins with
- * known values in r12 and xmm0. Prints what it knows of itself beside the
+ * syscall 511) while one thread waits in read(), another spins with known
+ * values in r12 and xmm0 and a third makes syscalls in a loop with known
+ * values in r13 and xmm1. Prints what it knows of itself beside the
  * state's bytes (hex), for the test to compare field by field; then lets
  * the threads run on: the waiting read must come back with the byte
  * written after, not with EINTR.
@@ -27,7 +28,8 @@
 
 static int pipefd[2];
 static volatile int stop;
-static volatile pid_t reader_tid, spinner_tid;
+static volatile pid_t reader_tid, spinner_tid, caller_tid;
+static volatile unsigned long caller_stack;
 static volatile long reader_got = -2;
 static char alt[65536];
 static unsigned char buf[1 << 20];
@@ -56,6 +58,27 @@ static void *spinner(void *arg) {
                      :
                      : "r"(&stop)
                      : "r12", "rax", "xmm0", "memory");
+    return NULL;
+}
+
+/* Makes syscalls (getppid) as fast as it can, with known values in r13
+ * and xmm1: a thread stopped on its way into or out of the runtime must
+ * still be recorded with its own registers. */
+static void *caller(void *arg) {
+    (void)arg;
+    int here;
+    caller_stack = (unsigned long)&here;
+    caller_tid = gettid();
+    __asm__ volatile("mov $0x5a5a, %%r13\n\t"
+                     "movabs $0x1122334455667788, %%rax\n\t"
+                     "movq %%rax, %%xmm1\n\t"
+                     "1: mov $110, %%eax\n\t"
+                     "syscall\n\t"
+                     "cmpl $0, (%0)\n\t"
+                     "je 1b\n\t"
+                     :
+                     : "r"(&stop)
+                     : "r13", "rax", "rcx", "r11", "xmm1", "memory");
     return NULL;
 }
 
@@ -103,12 +126,13 @@ int main(int argc, char **argv) {
         die("open");
     if (pipe(pipefd) != 0)
         die("pipe");
-    pthread_t r, s;
+    pthread_t r, s, k;
     pthread_create(&r, NULL, reader, NULL);
     pthread_create(&s, NULL, spinner, NULL);
+    pthread_create(&k, NULL, caller, NULL);
     /* Until the reader waits in read() (at most ten seconds). */
     struct timespec pause = {0, 1000000};
-    for (int i = 0; i < 10000 && !(reader_tid && spinner_tid && reading(reader_tid)); i++)
+    for (int i = 0; i < 10000 && !(reader_tid && spinner_tid && caller_tid && reading(reader_tid)); i++)
         nanosleep(&pause, NULL);
     if (!reading(reader_tid))
         die("the reader never waited in read");
@@ -122,7 +146,9 @@ int main(int argc, char **argv) {
     long n = syscall(LEGO_PROCESS_STATE, buf, sizeof buf);
     if (n < 0)
         die("lego_process_state");
-    printf("main=%d reader=%d spinner=%d\n", gettid(), reader_tid, spinner_tid);
+    printf("main=%d reader=%d spinner=%d caller=%d\n", gettid(), reader_tid, spinner_tid,
+           caller_tid);
+    printf("callerstack=%lu\n", caller_stack);
     printf("fds=%d %d %d %d\n", a, b, pipefd[0], pipefd[1]);
     printf("buf=%lu handler=%lu alt=%lu altsize=%zu\n", (unsigned long)buf,
            (unsigned long)on_usr1, (unsigned long)alt, sizeof alt);
@@ -131,11 +157,20 @@ int main(int argc, char **argv) {
         printf("%02x", buf[i]);
     printf("\n");
 
+    /* Taken again and again, back to back: each time every thread stops
+     * and runs on. */
+    static unsigned char more[1 << 20];
+    int repeated = 0;
+    for (int i = 0; i < 20; i++)
+        repeated += syscall(LEGO_PROCESS_STATE, more, sizeof more) > 0;
+    printf("repeated=%d\n", repeated);
+
     stop = 1;
     if (write(pipefd[1], "x", 1) != 1)
         die("write");
     pthread_join(r, NULL);
     pthread_join(s, NULL);
+    pthread_join(k, NULL);
     printf("reader_got=%ld\n", reader_got);
     /* With one thread left, the state has one thread. */
     n = syscall(LEGO_PROCESS_STATE, buf, sizeof buf);

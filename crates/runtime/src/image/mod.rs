@@ -9,6 +9,7 @@ pub mod stack;
 
 use crate::error::{Errno, SysError};
 use crate::host::user;
+use crate::mm::excache::LayoutChange;
 use crate::process::Runtime;
 use crate::vfs::Vfs;
 use lego_proto::{ExecImage, MemoryOpDone, MAX_IMAGE_LEN, USER_END, USER_MIN};
@@ -139,9 +140,12 @@ pub fn prepare(
 
 /// Mirrors a freshly built address space (after dropping everything the
 /// previous one left in the arena) and writes the initial stack. Returns
-/// the stack pointer.
+/// the stack pointer. `change` is the address-space lock, held since
+/// before the memory manager built the image (released before the stack
+/// is written: that write faults).
 pub fn install(
     rt: &Runtime,
+    change: LayoutChange<'_>,
     image: &ExecImage,
     prepared: &Prepared,
     envp: &[Vec<u8>],
@@ -149,8 +153,6 @@ pub fn install(
 ) -> Result<u64, String> {
     let argv = &prepared.argv;
     {
-        // Released before the stack is written below: that write faults.
-        let change = rt.mm.cache.change_layout();
         rt.mm
             .cache
             .discard(&change, &rt.mm.arena, USER_MIN, USER_END)
@@ -167,6 +169,7 @@ pub fn install(
                 changes: image.mappings.clone(),
             },
         )?;
+        drop(change);
     }
     let mut random = [0u8; 16];
     // Safety: getrandom writes at most 16 bytes into `random`.

@@ -770,9 +770,11 @@ impl ExCache {
         }
         for &p in &moving {
             let dst = to + (p - from);
-            // Safety: `p` is resident (see `evict`), so it is readable
-            // without faulting, and nothing writes it meanwhile (the
-            // layout is held exclusively: no fault is served).
+            // Safety: `p` is resident (see `evict`) and readable, so
+            // reading it cannot fault. Another thread of a program that
+            // writes a range while it mremaps it races natively too; its
+            // write may land before or after this copy (and after the
+            // scan above, it is not seen as written).
             let page = unsafe { arena.contents(p, PAGE) };
             arena.install(dst, page, !written.contains(&p))?;
             st.resident.remove(&p);

@@ -39,13 +39,18 @@ impl Runtime {
     /// way or some thread did not stop in time.
     pub fn take_state(
         &self,
-        ctl: &ThreadCtl,
+        ctl: &mut ThreadCtl,
         uc: &libc::ucontext_t,
     ) -> Result<ProcessState, SysError> {
         let others = match self.threads.stop_others(STOP_LIMIT) {
             Ok(others) => others,
-            Err(StopError::Busy) if ctl.park_requested => return Err(Errno::EINTR.into()),
-            Err(StopError::Busy) => return Err(Errno::EAGAIN.into()),
+            // Another thread takes it: this one stops for that one first
+            // (the call is made again after).
+            Err(StopError::Stopping) => {
+                ctl.request_stop();
+                return Err(Errno::EINTR.into());
+            }
+            Err(StopError::Exec) => return Err(Errno::EAGAIN.into()),
             Err(StopError::Timeout(n)) => {
                 tracing::warn!(
                     "process state: {n} threads did not stop within {STOP_LIMIT:?}; EAGAIN"

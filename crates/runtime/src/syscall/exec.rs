@@ -80,6 +80,10 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
     if rt.threads.several() && !rt.threads.end_other_threads() {
         return Err(Errno::EAGAIN.into());
     }
+    // The address-space lock from before the last write-back until the
+    // new image is mirrored: no fault still served for an ended thread
+    // writes an old page back into the new image.
+    let change = rt.mm.cache.change_layout();
     rt.mm
         .cache
         .settle()
@@ -103,7 +107,7 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
             .map(|p| p.into_os_string().into_encoded_bytes())
             .unwrap_or_else(|_| path.clone()),
     };
-    let sp = install(rt, &image, &prepared, &envp, &path).map_err(|e| {
+    let sp = install(rt, change, &image, &prepared, &envp, &path).map_err(|e| {
         SysError::fatal(format!("execve of {}: {e}", String::from_utf8_lossy(&path)))
     })?;
     close_on_exec(rt);

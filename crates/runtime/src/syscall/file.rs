@@ -232,8 +232,8 @@ fn open_common(
                 return ok(fd);
             }
         }
-        // Safety: the application's own call, unchanged, on host objects.
-        return unsafe { cx.host(c.nr, c.args) };
+        let abs = served_relative(rt, dirfd, &path);
+        return host_call(cx, c, path_arg, abs);
     };
     let path = read_path(path_ptr)?;
     if path.is_empty() {
@@ -270,6 +270,18 @@ fn open_served(rt: &Runtime, abs: &[u8], flags: u32) -> Result<Option<i32>, Errn
             .map(Some);
     }
     Ok(None)
+}
+
+/// `path` relative to `dirfd` when that is a directory the runtime serves
+/// (`/proc/self/fd`), made absolute: its placeholder descriptor is no
+/// directory, so the host cannot walk from it.
+pub(super) fn served_relative(rt: &Runtime, dirfd: u64, path: &[u8]) -> Option<CString> {
+    if path.is_empty() || path.starts_with(b"/") || dirfd as i32 == libc::AT_FDCWD {
+        return None;
+    }
+    let file = rt.files.get(dirfd)?;
+    file.listing.as_ref()?;
+    cstring(normalize(&file.path, path)).ok()
 }
 
 /// With the processor's own files: `path` (relative to `dirfd`) as an

@@ -271,6 +271,13 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
             if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 break;
             }
+            if cx.thread.take_park_request() {
+                // Another thread takes the process's state: this one
+                // stops inside its vfork, and waits on after.
+                cx.rt
+                    .threads
+                    .park(cx.thread, cx.uc, lego_proto::state::Stop::InCall);
+            }
         }
         close(r);
     }

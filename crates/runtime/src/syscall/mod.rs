@@ -138,8 +138,9 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
     };
     // Only a blocking call made for this one may be restarted, or stopped
     // in for a thread taking the process's state.
-    cx.thread.interrupted = 0;
-    cx.thread.park_requested = false;
+    cx.thread.set_interrupted(0);
+    cx.thread.take_park_request();
+    cx.thread.rewound = None;
     let result = dispatch(&mut cx, &call, entry);
     let rax = libc::REG_RAX as usize;
     let mut restarted = false;
@@ -160,13 +161,22 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
         Ok(Outcome::ExitProcess(status)) => proc::end_process(status),
         Err(SysError::Errno(e)) => {
             cx.regs()[rax] = e.negated();
-            if e == Errno::EINTR && cx.thread.park_requested && cx.thread.interrupted == 0 {
-                // Interrupted by the runtime's own signal, not one of the
-                // application's: made again, as Linux restarts a call
-                // interrupted without a handler.
+            let by_runtime = cx.thread.park_requested() && cx.thread.interrupted() == 0;
+            if e == Errno::EINTR && by_runtime && wait != Wait::Never {
+                // A wait cut short by the runtime's own signal, not one of
+                // the application's: made again, as Linux restarts a call
+                // interrupted without a handler (a timed wait waits its
+                // whole timeout again). A handled signal that comes first
+                // decides as on Linux (see `signals::deliver`); a
+                // sigsuspend's temporary mask ends until it is made again.
+                if let Some(mask) = cx.thread.suspended_mask.take() {
+                    cx.thread.app_mask = mask;
+                }
                 let g = cx.regs();
                 g[libc::REG_RIP as usize] -= 2;
                 g[rax] = call.nr as i64;
+                cx.thread.rewound =
+                    Some((g[libc::REG_RIP as usize] as u64, wait == Wait::Restarted));
                 restarted = true;
             } else if e == Errno::EINTR && wait == Wait::Restarted {
                 crate::task::signals::maybe_restart(
@@ -179,7 +189,7 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
         }
         Err(SysError::Fatal(why)) => crate::host::report::fatal(&why),
     }
-    if cx.thread.park_requested {
+    if cx.thread.take_park_request() {
         // Another thread takes the process's state: this one stops here,
         // at the end of its call (or before making it again).
         let stop = if restarted {
@@ -189,7 +199,7 @@ pub fn serve(rt: &'static Runtime, thread: &mut ThreadCtl, uc: &mut libc::uconte
         };
         cx.rt.threads.park(cx.thread, cx.uc, stop);
     }
-    if cx.thread.exit_requested {
+    if cx.thread.exit_requested() {
         // Another thread execs: the runtime holds nothing here.
         cx.rt.threads.end_for_exec(cx.thread);
     }

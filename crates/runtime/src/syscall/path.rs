@@ -4,8 +4,8 @@
 
 use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
 use super::file::{
-    getattr, host_call, lookup, owner, parent_and_name, place, read_path, setattr, umask,
-    with_file, Place,
+    getattr, host_call, lookup, owner, parent_and_name, place, read_path, served_relative, setattr,
+    umask, with_file, Place,
 };
 use crate::host::raw_syscall;
 use crate::host::user;
@@ -75,12 +75,15 @@ fn on_storage(
     f: impl FnOnce(FileHandle, FileAttr) -> Result<i64, SysError>,
 ) -> SysResult {
     if cx.rt.vfs.is_none() {
-        if flags & AT_EMPTY_PATH != 0 && read_path(c.args[path_arg])?.is_empty() {
-            if let Some(file) = cx.rt.files.get(dirfd) {
+        if let Some(file) = cx.rt.files.get(dirfd) {
+            let path = read_path(c.args[path_arg])?;
+            if flags & AT_EMPTY_PATH != 0 && path.is_empty() {
                 // A file the runtime serves, named by its descriptor.
                 let attr = getattr(cx.rt, &file)?;
                 return f(file.handle.clone(), attr).map(Outcome::Return);
             }
+            let abs = served_relative(cx.rt, dirfd, &path);
+            return host_call(cx, c, path_arg, abs);
         }
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
@@ -281,8 +284,17 @@ fn access_common(
     let rt = cx.rt;
     on_storage(cx, c, dirfd, path_arg, flags, |handle, attr| {
         let Some(vfs) = rt.vfs.as_ref().filter(|_| !handle.0.is_empty()) else {
-            // A file the runtime serves: read-only to everyone.
-            return if mode as u32 & attr.mode & 0o7 != mode as u32 & 7 {
+            // A file the runtime serves is readable, a directory it
+            // serves readable and searchable; neither is writable.
+            if mode & !7 != 0 {
+                return Err(Errno::EINVAL.into());
+            }
+            let allowed = if attr.file_type == FileType::Directory {
+                libc::R_OK | libc::X_OK
+            } else {
+                libc::R_OK
+            } as u64;
+            return if mode & !allowed != 0 {
                 Err(Errno::EACCES.into())
             } else {
                 Ok(0)
@@ -795,6 +807,21 @@ pub fn chdir(cx: &mut Ctx, c: &Call) -> SysResult {
 pub fn fchdir(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
     let Some(vfs) = &rt.vfs else {
+        if let Some(file) = rt.files.get(c.args[0]) {
+            // A directory the runtime serves is a host directory; a file
+            // it serves is none.
+            if file.listing.is_none() {
+                return Err(Errno::ENOTDIR.into());
+            }
+            let path = std::ffi::CString::new(file.path.clone()).map_err(|_| Errno::ENOENT)?;
+            // Safety: chdir reads a NUL-terminated path of ours.
+            return returned(unsafe {
+                raw_syscall(
+                    libc::SYS_chdir as u64,
+                    [path.as_ptr() as u64, 0, 0, 0, 0, 0],
+                )
+            });
+        }
         // Safety: the application's own call, unchanged, on host objects.
         return unsafe { cx.host(c.nr, c.args) };
     };
@@ -889,13 +916,18 @@ pub fn mknodat(cx: &mut Ctx, c: &Call) -> SysResult {
 /// anything else through.
 fn readlink_common(
     cx: &mut Ctx,
+    dirfd: u64,
     path_ptr: u64,
     buf: u64,
     size: u64,
     pass: impl FnOnce(&mut Ctx) -> SysResult,
 ) -> SysResult {
     let rt = cx.rt;
-    let path = user::read_cstring(path_ptr, libc::PATH_MAX as usize)?;
+    let mut path = user::read_cstring(path_ptr, libc::PATH_MAX as usize)?;
+    if let Some(abs) = served_relative(rt, dirfd, &path) {
+        // A name in /proc/self/fd opened as a directory.
+        path = abs.into_bytes();
+    }
     let pid = std::process::id().to_string();
     let own = |rest: &[u8]| -> Option<Vec<u8>> {
         let tail = path
@@ -931,17 +963,34 @@ fn readlink_common(
 }
 
 pub fn readlink(cx: &mut Ctx, c: &Call) -> SysResult {
-    readlink_common(cx, c.args[0], c.args[1], c.args[2], |cx| match cx.rt.vfs {
-        Some(_) => readlink_storage(cx, c, libc::AT_FDCWD as u64, 0, c.args[1], c.args[2]),
-        // Safety: the application's own call, unchanged.
-        None => returned(unsafe { raw_syscall(c.nr, c.args) }),
-    })
+    readlink_common(
+        cx,
+        libc::AT_FDCWD as u64,
+        c.args[0],
+        c.args[1],
+        c.args[2],
+        |cx| match cx.rt.vfs {
+            Some(_) => readlink_storage(cx, c, libc::AT_FDCWD as u64, 0, c.args[1], c.args[2]),
+            // Safety: the application's own call, unchanged.
+            None => returned(unsafe { raw_syscall(c.nr, c.args) }),
+        },
+    )
 }
 
 pub fn readlinkat(cx: &mut Ctx, c: &Call) -> SysResult {
-    readlink_common(cx, c.args[1], c.args[2], c.args[3], |cx| match cx.rt.vfs {
-        Some(_) => readlink_storage(cx, c, c.args[0], 1, c.args[2], c.args[3]),
-        // Safety: the application's own call, unchanged.
-        None => returned(unsafe { raw_syscall(c.nr, c.args) }),
-    })
+    readlink_common(
+        cx,
+        c.args[0],
+        c.args[1],
+        c.args[2],
+        c.args[3],
+        |cx| match cx.rt.vfs {
+            Some(_) => readlink_storage(cx, c, c.args[0], 1, c.args[2], c.args[3]),
+            None => {
+                let path = read_path(c.args[1])?;
+                let abs = served_relative(cx.rt, c.args[0], &path);
+                host_call(cx, c, 1, abs)
+            }
+        },
+    )
 }

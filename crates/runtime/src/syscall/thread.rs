@@ -114,7 +114,7 @@ struct Start {
 /// which clears the CLEARTID word: the creator's store coming after that
 /// would leave a joiner waiting forever).
 fn settle_tids(rt: &Runtime, ctl: &mut ThreadCtl, start: &Start, tid: i32) {
-    ctl.exit_requested = false;
+    ctl.clear_requests();
     rt.threads.started(tid);
     if start.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(start.parent_tid, &tid.to_ne_bytes());

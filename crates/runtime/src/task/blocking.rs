@@ -76,7 +76,7 @@ pub unsafe fn host_syscall(ctl: &mut ThreadCtl, blocks: bool, nr: u64, args: [u6
     }
     let app = kernel_mask(ctl.app_mask) | sigbit(libc::SIGSYS);
     let mut saved = 0u64;
-    ctl.interrupted = 0;
+    ctl.set_interrupted(0);
     // Safety (all three): rt_sigprocmask reads and writes one 8-byte set
     // of ours; the call in between is delegated to the caller. A signal
     // arriving between the unmask and the syscall instruction is caught

@@ -43,11 +43,16 @@ pub struct ThreadCtl {
     pub clear_tid: u64,
     /// Another thread execs: this one ends when the runtime is done with
     /// what it was doing for it.
-    pub exit_requested: bool,
+    exit_requested: bool,
     /// Another thread takes the process's state: this one stops when the
     /// runtime is done with what it was doing for it (see
     /// `task::threads::Threads::park`).
-    pub park_requested: bool,
+    park_requested: bool,
+    /// The call made again after its wait was cut short by the runtime's
+    /// own signal: the address of its `syscall` instruction, and whether an
+    /// SA_RESTART handler may let it be made again (else a handler that
+    /// runs first makes it fail with EINTR, as on Linux).
+    pub rewound: Option<(u64, bool)>,
     /// Where the runtime thread resumes when its application thread ends
     /// (a stack pointer saved by `lego_thread_run`; 0 for the thread the
     /// program started on, which just exits).
@@ -75,8 +80,76 @@ impl ThreadCtl {
             clear_tid: 0,
             exit_requested: false,
             park_requested: false,
+            rewound: None,
             resume_sp: 0,
         }
+    }
+}
+
+// The runtime's signal handlers write `interrupted`, `park_requested` and
+// `exit_requested` while the interrupted code of the same thread holds a
+// reference to the block (a signal handler is an interrupt, not a call):
+// every access to them is volatile, so none is cached, elided or moved
+// across the handler's.
+impl ThreadCtl {
+    /// The runtime's own signal arrived inside the runtime: the thread
+    /// stops, or ends, when its SIGSYS handler is done.
+    pub fn request_stop_or_exit(&mut self) {
+        // Safety: writes to fields of a live block (see above).
+        unsafe {
+            std::ptr::write_volatile(&mut self.park_requested, true);
+            std::ptr::write_volatile(&mut self.exit_requested, true);
+        }
+    }
+
+    /// This thread stops for another that takes the process's state, at
+    /// the end of its call.
+    pub fn request_stop(&mut self) {
+        // Safety: a write to a field of a live block (see above).
+        unsafe { std::ptr::write_volatile(&mut self.park_requested, true) };
+    }
+
+    pub fn park_requested(&self) -> bool {
+        // Safety: a read of a field of a live block.
+        unsafe { std::ptr::read_volatile(&self.park_requested) }
+    }
+
+    pub fn exit_requested(&self) -> bool {
+        // Safety: as above.
+        unsafe { std::ptr::read_volatile(&self.exit_requested) }
+    }
+
+    /// Whether an exit was requested; the request is dropped.
+    pub fn take_exit_request(&mut self) -> bool {
+        let requested = self.exit_requested();
+        // Safety: a write to a field of a live block.
+        unsafe { std::ptr::write_volatile(&mut self.exit_requested, false) };
+        requested
+    }
+
+    /// Whether a stop was requested; the request is dropped.
+    pub fn take_park_request(&mut self) -> bool {
+        let requested = self.park_requested();
+        // Safety: as above.
+        unsafe { std::ptr::write_volatile(&mut self.park_requested, false) };
+        requested
+    }
+
+    /// Drops both requests (a new thread, a forked process).
+    pub fn clear_requests(&mut self) {
+        self.take_exit_request();
+        self.take_park_request();
+    }
+
+    /// Application signals that interrupted the current blocking call.
+    pub fn interrupted(&self) -> u64 {
+        // Safety: a read of a field of a live block.
+        unsafe { std::ptr::read_volatile(&self.interrupted) }
+    }
+
+    pub fn set_interrupted(&mut self, signals: u64) {
+        // Safety: a write to a field of a live block.
+        unsafe { std::ptr::write_volatile(&mut self.interrupted, signals) };
     }
 }
 
@@ -116,6 +189,18 @@ extern "C" {
 /// allowed region).
 pub fn sigreturn_restorer() -> usize {
     lego_sigreturn_restorer as *const () as usize
+}
+
+/// Whether `rip` lies in the allowed region (the restorer).
+pub fn in_allowed_region(rip: u64) -> bool {
+    // Safety: taking the addresses of the linker-placed region bounds.
+    let (start, end) = unsafe {
+        (
+            &lego_sud_allowed_start as *const u8 as u64,
+            &lego_sud_allowed_end as *const u8 as u64,
+        )
+    };
+    (start..end).contains(&rip)
 }
 
 /// Turns Syscall User Dispatch on for the calling thread with `ctl`'s

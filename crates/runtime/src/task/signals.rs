@@ -360,11 +360,11 @@ pub fn maybe_restart(
     nr: u64,
     gregs: &mut [i64; 23],
 ) {
-    if ctl.interrupted == 0 || gregs[libc::REG_RAX as usize] != -(libc::EINTR as i64) {
+    if ctl.interrupted() == 0 || gregs[libc::REG_RAX as usize] != -(libc::EINTR as i64) {
         return;
     }
     let state = signals.lock().unwrap_or_else(|p| p.into_inner());
-    let sig = ctl.interrupted.trailing_zeros() as usize + 1;
+    let sig = ctl.interrupted().trailing_zeros() as usize + 1;
     if flags_of(&state.actions[sig - 1]) & SA_RESTART != 0 {
         gregs[libc::REG_RIP as usize] -= 2;
         gregs[libc::REG_RAX as usize] = nr as i64;
@@ -480,6 +480,16 @@ pub fn deliver(
         // x86-64 Linux has no fallback return path without a restorer.
         force_sigsegv(signals);
         return;
+    }
+    if let Some((at, restartable)) = ctl.rewound.take() {
+        let g = &mut uc.uc_mcontext.gregs;
+        if g[libc::REG_RIP as usize] as u64 == at && !(restartable && flags & SA_RESTART != 0) {
+            // The call made again after the runtime's own signal: a
+            // handler runs first, so it ends as Linux ends a call a
+            // handler interrupted (EINTR, unless SA_RESTART restarts it).
+            g[libc::REG_RIP as usize] += 2;
+            g[libc::REG_RAX as usize] = -(libc::EINTR as i64);
+        }
     }
     let uc_addr = uc as *mut libc::ucontext_t as *const u8;
     let g = &mut uc.uc_mcontext.gregs;

@@ -29,8 +29,10 @@ pub struct Threads {
     /// The thread taking the process's state while the others stop (0:
     /// none).
     stopper: AtomicI32,
-    /// 1 while the others must stay stopped: the futex they wait on.
-    stopped: AtomicU32,
+    /// Stop rounds: odd while the others must stay stopped, even
+    /// otherwise; the futex parked threads wait on. A thread parked in one
+    /// round runs on when it ends, even if the next begins at once.
+    round: AtomicU32,
     /// The states of the threads stopped so far.
     parked: Mutex<Vec<ThreadState>>,
 }
@@ -38,8 +40,10 @@ pub struct Threads {
 /// Why the other threads could not be stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StopError {
-    /// Another thread is stopping them, or execs.
-    Busy,
+    /// Another thread is stopping them: the caller stops for it first.
+    Stopping,
+    /// Another thread execs.
+    Exec,
     /// Some thread did not stop in time.
     Timeout(usize),
 }
@@ -61,7 +65,7 @@ impl Threads {
             tids: Mutex::new(Vec::new()),
             exec_tid: AtomicI32::new(0),
             stopper: AtomicI32::new(0),
-            stopped: AtomicU32::new(0),
+            round: AtomicU32::new(0),
             parked: Mutex::new(Vec::new()),
         }
     }
@@ -160,7 +164,7 @@ impl Threads {
     /// request (no exec under way, or the exec'ing thread itself) is
     /// dropped.
     pub fn end_for_exec(&self, ctl: &mut ThreadCtl) {
-        ctl.exit_requested = false;
+        ctl.take_exit_request();
         let me = gettid();
         let exec_tid = self.exec_tid.load(Ordering::SeqCst);
         if exec_tid == 0 || exec_tid == me {
@@ -187,16 +191,21 @@ impl Threads {
     /// handler.
     pub fn stop_others(&self, limit: Duration) -> Result<Vec<ThreadState>, StopError> {
         let me = gettid();
-        if self.exec_tid.load(Ordering::SeqCst) != 0
-            || self
-                .stopper
-                .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-        {
-            return Err(StopError::Busy);
+        if self.exec_tid.load(Ordering::SeqCst) != 0 {
+            return Err(StopError::Exec);
         }
-        lock(&self.parked).clear();
-        self.stopped.store(1, Ordering::SeqCst);
+        if self
+            .stopper
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(StopError::Stopping);
+        }
+        {
+            let mut parked = lock(&self.parked);
+            parked.clear();
+            self.round.fetch_add(1, Ordering::SeqCst);
+        }
         let deadline = Instant::now() + limit;
         loop {
             let parked: Vec<i32> = lock(&self.parked).iter().map(|t| t.tid).collect();
@@ -210,7 +219,7 @@ impl Threads {
             }
             if self.exec_tid.load(Ordering::SeqCst) != 0 {
                 self.resume_others();
-                return Err(StopError::Busy);
+                return Err(StopError::Exec);
             }
             if Instant::now() > deadline {
                 self.resume_others();
@@ -226,14 +235,15 @@ impl Threads {
         {
             let mut parked = lock(&self.parked);
             parked.clear();
-            self.stopped.store(0, Ordering::SeqCst);
+            self.round.fetch_add(1, Ordering::SeqCst);
         }
+        self.stopper.store(0, Ordering::SeqCst);
         // Safety: FUTEX_WAKE only reads the word's address.
         unsafe {
             raw_syscall(
                 libc::SYS_futex as u64,
                 [
-                    self.stopped.as_ptr() as u64,
+                    self.round.as_ptr() as u64,
                     (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
                     i32::MAX as u64,
                     0,
@@ -242,7 +252,12 @@ impl Threads {
                 ],
             )
         };
-        self.stopper.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether another thread than the caller is stopping the others now.
+    pub fn stopping(&self) -> bool {
+        let stopper = self.stopper.load(Ordering::SeqCst);
+        stopper != 0 && stopper != gettid()
     }
 
     /// Stops the calling application thread, whose registers are in `uc`,
@@ -253,22 +268,24 @@ impl Threads {
     /// a call.
     pub fn park(&self, ctl: &ThreadCtl, uc: &libc::ucontext_t, stop: Stop) {
         let me = gettid();
-        {
+        let round = {
             let mut parked = lock(&self.parked);
+            let round = self.round.load(Ordering::SeqCst);
             let stopper = self.stopper.load(Ordering::SeqCst);
-            if self.stopped.load(Ordering::SeqCst) == 0 || stopper == me || stopper == 0 {
+            if round.is_multiple_of(2) || stopper == me || stopper == 0 {
                 return;
             }
             if parked.iter().any(|t| t.tid == me) {
                 return;
             }
             parked.push(thread_state(ctl, uc, stop));
-        }
+            round
+        };
         let wait = libc::timespec {
             tv_sec: 0,
             tv_nsec: 20_000_000,
         };
-        while self.stopped.load(Ordering::SeqCst) == 1 {
+        while self.round.load(Ordering::SeqCst) == round {
             let exec_tid = self.exec_tid.load(Ordering::SeqCst);
             if exec_tid != 0 && exec_tid != me {
                 break;
@@ -279,9 +296,9 @@ impl Threads {
                 raw_syscall(
                     libc::SYS_futex as u64,
                     [
-                        self.stopped.as_ptr() as u64,
+                        self.round.as_ptr() as u64,
                         (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
-                        1,
+                        round as u64,
                         &wait as *const libc::timespec as u64,
                         0,
                         0,
@@ -324,8 +341,9 @@ pub fn thread_state(ctl: &ThreadCtl, uc: &libc::ucontext_t, stop: Stop) -> Threa
     }
 }
 
-/// A signal set from a `/proc/.../status` line such as `SigPnd:` (0 if
-/// it cannot be read).
+/// The application's signals in a `/proc/.../status` line such as
+/// `SigPnd:` (0 if it cannot be read): the runtime's own signal, queued
+/// to stop or end threads, is not the application's.
 pub fn pending_of(status: &str, line: &str) -> u64 {
     std::fs::read_to_string(status)
         .ok()
@@ -334,6 +352,7 @@ pub fn pending_of(status: &str, line: &str) -> u64 {
             u64::from_str_radix(value, 16).ok()
         })
         .unwrap_or(0)
+        & !signals::sigbit(EXEC_KILL_SIGNAL)
 }
 
 pub const CLONE_VM: u64 = libc::CLONE_VM as u64;
@@ -407,8 +426,7 @@ impl Threads {
         // An exec or a stop under way in the parent is not this process's.
         self.exec_tid.store(0, Ordering::SeqCst);
         self.stopper.store(0, Ordering::SeqCst);
-        self.stopped.store(0, Ordering::SeqCst);
-        ctl.exit_requested = false;
-        ctl.park_requested = false;
+        self.round.store(0, Ordering::SeqCst);
+        ctl.clear_requests();
     }
 }

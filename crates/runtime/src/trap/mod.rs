@@ -57,7 +57,8 @@ lego_signal_entry:
     add rsp, 8
 2:
     ret
-
+    .globl lego_signal_entry_end
+lego_signal_entry_end:
     .popsection
 
     .pushsection .text.lego_sigsys_entry,"ax",@progbits
@@ -71,6 +72,8 @@ lego_sigsys_entry:
     add rsp, 8
     LEGO_LEAVE_RUNTIME
     ret
+    .globl lego_sigsys_entry_end
+lego_sigsys_entry_end:
     .popsection
     "#,
     handler = sym sigsys_handler,
@@ -81,6 +84,22 @@ lego_sigsys_entry:
 extern "C" {
     fn lego_sigsys_entry();
     fn lego_signal_entry();
+    static lego_sigsys_entry_end: u8;
+    static lego_signal_entry_end: u8;
+}
+
+/// Whether `rip` lies in the runtime's entry stubs or its sigreturn
+/// restorer: code that runs with the selector at BLOCK, but is the
+/// runtime's (its registers there are not the application's).
+fn in_entry_stubs(rip: u64) -> bool {
+    // Safety: addresses of our own code labels.
+    let (sigsys, signal) = unsafe {
+        (
+            (lego_sigsys_entry as *const () as u64)..(&lego_sigsys_entry_end as *const u8 as u64),
+            (lego_signal_entry as *const () as u64)..(&lego_signal_entry_end as *const u8 as u64),
+        )
+    };
+    sigsys.contains(&rip) || signal.contains(&rip) || crate::task::dispatch::in_allowed_region(rip)
 }
 
 /// Installs the kernel's entries into the runtime: the SIGSYS handler
@@ -171,13 +190,24 @@ unsafe extern "C" fn app_signal_handler(
         // It interrupted application code: nothing of the runtime's is
         // held, so the thread can stop here for a thread taking the
         // process's state, or end for one that execs.
-        // Safety: on an application thread, whose GS base is its control
-        // block; the only reference to it while this handler runs. The
-        // kernel's ucontext stays alive until the handler returns.
-        let (ctl, uc) = unsafe { (current_ctl(), &*(uctx as *const libc::ucontext_t)) };
-        let rt = runtime();
-        rt.threads.park(ctl, uc, Stop::Running);
-        rt.threads.end_for_exec(ctl);
+        let served = std::panic::catch_unwind(|| {
+            // Safety: on an application thread, whose GS base is its
+            // control block; the only reference to it while this handler
+            // runs. The kernel's ucontext stays alive until the handler
+            // returns.
+            let (ctl, uc) = unsafe { (current_ctl(), &*(uctx as *const libc::ucontext_t)) };
+            let rt = runtime();
+            // In the entry stubs the registers are not the application's:
+            // the stopper sends again, and the thread stops at the end of
+            // its call or over its own code.
+            if !in_entry_stubs(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64) {
+                rt.threads.park(ctl, uc, Stop::Running);
+            }
+            rt.threads.end_for_exec(ctl);
+        });
+        if served.is_err() {
+            fatal("runtime bug: a panic while stopping a thread (see the log)");
+        }
         return;
     }
     let served = std::panic::catch_unwind(|| {
@@ -229,13 +259,12 @@ unsafe extern "C" fn runtime_signal_handler(
         // Inside the runtime, which may hold locks: the thread ends, or
         // stops, when its SIGSYS handler is done (a blocking call returns
         // EINTR).
-        ctl.exit_requested = true;
-        ctl.park_requested = true;
+        ctl.request_stop_or_exit();
     } else {
         let sig = sig as usize;
         signals::requeue(sig, &info);
         *signals::mask_of(uc) |= signals::bit(sig);
-        ctl.interrupted |= signals::bit(sig);
+        ctl.set_interrupted(ctl.interrupted() | signals::bit(sig));
     }
     let (start, syscall, done) = blocking_window();
     let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
