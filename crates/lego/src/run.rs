@@ -152,8 +152,7 @@ fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
             return Ok((dir, None));
         }
     }
-    let root = std::env::temp_dir().join(format!("lego-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = private_dir(&std::env::temp_dir())?;
     let embedded = Embedded {
         dir: StateDir::new(root.clone()),
     };
@@ -172,6 +171,42 @@ fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
     };
     cluster::up(up).context("cannot start an embedded cluster")?;
     Ok((embedded.dir.clone(), Some(embedded)))
+}
+
+/// A new directory under `parent` that only its owner can enter, with an
+/// unpredictable name (`lego-run-` and 128 random bits); an existing one
+/// is never reused: another user could have made it.
+fn private_dir(parent: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    for _ in 0..8 {
+        let mut random = [0u8; 16];
+        // Safety: getrandom writes at most 16 bytes into `random`.
+        let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+        if got != random.len() as isize {
+            bail!(
+                "cannot name the embedded cluster's directory: getrandom: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = parent.join(format!("lego-run-{name}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot create the embedded cluster's directory {}",
+                        dir.display()
+                    )
+                })
+            }
+        }
+    }
+    bail!(
+        "cannot create a directory of a new name in {}: every name tried exists",
+        parent.display()
+    )
 }
 
 type Placement = (Registration, Registration, Option<Registration>);
@@ -415,4 +450,32 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("lego: error: {error}");
     }
     Ok(ExitCode::from(report.status.shell_code() as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_cluster_gets_a_private_directory_of_a_new_name() {
+        let parent = std::env::temp_dir().join(format!("lego-private-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&parent).unwrap();
+        let a = private_dir(&parent).unwrap();
+        let b = private_dir(&parent).unwrap();
+        assert_ne!(a, b);
+        for dir in [&a, &b] {
+            let meta = std::fs::metadata(dir).unwrap();
+            assert!(meta.is_dir());
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o700,
+                "{}",
+                dir.display()
+            );
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            assert_eq!(name.len(), "lego-run-".len() + 32, "{name}");
+            assert!(!name.contains(&std::process::id().to_string()));
+        }
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 }

@@ -240,7 +240,12 @@ fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
     // start in lego run's working directory.
     let workdir = std::env::temp_dir().join(format!("lego-test-cwd-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).unwrap();
+    // The embedded cluster's directory goes under TMPDIR: here, one of
+    // the test's own, which must be empty again after.
+    let tmp = std::env::temp_dir().join(format!("lego-test-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
     let child = std::process::Command::new(LEGO)
+        .env("TMPDIR", &tmp)
         .current_dir(&workdir)
         .arg("run")
         .arg("--state")
@@ -253,7 +258,6 @@ fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let embedded = std::env::temp_dir().join(format!("lego-run-{}", child.id()));
     let out = child.wait_with_output().unwrap();
     assert_eq!(shell_status(&out), 7, "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -268,15 +272,17 @@ fn with_no_cluster_lego_run_starts_and_removes_an_embedded_one() {
     );
     let _ = std::fs::remove_dir_all(&workdir);
     assert!(!state.join("cluster.json").exists());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(
-        !embedded.exists(),
-        "the embedded cluster's state was left in {}",
-        embedded.display()
+        left.is_empty(),
+        "the embedded cluster's state was left in {}: {left:?}",
+        tmp.display()
     );
     assert_eq!(
-        processes_mentioning(embedded.to_str().unwrap()),
+        processes_mentioning(tmp.to_str().unwrap()),
         Vec::<u32>::new()
     );
+    let _ = std::fs::remove_dir(&tmp);
     // The signals `lego run` blocks to forward them are not blocked in
     // the embedded cluster's components nor in the program.
     let signals = program("signals", Build::GlibcStatic);
