@@ -1540,3 +1540,30 @@ fn check_process_state(cluster: &Cluster, build: Build) {
     assert_eq!(value("small"), [libc::ERANGE as u64], "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A storage file's stand-in on the host is private to its open file:
+/// chmod and chown through /proc/self/fd/N leave the host's objects (once:
+/// /dev/null, for every process on the machine) unchanged, and flocks of
+/// two different files do not contend (once: on that one /dev/null).
+#[test]
+fn a_storage_files_host_stand_in_is_private_to_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let hostobjects = program("hostobjects", Build::GlibcStatic);
+    let dir = std::env::temp_dir().join(format!("lego-test-hostobj-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let null = |m: std::fs::Metadata| (m.mode(), m.uid(), m.gid());
+    let before = null(std::fs::metadata("/dev/null").unwrap());
+    let lego = cluster.run(&[], &hostobjects, &[dir.to_str().unwrap()]);
+    let after = null(std::fs::metadata("/dev/null").unwrap());
+    if after != before {
+        // Put the machine right before failing.
+        let _ = std::fs::set_permissions("/dev/null", std::fs::Permissions::from_mode(before.0));
+        let _ = std::os::unix::fs::chown("/dev/null", Some(before.1), Some(before.2));
+    }
+    assert_eq!(after, before, "/dev/null changed (mode, uid, gid)");
+    let native = native(&hostobjects, &[dir.to_str().unwrap()]);
+    assert_same(&lego, &native, "hostobjects");
+    assert_eq!(text(&lego.stdout), "flock a=0 b=0\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -162,7 +162,7 @@ pub static SYSCALLS: &[Syscall] = &[
     row(70, "msgrcv", Pass, Wait::Interrupted, HOST_OBJECT),
     row(71, "msgctl", Pass, Wait::Never, HOST_OBJECT),
     row(72, "fcntl", emulate!(file::fcntl), Wait::Restarted, STORAGE_FILE),
-    row(73, "flock", Pass, Wait::Restarted, HOST_FILE_CALL),
+    row(73, "flock", Pass, Wait::Restarted, "passed through; on a storage file it locks that open file's private placeholder, so it excludes nothing across opens (no lock service on storage yet)"),
     row(74, "fsync", emulate!(file::fsync), Wait::Never, STORAGE_FILE),
     row(75, "fdatasync", emulate!(file::fsync), Wait::Never, STORAGE_FILE),
     row(76, "truncate", emulate!(path::truncate), Wait::Never, STORAGE_FILE),

@@ -1,8 +1,8 @@
 //! The file table: every descriptor whose open file the runtime keeps
 //! (storage files, and the files and directories it serves itself, such
 //! as /proc/self/maps), by number. Descriptor numbers stay the host
-//! kernel's: each entry holds a placeholder host descriptor (`/dev/null`)
-//! whose number the program sees, so `dup`, `close` and close-on-exec
+//! kernel's: each entry holds a placeholder host descriptor (an empty,
+//! sealed memfd of its own) whose number the program sees, so `dup`, `close` and close-on-exec
 //! work on it as on any descriptor. The table does not depend on where
 //! the program's files come from.
 //!
@@ -53,6 +53,40 @@ impl OpenFile {
         (mode == libc::O_WRONLY as u32 || mode == libc::O_RDWR as u32)
             && self.status() & libc::O_PATH as u32 == 0
     }
+}
+
+/// A new placeholder descriptor, close-on-exec if asked: an empty memfd
+/// of its own, sealed, so that nothing a program does to it (through
+/// `/proc/self/fd/N`, `flock`, a write that slipped past the table) can
+/// reach an object another program or the host uses, or grow.
+fn placeholder(cloexec: bool) -> Result<i32, Errno> {
+    const MFD_CLOEXEC: u64 = 1;
+    const MFD_ALLOW_SEALING: u64 = 2;
+    let flags = MFD_ALLOW_SEALING | if cloexec { MFD_CLOEXEC } else { 0 };
+    // Safety: memfd_create reads our NUL-terminated name.
+    let fd = unsafe {
+        crate::host::raw_syscall(
+            libc::SYS_memfd_create as u64,
+            [c"lego-file".as_ptr() as u64, flags, 0, 0, 0, 0],
+        )
+    };
+    if fd < 0 {
+        return Err(Errno(-fd as i32));
+    }
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // Safety: fcntl on the descriptor just made.
+    let sealed = unsafe {
+        crate::host::raw_syscall(
+            libc::SYS_fcntl as u64,
+            [fd as u64, libc::F_ADD_SEALS as u64, seals as u64, 0, 0, 0],
+        )
+    };
+    if sealed < 0 {
+        // Safety: closes the descriptor just made, ours alone.
+        unsafe { crate::host::raw_syscall(libc::SYS_close as u64, [fd as u64, 0, 0, 0, 0, 0]) };
+        return Err(Errno(-sealed as i32));
+    }
+    Ok(fd as i32)
 }
 
 /// Open files by descriptor number.
@@ -121,24 +155,7 @@ impl FileTable {
         content: Option<Vec<u8>>,
         listing: Option<Vec<Entry>>,
     ) -> Result<i32, Errno> {
-        let cloexec = flags & libc::O_CLOEXEC as u32;
-        // Safety: opening /dev/null, a path of ours, for its number only.
-        let fd = unsafe {
-            crate::host::raw_syscall(
-                libc::SYS_open as u64,
-                [
-                    c"/dev/null".as_ptr() as u64,
-                    (libc::O_RDWR as u32 | cloexec) as u64,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            )
-        };
-        if fd < 0 {
-            return Err(Errno(-fd as i32));
-        }
+        let fd = placeholder(flags & libc::O_CLOEXEC as u32 != 0)?;
         let keep = libc::O_ACCMODE as u32
             | libc::O_APPEND as u32
             | libc::O_NONBLOCK as u32
@@ -148,7 +165,7 @@ impl FileTable {
             | libc::O_DIRECT as u32
             | libc::O_SYNC as u32;
         self.insert(
-            fd as i32,
+            fd,
             Arc::new(OpenFile {
                 handle,
                 file_type,
@@ -160,7 +177,7 @@ impl FileTable {
                 listing: listing.map(Arc::new),
             }),
         );
-        Ok(fd as i32)
+        Ok(fd)
     }
 
     /// Opens a file the runtime serves itself, with these contents.

@@ -5,7 +5,7 @@
 //! on the server.
 //!
 //! Descriptor numbers stay the host kernel's: opening a storage file claims
-//! a placeholder host descriptor (`/dev/null`) whose number the program
+//! a placeholder host descriptor (a private, sealed memfd) whose number the program
 //! sees, so pipes, sockets and terminals (host objects, passed through)
 //! and storage files share one numbering, `dup`/`fcntl(F_DUPFD)`/`close`
 //! keep working on the number, and close-on-exec rides on the placeholder's
