@@ -1567,3 +1567,27 @@ fn a_storage_files_host_stand_in_is_private_to_it() {
     assert_eq!(text(&lego.stdout), "flock a=0 b=0\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// /proc files that would show the runtime's memory are refused; a
+/// thread's maps and the environment are the program's (they were the
+/// runtime's).
+#[test]
+fn proc_self_hides_the_runtime_and_shows_the_program() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let procviews = program("procviews", Build::GlibcStatic);
+    let out = cluster.run(&[], &procviews, &[]);
+    assert_eq!(
+        text(&out.stdout),
+        "/proc/self/mem: Permission denied\n\
+         /proc/self/pagemap: Permission denied\n\
+         /proc/self/smaps: Permission denied\n\
+         /proc/self/smaps_rollup: Permission denied\n\
+         task maps same: 1\n\
+         environ same: 1\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // Natively the same program sees its own maps and environment too.
+    let native = native(&procviews, &[]);
+    assert!(text(&native.stdout).ends_with("task maps same: 1\nenviron same: 1\n"));
+}

@@ -182,6 +182,10 @@ pub fn install(
         .iter()
         .flat_map(|a| a.iter().copied().chain([0]))
         .collect();
+    process.environ = envp
+        .iter()
+        .flat_map(|e| e.iter().copied().chain([0]))
+        .collect();
     process.auxv = auxv;
     process.stack_top = image.stack_top;
     // What ps and top show for this process.

@@ -27,6 +27,8 @@ use std::sync::{Mutex, OnceLock, RwLock};
 pub struct ProcessView {
     /// argv, each NUL-terminated.
     pub cmdline: Vec<u8>,
+    /// The environment the program started with, each NUL-terminated.
+    pub environ: Vec<u8>,
     /// The auxiliary vector given to the program.
     pub auxv: Vec<u8>,
     pub stack_top: u64,

@@ -1,24 +1,54 @@
 //! The files of /proc the runtime serves itself, because the host's would
 //! describe the runtime process rather than the program: its command line,
-//! its auxiliary vector, and its memory map.
+//! environment, auxiliary vector and memory map; and those it refuses,
+//! because they would show the runtime's own memory.
 
 use super::Runtime;
 use lego_proto::{FileType, USER_END, USER_MIN};
+
+/// What follows `/proc/<this process>/` (or `/proc/self/`,
+/// `/proc/thread-self/`, and a `task/<tid>/` of this process) in `abs`.
+fn own_file(abs: &[u8]) -> Option<&[u8]> {
+    let rest = abs.strip_prefix(b"/proc/")?;
+    let (who, what) = rest.split_at(rest.iter().position(|&b| b == b'/')?);
+    let own = std::process::id().to_string();
+    if who == b"thread-self" {
+        return Some(what);
+    }
+    if who != b"self" && who != own.as_bytes() {
+        return None;
+    }
+    // task/<tid>/...: a thread of this process sees the same.
+    if let Some(task) = what.strip_prefix(b"/task/") {
+        let slash = task.iter().position(|&b| b == b'/')?;
+        let tid = std::str::from_utf8(&task[..slash]).ok()?;
+        let ours = std::path::Path::new(&format!("/proc/self/task/{tid}")).exists();
+        return ours.then_some(&task[slash..]);
+    }
+    Some(what)
+}
+
+/// Whether `abs` is a /proc file of this process that would show the
+/// runtime's memory rather than the program's (its raw memory, page map,
+/// per-mapping statistics): refused with EACCES, as for a process one may
+/// not trace.
+pub fn refused(abs: &[u8]) -> bool {
+    matches!(
+        own_file(abs),
+        Some(b"/mem" | b"/pagemap" | b"/smaps" | b"/smaps_rollup" | b"/numa_maps")
+    )
+}
 
 /// The contents of `abs` if the runtime serves it.
 pub fn serve(rt: &Runtime, abs: &[u8]) -> Option<Vec<u8>> {
     if abs == b"/proc/meminfo" {
         return Some(meminfo(rt));
     }
-    let rest = abs.strip_prefix(b"/proc/")?;
-    let (who, what) = rest.split_at(rest.iter().position(|&b| b == b'/')?);
-    let own = std::process::id().to_string();
-    if who != b"self" && who != own.as_bytes() && who != b"thread-self" {
-        return None;
-    }
+    let what = own_file(abs)?;
     let view = rt.process.lock().unwrap_or_else(|p| p.into_inner());
     match what {
         b"/cmdline" => Some(view.cmdline.clone()),
+        b"/environ" => Some(view.environ.clone()),
         b"/auxv" => Some(view.auxv.clone()),
         b"/maps" => Some(maps(view.stack_top)),
         b"/status" => Some(status()),

@@ -257,6 +257,9 @@ fn open_common(
 /// Opens `abs` if it is a /proc file or directory the runtime serves (one
 /// that must describe the program, not the runtime's host process).
 fn open_served(rt: &Runtime, abs: &[u8], flags: u32) -> Result<Option<i32>, Errno> {
+    if crate::process::procfs::refused(abs) {
+        return Err(Errno::EACCES);
+    }
     if let Some(content) = crate::process::procfs::serve(rt, abs) {
         return rt
             .files
