@@ -1591,3 +1591,24 @@ fn proc_self_hides_the_runtime_and_shows_the_program() {
     let native = native(&procviews, &[]);
     assert!(text(&native.stdout).ends_with("task maps same: 1\nenviron same: 1\n"));
 }
+
+/// A fork after dropping root completes as natively (it once hung: the
+/// child's runtime could not make its userfaultfd as nobody).
+#[test]
+fn a_fork_after_dropping_root_completes() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let forknobody = program("forknobody", Build::GlibcStatic);
+    let mut child = cluster
+        .run_command(&[], &forknobody, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let done = poll(Duration::from_secs(60), || child.try_wait().unwrap());
+    if done.is_none() {
+        let _ = child.kill();
+        panic!("fork after setuid(nobody) did not finish within a minute");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_same(&out, &native(&forknobody, &[]), "fork as nobody");
+}

@@ -145,6 +145,9 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
             None
         }
     };
+    // While the runtime still has the processor's rights: the program's
+    // forks make their userfaultfds through it after any setuid.
+    host::uffd::open_device();
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret.clone(), pid);
     let prepared =

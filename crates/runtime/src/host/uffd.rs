@@ -20,6 +20,8 @@ const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x00, 32);
 const UFFDIO_WAKE: u64 = ioc(IOC_READ, UFFDIO, 0x02, 16);
 const UFFDIO_COPY: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x03, 40);
 const UFFDIO_MOVE: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x05, 40);
+/// `/dev/userfaultfd`'s one ioctl: a new userfaultfd.
+const USERFAULTFD_IOC_NEW: u64 = ioc(0, UFFDIO, 0x00, 0);
 const PAGEMAP_SCAN: u64 = ioc(IOC_READ | IOC_WRITE, b'f' as u64, 16, 96);
 
 const UFFD_API: u64 = 0xAA;
@@ -141,6 +143,28 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// `/dev/userfaultfd`, opened while the runtime may (before the program
+/// runs, with the processor's rights): new userfaultfds are made through
+/// it whatever credentials the program takes since, so a fork after
+/// `setuid` still gets one. `None` where the device cannot be opened:
+/// userfaultfd(2) is used then.
+static DEVICE: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+
+/// Opens `/dev/userfaultfd` for the process's later userfaultfds (once;
+/// above the descriptor floor: it is the runtime's).
+pub fn open_device() {
+    DEVICE.get_or_init(|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/userfaultfd")
+            .ok()?;
+        lego_transport::fdfloor::lift(OwnedFd::from(device)).ok()
+    });
+}
+
 /// A userfaultfd with write-protect tracking in asynchronous mode: writes
 /// to write-protected pages are resolved by the kernel without a message,
 /// and PAGEMAP_SCAN reports which pages were written.
@@ -164,8 +188,20 @@ impl Userfaultfd {
     }
 
     fn open_with(features: u64) -> io::Result<Userfaultfd> {
-        // Safety: userfaultfd(2) takes only flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        let fd = match DEVICE.get().and_then(Option::as_ref) {
+            // Safety: USERFAULTFD_IOC_NEW takes only flags and returns a
+            // new fd or -1.
+            Some(device) => libc::c_long::from(unsafe {
+                libc::ioctl(
+                    device.as_raw_fd(),
+                    USERFAULTFD_IOC_NEW as _,
+                    libc::O_CLOEXEC,
+                )
+            }),
+            // Safety: userfaultfd(2) takes only flags and returns a new fd
+            // or -1.
+            None => unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) },
+        };
         let fd = check(fd).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -370,8 +406,25 @@ impl Pagemap {
     }
 
     pub fn open() -> io::Result<Pagemap> {
-        let file = std::fs::File::open("/proc/thread-self/pagemap")?;
-        Ok(Pagemap { fd: file.into() })
+        match std::fs::File::open("/proc/thread-self/pagemap") {
+            Ok(file) => Ok(Pagemap { fd: file.into() }),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => Pagemap::open_undumpable(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A process whose credentials changed (a program's setuid) is not
+    /// dumpable, and its /proc files are root's: it is made dumpable just
+    /// long enough to open its own page map, then put back.
+    fn open_undumpable() -> io::Result<Pagemap> {
+        // Safety (all three): prctl with plain integers, on this process.
+        let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        let opened = std::fs::File::open("/proc/thread-self/pagemap");
+        if was >= 0 {
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, was, 0, 0, 0) };
+        }
+        Ok(Pagemap { fd: opened?.into() })
     }
 
     /// Moved above the descriptor floor (see `lego_transport::fdfloor`).
