@@ -1,8 +1,8 @@
 /* What stands for a storage file on the host must be private to that open
  * file: chmod and chown through /proc/self/fd/N and flock of two different
  * files must not reach an object another program or the host uses (they
- * once reached the host's /dev/null). Prints the flock results, which
- * must equal the native ones.
+ * once reached the host's /dev/null), and must act on the file itself as
+ * natively. Prints what it sees, which must equal the native output.
  *
  * Usage: hostobjects DIR (two files are created in it). */
 #define _GNU_SOURCE
@@ -33,5 +33,15 @@ int main(int argc, char **argv) {
     int lock_a = flock(a, LOCK_EX | LOCK_NB);
     int lock_b = flock(b, LOCK_EX | LOCK_NB);
     printf("flock a=%d b=%d\n", lock_a, lock_b);
+    /* Through the magic link, the file itself: its mode and owner
+     * changed, and opening the link opens the file. */
+    struct stat st;
+    stat("obj-a", &st);
+    printf("obj-a mode %o uid %d\n", st.st_mode & 07777, st.st_uid);
+    if (write(a, "hi", 2) != 2)
+        return 1;
+    int again = open(path, O_RDONLY);
+    char got[8] = {0};
+    printf("reopened: %zd '%s'\n", read(again, got, sizeof got - 1), got);
     return 0;
 }

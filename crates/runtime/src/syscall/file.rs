@@ -244,6 +244,9 @@ fn open_common(
             if let Some(fd) = open_served(rt, abs.as_bytes(), flags)? {
                 return ok(fd);
             }
+            if let Some(file) = magic_link(rt, abs.as_bytes()) {
+                return ok(reopen(rt, vfs, &file, flags)?);
+            }
             host_call(cx, c, path_arg, Some(abs))
         }
         // Safety: the application's own call, unchanged, on host objects.
@@ -252,6 +255,41 @@ fn open_common(
             ok(open_storage(&rt.files, vfs, dir, &path, abs, flags, mode)?)
         }
     }
+}
+
+/// The storage file an open descriptor names when `abs` is its
+/// `/proc/self/fd/N` (or `/proc/<pid>/fd/N`, `/proc/thread-self/fd/N`):
+/// the kernel's "magic link" to the open file, which the runtime follows
+/// itself (the host would reach the placeholder).
+pub(super) fn magic_link(rt: &Runtime, abs: &[u8]) -> Option<Arc<OpenFile>> {
+    let rest = abs.strip_prefix(b"/proc/")?;
+    let own = std::process::id().to_string();
+    let n = rest
+        .strip_prefix(b"self/fd/")
+        .or_else(|| rest.strip_prefix(b"thread-self/fd/"))
+        .or_else(|| rest.strip_prefix(format!("{own}/fd/").as_bytes()))?;
+    let fd: u64 = std::str::from_utf8(n).ok()?.parse().ok()?;
+    rt.files.get(fd).filter(|f| !f.handle.0.is_empty())
+}
+
+/// Opens the file behind an open descriptor again, as the kernel opens a
+/// magic link: a new open file of the same file, with its own offset.
+fn reopen(rt: &Runtime, vfs: &Vfs, file: &OpenFile, flags: u32) -> Result<i32, SysError> {
+    let attr = getattr(rt, file)?;
+    let accmode = flags & libc::O_ACCMODE as u32;
+    let writing = accmode == libc::O_WRONLY as u32 || accmode == libc::O_RDWR as u32;
+    if flags & libc::O_TRUNC as u32 != 0 && writing && attr.file_type == FileType::Regular {
+        vfs.storage.attr(StorageRequest::Setattr {
+            handle: file.handle.clone(),
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        })?;
+    }
+    Ok(rt
+        .files
+        .open_handle(file.handle.clone(), &attr, file.path.clone(), flags)?)
 }
 
 /// Opens `abs` if it is a /proc file or directory the runtime serves (one

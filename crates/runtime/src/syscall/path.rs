@@ -4,8 +4,8 @@
 
 use super::contract::{ok, returned, Call, Ctx, Errno, Outcome, SysError, SysResult};
 use super::file::{
-    getattr, host_call, lookup, owner, parent_and_name, place, read_path, served_relative, setattr,
-    umask, with_file, Place,
+    getattr, host_call, lookup, magic_link, owner, parent_and_name, place, read_path,
+    served_relative, setattr, umask, with_file, Place,
 };
 use crate::host::raw_syscall;
 use crate::host::user;
@@ -53,7 +53,16 @@ fn resolve(
         // Safety: the application's own call, unchanged, on host objects.
         return Ok(Target::Done(unsafe { cx.host(c.nr, c.args) }?));
     }
-    match place(&rt.files, vfs, dirfd, &path)? {
+    let place = place(&rt.files, vfs, dirfd, &path)?;
+    if let Place::Host(Some(abs)) = &place {
+        if let Some(file) = magic_link(rt, abs.as_bytes()) {
+            // /proc/self/fd/N of a storage file: that file (gnulib's
+            // fchmodat and fchownat go this way).
+            let attr = getattr(rt, &file)?;
+            return Ok(Target::Storage(file.handle.clone(), attr));
+        }
+    }
+    match place {
         Place::Host(abs) => Ok(Target::Done(host_call(cx, c, path_arg, abs)?)),
         Place::Storage { dir, path, .. } => {
             let (handle, attr) = lookup(vfs, dir, path, follow)?;
