@@ -1616,3 +1616,21 @@ fn a_fork_after_dropping_root_completes() {
     let out = child.wait_with_output().unwrap();
     assert_same(&out, &native(&forknobody, &[]), "fork as nobody");
 }
+
+/// A program that escapes the syscall trap (it writes the selector byte
+/// at its GS base) still cannot make the calls Lego refuses as privileged:
+/// the seccomp backstop refuses them raw (before, unshare(0) succeeded as
+/// root on the processor host).
+#[test]
+fn privileged_calls_stay_refused_after_escaping_the_trap() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let escape = program("escape", Build::GlibcStatic);
+    let out = cluster.run(&[], &escape, &[]);
+    assert_eq!(
+        text(&out.stdout),
+        "escaped: yes\nunshare EPERM\nsetns EPERM\ninit_module EPERM\nbpf EPERM\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(process_alive(cluster.pid("processor-0")));
+}

@@ -211,6 +211,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         sp,
         spec.excache
     );
+    // Last: from here on the runtime makes none of the calls it refuses.
+    syscall::backstop::install()?;
     let ctl = Box::leak(Box::new(task::dispatch::ThreadCtl::new()));
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.

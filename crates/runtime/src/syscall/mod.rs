@@ -16,6 +16,7 @@
 //! thread or the process, or calls `fatal` itself: [`serve`] turns the
 //! result into register state.
 
+pub mod backstop;
 pub mod contract;
 pub mod exec;
 pub mod file;

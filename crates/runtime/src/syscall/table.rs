@@ -68,7 +68,7 @@ const NO_SPECIAL_FILES: &str = "storage paths: EPERM (special files cannot live 
 const NO_XATTR_ON_STORAGE: &str =
     "storage files: ENOTSUP (no extended attributes); host files passed through";
 const NUMA: &str = "NUMA placement is the monitor's job, not the host's";
-const PRIVILEGED: &str = "privileged: not available to a Lego process";
+pub(super) const PRIVILEGED: &str = "privileged: not available to a Lego process";
 const RESIDENCY: &str = "accepted; the ExCache decides residency";
 const SYSV_SHM: &str = "System V shared memory would map host memory outside the arena";
 

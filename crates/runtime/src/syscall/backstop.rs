@@ -1,0 +1,138 @@
+//! A seccomp filter behind the table: the calls the table refuses as
+//! privileged stay refused for a program that escapes the trap (Syscall
+//! User Dispatch is no boundary: the selector byte is the program's to
+//! write) and makes them raw. Its verdict depends on the call number
+//! alone, so the kernel caches it and allowed calls pay nothing.
+//!
+//! What a program that escapes the trap can still do: every call not
+//! listed here, with the runtime process's host identity (root today):
+//! signal, renice or read other host processes, open host files. Closing
+//! that takes a host identity of its own (issue 10, host isolation).
+
+use super::table::{self, SYSCALLS};
+use super::{Disposition, Errno};
+
+/// Privileged calls the runtime makes itself: its copies to and from the
+/// program's memory (process_vm_readv, process_vm_writev).
+const RUNTIME_USES: [u32; 2] = [310, 311];
+
+/// The numbers the filter refuses with EPERM.
+pub fn refused() -> Vec<u32> {
+    SYSCALLS
+        .iter()
+        .filter(|s| {
+            matches!(s.disposition, Disposition::Refuse(Errno::EPERM))
+                && s.note == table::PRIVILEGED
+                && !RUNTIME_USES.contains(&s.nr)
+        })
+        .map(|s| s.nr)
+        .collect()
+}
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// `struct seccomp_data`: the call number, then the architecture.
+const DATA_NR: u32 = 0;
+const DATA_ARCH: u32 = 4;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// The filter: other architectures and the x32 ABI get ENOSYS, the
+/// refused numbers EPERM, everything else passes.
+fn program() -> Vec<libc::sock_filter> {
+    let mut prog = vec![
+        stmt(BPF_LD_W_ABS, DATA_ARCH),
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        stmt(BPF_LD_W_ABS, DATA_NR),
+        jump(BPF_JSET_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+    ];
+    for nr in refused() {
+        prog.push(jump(BPF_JEQ_K, nr, 0, 1));
+        prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32));
+    }
+    prog.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    prog
+}
+
+/// Installs the filter on every thread of the process (new threads and
+/// forked processes inherit it): last, before the program runs.
+pub fn install() -> Result<(), String> {
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+    const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
+    let prog = program();
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // Safety: prctl with plain integers; seccomp reads `fprog`, which
+    // points to `prog`, alive for the call. No new privileges: the
+    // runtime never executes a host program.
+    let ret = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        crate::host::raw_syscall(
+            libc::SYS_seccomp as u64,
+            [
+                SECCOMP_SET_MODE_FILTER,
+                SECCOMP_FILTER_FLAG_TSYNC,
+                &fprog as *const libc::sock_fprog as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if ret != 0 {
+        return Err(format!(
+            "cannot install the seccomp backstop: {}",
+            if ret < 0 {
+                std::io::Error::from_raw_os_error(-ret as i32).to_string()
+            } else {
+                format!("thread {ret} could not take it")
+            }
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backstop_refuses_what_the_table_refuses_as_privileged_but_the_runtimes_own() {
+        let refused = refused();
+        for nr in [101, 165, 169, 175, 272, 308, 321] {
+            // ptrace, mount, reboot, init_module, unshare, setns, bpf
+            assert!(refused.contains(&nr), "{nr}");
+        }
+        for nr in RUNTIME_USES {
+            assert!(!refused.contains(&nr));
+        }
+        // Nothing the table passes through or emulates.
+        for s in SYSCALLS {
+            if !matches!(s.disposition, Disposition::Refuse(_)) {
+                assert!(!refused.contains(&s.nr), "{}", s.name);
+            }
+        }
+        assert_eq!(program().len(), 7 + 2 * refused.len());
+    }
+}
