@@ -1618,19 +1618,23 @@ fn a_fork_after_dropping_root_completes() {
 }
 
 /// A program that escapes the syscall trap (it writes the selector byte
-/// at its GS base) still cannot make the calls Lego refuses as privileged:
-/// the seccomp backstop refuses them raw (before, unshare(0) succeeded as
-/// root on the processor host).
+/// at its GS base) still cannot make the calls Lego refuses as privileged,
+/// nor signal or renice its processor, raw or through the trap: the
+/// seccomp backstop refuses them (before, unshare(0) succeeded as root on
+/// the processor host, and a program could SIGKILL its processor).
 #[test]
 fn privileged_calls_stay_refused_after_escaping_the_trap() {
     let cluster = Cluster::up(&["--memories", "1"]);
     let escape = program("escape", Build::GlibcStatic);
-    let out = cluster.run(&[], &escape, &[]);
+    let processor = cluster.pid("processor-0");
+    let out = cluster.run(&[], &escape, &[&processor.to_string()]);
     assert_eq!(
         text(&out.stdout),
-        "escaped: yes\nunshare EPERM\nsetns EPERM\ninit_module EPERM\nbpf EPERM\n",
+        "escaped: yes\nunshare EPERM\nsetns EPERM\ninit_module EPERM\nbpf EPERM\n\
+         raw kill processor EPERM\nraw kill everyone EPERM\nraw renice processor EPERM\n\
+         kill processor EPERM\nrenice processor EPERM\n",
         "{}",
         text(&out.stderr)
     );
-    assert!(process_alive(cluster.pid("processor-0")));
+    assert!(process_alive(processor));
 }

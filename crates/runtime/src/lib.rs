@@ -212,7 +212,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         spec.excache
     );
     // Last: from here on the runtime makes none of the calls it refuses.
-    syscall::backstop::install()?;
+    syscall::backstop::install(syscall::backstop::Keeper::parent())?;
     let ctl = Box::leak(Box::new(task::dispatch::ThreadCtl::new()));
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.

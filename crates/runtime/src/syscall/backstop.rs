@@ -4,10 +4,18 @@
 //! write) and makes them raw. Its verdict depends on the call number
 //! alone, so the kernel caches it and allowed calls pay nothing.
 //!
-//! What a program that escapes the trap can still do: every call not
-//! listed here, with the runtime process's host identity (root today):
-//! signal, renice or read other host processes, open host files. Closing
-//! that takes a host identity of its own (issue 10, host isolation).
+//! It also keeps the program's hands off its processor, whose host pid
+//! it knows (the runtime's parent): no signal to it, its process group or
+//! every process (`kill(-1)`), no change of its priority, scheduling,
+//! affinity or limits, no pidfd of it, whether the call is trapped or raw.
+//! Those checks read the call's arguments, so only these few calls pay
+//! for them.
+//!
+//! What a program that escapes the trap can still do: every other call,
+//! with the runtime process's host identity (root today): signal, renice
+//! or read other host processes (other components included), open host
+//! files. Closing that takes a host identity of its own (issue 10, host
+//! isolation).
 
 use super::table::{self, SYSCALLS};
 use super::{Disposition, Errno};
@@ -37,9 +45,61 @@ const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-/// `struct seccomp_data`: the call number, then the architecture.
+/// `struct seccomp_data`: the call number, the architecture, then the
+/// six arguments (8 bytes each; the low half first).
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+const DATA_ARG0: u32 = 16;
+const DATA_ARG1: u32 = 24;
+
+/// The processor the program must not touch: its pid and process group.
+#[derive(Clone, Copy)]
+pub struct Keeper {
+    pub pid: u32,
+    pub pgid: u32,
+}
+
+impl Keeper {
+    /// The runtime's parent, the processor that started it (before the
+    /// program runs).
+    pub fn parent() -> Keeper {
+        // Safety: getppid and getpgid take plain integers.
+        let pid = unsafe { libc::getppid() };
+        let pgid = unsafe { libc::getpgid(pid) };
+        Keeper {
+            pid: pid as u32,
+            pgid: if pgid > 0 { pgid as u32 } else { pid as u32 },
+        }
+    }
+
+    /// (call, argument offset, values it must not take): targets that are
+    /// the processor, its group, or everyone.
+    fn rules(self) -> Vec<(u32, u32, Vec<u32>)> {
+        let pid = self.pid;
+        let group = (self.pgid as i32).wrapping_neg() as u32;
+        let everyone = u32::MAX;
+        let signal = vec![pid, group, everyone];
+        vec![
+            (libc::SYS_kill as u32, DATA_ARG0, signal.clone()),
+            (libc::SYS_rt_sigqueueinfo as u32, DATA_ARG0, signal),
+            (libc::SYS_tkill as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_tgkill as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_rt_tgsigqueueinfo as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_pidfd_open as u32, DATA_ARG0, vec![pid]),
+            (
+                libc::SYS_setpriority as u32,
+                DATA_ARG1,
+                vec![pid, self.pgid],
+            ),
+            (libc::SYS_sched_setaffinity as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_sched_setscheduler as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_sched_setparam as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_sched_setattr as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_prlimit64 as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_ioprio_set as u32, DATA_ARG1, vec![pid]),
+        ]
+    }
+}
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -54,9 +114,10 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The filter: other architectures and the x32 ABI get ENOSYS, the
-/// refused numbers EPERM, everything else passes.
-fn program() -> Vec<libc::sock_filter> {
+/// The filter: other architectures and the x32 ABI get ENOSYS, calls at
+/// the processor EPERM, the refused numbers EPERM, everything else passes.
+fn program(keeper: Keeper) -> Vec<libc::sock_filter> {
+    let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
     let mut prog = vec![
         stmt(BPF_LD_W_ABS, DATA_ARCH),
         jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -65,9 +126,21 @@ fn program() -> Vec<libc::sock_filter> {
         jump(BPF_JSET_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
     ];
+    for (nr, arg, values) in keeper.rules() {
+        // Not this call: skip its block (which ends in a return, so the
+        // call number stays loaded for the next comparison).
+        let block = 1 + 2 * values.len() + 1;
+        prog.push(jump(BPF_JEQ_K, nr, 0, block as u8));
+        prog.push(stmt(BPF_LD_W_ABS, arg));
+        for v in values {
+            prog.push(jump(BPF_JEQ_K, v, 0, 1));
+            prog.push(stmt(BPF_RET_K, eperm));
+        }
+        prog.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    }
     for nr in refused() {
         prog.push(jump(BPF_JEQ_K, nr, 0, 1));
-        prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32));
+        prog.push(stmt(BPF_RET_K, eperm));
     }
     prog.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
     prog
@@ -75,10 +148,10 @@ fn program() -> Vec<libc::sock_filter> {
 
 /// Installs the filter on every thread of the process (new threads and
 /// forked processes inherit it): last, before the program runs.
-pub fn install() -> Result<(), String> {
+pub fn install(keeper: Keeper) -> Result<(), String> {
     const SECCOMP_SET_MODE_FILTER: u64 = 1;
     const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
-    let prog = program();
+    let prog = program(keeper);
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr() as *mut libc::sock_filter,
@@ -133,6 +206,8 @@ mod tests {
                 assert!(!refused.contains(&s.nr), "{}", s.name);
             }
         }
-        assert_eq!(program().len(), 7 + 2 * refused.len());
+        let keeper = Keeper { pid: 77, pgid: 70 };
+        let guarded: usize = keeper.rules().iter().map(|(_, _, v)| 3 + 2 * v.len()).sum();
+        assert_eq!(program(keeper).len(), 7 + guarded + 2 * refused.len());
     }
 }
