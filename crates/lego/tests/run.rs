@@ -1638,3 +1638,91 @@ fn privileged_calls_stay_refused_after_escaping_the_trap() {
     );
     assert!(process_alive(processor));
 }
+
+/// The cluster secret never enters a program's process: every page the
+/// runtime process of a running program holds (read from outside, present
+/// pages only, so nothing faults) is searched for the secret, raw and as
+/// hex. Before, the runtime spec carried it and the runtime kept it.
+#[test]
+fn the_cluster_secret_is_nowhere_in_a_programs_process() {
+    use std::io::{Read, Seek, SeekFrom};
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let hex = std::fs::read_to_string(cluster.state.join("secret")).unwrap();
+    let hex = hex.trim().to_ascii_lowercase();
+    let raw: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(raw.len(), 32);
+    let sleeper = require("sleep");
+    let mut child = cluster
+        .run_command(&[], &sleeper, &["30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let processor = cluster.pid("processor-0");
+    let runtime = poll(Duration::from_secs(20), || {
+        runtimes_of(processor).first().copied()
+    })
+    .expect("the program's runtime runs");
+    // Until the program runs (the runtime has read its spec and started).
+    poll(Duration::from_secs(20), || {
+        let comm = std::fs::read_to_string(format!("/proc/{runtime}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    })
+    .expect("the program starts");
+    let maps = std::fs::read_to_string(format!("/proc/{runtime}/maps")).unwrap();
+    let mut pagemap = std::fs::File::open(format!("/proc/{runtime}/pagemap")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{runtime}/mem")).unwrap();
+    let (mut pages, mut found) = (0u64, Vec::new());
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut entries = vec![0u8; ((end - start) / 4096 * 8) as usize];
+        pagemap.seek(SeekFrom::Start(start / 4096 * 8)).unwrap();
+        if pagemap.read_exact(&mut entries).is_err() {
+            continue;
+        }
+        // Present pages only (reading no other, so nothing faults); the
+        // end of the page before, if present, is searched with each (a
+        // secret may straddle two pages).
+        let mut page = start;
+        let mut tail: Vec<u8> = Vec::new();
+        for entry in entries.chunks(8) {
+            let present = u64::from_ne_bytes(entry.try_into().unwrap()) >> 63 == 1;
+            let mut bytes = std::mem::take(&mut tail);
+            if present {
+                let mut contents = vec![0u8; 4096];
+                mem.seek(SeekFrom::Start(page)).unwrap();
+                if mem.read_exact(&mut contents).is_ok() {
+                    pages += 1;
+                    bytes.extend_from_slice(&contents);
+                    if bytes.windows(32).any(|w| w == raw.as_slice())
+                        || bytes
+                            .windows(64)
+                            .any(|w| w.eq_ignore_ascii_case(hex.as_bytes()))
+                    {
+                        found.push(format!("{page:#x} in {line}"));
+                    }
+                    tail = contents[4096 - 63..].to_vec();
+                }
+            }
+            page += 4096;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(pages > 100, "only {pages} pages read");
+    assert!(
+        found.is_empty(),
+        "the cluster secret is in the runtime's memory: {found:?}"
+    );
+}

@@ -40,6 +40,10 @@ pub struct MemoryService {
     capacity: u64,
     pool: Mutex<PagePool>,
     processes: Mutex<HashMap<ProcessId, ProcessSlot>>,
+    /// The process tree each address space belongs to, when a runtime
+    /// (which authenticates for one tree) made it: a runtime may act only
+    /// on its own tree's address spaces.
+    trees: Mutex<HashMap<ProcessId, ProcessId>>,
     /// Reads the pages of private file mappings from storage.
     files: FileReader,
 }
@@ -66,6 +70,7 @@ impl MemoryService {
             capacity,
             pool: Mutex::new(PagePool::new(capacity)),
             processes: Mutex::new(HashMap::new()),
+            trees: Mutex::new(HashMap::new()),
             files: FileReader::new(None),
         }
     }
@@ -433,8 +438,98 @@ fn memory_reply(outcome: Outcome) -> Reply {
     .into()
 }
 
+impl MemoryService {
+    /// Whether a runtime of tree `tree` may make `request`: only about its
+    /// own tree's address spaces (a new one for exec, a new child for a
+    /// fork of its own).
+    fn allowed(&self, tree: ProcessId, request: &Message) -> Result<(), String> {
+        let trees = lock(&self.trees);
+        let ours = |pid: &ProcessId| trees.get(pid) == Some(&tree);
+        let fresh = |pid: &ProcessId| !trees.contains_key(pid) && self.slot(*pid).is_none();
+        let ok = match request {
+            Message::Exec { pid } => ours(pid) || fresh(pid),
+            Message::Fork { parent, child } => ours(parent) && fresh(child),
+            Message::Memory { pid, .. }
+            | Message::FetchPage { pid, .. }
+            | Message::FetchPages { pid, .. }
+            | Message::WriteBack { pid, .. }
+            | Message::ReleaseProcess { pid } => ours(pid),
+            other => return Err(format!("a runtime may not send {}", other.kind())),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} names a process outside this runtime's tree",
+                request.kind()
+            ))
+        }
+    }
+
+    /// Books what a request made or freed, once it succeeded.
+    fn settle_trees(&self, tree: Option<ProcessId>, booking: Booking, reply: &Reply) {
+        let mut trees = lock(&self.trees);
+        match (booking, &reply.message) {
+            (Booking::Exec(pid), Message::ExecLoaded(_)) => {
+                if let Some(tree) = tree {
+                    trees.insert(pid, tree);
+                }
+            }
+            (Booking::Fork(parent, child), Message::Forked { .. }) => {
+                if let Some(tree) = tree.or_else(|| trees.get(&parent).copied()) {
+                    trees.insert(child, tree);
+                }
+            }
+            (Booking::Release(pid), Message::Released) => {
+                trees.remove(&pid);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a request may change in the tree table.
+#[derive(Clone, Copy)]
+enum Booking {
+    Exec(ProcessId),
+    Fork(ProcessId, ProcessId),
+    Release(ProcessId),
+    Nothing,
+}
+
+impl Booking {
+    fn of(request: &Message) -> Booking {
+        match *request {
+            Message::Exec { pid } => Booking::Exec(pid),
+            Message::Fork { parent, child } => Booking::Fork(parent, child),
+            Message::ReleaseProcess { pid } => Booking::Release(pid),
+            _ => Booking::Nothing,
+        }
+    }
+}
+
 impl Service for MemoryService {
-    fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
+    fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        let tree = if peer.identity.role == lego_proto::Role::Process {
+            let Some(tree) = peer.identity.tree() else {
+                return Message::error(ErrorCode::Denied, "a runtime without a tree").into();
+            };
+            if let Err(why) = self.allowed(tree, &request.message) {
+                return Message::error(ErrorCode::Denied, why).into();
+            }
+            Some(tree)
+        } else {
+            None
+        };
+        let booking = Booking::of(&request.message);
+        let reply = self.serve(request);
+        self.settle_trees(tree, booking, &reply);
+        reply
+    }
+}
+
+impl MemoryService {
+    fn serve(&self, request: Frame) -> Reply {
         match request.message {
             Message::Exec { pid } => self.exec(pid, &request.payload),
             Message::Fork { parent, child } => self.fork(parent, child),

@@ -650,3 +650,129 @@ fn fork_wipes_wipeonfork_and_leaves_out_dontfork_ranges() {
         }
     );
 }
+
+/// A request from the runtime of process tree `tree`.
+fn call_as(service: &MemoryService, tree: u64, message: Message) -> Message {
+    let peer = PeerInfo {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        identity: Identity::process(tree, tree),
+    };
+    let payload = if matches!(message, Message::Exec { .. }) {
+        sample(2)
+    } else {
+        Vec::new()
+    };
+    service
+        .handle(
+            &peer,
+            Frame {
+                id: 1,
+                message,
+                payload,
+            },
+        )
+        .message
+}
+
+fn denied(message: Message) -> bool {
+    matches!(
+        message,
+        Message::Error(ErrorReply {
+            code: ErrorCode::Denied,
+            ..
+        })
+    )
+}
+
+#[test]
+fn a_runtime_acts_only_on_its_own_trees_address_spaces() {
+    let service = MemoryService::new(64 << 20);
+    let (a, b) = (0xa, 0xb);
+    // Each tree makes its own process, and a child of it.
+    assert!(matches!(
+        call_as(&service, a, Message::Exec { pid: a }),
+        Message::ExecLoaded(_)
+    ));
+    assert!(matches!(
+        call_as(&service, b, Message::Exec { pid: b }),
+        Message::ExecLoaded(_)
+    ));
+    assert!(matches!(
+        call_as(
+            &service,
+            a,
+            Message::Fork {
+                parent: a,
+                child: 0xa1
+            }
+        ),
+        Message::Forked { .. }
+    ));
+    // Its own and its child's pages: served.
+    assert!(!denied(call_as(
+        &service,
+        a,
+        Message::FetchPage {
+            pid: 0xa1,
+            addr: 0x40_0000
+        }
+    )));
+    // The other tree's: every kind of request is denied.
+    for message in [
+        Message::FetchPage {
+            pid: b,
+            addr: 0x40_0000,
+        },
+        Message::FetchPages {
+            pid: b,
+            addr: 0x40_0000,
+            count: 4,
+        },
+        Message::WriteBack {
+            pid: b,
+            addrs: vec![],
+        },
+        Message::Memory {
+            pid: b,
+            op: MemoryOp::Brk { addr: 0 },
+        },
+        Message::ReleaseProcess { pid: b },
+        Message::Exec { pid: b },
+        Message::Fork {
+            parent: b,
+            child: 0xb2,
+        },
+        Message::Fork {
+            parent: a,
+            child: b,
+        },
+    ] {
+        let kind = message.kind();
+        assert!(denied(call_as(&service, a, message)), "{kind}");
+    }
+    // A component (the processor) still may; b's space is intact.
+    assert!(!denied(
+        call(
+            &service,
+            Message::FetchPage {
+                pid: b,
+                addr: 0x40_0000
+            },
+            vec![]
+        )
+        .message
+    ));
+    // Once released, a's pid is no longer a's to touch, nor anyone's.
+    assert!(matches!(
+        call_as(&service, a, Message::ReleaseProcess { pid: a }),
+        Message::Released
+    ));
+    assert!(denied(call_as(
+        &service,
+        b,
+        Message::FetchPage {
+            pid: 0xa1,
+            addr: 0x40_0000
+        }
+    )));
+}

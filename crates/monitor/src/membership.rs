@@ -294,6 +294,15 @@ fn check_registration(peer: &PeerInfo, r: &Registration) -> Result<(), String> {
 
 impl Service for Membership {
     fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        if peer.identity.role == Role::Process {
+            // A runtime holds one tree's key, not a component's: it may
+            // neither register nor see or place the cluster.
+            return Message::error(
+                ErrorCode::Denied,
+                format!("the monitor serves no runtime ({})", peer.identity.name),
+            )
+            .into();
+        }
         match request.message {
             Message::Register(registration) => self.register(peer, registration),
             Message::Heartbeat { name, load } => self.heartbeat(peer, &name, load),

@@ -120,7 +120,40 @@ fn serve_connection(
                 client.name
             ));
         };
+        // A runtime announces only a child of a process of its own tree
+        // that this processor runs, under a pid no process has.
+        let tree = match client.tree() {
+            Some(tree) => {
+                let parent_ok = processor.tree_of(spec.parent) == Some(tree);
+                if !parent_ok || processor.known(spec.pid) {
+                    return reply(
+                        &mut writer,
+                        frame.id,
+                        Message::error(
+                            ErrorCode::Denied,
+                            format!(
+                                "{} may not announce process {:x} as a child of {:x}",
+                                client.name, spec.pid, spec.parent
+                            ),
+                        ),
+                    );
+                }
+                tree
+            }
+            None => processor.tree_of(spec.parent).unwrap_or(spec.parent),
+        };
+        processor.join_tree(spec.pid, tree);
         return adopt(processor, stream, writer, reader, frame.id, spec, live);
+    }
+    if client.role == Role::Process {
+        return reply(
+            &mut writer,
+            frame.id,
+            Message::error(
+                ErrorCode::Denied,
+                format!("{} may only announce a forked process", client.name),
+            ),
+        );
     }
     let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
         return Err(format!(
@@ -153,7 +186,9 @@ fn serve_connection(
     let runtime_spec = RuntimeSpec {
         pid,
         launch: spec.clone(),
-        secret_hex: processor.secret.to_hex(),
+        // The first process of a tree names it.
+        tree: pid,
+        tree_key_hex: processor.secret.tree_key(pid).to_hex(),
         processor_socket: processor.launch_socket.as_os_str().as_bytes().to_vec(),
         processor_name: processor.name.clone(),
     };
@@ -168,6 +203,7 @@ fn serve_connection(
         }
     };
     let host_pid = runtime.host_pid();
+    processor.join_tree(pid, pid);
     info!(
         "started process {pid:x} (runtime pid {host_pid}, home {}): {command}",
         spec.memory_name

@@ -32,6 +32,18 @@ pub struct ProcessorConfig {
     pub launch_socket: PathBuf,
 }
 
+/// How many ended processes' trees are remembered.
+const ENDED_TREES: usize = 4096;
+
+/// Process trees by pid: of the processes that run, and of the last that
+/// ended.
+#[derive(Default)]
+struct Trees {
+    live: HashMap<ProcessId, ProcessId>,
+    ended: HashMap<ProcessId, ProcessId>,
+    ended_order: std::collections::VecDeque<ProcessId>,
+}
+
 pub struct Processor {
     name: String,
     secret: ClusterSecret,
@@ -41,6 +53,11 @@ pub struct Processor {
     /// The launch socket, which forked runtimes connect back to.
     launch_socket: PathBuf,
     memory_clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
+    /// The tree of each process this processor runs (its first process's
+    /// pid), and of the last processes that ended (a child may announce
+    /// itself after its parent ended): a runtime authenticated for one
+    /// tree may announce only children of that tree's processes.
+    trees: Mutex<Trees>,
 }
 
 impl Processor {
@@ -68,6 +85,41 @@ impl Processor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&pid);
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tree) = trees.live.remove(&pid) {
+            if trees.ended_order.len() >= ENDED_TREES {
+                if let Some(oldest) = trees.ended_order.pop_front() {
+                    trees.ended.remove(&oldest);
+                }
+            }
+            trees.ended.insert(pid, tree);
+            trees.ended_order.push_back(pid);
+        }
+    }
+
+    /// Records that `pid` belongs to tree `tree`.
+    fn join_tree(&self, pid: ProcessId, tree: ProcessId) {
+        self.trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .insert(pid, tree);
+    }
+
+    /// The tree `pid` belongs to, if this processor runs it or ran it
+    /// lately.
+    fn tree_of(&self, pid: ProcessId) -> Option<ProcessId> {
+        let trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        trees
+            .live
+            .get(&pid)
+            .or_else(|| trees.ended.get(&pid))
+            .copied()
+    }
+
+    /// Whether `pid` names a process this processor runs or ran lately.
+    fn known(&self, pid: ProcessId) -> bool {
+        self.tree_of(pid).is_some()
     }
 
     /// Tells the memory manager at `memory` to free `pid`'s memory.
@@ -152,6 +204,7 @@ impl ProcessorManager {
             processes: Mutex::new(HashMap::new()),
             launch_socket: config.launch_socket.clone(),
             memory_clients: Mutex::new(HashMap::new()),
+            trees: Mutex::new(Trees::default()),
         });
         launch::serve(&config.launch_socket, Arc::clone(&processor))?;
         config.component.unix_socket = Some(config.launch_socket.display().to_string());

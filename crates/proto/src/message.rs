@@ -28,6 +28,10 @@ pub enum Role {
     Storage,
     /// A user-side tool (`lego status`, `lego run`, tests): never registers.
     Client,
+    /// A runtime: one process tree's, holding that tree's key rather than
+    /// the cluster secret (see `lego_transport::Identity::process`); never
+    /// registers, and may act only for the processes of its tree.
+    Process,
 }
 
 impl Role {
@@ -38,6 +42,7 @@ impl Role {
             Role::Memory => "memory",
             Role::Storage => "storage",
             Role::Client => "client",
+            Role::Process => "process",
         }
     }
 }
@@ -149,6 +154,9 @@ pub enum ErrorCode {
     UnknownComponent,
     /// Another live component already holds this name.
     NameTaken,
+    /// The peer may not act on what it named (a runtime asking about a
+    /// process of another tree).
+    Denied,
     Internal,
 }
 

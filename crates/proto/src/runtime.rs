@@ -24,7 +24,12 @@ pub struct RuntimeSpec {
     pub pid: ProcessId,
     /// What `lego run` asked for, as the monitor placed it.
     pub launch: LaunchSpec,
-    pub secret_hex: String,
+    /// The process tree this process belongs to (the pid of the process
+    /// `lego run` started), and that tree's key: all the runtime holds
+    /// instead of the cluster secret, which never enters a program's
+    /// process.
+    pub tree: ProcessId,
+    pub tree_key_hex: String,
     /// The processor's launch socket and name: a forked process's runtime
     /// announces itself there.
     pub processor_socket: Vec<u8>,

@@ -103,7 +103,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     let RuntimeSpec {
         pid,
         launch: spec,
-        secret_hex,
+        tree,
+        tree_key_hex,
         processor_socket,
         processor_name,
     } = spec;
@@ -111,8 +112,11 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     if !task::thread::fsgsbase_available() {
         return Err("this CPU or kernel does not allow FSGSBASE, which the runtime needs".into());
     }
-    let secret = ClusterSecret::parse_hex(&secret_hex)
-        .ok_or("malformed cluster secret in the runtime spec")?;
+    // The tree's key, not the cluster secret: all this process may
+    // authenticate as is its own tree.
+    let key = ClusterSecret::parse_hex(&tree_key_hex)
+        .ok_or("malformed process tree key in the runtime spec")?;
+    let identity = lego_transport::Identity::process(tree, pid);
     // The program starts where `lego run` was started (on the processor's
     // host too, so that host paths relative to it mean the same).
     let cwd = std::ffi::OsStr::from_bytes(&spec.cwd);
@@ -121,8 +125,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
             let storage = vfs::storage::RemoteStorage::connect(
                 addr,
                 spec.storage_name.clone(),
-                secret.clone(),
-                pid,
+                key.clone(),
+                identity.clone(),
                 std::time::Duration::from_millis(spec.storage_retry_ms),
             );
             let _ = std::env::set_current_dir(cwd);
@@ -149,7 +153,13 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     // forks make their userfaultfds through it after any setuid.
     host::uffd::open_device();
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
-    let remote = RemoteMemory::connect(spec.memory, spec.memory_name.clone(), secret.clone(), pid);
+    let remote = RemoteMemory::connect(
+        spec.memory,
+        spec.memory_name.clone(),
+        key.clone(),
+        identity,
+        pid,
+    );
     let prepared =
         image::prepare(vfs.as_ref(), &spec.program, spec.argv.clone()).map_err(|e| e.message)?;
     let loaded = match remote.exec(&prepared.image)? {
@@ -175,7 +185,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         forks: process::Forks::default(),
         runtime_fds: RwLock::new(Vec::new()),
         home: Home {
-            secret: secret.clone(),
+            key: key.clone(),
+            tree,
             processor_socket,
             processor_name,
             excache: spec.excache,

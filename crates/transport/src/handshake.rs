@@ -10,7 +10,9 @@
 //!                           ◄──  Welcome{role, name}      (or Refused{reason})
 //! ```
 //!
-//! `H(k, ..)` is BLAKE3 keyed with the cluster secret. Each side proves
+//! `H(k, ..)` is BLAKE3 keyed with the cluster secret, or, for a runtime
+//! (role `Process`), with its process tree's key, which the server derives
+//! from the secret and the tree the client's name states. Each side proves
 //! knowledge of the secret over a nonce the other chose, so neither a
 //! recorded exchange nor a reflected proof authenticates anyone, and the
 //! secret never crosses the wire. Any deviation closes the connection.
@@ -40,6 +42,23 @@ impl Identity {
             role,
             name: name.into(),
         }
+    }
+
+    /// The runtime of process `pid` of tree `tree`: it authenticates with
+    /// the tree's key (`ClusterSecret::tree_key`), which a server derives
+    /// from the tree the name states.
+    pub fn process(tree: u64, pid: u64) -> Identity {
+        Identity::new(Role::Process, format!("runtime-{pid:x} tree-{tree:016x}"))
+    }
+
+    /// The tree a [`Role::Process`] identity acts for (`None` for other
+    /// roles, or a name not of [`Identity::process`]'s form).
+    pub fn tree(&self) -> Option<u64> {
+        if self.role != Role::Process {
+            return None;
+        }
+        let hex = self.name.rsplit_once(" tree-")?.1;
+        (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
     }
 }
 
@@ -231,6 +250,23 @@ pub fn server<S: Stream, R: Read>(
             (Identity { role, name }, nonce)
         }
         other => return Err(unexpected(addr, "Hello", &other)),
+    };
+    let tree_key;
+    let secret = if peer.role == Role::Process {
+        let Some(tree) = peer.tree() else {
+            let _ = send(
+                stream,
+                addr,
+                &Message::Refused {
+                    reason: "a process's name must end in its tree".into(),
+                },
+            );
+            return Err(io_err(addr, "bad Hello", "process name without a tree"));
+        };
+        tree_key = secret.tree_key(tree);
+        &tree_key
+    } else {
+        secret
     };
     let server_nonce = nonce(addr)?;
     send(

@@ -58,6 +58,16 @@ impl ClusterSecret {
         &self.0
     }
 
+    /// The key of process tree `tree`, derived from this secret: what the
+    /// runtimes of that tree hold and authenticate with. It proves nothing
+    /// about any other tree, and the secret cannot be had back from it.
+    pub fn tree_key(&self, tree: u64) -> ClusterSecret {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        hasher.update(b"lego process tree key v1 ");
+        hasher.update(&tree.to_le_bytes());
+        ClusterSecret(*hasher.finalize().as_bytes())
+    }
+
     /// Reads a secret written by [`ClusterSecret::write_new`]. Refuses a
     /// file that others can read, as ssh does for private keys.
     pub fn load(path: &Path) -> Result<ClusterSecret, SecretError> {

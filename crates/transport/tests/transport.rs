@@ -284,3 +284,54 @@ fn a_peer_speaking_another_protocol_version_is_refused() {
     assert!(err.to_string().contains(&addr.to_string()));
     fake.join().unwrap();
 }
+
+/// Replies with the identity the server saw, as the name of its ack.
+struct Whoami;
+
+impl Service for Whoami {
+    fn handle(&self, peer: &PeerInfo, _request: Frame) -> Reply {
+        Message::Refused {
+            reason: format!("{:?} {}", peer.identity.role, peer.identity.name),
+        }
+        .into()
+    }
+}
+
+#[test]
+fn a_tree_key_authenticates_exactly_its_own_tree() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "m")),
+        Arc::new(Whoami),
+    )
+    .unwrap();
+    let key = secret.tree_key(7);
+    assert_ne!(key, secret);
+    assert_ne!(key, secret.tree_key(8));
+    // Its own tree: accepted, and the server knows the tree.
+    let me = Identity::process(7, 0x70);
+    assert_eq!(me.tree(), Some(7));
+    let conn = Connection::open(server.local_addr(), &key, &me, Duration::from_secs(2)).unwrap();
+    let reply = conn.call(&heartbeat("x"), &[], Duration::from_secs(2));
+    let seen = match reply.map(|r| r.message) {
+        Ok(Message::Refused { reason }) => reason,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(seen, format!("Process {}", me.name));
+    // Another tree's name, or a component's role, with that key: refused.
+    for claim in [
+        Identity::process(8, 0x80),
+        Identity::new(Role::Processor, "processor-0"),
+        Identity::new(Role::Client, "lego-run"),
+    ] {
+        let err = Connection::open(server.local_addr(), &key, &claim, Duration::from_secs(2))
+            .err()
+            .unwrap_or_else(|| panic!("{claim:?} with tree 7's key was accepted"));
+        assert!(matches!(err, TransportError::WrongSecret { .. }), "{err}");
+    }
+    // A process name without its tree: refused.
+    let bare = Identity::new(Role::Process, "runtime-70");
+    assert_eq!(bare.tree(), None);
+    assert!(Connection::open(server.local_addr(), &key, &bare, Duration::from_secs(2)).is_err());
+}

@@ -2,7 +2,7 @@
 
 use crate::mm::excache::{Backing, CacheError, WriteBack};
 use lego_proto::{
-    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, RangeChange, Role, MAX_FETCH_PAGES,
+    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, RangeChange, MAX_FETCH_PAGES,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{
@@ -43,13 +43,11 @@ impl RemoteMemory {
     pub fn connect(
         addr: SocketAddr,
         name: String,
-        secret: ClusterSecret,
+        key: ClusterSecret,
+        identity: Identity,
         pid: ProcessId,
     ) -> RemoteMemory {
-        let mut config = ClientConfig::new(
-            secret,
-            Identity::new(Role::Processor, format!("runtime-{pid:x}")),
-        );
+        let mut config = ClientConfig::new(key, identity);
         config.backoff = Backoff {
             give_up_after: Duration::from_secs(2),
             ..Backoff::default()

@@ -87,9 +87,11 @@ impl Default for Forks {
     }
 }
 
-/// Where this process lives: its processor and the cluster's secret.
+/// Where this process lives: its processor, and its tree and the tree's
+/// key (never the cluster secret).
 pub struct Home {
-    pub secret: ClusterSecret,
+    pub key: ClusterSecret,
+    pub tree: lego_proto::ProcessId,
     pub processor_socket: Vec<u8>,
     pub processor_name: String,
     pub excache: u64,

@@ -24,7 +24,7 @@ use super::contract::{ok, Call, Ctx, Errno, SysError, SysResult};
 use crate::host::raw_syscall;
 use crate::host::user;
 use crate::process::Runtime;
-use lego_proto::{AdoptSpec, FrameLimits, Message, ProcessId, Role};
+use lego_proto::{AdoptSpec, FrameLimits, Message, ProcessId};
 use lego_transport::fdpass::send_fds;
 use lego_transport::{handshake, write_frame, FrameReader, Identity};
 use std::io;
@@ -415,8 +415,8 @@ fn announce(
         &mut stream,
         &mut reader,
         &path.into(),
-        &rt.home.secret,
-        &Identity::new(Role::Processor, format!("runtime-{pid:x}")),
+        &rt.home.key,
+        &Identity::process(rt.home.tree, pid),
         Duration::from_secs(5),
     )
     .map_err(|e| e.to_string())?;

@@ -1,7 +1,7 @@
 //! The runtime's link to the storage manager serving the program's files.
 
 use crate::error::SysError;
-use lego_proto::{Errno, FileAttr, FileHandle, Message, Role, StorageReply, StorageRequest};
+use lego_proto::{Errno, FileAttr, FileHandle, Message, StorageReply, StorageRequest};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,14 +38,11 @@ impl RemoteStorage {
     pub fn connect(
         addr: SocketAddr,
         name: String,
-        secret: ClusterSecret,
-        pid: u64,
+        key: ClusterSecret,
+        identity: Identity,
         retry: Duration,
     ) -> RemoteStorage {
-        let mut config = ClientConfig::new(
-            secret,
-            Identity::new(Role::Processor, format!("runtime-{pid:x}")),
-        );
+        let mut config = ClientConfig::new(key, identity);
         // The storage manager may be restarted under us: keep trying for
         // `retry`, then give up (its handles stay valid across a restart).
         config.backoff = Backoff {
