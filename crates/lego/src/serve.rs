@@ -156,9 +156,15 @@ pub fn memory(args: MemoryArgs) -> Result<()> {
 
 pub fn storage(args: StorageArgs) -> Result<()> {
     let component = component_config(Role::Storage, &args.join)?;
+    let secret_file = args
+        .join
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| args.join.state.dir().secret());
     let _storage = StorageManager::start(StorageConfig {
         component,
         export: args.export,
+        hide: vec![secret_file],
     })?;
     serve_forever()
 }

@@ -1642,7 +1642,8 @@ fn privileged_calls_stay_refused_after_escaping_the_trap() {
 /// The cluster secret never enters a program's process: every page the
 /// runtime process of a running program holds (read from outside, present
 /// pages only, so nothing faults) is searched for the secret, raw and as
-/// hex. Before, the runtime spec carried it and the runtime kept it.
+/// hex (before, the runtime spec carried it and the runtime kept it); and
+/// the storage manager does not serve its file, by any name.
 #[test]
 fn the_cluster_secret_is_nowhere_in_a_programs_process() {
     use std::io::{Read, Seek, SeekFrom};
@@ -1725,4 +1726,23 @@ fn the_cluster_secret_is_nowhere_in_a_programs_process() {
         found.is_empty(),
         "the cluster secret is in the runtime's memory: {found:?}"
     );
+    // Nor can a program read it from the cluster's state directory, by its
+    // name or through a hard link elsewhere (the storage manager serves
+    // the whole tree, and programs run as root).
+    let secret_file = cluster.state.join("secret");
+    let link = std::env::temp_dir().join(format!("lego-test-secret-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(&secret_file, &link).unwrap();
+    let cat = require("cat");
+    for path in [&secret_file, &link] {
+        let out = cluster.run(&[], &cat, &[path.to_str().unwrap()]);
+        assert_eq!(shell_status(&out), 1, "{}", path.display());
+        assert!(out.stdout.is_empty(), "{} was served", path.display());
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_file(&link);
 }

@@ -51,6 +51,8 @@ pub struct Export {
     /// handle.
     kernel_handles: bool,
     mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
+    /// Files never served, by device and inode (the cluster's secret).
+    hidden: Vec<(u64, u64)>,
 }
 
 impl Export {
@@ -76,6 +78,7 @@ impl Export {
             key: HandleKey::derive(secret, root.as_os_str().as_bytes()),
             kernel_handles,
             mounts: Mutex::new(HashMap::new()),
+            hidden: Vec::new(),
         })
     }
 
@@ -212,7 +215,24 @@ impl Export {
         }
         let c_path = path_cstring(&full)?;
         let flags = libc::O_PATH | if follow { 0 } else { libc::O_NOFOLLOW };
-        Ok(self.resolve(&c_path, flags)?)
+        let fd = self.resolve(&c_path, flags)?;
+        if !self.hidden.is_empty() {
+            // By any name or link to it: no handle to a hidden file is
+            // ever made, so no request can reach it.
+            let (attr, _) = sys::statx(fd.as_fd())?;
+            if self.hidden.contains(&(attr.dev, attr.ino)) {
+                return Err(Errno(libc::EACCES).into());
+            }
+        }
+        Ok(fd)
+    }
+
+    /// Never serves the file at `path` (by any name), if it exists.
+    pub fn hide(&mut self, path: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.hidden.push((meta.dev(), meta.ino()));
+        }
     }
 
     /// `openat2` from the root under the confinement rules.

@@ -40,6 +40,9 @@ pub struct StorageConfig {
     pub component: ComponentConfig,
     /// The directory tree to serve.
     pub export: PathBuf,
+    /// Files inside it never served (the cluster secret's file: a program
+    /// reading it could act as any component).
+    pub hide: Vec<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -95,6 +98,11 @@ impl StorageService {
         let export = Export::open(&root, secret.to_hex().as_bytes())
             .map_err(|source| StorageError::Export { path: root, source })?;
         Ok(StorageService { export })
+    }
+
+    /// Never serves the file at `path`, by any name or link.
+    pub fn hide(&mut self, path: &Path) {
+        self.export.hide(path);
     }
 
     /// The canonical export root.
@@ -228,10 +236,11 @@ pub struct StorageManager {
 
 impl StorageManager {
     pub fn start(config: StorageConfig) -> Result<StorageManager, StorageError> {
-        let service = Arc::new(StorageService::new(
-            &config.export,
-            &config.component.secret,
-        )?);
+        let mut service = StorageService::new(&config.export, &config.component.secret)?;
+        for path in &config.hide {
+            service.hide(path);
+        }
+        let service = Arc::new(service);
         info!("exporting {}", service.root().display());
         let reporter = Arc::clone(&service);
         let joined = join_cluster(
