@@ -1597,7 +1597,8 @@ fn proc_self_hides_the_runtime_and_shows_the_program() {
 }
 
 /// A fork after dropping root completes as natively (it once hung: the
-/// child's runtime could not make its userfaultfd as nobody).
+/// child's runtime could not make its userfaultfd as nobody), and the
+/// child is announced to its processor.
 #[test]
 fn a_fork_after_dropping_root_completes() {
     let cluster = Cluster::up(&["--memories", "1"]);
@@ -1615,6 +1616,12 @@ fn a_fork_after_dropping_root_completes() {
     }
     let out = child.wait_with_output().unwrap();
     assert_same(&out, &native(&forknobody, &[]), "fork as nobody");
+    // The child announced itself to its processor (it is listed and its
+    // memory released when it ends), though it could not walk the
+    // cluster's state directory as nobody.
+    let log = cluster.log("processor-0");
+    assert!(!log.contains("could not announce"), "{log}");
+    assert!(log.contains("forked from"), "{log}");
 }
 
 /// A program that escapes the syscall trap (it writes the selector byte

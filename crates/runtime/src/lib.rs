@@ -187,6 +187,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         home: Home {
             key: key.clone(),
             tree,
+            processor_dir: processor_dir(&processor_socket),
             processor_socket,
             processor_name,
             excache: spec.excache,
@@ -228,6 +229,19 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.
     unsafe { task::thread::enter_application(ctl, loaded.entry, sp) }
+}
+
+/// The directory of the processor's socket at `socket`, opened `O_PATH`
+/// and kept above the descriptor floor (see `Home::processor_dir`).
+fn processor_dir(socket: &[u8]) -> Option<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(socket)).parent()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()?;
+    lego_transport::fdfloor::lift(std::os::fd::OwnedFd::from(file)).ok()
 }
 
 /// Logs go to [`LOG_FD`] (the processor's log), never to stderr, which is

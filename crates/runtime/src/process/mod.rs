@@ -93,6 +93,11 @@ pub struct Home {
     pub key: ClusterSecret,
     pub tree: lego_proto::ProcessId,
     pub processor_socket: Vec<u8>,
+    /// The directory holding the processor's socket, opened (`O_PATH`)
+    /// while the runtime may still reach it: a process that has dropped
+    /// root since cannot walk the cluster's private state directory, but
+    /// may connect from inside this one.
+    pub processor_dir: Option<std::os::fd::OwnedFd>,
     pub processor_name: String,
     pub excache: u64,
 }

@@ -394,6 +394,33 @@ pub fn exec_done(rt: &Runtime) {
     }
 }
 
+/// Connects to the processor's socket at `path`. A process that dropped
+/// root since its runtime started cannot walk the cluster's private state
+/// directory: it connects through the socket's directory, kept open for
+/// it, named by its /proc descriptor link (the process is made dumpable
+/// for that one call, as its /proc files are root's while it is not).
+fn connect_processor(rt: &Runtime, path: &std::path::Path) -> io::Result<UnixStream> {
+    match UnixStream::connect(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let (Some(dir), Some(name)) = (&rt.home.processor_dir, path.file_name()) else {
+                return Err(e);
+            };
+            let mut inside = format!("/proc/thread-self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            inside.extend_from_slice(name.as_bytes());
+            // Safety (all three): prctl with plain integers, on this
+            // process.
+            let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+            let connected = UnixStream::connect(std::ffi::OsStr::from_bytes(&inside));
+            if was >= 0 {
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, was, 0, 0, 0) };
+            }
+            connected
+        }
+        other => other,
+    }
+}
+
 /// Tells the processor about this new process; returns the connection,
 /// which stays open while the process lives and takes its report.
 fn announce(
@@ -406,7 +433,7 @@ fn announce(
         return Err("no processor socket is known".into());
     }
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&rt.home.processor_socket));
-    let stream = UnixStream::connect(path).map_err(|e| format!("cannot connect: {e}"))?;
+    let stream = connect_processor(rt, path).map_err(|e| format!("cannot connect: {e}"))?;
     let mut stream = lego_transport::fdfloor::lift(stream).map_err(|e| e.to_string())?;
     let reading = lego_transport::fdfloor::lift(stream.try_clone().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
