@@ -447,7 +447,9 @@ impl MemoryService {
         let ours = |pid: &ProcessId| trees.get(pid) == Some(&tree);
         let fresh = |pid: &ProcessId| !trees.contains_key(pid) && self.slot(*pid).is_none();
         let ok = match request {
-            Message::Exec { pid } => ours(pid) || fresh(pid),
+            // A new address space only for the tree's first process (the
+            // others are forks of it), so a runtime cannot claim pids.
+            Message::Exec { pid } => ours(pid) || (*pid == tree && fresh(pid)),
             Message::Fork { parent, child } => ours(parent) && fresh(child),
             Message::Memory { pid, .. }
             | Message::FetchPage { pid, .. }

@@ -196,18 +196,20 @@ fn serve_connection(
         processor_socket: processor.launch_socket.as_os_str().as_bytes().to_vec(),
         processor_name: processor.name.clone(),
     };
+    // Before the runtime runs: its first fork may announce itself at once.
+    processor.join_tree(pid, pid);
     let runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty) {
         Ok(runtime) => runtime,
         Err(e) => {
+            processor.untrack(pid);
             return reply(
                 &mut writer,
                 frame.id,
                 Message::error(ErrorCode::Internal, format!("cannot start a runtime: {e}")),
-            )
+            );
         }
     };
     let host_pid = runtime.host_pid();
-    processor.join_tree(pid, pid);
     info!(
         "started process {pid:x} (runtime pid {host_pid}, home {}): {command}",
         spec.memory_name

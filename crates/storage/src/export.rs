@@ -53,6 +53,9 @@ pub struct Export {
     mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
     /// Files never served, by device and inode (the cluster's secret).
     hidden: Vec<(u64, u64)>,
+    /// Directories never served, nor anything in them, by canonical path
+    /// (the cluster's state directory).
+    hidden_dirs: Vec<Vec<u8>>,
 }
 
 impl Export {
@@ -79,6 +82,7 @@ impl Export {
             kernel_handles,
             mounts: Mutex::new(HashMap::new()),
             hidden: Vec::new(),
+            hidden_dirs: Vec::new(),
         })
     }
 
@@ -97,6 +101,7 @@ impl Export {
 
     /// The handle of the file `fd` refers to (`attr` is its statx).
     pub fn handle_of(&self, fd: BorrowedFd<'_>, attr: &FileAttr) -> Result<FileHandle, Failure> {
+        self.check_hidden(fd)?;
         if self.kernel_handles {
             // EOPNOTSUPP (procfs, sysfs, ...) and EOVERFLOW (a handle over
             // 128 bytes) fall back to a path handle; so does anything else,
@@ -216,15 +221,31 @@ impl Export {
         let c_path = path_cstring(&full)?;
         let flags = libc::O_PATH | if follow { 0 } else { libc::O_NOFOLLOW };
         let fd = self.resolve(&c_path, flags)?;
+        self.check_hidden(fd.as_fd())?;
+        Ok(fd)
+    }
+
+    /// EACCES for a hidden file (by any name or link to it) or anything in
+    /// a hidden directory: checked wherever a handle is made or a path
+    /// walked, so no request reaches them.
+    pub fn check_hidden(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
         if !self.hidden.is_empty() {
-            // By any name or link to it: no handle to a hidden file is
-            // ever made, so no request can reach it.
-            let (attr, _) = sys::statx(fd.as_fd())?;
+            let (attr, _) = sys::statx(fd)?;
             if self.hidden.contains(&(attr.dev, attr.ino)) {
-                return Err(Errno(libc::EACCES).into());
+                return Err(Errno(libc::EACCES));
             }
         }
-        Ok(fd)
+        if !self.hidden_dirs.is_empty() {
+            let path = sys::fd_path(fd)?;
+            let inside = |dir: &Vec<u8>| {
+                path.strip_prefix(dir.as_slice())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+            };
+            if self.hidden_dirs.iter().any(inside) {
+                return Err(Errno(libc::EACCES));
+            }
+        }
+        Ok(())
     }
 
     /// Never serves the file at `path` (by any name), if it exists.
@@ -232,6 +253,14 @@ impl Export {
         use std::os::unix::fs::MetadataExt;
         if let Ok(meta) = std::fs::metadata(path) {
             self.hidden.push((meta.dev(), meta.ino()));
+        }
+    }
+
+    /// Never serves the directory at `path` nor anything in it.
+    pub fn hide_dir(&mut self, path: &std::path::Path) {
+        if let Ok(canonical) = path.canonicalize() {
+            self.hidden_dirs
+                .push(canonical.into_os_string().into_encoded_bytes());
         }
     }
 

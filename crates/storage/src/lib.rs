@@ -100,9 +100,18 @@ impl StorageService {
         Ok(StorageService { export })
     }
 
-    /// Never serves the file at `path`, by any name or link.
+    /// Never serves the file at `path`, by any name or link; nor, when it
+    /// is a Lego state directory's `secret` (beside its `logs`), that
+    /// directory or anything in it (a program could rewrite where clients
+    /// find the cluster, or read its logs).
     pub fn hide(&mut self, path: &Path) {
         self.export.hide(path);
+        let state_dir = path
+            .parent()
+            .filter(|d| path.file_name() == Some("secret".as_ref()) && d.join("logs").is_dir());
+        if let Some(dir) = state_dir {
+            self.export.hide_dir(dir);
+        }
     }
 
     /// The canonical export root.

@@ -421,9 +421,10 @@ impl Pagemap {
         let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         let opened = std::fs::File::open("/proc/thread-self/pagemap");
-        if was >= 0 {
-            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, was, 0, 0, 0) };
-        }
+        // Back to what it was; 2 (suid_dumpable) cannot be set again: not
+        // dumpable is the stricter.
+        let back = if was == 1 { 1 } else { 0 };
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, back, 0, 0, 0) };
         Ok(Pagemap { fd: opened?.into() })
     }
 

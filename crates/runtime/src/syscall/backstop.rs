@@ -97,6 +97,8 @@ impl Keeper {
             (libc::SYS_sched_setattr as u32, DATA_ARG0, vec![pid]),
             (libc::SYS_prlimit64 as u32, DATA_ARG0, vec![pid]),
             (libc::SYS_ioprio_set as u32, DATA_ARG1, vec![pid]),
+            (libc::SYS_process_vm_readv as u32, DATA_ARG0, vec![pid]),
+            (libc::SYS_process_vm_writev as u32, DATA_ARG0, vec![pid]),
         ]
     }
 }

@@ -412,9 +412,10 @@ fn connect_processor(rt: &Runtime, path: &std::path::Path) -> io::Result<UnixStr
             let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
             let connected = UnixStream::connect(std::ffi::OsStr::from_bytes(&inside));
-            if was >= 0 {
-                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, was, 0, 0, 0) };
-            }
+            // Back to what it was; 2 (suid_dumpable) cannot be set again:
+            // not dumpable is the stricter.
+            let back = if was == 1 { 1 } else { 0 };
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, back, 0, 0, 0) };
             connected
         }
         other => other,
