@@ -11,10 +11,12 @@
 //! Those checks read the call's arguments, so only these few calls pay
 //! for them.
 //!
-//! What a program that escapes the trap can still do: every other call,
-//! with the runtime process's host identity (root today): signal, renice
-//! or read other host processes (other components included), open host
-//! files. Closing that takes a host identity of its own (issue 10, host
+//! What a program can still do, escaped from the trap or not: every other
+//! call, with the runtime process's host identity (root today): signal a
+//! thread of the processor by its tid, signal, renice or read other host
+//! processes (other components included), and, through the host's /proc
+//! (`/proc/self/root/...`, `/proc/PID/mem`), reach host files and memory.
+//! Closing that takes a host identity of its own (issue 10, host
 //! isolation).
 
 use super::table::{self, SYSCALLS};
