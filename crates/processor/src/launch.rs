@@ -147,7 +147,15 @@ fn serve_connection(
             None => processor.tree_of(spec.parent).unwrap_or(spec.parent),
         };
         processor.join_tree(spec.pid, tree);
-        return adopt(processor, stream, writer, reader, frame.id, spec, live);
+        return adopt(
+            processor,
+            stream,
+            writer,
+            reader,
+            frame.id,
+            (spec, tree),
+            live,
+        );
     }
     if client.role == Role::Process {
         return reply(
@@ -311,7 +319,7 @@ fn adopt(
     mut writer: UnixStream,
     reader: FrameReader<UnixStream>,
     id: u64,
-    spec: AdoptSpec,
+    (spec, tree): (AdoptSpec, lego_proto::ProcessId),
     live: OwnedFd,
 ) -> Result<(), String> {
     if reader.buffered() != 0 {
@@ -364,6 +372,8 @@ fn adopt(
         None => info!("process {pid:x} ended"),
     }
     processor.untrack(pid);
-    processor.release(spec.memory, pid);
+    // With the tree's key, not the secret: the memory manager it names is
+    // the runtime's word, so only its own tree's pid can be freed there.
+    processor.release_for_tree(spec.memory, pid, tree);
     Ok(())
 }

@@ -122,6 +122,24 @@ impl Processor {
         self.tree_of(pid).is_some()
     }
 
+    /// Tells the memory manager at `memory` to free `pid`'s memory, acting
+    /// for tree `tree` only (authenticated with its key): for a process a
+    /// runtime announced, whose memory manager is the runtime's word.
+    fn release_for_tree(&self, memory: SocketAddr, pid: ProcessId, tree: ProcessId) {
+        let client = Client::new(
+            memory,
+            ClientConfig::new(self.secret.tree_key(tree), Identity::process(tree, pid)),
+        );
+        match client.call(&Message::ReleaseProcess { pid }, &[]) {
+            Ok(reply) if reply.message == Message::Released => {}
+            Ok(reply) => warn!(
+                "memory manager at {memory} answered ReleaseProcess of {pid:x} with {}",
+                reply.message.kind()
+            ),
+            Err(e) => warn!("cannot release process {pid:x} on {memory}: {e}"),
+        }
+    }
+
     /// Tells the memory manager at `memory` to free `pid`'s memory.
     fn release(&self, memory: SocketAddr, pid: ProcessId) {
         let client = {
