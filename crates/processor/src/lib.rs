@@ -32,6 +32,19 @@ pub struct ProcessorConfig {
     pub launch_socket: PathBuf,
 }
 
+/// Asks the memory manager at `memory`, through `client`, to free `pid`'s
+/// memory; a refusal or a lost manager is logged.
+fn release_on(client: &Client, memory: SocketAddr, pid: ProcessId) {
+    match client.call(&Message::ReleaseProcess { pid }, &[]) {
+        Ok(reply) if reply.message == Message::Released => {}
+        Ok(reply) => warn!(
+            "memory manager at {memory} answered ReleaseProcess of {pid:x} with {}",
+            reply.message.kind()
+        ),
+        Err(e) => warn!("cannot release process {pid:x} on {memory}: {e}"),
+    }
+}
+
 /// How many ended processes' trees are remembered.
 const ENDED_TREES: usize = 4096;
 
@@ -130,14 +143,7 @@ impl Processor {
             memory,
             ClientConfig::new(self.secret.tree_key(tree), Identity::process(tree, pid)),
         );
-        match client.call(&Message::ReleaseProcess { pid }, &[]) {
-            Ok(reply) if reply.message == Message::Released => {}
-            Ok(reply) => warn!(
-                "memory manager at {memory} answered ReleaseProcess of {pid:x} with {}",
-                reply.message.kind()
-            ),
-            Err(e) => warn!("cannot release process {pid:x} on {memory}: {e}"),
-        }
+        release_on(&client, memory, pid);
     }
 
     /// Tells the memory manager at `memory` to free `pid`'s memory.
@@ -157,14 +163,7 @@ impl Processor {
                 ))
             }))
         };
-        match client.call(&Message::ReleaseProcess { pid }, &[]) {
-            Ok(reply) if reply.message == Message::Released => {}
-            Ok(reply) => warn!(
-                "memory manager at {memory} answered ReleaseProcess with {}",
-                reply.message.kind()
-            ),
-            Err(e) => warn!("cannot release process {pid:x} on {memory}: {e}"),
-        }
+        release_on(&client, memory, pid);
     }
 
     fn load(&self) -> Load {

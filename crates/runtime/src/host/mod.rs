@@ -50,6 +50,22 @@ pub fn gettid() -> i32 {
     unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) as i32 }
 }
 
+/// Runs `f` with the process dumpable. A process whose credentials
+/// changed (a program's setuid) is not, and its /proc files are then
+/// root's: the runtime becomes dumpable just long enough to open its own
+/// (its page map, a descriptor link), then goes back (to not dumpable
+/// where it was 2, `suid_dumpable`, which cannot be set again: the
+/// stricter).
+pub fn while_dumpable<T>(f: impl FnOnce() -> T) -> T {
+    // Safety (all three): prctl with plain integers, on this process.
+    let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    let out = f();
+    let back = if was == 1 { 1 } else { 0 };
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, back, 0, 0, 0) };
+    out
+}
+
 /// Blocks every signal on the calling runtime thread: application signals
 /// must reach application threads, never the runtime's own.
 pub fn block_all_signals() {

@@ -406,26 +406,15 @@ impl Pagemap {
     }
 
     pub fn open() -> io::Result<Pagemap> {
-        match std::fs::File::open("/proc/thread-self/pagemap") {
-            Ok(file) => Ok(Pagemap { fd: file.into() }),
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) => Pagemap::open_undumpable(),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A process whose credentials changed (a program's setuid) is not
-    /// dumpable, and its /proc files are root's: it is made dumpable just
-    /// long enough to open its own page map, then put back.
-    fn open_undumpable() -> io::Result<Pagemap> {
-        // Safety (all three): prctl with plain integers, on this process.
-        let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-        let opened = std::fs::File::open("/proc/thread-self/pagemap");
-        // Back to what it was; 2 (suid_dumpable) cannot be set again: not
-        // dumpable is the stricter.
-        let back = if was == 1 { 1 } else { 0 };
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, back, 0, 0, 0) };
-        Ok(Pagemap { fd: opened?.into() })
+        let path = "/proc/thread-self/pagemap";
+        let file = match std::fs::File::open(path) {
+            // Not dumpable since a setuid (see `while_dumpable`).
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                super::while_dumpable(|| std::fs::File::open(path))?
+            }
+            opened => opened?,
+        };
+        Ok(Pagemap { fd: file.into() })
     }
 
     /// Moved above the descriptor floor (see `lego_transport::fdfloor`).

@@ -407,16 +407,9 @@ fn connect_processor(rt: &Runtime, path: &std::path::Path) -> io::Result<UnixStr
             };
             let mut inside = format!("/proc/thread-self/fd/{}/", dir.as_raw_fd()).into_bytes();
             inside.extend_from_slice(name.as_bytes());
-            // Safety (all three): prctl with plain integers, on this
-            // process.
-            let was = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
-            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-            let connected = UnixStream::connect(std::ffi::OsStr::from_bytes(&inside));
-            // Back to what it was; 2 (suid_dumpable) cannot be set again:
-            // not dumpable is the stricter.
-            let back = if was == 1 { 1 } else { 0 };
-            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, back, 0, 0, 0) };
-            connected
+            crate::host::while_dumpable(|| {
+                UnixStream::connect(std::ffi::OsStr::from_bytes(&inside))
+            })
         }
         other => other,
     }
