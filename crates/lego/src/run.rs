@@ -118,7 +118,17 @@ fn host_stat(path: &Path) -> Option<(bool, u32)> {
 /// `stat` through the storage manager serving the program's files.
 fn storage_stat(client: &Client, path: &Path) -> Option<(bool, u32)> {
     let abs = std::path::absolute(path).ok()?;
-    let call = |request| match client.call(&Message::Storage(request), &[]).ok()?.message {
+    let call = |request| match client
+        .call(
+            &Message::Storage {
+                request,
+                caller: None,
+            },
+            &[],
+        )
+        .ok()?
+        .message
+    {
         Message::StorageDone(StorageReply::Found { handle, attr }) => Some((handle, attr)),
         _ => None,
     };

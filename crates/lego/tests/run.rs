@@ -1784,3 +1784,99 @@ fn the_cluster_secret_is_nowhere_in_a_programs_process() {
     );
     let _ = std::fs::remove_file(&link);
 }
+
+/// File permissions hold for the program's credentials, not the storage
+/// manager's: after dropping to nobody it cannot read, append to, remove
+/// or chmod a root 0600 file nor create in a root 0755 directory (it
+/// once could do all of these), and what it creates is nobody's with its
+/// umask, on the export itself, exactly as natively.
+#[test]
+fn files_are_checked_and_owned_as_the_programs_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let asnobody = program("asnobody", Build::GlibcStatic);
+    let dir = std::env::temp_dir().join(format!("lego-test-asnobody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pub")).unwrap();
+    std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.join("pub"), PermissionsExt::from_mode(0o1777)).unwrap();
+    std::fs::write(dir.join("secret"), b"root only\n").unwrap();
+    std::fs::set_permissions(dir.join("secret"), PermissionsExt::from_mode(0o600)).unwrap();
+    let d = dir.to_str().unwrap();
+    let lego = cluster.run(&[], &asnobody, &[d, "made"]);
+    let lego_files: Vec<_> = ["made", "made.d"]
+        .iter()
+        .map(|n| {
+            std::fs::metadata(dir.join("pub").join(n))
+                .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777))
+        })
+        .collect();
+    for n in ["made", "made.d"] {
+        let p = dir.join("pub").join(n);
+        let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir(&p));
+    }
+    let native = native(&asnobody, &[d, "made"]);
+    assert_same(&lego, &native, "asnobody");
+    assert!(text(&lego.stdout).contains("read root 0600: Permission denied\n"));
+    assert_eq!(
+        std::fs::read(dir.join("secret")).unwrap(),
+        b"root only\n",
+        "the root file is untouched"
+    );
+    assert!(!dir.join("new").exists() && !dir.join("newdir").exists());
+    assert_eq!(
+        lego_files
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>(),
+        [(65534, 65534, 0o600), (65534, 65534, 0o755)],
+        "on the export, what nobody made under Lego is nobody's"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ls -l` of a tree of mixed owners, and `id` as root and after setpriv
+/// drops to nobody, print what they print natively.
+#[test]
+fn ids_and_owners_show_as_natively() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let dir = std::env::temp_dir().join(format!("lego-test-owners-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, uid, gid, mode) in [
+        ("by-root", 0, 0, 0o644),
+        ("by-nobody", 65534, 65534, 0o600),
+        ("by-1000", 1000, 100, 0o2750),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, name).unwrap();
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&p, PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    let ls = std::path::Path::new("/bin/ls");
+    assert_same(
+        &cluster.run(&[], ls, &["-l", "--time-style=+", d]),
+        &native(ls, &["-l", "--time-style=+", d]),
+        "ls -l",
+    );
+    let id = std::path::Path::new("/usr/bin/id");
+    let lego_id = cluster.run(&[], id, &[]);
+    assert_same(&lego_id, &native(id, &[]), "id");
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    let drop = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/id",
+    ];
+    let lego_nobody = cluster.run(&[], setpriv, &drop);
+    assert_same(&lego_nobody, &native(setpriv, &drop), "setpriv id");
+    assert!(
+        text(&lego_nobody.stdout).starts_with("uid=65534"),
+        "{}",
+        text(&lego_nobody.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

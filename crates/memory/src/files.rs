@@ -2,9 +2,17 @@
 //! that serves the file when a page is first fetched, and kept in a small
 //! cache shared by every process here (a shared library's text is read
 //! once, not once per process).
+//!
+//! Reads act for the process that mapped the file: they carry its voucher,
+//! over a connection authenticated with its tree's key, never the cluster
+//! secret (the storage address comes from the runtime, which could name a
+//! listener of its own and relay our handshake: all it would get is its
+//! own tree's authority). A mapping is made only after a read with the
+//! mapper's credentials succeeded, so a page cached for one process is
+//! served to another only if that one may read the file too.
 
 use crate::vma::FileSource;
-use lego_proto::{Message, Role, StorageReply, StorageRequest, PAGE_SIZE};
+use lego_proto::{Errno, Message, StorageReply, StorageRequest, PAGE_SIZE};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,7 +24,11 @@ const CACHE_PAGES: usize = 4096;
 /// Pages read from storage together on a miss.
 const READ_PAGES: u64 = 16;
 
-type Key = (FileSource, u64);
+/// Most storage connections kept (one per storage manager and tree).
+const MAX_CLIENTS: usize = 256;
+
+/// A cached page: which storage manager, which file, which offset.
+type Key = (SocketAddr, lego_proto::FileHandle, u64);
 
 #[derive(Default)]
 struct Cache {
@@ -24,10 +36,17 @@ struct Cache {
     order: VecDeque<Key>,
 }
 
+enum ReadError {
+    /// The storage manager refused the read as Linux would.
+    Failed(Errno),
+    /// It could not be reached or broke the protocol.
+    Broken(String),
+}
+
 pub struct FileReader {
     /// How to reach storage managers; `None`: file mappings cannot be read.
     access: Option<(ClusterSecret, String)>,
-    clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
+    clients: Mutex<HashMap<(SocketAddr, u64), Arc<Client>>>,
     cache: Mutex<Cache>,
 }
 
@@ -45,64 +64,99 @@ impl FileReader {
         }
     }
 
-    fn client(&self, storage: SocketAddr) -> Result<Arc<Client>, String> {
-        let (secret, name) = self
+    /// The connection to `storage` for process tree `tree`.
+    fn client(&self, storage: SocketAddr, tree: u64) -> Result<Arc<Client>, String> {
+        let (secret, _) = self
             .access
             .as_ref()
             .ok_or("this memory manager has no cluster secret to reach storage with")?;
         let mut clients = lock(&self.clients);
-        Ok(Arc::clone(clients.entry(storage).or_insert_with(|| {
-            let mut config =
-                ClientConfig::new(secret.clone(), Identity::new(Role::Memory, name.clone()));
-            // A restarting storage manager is waited for, a while.
-            config.backoff = Backoff {
-                give_up_after: Duration::from_secs(10),
-                ..Backoff::default()
-            };
-            Arc::new(Client::new(storage, config))
-        })))
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&(storage, tree)) {
+            clients.clear();
+        }
+        Ok(Arc::clone(clients.entry((storage, tree)).or_insert_with(
+            || {
+                let mut config =
+                    ClientConfig::new(secret.tree_key(tree), Identity::process(tree, tree));
+                // A restarting storage manager is waited for, a while.
+                config.backoff = Backoff {
+                    give_up_after: Duration::from_secs(10),
+                    ..Backoff::default()
+                };
+                Arc::new(Client::new(storage, config))
+            },
+        )))
+    }
+
+    /// Whether the process `source.caller` vouches for may read the file:
+    /// asked of the storage manager before the file is mapped. The errno
+    /// is what mmap fails with (`EACCES`, `ESTALE`, ...).
+    pub fn check_readable(&self, source: &FileSource) -> Result<(), Errno> {
+        match self.read(source, 0, 0) {
+            Ok(_) => Ok(()),
+            Err(ReadError::Failed(errno)) => Err(errno),
+            Err(ReadError::Broken(why)) => {
+                tracing::warn!("{why}");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Reads `len` bytes of `source` from `offset`, acting for its caller.
+    fn read(&self, source: &FileSource, offset: u64, len: u32) -> Result<Vec<u8>, ReadError> {
+        let client = self
+            .client(source.storage, source.caller.tree)
+            .map_err(ReadError::Broken)?;
+        let reply = client
+            .call(
+                &Message::Storage {
+                    request: StorageRequest::Read {
+                        handle: source.handle.clone(),
+                        offset,
+                        len,
+                    },
+                    caller: Some(source.caller.clone()),
+                },
+                &[],
+            )
+            .map_err(|e| {
+                ReadError::Broken(format!(
+                    "reading a mapped file from storage at {}: {e}",
+                    source.storage
+                ))
+            })?;
+        match reply.message {
+            Message::StorageDone(StorageReply::Data { .. }) => Ok(reply.payload),
+            Message::StorageFailed { errno } => Err(ReadError::Failed(Errno(errno))),
+            Message::Error(e) => Err(ReadError::Broken(format!(
+                "storage at {} refused a read: {}",
+                source.storage, e.message
+            ))),
+            other => Err(ReadError::Broken(format!(
+                "storage at {} answered a read with {}",
+                source.storage,
+                other.kind()
+            ))),
+        }
     }
 
     /// The page of `source` at page-aligned `offset`; bytes past the end of
     /// the file read as zeros.
     pub fn page(&self, source: &FileSource, offset: u64) -> Result<Arc<[u8]>, String> {
-        let key = (source.clone(), offset);
+        let key = (source.storage, source.handle.clone(), offset);
         if let Some(page) = lock(&self.cache).pages.get(&key) {
             return Ok(Arc::clone(page));
         }
-        let client = self.client(source.storage)?;
-        let reply = client
-            .call(
-                &Message::Storage(StorageRequest::Read {
-                    handle: source.handle.clone(),
-                    offset,
-                    len: (READ_PAGES as usize * PAGE_SIZE) as u32,
-                }),
-                &[],
-            )
-            .map_err(|e| {
-                format!(
-                    "reading a mapped file from storage at {}: {e}",
-                    source.storage
-                )
-            })?;
-        let data = match reply.message {
-            Message::StorageDone(StorageReply::Data { .. }) => reply.payload,
-            Message::StorageFailed { errno } => {
-                return Err(format!(
+        let data = self
+            .read(source, offset, (READ_PAGES as usize * PAGE_SIZE) as u32)
+            .map_err(|e| match e {
+                ReadError::Failed(errno) => format!(
                     "reading a mapped file from storage at {}: {}",
                     source.storage,
-                    std::io::Error::from_raw_os_error(errno)
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "storage at {} answered a read with {}",
-                    source.storage,
-                    other.kind()
-                ))
-            }
-        };
+                    std::io::Error::from_raw_os_error(errno.0)
+                ),
+                ReadError::Broken(why) => why,
+            })?;
         let mut cache = lock(&self.cache);
         let mut first = None;
         // Keep every whole or partial page read, and one page past the end.
@@ -113,7 +167,11 @@ impl FileReader {
             let mut page = vec![0u8; PAGE_SIZE];
             page[..end - start].copy_from_slice(&data[start..end]);
             let page: Arc<[u8]> = page.into();
-            let k = (source.clone(), offset + i * PAGE_SIZE as u64);
+            let k = (
+                source.storage,
+                source.handle.clone(),
+                offset + i * PAGE_SIZE as u64,
+            );
             if first.is_none() {
                 first = Some(Arc::clone(&page));
             }

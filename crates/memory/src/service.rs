@@ -225,6 +225,26 @@ impl MemoryService {
     }
 
     fn memory(&self, pid: ProcessId, op: MemoryOp) -> Reply {
+        // Before any lock is taken: this asks the storage manager.
+        let source = match &op {
+            MemoryOp::MmapFile {
+                storage,
+                handle,
+                caller,
+                ..
+            } => {
+                let source = FileSource {
+                    storage: *storage,
+                    handle: handle.clone(),
+                    caller: caller.clone(),
+                };
+                if let Err(errno) = self.files.check_readable(&source) {
+                    return Message::MemoryFailed { errno: errno.0 }.into();
+                }
+                Some(source)
+            }
+            _ => None,
+        };
         let Some(slot) = self.slot(pid) else {
             return unknown_process(pid);
         };
@@ -245,17 +265,12 @@ impl MemoryService {
                 len,
                 prot,
                 flags,
-                storage,
-                handle,
                 offset,
-            } => space.mmap_file(
-                pool,
-                addr,
-                len,
-                prot,
-                flags,
-                (FileSource { storage, handle }, offset),
-            ),
+                ..
+            } => match source {
+                Some(source) => space.mmap_file(pool, addr, len, prot, flags, (source, offset)),
+                None => unreachable!("every MmapFile has its source made above"),
+            },
             MemoryOp::Munmap { addr, len } => space.munmap(pool, addr, len),
             MemoryOp::Mprotect { addr, len, prot } => space.mprotect(pool, addr, len, prot),
             MemoryOp::Mremap {

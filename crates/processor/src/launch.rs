@@ -16,16 +16,17 @@ use lego_proto::live::LiveStats;
 use lego_proto::runtime::{RuntimeReport, RuntimeSpec};
 use lego_proto::AdoptSpec;
 use lego_proto::{
-    ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, MAX_ARGS,
+    ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, Voucher, MAX_ARGS,
     MAX_ARGS_BYTES,
 };
 use lego_transport::fdpass::recv_fds;
-use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
+use lego_transport::peercred::peer_credentials;
+use lego_transport::{handshake, write_frame, ClusterSecret, FrameReader, Identity, Peer};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -42,11 +43,17 @@ pub fn serve(path: &Path, processor: Arc<Processor>) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let listener = UnixListener::bind(path)?;
-    // Anyone may connect (a program's forked process after it dropped
-    // root announces itself here); only who proves the cluster secret or
-    // a process tree's key is served.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
-    let peer: Peer = path.into();
+    // `lego run`'s, for the cluster's owner; runtimes reach the processor
+    // at its abstract socket.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let abstract_name = SocketAddr::from_abstract_name(&processor.runtime_socket)?;
+    let runtimes = UnixListener::bind_addr(&abstract_name)?;
+    accept(listener, path.into(), Arc::clone(&processor))?;
+    accept(runtimes, path.into(), processor)
+}
+
+/// Serves every connection to `listener`, each on a thread of its own.
+fn accept(listener: UnixListener, peer: Peer, processor: Arc<Processor>) -> std::io::Result<()> {
     thread::Builder::new()
         .name("launch".into())
         .spawn(move || {
@@ -88,6 +95,40 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
+fn sealed(secret: &ClusterSecret, mut voucher: Voucher) -> Voucher {
+    secret.seal_voucher(&mut voucher);
+    voucher
+}
+
+/// A voucher for the credentials thread `tid` of host process `pid` has
+/// now, read from the kernel: the process's runtime says nothing about
+/// them. `pid` is the connected peer (blocked on our answer, so not
+/// recycled); `tid` must be one of its threads.
+fn vouch(secret: &ClusterSecret, tree: u64, pid: u32, tid: u32) -> std::io::Result<Voucher> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    let malformed = || std::io::Error::other("a status file without Uid, Gid or Groups");
+    let ids = |key: &str| -> Option<Vec<u32>> {
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        line.split_whitespace().map(|id| id.parse().ok()).collect()
+    };
+    let uids = ids("Uid:").and_then(|v| <[u32; 4]>::try_from(v).ok());
+    let gids = ids("Gid:").and_then(|v| <[u32; 4]>::try_from(v).ok());
+    let (Some(uids), Some(gids), Some(mut groups)) = (uids, gids, ids("Groups:")) else {
+        return Err(malformed());
+    };
+    groups.sort_unstable();
+    Ok(sealed(
+        secret,
+        Voucher {
+            tree,
+            uids,
+            gids,
+            groups,
+            seal: [0; 32],
+        },
+    ))
+}
+
 fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), String> {
     write_frame(stream, id, &message, &[]).map_err(|e| format!("cannot reply to lego run: {e}"))
 }
@@ -112,11 +153,27 @@ fn serve_connection(
         Duration::from_secs(5),
     )
     .map_err(|e| format!("refused: {e}"))?;
+    let caller = peer_credentials(&stream)
+        .map_err(|e| format!("cannot tell who {} is: {e}", client.name))?;
     let fds = recv_fds(&stream)
         .map_err(|e| format!("receiving descriptors from {}: {e}", client.name))?;
     let frame = reader
         .read_frame()
         .map_err(|e| format!("reading the launch request: {e}"))?;
+    if let Message::Vouch { tid } = frame.message {
+        let tree = client.tree().unwrap_or(0);
+        let answer = match vouch(&processor.secret, tree, caller.pid, tid) {
+            Ok(voucher) => Message::Vouched(voucher),
+            Err(e) => Message::error(
+                ErrorCode::Denied,
+                format!(
+                    "cannot read the credentials of thread {tid} of {}: {e}",
+                    client.name
+                ),
+            ),
+        };
+        return reply(&mut writer, frame.id, answer);
+    }
     if let Message::Adopt(spec) = frame.message {
         let Ok([live]) = <[OwnedFd; 1]>::try_from(fds) else {
             return Err(format!(
@@ -201,7 +258,18 @@ fn serve_connection(
         // The first process of a tree names it.
         tree: pid,
         tree_key_hex: processor.secret.tree_key(pid).to_hex(),
-        processor_socket: processor.launch_socket.as_os_str().as_bytes().to_vec(),
+        // Whoever asked: the program runs with their credentials.
+        voucher: sealed(
+            &processor.secret,
+            Voucher {
+                tree: pid,
+                uids: [caller.uid; 4],
+                gids: [caller.gid; 4],
+                groups: caller.groups.clone(),
+                seal: [0; 32],
+            },
+        ),
+        processor_socket: processor.runtime_socket.clone(),
         processor_name: processor.name.clone(),
     };
     // Before the runtime runs: its first fork may announce itself at once.

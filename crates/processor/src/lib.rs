@@ -63,8 +63,11 @@ pub struct Processor {
     cores: u32,
     excache_quota: u64,
     processes: Mutex<HashMap<ProcessId, (ProcessInfo, Arc<LiveStats>)>>,
-    /// The launch socket, which forked runtimes connect back to.
-    launch_socket: PathBuf,
+    /// The abstract Unix socket name runtimes reach this processor at (a
+    /// forked process announcing itself, a process renewing its voucher):
+    /// abstract, so no file permission stands between a program that
+    /// dropped root and its processor; only who authenticates is served.
+    runtime_socket: Vec<u8>,
     memory_clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
     /// The tree of each process this processor runs (its first process's
     /// pid), and of the last processes that ended (a child may announce
@@ -210,6 +213,15 @@ pub struct ProcessorManager {
     joined: JoinedComponent,
 }
 
+/// A fresh abstract socket name for the processor `name`: unpredictable,
+/// so no other process on the host takes it first.
+fn runtime_socket_name(name: &str) -> std::io::Result<Vec<u8>> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("lego-{hex}-{name}").into_bytes())
+}
+
 impl ProcessorManager {
     pub fn start(mut config: ProcessorConfig) -> std::io::Result<ProcessorManager> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
@@ -219,7 +231,7 @@ impl ProcessorManager {
             cores,
             excache_quota: config.excache,
             processes: Mutex::new(HashMap::new()),
-            launch_socket: config.launch_socket.clone(),
+            runtime_socket: runtime_socket_name(&config.component.name)?,
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
         });

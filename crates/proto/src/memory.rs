@@ -5,7 +5,7 @@
 //! Every request names the process; the memory manager keeps no per-
 //! connection state, so a runtime may reconnect (or be replaced) freely.
 
-use crate::storage::FileHandle;
+use crate::storage::{FileHandle, Voucher};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -57,6 +57,9 @@ pub enum MemoryOp {
         storage: SocketAddr,
         handle: FileHandle,
         offset: u64,
+        /// Whose read permission the mapping needs (checked when mapped)
+        /// and whose credentials its pages are read with.
+        caller: Voucher,
     },
     Munmap {
         addr: u64,

@@ -7,7 +7,7 @@
 
 use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId, RangeChange};
 use crate::process::{AdoptSpec, ExitReport, LaunchSpec, ProcessInfo};
-use crate::storage::{StorageReply, StorageRequest};
+use crate::storage::{StorageReply, StorageRequest, Voucher};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -247,6 +247,13 @@ pub enum Message {
     /// its live-counters page as a descriptor.
     Adopt(AdoptSpec),
     Adopted,
+    /// A runtime asking for a voucher of its process's credentials now (it
+    /// changed them): the processor reads those of thread `tid` of the
+    /// connecting process from the kernel.
+    Vouch {
+        tid: u32,
+    },
+    Vouched(Voucher),
 
     // --- memory (memory manager) ---
     /// fork: give `child` a copy-on-write copy of `parent`'s address space.
@@ -308,8 +315,12 @@ pub enum Message {
     Released,
 
     // --- files (storage manager; see `crate::storage`) ---
-    /// A file request; `Write` carries its data as the payload.
-    Storage(StorageRequest),
+    /// A file request; `Write` carries its data as the payload. `caller`:
+    /// whose credentials it is performed with (required from a runtime).
+    Storage {
+        request: StorageRequest,
+        caller: Option<Voucher>,
+    },
     /// Reply: the request succeeded; `Data` carries the bytes as the payload.
     StorageDone(StorageReply),
     /// Reply: the request failed with this errno, as Linux would fail it.
@@ -344,6 +355,8 @@ impl Message {
             Message::Exited(_) => "Exited",
             Message::Adopt(_) => "Adopt",
             Message::Adopted => "Adopted",
+            Message::Vouch { .. } => "Vouch",
+            Message::Vouched(_) => "Vouched",
             Message::Fork { .. } => "Fork",
             Message::Forked { .. } => "Forked",
             Message::Exec { .. } => "Exec",
@@ -360,7 +373,7 @@ impl Message {
             Message::WrittenBack => "WrittenBack",
             Message::ReleaseProcess { .. } => "ReleaseProcess",
             Message::Released => "Released",
-            Message::Storage(_) => "Storage",
+            Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",
             Message::StorageFailed { .. } => "StorageFailed",
         }

@@ -4,7 +4,7 @@
 //! ([`RuntimeReport`], on [`REPORT_FD`]). The processor depends on this,
 //! never on the runtime's code.
 
-use crate::{ExcacheStats, LaunchSpec, ProcessId};
+use crate::{ExcacheStats, LaunchSpec, ProcessId, Voucher};
 use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 
@@ -30,6 +30,9 @@ pub struct RuntimeSpec {
     /// process.
     pub tree: ProcessId,
     pub tree_key_hex: String,
+    /// The process's credentials as it starts, vouched for by the
+    /// processor (what every storage request carries).
+    pub voucher: Voucher,
     /// The processor's launch socket and name: a forked process's runtime
     /// announces itself there.
     pub processor_socket: Vec<u8>,

@@ -13,7 +13,7 @@
 //!
 //! # Calling convention
 //!
-//! A request is `Message::Storage(StorageRequest)`. The reply is one of:
+//! A request is `Message::Storage { request, caller }`. The reply is one of:
 //!
 //! - `Message::StorageDone(StorageReply)`: success; which [`StorageReply`]
 //!   variant answers which request is stated on each request.
@@ -29,13 +29,19 @@
 //!
 //! # Permissions
 //!
-//! The storage manager acts with its own credentials (an export of a server
-//! running as root behaves like NFS's `no_root_squash`): files it creates
-//! belong to it. The client enforces the application's permissions itself
-//! from [`FileAttr`] (`mode`, `uid`, `gid`), or asks with
-//! [`StorageRequest::Access`], which the server evaluates with the
-//! credentials the request carries (and `EROFS` for writes to a read-only
-//! file system).
+//! A request with a [`Voucher`] is checked and performed with the
+//! credentials it vouches for: filesystem uid, gid and groups, set on the
+//! serving thread for the request as knfsd does, so the kernel checks
+//! every permission and files a process creates belong to it (its fsuid,
+//! its fsgid or a setgid directory's group). A runtime's connection
+//! (role `Process`) must send its own tree's voucher with every request;
+//! components may send none and then act with the server's credentials (an
+//! export of a server running as root behaves like NFS's
+//! `no_root_squash`). Handles are opened with the server's rights (a handle
+//! is proof its holder looked the file up, as in NFS), then used with the
+//! caller's. [`StorageRequest::Access`] evaluates the credentials it
+//! carries, which must be ones the voucher covers (and gives `EROFS` for
+//! writes to a read-only file system).
 //!
 //! # Confinement
 //!
@@ -190,6 +196,45 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups, at most [`MAX_GROUPS`].
     pub groups: Vec<u32>,
+}
+
+/// Whom a request acts for: the credentials of a process as its processor
+/// read them from the host kernel, sealed by the processor with a key
+/// derived from the cluster secret (`ClusterSecret::seal_voucher`), so that
+/// neither the process nor anyone else can make one up or change one. The
+/// storage manager performs a request that carries one with its
+/// filesystem ids and groups, as the kernel would for the process itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Voucher {
+    /// The process tree the process belongs to: a runtime's connection
+    /// shows only its own tree's vouchers.
+    pub tree: u64,
+    /// Real, effective, saved and filesystem user ids, as
+    /// `/proc/PID/status` lists them.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem group ids.
+    pub gids: [u32; 4],
+    /// Supplementary groups, at most [`MAX_GROUPS`].
+    pub groups: Vec<u32>,
+    /// The processor's seal over the fields above.
+    pub seal: [u8; 32],
+}
+
+impl Voucher {
+    /// The credentials file operations are checked and performed with.
+    pub fn fs_credentials(&self) -> Credentials {
+        Credentials {
+            uid: self.uids[3],
+            gid: self.gids[3],
+            groups: self.groups.clone(),
+        }
+    }
+
+    /// Whether `who` is credentials the process holds: its uid one of its
+    /// user ids, its gid one of its group ids, its groups its own.
+    pub fn covers(&self, who: &Credentials) -> bool {
+        self.uids.contains(&who.uid) && self.gids.contains(&who.gid) && who.groups == self.groups
+    }
 }
 
 /// One directory entry of a `Readdir` reply.
@@ -412,8 +457,84 @@ impl StorageReply {
     }
 }
 
+/// Linux's permission check from mode bits (no ACLs): root may read and
+/// write anything and execute anything with an execute bit (or search any
+/// directory); others get the owner, group or other bits.
+pub fn permitted(attr: &FileAttr, mask: u32, who: &Credentials) -> bool {
+    if who.uid == 0 {
+        return mask & ACCESS_EXECUTE == 0
+            || attr.file_type == FileType::Directory
+            || attr.mode & 0o111 != 0;
+    }
+    let bits = if who.uid == attr.uid {
+        attr.mode >> 6
+    } else if who.gid == attr.gid || who.groups.contains(&attr.gid) {
+        attr.mode >> 3
+    } else {
+        attr.mode
+    } & 7;
+    mask & !bits == 0
+}
+
 /// Bytes `getdents64` uses for an entry with a name of `name_len` bytes:
 /// a 19-byte header, the name, its NUL, rounded up to 8.
 pub fn dirent64_len(name_len: usize) -> usize {
     (19 + name_len + 1 + 7) & !7
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(mode: u32, uid: u32, gid: u32, file_type: FileType) -> FileAttr {
+        FileAttr {
+            file_type,
+            mode,
+            nlink: 1,
+            uid,
+            gid,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: crate::Timespec::default(),
+            mtime: crate::Timespec::default(),
+            ctime: crate::Timespec::default(),
+            dev: 0,
+            ino: 0,
+            rdev: 0,
+        }
+    }
+
+    fn who(uid: u32, gid: u32, groups: &[u32]) -> Credentials {
+        Credentials {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn permission_bits_follow_linux() {
+        let file = attr(0o640, 1000, 100, FileType::Regular);
+        assert!(permitted(
+            &file,
+            ACCESS_READ | ACCESS_WRITE,
+            &who(1000, 1, &[])
+        ));
+        assert!(!permitted(&file, ACCESS_EXECUTE, &who(1000, 1, &[])));
+        assert!(permitted(&file, ACCESS_READ, &who(2000, 100, &[])));
+        assert!(permitted(&file, ACCESS_READ, &who(2000, 5, &[7, 100])));
+        assert!(!permitted(&file, ACCESS_WRITE, &who(2000, 100, &[])));
+        assert!(!permitted(&file, ACCESS_READ, &who(2000, 5, &[])));
+        assert!(permitted(&file, 0, &who(2000, 5, &[])));
+        // Root: anything but executing a file without any execute bit.
+        assert!(permitted(
+            &file,
+            ACCESS_READ | ACCESS_WRITE,
+            &who(0, 0, &[])
+        ));
+        assert!(!permitted(&file, ACCESS_EXECUTE, &who(0, 0, &[])));
+        let dir = attr(0o700, 1000, 100, FileType::Directory);
+        assert!(permitted(&dir, ACCESS_EXECUTE, &who(0, 0, &[])));
+    }
 }

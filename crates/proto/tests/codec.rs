@@ -117,6 +117,23 @@ fn range_change() -> impl Strategy<Value = RangeChange> {
         })
 }
 
+fn voucher() -> impl Strategy<Value = Voucher> {
+    (
+        any::<u64>(),
+        any::<[u32; 4]>(),
+        any::<[u32; 4]>(),
+        prop::collection::vec(any::<u32>(), 0..8),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(tree, uids, gids, groups, seal)| Voucher {
+            tree,
+            uids,
+            gids,
+            groups,
+            seal,
+        })
+}
+
 fn memory_op() -> impl Strategy<Value = MemoryOp> {
     let n = any::<u64>;
     prop_oneof![
@@ -128,17 +145,24 @@ fn memory_op() -> impl Strategy<Value = MemoryOp> {
                 flags,
             }
         }),
-        (n(), n(), any::<u32>(), any::<u32>(), addr(), bytes(), n()).prop_map(
-            |(addr, len, prot, flags, storage, handle, offset)| MemoryOp::MmapFile {
-                addr,
-                len,
-                prot,
-                flags,
-                storage,
-                handle: FileHandle(handle),
-                offset
-            }
-        ),
+        (
+            (n(), n(), any::<u32>(), any::<u32>()),
+            (addr(), bytes(), n(), voucher())
+        )
+            .prop_map(
+                |((addr, len, prot, flags), (storage, handle, offset, caller))| {
+                    MemoryOp::MmapFile {
+                        addr,
+                        len,
+                        prot,
+                        flags,
+                        storage,
+                        handle: FileHandle(handle),
+                        offset,
+                        caller,
+                    }
+                }
+            ),
         (n(), n()).prop_map(|(addr, len)| MemoryOp::Munmap { addr, len }),
         (n(), n(), any::<u32>()).prop_map(|(addr, len, prot)| MemoryOp::Mprotect {
             addr,
@@ -548,7 +572,10 @@ fn storage_reply() -> impl Strategy<Value = StorageReply> {
 
 fn storage_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        storage_request().prop_map(Message::Storage),
+        (storage_request(), prop::option::of(voucher()))
+            .prop_map(|(request, caller)| Message::Storage { request, caller }),
+        any::<u32>().prop_map(|tid| Message::Vouch { tid }),
+        voucher().prop_map(Message::Vouched),
         storage_reply().prop_map(Message::StorageDone),
         any::<i32>().prop_map(|errno| Message::StorageFailed { errno }),
     ]

@@ -105,6 +105,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         launch: spec,
         tree,
         tree_key_hex,
+        voucher,
         processor_socket,
         processor_name,
     } = spec;
@@ -127,6 +128,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
                 spec.storage_name.clone(),
                 key.clone(),
                 identity.clone(),
+                voucher.clone(),
                 std::time::Duration::from_millis(spec.storage_retry_ms),
             );
             let _ = std::env::set_current_dir(cwd);
@@ -152,6 +154,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     // While the runtime still has the processor's rights: the program's
     // forks make their userfaultfds through it after any setuid.
     host::uffd::open_device();
+    host::open_proc_root();
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(
         spec.memory,
@@ -187,7 +190,6 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         home: Home {
             key: key.clone(),
             tree,
-            processor_dir: processor_dir(&processor_socket),
             processor_socket,
             processor_name,
             excache: spec.excache,
@@ -223,25 +225,14 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         sp,
         spec.excache
     );
+    // The program runs as who launched it.
+    process::credentials::assume(&voucher)?;
     // Last: from here on the runtime makes none of the calls it refuses.
     syscall::backstop::install(syscall::backstop::Keeper::parent())?;
     let ctl = Box::leak(Box::new(task::dispatch::ThreadCtl::new()));
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.
     unsafe { task::thread::enter_application(ctl, loaded.entry, sp) }
-}
-
-/// The directory of the processor's socket at `socket`, opened `O_PATH`
-/// and kept above the descriptor floor (see `Home::processor_dir`).
-fn processor_dir(socket: &[u8]) -> Option<std::os::fd::OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(socket)).parent()?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .ok()?;
-    lego_transport::fdfloor::lift(std::os::fd::OwnedFd::from(file)).ok()
 }
 
 /// Logs go to [`LOG_FD`] (the processor's log), never to stderr, which is

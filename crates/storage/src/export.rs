@@ -19,6 +19,7 @@
 //! descriptor on that mount, found through /proc/self/mountinfo and cached
 //! (the cache is rebuilt on demand, so it is not state a restart loses).
 
+use crate::acting;
 use crate::handle::{HandleBody, HandleError, HandleKey};
 use crate::sys::{self, Errno};
 use crate::Failure;
@@ -110,7 +111,7 @@ impl Export {
             // decoded (a mount hidden under another, or on a file).
             if let Some(kernel) = sys::name_to_handle(fd)
                 .ok()
-                .filter(|kernel| self.mount(kernel.mount_id).is_ok())
+                .filter(|kernel| acting::as_server(|| self.mount(kernel.mount_id)).is_ok())
             {
                 return Ok(self.key.encode(&HandleBody::Kernel {
                     mount_id: kernel.mount_id,
@@ -132,7 +133,9 @@ impl Export {
 
     /// Opens the file `handle` names with `flags` (`O_PATH`, or an access
     /// mode). A handle that fails authentication is a bad request; one whose
-    /// file is gone is `ESTALE`.
+    /// file is gone is `ESTALE`. Decoding the handle takes the server's own
+    /// rights; opening the file for reading or writing then takes the
+    /// caller's, so the kernel checks the caller's access to it.
     pub fn open_handle(&self, handle: &FileHandle, flags: i32) -> Result<OwnedFd, Failure> {
         let body = self.key.decode(handle).map_err(|e| bad_handle(&e))?;
         let flags = if flags & libc::O_PATH != 0 {
@@ -141,6 +144,29 @@ impl Export {
             // Never block the server on a FIFO, never acquire a terminal.
             flags | libc::O_NONBLOCK | libc::O_NOCTTY
         };
+        if !acting::acting() {
+            return self.open_body(body, flags);
+        }
+        let fd =
+            acting::as_server(|| self.open_body(body, libc::O_PATH | (flags & libc::O_DIRECTORY)))?;
+        if flags & libc::O_PATH != 0 {
+            return Ok(fd);
+        }
+        if sys::statx(fd.as_fd())?.0.file_type == FileType::Symlink {
+            return Err(Errno(libc::ELOOP).into());
+        }
+        // Reopening through /proc/self/fd reaches this very inode, with
+        // the permission check made for whom this thread acts.
+        Ok(sys::openat2(
+            cwd(),
+            &sys::proc_fd_path(fd.as_fd()),
+            flags,
+            0,
+            0,
+        )?)
+    }
+
+    fn open_body(&self, body: HandleBody, flags: i32) -> Result<OwnedFd, Failure> {
         match body {
             HandleBody::Kernel {
                 mount_id,

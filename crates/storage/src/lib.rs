@@ -16,14 +16,16 @@
 //! file systems that cannot make handles (procfs, sysfs), handles are
 //! path-based and go stale when the file is renamed (see [`handle`]).
 
+pub mod acting;
 pub mod export;
 pub mod handle;
 pub mod service;
 mod sys;
 
+use acting::Acting;
 use export::Export;
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
-use lego_proto::{ErrorCode, Frame, Load, Message, StorageRequest};
+use lego_proto::{ErrorCode, Frame, Load, Message, Role, StorageRequest, Voucher};
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::ffi::CString;
 use std::net::SocketAddr;
@@ -79,6 +81,8 @@ impl From<Errno> for Failure {
 /// The file service of one export, served through [`Service`].
 pub struct StorageService {
     export: Export,
+    /// What vouchers are sealed with.
+    secret: ClusterSecret,
 }
 
 impl StorageService {
@@ -97,7 +101,10 @@ impl StorageService {
         }
         let export = Export::open(&root, secret.to_hex().as_bytes())
             .map_err(|source| StorageError::Export { path: root, source })?;
-        Ok(StorageService { export })
+        Ok(StorageService {
+            export,
+            secret: secret.clone(),
+        })
     }
 
     /// Never serves the file at `path`, by any name or link; nor, when it
@@ -192,10 +199,44 @@ impl StorageService {
     }
 }
 
+impl StorageService {
+    /// Whom a request from `peer` acts for: the credentials its voucher
+    /// names, or, for a component's request without one, the server
+    /// itself. A runtime must send a voucher of its own tree.
+    fn caller(
+        &self,
+        peer: &PeerInfo,
+        voucher: Option<&Voucher>,
+    ) -> Result<Option<Voucher>, String> {
+        let Some(voucher) = voucher else {
+            return match peer.identity.role {
+                Role::Process => Err(format!(
+                    "{} sent a request without its processor's voucher",
+                    peer.identity.name
+                )),
+                _ => Ok(None),
+            };
+        };
+        if !self.secret.voucher_is_sealed(voucher) {
+            return Err(format!(
+                "{} sent a voucher this cluster did not seal",
+                peer.identity.name
+            ));
+        }
+        if peer.identity.role == Role::Process && peer.identity.tree() != Some(voucher.tree) {
+            return Err(format!(
+                "{} sent a voucher of process tree {:x}, not its own",
+                peer.identity.name, voucher.tree
+            ));
+        }
+        Ok(Some(voucher.clone()))
+    }
+}
+
 impl Service for StorageService {
-    fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
-        let storage = match &request.message {
-            Message::Storage(storage) => storage,
+    fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        let (storage, voucher) = match &request.message {
+            Message::Storage { request, caller } => (request, caller.as_ref()),
             other => {
                 return Message::error(
                     ErrorCode::Unsupported,
@@ -203,6 +244,31 @@ impl Service for StorageService {
                 )
                 .into()
             }
+        };
+        let caller = match self.caller(peer, voucher) {
+            Ok(caller) => caller,
+            Err(why) => return Message::error(ErrorCode::Denied, why).into(),
+        };
+        if let (Some(caller), StorageRequest::Access { credentials, .. }) = (&caller, storage) {
+            if !caller.covers(credentials) {
+                return Message::error(
+                    ErrorCode::Denied,
+                    format!(
+                        "{} asked an access check for uid {} gid {}, which it does not hold",
+                        peer.identity.name, credentials.uid, credentials.gid
+                    ),
+                )
+                .into();
+            }
+        }
+        // Held until the reply is made: the request runs with the caller's
+        // filesystem credentials.
+        let _acting = match caller
+            .map(|c| Acting::begin(&c.fs_credentials()))
+            .transpose()
+        {
+            Ok(acting) => acting,
+            Err(errno) => return Message::StorageFailed { errno: errno.0 }.into(),
         };
         match self.serve(storage, &request.payload) {
             Ok((reply, payload)) => Reply {

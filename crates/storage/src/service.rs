@@ -11,7 +11,7 @@ use crate::export::{path_cstring, Export};
 use crate::sys::{self, Errno};
 use crate::Failure;
 use lego_proto::{
-    dirent64_len, Credentials, FileAttr, FileHandle, FileType, SetAttr, SetTime, StorageReply,
+    dirent64_len, permitted, Credentials, FileHandle, FileType, SetAttr, SetTime, StorageReply,
     ACCESS_EXECUTE, ACCESS_READ, ACCESS_WRITE, MAX_FILE_NAME_LEN, MAX_GROUPS, MAX_PATH_LEN,
     MAX_READDIR_BYTES, MAX_READ_LEN, MAX_WRITE_LEN, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
@@ -341,25 +341,6 @@ impl Export {
     }
 }
 
-/// Linux's permission check from mode bits (no ACLs): root may read and
-/// write anything and execute anything with an execute bit (or search any
-/// directory); others get the owner, group or other bits.
-pub fn permitted(attr: &FileAttr, mask: u32, who: &Credentials) -> bool {
-    if who.uid == 0 {
-        return mask & ACCESS_EXECUTE == 0
-            || attr.file_type == FileType::Directory
-            || attr.mode & 0o111 != 0;
-    }
-    let bits = if who.uid == attr.uid {
-        attr.mode >> 6
-    } else if who.gid == attr.gid || who.groups.contains(&attr.gid) {
-        attr.mode >> 3
-    } else {
-        attr.mode
-    } & 7;
-    mask & !bits == 0
-}
-
 /// Gives a file just created exactly the permission bits asked for: the
 /// client has applied the application's umask already, and the storage
 /// manager's own umask must not apply a second time. A setgid bit the
@@ -398,59 +379,6 @@ fn utime(time: Option<SetTime>) -> Result<libc::timespec, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lego_proto::Timespec;
-
-    fn attr(mode: u32, uid: u32, gid: u32, file_type: FileType) -> FileAttr {
-        FileAttr {
-            file_type,
-            mode,
-            nlink: 1,
-            uid,
-            gid,
-            size: 0,
-            blocks: 0,
-            blksize: 4096,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            dev: 0,
-            ino: 0,
-            rdev: 0,
-        }
-    }
-
-    fn who(uid: u32, gid: u32, groups: &[u32]) -> Credentials {
-        Credentials {
-            uid,
-            gid,
-            groups: groups.to_vec(),
-        }
-    }
-
-    #[test]
-    fn permission_bits_follow_linux() {
-        let file = attr(0o640, 1000, 100, FileType::Regular);
-        assert!(permitted(
-            &file,
-            ACCESS_READ | ACCESS_WRITE,
-            &who(1000, 1, &[])
-        ));
-        assert!(!permitted(&file, ACCESS_EXECUTE, &who(1000, 1, &[])));
-        assert!(permitted(&file, ACCESS_READ, &who(2000, 100, &[])));
-        assert!(permitted(&file, ACCESS_READ, &who(2000, 5, &[7, 100])));
-        assert!(!permitted(&file, ACCESS_WRITE, &who(2000, 100, &[])));
-        assert!(!permitted(&file, ACCESS_READ, &who(2000, 5, &[])));
-        assert!(permitted(&file, 0, &who(2000, 5, &[])));
-        // Root: anything but executing a file without any execute bit.
-        assert!(permitted(
-            &file,
-            ACCESS_READ | ACCESS_WRITE,
-            &who(0, 0, &[])
-        ));
-        assert!(!permitted(&file, ACCESS_EXECUTE, &who(0, 0, &[])));
-        let dir = attr(0o700, 1000, 100, FileType::Directory);
-        assert!(permitted(&dir, ACCESS_EXECUTE, &who(0, 0, &[])));
-    }
 
     #[test]
     fn names_are_single_components() {

@@ -36,7 +36,14 @@ fn a_client_creates_writes_and_reads_over_loopback() {
     let conn = connect(&server);
     let call = |conn: &Connection, request: StorageRequest, payload: &[u8]| {
         let reply = conn
-            .call(&Message::Storage(request), payload, TIMEOUT)
+            .call(
+                &Message::Storage {
+                    request,
+                    caller: None,
+                },
+                payload,
+                TIMEOUT,
+            )
             .unwrap();
         (reply.message, reply.payload)
     };

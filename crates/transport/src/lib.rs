@@ -17,6 +17,7 @@ pub mod fdfloor;
 pub mod fdpass;
 pub mod handshake;
 mod io;
+pub mod peercred;
 mod secret;
 mod server;
 

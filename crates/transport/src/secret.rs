@@ -68,6 +68,32 @@ impl ClusterSecret {
         ClusterSecret(*hasher.finalize().as_bytes())
     }
 
+    /// Seals `voucher` (see `lego_proto::Voucher`): what a processor does
+    /// for the credentials it read of one of its processes.
+    pub fn seal_voucher(&self, voucher: &mut lego_proto::Voucher) {
+        voucher.seal = *self.voucher_seal(voucher).as_bytes();
+    }
+
+    /// Whether `voucher` carries this cluster's seal over exactly its
+    /// fields (compared in constant time).
+    pub fn voucher_is_sealed(&self, voucher: &lego_proto::Voucher) -> bool {
+        self.voucher_seal(voucher) == blake3::Hash::from(voucher.seal)
+    }
+
+    fn voucher_seal(&self, voucher: &lego_proto::Voucher) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        hasher.update(b"lego credentials voucher v1 ");
+        hasher.update(&voucher.tree.to_le_bytes());
+        for id in voucher.uids.iter().chain(&voucher.gids) {
+            hasher.update(&id.to_le_bytes());
+        }
+        hasher.update(&(voucher.groups.len() as u64).to_le_bytes());
+        for group in &voucher.groups {
+            hasher.update(&group.to_le_bytes());
+        }
+        hasher.finalize()
+    }
+
     /// Reads a secret written by [`ClusterSecret::write_new`]. Refuses a
     /// file that others can read, as ssh does for private keys.
     pub fn load(path: &Path) -> Result<ClusterSecret, SecretError> {
@@ -128,6 +154,36 @@ impl ClusterSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_voucher_is_sealed_only_as_issued() {
+        let secret = ClusterSecret::generate().unwrap();
+        let mut voucher = lego_proto::Voucher {
+            tree: 7,
+            uids: [1000; 4],
+            gids: [100; 4],
+            groups: vec![100, 27],
+            seal: [0; 32],
+        };
+        assert!(!secret.voucher_is_sealed(&voucher));
+        secret.seal_voucher(&mut voucher);
+        assert!(secret.voucher_is_sealed(&voucher));
+        assert!(!ClusterSecret::generate()
+            .unwrap()
+            .voucher_is_sealed(&voucher));
+        let changed: [fn(&mut lego_proto::Voucher); 5] = [
+            |v| v.tree = 8,
+            |v| v.uids[3] = 0,
+            |v| v.gids[0] = 0,
+            |v| v.groups.push(0),
+            |v| v.groups = vec![27, 100],
+        ];
+        for change in changed {
+            let mut forged = voucher.clone();
+            change(&mut forged);
+            assert!(!secret.voucher_is_sealed(&forged), "{forged:?}");
+        }
+    }
 
     #[test]
     fn hex_round_trips_and_rejects_garbage() {

@@ -247,6 +247,7 @@ mod file_tests {
         FileSource {
             storage: "127.0.0.1:9".parse().unwrap(),
             handle: FileHandle(vec![1, 2, 3]),
+            caller: lego_proto::Voucher::default(),
         }
     }
 

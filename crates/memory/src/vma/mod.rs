@@ -137,12 +137,14 @@ pub struct FileRef {
     pub offset: u64,
 }
 
-/// A file some mapping reads from: which storage manager, which handle.
+/// A file some mapping reads from: which storage manager, which handle,
+/// and whose credentials its pages are read with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileSource {
     // (see `AddressSpace::mmap_file`)
     pub storage: std::net::SocketAddr,
     pub handle: lego_proto::FileHandle,
+    pub caller: lego_proto::Voucher,
 }
 
 impl Vma {

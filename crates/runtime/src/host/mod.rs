@@ -50,6 +50,50 @@ pub fn gettid() -> i32 {
     unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) as i32 }
 }
 
+/// The host's /proc, opened as the runtime starts (`open_proc_root`): a
+/// program that later takes ids that cannot walk `/` (any mode it has)
+/// still reaches the runtime's own /proc files through it.
+static PROC: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
+
+/// Opens the host's /proc for [`open_proc`]; call before the program runs.
+pub fn open_proc_root() {
+    PROC.get_or_init(|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open("/proc")
+            .ok()?;
+        lego_transport::fdfloor::lift(std::os::fd::OwnedFd::from(dir)).ok()
+    });
+}
+
+/// Opens `path` (relative, such as `thread-self/pagemap`) of the host's
+/// /proc for reading.
+pub fn open_proc(path: &std::ffi::CStr) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dir = PROC
+        .get()
+        .and_then(Option::as_ref)
+        .map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    let path = if dir == libc::AT_FDCWD {
+        std::borrow::Cow::Owned(
+            std::ffi::CString::new([b"/proc/", path.to_bytes()].concat()).expect("no NUL"),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    };
+    // Safety: openat reads a NUL-terminated path that outlives the call;
+    // the descriptor it returns is new and ours alone.
+    unsafe {
+        let fd = libc::openat(dir, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
 /// Runs `f` with the process dumpable. A process whose credentials
 /// changed (a program's setuid) is not, and its /proc files are then
 /// root's: the runtime becomes dumpable just long enough to open its own

@@ -406,15 +406,14 @@ impl Pagemap {
     }
 
     pub fn open() -> io::Result<Pagemap> {
-        let path = "/proc/thread-self/pagemap";
-        let file = match std::fs::File::open(path) {
+        let fd = match super::open_proc(c"thread-self/pagemap") {
             // Not dumpable since a setuid (see `while_dumpable`).
             Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                super::while_dumpable(|| std::fs::File::open(path))?
+                super::while_dumpable(|| super::open_proc(c"thread-self/pagemap"))?
             }
             opened => opened?,
         };
-        Ok(Pagemap { fd: file.into() })
+        Ok(Pagemap { fd })
     }
 
     /// Moved above the descriptor floor (see `lego_transport::fdfloor`).

@@ -9,6 +9,8 @@
 //! May call: `mm`, `vfs`, `task`, `host`. Invariant: nothing here calls
 //! up into `syscall` or `trap`.
 
+pub mod credentials;
+pub mod processor;
 pub mod procfs;
 pub mod state;
 
@@ -92,12 +94,8 @@ impl Default for Forks {
 pub struct Home {
     pub key: ClusterSecret,
     pub tree: lego_proto::ProcessId,
+    /// The processor's abstract socket name.
     pub processor_socket: Vec<u8>,
-    /// The directory holding the processor's socket, opened (`O_PATH`)
-    /// while the runtime may still reach it: a process that has dropped
-    /// root since cannot walk the cluster's private state directory, but
-    /// may connect from inside this one.
-    pub processor_dir: Option<std::os::fd::OwnedFd>,
     pub processor_name: String,
     pub excache: u64,
 }

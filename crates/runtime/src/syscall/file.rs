@@ -362,29 +362,12 @@ fn open_storage(
     let accmode = flags & libc::O_ACCMODE as u32;
     let writing = accmode == libc::O_WRONLY as u32 || accmode == libc::O_RDWR as u32;
     let truncate = flags & libc::O_TRUNC as u32 != 0 && writing;
-    let (handle, attr) = if flags & libc::O_CREAT as u32 != 0 {
-        let (parent, name) = parent_and_name(vfs, dir.clone(), path)?;
-        let created = vfs.storage.found(StorageRequest::Create {
-            dir: parent,
-            name,
-            mode: mode & 0o7777 & !umask(),
-            exclusive: flags & libc::O_EXCL as u32 != 0,
-            truncate,
-        });
-        match created {
-            Ok(found) => found,
-            // A symlink in the way: open what it points to (creating
-            // through a dangling link is not offered yet).
-            Err(StorageError::Errno(Errno::ELOOP)) if follow => {
-                lookup(vfs, dir, path.to_vec(), true)?
-            }
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        let (handle, attr) = lookup(vfs, dir, path.to_vec(), follow)?;
+    let existing = |follow: bool| -> Result<(FileHandle, FileAttr), SysError> {
+        let (handle, attr) = lookup(vfs, dir.clone(), path.to_vec(), follow)?;
         if attr.file_type == FileType::Symlink && flags & libc::O_PATH as u32 == 0 {
             return Err(Errno::ELOOP.into());
         }
+        may_open(&attr, flags)?;
         if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
             vfs.storage.attr(StorageRequest::Setattr {
                 handle: handle.clone(),
@@ -394,7 +377,31 @@ fn open_storage(
                 },
             })?;
         }
-        (handle, attr)
+        Ok((handle, attr))
+    };
+    let (handle, attr) = if flags & libc::O_CREAT as u32 != 0 {
+        let (parent, name) = parent_and_name(vfs, dir.clone(), path)?;
+        // Exclusive, so a file that was there is opened as any existing
+        // one (its permissions checked); a new one is the caller's.
+        let created = vfs.storage.found(StorageRequest::Create {
+            dir: parent,
+            name,
+            mode: mode & 0o7777 & !umask(),
+            exclusive: true,
+            truncate: false,
+        });
+        match created {
+            Ok(found) => found,
+            // Already there (a symlink in the way included: open what it
+            // points to; creating through a dangling link is not offered
+            // yet).
+            Err(StorageError::Errno(Errno::EEXIST)) if flags & libc::O_EXCL as u32 == 0 => {
+                existing(follow)?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        existing(follow)?
     };
     if flags & libc::O_DIRECTORY as u32 != 0 && attr.file_type != FileType::Directory {
         return Err(Errno::ENOTDIR.into());
@@ -411,6 +418,31 @@ fn open_storage(
         return Err(Errno::ENXIO.into());
     }
     Ok(files.open_handle(handle, &attr, abs, flags)?)
+}
+
+/// Whether the process may open an existing file as `flags` asks, by its
+/// mode bits and the process's filesystem ids (the storage manager checks
+/// again on every read and write, with the ids its voucher names).
+fn may_open(attr: &FileAttr, flags: u32) -> Result<(), SysError> {
+    if flags & libc::O_PATH as u32 != 0 {
+        return Ok(());
+    }
+    let mask = match flags & libc::O_ACCMODE as u32 {
+        m if m == libc::O_RDONLY as u32 => lego_proto::ACCESS_READ,
+        m if m == libc::O_WRONLY as u32 => lego_proto::ACCESS_WRITE,
+        _ => lego_proto::ACCESS_READ | lego_proto::ACCESS_WRITE,
+    };
+    let ids = crate::process::credentials::now();
+    let who = lego_proto::Credentials {
+        uid: ids.uids[3],
+        gid: ids.gids[3],
+        groups: ids.groups,
+    };
+    if lego_proto::permitted(attr, mask, &who) {
+        Ok(())
+    } else {
+        Err(Errno::EACCES.into())
+    }
 }
 
 // ---------------------------------------------------------------- descriptors

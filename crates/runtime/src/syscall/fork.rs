@@ -24,16 +24,13 @@ use super::contract::{ok, Call, Ctx, Errno, SysError, SysResult};
 use crate::host::raw_syscall;
 use crate::host::user;
 use crate::process::Runtime;
-use lego_proto::{AdoptSpec, FrameLimits, Message, ProcessId};
+use lego_proto::{AdoptSpec, Message, ProcessId};
 use lego_transport::fdpass::send_fds;
-use lego_transport::{handshake, write_frame, FrameReader, Identity};
+use lego_transport::write_frame;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use crate::task::threads::{
     self, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID, CLONE_PARENT_SETTID, CLONE_SETTLS, CLONE_VM,
@@ -394,27 +391,6 @@ pub fn exec_done(rt: &Runtime) {
     }
 }
 
-/// Connects to the processor's socket at `path`. A process that dropped
-/// root since its runtime started cannot walk the cluster's private state
-/// directory: it connects through the socket's directory, kept open for
-/// it, named by its /proc descriptor link (the process is made dumpable
-/// for that one call, as its /proc files are root's while it is not).
-fn connect_processor(rt: &Runtime, path: &std::path::Path) -> io::Result<UnixStream> {
-    match UnixStream::connect(path) {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            let (Some(dir), Some(name)) = (&rt.home.processor_dir, path.file_name()) else {
-                return Err(e);
-            };
-            let mut inside = format!("/proc/thread-self/fd/{}/", dir.as_raw_fd()).into_bytes();
-            inside.extend_from_slice(name.as_bytes());
-            crate::host::while_dumpable(|| {
-                UnixStream::connect(std::ffi::OsStr::from_bytes(&inside))
-            })
-        }
-        other => other,
-    }
-}
-
 /// Tells the processor about this new process; returns the connection,
 /// which stays open while the process lives and takes its report.
 fn announce(
@@ -423,24 +399,7 @@ fn announce(
     parent: ProcessId,
     live: std::os::fd::OwnedFd,
 ) -> Result<RawFd, String> {
-    if rt.home.processor_socket.is_empty() {
-        return Err("no processor socket is known".into());
-    }
-    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&rt.home.processor_socket));
-    let stream = connect_processor(rt, path).map_err(|e| format!("cannot connect: {e}"))?;
-    let mut stream = lego_transport::fdfloor::lift(stream).map_err(|e| e.to_string())?;
-    let reading = lego_transport::fdfloor::lift(stream.try_clone().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let mut reader = FrameReader::new(reading, FrameLimits::HANDSHAKE);
-    handshake::client(
-        &mut stream,
-        &mut reader,
-        &path.into(),
-        &rt.home.key,
-        &Identity::process(rt.home.tree, pid),
-        Duration::from_secs(5),
-    )
-    .map_err(|e| e.to_string())?;
+    let (mut stream, mut reader) = crate::process::processor::session(rt, pid)?;
     send_fds(&stream, &[live.as_raw_fd()]).map_err(|e| e.to_string())?;
     drop(live);
     let command = {

@@ -309,13 +309,13 @@ fn access_common(
                 Ok(0)
             };
         };
-        // Safety: plain id queries.
-        let credentials = unsafe {
-            Credentials {
-                uid: libc::getuid(),
-                gid: libc::getgid(),
-                groups: Vec::new(),
-            }
+        // access(2) checks with the real ids (the storage manager
+        // accepts only ids the process's voucher shows it holds).
+        let ids = crate::process::credentials::now();
+        let credentials = Credentials {
+            uid: ids.uids[0],
+            gid: ids.gids[0],
+            groups: ids.groups,
         };
         vfs.storage.done(StorageRequest::Access {
             handle,

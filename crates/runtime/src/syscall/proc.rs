@@ -86,6 +86,17 @@ pub fn setrlimit(_cx: &mut Ctx, c: &Call) -> SysResult {
     returned(unsafe { raw_syscall(c.nr, c.args) })
 }
 
+/// The setuid family: the host kernel changes the ids (and decides who
+/// may); the runtime then renews the voucher its storage requests carry,
+/// before the program runs on.
+pub fn set_ids(cx: &mut Ctx, c: &Call) -> SysResult {
+    // Safety: the application's own call, unchanged; it changes only this
+    // thread's ids (glibc makes it on every thread).
+    let result = returned(unsafe { raw_syscall(c.nr, c.args) });
+    crate::process::credentials::renew(cx.rt).map_err(SysError::Fatal)?;
+    result
+}
+
 pub fn sysinfo(cx: &mut Ctx, c: &Call) -> SysResult {
     // Safety: sysinfo fills one struct sysinfo of ours.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };

@@ -57,6 +57,7 @@ const HOST_CLOCK: &str = "host clock and timers";
 const HOST_FILE_CALL: &str = "passed to the host kernel as is (not routed to the storage manager)";
 const HOST_IDS: &str = "host ids: a Lego process is its runtime's host process, whose parent, group and session are the host kernel's (its Lego id is what lego ps shows)";
 const HOST_KERNEL: &str = "host kernel";
+const SET_IDS: &str = "host kernel (it decides who may change what); storage requests then carry the new ids, vouched for by the processor";
 const HOST_OBJECT: &str = "host kernel object";
 const HOST_PROCESS_RELATIONS: &str = "host process relations: a Lego child is its parent runtime's host child, so statuses, rusage and SIGCHLD are the kernel's";
 const HOST_SCHEDULER: &str = "host scheduler";
@@ -195,25 +196,25 @@ pub static SYSCALLS: &[Syscall] = &[
     row(102, "getuid", Pass, Wait::Never, HOST_IDS),
     row(103, "syslog", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
     row(104, "getgid", Pass, Wait::Never, HOST_IDS),
-    row(105, "setuid", Pass, Wait::Never, HOST_IDS),
-    row(106, "setgid", Pass, Wait::Never, HOST_IDS),
+    row(105, "setuid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
+    row(106, "setgid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
     row(107, "geteuid", Pass, Wait::Never, HOST_IDS),
     row(108, "getegid", Pass, Wait::Never, HOST_IDS),
     row(109, "setpgid", Pass, Wait::Never, HOST_IDS),
     row(110, "getppid", Pass, Wait::Never, HOST_IDS),
     row(111, "getpgrp", Pass, Wait::Never, HOST_IDS),
     row(112, "setsid", Pass, Wait::Never, HOST_IDS),
-    row(113, "setreuid", Pass, Wait::Never, HOST_IDS),
-    row(114, "setregid", Pass, Wait::Never, HOST_IDS),
+    row(113, "setreuid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
+    row(114, "setregid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
     row(115, "getgroups", Pass, Wait::Never, HOST_IDS),
-    row(116, "setgroups", Pass, Wait::Never, HOST_IDS),
-    row(117, "setresuid", Pass, Wait::Never, HOST_IDS),
+    row(116, "setgroups", emulate!(proc::set_ids), Wait::Never, SET_IDS),
+    row(117, "setresuid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
     row(118, "getresuid", Pass, Wait::Never, HOST_IDS),
-    row(119, "setresgid", Pass, Wait::Never, HOST_IDS),
+    row(119, "setresgid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
     row(120, "getresgid", Pass, Wait::Never, HOST_IDS),
     row(121, "getpgid", Pass, Wait::Never, HOST_IDS),
-    row(122, "setfsuid", Pass, Wait::Never, HOST_IDS),
-    row(123, "setfsgid", Pass, Wait::Never, HOST_IDS),
+    row(122, "setfsuid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
+    row(123, "setfsgid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
     row(124, "getsid", Pass, Wait::Never, HOST_IDS),
     row(125, "capget", Pass, Wait::Never, HOST_IDS),
     row(126, "capset", Pass, Wait::Never, HOST_IDS),

@@ -1,9 +1,10 @@
 //! The runtime's link to the storage manager serving the program's files.
 
 use crate::error::SysError;
-use lego_proto::{Errno, FileAttr, FileHandle, Message, StorageReply, StorageRequest};
+use lego_proto::{Errno, FileAttr, FileHandle, Message, StorageReply, StorageRequest, Voucher};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity, TransportError};
 use std::net::SocketAddr;
+use std::sync::RwLock;
 use std::time::Duration;
 
 /// What a storage call can end in besides success.
@@ -32,6 +33,10 @@ pub type StorageResult<T> = Result<T, StorageError>;
 pub struct RemoteStorage {
     client: Client,
     name: String,
+    /// The process's credentials, vouched for by its processor: every
+    /// request carries them and is performed with them. Replaced when the
+    /// program changes its ids (`crate::process::credentials`).
+    voucher: RwLock<Voucher>,
 }
 
 impl RemoteStorage {
@@ -40,6 +45,7 @@ impl RemoteStorage {
         name: String,
         key: ClusterSecret,
         identity: Identity,
+        voucher: Voucher,
         retry: Duration,
     ) -> RemoteStorage {
         let mut config = ClientConfig::new(key, identity);
@@ -53,7 +59,22 @@ impl RemoteStorage {
         RemoteStorage {
             client: Client::new(addr, config),
             name,
+            voucher: RwLock::new(voucher),
         }
+    }
+
+    /// The voucher requests carry now.
+    pub fn voucher(&self) -> Voucher {
+        self.voucher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Carries `voucher` from the next request on; the old one is gone
+    /// from this process (overwritten in place).
+    pub fn set_voucher(&self, voucher: Voucher) {
+        *self.voucher.write().unwrap_or_else(|p| p.into_inner()) = voucher;
     }
 
     /// Holds the connection across a fork; in the forked process, the
@@ -113,7 +134,10 @@ impl RemoteStorage {
         if Self::names_no_file(&request) {
             return Err(StorageError::Errno(Errno::EINVAL));
         }
-        let message = Message::Storage(request);
+        let message = Message::Storage {
+            request,
+            caller: Some(self.voucher()),
+        };
         let joined: Vec<u8>;
         let payload: &[u8] = match payload {
             [] => &[],

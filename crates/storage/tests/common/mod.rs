@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use lego_proto::{
-    ErrorCode, FileAttr, FileHandle, Frame, Message, Role, StorageReply, StorageRequest,
+    ErrorCode, FileAttr, FileHandle, Frame, Message, Role, StorageReply, StorageRequest, Voucher,
 };
 use lego_storage::StorageService;
 use lego_transport::{ClusterSecret, Identity, PeerInfo, Service};
@@ -17,6 +17,8 @@ pub enum Outcome {
     Done(StorageReply, Vec<u8>),
     Errno(i32),
     BadRequest(String),
+    /// Refused for who asked (`ErrorCode::Denied`).
+    Denied(String),
     Other(Box<Message>),
 }
 
@@ -36,12 +38,23 @@ pub fn peer() -> PeerInfo {
 }
 
 pub fn call(service: &StorageService, request: StorageRequest, payload: &[u8]) -> Outcome {
+    call_as(service, &peer(), None, request, payload)
+}
+
+/// A request from `peer` carrying `caller`.
+pub fn call_as(
+    service: &StorageService,
+    peer: &PeerInfo,
+    caller: Option<Voucher>,
+    request: StorageRequest,
+    payload: &[u8],
+) -> Outcome {
     let frame = Frame {
         id: 1,
-        message: Message::Storage(request),
+        message: Message::Storage { request, caller },
         payload: payload.to_vec(),
     };
-    let reply = service.handle(&peer(), frame);
+    let reply = service.handle(peer, frame);
     match reply.message {
         Message::StorageDone(done) => Outcome::Done(done, reply.payload),
         Message::StorageFailed { errno } => {
@@ -49,6 +62,7 @@ pub fn call(service: &StorageService, request: StorageRequest, payload: &[u8]) -
             Outcome::Errno(errno)
         }
         Message::Error(e) if e.code == ErrorCode::BadRequest => Outcome::BadRequest(e.message),
+        Message::Error(e) if e.code == ErrorCode::Denied => Outcome::Denied(e.message),
         other => Outcome::Other(Box::new(other)),
     }
 }

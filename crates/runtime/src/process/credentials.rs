@@ -1,0 +1,110 @@
+//! The process's credentials. They are the host kernel's: the setuid
+//! family passes through, so the kernel decides, as for any process, who
+//! may change what (root may drop, others may not gain). What the storage
+//! manager acts with is the voucher every request carries, which the
+//! processor seals after reading the ids from the kernel itself: when a
+//! call changes them, the runtime asks for a new one before the program
+//! runs on, and the old one is overwritten.
+
+use super::Runtime;
+use lego_proto::{Message, Voucher};
+use lego_transport::write_frame;
+use std::io::Write;
+
+/// The calling thread's ids, as a voucher lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    /// Real, effective, saved, filesystem.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    /// Sorted, as the kernel keeps them.
+    pub groups: Vec<u32>,
+}
+
+impl Ids {
+    pub fn of(voucher: &Voucher) -> Ids {
+        Ids {
+            uids: voucher.uids,
+            gids: voucher.gids,
+            groups: voucher.groups.clone(),
+        }
+    }
+}
+
+/// The calling thread's ids now.
+pub fn now() -> Ids {
+    let (mut uids, mut gids) = ([0u32; 4], [0u32; 4]);
+    // Safety: getresuid/getresgid write three ids each into our arrays;
+    // setfsuid/setfsgid(-1) change nothing and return the current id;
+    // getgroups writes at most `n` ids into a buffer of `n`.
+    let mut groups = unsafe {
+        libc::getresuid(&mut uids[0], &mut uids[1], &mut uids[2]);
+        libc::getresgid(&mut gids[0], &mut gids[1], &mut gids[2]);
+        uids[3] = libc::setfsuid(u32::MAX) as u32;
+        gids[3] = libc::setfsgid(u32::MAX) as u32;
+        let n = libc::getgroups(0, std::ptr::null_mut()).max(0);
+        let mut groups = vec![0u32; n as usize];
+        let got = libc::getgroups(n, groups.as_mut_ptr());
+        groups.truncate(got.max(0) as usize);
+        groups
+    };
+    groups.sort_unstable();
+    Ids { uids, gids, groups }
+}
+
+/// Takes on the ids `voucher` names, before the program first runs (the
+/// processor vouched for the user who launched it). glibc's calls change
+/// every thread of the runtime.
+pub fn assume(voucher: &Voucher) -> Result<(), String> {
+    let want = Ids::of(voucher);
+    if now() == want {
+        return Ok(());
+    }
+    let [ruid, euid, suid, _] = want.uids;
+    let [rgid, egid, sgid, _] = want.gids;
+    // Safety: setgroups reads `len` ids from a live vector; the others
+    // take plain ids.
+    let failed = unsafe {
+        libc::setgroups(want.groups.len(), want.groups.as_ptr()) != 0
+            || libc::setresgid(rgid, egid, sgid) != 0
+            || libc::setresuid(ruid, euid, suid) != 0
+    };
+    if failed || now() != want {
+        return Err(format!(
+            "cannot take on uid {euid} gid {egid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// After a call that may have changed the ids: if they are no longer the
+/// voucher's, gets one for the new ones from the processor. Without it
+/// the process cannot go on (its storage requests would carry ids it no
+/// longer has).
+pub fn renew(rt: &Runtime) -> Result<(), String> {
+    let Some(vfs) = rt.vfs.as_ref() else {
+        return Ok(());
+    };
+    if now() == Ids::of(&vfs.storage.voucher()) {
+        return Ok(());
+    }
+    let voucher = ask(rt).map_err(|e| {
+        format!("cannot get a voucher for the process's new credentials from its processor: {e}")
+    })?;
+    vfs.storage.set_voucher(voucher);
+    Ok(())
+}
+
+fn ask(rt: &Runtime) -> Result<Voucher, String> {
+    let (mut stream, mut reader) = super::processor::session(rt, rt.mm.remote.pid())?;
+    // The launch socket takes a descriptor message first; this one has none.
+    stream.write_all(&[0]).map_err(|e| e.to_string())?;
+    let tid = crate::host::gettid() as u32;
+    write_frame(&mut stream, 1, &Message::Vouch { tid }, &[]).map_err(|e| e.to_string())?;
+    match reader.read_frame().map_err(|e| e.to_string())?.message {
+        Message::Vouched(voucher) => Ok(voucher),
+        Message::Error(e) => Err(e.message),
+        other => Err(format!("answered Vouch with {}", other.kind())),
+    }
+}

@@ -1,0 +1,38 @@
+//! The runtime's conversations with its processor, over the processor's
+//! launch socket: a forked process announcing itself (`syscall::fork`),
+//! a process asking for a voucher of its new credentials
+//! (`process::credentials`).
+
+use super::Runtime;
+use lego_proto::{FrameLimits, ProcessId};
+use lego_transport::{handshake, FrameReader, Identity};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::time::Duration;
+
+/// An authenticated connection to the processor for process `pid`, with
+/// the tree's key; descriptors lifted above the floor.
+pub fn session(
+    rt: &Runtime,
+    pid: ProcessId,
+) -> Result<(UnixStream, FrameReader<UnixStream>), String> {
+    let name = &rt.home.processor_socket;
+    let path: std::path::PathBuf = format!("@{}", String::from_utf8_lossy(name)).into();
+    let stream = SocketAddr::from_abstract_name(name)
+        .and_then(|addr| UnixStream::connect_addr(&addr))
+        .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+    let mut stream = lego_transport::fdfloor::lift(stream).map_err(|e| e.to_string())?;
+    let reading = lego_transport::fdfloor::lift(stream.try_clone().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new(reading, FrameLimits::HANDSHAKE);
+    handshake::client(
+        &mut stream,
+        &mut reader,
+        &path.as_path().into(),
+        &rt.home.key,
+        &Identity::process(rt.home.tree, pid),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((stream, reader))
+}
