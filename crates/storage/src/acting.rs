@@ -1,6 +1,6 @@
 //! Acting for a caller: the serving thread takes the filesystem uid, gid
-//! and supplementary groups a request's voucher names for the length of
-//! the request, as knfsd does, so the kernel itself checks every
+//! and supplementary groups a request's voucher names for the request, as
+//! knfsd does, so the kernel itself checks every
 //! permission and new files belong to the caller.
 //!
 //! All three are per-thread on Linux when set by raw syscall (`setfsuid`
@@ -20,8 +20,11 @@ use std::sync::OnceLock;
 use tracing::warn;
 
 thread_local! {
-    /// Whom this thread acts for now (`None`: itself).
-    static ACTING: RefCell<Option<Credentials>> = const { RefCell::new(None) };
+    /// The credentials this thread has now, when not the server's. A
+    /// thread keeps a caller's between requests (the next request on the
+    /// connection is most likely the same caller's): every request states
+    /// whom it acts for ([`act_for`]), so none runs with another's.
+    static CURRENT: RefCell<Option<Credentials>> = const { RefCell::new(None) };
 }
 
 /// The server's own filesystem credentials, as the process started.
@@ -35,6 +38,7 @@ fn server() -> &'static Credentials {
             let mut groups = vec![0u32; n as usize];
             let got = libc::getgroups(n, groups.as_mut_ptr());
             groups.truncate(got.max(0) as usize);
+            groups.sort_unstable();
             Credentials {
                 uid: libc::geteuid(),
                 gid: libc::getegid(),
@@ -44,99 +48,111 @@ fn server() -> &'static Credentials {
     })
 }
 
-/// Sets this thread's filesystem credentials to `who`; `EPERM` if the
-/// kernel did not take them all (the server lacks `CAP_SETUID` or
-/// `CAP_SETGID`).
-fn set(who: &Credentials) -> Result<(), Errno> {
-    // Going back to the server (uid first, so capabilities return before
-    // the groups change) or away from it (groups and gid while still
-    // privileged, uid last).
-    let to_server = who == server();
+/// Changes this thread's filesystem credentials from `from` to `to`, only
+/// what differs (all of them when `from` is not known); `EPERM` if the kernel did not take them (the server
+/// lacks `CAP_SETUID` or `CAP_SETGID`, or an id is not mapped here).
+fn switch(from: Option<&Credentials>, to: &Credentials) -> Result<(), Errno> {
+    let differs = |same: fn(&Credentials, &Credentials) -> bool| from.is_none_or(|f| !same(f, to));
     // Safety: setfsuid/setfsgid take plain ids and return the previous
-    // one; setgroups reads `groups.len()` ids from a live slice. All act on
-    // this thread only.
+    // one (with -1, changing nothing); setgroups reads `groups.len()` ids
+    // from a live slice. All act on this thread only.
     unsafe {
-        if to_server {
-            libc::setfsuid(who.uid);
-        }
-        let groups = libc::syscall(libc::SYS_setgroups, who.groups.len(), who.groups.as_ptr());
-        libc::setfsgid(who.gid);
-        if !to_server {
-            libc::setfsuid(who.uid);
-        }
-        // setfsuid(-1) changes nothing and answers the current value.
-        let uid = libc::setfsuid(u32::MAX) as u32;
-        let gid = libc::setfsgid(u32::MAX) as u32;
-        if groups != 0 || uid != who.uid || gid != who.gid {
+        if differs(|a, b| a.groups == b.groups)
+            && libc::syscall(libc::SYS_setgroups, to.groups.len(), to.groups.as_ptr()) != 0
+        {
             return Err(Errno(libc::EPERM));
+        }
+        if differs(|a, b| a.gid == b.gid) {
+            libc::setfsgid(to.gid);
+            if libc::setfsgid(u32::MAX) as u32 != to.gid {
+                return Err(Errno(libc::EPERM));
+            }
+        }
+        if differs(|a, b| a.uid == b.uid) {
+            libc::setfsuid(to.uid);
+            if libc::setfsuid(u32::MAX) as u32 != to.uid {
+                return Err(Errno(libc::EPERM));
+            }
         }
     }
     Ok(())
 }
 
-/// This thread acting for someone until dropped.
-pub struct Acting {
-    /// Not `Send`: the credentials belong to this thread.
-    _thread: std::marker::PhantomData<*const ()>,
-}
-
-impl Acting {
-    /// Acts for `who` (nothing to change if it is the server itself).
-    /// `EACCES` if the server cannot take on `who`'s credentials: it then
-    /// serves nobody but itself, rather than serving with its own rights.
-    pub fn begin(who: &Credentials) -> Result<Acting, Errno> {
-        if who != server() {
-            if let Err(e) = set(who) {
-                static WARNED: OnceLock<()> = OnceLock::new();
-                WARNED.get_or_init(|| {
-                    warn!(
-                        "cannot act for uid {} gid {} ({e}): requests of users other than \
-                         the storage manager's own are refused; run it as root",
-                        who.uid, who.gid
-                    )
-                });
-                let _ = set(server());
-                return Err(Errno(libc::EACCES));
-            }
-            ACTING.with(|a| *a.borrow_mut() = Some(who.clone()));
-        }
-        Ok(Acting {
-            _thread: std::marker::PhantomData,
-        })
+/// Back to the server's credentials from `from`. It cannot fail for a
+/// server that could leave them; a thread that kept a caller's would
+/// serve wrongly, so the process stops instead.
+fn back_to_server(from: &Credentials) {
+    if switch(Some(from), server()).is_err() {
+        std::process::abort();
     }
 }
 
-impl Drop for Acting {
-    fn drop(&mut self) {
-        if ACTING.with(|a| a.borrow_mut().take()).is_some() {
-            // Back to the server's credentials cannot fail for a server
-            // that could leave them; a thread that kept a caller's would
-            // serve the next request wrongly, so stop instead.
-            if set(server()).is_err() {
+/// Makes this thread act for `who` (the server itself when `None`) from
+/// now until the next call. `EACCES` if the server cannot take on `who`'s
+/// credentials: it then serves nobody but itself, rather than serving
+/// with its own rights.
+pub fn act_for(who: Option<&Credentials>) -> Result<(), Errno> {
+    let who = who.filter(|w| *w != server());
+    CURRENT.with(|current| {
+        let mut current = current.borrow_mut();
+        if current.as_ref() == who {
+            return Ok(());
+        }
+        let from = current.take().unwrap_or_else(|| server().clone());
+        let Some(who) = who else {
+            back_to_server(&from);
+            return Ok(());
+        };
+        if let Err(e) = switch(Some(&from), who) {
+            static WARNED: OnceLock<()> = OnceLock::new();
+            WARNED.get_or_init(|| {
+                warn!(
+                    "cannot act for uid {} gid {} ({e}): requests of users other than \
+                     the storage manager's own are refused; run it as root",
+                    who.uid, who.gid
+                )
+            });
+            // Where the switch stopped is not known: all the way back.
+            if switch(None, server()).is_err() {
                 std::process::abort();
             }
+            return Err(Errno(libc::EACCES));
         }
-    }
+        *current = Some(who.clone());
+        Ok(())
+    })
 }
 
 /// Whether this thread acts for someone else now.
 pub fn acting() -> bool {
-    ACTING.with(|a| a.borrow().is_some())
+    CURRENT.with(|c| c.borrow().is_some())
 }
 
-/// Runs `f` with the server's own credentials, then takes the caller's
-/// back (see the module doc).
+/// Runs `f` with the server's rights, then takes the caller's back (see
+/// the module doc). Only the fsuid changes: back at the server's, the
+/// thread has the server's filesystem capabilities again, which is all
+/// decoding a handle needs (each credential change costs a microsecond or
+/// two here).
 pub fn as_server<T>(f: impl FnOnce() -> T) -> T {
-    let Some(caller) = ACTING.with(|a| a.borrow().clone()) else {
+    let Some(caller) = CURRENT.with(|c| c.borrow().as_ref().map(|c| c.uid)) else {
         return f();
     };
-    if set(server()).is_err() {
-        std::process::abort();
+    let own = server().uid;
+    // Safety: setfsuid takes a plain id and acts on this thread only; -1
+    // changes nothing and answers the current one.
+    unsafe {
+        libc::setfsuid(own);
+        if libc::setfsuid(u32::MAX) as u32 != own {
+            std::process::abort();
+        }
     }
     let out = f();
-    if set(&caller).is_err() {
-        // It held them a moment ago.
-        std::process::abort();
+    // Safety: as above; it held the caller's uid a moment ago.
+    unsafe {
+        libc::setfsuid(caller);
+        if libc::setfsuid(u32::MAX) as u32 != caller {
+            std::process::abort();
+        }
     }
     out
 }

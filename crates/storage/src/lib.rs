@@ -22,7 +22,6 @@ pub mod handle;
 pub mod service;
 mod sys;
 
-use acting::Acting;
 use export::Export;
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
 use lego_proto::{ErrorCode, Frame, Load, Message, Role, StorageRequest, Voucher};
@@ -261,15 +260,11 @@ impl Service for StorageService {
                 .into();
             }
         }
-        // Held until the reply is made: the request runs with the caller's
-        // filesystem credentials.
-        let _acting = match caller
-            .map(|c| Acting::begin(&c.fs_credentials()))
-            .transpose()
-        {
-            Ok(acting) => acting,
-            Err(errno) => return Message::StorageFailed { errno: errno.0 }.into(),
-        };
+        // The request runs with the caller's filesystem credentials (the
+        // server's own for a component's request without a voucher).
+        if let Err(errno) = acting::act_for(caller.map(|c| c.fs_credentials()).as_ref()) {
+            return Message::StorageFailed { errno: errno.0 }.into();
+        }
         match self.serve(storage, &request.payload) {
             Ok((reply, payload)) => Reply {
                 message: Message::StorageDone(reply),
