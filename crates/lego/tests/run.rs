@@ -1804,14 +1804,14 @@ fn files_are_checked_and_owned_as_the_programs_user() {
     std::fs::set_permissions(dir.join("secret"), PermissionsExt::from_mode(0o600)).unwrap();
     let d = dir.to_str().unwrap();
     let lego = cluster.run(&[], &asnobody, &[d, "made"]);
-    let lego_files: Vec<_> = ["made", "made.d"]
+    let lego_files: Vec<_> = ["made", "made.d", "made.ro"]
         .iter()
         .map(|n| {
             std::fs::metadata(dir.join("pub").join(n))
                 .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777))
         })
         .collect();
-    for n in ["made", "made.d"] {
+    for n in ["made", "made.d", "made.ro"] {
         let p = dir.join("pub").join(n);
         let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir(&p));
     }
@@ -1829,7 +1829,11 @@ fn files_are_checked_and_owned_as_the_programs_user() {
             .into_iter()
             .map(Result::unwrap)
             .collect::<Vec<_>>(),
-        [(65534, 65534, 0o600), (65534, 65534, 0o755)],
+        [
+            (65534, 65534, 0o600),
+            (65534, 65534, 0o755),
+            (65534, 65534, 0o444)
+        ],
         "on the export, what nobody made under Lego is nobody's"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -88,6 +88,13 @@ impl FileReader {
         )))
     }
 
+    /// Whether `voucher` carries this cluster's seal.
+    pub fn sealed(&self, voucher: &lego_proto::Voucher) -> bool {
+        self.access
+            .as_ref()
+            .is_some_and(|(secret, _)| secret.voucher_is_sealed(voucher))
+    }
+
     /// Whether the process `source.caller` vouches for may read the file:
     /// asked of the storage manager before the file is mapped. The errno
     /// is what mmap fails with (`EACCES`, `ESTALE`, ...).

@@ -233,6 +233,17 @@ impl MemoryService {
                 caller,
                 ..
             } => {
+                // The mapper's own voucher: sealed, of the tree the address
+                // space belongs to (a runtime naming another tree would have
+                // us dial its listener with that tree's key).
+                let tree = lock(&self.trees).get(&pid).copied();
+                if !self.files.sealed(caller) || tree.is_some_and(|t| t != caller.tree) {
+                    return Message::error(
+                        ErrorCode::Denied,
+                        format!("mmap of a file for process {pid:#x} with a voucher not its own"),
+                    )
+                    .into();
+                }
                 let source = FileSource {
                     storage: *storage,
                     handle: handle.clone(),

@@ -104,8 +104,21 @@ fn sealed(secret: &ClusterSecret, mut voucher: Voucher) -> Voucher {
 /// now, read from the kernel: the process's runtime says nothing about
 /// them. `pid` is the connected peer (blocked on our answer, so not
 /// recycled); `tid` must be one of its threads.
-fn vouch(secret: &ClusterSecret, tree: u64, pid: u32, tid: u32) -> std::io::Result<Voucher> {
+fn vouch(
+    secret: &ClusterSecret,
+    stream: &UnixStream,
+    tree: u64,
+    pid: u32,
+    tid: u32,
+) -> std::io::Result<Voucher> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    // The peer may have ended and its pid been reused while we read: the
+    // ids are its only if it still runs now.
+    if !peer_alive(stream)? {
+        return Err(std::io::Error::other(
+            "the process ended while its ids were read",
+        ));
+    }
     let malformed = || std::io::Error::other("a status file without Uid, Gid or Groups");
     let ids = |key: &str| -> Option<Vec<u32>> {
         let line = status.lines().find_map(|l| l.strip_prefix(key))?;
@@ -127,6 +140,33 @@ fn vouch(secret: &ClusterSecret, tree: u64, pid: u32, tid: u32) -> std::io::Resu
             seal: [0; 32],
         },
     ))
+}
+
+/// Whether the process that connected `stream` still runs (its pidfd,
+/// which follows that process and not its pid number, says so).
+fn peer_alive(stream: &UnixStream) -> std::io::Result<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // Safety: getsockopt writes one int into `pidfd`; the pidfd it makes
+    // is new and owned by us (closed when `owned` drops); pidfd_send_signal
+    // with signal 0 only checks that the process exists.
+    unsafe {
+        if libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(pidfd);
+        let r = libc::syscall(libc::SYS_pidfd_send_signal, owned.as_raw_fd(), 0, 0, 0);
+        Ok(r == 0)
+    }
 }
 
 fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), String> {
@@ -162,7 +202,7 @@ fn serve_connection(
         .map_err(|e| format!("reading the launch request: {e}"))?;
     if let Message::Vouch { tid } = frame.message {
         let tree = client.tree().unwrap_or(0);
-        let answer = match vouch(&processor.secret, tree, caller.pid, tid) {
+        let answer = match vouch(&processor.secret, &stream, tree, caller.pid, tid) {
             Ok(voucher) => Message::Vouched(voucher),
             Err(e) => Message::error(
                 ErrorCode::Denied,

@@ -123,6 +123,11 @@ pub fn act_for(who: Option<&Credentials>) -> Result<(), Errno> {
     })
 }
 
+/// Whether the caller this thread acts for owns the file `attr` describes.
+pub fn owns(attr: &lego_proto::FileAttr) -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|c| c.uid == attr.uid))
+}
+
 /// Whether this thread acts for someone else now.
 pub fn acting() -> bool {
     CURRENT.with(|c| c.borrow().is_some())

@@ -156,14 +156,19 @@ impl Export {
             return Err(Errno(libc::ELOOP).into());
         }
         // Reopening through /proc/self/fd reaches this very inode, with
-        // the permission check made for whom this thread acts.
-        Ok(sys::openat2(
-            cwd(),
-            &sys::proc_fd_path(fd.as_fd()),
-            flags,
-            0,
-            0,
-        )?)
+        // the permission check made for whom this thread acts. The owner
+        // may read and write its file whatever its mode says, as knfsd's
+        // owner override: a program writes through a descriptor it opened
+        // before making its file read-only (git's 0444 objects).
+        let proc_path = sys::proc_fd_path(fd.as_fd());
+        match sys::openat2(cwd(), &proc_path, flags, 0, 0) {
+            Err(Errno(libc::EACCES)) if acting::owns(&sys::statx(fd.as_fd())?.0) => {
+                Ok(acting::as_server(|| {
+                    sys::openat2(cwd(), &proc_path, flags, 0, 0)
+                })?)
+            }
+            other => Ok(other?),
+        }
     }
 
     fn open_body(&self, body: HandleBody, flags: i32) -> Result<OwnedFd, Failure> {

@@ -55,5 +55,12 @@ int main(int argc, char **argv) {
     outcome("chmod own file", chmod(mine, 0600) == 0);
     owner("after chmod", mine);
     outcome("chown own file to root", chown(mine, 0, 0) == 0);
+    /* Writes through a descriptor opened for writing go on after the
+     * file is read-only (git makes its objects so). */
+    char ro[4200];
+    snprintf(ro, sizeof ro, "%s.ro", mine);
+    int rofd = open(ro, O_WRONLY | O_CREAT | O_EXCL, 0444);
+    outcome("write a 0444 file just made", rofd >= 0 && write(rofd, "ro\n", 3) == 3);
+    outcome("open a directory for writing", open(pub, O_WRONLY) >= 0);
     return 0;
 }

@@ -367,7 +367,10 @@ fn open_storage(
         if attr.file_type == FileType::Symlink && flags & libc::O_PATH as u32 == 0 {
             return Err(Errno::ELOOP.into());
         }
-        may_open(&attr, flags)?;
+        if !(writing && attr.file_type == FileType::Directory) {
+            // (Writing a directory is EISDIR, below.)
+            may_open(&attr, flags)?;
+        }
         if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
             vfs.storage.attr(StorageRequest::Setattr {
                 handle: handle.clone(),
