@@ -20,7 +20,7 @@ use lego_proto::{
     MAX_ARGS_BYTES,
 };
 use lego_transport::fdpass::recv_fds;
-use lego_transport::peercred::peer_credentials;
+use lego_transport::peercred::{peer_credentials, peer_still_runs};
 use lego_transport::{handshake, write_frame, ClusterSecret, FrameReader, Identity, Peer};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -114,7 +114,7 @@ fn vouch(
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
     // The peer may have ended and its pid been reused while we read: the
     // ids are its only if it still runs now.
-    if !peer_alive(stream)? {
+    if !peer_still_runs(stream)? {
         return Err(std::io::Error::other(
             "the process ended while its ids were read",
         ));
@@ -140,33 +140,6 @@ fn vouch(
             seal: [0; 32],
         },
     ))
-}
-
-/// Whether the process that connected `stream` still runs (its pidfd,
-/// which follows that process and not its pid number, says so).
-fn peer_alive(stream: &UnixStream) -> std::io::Result<bool> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    const SO_PEERPIDFD: libc::c_int = 77;
-    let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // Safety: getsockopt writes one int into `pidfd`; the pidfd it makes
-    // is new and owned by us (closed when `owned` drops); pidfd_send_signal
-    // with signal 0 only checks that the process exists.
-    unsafe {
-        if libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut pidfd as *mut libc::c_int).cast(),
-            &mut len,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(pidfd);
-        let r = libc::syscall(libc::SYS_pidfd_send_signal, owned.as_raw_fd(), 0, 0, 0);
-        Ok(r == 0)
-    }
 }
 
 fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), String> {

@@ -33,8 +33,9 @@ pub struct RuntimeSpec {
     /// The process's credentials as it starts, vouched for by the
     /// processor (what every storage request carries).
     pub voucher: Voucher,
-    /// The processor's launch socket and name: a forked process's runtime
-    /// announces itself there.
+    /// The processor's abstract socket name (no leading NUL) and its name:
+    /// a forked process's runtime announces itself there, and a process
+    /// whose ids changed gets its new voucher there.
     pub processor_socket: Vec<u8>,
     pub processor_name: String,
 }

@@ -1,6 +1,7 @@
 //! Who is at the other end of a Unix socket, as the kernel recorded it
 //! when the peer connected: its pid, effective uid and gid, and its
-//! supplementary groups (`SO_PEERCRED`, `SO_PEERGROUPS`).
+//! supplementary groups (`SO_PEERCRED`, `SO_PEERGROUPS`), and whether that
+//! process still runs (`SO_PEERPIDFD`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -70,6 +71,34 @@ pub fn peer_credentials(socket: &impl AsFd) -> io::Result<PeerCredentials> {
     })
 }
 
+/// Whether the process that connected `socket` still runs: asked of its
+/// pidfd (`SO_PEERPIDFD`), which follows that process, not its pid number,
+/// so a pid reused since says no.
+pub fn peer_still_runs(socket: &impl AsFd) -> io::Result<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // Safety: getsockopt writes one int into `pidfd`; the pidfd it makes
+    // is new and owned by us (closed when `owned` drops); pidfd_send_signal
+    // with signal 0 only checks that the process exists.
+    unsafe {
+        if libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(pidfd);
+        let r = libc::syscall(libc::SYS_pidfd_send_signal, owned.as_raw_fd(), 0, 0, 0);
+        Ok(r == 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +119,6 @@ mod tests {
         ours.truncate(n.max(0) as usize);
         ours.sort_unstable();
         assert_eq!(creds.groups, ours);
+        assert!(peer_still_runs(&a).unwrap());
     }
 }

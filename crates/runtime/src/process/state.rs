@@ -169,19 +169,12 @@ fn umask() -> u32 {
 }
 
 fn credentials() -> Credentials {
-    let (mut uid, mut gid) = ([0u32; 3], [0u32; 3]);
-    // Safety: getresuid/getresgid write three ids each into our arrays;
-    // getgroups writes at most `groups.len()` ids.
-    let groups = unsafe {
-        libc::getresuid(&mut uid[0], &mut uid[1], &mut uid[2]);
-        libc::getresgid(&mut gid[0], &mut gid[1], &mut gid[2]);
-        let n = libc::getgroups(0, std::ptr::null_mut()).max(0);
-        let mut groups = vec![0u32; n as usize];
-        let got = libc::getgroups(n, groups.as_mut_ptr());
-        groups.truncate(got.max(0) as usize);
-        groups
-    };
-    Credentials { uid, gid, groups }
+    let ids = super::credentials::now();
+    Credentials {
+        uid: [ids.uids[0], ids.uids[1], ids.uids[2]],
+        gid: [ids.gids[0], ids.gids[1], ids.gids[2]],
+        groups: ids.groups,
+    }
 }
 
 fn limits() -> Vec<Limit> {

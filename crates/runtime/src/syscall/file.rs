@@ -369,7 +369,7 @@ fn open_storage(
         }
         if !(writing && attr.file_type == FileType::Directory) {
             // (Writing a directory is EISDIR, below.)
-            may_open(&attr, flags)?;
+            may_open(vfs, &attr, flags)?;
         }
         if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
             vfs.storage.attr(StorageRequest::Setattr {
@@ -424,9 +424,10 @@ fn open_storage(
 }
 
 /// Whether the process may open an existing file as `flags` asks, by its
-/// mode bits and the process's filesystem ids (the storage manager checks
-/// again on every read and write, with the ids its voucher names).
-fn may_open(attr: &FileAttr, flags: u32) -> Result<(), SysError> {
+/// mode bits and the filesystem ids of its voucher, which are the
+/// kernel's (renewed after every id change); the storage manager checks
+/// again on every request.
+fn may_open(vfs: &Vfs, attr: &FileAttr, flags: u32) -> Result<(), SysError> {
     if flags & libc::O_PATH as u32 != 0 {
         return Ok(());
     }
@@ -435,13 +436,7 @@ fn may_open(attr: &FileAttr, flags: u32) -> Result<(), SysError> {
         m if m == libc::O_WRONLY as u32 => lego_proto::ACCESS_WRITE,
         _ => lego_proto::ACCESS_READ | lego_proto::ACCESS_WRITE,
     };
-    let ids = crate::process::credentials::now();
-    let who = lego_proto::Credentials {
-        uid: ids.uids[3],
-        gid: ids.gids[3],
-        groups: ids.groups,
-    };
-    if lego_proto::permitted(attr, mask, &who) {
+    if lego_proto::permitted(attr, mask, &vfs.storage.voucher().fs_credentials()) {
         Ok(())
     } else {
         Err(Errno::EACCES.into())

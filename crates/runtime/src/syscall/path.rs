@@ -311,11 +311,11 @@ fn access_common(
         };
         // access(2) checks with the real ids (the storage manager
         // accepts only ids the process's voucher shows it holds).
-        let ids = crate::process::credentials::now();
+        let voucher = vfs.storage.voucher();
         let credentials = Credentials {
-            uid: ids.uids[0],
-            gid: ids.gids[0],
-            groups: ids.groups,
+            uid: voucher.uids[0],
+            gid: voucher.gids[0],
+            groups: voucher.groups,
         };
         vfs.storage.done(StorageRequest::Access {
             handle,
