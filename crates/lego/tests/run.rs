@@ -1884,3 +1884,120 @@ fn ids_and_owners_show_as_natively() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A program on storage runs as an unprivileged host identity (a user
+/// namespace of its own, Lego uid N as host uid 2^31+N): escaped from the
+/// trap as root under Lego, it signals, ptraces, opens or reads the
+/// memory of, and renices no component and no other user's program, and
+/// opens the host's root-only files no more than nobody does natively
+/// (before, it was host root: every one of these succeeded).
+#[test]
+fn an_escaped_program_reaches_its_host_only_as_an_unprivileged_user() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let reach = program("hostreach", Build::GlibcStatic);
+    // Another user's program, running meanwhile.
+    let mut other = cluster
+        .run_command(
+            &[],
+            &require("setpriv"),
+            &[
+                "--reuid",
+                "1000",
+                "--regid",
+                "1000",
+                "--clear-groups",
+                "/bin/sleep",
+                "60",
+            ],
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("lego run starts");
+    let processor = cluster.pid("processor-0");
+    // Once it runs as uid 1000 (host uid 2^31 + 1000).
+    let victim = poll(Duration::from_secs(20), || {
+        runtimes_of(processor).into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.split_whitespace().eq([
+                        "Uid:",
+                        "2147484648",
+                        "2147484648",
+                        "2147484648",
+                        "2147484648",
+                    ])
+                })
+            })
+        })
+    })
+    .expect("the other user's program runs as uid 1000");
+    let mut targets: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
+    targets.push(victim.to_string());
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let lego = cluster.run(&[], &reach, &targets);
+    let nobody = std::process::Command::new(require("setpriv"))
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&reach)
+        .args(&targets)
+        .output()
+        .expect("setpriv runs");
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(
+        text(&lego.stdout),
+        text(&nobody.stdout),
+        "{}",
+        text(&lego.stderr)
+    );
+    for line in text(&lego.stdout).lines() {
+        assert!(
+            !line.contains(" ok"),
+            "reached from an escaped program: {line}"
+        );
+    }
+    assert_eq!(text(&lego.stdout).lines().count(), targets.len() + 2);
+    for pid in cluster.pids() {
+        assert!(process_alive(pid), "component {pid} died");
+    }
+}
+
+/// Binding and connecting Unix sockets at paths behave as natively, as
+/// root and after dropping to nobody: owners, modes (umask), EACCES where
+/// nobody may not write or connect (the processor makes these calls with
+/// the program's ids: the runtime's own host identity could make none).
+#[test]
+fn unix_sockets_at_paths_behave_as_natively() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let sockets = program("pathsockets", Build::GlibcStatic);
+    let run = |how: &str| {
+        let base =
+            std::env::temp_dir().join(format!("lego-test-sockets-{}-{how}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (closed, open) = (base.join("closed"), base.join("open"));
+        std::fs::create_dir_all(&closed).unwrap();
+        std::fs::create_dir_all(&open).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let args = [closed.to_str().unwrap(), open.to_str().unwrap()];
+        let out = if how == "native" {
+            native(&sockets, &args)
+        } else {
+            cluster.run(&[], &sockets, &args)
+        };
+        let _ = std::fs::remove_dir_all(&base);
+        out
+    };
+    let (native, lego) = (run("native"), run("lego"));
+    assert!(native.status.success(), "{}", text(&native.stderr));
+    let expected = text(&native.stdout);
+    assert_eq!(text(&lego.stdout), expected, "{}", text(&lego.stderr));
+    assert!(
+        expected.contains("bind nobody.sock: Permission denied"),
+        "{expected}"
+    );
+    assert!(
+        expected.contains("nobody.sock: mode 750 uid 65534 socket 1"),
+        "{expected}"
+    );
+}

@@ -100,18 +100,16 @@ fn sealed(secret: &ClusterSecret, mut voucher: Voucher) -> Voucher {
     voucher
 }
 
-/// A voucher for the credentials thread `tid` of host process `pid` has
-/// now, read from the kernel: the process's runtime says nothing about
-/// them. `pid` is the connected peer (blocked on our answer, so not
-/// recycled); `tid` must be one of its threads.
-fn vouch(
-    secret: &ClusterSecret,
-    stream: &UnixStream,
-    tree: u64,
-    pid: u32,
-    tid: u32,
-) -> std::io::Result<Voucher> {
+/// The ids thread `tid` of host process `pid` has now, read from the
+/// kernel, as its own user namespace names them (its Lego ids): the
+/// process's runtime says nothing about them. `pid` is the connected
+/// peer (blocked on our answer, so not recycled); `tid` must be one of
+/// its threads.
+fn ids_of(stream: &UnixStream, pid: u32, tid: u32) -> std::io::Result<ThreadIds> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    // The status shows host ids; the voucher names the ids the process
+    // has in its own user namespace.
+    let translation = crate::hostids::Translation::of(pid)?;
     // The peer may have ended and its pid been reused while we read: the
     // ids are its only if it still runs now.
     if !peer_still_runs(stream)? {
@@ -119,17 +117,53 @@ fn vouch(
             "the process ended while its ids were read",
         ));
     }
-    let malformed = || std::io::Error::other("a status file without Uid, Gid or Groups");
-    let ids = |key: &str| -> Option<Vec<u32>> {
-        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
-        line.split_whitespace().map(|id| id.parse().ok()).collect()
+    let malformed = || {
+        std::io::Error::other("a status file without Uid, Gid, Groups or Umask, or an unmapped id")
     };
-    let uids = ids("Uid:").and_then(|v| <[u32; 4]>::try_from(v).ok());
-    let gids = ids("Gid:").and_then(|v| <[u32; 4]>::try_from(v).ok());
-    let (Some(uids), Some(gids), Some(mut groups)) = (uids, gids, ids("Groups:")) else {
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+    let ids = |key: &str, map: &dyn Fn(u32) -> Option<u32>| -> Option<Vec<u32>> {
+        field(key)?
+            .split_whitespace()
+            .map(|id| map(id.parse().ok()?))
+            .collect()
+    };
+    let uid = |id| translation.uid(id);
+    let gid = |id| translation.gid(id);
+    let uids = ids("Uid:", &uid).and_then(|v| <[u32; 4]>::try_from(v).ok());
+    let gids = ids("Gid:", &gid).and_then(|v| <[u32; 4]>::try_from(v).ok());
+    let umask = field("Umask:").and_then(|m| u32::from_str_radix(m.trim(), 8).ok());
+    let (Some(uids), Some(gids), Some(mut groups), Some(umask)) =
+        (uids, gids, ids("Groups:", &gid), umask)
+    else {
         return Err(malformed());
     };
     groups.sort_unstable();
+    Ok(ThreadIds {
+        uids,
+        gids,
+        groups,
+        umask,
+    })
+}
+
+struct ThreadIds {
+    uids: [u32; 4],
+    gids: [u32; 4],
+    groups: Vec<u32>,
+    umask: u32,
+}
+
+/// A sealed voucher of the ids thread `tid` of peer `pid` has now.
+fn vouch(
+    secret: &ClusterSecret,
+    stream: &UnixStream,
+    tree: u64,
+    pid: u32,
+    tid: u32,
+) -> std::io::Result<Voucher> {
+    let ThreadIds {
+        uids, gids, groups, ..
+    } = ids_of(stream, pid, tid)?;
     Ok(sealed(
         secret,
         Voucher {
@@ -140,6 +174,81 @@ fn vouch(
             seal: [0; 32],
         },
     ))
+}
+
+/// Binds or connects `socket` to the Unix socket file at `path` with the
+/// filesystem ids and umask `ids` name, on a thread of its own whose
+/// credentials and working directory change for this alone (raw calls:
+/// glibc would change every thread's). The errno, or 0.
+fn socket_at(socket: &OwnedFd, path: &[u8], connect: bool, ids: &ThreadIds) -> i32 {
+    let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => (&b"/"[..], &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => return libc::EINVAL,
+    };
+    let mut addr: libc::sockaddr_un = unsafe_zeroed_sockaddr();
+    if name.is_empty() || name.contains(&0) {
+        return libc::EINVAL;
+    }
+    if name.len() >= addr.sun_path.len() {
+        return libc::ENAMETOOLONG;
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, &b) in addr.sun_path.iter_mut().zip(name) {
+        *slot = b as libc::c_char;
+    }
+    let Ok(dir) = std::ffi::CString::new(dir) else {
+        return libc::EINVAL;
+    };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + name.len() + 1) as libc::socklen_t;
+    let fd = socket.as_raw_fd();
+    let act = || -> i32 {
+        // Safety: raw calls on this thread's own credentials and fs
+        // context (unshared first), with a live id list, a NUL-ended
+        // directory name and an initialised address of `len` bytes.
+        unsafe {
+            let failed = |ret: libc::c_long| ret != 0;
+            if failed(libc::syscall(libc::SYS_unshare, libc::CLONE_FS))
+                || failed(libc::syscall(
+                    libc::SYS_setgroups,
+                    ids.groups.len(),
+                    ids.groups.as_ptr(),
+                ))
+            {
+                return std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EPERM);
+            }
+            libc::syscall(libc::SYS_setfsgid, ids.gids[3]);
+            libc::syscall(libc::SYS_setfsuid, ids.uids[3]);
+            libc::umask(ids.umask as libc::mode_t);
+            let ret = if libc::chdir(dir.as_ptr()) != 0 {
+                -1
+            } else if connect {
+                libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len)
+            } else {
+                libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len)
+            };
+            if ret == 0 {
+                0
+            } else {
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("socket at".into())
+            .spawn_scoped(scope, act)
+            .map_or(libc::EAGAIN, |t| t.join().unwrap_or(libc::EIO))
+    })
+}
+
+fn unsafe_zeroed_sockaddr() -> libc::sockaddr_un {
+    // Safety: sockaddr_un is plain data; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), String> {
@@ -183,6 +292,31 @@ fn serve_connection(
                     "cannot read the credentials of thread {tid} of {}: {e}",
                     client.name
                 ),
+            ),
+        };
+        return reply(&mut writer, frame.id, answer);
+    }
+    if let Message::SocketAt { connect, tid, path } = &frame.message {
+        let answer = match (client.role, <[OwnedFd; 1]>::try_from(fds)) {
+            (Role::Process, Ok([socket])) => match ids_of(&stream, caller.pid, *tid) {
+                Ok(ids) => Message::SocketDone {
+                    errno: socket_at(&socket, path, *connect, &ids),
+                },
+                Err(e) => Message::error(
+                    ErrorCode::Denied,
+                    format!(
+                        "cannot read the credentials of thread {tid} of {}: {e}",
+                        client.name
+                    ),
+                ),
+            },
+            (Role::Process, Err(_)) => Message::error(
+                ErrorCode::BadRequest,
+                "SocketAt carries exactly one descriptor, the socket",
+            ),
+            _ => Message::error(
+                ErrorCode::Denied,
+                format!("{} is no runtime of this processor's", client.name),
             ),
         };
         return reply(&mut writer, frame.id, answer);
@@ -287,7 +421,14 @@ fn serve_connection(
     };
     // Before the runtime runs: its first fork may announce itself at once.
     processor.join_tree(pid, pid);
-    let runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty) {
+    // A program on storage runs as an unprivileged host identity; one on
+    // the processor's own files as the user who launched it.
+    let identity = if spec.storage.is_some() && processor.isolates {
+        spawn::HostIdentity::Isolated
+    } else {
+        spawn::HostIdentity::Processor
+    };
+    let runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty, identity) {
         Ok(runtime) => runtime,
         Err(e) => {
             processor.untrack(pid);

@@ -10,6 +10,7 @@
 //! Must not: hold application memory (that is the memory managers'), or
 //! outlive its runtimes (they die with it).
 
+mod hostids;
 mod launch;
 mod spawn;
 
@@ -74,6 +75,9 @@ pub struct Processor {
     /// itself after its parent ended): a runtime authenticated for one
     /// tree may announce only children of that tree's processes.
     trees: Mutex<Trees>,
+    /// Whether programs on storage run as unprivileged host identities
+    /// (a processor run by root can map them; see `hostids`).
+    isolates: bool,
 }
 
 impl Processor {
@@ -232,6 +236,8 @@ impl ProcessorManager {
             excache_quota: config.excache,
             processes: Mutex::new(HashMap::new()),
             runtime_socket: runtime_socket_name(&config.component.name)?,
+            // Safety: geteuid has no preconditions.
+            isolates: unsafe { libc::geteuid() } == 0,
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
         });

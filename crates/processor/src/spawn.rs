@@ -2,7 +2,7 @@
 
 use lego_proto::live::{LiveStats, STATS_FD};
 use lego_proto::runtime::{
-    RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, RUNTIME_FAILURE_EXIT, SPEC_FD,
+    RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, RUNTIME_FAILURE_EXIT, SPEC_FD, USERFAULTFD_FD,
 };
 use lego_proto::{ExitReport, ExitStatus, ProcessId};
 use std::fs::File;
@@ -43,15 +43,38 @@ fn high_dup(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// The host identity a runtime gets (see [`crate::hostids`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostIdentity {
+    /// The processor's namespace (the runtime then takes on the
+    /// launching user's ids itself).
+    Processor,
+    /// A user and IPC namespace of its own, as an unprivileged host uid.
+    Isolated,
+}
+
+/// `/dev/userfaultfd`, for a runtime whose host identity may not open it.
+fn userfaultfd_device() -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/userfaultfd")
+        .ok()?;
+    high_dup(device.as_raw_fd()).ok()
+}
+
 /// Starts `lego runtime` with the program's stdio, its spec on fd 3, a
-/// report pipe on fd 4, the processor's log on fd 5 and the live-counters
-/// page on fd 6. The runtime dies
+/// report pipe on fd 4, the processor's log on fd 5, the live-counters
+/// page on fd 6 and `/dev/userfaultfd` on fd 7. The runtime dies
 /// with the processor (PR_SET_PDEATHSIG): its process cannot outlive the
 /// component that owns it.
 pub fn spawn(
     spec: &RuntimeSpec,
     stdio: [OwnedFd; 3],
     controlling_tty: bool,
+    identity: HostIdentity,
 ) -> io::Result<RuntimeProcess> {
     let (spec_r, spec_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
@@ -60,12 +83,33 @@ pub fn spawn(
     let log_src = high_dup(2)?;
     let (live, live_fd) = LiveStats::create()?;
     let live_src = high_dup(live_fd.as_raw_fd())?;
-    let sources = [
+    let device = userfaultfd_device();
+    let mut sources = vec![
         (spec_src.as_raw_fd(), SPEC_FD),
         (report_src.as_raw_fd(), REPORT_FD),
         (log_src.as_raw_fd(), LOG_FD),
         (live_src.as_raw_fd(), STATS_FD),
     ];
+    if let Some(device) = &device {
+        sources.push((device.as_raw_fd(), USERFAULTFD_FD));
+    }
+    // The child enters its namespace, sends its pid on `ready` and waits
+    // on `go` until its maps are written (by a thread of ours: spawn
+    // returns only once the child has run exec).
+    let namespace = match identity {
+        HostIdentity::Processor => None,
+        HostIdentity::Isolated => Some((pipe()?, pipe()?)),
+    };
+    let child_ends = namespace
+        .as_ref()
+        .map(|((ready_r, ready_w), (go_r, go_w))| {
+            (
+                ready_r.as_raw_fd(),
+                ready_w.as_raw_fd(),
+                go_r.as_raw_fd(),
+                go_w.as_raw_fd(),
+            )
+        });
     let [stdin, stdout, stderr] = stdio;
     // The processor's own binary, even if the file was replaced or deleted
     // since it started: the child's /proc/self/exe is the parent's until
@@ -84,14 +128,17 @@ pub fn spawn(
         }
     }
     // Safety: between fork and exec the closure only calls async-signal-safe
-    // functions (dup2, sigprocmask, setsid, ioctl, prctl, getppid) on
-    // descriptors that exist.
+    // functions (dup2, close, read, write, sigprocmask, setsid, ioctl,
+    // unshare, raw set*id calls, prctl, getpid, getppid) on descriptors
+    // that exist and on local buffers; `sources` is moved in, not
+    // allocated after the fork.
     unsafe {
         let parent = libc::getpid();
         command.pre_exec(move || {
-            for (src, dst) in sources {
+            let failed = || Err(io::Error::last_os_error());
+            for &(src, dst) in &sources {
                 if libc::dup2(src, dst) < 0 {
-                    return Err(io::Error::last_os_error());
+                    return failed();
                 }
             }
             // The program starts with no signal blocked, as from a
@@ -104,15 +151,42 @@ pub fn spawn(
             // signals `lego run` forwards to its group reach the program
             // and its children, never the processor.
             if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
+                return failed();
             }
             // Its own terminal (a pseudo-terminal lego run relays) is the
             // session's: a shell can run jobs on it.
             if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(io::Error::last_os_error());
+                return failed();
             }
+            if let Some((ready_r, ready_w, go_r, go_w)) = child_ends {
+                // Our copies of the processor's ends, or the processor's
+                // failure would never reach us as an end of file.
+                libc::close(ready_r);
+                libc::close(go_w);
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWIPC) != 0 {
+                    return failed();
+                }
+                let pid = libc::getpid().to_ne_bytes();
+                if libc::write(ready_w, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+                    return failed();
+                }
+                let mut byte = 0u8;
+                if libc::read(go_r, (&mut byte as *mut u8).cast(), 1) != 1 {
+                    return Err(io::Error::other("the processor could not map its ids"));
+                }
+                // Root of the namespace: host uid and gid OUTSIDE. The
+                // runtime takes on the program's ids inside from there.
+                // Raw calls: only this thread exists.
+                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+                {
+                    return failed();
+                }
+            }
+            // After any change of ids, which clears it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
+                return failed();
             }
             // The processor may have died before prctl took effect.
             if libc::getppid() != parent {
@@ -121,8 +195,32 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = command.spawn()?;
-    drop((spec_r, report_w, spec_src, report_src, log_src));
+    let mapper = match namespace {
+        Some(((ready_r, ready_w), (go_r, go_w))) => {
+            let thread = std::thread::Builder::new()
+                .name("map ids".into())
+                .spawn(move || crate::hostids::map_child(ready_r, go_w))?;
+            Some((thread, ready_w, go_r))
+        }
+        None => None,
+    };
+    let spawned = command.spawn();
+    // The child has run exec or failed: the mapper ends either way once
+    // our ends are closed.
+    let mapped = mapper.map(|(thread, ready_w, go_r)| {
+        drop((ready_w, go_r));
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the id mapper panicked")))
+    });
+    let child = match (spawned, mapped) {
+        (Ok(child), _) => child,
+        (Err(e), Some(Err(why))) => {
+            return Err(io::Error::new(e.kind(), format!("{e} ({why})")));
+        }
+        (Err(e), _) => return Err(e),
+    };
+    drop((spec_r, report_w, spec_src, report_src, log_src, device));
     drop((live_fd, live_src));
     let bytes = postcard::to_stdvec(spec).map_err(io::Error::other)?;
     let mut spec_w = File::from(spec_w);

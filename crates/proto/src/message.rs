@@ -254,6 +254,20 @@ pub enum Message {
         tid: u32,
     },
     Vouched(Voucher),
+    /// A runtime asking its processor to bind (or connect) the socket the
+    /// request carries as a descriptor to the Unix socket file at `path`
+    /// (absolute), with the ids thread `tid` of the connecting process has
+    /// (read from the kernel, as for `Vouch`): a socket file is a host
+    /// file, and the runtime's own host identity is unprivileged.
+    SocketAt {
+        connect: bool,
+        tid: u32,
+        path: Vec<u8>,
+    },
+    /// The answer: 0, or the errno bind(2) or connect(2) gave.
+    SocketDone {
+        errno: i32,
+    },
 
     // --- memory (memory manager) ---
     /// fork: give `child` a copy-on-write copy of `parent`'s address space.
@@ -357,6 +371,8 @@ impl Message {
             Message::Adopted => "Adopted",
             Message::Vouch { .. } => "Vouch",
             Message::Vouched(_) => "Vouched",
+            Message::SocketAt { .. } => "SocketAt",
+            Message::SocketDone { .. } => "SocketDone",
             Message::Fork { .. } => "Fork",
             Message::Forked { .. } => "Forked",
             Message::Exec { .. } => "Exec",

@@ -17,6 +17,9 @@ pub const RUNTIME_FAILURE_EXIT: i32 = 125;
 pub const SPEC_FD: RawFd = 3;
 pub const REPORT_FD: RawFd = 4;
 pub const LOG_FD: RawFd = 5;
+/// `/dev/userfaultfd`, opened by the processor, for a runtime whose own
+/// host identity may not open it (absent when the processor could not).
+pub const USERFAULTFD_FD: RawFd = 7;
 
 /// What a processor tells a new runtime (written to [`SPEC_FD`]).
 #[derive(Serialize, Deserialize, Debug, Clone)]

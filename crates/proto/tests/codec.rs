@@ -576,6 +576,13 @@ fn storage_message() -> impl Strategy<Value = Message> {
             .prop_map(|(request, caller)| Message::Storage { request, caller }),
         any::<u32>().prop_map(|tid| Message::Vouch { tid }),
         voucher().prop_map(Message::Vouched),
+        (
+            any::<bool>(),
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..120)
+        )
+            .prop_map(|(connect, tid, path)| Message::SocketAt { connect, tid, path }),
+        any::<i32>().prop_map(|errno| Message::SocketDone { errno }),
         storage_reply().prop_map(Message::StorageDone),
         any::<i32>().prop_map(|errno| Message::StorageFailed { errno }),
     ]

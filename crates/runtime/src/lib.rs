@@ -84,6 +84,7 @@ fn default_fault_signals() {
 pub fn main() -> ! {
     lego_transport::fdfloor::set_floor(host::fds::descriptor_floor());
     host::report::lift_report_fd();
+    host::uffd::adopt_device();
     host::live::attach();
     init_logging();
     // A panic is a runtime bug: report it to the processor and end the

@@ -5,6 +5,7 @@
 //! PAGEMAP_SCAN (6.7), so the structures and request numbers are defined
 //! here from the kernel's uapi headers.
 
+use lego_proto::runtime::USERFAULTFD_FD;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -150,8 +151,28 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// userfaultfd(2) is used then.
 static DEVICE: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
 
-/// Opens `/dev/userfaultfd` for the process's later userfaultfds (once;
-/// above the descriptor floor: it is the runtime's).
+/// Takes the `/dev/userfaultfd` the processor handed over (on
+/// [`USERFAULTFD_FD`]: a runtime in a user namespace of its own may not
+/// open the device), if it did; first thing, before any descriptor of the
+/// runtime could take that number.
+pub fn adopt_device() {
+    // Safety: a zeroed stat is a valid value; fstat writes one stat of
+    // ours.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(USERFAULTFD_FD, &mut stat) } != 0
+        || stat.st_mode & libc::S_IFMT != libc::S_IFCHR
+    {
+        return;
+    }
+    // Safety: an open character device at this number is the processor's
+    // handover, owned by nothing else in this process.
+    let handed = unsafe { OwnedFd::from_raw_fd(USERFAULTFD_FD) };
+    let _ = DEVICE.set(lego_transport::fdfloor::lift(handed).ok());
+}
+
+/// Opens `/dev/userfaultfd` for the process's later userfaultfds unless
+/// the processor handed one over (once; above the descriptor floor: it
+/// is the runtime's).
 pub fn open_device() {
     DEVICE.get_or_init(|| {
         use std::os::unix::fs::OpenOptionsExt;

@@ -1,11 +1,12 @@
 //! The runtime's conversations with its processor, over the processor's
 //! launch socket: a forked process announcing itself (`syscall::fork`),
 //! a process asking for a voucher of its new credentials
-//! (`process::credentials`).
+//! (`process::credentials`), a process binding or connecting a socket at
+//! a path (`syscall::socket`).
 
 use super::Runtime;
-use lego_proto::{FrameLimits, ProcessId};
-use lego_transport::{handshake, FrameReader, Identity};
+use lego_proto::{FrameLimits, Message, ProcessId};
+use lego_transport::{handshake, write_frame, FrameReader, Identity};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Duration;
@@ -35,4 +36,24 @@ pub fn session(
     )
     .map_err(|e| e.to_string())?;
     Ok((stream, reader))
+}
+
+/// Has the processor bind (or connect) the program's socket `fd` to the
+/// socket file at `path` (absolute) with the calling thread's ids: the
+/// errno the call gave, or 0.
+pub fn socket_at(rt: &Runtime, fd: i32, path: &[u8], connect: bool) -> Result<i32, String> {
+    let (mut stream, mut reader) = session(rt, rt.mm.remote.pid())?;
+    lego_transport::fdpass::send_fds(&stream, &[fd]).map_err(|e| e.to_string())?;
+    let tid = crate::host::gettid() as u32;
+    let ask = Message::SocketAt {
+        connect,
+        tid,
+        path: path.to_vec(),
+    };
+    write_frame(&mut stream, 1, &ask, &[]).map_err(|e| e.to_string())?;
+    match reader.read_frame().map_err(|e| e.to_string())?.message {
+        Message::SocketDone { errno } => Ok(errno),
+        Message::Error(e) => Err(e.message),
+        other => Err(format!("answered SocketAt with {}", other.kind())),
+    }
 }

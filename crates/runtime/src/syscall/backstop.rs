@@ -12,12 +12,21 @@
 //! for them.
 //!
 //! What a program can still do, escaped from the trap or not: every other
-//! call, with the runtime process's host identity (root today): signal a
-//! thread of the processor by its tid, signal, renice or read other host
-//! processes (other components included), and, through the host's /proc
-//! (`/proc/self/root/...`, `/proc/PID/mem`), reach host files and memory.
-//! Closing that takes a host identity of its own (issue 10, host
-//! isolation).
+//! call, with the runtime process's host identity. For a program on
+//! storage that is an unprivileged host uid of a user and IPC namespace
+//! of its own (`lego_processor::hostids`: Lego uid N is host uid 2^31+N,
+//! with no capability outside its namespaces), so it can signal, ptrace
+//! (the table refuses it; raw, the kernel does unless the target is
+//! dumpable) or renice only processes of that host uid (its own tree,
+//! and other Lego programs of the same Lego uid on this host), never the
+//! processor, another component or another user's program; reach host
+//! files only as any other user may (world-readable files, world-writable
+//! directories, its own memfds); read what any user may read in the
+//! host's /proc (other processes' status and command lines); use host
+//! CPU and memory beyond its ExCache quota; open connections to any
+//! component, which serve it only with its own tree's key and a voucher
+//! sealed for it. A program on the processor's own files
+//! (`LEGO_FILES=host`) runs with the launching user's host ids instead.
 
 use super::table::{self, SYSCALLS};
 use super::{Disposition, Errno};

@@ -25,6 +25,7 @@ pub mod mem;
 pub mod path;
 pub mod proc;
 pub mod signal;
+pub mod socket;
 pub mod table;
 pub mod thread;
 

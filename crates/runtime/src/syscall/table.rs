@@ -11,7 +11,7 @@
 
 use super::contract::Disposition::{self, Pass, Refuse};
 use super::contract::{Errno, Syscall, Wait};
-use super::{exec, file, fork, mem, path, proc, signal, thread};
+use super::{exec, file, fork, mem, path, proc, signal, socket, thread};
 
 /// A row served by `family::handler`, named for the documentation.
 macro_rules! served_by {
@@ -59,6 +59,7 @@ const HOST_IDS: &str = "host ids: a Lego process is its runtime's host process, 
 const HOST_KERNEL: &str = "host kernel";
 const SET_IDS: &str = "host kernel (it decides who may change what); storage requests then carry the new ids, vouched for by the processor";
 const HOST_OBJECT: &str = "host kernel object";
+const SOCKET_AT_PATH: &str = "host kernel object; a Unix socket at a path is bound or connected by the processor with the program's ids (a socket file is a host file)";
 const HOST_PROCESS_RELATIONS: &str = "host process relations: a Lego child is its parent runtime's host child, so statuses, rusage and SIGCHLD are the kernel's";
 const HOST_SCHEDULER: &str = "host scheduler";
 const AT_OTHERS: &str = "host kernel; aimed at the process's processor (for kill and rt_sigqueueinfo also its process group and -1, every process) it fails with EPERM, raw calls included (the seccomp backstop)";
@@ -133,14 +134,14 @@ pub static SYSCALLS: &[Syscall] = &[
     row(39, "getpid", Pass, Wait::Never, HOST_IDS),
     row(40, "sendfile", partial!(file::copy_unsupported), Wait::Never, NO_COPY_ON_STORAGE),
     row(41, "socket", Pass, Wait::Never, HOST_OBJECT),
-    row(42, "connect", Pass, Wait::Restarted, HOST_OBJECT),
+    row(42, "connect", emulate!(socket::connect), Wait::Restarted, SOCKET_AT_PATH),
     row(43, "accept", Pass, Wait::Restarted, HOST_OBJECT),
     row(44, "sendto", Pass, Wait::Restarted, HOST_OBJECT),
     row(45, "recvfrom", Pass, Wait::Restarted, HOST_OBJECT),
     row(46, "sendmsg", Pass, Wait::Restarted, HOST_OBJECT),
     row(47, "recvmsg", Pass, Wait::Restarted, HOST_OBJECT),
     row(48, "shutdown", Pass, Wait::Never, HOST_OBJECT),
-    row(49, "bind", Pass, Wait::Never, HOST_OBJECT),
+    row(49, "bind", emulate!(socket::bind), Wait::Never, SOCKET_AT_PATH),
     row(50, "listen", Pass, Wait::Never, HOST_OBJECT),
     row(51, "getsockname", Pass, Wait::Never, HOST_OBJECT),
     row(52, "getpeername", Pass, Wait::Never, HOST_OBJECT),
