@@ -11,6 +11,7 @@ use crate::units::{format_duration, parse_duration, parse_size};
 use crate::StateArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use lego_processor::Guests;
 use lego_proto::{ClusterView, Health, Message, Role};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Identity};
 use std::fs::OpenOptions;
@@ -58,6 +59,14 @@ pub struct UpArgs {
     /// Give up if the cluster is not healthy within this time
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
+    /// Let these other users run programs on the cluster (names or uids,
+    /// comma-separated) [default: only the cluster's owner]
+    #[arg(long, value_name = "USERS", value_delimiter = ',')]
+    pub allow_users: Vec<String>,
+    /// Let members of these groups run programs on the cluster (names or
+    /// gids, comma-separated)
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    pub allow_group: Vec<String>,
     /// Print nothing on success
     #[arg(long, hide = true)]
     pub quiet: bool,
@@ -251,8 +260,10 @@ pub fn up(args: UpArgs) -> Result<()> {
             bail!("{flag} {n} is more than the {MAX_PER_ROLE} a local cluster supports");
         }
     }
+    let guests = guests(&args)?;
     let dir = args.state.dir();
     dir.create()?;
+    open_to_guests(&dir, &guests)?;
     if let Some(old) = dir.load()? {
         if let Some(live) = old.running().next() {
             bail!(
@@ -273,7 +284,7 @@ pub fn up(args: UpArgs) -> Result<()> {
 
     let deadline = Instant::now() + args.timeout;
     let mut children: Vec<(String, Child)> = Vec::new();
-    let result = start_all(&args, &dir, deadline, &mut children);
+    let result = start_all(&args, &guests, &dir, deadline, &mut children);
     if let Err(e) = result {
         // Leave nothing behind: stop what was started, forget the cluster.
         if let Some(record) = dir.load().ok().flatten() {
@@ -299,8 +310,99 @@ pub fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The users and groups `--allow-users` and `--allow-group` name, as ids.
+fn guests(args: &UpArgs) -> Result<Guests> {
+    let uids = args
+        .allow_users
+        .iter()
+        .map(|user| {
+            user.parse()
+                .ok()
+                .or_else(|| account_id(user, false))
+                .with_context(|| format!("--allow-users: no user {user:?} on this host"))
+        })
+        .collect::<Result<_>>()?;
+    let gids = args
+        .allow_group
+        .iter()
+        .map(|group| {
+            group
+                .parse()
+                .ok()
+                .or_else(|| account_id(group, true))
+                .with_context(|| format!("--allow-group: no group {group:?} on this host"))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Guests { uids, gids })
+}
+
+/// The uid of user `name` (the gid of group `name`), through the host's
+/// name service.
+fn account_id(name: &str, group: bool) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 1 << 16];
+    // Safety: the *_r calls write one record into our struct, its strings
+    // into `buf` (of the length given), and `found` to it or null.
+    unsafe {
+        if group {
+            let mut record: libc::group = std::mem::zeroed();
+            let mut found = std::ptr::null_mut();
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut record,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            );
+            (!found.is_null()).then_some(record.gr_gid)
+        } else {
+            let mut record: libc::passwd = std::mem::zeroed();
+            let mut found = std::ptr::null_mut();
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut record,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            );
+            (!found.is_null()).then_some(record.pw_uid)
+        }
+    }
+}
+
+/// With guests, the state directory is searchable by every user (not
+/// listable: mode 0711), so they reach `cluster.json` and the guests'
+/// launch sockets; the secret and the logs stay the owner's. Without, it
+/// is the owner's alone (0700). Warns if a directory above it keeps the
+/// guests out.
+fn open_to_guests(dir: &StateDir, guests: &Guests) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if guests.is_empty() { 0o700 } else { 0o711 };
+    std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", dir.root.display()))?;
+    if guests.is_empty() {
+        return Ok(());
+    }
+    let root = std::path::absolute(&dir.root)?;
+    for ancestor in root.ancestors().skip(1) {
+        let searchable =
+            std::fs::metadata(ancestor).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+        if !searchable {
+            eprintln!(
+                "lego: warning: other users cannot reach {} ({} is not searchable by them); \
+                 start the cluster with --state in a directory they can reach",
+                dir.root.display(),
+                ancestor.display()
+            );
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn start_all(
     args: &UpArgs,
+    guests: &Guests,
     dir: &StateDir,
     deadline: Instant,
     children: &mut Vec<(String, Child)>,
@@ -367,6 +469,12 @@ fn start_all(
     for i in 0..args.processors {
         let name = format!("processor-{i}");
         let mut a = common("processor", &name);
+        for uid in &guests.uids {
+            a.extend(["--allow-uid".into(), uid.to_string()]);
+        }
+        for gid in &guests.gids {
+            a.extend(["--allow-gid".into(), gid.to_string()]);
+        }
         a.extend([
             "--excache".into(),
             args.excache.to_string(),

@@ -1,10 +1,15 @@
 //! Signals sent to `lego run` are the program's: Ctrl-C at the terminal,
 //! `kill -TERM` or a hang-up reach the program's runtime (on this host:
 //! the launch socket is local), and `lego run` keeps waiting to report
-//! how the program ended. A SIGKILL cannot be forwarded; the processor
+//! how the program ended; for another user's cluster, through the
+//! processor (`SignalProcess`). A SIGKILL cannot be forwarded; the processor
 //! kills the program when `lego run`'s connection drops instead.
 
+use lego_proto::{Message, ProcessId};
+use lego_transport::write_frame;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 /// The signals forwarded to the program.
 const FORWARDED: [libc::c_int; 6] = [
@@ -18,6 +23,11 @@ const FORWARDED: [libc::c_int; 6] = [
 
 /// The program's host pid, once it runs.
 static TARGET: AtomicI32 = AtomicI32::new(0);
+
+/// For a user who may not signal the program's runtime (another user's
+/// cluster runs it as a host identity of its own): the launch connection
+/// and the program's pid, to ask the processor instead.
+static VIA: Mutex<Option<(UnixStream, ProcessId)>> = Mutex::new(None);
 
 fn forwarded_set() -> libc::sigset_t {
     // Safety: sigemptyset/sigaddset initialise and fill a local set.
@@ -57,13 +67,23 @@ pub fn start() {
                 continue;
             }
             let target = TARGET.load(Ordering::SeqCst);
-            if target > 0 {
+            let group = matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP);
+            let mut via = VIA.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((stream, pid)) = via.as_mut() {
+                let ask = Message::SignalProcess {
+                    pid: *pid,
+                    signal: sig,
+                    group,
+                };
+                // A lost processor ends `lego run` through its own
+                // connection; nothing to do here.
+                let _ = write_frame(stream, 0, &ask, &[]);
+            } else if target > 0 {
                 // What a terminal sends its foreground group (Ctrl-C,
                 // Ctrl-\, a hang-up) goes to the program's process group,
                 // its children included; the rest to the program, as a
                 // `kill` of its pid would. The program leads its group
                 // unless it left it.
-                let group = matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP);
                 // Safety: kill(2) with plain integers.
                 if !group || unsafe { libc::kill(-target, sig) } != 0 {
                     // Safety: as above.
@@ -82,4 +102,11 @@ pub fn start() {
 /// From now on, forwarded signals go to `host_pid`.
 pub fn target(host_pid: u32) {
     TARGET.store(host_pid as i32, Ordering::SeqCst);
+}
+
+/// From now on, forwarded signals go to program `pid` through its
+/// processor, over `stream` (the launch connection, on which nothing else
+/// is written from here on).
+pub fn through_processor(stream: UnixStream, pid: ProcessId) {
+    *VIA.lock().unwrap_or_else(|p| p.into_inner()) = Some((stream, pid));
 }

@@ -10,13 +10,13 @@ use crate::units::{format_size, parse_size};
 use crate::StateArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use lego_proto::NotRun;
 use lego_proto::{ExcacheStats, ExitReport, FrameLimits, LaunchSpec, Message, Registration, Role};
-use lego_proto::{FileType, StorageReply, StorageRequest};
 use lego_transport::fdpass::send_fds;
 use lego_transport::{
     handshake, write_frame, Client, ClientConfig, ClusterSecret, FrameReader, Identity,
 };
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
@@ -52,59 +52,23 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// A failure before the program ran, with the status a shell would give.
-struct NotRun {
-    status: u8,
-    message: String,
-}
-
-/// Finds the program as execvp would: a name with a slash is a path, any
-/// other name is looked up in PATH. Errors read like a shell's.
+/// Finds the program as execvp would (`lego_proto::resolve_program`,
+/// with `lego run`'s PATH), as an absolute path. Errors read like a
+/// shell's.
 fn resolve(
     program: &OsString,
     stat: impl Fn(&Path) -> Option<(bool, u32)>,
 ) -> Result<PathBuf, NotRun> {
-    let name = Path::new(program);
-    let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
-        vec![name.to_path_buf()]
-    } else {
-        let path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .collect()
-    };
-    let mut denied = None;
-    for candidate in &candidates {
-        let Some((is_dir, mode)) = stat(candidate) else {
-            continue;
-        };
-        if is_dir {
-            denied.get_or_insert((candidate.clone(), "Is a directory"));
-            continue;
-        }
-        if mode & 0o111 == 0 {
-            denied.get_or_insert((candidate.clone(), "Permission denied"));
-            continue;
-        }
-        return std::path::absolute(candidate).map_err(|e| NotRun {
-            status: 126,
-            message: format!("{}: {e}", candidate.display()),
-        });
-    }
-    Err(match denied {
-        Some((path, why)) => NotRun {
-            status: 126,
-            message: format!("{}: {why}", path.display()),
-        },
-        None if candidates.len() == 1 => NotRun {
-            status: 127,
-            message: format!("{}: No such file or directory", name.display()),
-        },
-        None => NotRun {
-            status: 127,
-            message: format!("{}: command not found", name.display()),
-        },
+    let path_var = std::env::var_os("PATH");
+    let found = lego_proto::resolve_program(
+        program.as_bytes(),
+        path_var.as_deref().map(OsStrExt::as_bytes),
+        |candidate| stat(Path::new(OsStr::from_bytes(candidate))),
+    )?;
+    let found = Path::new(OsStr::from_bytes(&found));
+    std::path::absolute(found).map_err(|e| NotRun {
+        status: 126,
+        message: format!("{}: {e}", found.display()),
     })
 }
 
@@ -118,27 +82,7 @@ fn host_stat(path: &Path) -> Option<(bool, u32)> {
 /// `stat` through the storage manager serving the program's files.
 fn storage_stat(client: &Client, path: &Path) -> Option<(bool, u32)> {
     let abs = std::path::absolute(path).ok()?;
-    let call = |request| match client
-        .call(
-            &Message::Storage {
-                request,
-                caller: None,
-            },
-            &[],
-        )
-        .ok()?
-        .message
-    {
-        Message::StorageDone(StorageReply::Found { handle, attr }) => Some((handle, attr)),
-        _ => None,
-    };
-    let (root, _) = call(StorageRequest::Root)?;
-    let (_, attr) = call(StorageRequest::Lookup {
-        dir: root,
-        path: abs.into_os_string().into_vec(),
-        follow: true,
-    })?;
-    Some((attr.file_type == FileType::Directory, attr.mode))
+    lego_processor::guest::stat_on_storage(client, None, &abs)
 }
 
 /// A cluster `lego run` started itself; stopped and removed on drop.
@@ -157,6 +101,15 @@ impl Drop for Embedded {
 /// else a new embedded one.
 fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
     let dir = args.state.dir();
+    if std::fs::metadata(dir.record_path())
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    {
+        bail!(
+            "the cluster in {} is another user's, and it lets no other user run programs \
+             (its owner can allow some with `lego up --allow-users USER,...` or `--allow-group GROUP`)",
+            dir.root.display()
+        );
+    }
     if let Some(record) = dir.load()? {
         if record.running().next().is_some() {
             return Ok((dir, None));
@@ -177,6 +130,8 @@ fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
         heartbeat_interval: Duration::from_secs(1),
         dead_after: None,
         timeout: Duration::from_secs(30),
+        allow_users: Vec::new(),
+        allow_group: Vec::new(),
         quiet: true,
     };
     cluster::up(up).context("cannot start an embedded cluster")?;
@@ -254,13 +209,12 @@ fn stdio(pty: Option<&tty::Pty>) -> [RawFd; 3] {
     })
 }
 
-/// Starts the program on `processor` and waits for it to end.
-fn launch(
+/// The owner's connection to `processor`'s launch socket, authenticated
+/// with the cluster secret.
+fn connect_owner(
     secret: &ClusterSecret,
     processor: &Registration,
-    spec: LaunchSpec,
-    pty: Option<tty::Pty>,
-) -> Result<ExitReport> {
+) -> Result<(UnixStream, FrameReader<UnixStream>)> {
     let socket = processor
         .unix_socket
         .as_deref()
@@ -277,27 +231,33 @@ fn launch(
         &Identity::new(Role::Client, "lego-run"),
         Duration::from_secs(5),
     )?;
+    Ok((stream, reader))
+}
+
+/// Starts the program on processor `name` over a launch connection and
+/// waits for it to end; for a guest, signals are forwarded through the
+/// processor.
+fn launch(
+    (mut stream, mut reader): (UnixStream, FrameReader<UnixStream>),
+    name: &str,
+    spec: LaunchSpec,
+    pty: Option<tty::Pty>,
+    guest: bool,
+) -> Result<Result<ExitReport, NotRun>> {
     send_fds(&stream, &stdio(pty.as_ref())).context("cannot hand the terminal to the processor")?;
     write_frame(&mut stream, 1, &Message::Launch(spec), &[])?;
     // The program holds its terminal now; ours would keep it open.
     let master = pty.map(|pty| pty.master);
-    let gone = |e| anyhow!("lost processor {} at {socket}: {e}", processor.name);
-    let pid = match reader.read_frame().map_err(gone)?.message {
-        Message::Launched { pid, host_pid } => {
-            crate::forward::target(host_pid);
-            pid
-        }
-        Message::Error(e) => bail!(
-            "processor {} cannot start the program: {}",
-            processor.name,
-            e.message
-        ),
-        other => bail!(
-            "processor {} answered Launch with {}",
-            processor.name,
-            other.kind()
-        ),
+    let gone = |e| anyhow!("lost processor {name}: {e}");
+    let (pid, host_pid) = match reader.read_frame().map_err(gone)?.message {
+        Message::Launched { pid, host_pid } => (pid, host_pid),
+        Message::NotRun(not_run) => return Ok(Err(not_run)),
+        Message::Error(e) => bail!("processor {name} cannot start the program: {}", e.message),
+        other => bail!("processor {name} answered Launch with {}", other.kind()),
     };
+    if !guest {
+        crate::forward::target(host_pid);
+    }
     let relay = match master {
         Some(master) => {
             tty::make_raw().context("cannot put the terminal in raw mode")?;
@@ -306,15 +266,17 @@ fn launch(
         None => None,
     };
     write_frame(&mut stream, 2, &Message::WaitProcess { pid }, &[])?;
+    if guest {
+        crate::forward::through_processor(stream, pid);
+    }
     let ended = reader.read_frame().map_err(gone);
     if let Some(relay) = relay {
         relay.finish();
     }
     match ended?.message {
-        Message::Exited(report) => Ok(report),
+        Message::Exited(report) => Ok(Ok(report)),
         other => bail!(
-            "processor {} answered WaitProcess with {}",
-            processor.name,
+            "processor {name} answered WaitProcess with {}",
             other.kind()
         ),
     }
@@ -363,10 +325,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let files = std::env::var_os("LEGO_FILES");
     let host_files = files.as_deref().is_some_and(|v| v == "host");
     let require_storage = files.as_deref().is_some_and(|v| v == "storage");
-    let not_run = |NotRun { status, message }| {
-        eprintln!("lego: {message}");
-        ExitCode::from(status)
-    };
+    let not_run = not_run_exit;
     // Fail fast, before any cluster is started, when the program is not there.
     let mut program = None;
     if host_files {
@@ -376,6 +335,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
     }
     let (dir, _embedded) = cluster(&args)?;
+    if is_guest(&dir) {
+        return run_as_guest(&args, &dir);
+    }
     let (processor, memory, storage) = place(&dir, args.processor.clone())?;
     let storage = storage.filter(|_| !host_files);
     if storage.is_none() && require_storage {
@@ -411,23 +373,51 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         } => (capacity, capacity.saturating_sub(committed)),
         _ => (0, 0),
     };
-    // In the foreground of a terminal, the program gets a terminal of its
-    // own (job control, Ctrl-C and Ctrl-Z through its line discipline).
-    let pty = if tty::wanted() && std::env::var_os("LEGO_NO_TTY").is_none() {
-        match tty::open() {
-            Ok(pty) => Some(pty),
-            Err(e) => {
-                eprintln!(
-                    "lego: cannot give the program a terminal of its own ({e}); it shares this one"
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let pty = own_terminal();
     let spec = LaunchSpec {
         program: program.into_os_string().into_vec(),
+        excache,
+        memory: memory.addr,
+        memory_name: memory.name.clone(),
+        memory_capacity,
+        memory_available,
+        storage: storage.as_ref().map(|s| s.addr),
+        storage_name: storage.map(|s| s.name).unwrap_or_default(),
+        ..unplaced_spec(&args, pty.is_some())?
+    };
+    let connection = connect_owner(&secret, &processor)?;
+    let report = launch(connection, &processor.name, spec, pty, false);
+    tty::restore();
+    let report = match report? {
+        Ok(report) => report,
+        Err(not_run) => return Ok(not_run_exit(not_run)),
+    };
+    finish(&args, report)
+}
+
+/// In the foreground of a terminal, the program gets a terminal of its
+/// own (job control, Ctrl-C and Ctrl-Z through its line discipline).
+fn own_terminal() -> Option<tty::Pty> {
+    if !tty::wanted() || std::env::var_os("LEGO_NO_TTY").is_some() {
+        return None;
+    }
+    match tty::open() {
+        Ok(pty) => Some(pty),
+        Err(e) => {
+            eprintln!(
+                "lego: cannot give the program a terminal of its own ({e}); it shares this one"
+            );
+            None
+        }
+    }
+}
+
+/// The launch as the user asked for it, before placement: the program as
+/// named, no memory or storage manager, the processor's ExCache quota
+/// unless `--excache` says otherwise.
+fn unplaced_spec(args: &RunArgs, controlling_tty: bool) -> Result<LaunchSpec> {
+    Ok(LaunchSpec {
+        program: args.command[0].as_bytes().to_vec(),
         argv: args.command.iter().map(|a| a.as_bytes().to_vec()).collect(),
         envp: std::env::vars_os()
             .map(|(k, v)| {
@@ -438,19 +428,93 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             })
             .collect(),
         cwd: std::env::current_dir()?.into_os_string().into_vec(),
-        excache,
-        memory: memory.addr,
-        memory_name: memory.name.clone(),
-        memory_capacity,
-        memory_available,
-        storage: storage.as_ref().map(|s| s.addr),
-        storage_name: storage.map(|s| s.name).unwrap_or_default(),
+        excache: args.excache.unwrap_or(0),
+        memory: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        memory_name: String::new(),
+        memory_capacity: 0,
+        memory_available: 0,
+        storage: None,
+        storage_name: String::new(),
         storage_retry_ms: args.storage_retry.as_millis() as u64,
-        controlling_tty: pty.is_some(),
-    };
-    let report = launch(&secret, &processor, spec, pty);
+        controlling_tty,
+    })
+}
+
+/// Whether this user may not read the cluster's secret: a cluster of
+/// another user's, which they reach as a guest.
+fn is_guest(dir: &StateDir) -> bool {
+    std::fs::File::open(dir.secret())
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// Runs the program as a guest on another user's cluster: on a processor
+/// of its record, through that processor's guests' socket, which places
+/// the program and finds it with this user's credentials.
+fn run_as_guest(args: &RunArgs, dir: &StateDir) -> Result<ExitCode> {
+    if std::env::var_os("LEGO_FILES").is_some_and(|v| v == "host") {
+        bail!("LEGO_FILES=host gives a program the processor's own files, which only the cluster's owner may ask for");
+    }
+    let record = dir.require()?;
+    let processor = record
+        .running()
+        .find(|c| {
+            c.role == Role::Processor && args.processor.as_ref().is_none_or(|want| *want == c.name)
+        })
+        .with_context(|| match &args.processor {
+            Some(want) => format!("no running processor {want} in {}", dir.root.display()),
+            None => format!("no running processor in {}", dir.root.display()),
+        })?;
+    let launch_socket = processor
+        .args
+        .windows(2)
+        .find(|w| w[0] == "--launch-socket")
+        .map(|w| PathBuf::from(&w[1]))
+        .with_context(|| {
+            format!(
+                "processor {} was started without a launch socket",
+                processor.name
+            )
+        })?;
+    let socket = lego_processor::guest_socket(&launch_socket);
+    let mut stream = UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "cannot reach processor {} at {}",
+            processor.name,
+            socket.display()
+        )
+    })?;
+    handshake::preambles_only(
+        &mut stream,
+        &socket.as_path().into(),
+        Duration::from_secs(5),
+    )?;
+    let mut reader = FrameReader::new(stream.try_clone()?, FrameLimits::HANDSHAKE);
+    match reader.read_frame()?.message {
+        Message::GuestAccepted { .. } => {}
+        Message::Error(e) => bail!("processor {}: {}", processor.name, e.message),
+        other => bail!(
+            "processor {} greeted a guest with {}",
+            processor.name,
+            other.kind()
+        ),
+    }
+    let pty = own_terminal();
+    let spec = unplaced_spec(args, pty.is_some())?;
+    let report = launch((stream, reader), &processor.name, spec, pty, true);
     tty::restore();
-    let report = report?;
+    match report? {
+        Ok(report) => finish(args, report),
+        Err(not_run) => Ok(not_run_exit(not_run)),
+    }
+}
+
+fn not_run_exit(NotRun { status, message }: NotRun) -> ExitCode {
+    eprintln!("lego: {message}");
+    ExitCode::from(status)
+}
+
+/// Reports how the program ended and exits as it did.
+fn finish(args: &RunArgs, report: ExitReport) -> Result<ExitCode> {
     if args.stats {
         if let Some(stats) = &report.stats {
             print_stats(stats);

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lego_memory::{MemoryConfig, MemoryManager};
 use lego_monitor::{ComponentConfig, MonitorConfig, MonitorServer};
-use lego_processor::{ProcessorConfig, ProcessorManager};
+use lego_processor::{Guests, ProcessorConfig, ProcessorManager};
 use lego_proto::Role;
 use lego_storage::{StorageConfig, StorageManager};
 use lego_transport::ClusterSecret;
@@ -49,6 +49,12 @@ pub struct ProcessorArgs {
     /// Unix socket on which `lego run` launches programs [default: DIR/run/NAME.sock of --state]
     #[arg(long, value_name = "PATH")]
     pub launch_socket: Option<PathBuf>,
+    /// Another user who may launch programs (uid; repeatable)
+    #[arg(long, value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// A group whose members may launch programs (gid; repeatable)
+    #[arg(long, value_name = "GID")]
+    pub allow_gid: Vec<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +145,10 @@ pub fn processor(args: ProcessorArgs) -> Result<()> {
         component,
         excache: args.excache,
         launch_socket,
+        guests: Guests {
+            uids: args.allow_uid.clone(),
+            gids: args.allow_gid.clone(),
+        },
     })
     .context("cannot start the processor manager")?;
     serve_forever()

@@ -184,6 +184,10 @@ impl StateDir {
         let tmp = self.root.join("cluster.json.tmp");
         let text = serde_json::to_string_pretty(record)?;
         fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+        // Readable by the users the cluster lets in (the directory decides
+        // who reaches it): it holds addresses and pids, no secret.
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 

@@ -2001,3 +2001,81 @@ fn unix_sockets_at_paths_behave_as_natively() {
         "{expected}"
     );
 }
+
+/// A user other than the cluster's owner runs programs on it only when
+/// `lego up` allows them (`--allow-users`), as themselves: `id` under Lego
+/// prints what it prints natively for that user; signals reach their
+/// program through the processor. Others are refused with an error
+/// naming the way in.
+#[test]
+fn other_users_run_programs_only_where_the_cluster_allows_them() {
+    let open = Cluster::up(&["--memories", "1", "--allow-users", "nobody"]);
+    let closed = Cluster::up(&["--memories", "1"]);
+    let setpriv = require("setpriv");
+    let as_user = |uid: &str, state: &std::path::Path, program: &[&str]| {
+        let mut cmd = std::process::Command::new(&setpriv);
+        cmd.args(["--reuid", uid, "--regid", "65534", "--clear-groups"])
+            .arg(LEGO)
+            .arg("run")
+            .arg("--state")
+            .arg(state)
+            .arg("--")
+            .args(program)
+            .current_dir("/")
+            .env_remove("LEGO_STATE")
+            .stdin(Stdio::null());
+        cmd
+    };
+    let id = require("id");
+    let id = id.to_str().unwrap();
+    let lego = as_user("65534", &open.state, &[id]).output().unwrap();
+    let native = std::process::Command::new(&setpriv)
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", id])
+        .output()
+        .unwrap();
+    assert!(lego.status.success(), "{}", text(&lego.stderr));
+    assert_eq!(text(&lego.stdout), text(&native.stdout));
+    assert!(
+        text(&lego.stdout).starts_with("uid=65534("),
+        "{}",
+        text(&lego.stdout)
+    );
+
+    // Ctrl-C reaches the program (its shell's trap runs) though the user
+    // may not signal its runtime on the host.
+    let script = "trap 'echo caught; exit 7' INT; /bin/sleep 60 & wait";
+    let shell = as_user("65534", &open.state, &["/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let processor = open.pid("processor-0");
+    // Once the shell has forked its sleep, its trap is set.
+    poll(Duration::from_secs(20), || {
+        let shell = *runtimes_of(processor).first()?;
+        (!runtimes_of(shell).is_empty()).then_some(())
+    })
+    .expect("the guest's shell runs its sleep");
+    // Safety: kill(2) with plain integers, at the lego run we started
+    // (setpriv ran it in its own process).
+    unsafe { libc::kill(shell.id() as i32, libc::SIGINT) };
+    let out = shell.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "caught\n");
+    assert_eq!(out.status.code(), Some(7));
+
+    let refused = as_user("65533", &open.state, &[id]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("uid 65533 may not run programs on this cluster"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let refused = as_user("65534", &closed.state, &[id]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("is another user's")
+            && text(&refused.stderr).contains("--allow-users"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(refused.stdout.is_empty());
+}

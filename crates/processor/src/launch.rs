@@ -20,7 +20,7 @@ use lego_proto::{
     MAX_ARGS_BYTES,
 };
 use lego_transport::fdpass::recv_fds;
-use lego_transport::peercred::{peer_credentials, peer_still_runs};
+use lego_transport::peercred::{peer_credentials, peer_still_runs, PeerCredentials};
 use lego_transport::{handshake, write_frame, ClusterSecret, FrameReader, Identity, Peer};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -46,14 +46,43 @@ pub fn serve(path: &Path, processor: Arc<Processor>) -> std::io::Result<()> {
     // `lego run`'s, for the cluster's owner; runtimes reach the processor
     // at its abstract socket.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // Other users' `lego run`: anyone may connect; the kernel says who
+    // did, and only the users the cluster allows are served.
+    let guests_path = crate::guest_socket(path);
+    if guests_path.exists() {
+        std::fs::remove_file(&guests_path)?;
+    }
+    let guests = UnixListener::bind(&guests_path)?;
+    std::fs::set_permissions(
+        &guests_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )?;
     let abstract_name = SocketAddr::from_abstract_name(&processor.runtime_socket)?;
     let runtimes = UnixListener::bind_addr(&abstract_name)?;
-    accept(listener, path.into(), Arc::clone(&processor))?;
-    accept(runtimes, path.into(), processor)
+    accept(
+        listener,
+        path.into(),
+        Arc::clone(&processor),
+        serve_connection,
+    )?;
+    accept(
+        guests,
+        guests_path.as_path().into(),
+        Arc::clone(&processor),
+        serve_guest,
+    )?;
+    accept(runtimes, path.into(), processor, serve_connection)
 }
 
+type Serve = fn(UnixStream, &Peer, &Arc<Processor>) -> Result<(), String>;
+
 /// Serves every connection to `listener`, each on a thread of its own.
-fn accept(listener: UnixListener, peer: Peer, processor: Arc<Processor>) -> std::io::Result<()> {
+fn accept(
+    listener: UnixListener,
+    peer: Peer,
+    processor: Arc<Processor>,
+    serve: Serve,
+) -> std::io::Result<()> {
     thread::Builder::new()
         .name("launch".into())
         .spawn(move || {
@@ -64,7 +93,7 @@ fn accept(listener: UnixListener, peer: Peer, processor: Arc<Processor>) -> std:
                 let _ = thread::Builder::new()
                     .name("launch conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve_connection(stream, &peer, &processor) {
+                        if let Err(e) = serve(stream, &peer, &processor) {
                             warn!("launch connection: {e}");
                         }
                     });
@@ -95,7 +124,7 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
-fn sealed(secret: &ClusterSecret, mut voucher: Voucher) -> Voucher {
+pub(crate) fn sealed(secret: &ClusterSecret, mut voucher: Voucher) -> Voucher {
     secret.seal_voucher(&mut voucher);
     voucher
 }
@@ -392,6 +421,120 @@ fn serve_connection(
             Message::error(ErrorCode::BadRequest, why),
         );
     }
+    start(
+        processor,
+        Launcher {
+            writer,
+            reader,
+            id: frame.id,
+            caller,
+        },
+        spec,
+        stdio,
+    )
+}
+
+/// The connection of whoever asked for a launch, and who they are.
+struct Launcher {
+    writer: UnixStream,
+    reader: FrameReader<UnixStream>,
+    /// The `Launch` request's id.
+    id: u64,
+    caller: PeerCredentials,
+}
+
+/// Another user's `lego run`, on the guests' socket: served if the
+/// cluster allows who the kernel says connected; its program is placed
+/// here and found with the user's own credentials.
+fn serve_guest(
+    mut stream: UnixStream,
+    peer: &Peer,
+    processor: &Arc<Processor>,
+) -> Result<(), String> {
+    let caller =
+        peer_credentials(&stream).map_err(|e| format!("cannot tell who connected: {e}"))?;
+    handshake::preambles_only(&mut stream, peer, Duration::from_secs(5))
+        .map_err(|e| format!("uid {}: {e}", caller.uid))?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let reader = FrameReader::new(
+        stream.try_clone().map_err(|e| e.to_string())?,
+        FrameLimits::HANDSHAKE,
+    );
+    if !processor
+        .guests
+        .allow(caller.uid, caller.gid, &caller.groups)
+    {
+        warn!("refused a launch by uid {}", caller.uid);
+        return reply(
+            &mut writer,
+            0,
+            Message::error(
+                ErrorCode::Denied,
+                format!(
+                    "uid {} may not run programs on this cluster: its owner allows {} \
+                     (lego up --allow-users, --allow-group)",
+                    caller.uid,
+                    processor.guests.describe()
+                ),
+            ),
+        );
+    }
+    reply(
+        &mut writer,
+        0,
+        Message::GuestAccepted {
+            processor: processor.name.clone(),
+        },
+    )?;
+    let mut launcher = Launcher {
+        writer,
+        reader,
+        id: 0,
+        caller,
+    };
+    let fds = recv_fds(&stream).map_err(|e| format!("receiving descriptors from a guest: {e}"))?;
+    let frame = launcher
+        .reader
+        .read_frame()
+        .map_err(|e| format!("reading a guest's launch request: {e}"))?;
+    launcher.id = frame.id;
+    let (Ok(stdio), Message::Launch(spec)) = (<[OwnedFd; 3]>::try_from(fds), frame.message) else {
+        return reply(
+            &mut launcher.writer,
+            frame.id,
+            Message::error(
+                ErrorCode::BadRequest,
+                "expected stdin, stdout and stderr, then Launch",
+            ),
+        );
+    };
+    if let Err(why) = check_spec(&spec) {
+        return reply(
+            &mut launcher.writer,
+            frame.id,
+            Message::error(ErrorCode::BadRequest, why),
+        );
+    }
+    match crate::guest::place(processor, spec, &launcher.caller) {
+        Ok(spec) => start(processor, launcher, spec, stdio),
+        Err(refusal) => reply(&mut launcher.writer, frame.id, *refusal),
+    }
+}
+
+/// Starts the program `launcher` asked for and serves its connection
+/// until the program ends.
+fn start(
+    processor: &Arc<Processor>,
+    launcher: Launcher,
+    spec: LaunchSpec,
+    stdio: [OwnedFd; 3],
+) -> Result<(), String> {
+    let Launcher {
+        mut writer,
+        mut reader,
+        id,
+        caller,
+    } = launcher;
     let pid = processor.new_pid();
     let command = spec
         .argv
@@ -434,7 +577,7 @@ fn serve_connection(
             processor.untrack(pid);
             return reply(
                 &mut writer,
-                frame.id,
+                id,
                 Message::error(ErrorCode::Internal, format!("cannot start a runtime: {e}")),
             );
         }
@@ -457,7 +600,7 @@ fn serve_connection(
         },
         std::sync::Arc::clone(&runtime.live),
     );
-    reply(&mut writer, frame.id, Message::Launched { pid, host_pid })?;
+    reply(&mut writer, id, Message::Launched { pid, host_pid })?;
 
     // The waiter reports the end to whoever asked (if anyone still listens).
     let (asked_tx, asked_rx) = mpsc::channel::<u64>();
@@ -501,6 +644,26 @@ fn serve_connection(
         match frame.message {
             Message::WaitProcess { pid: wanted } if wanted == pid => {
                 let _ = asked_tx.send(frame.id);
+            }
+            // What the user's signals would do natively: reach their
+            // program (and its group), which may not be theirs to signal
+            // on the host. No answer: `lego run` sends from its signal
+            // thread and waits for nothing.
+            Message::SignalProcess {
+                pid: wanted,
+                signal,
+                group,
+            } if wanted == pid && (1..=64).contains(&signal) => {
+                let running = running.lock().unwrap_or_else(|p| p.into_inner());
+                if *running {
+                    // Safety: kill(2) with plain integers; as below, the
+                    // pid is our unreaped child (`running` is held).
+                    unsafe {
+                        if !group || libc::kill(-(host_pid as i32), signal) != 0 {
+                            libc::kill(host_pid as i32, signal);
+                        }
+                    }
+                }
             }
             other => reply(
                 &mut writer,

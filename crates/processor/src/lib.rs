@@ -10,6 +10,7 @@
 //! Must not: hold application memory (that is the memory managers'), or
 //! outlive its runtimes (they die with it).
 
+pub mod guest;
 mod hostids;
 mod launch;
 mod spawn;
@@ -31,6 +32,35 @@ pub struct ProcessorConfig {
     pub excache: u64,
     /// Where to serve the launch socket.
     pub launch_socket: PathBuf,
+    /// Users other than the processor's own who may launch programs
+    /// (through the guests' launch socket, `guest_socket`).
+    pub guests: Guests,
+}
+
+/// Who besides the cluster's owner may run programs: these uids, and
+/// members of these groups (primary or supplementary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guests {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Guests {
+    pub fn allow(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        self.uids.contains(&uid) || self.gids.iter().any(|g| *g == gid || groups.contains(g))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.uids.is_empty() && self.gids.is_empty()
+    }
+}
+
+/// The guests' launch socket beside the launch socket at `launch`
+/// (`NAME.sock` → `NAME.guests.sock`): open to every local user, served
+/// by the kernel's word of who connected (SO_PEERCRED) instead of the
+/// cluster secret.
+pub fn guest_socket(launch: &std::path::Path) -> PathBuf {
+    launch.with_extension("guests.sock")
 }
 
 /// Asks the memory manager at `memory`, through `client`, to free `pid`'s
@@ -78,6 +108,9 @@ pub struct Processor {
     /// Whether programs on storage run as unprivileged host identities
     /// (a processor run by root can map them; see `hostids`).
     isolates: bool,
+    /// Who else may launch programs, and where to place theirs.
+    guests: Guests,
+    monitor: SocketAddr,
 }
 
 impl Processor {
@@ -238,6 +271,8 @@ impl ProcessorManager {
             runtime_socket: runtime_socket_name(&config.component.name)?,
             // Safety: geteuid has no preconditions.
             isolates: unsafe { libc::geteuid() } == 0,
+            guests: config.guests.clone(),
+            monitor: config.component.monitor,
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
         });

@@ -6,7 +6,7 @@
 //! ([`MAX_NAME_LEN`], [`MAX_TEXT_LEN`]) before storing anything.
 
 use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId, RangeChange};
-use crate::process::{AdoptSpec, ExitReport, LaunchSpec, ProcessInfo};
+use crate::process::{AdoptSpec, ExitReport, LaunchSpec, NotRun, ProcessInfo};
 use crate::storage::{StorageReply, StorageRequest, Voucher};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -243,6 +243,24 @@ pub enum Message {
         pid: ProcessId,
     },
     Exited(ExitReport),
+    /// The processor greeting a user other than the cluster's owner on its
+    /// guests' launch socket (the kernel told it who connected, and the
+    /// cluster allows them): the `Launch` that follows is placed and its
+    /// program resolved by the processor, with the user's credentials.
+    GuestAccepted {
+        processor: String,
+    },
+    /// The answer to a `Launch` whose program cannot be run (not found,
+    /// not executable), as a shell reports it.
+    NotRun(NotRun),
+    /// `lego run` forwarding a signal to the program it launched (to its
+    /// process group if `group`), for a user who may not signal the
+    /// program's runtime on the host itself.
+    SignalProcess {
+        pid: ProcessId,
+        signal: i32,
+        group: bool,
+    },
     /// A forked process's runtime announcing itself; the request carries
     /// its live-counters page as a descriptor.
     Adopt(AdoptSpec),
@@ -367,6 +385,9 @@ impl Message {
             Message::Launched { .. } => "Launched",
             Message::WaitProcess { .. } => "WaitProcess",
             Message::Exited(_) => "Exited",
+            Message::GuestAccepted { .. } => "GuestAccepted",
+            Message::NotRun(_) => "NotRun",
+            Message::SignalProcess { .. } => "SignalProcess",
             Message::Adopt(_) => "Adopt",
             Message::Adopted => "Adopted",
             Message::Vouch { .. } => "Vouch",

@@ -101,3 +101,103 @@ pub struct AdoptSpec {
     pub memory_name: String,
     pub excache: u64,
 }
+
+/// Why a program was not started, as a shell would say it: exit status
+/// 126 (found, not runnable) or 127 (not found) and the message.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NotRun {
+    pub status: u8,
+    pub message: String,
+}
+
+/// Finds `program` as execvp would: a name with a slash is a path, any
+/// other name is looked up in `path_var` (the caller's PATH; a default
+/// without one). `stat` tells (is a directory, mode) of a candidate, or
+/// `None` if it is not there. The candidate found, as named (relative
+/// when the name or the PATH entry was).
+pub fn resolve_program(
+    program: &[u8],
+    path_var: Option<&[u8]>,
+    stat: impl Fn(&[u8]) -> Option<(bool, u32)>,
+) -> Result<Vec<u8>, NotRun> {
+    let shown = String::from_utf8_lossy(program);
+    let candidates: Vec<Vec<u8>> = if program.contains(&b'/') {
+        vec![program.to_vec()]
+    } else {
+        path_var
+            .unwrap_or(b"/usr/local/bin:/usr/bin:/bin")
+            .split(|&b| b == b':')
+            .map(|dir| match dir {
+                // An empty entry is the working directory.
+                b"" => program.to_vec(),
+                dir => [dir, b"/", program].concat(),
+            })
+            .collect()
+    };
+    let mut denied = None;
+    for candidate in &candidates {
+        let Some((is_dir, mode)) = stat(candidate) else {
+            continue;
+        };
+        if is_dir {
+            denied.get_or_insert((candidate, "Is a directory"));
+            continue;
+        }
+        if mode & 0o111 == 0 {
+            denied.get_or_insert((candidate, "Permission denied"));
+            continue;
+        }
+        return Ok(candidate.clone());
+    }
+    Err(match denied {
+        Some((path, why)) => NotRun {
+            status: 126,
+            message: format!("{}: {why}", String::from_utf8_lossy(path)),
+        },
+        None if candidates.len() == 1 => NotRun {
+            status: 127,
+            message: format!("{shown}: No such file or directory"),
+        },
+        None => NotRun {
+            status: 127,
+            message: format!("{shown}: command not found"),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_resolve_as_execvp_finds_them() {
+        let files = |p: &[u8]| match p {
+            b"/bin/sh" => Some((false, 0o755)),
+            b"/usr/bin/data" => Some((false, 0o644)),
+            b"/usr/bin/dir" => Some((true, 0o755)),
+            b"tool" => Some((false, 0o700)),
+            _ => None,
+        };
+        let path = Some(&b"/usr/bin:/bin"[..]);
+        assert_eq!(resolve_program(b"sh", path, files).unwrap(), b"/bin/sh");
+        assert_eq!(
+            resolve_program(b"./x", path, files).unwrap_err().status,
+            127
+        );
+        let denied = resolve_program(b"data", path, files).unwrap_err();
+        assert_eq!(
+            (denied.status, &denied.message[..]),
+            (126, "/usr/bin/data: Permission denied")
+        );
+        assert_eq!(
+            resolve_program(b"dir", path, files).unwrap_err().status,
+            126
+        );
+        let missing = resolve_program(b"nope", path, files).unwrap_err();
+        assert_eq!(missing.message, "nope: command not found");
+        assert_eq!(
+            resolve_program(b"tool", Some(b":/bin"), files).unwrap(),
+            b"tool"
+        );
+    }
+}

@@ -262,6 +262,11 @@ fn process_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), any::<u32>())
             .prop_map(|(pid, host_pid)| Message::Launched { pid, host_pid }),
         any::<u64>().prop_map(|pid| Message::WaitProcess { pid }),
+        text().prop_map(|processor| Message::GuestAccepted { processor }),
+        (any::<u8>(), text())
+            .prop_map(|(status, message)| Message::NotRun(NotRun { status, message })),
+        (any::<u64>(), any::<i32>(), any::<bool>())
+            .prop_map(|(pid, signal, group)| Message::SignalProcess { pid, signal, group }),
         (
             any::<u64>(),
             exit_status(),

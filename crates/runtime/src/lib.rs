@@ -111,6 +111,12 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         processor_name,
     } = spec;
     let program = String::from_utf8_lossy(&spec.program).into_owned();
+    // The program runs as who launched it; taken on first, while this is
+    // the process's only thread (glibc changes ids on every thread by
+    // signalling each, which the runtime's own threads never answer).
+    // Nothing below needs more: the processor handed over
+    // /dev/userfaultfd.
+    process::credentials::assume(&voucher)?;
     if !task::thread::fsgsbase_available() {
         return Err("this CPU or kernel does not allow FSGSBASE, which the runtime needs".into());
     }
@@ -152,8 +158,8 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
             None
         }
     };
-    // While the runtime still has the processor's rights: the program's
-    // forks make their userfaultfds through it after any setuid.
+    // Unless the processor handed it over: the program's forks make
+    // their userfaultfds through it after any setuid.
     host::uffd::open_device();
     host::open_proc_root();
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
@@ -226,8 +232,6 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         sp,
         spec.excache
     );
-    // The program runs as who launched it.
-    process::credentials::assume(&voucher)?;
     // Last: from here on the runtime makes none of the calls it refuses.
     syscall::backstop::install(syscall::backstop::Keeper::parent())?;
     let ctl = Box::leak(Box::new(task::dispatch::ThreadCtl::new()));

@@ -149,6 +149,19 @@ fn exchange_preambles<S: Stream>(stream: &mut S, addr: &Peer) -> Result<(), Tran
     Ok(())
 }
 
+/// The preamble exchange alone, for a local connection whose peer the
+/// kernel names (SO_PEERCRED) instead of a proof of the secret: a guest
+/// on a processor's guests' launch socket. Both ends call it.
+pub fn preambles_only<S: Stream>(
+    stream: &mut S,
+    addr: &Peer,
+    timeout: Duration,
+) -> Result<(), TransportError> {
+    set_timeouts(stream, addr, Some(timeout))?;
+    exchange_preambles(stream, addr)?;
+    set_timeouts(stream, addr, None)
+}
+
 fn refused(addr: &Peer, reason: String) -> TransportError {
     let mut reason = reason;
     reason.truncate(MAX_TEXT_LEN);

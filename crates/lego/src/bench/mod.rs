@@ -132,6 +132,8 @@ impl Bench {
             heartbeat_interval: Duration::from_secs(1),
             dead_after: None,
             timeout: Duration::from_secs(30),
+            allow_users: Vec::new(),
+            allow_group: Vec::new(),
             quiet: true,
         })?;
         Ok(bench)
