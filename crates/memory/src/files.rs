@@ -88,6 +88,24 @@ impl FileReader {
         )))
     }
 
+    /// The voucher a mapping of `handle` reads with once the mapper's own
+    /// (`caller`) was found to read it: its ids, for that file alone and
+    /// for as long as the mapping lasts (the mapper's own expires, and a
+    /// mapping stays readable whatever its process does later, as on
+    /// Linux). Kept here, never sent to a runtime.
+    pub fn for_mapping(
+        &self,
+        caller: &lego_proto::Voucher,
+        handle: &lego_proto::FileHandle,
+    ) -> Option<lego_proto::Voucher> {
+        let (secret, _) = self.access.as_ref()?;
+        let mut scoped = caller.clone();
+        scoped.scope = lego_proto::VoucherScope::ReadFile(handle.clone());
+        scoped.expires_ms = 0;
+        secret.seal_voucher(&mut scoped);
+        Some(scoped)
+    }
+
     /// Whether `voucher` carries this cluster's seal.
     pub fn sealed(&self, voucher: &lego_proto::Voucher) -> bool {
         self.access

@@ -237,7 +237,8 @@ impl MemoryService {
                 // space belongs to (a runtime naming another tree would have
                 // us dial its listener with that tree's key).
                 let tree = lock(&self.trees).get(&pid).copied();
-                if !self.files.sealed(caller) || tree.is_some_and(|t| t != caller.tree) {
+                let own = caller.scope == lego_proto::VoucherScope::Process;
+                if !own || !self.files.sealed(caller) || tree.is_some_and(|t| t != caller.tree) {
                     return Message::error(
                         ErrorCode::Denied,
                         format!("mmap of a file for process {pid:#x} with a voucher not its own"),
@@ -252,7 +253,13 @@ impl MemoryService {
                 if let Err(errno) = self.files.check_readable(&source) {
                     return Message::MemoryFailed { errno: errno.0 }.into();
                 }
-                Some(source)
+                let Some(caller) = self.files.for_mapping(caller, handle) else {
+                    return Message::MemoryFailed {
+                        errno: libc::EACCES,
+                    }
+                    .into();
+                };
+                Some(FileSource { caller, ..source })
             }
             _ => None,
         };

@@ -139,16 +139,13 @@ pub fn place(
         .find_map(|entry| entry.strip_prefix(b"PATH="));
     let found = match &storage {
         Some(storage) => {
-            let voucher = crate::launch::sealed(
-                &processor.secret,
-                Voucher {
-                    tree: 0,
-                    uids: [caller.uid; 4],
-                    gids: [caller.gid; 4],
-                    groups: caller.groups.clone(),
-                    seal: [0; 32],
-                },
-            );
+            // For no process: the lookups alone.
+            let voucher = processor.issue(Voucher {
+                uids: [caller.uid; 4],
+                gids: [caller.gid; 4],
+                groups: caller.groups.clone(),
+                ..Voucher::default()
+            });
             let client = Client::new(storage.addr, config);
             lego_proto::resolve_program(&spec.program, path_var, |candidate| {
                 stat_on_storage(&client, Some(&voucher), &absolute(&spec.cwd, candidate))

@@ -21,7 +21,7 @@ use lego_proto::{
 };
 use lego_transport::fdpass::recv_fds;
 use lego_transport::peercred::{peer_credentials, peer_still_runs, PeerCredentials};
-use lego_transport::{handshake, write_frame, ClusterSecret, FrameReader, Identity, Peer};
+use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
@@ -124,11 +124,6 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn sealed(secret: &ClusterSecret, mut voucher: Voucher) -> Voucher {
-    secret.seal_voucher(&mut voucher);
-    voucher
-}
-
 /// The ids thread `tid` of host process `pid` has now, read from the
 /// kernel, as its own user namespace names them (its Lego ids): the
 /// process's runtime says nothing about them. `pid` is the connected
@@ -182,27 +177,34 @@ struct ThreadIds {
     umask: u32,
 }
 
-/// A sealed voucher of the ids thread `tid` of peer `pid` has now.
+/// A voucher for process `pid` of tree `tree` of the ids thread `tid` of
+/// the connected peer, host process `host_pid`, has now.
 fn vouch(
-    secret: &ClusterSecret,
+    processor: &Processor,
     stream: &UnixStream,
-    tree: u64,
-    pid: u32,
+    (tree, pid): (u64, lego_proto::ProcessId),
+    host_pid: u32,
     tid: u32,
 ) -> std::io::Result<Voucher> {
+    // Only to the very process: another process of the tree (a child
+    // that escaped its trap, holding its parent's key) is not vouched for
+    // as its parent.
+    if !processor.runs(pid, host_pid) {
+        return Err(std::io::Error::other(format!(
+            "host process {host_pid} is not the runtime of process {pid:x}"
+        )));
+    }
     let ThreadIds {
         uids, gids, groups, ..
-    } = ids_of(stream, pid, tid)?;
-    Ok(sealed(
-        secret,
-        Voucher {
-            tree,
-            uids,
-            gids,
-            groups,
-            seal: [0; 32],
-        },
-    ))
+    } = ids_of(stream, host_pid, tid)?;
+    Ok(processor.issue(Voucher {
+        tree,
+        pid,
+        uids,
+        gids,
+        groups,
+        ..Voucher::default()
+    }))
 }
 
 /// Binds or connects `socket` to the Unix socket file at `path` with the
@@ -312,8 +314,8 @@ fn serve_connection(
         .read_frame()
         .map_err(|e| format!("reading the launch request: {e}"))?;
     if let Message::Vouch { tid } = frame.message {
-        let tree = client.tree().unwrap_or(0);
-        let answer = match vouch(&processor.secret, &stream, tree, caller.pid, tid) {
+        let process = (client.tree().unwrap_or(0), client.pid().unwrap_or(0));
+        let answer = match vouch(processor, &stream, process, caller.pid, tid) {
             Ok(voucher) => Message::Vouched(voucher),
             Err(e) => Message::error(
                 ErrorCode::Denied,
@@ -549,16 +551,14 @@ fn start(
         tree: pid,
         tree_key_hex: processor.secret.tree_key(pid).to_hex(),
         // Whoever asked: the program runs with their credentials.
-        voucher: sealed(
-            &processor.secret,
-            Voucher {
-                tree: pid,
-                uids: [caller.uid; 4],
-                gids: [caller.gid; 4],
-                groups: caller.groups.clone(),
-                seal: [0; 32],
-            },
-        ),
+        voucher: processor.issue(Voucher {
+            tree: pid,
+            pid,
+            uids: [caller.uid; 4],
+            gids: [caller.gid; 4],
+            groups: caller.groups.clone(),
+            ..Voucher::default()
+        }),
         processor_socket: processor.runtime_socket.clone(),
         processor_name: processor.name.clone(),
     };

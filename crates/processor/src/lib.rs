@@ -17,11 +17,12 @@ mod spawn;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
 use lego_proto::live::LiveStats;
-use lego_proto::{ErrorCode, Frame, Load, Message, ProcessId, ProcessInfo, Role};
+use lego_proto::{ErrorCode, Frame, Load, Message, ProcessId, ProcessInfo, Role, Voucher};
 use lego_transport::{Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::warn;
 
@@ -108,6 +109,8 @@ pub struct Processor {
     /// Whether programs on storage run as unprivileged host identities
     /// (a processor run by root can map them; see `hostids`).
     isolates: bool,
+    /// When the last voucher was issued (ms since the Unix epoch).
+    last_issued: AtomicU64,
     /// Who else may launch programs, and where to place theirs.
     guests: Guests,
     monitor: SocketAddr,
@@ -168,6 +171,35 @@ impl Processor {
             .get(&pid)
             .or_else(|| trees.ended.get(&pid))
             .copied()
+    }
+
+    /// Seals `voucher`, issued now (later than every voucher issued here
+    /// before: a newer one of a process supersedes its older ones) and
+    /// holding for `VOUCHER_LIFETIME_MS`.
+    fn issue(&self, mut voucher: Voucher) -> Voucher {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let previous = self
+            .last_issued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        voucher.issued_ms = now.max(previous + 1);
+        voucher.expires_ms = voucher.issued_ms + lego_proto::VOUCHER_LIFETIME_MS;
+        self.secret.seal_voucher(&mut voucher);
+        voucher
+    }
+
+    /// Whether host process `host_pid` is the runtime of process `pid`
+    /// here (a runtime names its pid; the kernel names its host pid).
+    fn runs(&self, pid: ProcessId, host_pid: u32) -> bool {
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .is_some_and(|(info, _)| info.host_pid == host_pid)
     }
 
     /// Whether `pid` names a process this processor runs or ran lately.
@@ -271,6 +303,7 @@ impl ProcessorManager {
             runtime_socket: runtime_socket_name(&config.component.name)?,
             // Safety: geteuid has no preconditions.
             isolates: unsafe { libc::geteuid() } == 0,
+            last_issued: AtomicU64::new(0),
             guests: config.guests.clone(),
             monitor: config.component.monitor,
             memory_clients: Mutex::new(HashMap::new()),

@@ -209,6 +209,18 @@ pub struct Voucher {
     /// The process tree the process belongs to: a runtime's connection
     /// shows only its own tree's vouchers.
     pub tree: u64,
+    /// The process it was issued to (0: none, a processor's own lookup
+    /// for a guest).
+    pub pid: u64,
+    /// When its processor issued it and until when it holds, in
+    /// milliseconds since the Unix epoch (`expires_ms` 0: for as long as
+    /// its scope lasts). A processor issues each voucher later than the
+    /// one before, so a newer voucher of the same process supersedes the
+    /// older ones, and only a running process gets new ones.
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    /// What it may be used for.
+    pub scope: VoucherScope,
     /// Real, effective, saved and filesystem user ids, as
     /// `/proc/PID/status` lists them.
     pub uids: [u32; 4],
@@ -220,7 +232,36 @@ pub struct Voucher {
     pub seal: [u8; 32],
 }
 
+/// What a voucher may be used for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum VoucherScope {
+    /// Every request of its process.
+    #[default]
+    Process,
+    /// Reading one file: what a memory manager holds for a file mapping
+    /// it checked at mmap time (a mapping stays readable, as on Linux,
+    /// however its process's credentials change later).
+    ReadFile(FileHandle),
+}
+
+/// How long a process's voucher holds: its runtime gets a new one when
+/// half of it has passed, so a voucher stops working at most this long
+/// after its process ended.
+pub const VOUCHER_LIFETIME_MS: u64 = 120_000;
+
 impl Voucher {
+    /// Whether it has run out at `now_ms` (ms since the Unix epoch).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && now_ms >= self.expires_ms
+    }
+
+    /// Whether a runtime should get a new one at `now_ms`: half its life
+    /// has passed.
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0
+            && now_ms >= self.issued_ms + (self.expires_ms.saturating_sub(self.issued_ms)) / 2
+    }
+
     /// The credentials file operations are checked and performed with.
     pub fn fs_credentials(&self) -> Credentials {
         Credentials {

@@ -124,14 +124,24 @@ fn voucher() -> impl Strategy<Value = Voucher> {
         any::<[u32; 4]>(),
         prop::collection::vec(any::<u32>(), 0..8),
         any::<[u8; 32]>(),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
     )
-        .prop_map(|(tree, uids, gids, groups, seal)| Voucher {
-            tree,
-            uids,
-            gids,
-            groups,
-            seal,
-        })
+        .prop_map(
+            |(tree, uids, gids, groups, seal, (pid, issued_ms, expires_ms), file)| Voucher {
+                tree,
+                pid,
+                issued_ms,
+                expires_ms,
+                scope: file.map_or(VoucherScope::Process, |h| {
+                    VoucherScope::ReadFile(FileHandle(h))
+                }),
+                uids,
+                gids,
+                groups,
+                seal,
+            },
+        )
 }
 
 fn memory_op() -> impl Strategy<Value = MemoryOp> {

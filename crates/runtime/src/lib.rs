@@ -203,6 +203,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         },
     };
     let rt = process::install(rt)?;
+    process::credentials::keep_vouched(rt);
     mm::fault::spawn(&rt.mm).map_err(|e| format!("cannot start the fault thread: {e}"))?;
     let change = rt.mm.cache.change_layout();
     let sp = image::install(rt, change, &loaded, &prepared, &spec.envp, &spec.program)?;

@@ -24,13 +24,14 @@ mod sys;
 
 use export::Export;
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
-use lego_proto::{ErrorCode, Frame, Load, Message, Role, StorageRequest, Voucher};
+use lego_proto::{ErrorCode, Frame, Load, Message, Role, StorageRequest, Voucher, VoucherScope};
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tracing::info;
 
@@ -82,7 +83,16 @@ pub struct StorageService {
     export: Export,
     /// What vouchers are sealed with.
     secret: ClusterSecret,
+    /// Soft state: when the newest voucher seen of each (tree, process)
+    /// was issued, and a digest of its ids. An older one with other ids is
+    /// refused: a process that changed its credentials cannot go back to
+    /// its old ones. Forgotten on restart
+    /// (vouchers expire anyway) and when it grows past `NEWEST_KEPT`.
+    newest: Mutex<HashMap<(u64, u64), (u64, u64)>>,
 }
+
+/// Most processes whose newest voucher is remembered.
+const NEWEST_KEPT: usize = 1 << 16;
 
 impl StorageService {
     /// Serves the tree under `export`. Handles are keyed with `secret` and
@@ -103,6 +113,7 @@ impl StorageService {
         Ok(StorageService {
             export,
             secret: secret.clone(),
+            newest: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,6 +209,22 @@ impl StorageService {
     }
 }
 
+/// Why a request's voucher is not served.
+enum Refusal {
+    /// Forged, another tree's, missing, or used beyond its scope.
+    Denied(String),
+    /// Its process's own, but expired or superseded by one of other ids.
+    Stale(String),
+}
+
+/// A digest of the ids a voucher names.
+fn ids_digest(voucher: &Voucher) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (voucher.uids, voucher.gids, &voucher.groups).hash(&mut hasher);
+    hasher.finish()
+}
+
 impl StorageService {
     /// Whom a request from `peer` acts for: the credentials its voucher
     /// names, or, for a component's request without one, the server
@@ -206,27 +233,73 @@ impl StorageService {
         &self,
         peer: &PeerInfo,
         voucher: Option<&Voucher>,
-    ) -> Result<Option<Voucher>, String> {
+        request: &StorageRequest,
+    ) -> Result<Option<Voucher>, Refusal> {
         let Some(voucher) = voucher else {
             return match peer.identity.role {
-                Role::Process => Err(format!(
+                Role::Process => Err(Refusal::Denied(format!(
                     "{} sent a request without its processor's voucher",
                     peer.identity.name
-                )),
+                ))),
                 _ => Ok(None),
             };
         };
         if !self.secret.voucher_is_sealed(voucher) {
-            return Err(format!(
+            return Err(Refusal::Denied(format!(
                 "{} sent a voucher this cluster did not seal",
                 peer.identity.name
-            ));
+            )));
         }
         if peer.identity.role == Role::Process && peer.identity.tree() != Some(voucher.tree) {
-            return Err(format!(
+            return Err(Refusal::Denied(format!(
                 "{} sent a voucher of process tree {:x}, not its own",
                 peer.identity.name, voucher.tree
-            ));
+            )));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if voucher.expired(now) {
+            return Err(Refusal::Stale(format!(
+                "{} sent a voucher that expired {} ms ago",
+                peer.identity.name,
+                now - voucher.expires_ms
+            )));
+        }
+        match &voucher.scope {
+            VoucherScope::ReadFile(file) => {
+                let reads_it = match request {
+                    StorageRequest::Read { handle, .. } | StorageRequest::Getattr { handle } => {
+                        handle == file
+                    }
+                    _ => false,
+                };
+                if !reads_it {
+                    return Err(Refusal::Denied(format!(
+                        "{} sent a voucher for reading one file with another request",
+                        peer.identity.name
+                    )));
+                }
+            }
+            VoucherScope::Process if voucher.pid != 0 => {
+                let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+                if newest.len() >= NEWEST_KEPT {
+                    newest.clear();
+                }
+                let ids = ids_digest(voucher);
+                let seen = newest
+                    .entry((voucher.tree, voucher.pid))
+                    .or_insert((voucher.issued_ms, ids));
+                if voucher.issued_ms >= seen.0 {
+                    *seen = (voucher.issued_ms, ids);
+                } else if seen.1 != ids {
+                    return Err(Refusal::Stale(format!(
+                        "{} sent a voucher of ids its process has since given up",
+                        peer.identity.name
+                    )));
+                }
+            }
+            VoucherScope::Process => {}
         }
         Ok(Some(voucher.clone()))
     }
@@ -244,9 +317,18 @@ impl Service for StorageService {
                 .into()
             }
         };
-        let caller = match self.caller(peer, voucher) {
+        let caller = match self.caller(peer, voucher, storage) {
             Ok(caller) => caller,
-            Err(why) => return Message::error(ErrorCode::Denied, why).into(),
+            Err(Refusal::Denied(why)) => return Message::error(ErrorCode::Denied, why).into(),
+            // A process's own voucher, out of date: the call fails as one
+            // its credentials no longer allow would.
+            Err(Refusal::Stale(why)) => {
+                info!("{why}");
+                return Message::StorageFailed {
+                    errno: libc::EACCES,
+                }
+                .into();
+            }
         };
         if let (Some(caller), StorageRequest::Access { credentials, .. }) = (&caller, storage) {
             if !caller.covers(credentials) {

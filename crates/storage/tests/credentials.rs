@@ -20,13 +20,36 @@ fn runtime(tree: u64) -> PeerInfo {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A voucher as a processor issues it, for a process of its own (so
+/// that no other voucher of the test supersedes it).
 fn voucher(secret: &ClusterSecret, tree: u64, uid: u32, gid: u32) -> Voucher {
+    static NEXT_PID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let pid = NEXT_PID.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    issued(secret, tree, pid, (uid, gid), now_ms())
+}
+
+fn issued(
+    secret: &ClusterSecret,
+    tree: u64,
+    pid: u64,
+    (uid, gid): (u32, u32),
+    at_ms: u64,
+) -> Voucher {
     let mut voucher = Voucher {
         tree,
+        pid,
         uids: [uid; 4],
         gids: [gid; 4],
-        groups: vec![],
-        seal: [0; 32],
+        issued_ms: at_ms,
+        expires_ms: at_ms + lego_proto::VOUCHER_LIFETIME_MS,
+        ..Voucher::default()
     };
     secret.seal_voucher(&mut voucher);
     voucher
@@ -182,4 +205,73 @@ fn a_runtime_without_a_true_voucher_of_its_own_tree_is_refused() {
         matches!(own, Outcome::Done(StorageReply::Found { .. }, _)),
         "{own:?}"
     );
+}
+
+/// A voucher stops working when it expires, and when its process got a
+/// newer one of other ids (it dropped root: the root voucher that may
+/// linger in its memory is refused from then on); one of the same ids
+/// still works, so requests in flight across a renewal do. A voucher for
+/// reading one file serves that file's reads alone.
+#[test]
+fn vouchers_expire_and_are_superseded_and_keep_to_their_scope() {
+    if !is_root() {
+        eprintln!("skipped: acting for another user needs root");
+        return;
+    }
+    let fx = Fixture::new("lifetime");
+    tree(&fx);
+    let root = fx.root();
+    let (secret, _) = fx.lookup(&root, "dir/secret");
+    let read = StorageRequest::Read {
+        handle: secret.clone(),
+        offset: 0,
+        len: 100,
+    };
+    let with = |voucher: &Voucher, request: &StorageRequest| {
+        call_as(
+            &fx.service,
+            &runtime(TREE),
+            Some(voucher.clone()),
+            request.clone(),
+            &[],
+        )
+    };
+    let reads = |outcome: Outcome| matches!(outcome, Outcome::Done(StorageReply::Data { .. }, _));
+    let now = now_ms();
+    let expired = issued(
+        &fx.secret,
+        TREE,
+        7,
+        (0, 0),
+        now - lego_proto::VOUCHER_LIFETIME_MS - 1,
+    );
+    assert_eq!(with(&expired, &read), Outcome::Errno(libc::EACCES));
+
+    let as_root = issued(&fx.secret, TREE, 8, (0, 0), now - 2);
+    let renewed = issued(&fx.secret, TREE, 8, (0, 0), now - 1);
+    assert!(reads(with(&as_root, &read)));
+    assert!(reads(with(&renewed, &read)));
+    assert!(reads(with(&as_root, &read)), "a renewal of the same ids");
+    let dropped = issued(&fx.secret, TREE, 8, (NOBODY, NOBODY), now);
+    assert_eq!(with(&dropped, &read), Outcome::Errno(libc::EACCES));
+    assert_eq!(with(&as_root, &read), Outcome::Errno(libc::EACCES));
+    assert_eq!(with(&renewed, &read), Outcome::Errno(libc::EACCES));
+    // Another process's root voucher is its own.
+    assert!(reads(with(
+        &issued(&fx.secret, TREE, 9, (0, 0), now - 5),
+        &read
+    )));
+
+    let mut scoped = issued(&fx.secret, TREE, 10, (0, 0), now);
+    scoped.scope = lego_proto::VoucherScope::ReadFile(secret.clone());
+    scoped.expires_ms = 0;
+    fx.secret.seal_voucher(&mut scoped);
+    assert!(reads(with(&scoped, &read)));
+    let (other, _) = fx.lookup(&root, "dir");
+    let elsewhere = StorageRequest::Readdir {
+        dir: other,
+        cookie: 0,
+        max_bytes: 4096,
+    };
+    assert!(matches!(with(&scoped, &elsewhere), Outcome::Denied(_)));
 }

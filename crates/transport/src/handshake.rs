@@ -51,6 +51,17 @@ impl Identity {
         Identity::new(Role::Process, format!("runtime-{pid:x} tree-{tree:016x}"))
     }
 
+    /// The process a [`Role::Process`] identity names (what its name
+    /// states: the tree's key authenticates the tree, not the process).
+    pub fn pid(&self) -> Option<u64> {
+        if self.role != Role::Process {
+            return None;
+        }
+        let rest = self.name.strip_prefix("runtime-")?;
+        let (hex, _) = rest.split_once(" tree-")?;
+        u64::from_str_radix(hex, 16).ok()
+    }
+
     /// The tree a [`Role::Process`] identity acts for (`None` for other
     /// roles, or a name not of [`Identity::process`]'s form).
     pub fn tree(&self) -> Option<u64> {

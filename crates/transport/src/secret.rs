@@ -82,8 +82,22 @@ impl ClusterSecret {
 
     fn voucher_seal(&self, voucher: &lego_proto::Voucher) -> blake3::Hash {
         let mut hasher = blake3::Hasher::new_keyed(&self.0);
-        hasher.update(b"lego credentials voucher v1 ");
-        hasher.update(&voucher.tree.to_le_bytes());
+        hasher.update(b"lego credentials voucher v2 ");
+        for word in [
+            voucher.tree,
+            voucher.pid,
+            voucher.issued_ms,
+            voucher.expires_ms,
+        ] {
+            hasher.update(&word.to_le_bytes());
+        }
+        match &voucher.scope {
+            lego_proto::VoucherScope::Process => hasher.update(&[0]),
+            lego_proto::VoucherScope::ReadFile(handle) => hasher
+                .update(&[1])
+                .update(&(handle.0.len() as u64).to_le_bytes())
+                .update(&handle.0),
+        };
         for id in voucher.uids.iter().chain(&voucher.gids) {
             hasher.update(&id.to_le_bytes());
         }
@@ -163,7 +177,10 @@ mod tests {
             uids: [1000; 4],
             gids: [100; 4],
             groups: vec![100, 27],
-            seal: [0; 32],
+            pid: 9,
+            issued_ms: 1_000,
+            expires_ms: 121_000,
+            ..Default::default()
         };
         assert!(!secret.voucher_is_sealed(&voucher));
         secret.seal_voucher(&mut voucher);
@@ -171,8 +188,12 @@ mod tests {
         assert!(!ClusterSecret::generate()
             .unwrap()
             .voucher_is_sealed(&voucher));
-        let changed: [fn(&mut lego_proto::Voucher); 5] = [
+        let changed: [fn(&mut lego_proto::Voucher); 9] = [
             |v| v.tree = 8,
+            |v| v.pid = 7,
+            |v| v.issued_ms += 1,
+            |v| v.expires_ms = 0,
+            |v| v.scope = lego_proto::VoucherScope::ReadFile(lego_proto::FileHandle(vec![1])),
             |v| v.uids[3] = 0,
             |v| v.gids[0] = 0,
             |v| v.groups.push(0),

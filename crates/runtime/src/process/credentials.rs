@@ -93,7 +93,32 @@ pub fn renew(rt: &Runtime) -> Result<(), String> {
         format!("cannot get a voucher for the process's new credentials from its processor: {e}")
     })?;
     vfs.storage.set_voucher(voucher);
+    // Shown to the storage manager at once: from now on it refuses the
+    // old voucher, which may linger in this process's memory.
+    let _ = vfs.storage.call(lego_proto::StorageRequest::Root, &[]);
     Ok(())
+}
+
+/// Has every storage request of the process carry a voucher of its own
+/// that has not run half its life: a forked child gets its own on its
+/// first request, and a long-lived process a new one every
+/// `VOUCHER_LIFETIME_MS / 2`, so a voucher works at most that long after
+/// its process ended.
+pub fn keep_vouched(rt: &'static Runtime) {
+    let Some(vfs) = rt.vfs.as_ref() else {
+        return;
+    };
+    vfs.storage.set_renewer(Box::new(move |held: &Voucher| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if held.pid == rt.mm.remote.pid() && !held.due(now) {
+            return Ok(None);
+        }
+        ask(rt).map(Some).map_err(|e| {
+            format!("cannot get a new voucher for the process from its processor: {e}")
+        })
+    }));
 }
 
 fn ask(rt: &Runtime) -> Result<Voucher, String> {

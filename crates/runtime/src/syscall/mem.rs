@@ -181,7 +181,7 @@ fn file_mmap(
                     storage: vfs.storage.addr(),
                     handle: file.handle.clone(),
                     offset,
-                    caller: vfs.storage.voucher(),
+                    caller: vfs.storage.current_voucher()?,
                 },
             );
         }

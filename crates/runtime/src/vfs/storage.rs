@@ -37,7 +37,14 @@ pub struct RemoteStorage {
     /// request carries them and is performed with them. Replaced when the
     /// program changes its ids (`crate::process::credentials`).
     voucher: RwLock<Voucher>,
+    /// Gets the process a new voucher when the one it holds is due (half
+    /// its life passed) or is not its own (a forked child holds its
+    /// parent's); set once the runtime can reach its processor.
+    renewer: std::sync::OnceLock<Box<Renewer>>,
 }
+
+/// Given the voucher held, a new one if it needs one.
+pub type Renewer = dyn Fn(&Voucher) -> Result<Option<Voucher>, String> + Send + Sync;
 
 impl RemoteStorage {
     pub fn connect(
@@ -60,6 +67,28 @@ impl RemoteStorage {
             client: Client::new(addr, config),
             name,
             voucher: RwLock::new(voucher),
+            renewer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, requests first get a new voucher when `renewer` says
+    /// the process needs one.
+    pub fn set_renewer(&self, renewer: Box<Renewer>) {
+        let _ = self.renewer.set(renewer);
+    }
+
+    /// The voucher to send now: the one held, renewed first if due.
+    pub fn current_voucher(&self) -> StorageResult<Voucher> {
+        let held = self.voucher();
+        let Some(renew) = self.renewer.get() else {
+            return Ok(held);
+        };
+        match renew(&held).map_err(StorageError::Lost)? {
+            Some(new) => {
+                self.set_voucher(new.clone());
+                Ok(new)
+            }
+            None => Ok(held),
         }
     }
 
@@ -136,7 +165,7 @@ impl RemoteStorage {
         }
         let message = Message::Storage {
             request,
-            caller: Some(self.voucher()),
+            caller: Some(self.current_voucher()?),
         };
         let joined: Vec<u8>;
         let payload: &[u8] = match payload {
