@@ -66,6 +66,8 @@ impl Export {
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         let root_fd = sys::openat2(cwd(), &c_root, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
             .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        // Before any thread acts for a caller.
+        sys::open_proc_fd_dir().map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let (attr, _) =
             sys::statx(root_fd.as_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let kernel_handles = probe_kernel_handles(&c_root);
@@ -160,12 +162,10 @@ impl Export {
         // may read and write its file whatever its mode says, as knfsd's
         // owner override: a program writes through a descriptor it opened
         // before making its file read-only (git's 0444 objects).
-        let proc_path = sys::proc_fd_path(fd.as_fd());
-        match sys::openat2(cwd(), &proc_path, flags, 0, 0) {
+        let (fds, entry) = sys::proc_fd(fd.as_fd());
+        match sys::openat2(fds, &entry, flags, 0, 0) {
             Err(Errno(libc::EACCES)) if acting::owns(&sys::statx(fd.as_fd())?.0) => {
-                Ok(acting::as_server(|| {
-                    sys::openat2(cwd(), &proc_path, flags, 0, 0)
-                })?)
+                Ok(acting::as_server(|| sys::openat2(fds, &entry, flags, 0, 0))?)
             }
             other => Ok(other?),
         }
@@ -214,8 +214,8 @@ impl Export {
                 }
                 // Reopening through /proc/self/fd reaches this very inode,
                 // whatever happens to the path meanwhile.
-                let proc_path = sys::proc_fd_path(fd.as_fd());
-                Ok(sys::openat2(cwd(), &proc_path, flags, 0, 0)?)
+                let (fds, entry) = sys::proc_fd(fd.as_fd());
+                Ok(sys::openat2(fds, &entry, flags, 0, 0)?)
             }
         }
     }

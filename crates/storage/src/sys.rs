@@ -18,7 +18,7 @@ use rustix::fs::{
 };
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 pub use lego_proto::Errno;
 
@@ -289,16 +289,46 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     rustix::fs::ftruncate(fd, size).map_err(errno)
 }
 
-/// The `/proc/self/fd/N` path of a descriptor, for calls that take no
-/// `AT_EMPTY_PATH`. Following it is a jump to the file itself, whatever
-/// its name is now.
-pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("digits have no NUL")
+/// This process's `/proc/self/fd`, opened while it has its own rights
+/// (`open_proc_fd_dir`): reached by path, `/proc` is walked from `/` with
+/// the ids a thread acts with, which may not search it (this host's `/`
+/// is 0705), while the directory itself is always open to its process.
+static PROC_FD_DIR: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens this process's `/proc/self/fd` for `proc_fd`; call at start,
+/// before any thread acts for a caller.
+pub fn open_proc_fd_dir() -> SysResult<()> {
+    if PROC_FD_DIR.get().is_none() {
+        let dir = rustix::fs::open(
+            "/proc/self/fd",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let _ = PROC_FD_DIR.set(dir);
+    }
+    Ok(())
+}
+
+/// The `/proc/self/fd` directory and the name of a descriptor in it, for
+/// calls that take no `AT_EMPTY_PATH`. Following it is a jump to the file
+/// itself, whatever its name is now.
+pub fn proc_fd(fd: BorrowedFd<'_>) -> (BorrowedFd<'static>, CString) {
+    let name = CString::new(fd.as_raw_fd().to_string()).expect("digits have no NUL");
+    match PROC_FD_DIR.get() {
+        Some(dir) => (dir.as_fd(), name),
+        // Not opened (a caller that skipped `open_proc_fd_dir`): by path.
+        None => (
+            CWD,
+            CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL"),
+        ),
+    }
 }
 
 /// The file's current path in the server's namespace (`/proc/self/fd`).
 pub fn fd_path(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
-    readlinkat_raw(CWD, &proc_fd_path(fd))
+    let (dir, name) = proc_fd(fd);
+    readlinkat_raw(dir, &name)
 }
 
 /// Changes permission bits of the file itself (`EOPNOTSUPP` for symlinks,
@@ -319,8 +349,14 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     };
     match check(ret) {
         Err(Errno(libc::ENOSYS)) => {
-            rustix::fs::chmod(&*proc_fd_path(fd), Mode::from_bits_retain(mode & 0o7777))
-                .map_err(errno)
+            let (dir, name) = proc_fd(fd);
+            rustix::fs::chmodat(
+                dir,
+                &*name,
+                Mode::from_bits_retain(mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(errno)
         }
         other => other.map(drop),
     }
@@ -416,8 +452,8 @@ pub fn linkat(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResult
     // without it and links the file itself (a symlink stays a symlink).
     match rustix::fs::linkat(fd, EMPTY, dir, name, AtFlags::EMPTY_PATH) {
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
-            rustix::fs::linkat(CWD, &*proc_fd_path(fd), dir, name, AtFlags::SYMLINK_FOLLOW)
-                .map_err(errno)
+            let (fds, entry) = proc_fd(fd);
+            rustix::fs::linkat(fds, &*entry, dir, name, AtFlags::SYMLINK_FOLLOW).map_err(errno)
         }
         other => other.map_err(errno),
     }
@@ -480,7 +516,6 @@ fn file_type(t: rustix::fs::FileType) -> FileType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct Scratch(std::path::PathBuf);
