@@ -165,7 +165,9 @@ impl Export {
         let (fds, entry) = sys::proc_fd(fd.as_fd());
         match sys::openat2(fds, &entry, flags, 0, 0) {
             Err(Errno(libc::EACCES)) if acting::owns(&sys::statx(fd.as_fd())?.0) => {
-                Ok(acting::as_server(|| sys::openat2(fds, &entry, flags, 0, 0))?)
+                Ok(acting::as_server(|| {
+                    sys::openat2(fds, &entry, flags, 0, 0)
+                })?)
             }
             other => Ok(other?),
         }

@@ -418,3 +418,19 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The same stdout and exit status under Lego as natively.
+pub fn assert_same(lego: &std::process::Output, native: &std::process::Output, what: &str) {
+    assert_eq!(
+        text(&lego.stdout),
+        text(&native.stdout),
+        "{what}: stdout differs (stderr: {})",
+        text(&lego.stderr)
+    );
+    assert_eq!(
+        shell_status(lego),
+        shell_status(native),
+        "{what}: status differs (stderr: {})",
+        text(&lego.stderr)
+    );
+}
