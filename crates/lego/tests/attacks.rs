@@ -782,3 +782,30 @@ fn other_users_run_programs_only_where_the_cluster_allows_them() {
     );
     assert!(refused.stdout.is_empty());
 }
+
+/// A fork whose child Lego cannot set up (every descriptor in use: a Lego
+/// child needs a few a native one does not) fails with EAGAIN, as a fork
+/// that cannot make a process does, or works; it never hangs, leaves no
+/// child or runtime behind, and the next fork works. RLIMIT_NOFILE set
+/// below what the runtime needs reads back as set, and forks still work
+/// (before, every later connection of the runtime failed).
+#[test]
+fn a_fork_lego_cannot_set_up_fails_with_eagain_and_leaves_nothing() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let forkfail = program("forkfail", Build::GlibcStatic);
+    let native = native(&forkfail, &[]);
+    let lego = cluster.run(&[], &forkfail, &[]);
+    assert_same(&lego, &native, "forks with every descriptor in use");
+    assert_eq!(
+        text(&lego.stdout),
+        "full: ok or EAGAIN\nfree: ok\nleftover children: ECHILD\nnofile: 64 64\nlow: ok\n"
+    );
+    let processor = cluster.pid("processor-0");
+    assert!(
+        poll(Duration::from_secs(10), || runtimes_of(processor)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "runtimes were left behind"
+    );
+}

@@ -38,6 +38,10 @@ pub struct ProcessView {
     /// the process was placed.
     pub memory_capacity: u64,
     pub memory_available: u64,
+    /// RLIMIT_NOFILE (soft, hard) as the program set it, where that is
+    /// below what the runtime keeps on the host for its own descriptors
+    /// (`None`: the host's limit is the program's).
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// The runtime's state, shared by the fault thread and the syscall handler.

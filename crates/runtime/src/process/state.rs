@@ -89,7 +89,12 @@ impl Runtime {
             cwd: self.cwd_path(),
             umask: umask(),
             credentials: credentials(),
-            limits: limits(),
+            limits: limits(
+                self.process
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .nofile,
+            ),
             memory: self.mm.arena.layout(),
         })
     }
@@ -177,7 +182,9 @@ fn credentials() -> Credentials {
     }
 }
 
-fn limits() -> Vec<Limit> {
+/// The process's limits: the host's, RLIMIT_NOFILE as the program set
+/// it (`nofile`, when the host keeps more for the runtime).
+fn limits(nofile: Option<(u64, u64)>) -> Vec<Limit> {
     (0..RLIMITS)
         .filter_map(|resource| {
             let mut old = libc::rlimit64 {
@@ -193,10 +200,14 @@ fn limits() -> Vec<Limit> {
                     &mut old,
                 )
             };
+            let (soft, hard) = match nofile {
+                Some(view) if resource == libc::RLIMIT_NOFILE => view,
+                _ => (old.rlim_cur, old.rlim_max),
+            };
             (ret == 0).then_some(Limit {
                 resource,
-                soft: old.rlim_cur,
-                hard: old.rlim_max,
+                soft,
+                hard,
             })
         })
         .collect()

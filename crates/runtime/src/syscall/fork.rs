@@ -128,7 +128,7 @@ fn new_pid() -> ProcessId {
 }
 
 /// A close-on-exec pipe above the descriptor floor: (read end, write end).
-fn vfork_pipe() -> io::Result<(RawFd, RawFd)> {
+fn pipe_above_floor() -> io::Result<(RawFd, RawFd)> {
     let mut fds = [0; 2];
     // Safety: pipe2 writes two new descriptors into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -207,17 +207,31 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
         .fork(child)
         .map_err(SysError::Fatal)?
         .map_err(Errno)?;
+    // The child writes a byte here once it is set up; an end of file
+    // instead means it could not be, and the fork fails.
+    // (No descriptor for it is a fork Linux would make but Lego cannot:
+    // EAGAIN, as for a process that cannot be made.)
+    let ready = match pipe_above_floor() {
+        Ok(pipe) => pipe,
+        Err(_) => {
+            rt.mm.remote.release(child);
+            return Err(Errno::EAGAIN.into());
+        }
+    };
     let vfork = if req.flags & CLONE_VFORK != 0 {
-        match vfork_pipe() {
+        match pipe_above_floor() {
             Ok(pipe) => Some(pipe),
-            Err(e) => {
+            Err(_) => {
                 rt.mm.remote.release(child);
-                return Err(Errno(e.raw_os_error().unwrap_or(libc::EAGAIN)).into());
+                close(ready.0);
+                close(ready.1);
+                return Err(Errno::EAGAIN.into());
             }
         }
     } else {
         None
     };
+    forking.push(ready.1);
     if let Some((_, w)) = vfork {
         forking.push(w);
     }
@@ -229,56 +243,84 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
     // runtime before the program runs.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // Inherited write ends of other threads' vforks: not this child's.
+        // Inherited write ends of other threads' forks: not this child's.
         for &w in forking.iter() {
-            if Some(w) != vfork.map(|(_, own)| own) {
+            if Some(w) != vfork.map(|(_, own)| own) && w != ready.1 {
                 close(w);
             }
         }
         forking.clear();
         drop(forking);
+        close(ready.0);
         become_child(cx, layout, held, child, &req, vfork, differences)?;
+        // Safety: writes one byte of ours to our end of the pipe.
+        unsafe { libc::write(ready.1, [1u8].as_ptr().cast(), 1) };
+        close(ready.1);
         return ok(0);
     }
     let fork_error = io::Error::last_os_error();
     drop(held);
     drop(layout);
+    // Closed before another fork can copy them: only the child holds them.
+    forking.retain(|&fd| fd != ready.1 && Some(fd) != vfork.map(|(_, w)| w));
+    close(ready.1);
     if let Some((_, w)) = vfork {
-        // Closed before another fork can copy it: only the child holds it.
-        forking.retain(|&fd| fd != w);
         close(w);
     }
     drop(forking);
     if pid < 0 {
         rt.mm.remote.release(child);
+        close(ready.0);
         if let Some((r, _)) = vfork {
             close(r);
         }
         return Err(Errno(fork_error.raw_os_error().unwrap_or(libc::EAGAIN)).into());
     }
+    let set_up = wait_for_child(cx, ready.0);
+    close(ready.0);
+    if !set_up {
+        // It ended without a program: reaped here (the program never saw
+        // its pid), its memory freed, and the fork fails as Linux's does
+        // when it cannot make a process.
+        let mut status = 0;
+        // Safety: waits for our own child, writing one int of ours.
+        unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        rt.mm.remote.release(child);
+        if let Some((r, _)) = vfork {
+            close(r);
+        }
+        tracing::warn!("forked process {child:x} could not be set up; the fork fails with EAGAIN");
+        return Err(Errno::EAGAIN.into());
+    }
     if req.flags & CLONE_PARENT_SETTID != 0 {
         let _ = user::write(req.parent_tid, &pid.to_ne_bytes());
     }
     if let Some((r, _)) = vfork {
-        let mut byte = 0u8;
         // Until the child execs or ends (both close its end).
-        loop {
-            // Safety: reads at most one byte into `byte` from our pipe.
-            let n = unsafe { libc::read(r, (&mut byte as *mut u8).cast(), 1) };
-            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break;
-            }
-            if cx.thread.take_park_request() {
-                // Another thread takes the process's state: this one
-                // stops inside its vfork, and waits on after.
-                cx.rt
-                    .threads
-                    .park(cx.thread, cx.uc, lego_proto::state::Stop::InCall);
-            }
-        }
+        wait_for_child(cx, r);
         close(r);
     }
     ok(pid)
+}
+
+/// Reads `r` until a byte or its end comes: whether a byte did. Parks
+/// when another thread takes the process's state meanwhile.
+fn wait_for_child(cx: &mut Ctx, r: RawFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // Safety: reads at most one byte into `byte` from our pipe.
+        let n = unsafe { libc::read(r, (&mut byte as *mut u8).cast(), 1) };
+        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return n == 1;
+        }
+        if cx.thread.take_park_request() {
+            // Another thread takes the process's state: this one stops
+            // inside its fork, and waits on after.
+            cx.rt
+                .threads
+                .park(cx.thread, cx.uc, lego_proto::state::Stop::InCall);
+        }
+    }
 }
 
 /// In the host child: makes the inherited runtime this process's own.

@@ -64,12 +64,103 @@ fn ignored_limit(resource: u64) -> bool {
     resource == libc::RLIMIT_AS as u64 || resource == libc::RLIMIT_DATA as u64
 }
 
-pub fn prlimit64(_cx: &mut Ctx, c: &Call) -> SysResult {
+/// The host RLIMIT_NOFILE never goes below this: the runtime's own
+/// descriptors live from its floor up (`lego_transport::fdfloor`).
+fn nofile_needed() -> u64 {
+    lego_transport::fdfloor::floor().max(0) as u64 + 64
+}
+
+fn is_self(pid: u64) -> bool {
+    // Safety: getpid has no preconditions.
+    pid == 0 || pid == unsafe { libc::getpid() } as u64
+}
+
+/// The program's RLIMIT_NOFILE: what it set, or the host's.
+fn nofile(cx: &Ctx) -> Result<(u64, u64), Errno> {
+    if let Some(view) = lock(&cx.rt.process).nofile {
+        return Ok(view);
+    }
+    let mut host = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: getrlimit writes one rlimit of ours.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut host) } != 0 {
+        return Err(Errno::EFAULT);
+    }
+    Ok((host.rlim_cur, host.rlim_max))
+}
+
+/// Sets the program's RLIMIT_NOFILE: on the host as asked, but never
+/// below what the runtime needs there (then the program sees what it set,
+/// and may open that many more descriptors than it asked for).
+fn set_nofile(cx: &Ctx, (soft, hard): (u64, u64)) -> Result<(), Errno> {
+    if soft > hard {
+        return Err(Errno::EINVAL);
+    }
+    let needed = nofile_needed();
+    let host = libc::rlimit {
+        rlim_cur: soft.max(needed),
+        rlim_max: hard.max(needed),
+    };
+    // Safety: setrlimit reads one rlimit of ours; the kernel decides who
+    // may raise a hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &host) } != 0 {
+        return Err(Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EPERM),
+        ));
+    }
+    lock(&cx.rt.process).nofile =
+        ((host.rlim_cur, host.rlim_max) != (soft, hard)).then_some((soft, hard));
+    Ok(())
+}
+
+fn read_rlimit(addr: u64) -> Result<(u64, u64), Errno> {
+    let mut raw = [0u8; 16];
+    user::read(addr, &mut raw)?;
+    let word = |i: usize| u64::from_ne_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+    Ok((word(0), word(8)))
+}
+
+fn write_rlimit(addr: u64, (soft, hard): (u64, u64)) -> Result<(), Errno> {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&soft.to_ne_bytes());
+    raw[8..].copy_from_slice(&hard.to_ne_bytes());
+    user::write(addr, &raw)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn getrlimit(cx: &mut Ctx, c: &Call) -> SysResult {
+    if c.args[0] == libc::RLIMIT_NOFILE as u64 {
+        write_rlimit(c.args[1], nofile(cx)?)?;
+        return ok(0);
+    }
+    // Safety: the application's own call: one rlimit into its memory,
+    // which the kernel checks.
+    returned(unsafe { raw_syscall(c.nr, c.args) })
+}
+
+pub fn prlimit64(cx: &mut Ctx, c: &Call) -> SysResult {
     let [pid, resource, new, old, _, _] = c.args;
+    if resource == libc::RLIMIT_NOFILE as u64 && is_self(pid) {
+        let before = nofile(cx)?;
+        if new != 0 {
+            set_nofile(cx, read_rlimit(new)?)?;
+        }
+        if old != 0 {
+            write_rlimit(old, before)?;
+        }
+        return ok(0);
+    }
     // Safety: rlimits of the host process; the pointers are the
     // application's and the kernel checks them.
     returned(unsafe {
-        if new != 0 && ignored_limit(resource) && (pid == 0 || pid == libc::getpid() as u64) {
+        if new != 0 && ignored_limit(resource) && is_self(pid) {
             // Report the old value, keep the new one unapplied.
             raw_syscall(c.nr, [pid, resource, 0, old, 0, 0])
         } else {
@@ -78,8 +169,12 @@ pub fn prlimit64(_cx: &mut Ctx, c: &Call) -> SysResult {
     })
 }
 
-pub fn setrlimit(_cx: &mut Ctx, c: &Call) -> SysResult {
+pub fn setrlimit(cx: &mut Ctx, c: &Call) -> SysResult {
     if ignored_limit(c.args[0]) {
+        return ok(0);
+    }
+    if c.args[0] == libc::RLIMIT_NOFILE as u64 {
+        set_nofile(cx, read_rlimit(c.args[1])?)?;
         return ok(0);
     }
     // Safety: as prlimit64.

@@ -59,6 +59,7 @@ const HOST_IDS: &str = "host ids: a Lego process is its runtime's host process, 
 const HOST_KERNEL: &str = "host kernel";
 const SET_IDS: &str = "host kernel (it decides who may change what); storage requests then carry the new ids, vouched for by the processor";
 const HOST_OBJECT: &str = "host kernel object";
+const NOFILE_VIEW: &str = "the host's, except RLIMIT_NOFILE set below what the runtime keeps for its own descriptors (its floor + 64, about 1024): the program sees what it set, the host keeps the runtime's, and the program may open descriptors up to that";
 const SOCKET_AT_PATH: &str = "host kernel object; a Unix socket at a path is bound or connected by the processor with the program's ids (a socket file is a host file)";
 const HOST_PROCESS_RELATIONS: &str = "host process relations: a Lego child is its parent runtime's host child, so statuses, rusage and SIGCHLD are the kernel's";
 const HOST_SCHEDULER: &str = "host scheduler";
@@ -189,7 +190,7 @@ pub static SYSCALLS: &[Syscall] = &[
     row(94, "lchown", emulate!(path::lchown), Wait::Never, STORAGE_FILE),
     row(95, "umask", Pass, Wait::Never, HOST_FILE_CALL),
     row(96, "gettimeofday", Pass, Wait::Never, HOST_CLOCK),
-    row(97, "getrlimit", Pass, Wait::Never, HOST_KERNEL),
+    row(97, "getrlimit", partial!(proc::getrlimit), Wait::Never, NOFILE_VIEW),
     row(98, "getrusage", Pass, Wait::Never, HOST_KERNEL),
     row(99, "sysinfo", emulate!(proc::sysinfo), Wait::Never, "RAM is the home memory manager's pool (what was unpromised at launch is free); uptime, load and process count are the host's"),
     row(100, "times", Pass, Wait::Never, HOST_CLOCK),
@@ -252,7 +253,7 @@ pub static SYSCALLS: &[Syscall] = &[
     row(157, "prctl", partial!(proc::prctl), Wait::Never, "passed through, except syscall user dispatch, seccomp and PR_SET_MM (EINVAL)"),
     row(158, "arch_prctl", partial!(proc::arch_prctl), Wait::Never, "FS base virtualised; ARCH_SET_GS refused (GS belongs to the runtime); others passed through"),
     row(159, "adjtimex", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
-    row(160, "setrlimit", emulate!(proc::setrlimit), Wait::Never, "as prlimit64"),
+    row(160, "setrlimit", partial!(proc::setrlimit), Wait::Never, "as prlimit64"),
     row(161, "chroot", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
     row(162, "sync", Pass, Wait::Never, HOST_FILE_CALL),
     row(163, "acct", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
@@ -394,7 +395,7 @@ pub static SYSCALLS: &[Syscall] = &[
     row(299, "recvmmsg", Pass, Wait::Restarted, HOST_OBJECT),
     row(300, "fanotify_init", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
     row(301, "fanotify_mark", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
-    row(302, "prlimit64", partial!(proc::prlimit64), Wait::Never, "passed through; new RLIMIT_AS and RLIMIT_DATA values accepted but not applied (the arena is reserved up front); the processor's limits cannot be changed (EPERM)"),
+    row(302, "prlimit64", partial!(proc::prlimit64), Wait::Never, "passed through; new RLIMIT_AS and RLIMIT_DATA values accepted but not applied (the arena is reserved up front); the processor's limits cannot be changed (EPERM); RLIMIT_NOFILE as getrlimit says"),
     row(303, "name_to_handle_at", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
     row(304, "open_by_handle_at", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
     row(305, "clock_adjtime", Refuse(Errno::EPERM), Wait::Never, PRIVILEGED),
