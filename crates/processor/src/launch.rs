@@ -364,7 +364,9 @@ fn serve_connection(
         let tree = match client.tree() {
             Some(tree) => {
                 let parent_ok = processor.tree_of(spec.parent) == Some(tree);
-                if !parent_ok || processor.known(spec.pid) {
+                // Its host pid is the kernel's word, not its own.
+                let host_ok = spec.host_pid == caller.pid;
+                if !parent_ok || !host_ok || processor.known(spec.pid) {
                     return reply(
                         &mut writer,
                         frame.id,
@@ -745,7 +747,30 @@ fn adopt(
         },
         live,
     );
-    reply(&mut writer, id, Message::Adopted)?;
+    // Its own voucher (its ids now: those of the thread that forked,
+    // whose tid is its pid), so that it need not ask before its first
+    // file request.
+    let voucher = match vouch(
+        processor,
+        &stream,
+        (tree, pid),
+        spec.host_pid,
+        spec.host_pid,
+    ) {
+        Ok(voucher) => voucher,
+        Err(e) => {
+            processor.untrack(pid);
+            return reply(
+                &mut writer,
+                id,
+                Message::error(
+                    ErrorCode::Denied,
+                    format!("cannot read the credentials of forked process {pid:x}: {e}"),
+                ),
+            );
+        }
+    };
+    reply(&mut writer, id, Message::Adopted { voucher })?;
     drop(reader);
     // The runtime writes its report here as it ends; the end of the
     // stream is the end of the process (or of its runtime).

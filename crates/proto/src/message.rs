@@ -264,7 +264,10 @@ pub enum Message {
     /// A forked process's runtime announcing itself; the request carries
     /// its live-counters page as a descriptor.
     Adopt(AdoptSpec),
-    Adopted,
+    /// The answer, with the forked process's own voucher.
+    Adopted {
+        voucher: Voucher,
+    },
     /// A runtime asking for a voucher of its process's credentials now (it
     /// changed them): the processor reads those of thread `tid` of the
     /// connecting process from the kernel.
@@ -389,7 +392,7 @@ impl Message {
             Message::NotRun(_) => "NotRun",
             Message::SignalProcess { .. } => "SignalProcess",
             Message::Adopt(_) => "Adopt",
-            Message::Adopted => "Adopted",
+            Message::Adopted { .. } => "Adopted",
             Message::Vouch { .. } => "Vouch",
             Message::Vouched(_) => "Vouched",
             Message::SocketAt { .. } => "SocketAt",

@@ -308,7 +308,7 @@ fn process_message() -> impl Strategy<Value = Message> {
                     excache: pid ^ parent,
                 })
             }),
-        Just(Message::Adopted),
+        voucher().prop_map(|voucher| Message::Adopted { voucher }),
     ]
 }
 

@@ -465,7 +465,12 @@ fn announce(
     };
     write_frame(&mut stream, 1, &Message::Adopt(spec), &[]).map_err(|e| e.to_string())?;
     match reader.read_frame().map_err(|e| e.to_string())?.message {
-        Message::Adopted => Ok(stream.into_raw_fd()),
+        Message::Adopted { voucher } => {
+            if let Some(vfs) = rt.vfs.as_ref() {
+                vfs.storage.set_voucher(voucher);
+            }
+            Ok(stream.into_raw_fd())
+        }
         Message::Error(e) => Err(e.message),
         other => Err(format!("answered Adopt with {}", other.kind())),
     }
