@@ -809,3 +809,44 @@ fn a_fork_lego_cannot_set_up_fails_with_eagain_and_leaves_nothing() {
         "runtimes were left behind"
     );
 }
+
+/// A descriptor keeps the access it was opened with when the program
+/// drops root, as on Linux (a daemon opens its log, then becomes nobody):
+/// appending to a root 0644 log and reading a root 0600 file through
+/// descriptors opened before the drop work, in a forked child too, and so
+/// does ftruncate; opening either anew and fchmod fail. The same as
+/// natively (before, every request on them was refused with the new ids).
+#[test]
+fn descriptors_opened_before_a_drop_keep_their_access() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let dropkeep = program("dropkeep", Build::GlibcStatic);
+    let run = |how: &str| {
+        let dir =
+            std::env::temp_dir().join(format!("lego-test-dropkeep-{}-{how}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (log, secret) = (dir.join("log"), dir.join("secret"));
+        std::fs::write(&secret, "root only\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let args = [log.to_str().unwrap(), secret.to_str().unwrap()];
+        let out = if how == "native" {
+            native(&dropkeep, &args)
+        } else {
+            cluster.run(&[], &dropkeep, &args)
+        };
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        (out, logged)
+    };
+    let (native, native_log) = run("native");
+    let (lego, lego_log) = run("lego");
+    assert_same(&lego, &native, "descriptors kept across a drop");
+    assert_eq!(lego_log, native_log);
+    let out = text(&lego.stdout);
+    assert!(
+        out.contains("append after drop: ok\nread after drop: ok\n"),
+        "{out}"
+    );
+    assert!(out.contains("reopen secret: Permission denied"), "{out}");
+}

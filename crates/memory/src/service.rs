@@ -237,7 +237,15 @@ impl MemoryService {
                 // space belongs to (a runtime naming another tree would have
                 // us dial its listener with that tree's key).
                 let tree = lock(&self.trees).get(&pid).copied();
-                let own = caller.scope == lego_proto::VoucherScope::Process;
+                // The process's own voucher, or its open file's (for this
+                // file, opened for reading).
+                let own = match &caller.scope {
+                    lego_proto::VoucherScope::Process => true,
+                    lego_proto::VoucherScope::OpenFile {
+                        handle: file, read, ..
+                    } => file == handle && *read,
+                    lego_proto::VoucherScope::ReadFile(_) => false,
+                };
                 if !own || !self.files.sealed(caller) || tree.is_some_and(|t| t != caller.tree) {
                     return Message::error(
                         ErrorCode::Denied,
@@ -248,7 +256,7 @@ impl MemoryService {
                 let source = FileSource {
                     storage: *storage,
                     handle: handle.clone(),
-                    caller: caller.clone(),
+                    caller: (**caller).clone(),
                 };
                 if let Err(errno) = self.files.check_readable(&source) {
                     return Message::MemoryFailed { errno: errno.0 }.into();

@@ -59,7 +59,7 @@ pub enum MemoryOp {
         offset: u64,
         /// Whose read permission the mapping needs (checked when mapped)
         /// and whose credentials its pages are read with.
-        caller: Voucher,
+        caller: Box<Voucher>,
     },
     Munmap {
         addr: u64,

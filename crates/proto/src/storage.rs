@@ -242,6 +242,14 @@ pub enum VoucherScope {
     /// it checked at mmap time (a mapping stays readable, as on Linux,
     /// however its process's credentials change later).
     ReadFile(FileHandle),
+    /// An open file: reading it (`read`), writing it and changing its
+    /// size (`write`), asking its attributes and syncing it; sealed by the
+    /// storage manager when the open was allowed (`StorageRequest::Open`).
+    OpenFile {
+        handle: FileHandle,
+        read: bool,
+        write: bool,
+    },
 }
 
 /// How long a process's voucher holds: its runtime gets a new one when
@@ -422,6 +430,17 @@ pub enum StorageRequest {
         mask: u32,
         credentials: Credentials,
     },
+    /// Open the file for reading and/or writing, checked by the kernel
+    /// with the caller's credentials (as open(2) checks them, ACLs
+    /// included). → `Opened`: a voucher for that file's reads, writes and
+    /// size changes with the caller's ids of now, which its open file
+    /// carries from then on, as a descriptor keeps the access it was
+    /// opened with whatever its process's credentials become.
+    Open {
+        handle: FileHandle,
+        read: bool,
+        write: bool,
+    },
 }
 
 impl StorageRequest {
@@ -446,6 +465,7 @@ impl StorageRequest {
             StorageRequest::Readdir { .. } => "readdir",
             StorageRequest::Statfs { .. } => "statfs",
             StorageRequest::Access { .. } => "access",
+            StorageRequest::Open { .. } => "open",
         }
     }
 }
@@ -480,6 +500,8 @@ pub enum StorageReply {
     },
     FsStat(FsStat),
     Done,
+    /// The voucher of an open file (see `StorageRequest::Open`).
+    Opened(Voucher),
 }
 
 impl StorageReply {
@@ -494,6 +516,7 @@ impl StorageReply {
             StorageReply::Entries { .. } => "entries",
             StorageReply::FsStat(_) => "fsstat",
             StorageReply::Done => "done",
+            StorageReply::Opened(_) => "opened",
         }
     }
 }

@@ -169,7 +169,7 @@ fn memory_op() -> impl Strategy<Value = MemoryOp> {
                         storage,
                         handle: FileHandle(handle),
                         offset,
-                        caller,
+                        caller: Box::new(caller),
                     }
                 }
             ),

@@ -24,7 +24,9 @@ mod sys;
 
 use export::Export;
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
-use lego_proto::{ErrorCode, Frame, Load, Message, Role, StorageRequest, Voucher, VoucherScope};
+use lego_proto::{
+    ErrorCode, Frame, Load, Message, Role, StorageReply, StorageRequest, Voucher, VoucherScope,
+};
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -195,6 +197,11 @@ impl StorageService {
                 mask,
                 credentials,
             } => ex.access(handle, *mask, credentials),
+            StorageRequest::Open {
+                handle,
+                read,
+                write,
+            } => ex.open_file(handle, *read, *write),
         }
     }
 
@@ -281,6 +288,37 @@ impl StorageService {
                     )));
                 }
             }
+            VoucherScope::OpenFile {
+                handle: file,
+                read,
+                write,
+            } => {
+                let allowed = match request {
+                    StorageRequest::Read { handle, .. } => handle == file && *read,
+                    StorageRequest::Write { handle, .. } => handle == file && *write,
+                    // ftruncate: the size alone; a mode or owner change is
+                    // checked with the process's credentials of now.
+                    StorageRequest::Setattr { handle, set } => {
+                        handle == file
+                            && *write
+                            && *set
+                                == lego_proto::SetAttr {
+                                    size: set.size,
+                                    ..lego_proto::SetAttr::default()
+                                }
+                    }
+                    StorageRequest::Getattr { handle } | StorageRequest::Commit { handle, .. } => {
+                        handle == file
+                    }
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(Refusal::Denied(format!(
+                        "{} sent an open file's voucher with a request it does not cover",
+                        peer.identity.name
+                    )));
+                }
+            }
             VoucherScope::Process if voucher.pid != 0 => {
                 let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
                 if newest.len() >= NEWEST_KEPT {
@@ -344,10 +382,38 @@ impl Service for StorageService {
         }
         // The request runs with the caller's filesystem credentials (the
         // server's own for a component's request without a voucher).
-        if let Err(errno) = acting::act_for(caller.map(|c| c.fs_credentials()).as_ref()) {
+        if let Err(errno) = acting::act_for(caller.as_ref().map(|c| c.fs_credentials()).as_ref()) {
             return Message::StorageFailed { errno: errno.0 }.into();
         }
         match self.serve(storage, &request.payload) {
+            // The open was allowed: a voucher of the caller's ids for that
+            // file, for as long as the program keeps it open.
+            Ok((StorageReply::Done, _)) if matches!(storage, StorageRequest::Open { .. }) => {
+                let (
+                    StorageRequest::Open {
+                        handle,
+                        read,
+                        write,
+                    },
+                    Some(caller),
+                ) = (storage, caller)
+                else {
+                    return Message::error(
+                        ErrorCode::BadRequest,
+                        "open: only a process with a voucher opens files",
+                    )
+                    .into();
+                };
+                let mut opened = caller;
+                opened.scope = VoucherScope::OpenFile {
+                    handle: handle.clone(),
+                    read: *read,
+                    write: *write,
+                };
+                opened.expires_ms = 0;
+                self.secret.seal_voucher(&mut opened);
+                Message::StorageDone(StorageReply::Opened(opened)).into()
+            }
             Ok((reply, payload)) => Reply {
                 message: Message::StorageDone(reply),
                 payload,

@@ -307,6 +307,19 @@ impl Export {
         reply(StorageReply::Entries { entries, eof: true })
     }
 
+    /// Whether the caller may open the file for `read` and/or `write`:
+    /// the kernel opens it with the caller's credentials (never blocking,
+    /// never taking a terminal).
+    pub fn open_file(&self, handle: &FileHandle, read: bool, write: bool) -> Served {
+        let access = match (read, write) {
+            (_, false) => libc::O_RDONLY,
+            (false, true) => libc::O_WRONLY,
+            (true, true) => libc::O_RDWR,
+        };
+        self.open_handle(handle, access | libc::O_NONBLOCK | libc::O_NOCTTY)?;
+        reply(StorageReply::Done)
+    }
+
     pub fn statfs(&self, handle: &FileHandle) -> Served {
         let fd = self.open_handle(handle, libc::O_PATH)?;
         reply(StorageReply::FsStat(sys::fstatfs(fd.as_fd())?))

@@ -275,3 +275,78 @@ fn vouchers_expire_and_are_superseded_and_keep_to_their_scope() {
     };
     assert!(matches!(with(&scoped, &elsewhere), Outcome::Denied(_)));
 }
+
+/// An open is the kernel's check with the caller's credentials; its
+/// voucher then serves that file's reads (and, opened for writing, writes
+/// and size changes) with those credentials, whatever the process's are
+/// later, and nothing else.
+#[test]
+fn an_open_files_voucher_serves_that_file_as_it_was_opened() {
+    if !is_root() {
+        eprintln!("skipped: acting for another user needs root");
+        return;
+    }
+    let fx = Fixture::new("opened");
+    tree(&fx);
+    let root = fx.root();
+    let (secret, _) = fx.lookup(&root, "dir/secret");
+    let (dir, _) = fx.lookup(&root, "dir");
+    let with = |voucher: &Voucher, request: StorageRequest, payload: &[u8]| {
+        call_as(
+            &fx.service,
+            &runtime(TREE),
+            Some(voucher.clone()),
+            request,
+            payload,
+        )
+    };
+    let open = |handle: &lego_proto::FileHandle, write| StorageRequest::Open {
+        handle: handle.clone(),
+        read: true,
+        write,
+    };
+    let nobody = voucher(&fx.secret, TREE, NOBODY, NOBODY);
+    assert_eq!(
+        with(&nobody, open(&secret, false), &[]),
+        Outcome::Errno(libc::EACCES)
+    );
+    let as_root = voucher(&fx.secret, TREE, 0, 0);
+    let Outcome::Done(StorageReply::Opened(opened), _) = with(&as_root, open(&secret, false), &[])
+    else {
+        panic!("root could not open its file");
+    };
+    assert!(fx.secret.voucher_is_sealed(&opened));
+    let read = StorageRequest::Read {
+        handle: secret.clone(),
+        offset: 0,
+        len: 100,
+    };
+    assert!(matches!(
+        with(&opened, read.clone(), &[]),
+        Outcome::Done(StorageReply::Data { .. }, _)
+    ));
+    let write = StorageRequest::Write {
+        handle: secret.clone(),
+        offset: 0,
+        append: true,
+        stable: false,
+    };
+    assert!(
+        matches!(with(&opened, write, b"x"), Outcome::Denied(_)),
+        "opened for reading only"
+    );
+    let chmod = StorageRequest::Setattr {
+        handle: secret.clone(),
+        set: lego_proto::SetAttr {
+            mode: Some(0o666),
+            ..lego_proto::SetAttr::default()
+        },
+    };
+    assert!(matches!(with(&opened, chmod, &[]), Outcome::Denied(_)));
+    let elsewhere = StorageRequest::Getattr { handle: dir };
+    assert!(matches!(with(&opened, elsewhere, &[]), Outcome::Denied(_)));
+    assert!(matches!(
+        with(&opened, open(&secret, true), &[]),
+        Outcome::Denied(_)
+    ));
+}

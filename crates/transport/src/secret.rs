@@ -97,6 +97,14 @@ impl ClusterSecret {
                 .update(&[1])
                 .update(&(handle.0.len() as u64).to_le_bytes())
                 .update(&handle.0),
+            lego_proto::VoucherScope::OpenFile {
+                handle,
+                read,
+                write,
+            } => hasher
+                .update(&[2, *read as u8, *write as u8])
+                .update(&(handle.0.len() as u64).to_le_bytes())
+                .update(&handle.0),
         };
         for id in voucher.uids.iter().chain(&voucher.gids) {
             hasher.update(&id.to_le_bytes());

@@ -289,7 +289,7 @@ fn reopen(rt: &Runtime, vfs: &Vfs, file: &OpenFile, flags: u32) -> Result<i32, S
     }
     Ok(rt
         .files
-        .open_handle(file.handle.clone(), &attr, file.path.clone(), flags)?)
+        .open_handle(file.handle.clone(), &attr, file.path.clone(), flags, None)?)
 }
 
 /// Opens `abs` if it is a /proc file or directory the runtime serves (one
@@ -371,15 +371,6 @@ fn open_storage(
             // (Writing a directory is EISDIR, below.)
             may_open(vfs, &attr, flags)?;
         }
-        if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
-            vfs.storage.attr(StorageRequest::Setattr {
-                handle: handle.clone(),
-                set: SetAttr {
-                    size: Some(0),
-                    ..SetAttr::default()
-                },
-            })?;
-        }
         Ok((handle, attr))
     };
     let (handle, attr) = if flags & libc::O_CREAT as u32 != 0 {
@@ -420,7 +411,29 @@ fn open_storage(
         // host's; they cannot be opened from here.
         return Err(Errno::ENXIO.into());
     }
-    Ok(files.open_handle(handle, &attr, abs, flags)?)
+    // A regular file is opened by the storage manager too, with the
+    // kernel's check of the process's credentials; its voucher is the
+    // open file's from then on (a descriptor keeps the access it was
+    // opened with, whatever its process's credentials become).
+    let opened = if attr.file_type == FileType::Regular && flags & libc::O_PATH as u32 == 0 {
+        let reading = accmode != libc::O_WRONLY as u32;
+        Some(vfs.storage.open(&handle, reading, writing)?)
+    } else {
+        None
+    };
+    if truncate && attr.file_type == FileType::Regular && attr.size > 0 {
+        vfs.storage.attr_as(
+            StorageRequest::Setattr {
+                handle: handle.clone(),
+                set: SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            },
+            opened.as_ref(),
+        )?;
+    }
+    Ok(files.open_handle(handle, &attr, abs, flags, opened)?)
 }
 
 /// Whether the process may open an existing file as `flags` asks, by its
@@ -633,9 +646,12 @@ pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, SysErro
         });
     }
     let vfs = storage_of(rt)?;
-    Ok(vfs.storage.attr(StorageRequest::Getattr {
-        handle: file.handle.clone(),
-    })?)
+    Ok(vfs.storage.attr_as(
+        StorageRequest::Getattr {
+            handle: file.handle.clone(),
+        },
+        file.opened.as_ref(),
+    )?)
 }
 
 /// Reads up to `len` bytes at `offset` into application memory at `buf`;
@@ -663,13 +679,14 @@ pub(super) fn read_at(
         return Ok((end - start) as i64);
     }
     let vfs = storage_of(rt)?;
-    let (reply, data) = vfs.storage.call(
+    let (reply, data) = vfs.storage.call_as(
         StorageRequest::Read {
             handle: file.handle.clone(),
             offset,
             len: len.min(MAX_READ_LEN as u64) as u32,
         },
         &[],
+        file.opened.as_ref(),
     )?;
     if !matches!(reply, StorageReply::Data { .. }) || data.len() as u64 > len {
         return Err(SysError::fatal(format!(
@@ -701,7 +718,7 @@ fn write_at(
     let stable = file.status() & libc::O_SYNC as u32 != 0;
     match vfs
         .storage
-        .call(
+        .call_as(
             StorageRequest::Write {
                 handle: file.handle.clone(),
                 offset,
@@ -709,6 +726,7 @@ fn write_at(
                 stable,
             },
             &[&data],
+            file.opened.as_ref(),
         )?
         .0
     {
@@ -1002,10 +1020,13 @@ pub fn fsync(cx: &mut Ctx, c: &Call) -> SysResult {
     let rt = cx.rt;
     with_file(cx, c, |file| {
         let vfs = storage_of(rt)?;
-        vfs.storage.done(StorageRequest::Commit {
-            handle: file.handle.clone(),
-            data_only: c.nr == libc::SYS_fdatasync as u64,
-        })?;
+        vfs.storage.done_as(
+            StorageRequest::Commit {
+                handle: file.handle.clone(),
+                data_only: c.nr == libc::SYS_fdatasync as u64,
+            },
+            file.opened.as_ref(),
+        )?;
         Ok(0)
     })
 }
@@ -1065,14 +1086,18 @@ pub fn ftruncate(cx: &mut Ctx, c: &Call) -> SysResult {
         if !file.writable() {
             return Err(Errno::EINVAL.into());
         }
-        setattr(
-            rt,
-            &file.handle,
-            SetAttr {
-                size: Some(c.args[1]),
-                ..SetAttr::default()
+        let vfs = storage_of(rt)?;
+        vfs.storage.attr_as(
+            StorageRequest::Setattr {
+                handle: file.handle.clone(),
+                set: SetAttr {
+                    size: Some(c.args[1]),
+                    ..SetAttr::default()
+                },
             },
-        )
+            file.opened.as_ref(),
+        )?;
+        Ok(0)
     })
 }
 

@@ -181,7 +181,12 @@ fn file_mmap(
                     storage: vfs.storage.addr(),
                     handle: file.handle.clone(),
                     offset,
-                    caller: vfs.storage.current_voucher()?,
+                    // The credentials the file was opened with, as
+                    // mmap(2) checks the descriptor's access.
+                    caller: Box::new(match &file.opened {
+                        Some(opened) => opened.clone(),
+                        None => vfs.storage.current_voucher()?,
+                    }),
                 },
             );
         }

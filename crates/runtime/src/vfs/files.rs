@@ -36,6 +36,10 @@ pub struct OpenFile {
     /// A directory the runtime serves itself (`/proc/self/fd`): its
     /// entries, fixed when it was opened.
     pub listing: Option<Arc<Vec<Entry>>>,
+    /// The storage manager's voucher for this open file: its reads,
+    /// writes and size changes act with the credentials it was opened
+    /// with, as a descriptor's do (`None`: the process's own of now).
+    pub opened: Option<lego_proto::Voucher>,
 }
 
 impl OpenFile {
@@ -142,8 +146,9 @@ impl FileTable {
         attr: &FileAttr,
         abs: Vec<u8>,
         flags: u32,
+        opened: Option<lego_proto::Voucher>,
     ) -> Result<i32, Errno> {
-        self.open_file(handle, attr.file_type, abs, flags, None, None)
+        self.open_file(handle, attr.file_type, abs, flags, (None, None), opened)
     }
 
     fn open_file(
@@ -152,8 +157,8 @@ impl FileTable {
         file_type: FileType,
         abs: Vec<u8>,
         flags: u32,
-        content: Option<Vec<u8>>,
-        listing: Option<Vec<Entry>>,
+        (content, listing): (Option<Vec<u8>>, Option<Vec<Entry>>),
+        opened: Option<lego_proto::Voucher>,
     ) -> Result<i32, Errno> {
         let fd = placeholder(flags & libc::O_CLOEXEC as u32 != 0)?;
         let keep = libc::O_ACCMODE as u32
@@ -175,6 +180,7 @@ impl FileTable {
                 dir_cookie: Mutex::new(0),
                 content: content.map(Arc::new),
                 listing: listing.map(Arc::new),
+                opened,
             }),
         );
         Ok(fd)
@@ -188,7 +194,7 @@ impl FileTable {
             FileType::Regular,
             abs,
             flags,
-            Some(content),
+            (Some(content), None),
             None,
         )
     }
@@ -206,8 +212,8 @@ impl FileTable {
             FileType::Directory,
             abs,
             flags,
+            (None, Some(entries)),
             None,
-            Some(entries),
         )
     }
 }

@@ -147,7 +147,8 @@ impl RemoteStorage {
             | Commit { handle, .. }
             | Readlink { handle }
             | Statfs { handle }
-            | Access { handle, .. } => empty(handle),
+            | Access { handle, .. }
+            | Open { handle, .. } => empty(handle),
             Rename {
                 from_dir, to_dir, ..
             } => empty(from_dir) || empty(to_dir),
@@ -160,12 +161,27 @@ impl RemoteStorage {
         request: StorageRequest,
         payload: &[&[u8]],
     ) -> StorageResult<(StorageReply, Vec<u8>)> {
+        self.call_as(request, payload, None)
+    }
+
+    /// A request carrying `voucher` (an open file's, for its reads and
+    /// writes), or the process's own when `None`.
+    pub fn call_as(
+        &self,
+        request: StorageRequest,
+        payload: &[&[u8]],
+        voucher: Option<&Voucher>,
+    ) -> StorageResult<(StorageReply, Vec<u8>)> {
         if Self::names_no_file(&request) {
             return Err(StorageError::Errno(Errno::EINVAL));
         }
+        let caller = match voucher {
+            Some(voucher) => voucher.clone(),
+            None => self.current_voucher()?,
+        };
         let message = Message::Storage {
             request,
-            caller: Some(self.current_voucher()?),
+            caller: Some(caller),
         };
         let joined: Vec<u8>;
         let payload: &[u8] = match payload {
@@ -221,7 +237,15 @@ impl RemoteStorage {
     }
 
     pub fn attr(&self, request: StorageRequest) -> StorageResult<FileAttr> {
-        match self.call(request, &[])?.0 {
+        self.attr_as(request, None)
+    }
+
+    pub fn attr_as(
+        &self,
+        request: StorageRequest,
+        voucher: Option<&Voucher>,
+    ) -> StorageResult<FileAttr> {
+        match self.call_as(request, &[], voucher)?.0 {
             StorageReply::Attr(attr) => Ok(attr),
             StorageReply::Found { attr, .. } => Ok(attr),
             other => Err(self.unexpected("Attr", other)),
@@ -229,9 +253,27 @@ impl RemoteStorage {
     }
 
     pub fn done(&self, request: StorageRequest) -> StorageResult<()> {
-        match self.call(request, &[])?.0 {
+        self.done_as(request, None)
+    }
+
+    pub fn done_as(&self, request: StorageRequest, voucher: Option<&Voucher>) -> StorageResult<()> {
+        match self.call_as(request, &[], voucher)?.0 {
             StorageReply::Done => Ok(()),
             other => Err(self.unexpected("Done", other)),
+        }
+    }
+
+    /// Opens `handle` for `read`/`write` with the process's credentials:
+    /// the voucher its open file carries from then on.
+    pub fn open(&self, handle: &FileHandle, read: bool, write: bool) -> StorageResult<Voucher> {
+        let request = StorageRequest::Open {
+            handle: handle.clone(),
+            read,
+            write,
+        };
+        match self.call(request, &[])?.0 {
+            StorageReply::Opened(voucher) => Ok(voucher),
+            other => Err(self.unexpected("Opened", other)),
         }
     }
 
