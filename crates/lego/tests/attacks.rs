@@ -61,7 +61,7 @@ fn a_programs_own_key_reaches_nothing_but_its_own_process_tree() {
     })
     .expect("the attacker runs");
     // Exactly what the attacker's runtime was given.
-    let key = cluster.secret().tree_key(tree);
+    let key = cluster.secret().process_key(tree, tree);
     let me = Identity::process(tree, tree);
     let addr = |name: &str| -> SocketAddr {
         cluster.record()["components"]

@@ -4,10 +4,10 @@
 //! once, not once per process).
 //!
 //! Reads act for the process that mapped the file: they carry its voucher,
-//! over a connection authenticated with its tree's key, never the cluster
-//! secret (the storage address comes from the runtime, which could name a
+//! over a connection authenticated with its process's key, never the
+//! cluster secret (the storage address comes from the runtime, which could name a
 //! listener of its own and relay our handshake: all it would get is its
-//! own tree's authority). A mapping is made only after a read with the
+//! own process's authority). A mapping is made only after a read with the
 //! mapper's credentials succeeded, so a page cached for one process is
 //! served to another only if that one may read the file too.
 
@@ -24,7 +24,7 @@ const CACHE_PAGES: usize = 4096;
 /// Pages read from storage together on a miss.
 const READ_PAGES: u64 = 16;
 
-/// Most storage connections kept (one per storage manager and tree).
+/// Most storage connections kept (one per storage manager and process).
 const MAX_CLIENTS: usize = 256;
 
 /// A cached page: which storage manager, which file, which offset.
@@ -46,7 +46,7 @@ enum ReadError {
 pub struct FileReader {
     /// How to reach storage managers; `None`: file mappings cannot be read.
     access: Option<(ClusterSecret, String)>,
-    clients: Mutex<HashMap<(SocketAddr, u64), Arc<Client>>>,
+    clients: Mutex<HashMap<(SocketAddr, u64, u64), Arc<Client>>>,
     cache: Mutex<Cache>,
 }
 
@@ -64,28 +64,34 @@ impl FileReader {
         }
     }
 
-    /// The connection to `storage` for process tree `tree`.
-    fn client(&self, storage: SocketAddr, tree: u64) -> Result<Arc<Client>, String> {
+    /// Process `pid`'s key, derived from the cluster secret.
+    pub fn process_key(&self, tree: u64, pid: u64) -> Option<ClusterSecret> {
+        let (secret, _) = self.access.as_ref()?;
+        Some(secret.process_key(tree, pid))
+    }
+
+    /// The connection to `storage` for process `pid` of tree `tree`.
+    fn client(&self, storage: SocketAddr, tree: u64, pid: u64) -> Result<Arc<Client>, String> {
         let (secret, _) = self
             .access
             .as_ref()
             .ok_or("this memory manager has no cluster secret to reach storage with")?;
         let mut clients = lock(&self.clients);
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&(storage, tree)) {
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&(storage, tree, pid)) {
             clients.clear();
         }
-        Ok(Arc::clone(clients.entry((storage, tree)).or_insert_with(
-            || {
+        Ok(Arc::clone(
+            clients.entry((storage, tree, pid)).or_insert_with(|| {
                 let mut config =
-                    ClientConfig::new(secret.tree_key(tree), Identity::process(tree, tree));
+                    ClientConfig::new(secret.process_key(tree, pid), Identity::process(tree, pid));
                 // A restarting storage manager is waited for, a while.
                 config.backoff = Backoff {
                     give_up_after: Duration::from_secs(10),
                     ..Backoff::default()
                 };
                 Arc::new(Client::new(storage, config))
-            },
-        )))
+            }),
+        ))
     }
 
     /// The voucher a mapping of `handle` reads with once the mapper's own
@@ -130,7 +136,7 @@ impl FileReader {
     /// Reads `len` bytes of `source` from `offset`, acting for its caller.
     fn read(&self, source: &FileSource, offset: u64, len: u32) -> Result<Vec<u8>, ReadError> {
         let client = self
-            .client(source.storage, source.caller.tree)
+            .client(source.storage, source.caller.tree, source.caller.pid)
             .map_err(ReadError::Broken)?;
         let reply = client
             .call(

@@ -42,7 +42,7 @@ pub struct MemoryService {
     processes: Mutex<HashMap<ProcessId, ProcessSlot>>,
     /// The process tree each address space belongs to, when a runtime
     /// (which authenticates for one tree) made it: a runtime may act only
-    /// on its own tree's address spaces.
+    /// on its own address space.
     trees: Mutex<HashMap<ProcessId, ProcessId>>,
     /// Reads the pages of private file mappings from storage.
     files: FileReader,
@@ -221,7 +221,14 @@ impl MemoryService {
             // A concurrent Fork to the same child id: the last one wins.
             self.free_slot(&replaced);
         }
-        Message::Forked { changes }.into()
+        // The child's key, for its runtime (authenticated as the parent
+        // here) to hand to its child.
+        let tree = lock(&self.trees).get(&parent).copied().unwrap_or(parent);
+        let child_key = self
+            .files
+            .process_key(tree, child)
+            .map_or([0; 32], |key| key.to_bytes());
+        Message::Forked { changes, child_key }.into()
     }
 
     fn memory(&self, pid: ProcessId, op: MemoryOp) -> Reply {
@@ -235,7 +242,7 @@ impl MemoryService {
             } => {
                 // The mapper's own voucher: sealed, of the tree the address
                 // space belongs to (a runtime naming another tree would have
-                // us dial its listener with that tree's key).
+                // us dial its listener with that tree's keys).
                 let tree = lock(&self.trees).get(&pid).copied();
                 // The process's own voucher, or its open file's (for this
                 // file, opened for reading).
@@ -483,28 +490,31 @@ impl MemoryService {
     /// Whether a runtime of tree `tree` may make `request`: only about its
     /// own tree's address spaces (a new one for exec, a new child for a
     /// fork of its own).
-    fn allowed(&self, tree: ProcessId, request: &Message) -> Result<(), String> {
+    /// Whether the runtime of process `me` of tree `tree` may send
+    /// `request`: only about its own address space (and a fork of it into
+    /// a new one).
+    fn allowed(&self, tree: ProcessId, me: ProcessId, request: &Message) -> Result<(), String> {
         let trees = lock(&self.trees);
-        let ours = |pid: &ProcessId| trees.get(pid) == Some(&tree);
+        let mine = |pid: &ProcessId| *pid == me && trees.get(pid) == Some(&tree);
         let fresh = |pid: &ProcessId| !trees.contains_key(pid) && self.slot(*pid).is_none();
         let ok = match request {
             // A new address space only for the tree's first process (the
             // others are forks of it), so a runtime cannot claim pids.
-            Message::Exec { pid } => ours(pid) || (*pid == tree && fresh(pid)),
-            Message::Fork { parent, child } => ours(parent) && fresh(child),
+            Message::Exec { pid } => mine(pid) || (*pid == me && *pid == tree && fresh(pid)),
+            Message::Fork { parent, child } => mine(parent) && fresh(child),
             Message::Memory { pid, .. }
             | Message::FetchPage { pid, .. }
             | Message::FetchPages { pid, .. }
-            | Message::WriteBack { pid, .. } => ours(pid),
+            | Message::WriteBack { pid, .. } => mine(pid),
             // Releasing what is not there is a no-op anyone may ask for.
-            Message::ReleaseProcess { pid } => ours(pid) || fresh(pid),
+            Message::ReleaseProcess { pid } => mine(pid) || fresh(pid),
             other => return Err(format!("a runtime may not send {}", other.kind())),
         };
         if ok {
             Ok(())
         } else {
             Err(format!(
-                "{} names a process outside this runtime's tree",
+                "{} names a process other than this runtime's",
                 request.kind()
             ))
         }
@@ -555,10 +565,11 @@ impl Booking {
 impl Service for MemoryService {
     fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
         let tree = if peer.identity.role == lego_proto::Role::Process {
-            let Some(tree) = peer.identity.tree() else {
-                return Message::error(ErrorCode::Denied, "a runtime without a tree").into();
+            let (Some(tree), Some(pid)) = (peer.identity.tree(), peer.identity.pid()) else {
+                return Message::error(ErrorCode::Denied, "a runtime without a pid and tree")
+                    .into();
             };
-            if let Err(why) = self.allowed(tree, &request.message) {
+            if let Err(why) = self.allowed(tree, pid, &request.message) {
                 return Message::error(ErrorCode::Denied, why).into();
             }
             Some(tree)

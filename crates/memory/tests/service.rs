@@ -486,7 +486,11 @@ fn fork_copies_on_write_and_charges_the_child() {
         },
         Vec::new(),
     );
-    assert_eq!(forked.message, Message::Forked { changes: vec![] });
+    assert!(
+        matches!(&forked.message, Message::Forked { changes, .. } if changes.is_empty()),
+        "{:?}",
+        forked.message
+    );
     let (used_after, committed_after) = used_and_committed(&service);
     assert_eq!(used_after, used, "no page is copied by the fork itself");
     assert_eq!(
@@ -616,7 +620,7 @@ fn fork_wipes_wipeonfork_and_leaves_out_dontfork_ranges() {
         },
         Vec::new(),
     );
-    let Message::Forked { changes } = forked.message else {
+    let Message::Forked { changes, .. } = forked.message else {
         panic!("fork failed: {:?}", forked.message);
     };
     assert_eq!(changes.len(), 2, "{changes:?}");
@@ -651,11 +655,11 @@ fn fork_wipes_wipeonfork_and_leaves_out_dontfork_ranges() {
     );
 }
 
-/// A request from the runtime of process tree `tree`.
-fn call_as(service: &MemoryService, tree: u64, message: Message) -> Message {
+/// A request from the runtime of process `pid` of tree `tree`.
+fn call_as(service: &MemoryService, (tree, pid): (u64, u64), message: Message) -> Message {
     let peer = PeerInfo {
         addr: "127.0.0.1:9".parse().unwrap(),
-        identity: Identity::process(tree, tree),
+        identity: Identity::process(tree, pid),
     };
     let payload = if matches!(message, Message::Exec { .. }) {
         sample(2)
@@ -685,22 +689,22 @@ fn denied(message: Message) -> bool {
 }
 
 #[test]
-fn a_runtime_acts_only_on_its_own_trees_address_spaces() {
+fn a_runtime_acts_only_on_its_own_address_space() {
     let service = MemoryService::new(64 << 20);
     let (a, b) = (0xa, 0xb);
     // Each tree makes its own process, and a child of it.
     assert!(matches!(
-        call_as(&service, a, Message::Exec { pid: a }),
+        call_as(&service, (a, a), Message::Exec { pid: a }),
         Message::ExecLoaded(_)
     ));
     assert!(matches!(
-        call_as(&service, b, Message::Exec { pid: b }),
+        call_as(&service, (b, b), Message::Exec { pid: b }),
         Message::ExecLoaded(_)
     ));
     assert!(matches!(
         call_as(
             &service,
-            a,
+            (a, a),
             Message::Fork {
                 parent: a,
                 child: 0xa1
@@ -708,15 +712,16 @@ fn a_runtime_acts_only_on_its_own_trees_address_spaces() {
         ),
         Message::Forked { .. }
     ));
-    // Its own and its child's pages: served.
-    assert!(!denied(call_as(
-        &service,
-        a,
-        Message::FetchPage {
-            pid: 0xa1,
-            addr: 0x40_0000
-        }
-    )));
+    // Its own pages: served; its child's only to the child, and the
+    // parent's not to the child (each holds its own key).
+    let page = |pid| Message::FetchPage {
+        pid,
+        addr: 0x40_0000,
+    };
+    assert!(!denied(call_as(&service, (a, a), page(a))));
+    assert!(!denied(call_as(&service, (a, 0xa1), page(0xa1))));
+    assert!(denied(call_as(&service, (a, a), page(0xa1))));
+    assert!(denied(call_as(&service, (a, 0xa1), page(a))));
     // The other tree's: every kind of request is denied.
     for message in [
         Message::FetchPage {
@@ -748,7 +753,7 @@ fn a_runtime_acts_only_on_its_own_trees_address_spaces() {
         },
     ] {
         let kind = message.kind();
-        assert!(denied(call_as(&service, a, message)), "{kind}");
+        assert!(denied(call_as(&service, (a, a), message)), "{kind}");
     }
     // A component (the processor) still may; b's space is intact.
     assert!(!denied(
@@ -764,12 +769,12 @@ fn a_runtime_acts_only_on_its_own_trees_address_spaces() {
     ));
     // Once released, a's pid is no longer a's to touch, nor anyone's.
     assert!(matches!(
-        call_as(&service, a, Message::ReleaseProcess { pid: a }),
+        call_as(&service, (a, a), Message::ReleaseProcess { pid: a }),
         Message::Released
     ));
     assert!(denied(call_as(
         &service,
-        b,
+        (b, b),
         Message::FetchPage {
             pid: 0xa1,
             addr: 0x40_0000

@@ -295,7 +295,7 @@ fn check_registration(peer: &PeerInfo, r: &Registration) -> Result<(), String> {
 impl Service for Membership {
     fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
         if peer.identity.role == Role::Process {
-            // A runtime holds one tree's key, not a component's: it may
+            // A runtime holds one process's key, not a component's: it may
             // neither register nor see or place the cluster.
             return Message::error(
                 ErrorCode::Denied,

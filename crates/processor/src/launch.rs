@@ -363,7 +363,9 @@ fn serve_connection(
         // that this processor runs, under a pid no process has.
         let tree = match client.tree() {
             Some(tree) => {
-                let parent_ok = processor.tree_of(spec.parent) == Some(tree);
+                // (It authenticates as itself: its key is its own.)
+                let parent_ok =
+                    processor.tree_of(spec.parent) == Some(tree) && client.pid() == Some(spec.pid);
                 // Its host pid is the kernel's word, not its own.
                 let host_ok = spec.host_pid == caller.pid;
                 if !parent_ok || !host_ok || processor.known(spec.pid) {
@@ -551,7 +553,7 @@ fn start(
         launch: spec.clone(),
         // The first process of a tree names it.
         tree: pid,
-        tree_key_hex: processor.secret.tree_key(pid).to_hex(),
+        key_hex: processor.secret.process_key(pid, pid).to_hex(),
         // Whoever asked: the program runs with their credentials.
         voucher: processor.issue(Voucher {
             tree: pid,
@@ -782,8 +784,8 @@ fn adopt(
         None => info!("process {pid:x} ended"),
     }
     processor.untrack(pid);
-    // With the tree's key, not the secret: the memory manager it names is
-    // the runtime's word, so only its own tree's pid can be freed there.
+    // With the process's key, not the secret: the memory manager it names
+    // is the runtime's word, so only that pid can be freed there.
     processor.release_for_tree(spec.memory, pid, tree);
     Ok(())
 }

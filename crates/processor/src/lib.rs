@@ -208,12 +208,15 @@ impl Processor {
     }
 
     /// Tells the memory manager at `memory` to free `pid`'s memory, acting
-    /// for tree `tree` only (authenticated with its key): for a process a
+    /// for that process only (authenticated with its key): for a process a
     /// runtime announced, whose memory manager is the runtime's word.
     fn release_for_tree(&self, memory: SocketAddr, pid: ProcessId, tree: ProcessId) {
         let client = Client::new(
             memory,
-            ClientConfig::new(self.secret.tree_key(tree), Identity::process(tree, pid)),
+            ClientConfig::new(
+                self.secret.process_key(tree, pid),
+                Identity::process(tree, pid),
+            ),
         );
         release_on(&client, memory, pid);
     }

@@ -28,9 +28,9 @@ pub enum Role {
     Storage,
     /// A user-side tool (`lego status`, `lego run`, tests): never registers.
     Client,
-    /// A runtime: one process tree's, holding that tree's key rather than
+    /// A runtime: one process's, holding that process's key rather than
     /// the cluster secret (see `lego_transport::Identity::process`); never
-    /// registers, and may act only for the processes of its tree.
+    /// registers, and may act only for that process.
     Process,
 }
 
@@ -300,6 +300,9 @@ pub enum Message {
     /// (`MADV_WIPEONFORK` ones read zeros, `MADV_DONTFORK` ones are absent).
     Forked {
         changes: Vec<RangeChange>,
+        /// The child's process key, for its runtime to speak with from its
+        /// start (the parent's is the parent's alone).
+        child_key: [u8; 32],
     },
     /// Build a new address space for `pid` from the ELF image in the
     /// payload, replacing any it had.

@@ -28,11 +28,11 @@ pub struct RuntimeSpec {
     /// What `lego run` asked for, as the monitor placed it.
     pub launch: LaunchSpec,
     /// The process tree this process belongs to (the pid of the process
-    /// `lego run` started), and that tree's key: all the runtime holds
-    /// instead of the cluster secret, which never enters a program's
-    /// process.
+    /// `lego run` started), and the process's own key: all the runtime
+    /// holds instead of the cluster secret, which never enters a
+    /// program's process.
     pub tree: ProcessId,
-    pub tree_key_hex: String,
+    pub key_hex: String,
     /// The process's credentials as it starts, vouched for by the
     /// processor (what every storage request carries).
     pub voucher: Voucher,

@@ -316,7 +316,11 @@ fn memory_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u64>().prop_map(|pid| Message::Exec { pid }),
         (any::<u64>(), any::<u64>()).prop_map(|(parent, child)| Message::Fork { parent, child }),
-        prop::collection::vec(range_change(), 0..4).prop_map(|changes| Message::Forked { changes }),
+        (
+            prop::collection::vec(range_change(), 0..4),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(changes, child_key)| Message::Forked { changes, child_key }),
         (
             prop::array::uniform6(any::<u64>()),
             any::<u16>(),

@@ -58,7 +58,12 @@ fn read_spec() -> Result<RuntimeSpec, String> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the runtime spec: {e}"))?;
-    postcard::from_bytes(&bytes).map_err(|e| format!("malformed runtime spec: {e}"))
+    let spec = postcard::from_bytes(&bytes).map_err(|e| format!("malformed runtime spec: {e}"));
+    // It holds the process's key: not left in freed memory (a forked
+    // child would find its parent's there).
+    bytes.fill(0);
+    std::hint::black_box(&bytes);
+    spec
 }
 
 /// Restores default dispositions for the synchronous signals: Rust's
@@ -105,7 +110,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         pid,
         launch: spec,
         tree,
-        tree_key_hex,
+        key_hex,
         voucher,
         processor_socket,
         processor_name,
@@ -120,10 +125,14 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     if !task::thread::fsgsbase_available() {
         return Err("this CPU or kernel does not allow FSGSBASE, which the runtime needs".into());
     }
-    // The tree's key, not the cluster secret: all this process may
-    // authenticate as is its own tree.
-    let key = ClusterSecret::parse_hex(&tree_key_hex)
-        .ok_or("malformed process tree key in the runtime spec")?;
+    // The process's key, not the cluster secret: all this process may
+    // authenticate as is itself.
+    let key =
+        ClusterSecret::parse_hex(&key_hex).ok_or("malformed process key in the runtime spec")?;
+    let mut key_hex = key_hex.into_bytes();
+    key_hex.fill(0);
+    std::hint::black_box(&key_hex);
+    drop(key_hex);
     let identity = lego_transport::Identity::process(tree, pid);
     // The program starts where `lego run` was started (on the processor's
     // host too, so that host paths relative to it mean the same).
@@ -195,7 +204,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         forks: process::Forks::default(),
         runtime_fds: RwLock::new(Vec::new()),
         home: Home {
-            key: key.clone(),
+            key: process::KeyCell::new(&key),
             tree,
             processor_socket,
             processor_name,
@@ -238,6 +247,9 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     let ctl = Box::leak(Box::new(task::dispatch::ThreadCtl::new()));
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.
+    // The copies the runtime keeps are in its clients and `home`; this
+    // one would stay on this stack for good.
+    drop(key);
     unsafe { task::thread::enter_application(ctl, loaded.entry, sp) }
 }
 

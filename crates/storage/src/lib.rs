@@ -263,6 +263,19 @@ impl StorageService {
                 peer.identity.name, voucher.tree
             )));
         }
+        // A process's credentials are its own: another process of its tree
+        // (a forked child holding its parent's in memory) cannot use them.
+        // An open file's are whoever holds it (a child inherits its
+        // parent's descriptors).
+        if peer.identity.role == Role::Process
+            && voucher.scope == VoucherScope::Process
+            && peer.identity.pid() != Some(voucher.pid)
+        {
+            return Err(Refusal::Denied(format!(
+                "{} sent the voucher of process {:x}, not its own",
+                peer.identity.name, voucher.pid
+            )));
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

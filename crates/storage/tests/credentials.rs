@@ -13,10 +13,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 const NOBODY: u32 = 65534;
 const TREE: u64 = 0x42;
 
-fn runtime(tree: u64) -> PeerInfo {
+/// The runtime of process `pid` of tree `tree`, as its key authenticates it.
+fn runtime(tree: u64, pid: u64) -> PeerInfo {
     PeerInfo {
         addr: "127.0.0.1:1".parse().unwrap(),
-        identity: Identity::process(tree, tree),
+        identity: Identity::process(tree, pid),
     }
 }
 
@@ -83,7 +84,7 @@ fn requests_act_with_the_vouched_credentials() {
     let as_nobody = |request| {
         call_as(
             &fx.service,
-            &runtime(TREE),
+            &runtime(TREE, nobody.pid),
             Some(nobody.clone()),
             request,
             &[],
@@ -108,7 +109,7 @@ fn requests_act_with_the_vouched_credentials() {
     assert_eq!(
         call_as(
             &fx.service,
-            &runtime(TREE),
+            &runtime(TREE, nobody.pid),
             Some(nobody.clone()),
             append,
             b"x"
@@ -147,7 +148,13 @@ fn requests_act_with_the_vouched_credentials() {
         "{component:?}"
     );
     let as_root = voucher(&fx.secret, TREE, 0, 0);
-    let rooted = call_as(&fx.service, &runtime(TREE), Some(as_root), read, &[]);
+    let rooted = call_as(
+        &fx.service,
+        &runtime(TREE, as_root.pid),
+        Some(as_root),
+        read,
+        &[],
+    );
     assert!(
         matches!(rooted, Outcome::Done(StorageReply::Data { .. }, _)),
         "{rooted:?}"
@@ -177,10 +184,27 @@ fn a_runtime_without_a_true_voucher_of_its_own_tree_is_refused() {
         follow: true,
     };
     let denied = |caller: Option<Voucher>| {
-        let outcome = call_as(&fx.service, &runtime(TREE), caller, lookup.clone(), &[]);
+        let pid = caller.as_ref().map_or(TREE, |v| v.pid);
+        let outcome = call_as(
+            &fx.service,
+            &runtime(TREE, pid),
+            caller,
+            lookup.clone(),
+            &[],
+        );
         assert!(matches!(outcome, Outcome::Denied(_)), "{outcome:?}");
     };
     denied(None);
+    // Another process's of its tree (a child holding its parent's).
+    let parents = voucher(&fx.secret, TREE, 0, 0);
+    let child = call_as(
+        &fx.service,
+        &runtime(TREE, parents.pid + 1000),
+        Some(parents),
+        lookup.clone(),
+        &[],
+    );
+    assert!(matches!(child, Outcome::Denied(_)), "{child:?}");
     // Another tree's, though truly sealed.
     denied(Some(voucher(&fx.secret, TREE + 1, 0, 0)));
     // Sealed by another cluster.
@@ -194,10 +218,11 @@ fn a_runtime_without_a_true_voucher_of_its_own_tree_is_refused() {
     let mut forged = voucher(&fx.secret, TREE, NOBODY, NOBODY);
     forged.uids = [0; 4];
     denied(Some(forged));
+    let mine = voucher(&fx.secret, TREE, 0, 0);
     let own = call_as(
         &fx.service,
-        &runtime(TREE),
-        Some(voucher(&fx.secret, TREE, 0, 0)),
+        &runtime(TREE, mine.pid),
+        Some(mine),
         lookup.clone(),
         &[],
     );
@@ -230,7 +255,7 @@ fn vouchers_expire_and_are_superseded_and_keep_to_their_scope() {
     let with = |voucher: &Voucher, request: &StorageRequest| {
         call_as(
             &fx.service,
-            &runtime(TREE),
+            &runtime(TREE, voucher.pid),
             Some(voucher.clone()),
             request.clone(),
             &[],
@@ -294,7 +319,7 @@ fn an_open_files_voucher_serves_that_file_as_it_was_opened() {
     let with = |voucher: &Voucher, request: StorageRequest, payload: &[u8]| {
         call_as(
             &fx.service,
-            &runtime(TREE),
+            &runtime(TREE, voucher.pid),
             Some(voucher.clone()),
             request,
             payload,

@@ -330,16 +330,29 @@ impl ClientConfig {
 pub struct Client {
     addr: SocketAddr,
     config: ClientConfig,
+    /// Who new connections authenticate as (the config's, until
+    /// `speak_as`).
+    speaker: Mutex<(ClusterSecret, Identity)>,
     current: Mutex<Option<Arc<Connection>>>,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr, config: ClientConfig) -> Client {
+    pub fn new(addr: SocketAddr, mut config: ClientConfig) -> Client {
+        // The key lives in `speaker` alone (replaced there by `speak_as`).
+        let secret = std::mem::replace(&mut config.secret, ClusterSecret::from_bytes([0; 32]));
         Client {
             addr,
+            speaker: Mutex::new((secret, config.identity.clone())),
             config,
             current: Mutex::new(None),
         }
+    }
+
+    /// New connections authenticate as `identity` with `secret` (a forked
+    /// runtime speaks for its own process); the one open stays as it is.
+    /// Takes no lock a `ClientHold` holds.
+    pub fn speak_as(&self, secret: ClusterSecret, identity: Identity) {
+        *lock(&self.speaker) = (secret, identity);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -405,10 +418,11 @@ impl Client {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            let (secret, identity) = lock(&self.speaker).clone();
             let err = match Connection::open(
                 self.addr,
-                &self.config.secret,
-                &self.config.identity,
+                &secret,
+                &identity,
                 self.config.connect_timeout,
             ) {
                 Ok(connection) => return Ok(connection),

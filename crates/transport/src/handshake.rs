@@ -11,8 +11,8 @@
 //! ```
 //!
 //! `H(k, ..)` is BLAKE3 keyed with the cluster secret, or, for a runtime
-//! (role `Process`), with its process tree's key, which the server derives
-//! from the secret and the tree the client's name states. Each side proves
+//! (role `Process`), with its process's key, which the server derives
+//! from the secret and the pid and tree the client's name states. Each side proves
 //! knowledge of the secret over a nonce the other chose, so neither a
 //! recorded exchange nor a reflected proof authenticates anyone, and the
 //! secret never crosses the wire. Any deviation closes the connection.
@@ -45,14 +45,14 @@ impl Identity {
     }
 
     /// The runtime of process `pid` of tree `tree`: it authenticates with
-    /// the tree's key (`ClusterSecret::tree_key`), which a server derives
-    /// from the tree the name states.
+    /// that process's key (`ClusterSecret::process_key`), which a server
+    /// derives from the pid and tree the name states.
     pub fn process(tree: u64, pid: u64) -> Identity {
         Identity::new(Role::Process, format!("runtime-{pid:x} tree-{tree:016x}"))
     }
 
-    /// The process a [`Role::Process`] identity names (what its name
-    /// states: the tree's key authenticates the tree, not the process).
+    /// The process a [`Role::Process`] identity names (authenticated by
+    /// its process key).
     pub fn pid(&self) -> Option<u64> {
         if self.role != Role::Process {
             return None;
@@ -275,20 +275,24 @@ pub fn server<S: Stream, R: Read>(
         }
         other => return Err(unexpected(addr, "Hello", &other)),
     };
-    let tree_key;
+    let process_key;
     let secret = if peer.role == Role::Process {
-        let Some(tree) = peer.tree() else {
+        let (Some(tree), Some(pid)) = (peer.tree(), peer.pid()) else {
             let _ = send(
                 stream,
                 addr,
                 &Message::Refused {
-                    reason: "a process's name must end in its tree".into(),
+                    reason: "a process's name must state its pid and tree".into(),
                 },
             );
-            return Err(io_err(addr, "bad Hello", "process name without a tree"));
+            return Err(io_err(
+                addr,
+                "bad Hello",
+                "process name without a pid and tree",
+            ));
         };
-        tree_key = secret.tree_key(tree);
-        &tree_key
+        process_key = secret.process_key(tree, pid);
+        &process_key
     } else {
         secret
     };

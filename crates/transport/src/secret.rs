@@ -36,6 +36,18 @@ pub enum SecretError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSecret([u8; SECRET_LEN]);
 
+impl Drop for ClusterSecret {
+    /// A key given up is overwritten, not left in freed memory (a forked
+    /// runtime replaces its parent's with its own).
+    fn drop(&mut self) {
+        for byte in self.0.iter_mut() {
+            // Safety: a write to a byte we own; volatile so that it is
+            // not elided as a store to memory about to be freed.
+            unsafe { std::ptr::write_volatile(byte, 0) };
+        }
+    }
+}
+
 impl fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClusterSecret(..)")
@@ -58,14 +70,22 @@ impl ClusterSecret {
         &self.0
     }
 
-    /// The key of process tree `tree`, derived from this secret: what the
-    /// runtimes of that tree hold and authenticate with. It proves nothing
-    /// about any other tree, and the secret cannot be had back from it.
-    pub fn tree_key(&self, tree: u64) -> ClusterSecret {
+    /// The key of process `pid` of tree `tree`, derived from this secret:
+    /// what that process's runtime holds and authenticates with. It proves
+    /// nothing about any other process, and the secret cannot be had back
+    /// from it.
+    pub fn process_key(&self, tree: u64, pid: u64) -> ClusterSecret {
         let mut hasher = blake3::Hasher::new_keyed(&self.0);
-        hasher.update(b"lego process tree key v1 ");
+        hasher.update(b"lego process key v1 ");
         hasher.update(&tree.to_le_bytes());
+        hasher.update(&pid.to_le_bytes());
         ClusterSecret(*hasher.finalize().as_bytes())
+    }
+
+    /// The key as bytes, to hand to the process it is for (a forked
+    /// child's, from its memory manager).
+    pub fn to_bytes(&self) -> [u8; SECRET_LEN] {
+        self.0
     }
 
     /// Seals `voucher` (see `lego_proto::Voucher`): what a processor does

@@ -298,7 +298,7 @@ impl Service for Whoami {
 }
 
 #[test]
-fn a_tree_key_authenticates_exactly_its_own_tree() {
+fn a_process_key_authenticates_exactly_its_own_process() {
     let secret = ClusterSecret::generate().unwrap();
     let server = Server::bind(
         "127.0.0.1:0".parse().unwrap(),
@@ -306,12 +306,13 @@ fn a_tree_key_authenticates_exactly_its_own_tree() {
         Arc::new(Whoami),
     )
     .unwrap();
-    let key = secret.tree_key(7);
+    let key = secret.process_key(7, 0x70);
     assert_ne!(key, secret);
-    assert_ne!(key, secret.tree_key(8));
-    // Its own tree: accepted, and the server knows the tree.
+    assert_ne!(key, secret.process_key(8, 0x70));
+    assert_ne!(key, secret.process_key(7, 0x71));
+    // Its own process: accepted, and the server knows the tree and pid.
     let me = Identity::process(7, 0x70);
-    assert_eq!(me.tree(), Some(7));
+    assert_eq!((me.tree(), me.pid()), (Some(7), Some(0x70)));
     let conn = Connection::open(server.local_addr(), &key, &me, Duration::from_secs(2)).unwrap();
     let reply = conn.call(&heartbeat("x"), &[], Duration::from_secs(2));
     let seen = match reply.map(|r| r.message) {
@@ -319,15 +320,17 @@ fn a_tree_key_authenticates_exactly_its_own_tree() {
         other => panic!("{other:?}"),
     };
     assert_eq!(seen, format!("Process {}", me.name));
-    // Another tree's name, or a component's role, with that key: refused.
+    // Another process's name (of its tree or another), or a component's
+    // role, with that key: refused.
     for claim in [
-        Identity::process(8, 0x80),
+        Identity::process(7, 0x71),
+        Identity::process(8, 0x70),
         Identity::new(Role::Processor, "processor-0"),
         Identity::new(Role::Client, "lego-run"),
     ] {
         let err = Connection::open(server.local_addr(), &key, &claim, Duration::from_secs(2))
             .err()
-            .unwrap_or_else(|| panic!("{claim:?} with tree 7's key was accepted"));
+            .unwrap_or_else(|| panic!("{claim:?} with process 0x70's key was accepted"));
         assert!(matches!(err, TransportError::WrongSecret { .. }), "{err}");
     }
     // A process name without its tree: refused.

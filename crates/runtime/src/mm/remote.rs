@@ -100,7 +100,13 @@ impl RemoteMemory {
     /// (ENOMEM: the child's commit charge does not fit).
     /// On success, the ranges where the child's copy differs (see
     /// `Message::Forked`).
-    pub fn fork(&self, child: ProcessId) -> Result<Result<Vec<RangeChange>, i32>, String> {
+    /// Has the memory manager copy the address space for `child`: the
+    /// ranges where the copy differs, and the child's key.
+    #[allow(clippy::type_complexity)]
+    pub fn fork(
+        &self,
+        child: ProcessId,
+    ) -> Result<Result<(Vec<RangeChange>, ClusterSecret), i32>, String> {
         let reply = self
             .client
             .call(
@@ -112,7 +118,9 @@ impl RemoteMemory {
             )
             .map_err(|e| self.lost(e))?;
         match reply.message {
-            Message::Forked { changes } => Ok(Ok(changes)),
+            Message::Forked { changes, child_key } => {
+                Ok(Ok((changes, ClusterSecret::from_bytes(child_key))))
+            }
             Message::MemoryFailed { errno } => Ok(Err(errno)),
             other => Err(self.unexpected("Fork", other)),
         }
@@ -138,8 +146,20 @@ impl RemoteMemory {
     /// as they are first needed (every one lands above the descriptor
     /// floor, where the program's calls never reach it): a child that
     /// execs at once needs only one.
-    pub fn become_child(&self, pid: ProcessId, held: Vec<ClientHold<'_>>) {
+    pub fn become_child(
+        &self,
+        pid: ProcessId,
+        (key, tree): (&ClusterSecret, ProcessId),
+        held: Vec<ClientHold<'_>>,
+    ) {
         self.pid.store(pid, Ordering::Relaxed);
+        // As itself, with its own key (the parent's is overwritten).
+        for client in [&self.client, &self.writeback]
+            .into_iter()
+            .chain(&self.lanes)
+        {
+            client.speak_as(key.clone(), Identity::process(tree, pid));
+        }
         for hold in held {
             hold.disconnect();
         }

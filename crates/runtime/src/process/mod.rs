@@ -93,10 +93,40 @@ impl Default for Forks {
     }
 }
 
-/// Where this process lives: its processor, and its tree and the tree's
-/// key (never the cluster secret).
+/// The process's key. Set at start and, in a forked child, before any
+/// other thread exists; read by any thread without a lock (a fork while
+/// another thread read it would leave a lock held in the child).
+pub struct KeyCell([std::sync::atomic::AtomicU64; 4]);
+
+impl KeyCell {
+    pub fn new(key: &ClusterSecret) -> KeyCell {
+        let cell = KeyCell(Default::default());
+        cell.set(key);
+        cell
+    }
+
+    pub fn get(&self) -> ClusterSecret {
+        let mut bytes = [0u8; 32];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(&self.0) {
+            chunk.copy_from_slice(&word.load(std::sync::atomic::Ordering::SeqCst).to_ne_bytes());
+        }
+        ClusterSecret::from_bytes(bytes)
+    }
+
+    /// Replaces the key; the old one is overwritten.
+    pub fn set(&self, key: &ClusterSecret) {
+        let bytes = key.to_bytes();
+        for (chunk, word) in bytes.chunks_exact(8).zip(&self.0) {
+            let value = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+            word.store(value, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Where this process lives: its processor, its tree, and its own key
+/// (never the cluster secret).
 pub struct Home {
-    pub key: ClusterSecret,
+    pub key: KeyCell,
     pub tree: lego_proto::ProcessId,
     /// The processor's abstract socket name.
     pub processor_socket: Vec<u8>,

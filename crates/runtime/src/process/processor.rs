@@ -12,7 +12,7 @@ use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Duration;
 
 /// An authenticated connection to the processor for process `pid`, with
-/// the tree's key; descriptors lifted above the floor.
+/// the process's key; descriptors lifted above the floor.
 pub fn session(
     rt: &Runtime,
     pid: ProcessId,
@@ -30,7 +30,7 @@ pub fn session(
         &mut stream,
         &mut reader,
         &path.as_path().into(),
-        &rt.home.key,
+        &rt.home.key.get(),
         &Identity::process(rt.home.tree, pid),
         Duration::from_secs(5),
     )

@@ -24,7 +24,7 @@
 //! directories, its own memfds); read what any user may read in the
 //! host's /proc (other processes' status and command lines); use host
 //! CPU and memory beyond its ExCache quota; open connections to any
-//! component, which serve it only with its own tree's key and a voucher
+//! component, which serve it only with its own process's key and a voucher
 //! sealed for it. A program on the processor's own files
 //! (`LEGO_FILES=host`) runs with the launching user's host ids instead.
 

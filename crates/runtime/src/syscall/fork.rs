@@ -201,7 +201,7 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
                 "cannot write the address space back for a fork: {e}"
             ))
         })?;
-    let differences = rt
+    let (differences, child_key) = rt
         .mm
         .remote
         .fork(child)
@@ -252,7 +252,15 @@ fn new_process(cx: &mut Ctx, req: Request) -> SysResult {
         forking.clear();
         drop(forking);
         close(ready.0);
-        become_child(cx, layout, held, child, &req, vfork, differences)?;
+        become_child(
+            cx,
+            layout,
+            held,
+            (child, child_key),
+            &req,
+            vfork,
+            differences,
+        )?;
         // Safety: writes one byte of ours to our end of the pipe.
         unsafe { libc::write(ready.1, [1u8].as_ptr().cast(), 1) };
         close(ready.1);
@@ -330,7 +338,7 @@ fn become_child(
     cx: &mut Ctx,
     layout: crate::mm::excache::LayoutChange<'_>,
     held: ForkLocks<'_>,
-    pid: ProcessId,
+    (pid, key): (ProcessId, lego_transport::ClusterSecret),
     req: &Request,
     vfork: Option<(RawFd, RawFd)>,
     differences: Vec<lego_proto::RangeChange>,
@@ -371,10 +379,20 @@ fn become_child(
         .map_err(|e| failed(e.to_string()))?;
     cache.reset_for_child();
     rt.threads.reset_after_fork(cx.thread, threads);
-    rt.mm.remote.become_child(pid, remote);
+    // Its own key from here on, for every connection it makes; its
+    // parent's is overwritten where the runtime kept it.
+    rt.home.key.set(&key);
+    rt.mm.remote.become_child(pid, (&key, rt.home.tree), remote);
     if let Some(vfs) = vfs {
         vfs.storage.disconnect();
     }
+    if let Some(vfs) = rt.vfs.as_ref() {
+        vfs.storage.speak_as(
+            key.clone(),
+            lego_transport::Identity::process(rt.home.tree, pid),
+        );
+    }
+    drop(key);
     // Before the fault thread publishes anything: the inherited counters
     // page is shared with the parent's processor view.
     let live = match crate::host::live::get() {

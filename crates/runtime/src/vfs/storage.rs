@@ -106,6 +106,12 @@ impl RemoteStorage {
         *self.voucher.write().unwrap_or_else(|p| p.into_inner()) = voucher;
     }
 
+    /// From the next connection on, authenticates as `identity` with
+    /// `key` (a forked child speaks as itself).
+    pub fn speak_as(&self, key: ClusterSecret, identity: Identity) {
+        self.client.speak_as(key, identity);
+    }
+
     /// Holds the connection across a fork; in the forked process, the
     /// hold's `disconnect` makes the next request open one of its own (the
     /// inherited one is its parent's conversation).
