@@ -355,7 +355,6 @@ fn privileged_calls_stay_refused_after_escaping_the_trap() {
 /// the storage manager does not serve its file, by any name.
 #[test]
 fn the_cluster_secret_is_nowhere_in_a_programs_process() {
-    use std::io::{Read, Seek, SeekFrom};
     let cluster = Cluster::up(&["--memories", "1"]);
     let hex = std::fs::read_to_string(cluster.state.join("secret")).unwrap();
     let hex = hex.trim().to_ascii_lowercase();
@@ -381,53 +380,7 @@ fn the_cluster_secret_is_nowhere_in_a_programs_process() {
         (comm.trim() == "sleep").then_some(())
     })
     .expect("the program starts");
-    let maps = std::fs::read_to_string(format!("/proc/{runtime}/maps")).unwrap();
-    let mut pagemap = std::fs::File::open(format!("/proc/{runtime}/pagemap")).unwrap();
-    let mut mem = std::fs::File::open(format!("/proc/{runtime}/mem")).unwrap();
-    let (mut pages, mut found) = (0u64, Vec::new());
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
-        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
-            continue;
-        }
-        let (start, end) = range.split_once('-').unwrap();
-        let (start, end) = (
-            u64::from_str_radix(start, 16).unwrap(),
-            u64::from_str_radix(end, 16).unwrap(),
-        );
-        let mut entries = vec![0u8; ((end - start) / 4096 * 8) as usize];
-        pagemap.seek(SeekFrom::Start(start / 4096 * 8)).unwrap();
-        if pagemap.read_exact(&mut entries).is_err() {
-            continue;
-        }
-        // Present pages only (reading no other, so nothing faults); the
-        // end of the page before, if present, is searched with each (a
-        // secret may straddle two pages).
-        let mut page = start;
-        let mut tail: Vec<u8> = Vec::new();
-        for entry in entries.chunks(8) {
-            let present = u64::from_ne_bytes(entry.try_into().unwrap()) >> 63 == 1;
-            let mut bytes = std::mem::take(&mut tail);
-            if present {
-                let mut contents = vec![0u8; 4096];
-                mem.seek(SeekFrom::Start(page)).unwrap();
-                if mem.read_exact(&mut contents).is_ok() {
-                    pages += 1;
-                    bytes.extend_from_slice(&contents);
-                    if bytes.windows(32).any(|w| w == raw.as_slice())
-                        || bytes
-                            .windows(64)
-                            .any(|w| w.eq_ignore_ascii_case(hex.as_bytes()))
-                    {
-                        found.push(format!("{page:#x} in {line}"));
-                    }
-                    tail = contents[4096 - 63..].to_vec();
-                }
-            }
-            page += 4096;
-        }
-    }
+    let (pages, found) = found_in_memory(runtime, &[raw]);
     let _ = child.kill();
     let _ = child.wait();
     assert!(pages > 100, "only {pages} pages read");
@@ -849,4 +802,121 @@ fn descriptors_opened_before_a_drop_keep_their_access() {
         "{out}"
     );
     assert!(out.contains("reopen secret: Permission denied"), "{out}");
+}
+
+/// Where any of `keys` (32 bytes each, raw or as hex) lies in the present
+/// pages of host process `pid` (read from outside, so nothing faults):
+/// how many pages were read, and where each was found.
+fn found_in_memory(pid: u32, keys: &[Vec<u8>]) -> (u64, Vec<String>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let hexes: Vec<String> = keys
+        .iter()
+        .map(|k| k.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let (mut pages, mut found) = (0u64, Vec::new());
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut entries = vec![0u8; ((end - start) / 4096 * 8) as usize];
+        pagemap.seek(SeekFrom::Start(start / 4096 * 8)).unwrap();
+        if pagemap.read_exact(&mut entries).is_err() {
+            continue;
+        }
+        // Present pages only (reading no other, so nothing faults); the
+        // end of the page before, if present, is searched with each (a
+        // key may straddle two pages).
+        let mut page = start;
+        let mut tail: Vec<u8> = Vec::new();
+        for entry in entries.chunks(8) {
+            let present = u64::from_ne_bytes(entry.try_into().unwrap()) >> 63 == 1;
+            let mut bytes = std::mem::take(&mut tail);
+            if present {
+                let mut contents = vec![0u8; 4096];
+                mem.seek(SeekFrom::Start(page)).unwrap();
+                if mem.read_exact(&mut contents).is_ok() {
+                    pages += 1;
+                    bytes.extend_from_slice(&contents);
+                    for (key, hex) in keys.iter().zip(&hexes) {
+                        if bytes.windows(32).any(|w| w == key.as_slice())
+                            || bytes
+                                .windows(64)
+                                .any(|w| w.eq_ignore_ascii_case(hex.as_bytes()))
+                        {
+                            found.push(format!("{page:#x} in {line}"));
+                        }
+                    }
+                    tail = contents[4096 - 63..].to_vec();
+                }
+            }
+            page += 4096;
+        }
+    }
+    (pages, found)
+}
+
+/// A forked child holds no key but its own: its parent's process key,
+/// which would let it act as its parent (its memory, its credentials), is
+/// nowhere in its memory once it runs (the child gets its own key with
+/// the fork and the runtime overwrites every copy of the parent's it
+/// kept); the cluster secret is in neither.
+#[test]
+fn a_forked_child_holds_no_key_but_its_own() {
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let mut shell = cluster
+        .run_command(&[], &require("sh"), &["-c", "/bin/sleep 30 & wait"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let processor = cluster.pid("processor-0");
+    // The child's runtime, once it runs its sleep.
+    let (parent, child) = poll(Duration::from_secs(20), || {
+        let parent = *runtimes_of(processor).first()?;
+        let child = *runtimes_of(parent).first()?;
+        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some((parent, child))
+    })
+    .expect("the shell's child runs sleep");
+    let pid_of = |host: u32| {
+        cluster
+            .processes()
+            .into_iter()
+            .find(|p| p.1 == host)
+            .map(|p| p.0)
+    };
+    let (tree, child_pid) = poll(Duration::from_secs(10), || {
+        Some((pid_of(parent)?, pid_of(child)?))
+    })
+    .expect("both are listed");
+    let secret = cluster.secret();
+    let parents_key = secret.process_key(tree, tree).to_bytes().to_vec();
+    let childs_key = secret.process_key(tree, child_pid).to_bytes().to_vec();
+    let hex = std::fs::read_to_string(cluster.state.join("secret")).unwrap();
+    let raw: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let (pages, found) = found_in_memory(child, &[parents_key, raw]);
+    let (_, own) = found_in_memory(child, &[childs_key]);
+    let _ = shell.kill();
+    let _ = shell.wait();
+    assert!(pages > 100, "only {pages} pages read");
+    assert!(
+        found.is_empty(),
+        "the parent's key or the secret is in the child: {found:?}"
+    );
+    assert!(
+        !own.is_empty(),
+        "the scan finds no key at all (the child's own)"
+    );
 }

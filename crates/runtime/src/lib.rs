@@ -248,8 +248,10 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     // Safety: the handler and alternate stack are installed, `ctl` is
     // leaked, and `image`/`sp` describe the program just loaded.
     // The copies the runtime keeps are in its clients and `home`; this
-    // one would stay on this stack for good.
+    // one, and what the calls above left on this stack, would stay there
+    // for good.
     drop(key);
+    lego_transport::handshake::scrub_stack();
     unsafe { task::thread::enter_application(ctl, loaded.entry, sp) }
 }
 

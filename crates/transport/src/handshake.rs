@@ -87,7 +87,21 @@ fn proof(
     hasher.update(side);
     hasher.update(client_nonce);
     hasher.update(server_nonce);
-    hasher.finalize()
+    let proof = hasher.finalize();
+    // The hasher holds the key's words: overwritten here, and what the
+    // compression left below on the stack by `scrub_stack`.
+    hasher = blake3::Hasher::new();
+    std::hint::black_box(&hasher);
+    proof
+}
+
+/// Overwrites the stack below the caller, where a handshake's hashing
+/// (or anything else the caller called) left copies of a key: a forked
+/// runtime would find its parent's there.
+#[inline(never)]
+pub fn scrub_stack() {
+    let mut below = [0u8; 32 << 10];
+    std::hint::black_box(&mut below);
 }
 
 /// Compares in constant time (`blake3::Hash`'s equality is).
@@ -199,6 +213,19 @@ pub fn client<S: Stream, R: Read>(
     me: &Identity,
     timeout: Duration,
 ) -> Result<Identity, TransportError> {
+    let outcome = client_unscrubbed(stream, reader, addr, secret, me, timeout);
+    scrub_stack();
+    outcome
+}
+
+fn client_unscrubbed<S: Stream, R: Read>(
+    stream: &mut S,
+    reader: &mut FrameReader<R>,
+    addr: &Peer,
+    secret: &ClusterSecret,
+    me: &Identity,
+    timeout: Duration,
+) -> Result<Identity, TransportError> {
     set_timeouts(stream, addr, Some(timeout))?;
     reader.set_limits(FrameLimits::HANDSHAKE);
     exchange_preambles(stream, addr)?;
@@ -249,6 +276,19 @@ pub fn client<S: Stream, R: Read>(
 /// Runs the server side on an accepted connection. Returns the client's
 /// identity once it has proved it holds the cluster secret.
 pub fn server<S: Stream, R: Read>(
+    stream: &mut S,
+    reader: &mut FrameReader<R>,
+    addr: &Peer,
+    secret: &ClusterSecret,
+    me: &Identity,
+    timeout: Duration,
+) -> Result<Identity, TransportError> {
+    let outcome = server_unscrubbed(stream, reader, addr, secret, me, timeout);
+    scrub_stack();
+    outcome
+}
+
+fn server_unscrubbed<S: Stream, R: Read>(
     stream: &mut S,
     reader: &mut FrameReader<R>,
     addr: &Peer,

@@ -32,9 +32,11 @@ pub enum SecretError {
     Random(String),
 }
 
-/// A shared key every component and client of one cluster holds.
+/// A shared key every component and client of one cluster holds. On the
+/// heap, so that moving one (a config into a client, a client into the
+/// runtime) copies a pointer, never the key, onto the stack.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClusterSecret([u8; SECRET_LEN]);
+pub struct ClusterSecret(Box<[u8; SECRET_LEN]>);
 
 impl Drop for ClusterSecret {
     /// A key given up is overwritten, not left in freed memory (a forked
@@ -56,14 +58,14 @@ impl fmt::Debug for ClusterSecret {
 
 impl ClusterSecret {
     pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> ClusterSecret {
-        ClusterSecret(bytes)
+        ClusterSecret(Box::new(bytes))
     }
 
     /// A fresh secret from the kernel's random source.
     pub fn generate() -> Result<ClusterSecret, SecretError> {
         let mut bytes = [0u8; SECRET_LEN];
         getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
-        Ok(ClusterSecret(bytes))
+        Ok(ClusterSecret(Box::new(bytes)))
     }
 
     pub(crate) fn key(&self) -> &[u8; SECRET_LEN] {
@@ -79,13 +81,13 @@ impl ClusterSecret {
         hasher.update(b"lego process key v1 ");
         hasher.update(&tree.to_le_bytes());
         hasher.update(&pid.to_le_bytes());
-        ClusterSecret(*hasher.finalize().as_bytes())
+        ClusterSecret(Box::new(*hasher.finalize().as_bytes()))
     }
 
     /// The key as bytes, to hand to the process it is for (a forked
     /// child's, from its memory manager).
     pub fn to_bytes(&self) -> [u8; SECRET_LEN] {
-        self.0
+        *self.0
     }
 
     /// Seals `voucher` (see `lego_proto::Voucher`): what a processor does
@@ -189,7 +191,7 @@ impl ClusterSecret {
             let lo = (pair[1] as char).to_digit(16)?;
             *byte = (hi * 16 + lo) as u8;
         }
-        Some(ClusterSecret(bytes))
+        Some(ClusterSecret(Box::new(bytes)))
     }
 }
 

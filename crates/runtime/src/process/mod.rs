@@ -96,18 +96,19 @@ impl Default for Forks {
 /// The process's key. Set at start and, in a forked child, before any
 /// other thread exists; read by any thread without a lock (a fork while
 /// another thread read it would leave a lock held in the child).
-pub struct KeyCell([std::sync::atomic::AtomicU64; 4]);
+/// On the heap: the `Runtime` it is part of is built on the stack first.
+pub struct KeyCell(Box<[std::sync::atomic::AtomicU64; 4]>);
 
 impl KeyCell {
     pub fn new(key: &ClusterSecret) -> KeyCell {
-        let cell = KeyCell(Default::default());
+        let cell = KeyCell(Box::default());
         cell.set(key);
         cell
     }
 
     pub fn get(&self) -> ClusterSecret {
         let mut bytes = [0u8; 32];
-        for (chunk, word) in bytes.chunks_exact_mut(8).zip(&self.0) {
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.0.iter()) {
             chunk.copy_from_slice(&word.load(std::sync::atomic::Ordering::SeqCst).to_ne_bytes());
         }
         ClusterSecret::from_bytes(bytes)
@@ -116,7 +117,7 @@ impl KeyCell {
     /// Replaces the key; the old one is overwritten.
     pub fn set(&self, key: &ClusterSecret) {
         let bytes = key.to_bytes();
-        for (chunk, word) in bytes.chunks_exact(8).zip(&self.0) {
+        for (chunk, word) in bytes.chunks_exact(8).zip(self.0.iter()) {
             let value = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
             word.store(value, std::sync::atomic::Ordering::SeqCst);
         }
