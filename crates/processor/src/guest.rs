@@ -144,6 +144,7 @@ pub fn place(
                 uids: [caller.uid; 4],
                 gids: [caller.gid; 4],
                 groups: caller.groups.clone(),
+                caps: lego_proto::Capabilities::of_uid(caller.uid).fs(),
                 ..Voucher::default()
             });
             let client = Client::new(storage.addr, config);

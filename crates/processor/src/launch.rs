@@ -142,7 +142,9 @@ fn ids_of(stream: &UnixStream, pid: u32, tid: u32) -> std::io::Result<ThreadIds>
         ));
     }
     let malformed = || {
-        std::io::Error::other("a status file without Uid, Gid, Groups or Umask, or an unmapped id")
+        std::io::Error::other(
+            "a status file without Uid, Gid, Groups, Umask, CapEff or CapPrm, or an unmapped id",
+        )
     };
     let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
     let ids = |key: &str, map: &dyn Fn(u32) -> Option<u32>| -> Option<Vec<u32>> {
@@ -156,9 +158,17 @@ fn ids_of(stream: &UnixStream, pid: u32, tid: u32) -> std::io::Result<ThreadIds>
     let uids = ids("Uid:", &uid).and_then(|v| <[u32; 4]>::try_from(v).ok());
     let gids = ids("Gid:", &gid).and_then(|v| <[u32; 4]>::try_from(v).ok());
     let umask = field("Umask:").and_then(|m| u32::from_str_radix(m.trim(), 8).ok());
-    let (Some(uids), Some(gids), Some(mut groups), Some(umask)) =
-        (uids, gids, ids("Groups:", &gid), umask)
-    else {
+    // Capabilities in the process's own user namespace, which is what
+    // they are over its files there.
+    let caps = |key: &str| field(key).and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+    let (Some(uids), Some(gids), Some(mut groups), Some(umask), Some(effective), Some(permitted)) = (
+        uids,
+        gids,
+        ids("Groups:", &gid),
+        umask,
+        caps("CapEff:"),
+        caps("CapPrm:"),
+    ) else {
         return Err(malformed());
     };
     groups.sort_unstable();
@@ -167,6 +177,11 @@ fn ids_of(stream: &UnixStream, pid: u32, tid: u32) -> std::io::Result<ThreadIds>
         gids,
         groups,
         umask,
+        caps: lego_proto::Capabilities {
+            effective,
+            permitted,
+        }
+        .fs(),
     })
 }
 
@@ -175,6 +190,7 @@ struct ThreadIds {
     gids: [u32; 4],
     groups: Vec<u32>,
     umask: u32,
+    caps: lego_proto::Capabilities,
 }
 
 /// A voucher for process `pid` of tree `tree` of the ids thread `tid` of
@@ -195,7 +211,11 @@ fn vouch(
         )));
     }
     let ThreadIds {
-        uids, gids, groups, ..
+        uids,
+        gids,
+        groups,
+        caps,
+        ..
     } = ids_of(stream, host_pid, tid)?;
     Ok(processor.issue(Voucher {
         tree,
@@ -203,6 +223,7 @@ fn vouch(
         uids,
         gids,
         groups,
+        caps,
         ..Voucher::default()
     }))
 }
@@ -561,6 +582,7 @@ fn start(
             uids: [caller.uid; 4],
             gids: [caller.gid; 4],
             groups: caller.groups.clone(),
+            caps: lego_proto::Capabilities::of_uid(caller.uid).fs(),
             ..Voucher::default()
         }),
         processor_socket: processor.runtime_socket.clone(),

@@ -196,6 +196,61 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups, at most [`MAX_GROUPS`].
     pub groups: Vec<u32>,
+    /// The filesystem capabilities ([`FS_CAPS`]) the check is made with:
+    /// the overrides of a process's effective set (of its permitted set
+    /// for `access`, when its real uid is 0, as Linux does).
+    pub caps: u64,
+}
+
+/// Capability bits (`linux/capability.h`).
+pub const CAP_CHOWN: u64 = 1 << 0;
+pub const CAP_DAC_OVERRIDE: u64 = 1 << 1;
+pub const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
+pub const CAP_FOWNER: u64 = 1 << 3;
+pub const CAP_FSETID: u64 = 1 << 4;
+pub const CAP_LINUX_IMMUTABLE: u64 = 1 << 9;
+pub const CAP_MKNOD: u64 = 1 << 27;
+pub const CAP_MAC_OVERRIDE: u64 = 1 << 32;
+
+/// The capabilities that override file permissions and ownership: the
+/// kernel's `CAP_FS_SET`, which it also drops and restores when the
+/// filesystem uid leaves or returns to 0. They are the only ones a
+/// storage request is performed with.
+pub const FS_CAPS: u64 = CAP_CHOWN
+    | CAP_DAC_OVERRIDE
+    | CAP_DAC_READ_SEARCH
+    | CAP_FOWNER
+    | CAP_FSETID
+    | CAP_LINUX_IMMUTABLE
+    | CAP_MKNOD
+    | CAP_MAC_OVERRIDE;
+
+/// A process's capability sets, as `/proc/PID/status` shows them
+/// (`CapEff`, `CapPrm`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Capabilities {
+    pub effective: u64,
+    pub permitted: u64,
+}
+
+impl Capabilities {
+    /// What a process of user `uid` starts with natively: all of them for
+    /// root, none for anyone else.
+    pub fn of_uid(uid: u32) -> Capabilities {
+        let all = if uid == 0 { u64::MAX } else { 0 };
+        Capabilities {
+            effective: all,
+            permitted: all,
+        }
+    }
+
+    /// Only the [`FS_CAPS`] of each set: all a voucher needs to say.
+    pub fn fs(self) -> Capabilities {
+        Capabilities {
+            effective: self.effective & FS_CAPS,
+            permitted: self.permitted & FS_CAPS,
+        }
+    }
 }
 
 /// Whom a request acts for: the credentials of a process as its processor
@@ -228,6 +283,9 @@ pub struct Voucher {
     pub gids: [u32; 4],
     /// Supplementary groups, at most [`MAX_GROUPS`].
     pub groups: Vec<u32>,
+    /// Its filesystem capabilities ([`Capabilities::fs`]): root that
+    /// dropped `CAP_DAC_OVERRIDE` is refused what its mode bits refuse.
+    pub caps: Capabilities,
     /// The processor's seal over the fields above.
     pub seal: [u8; 32],
 }
@@ -276,13 +334,33 @@ impl Voucher {
             uid: self.uids[3],
             gid: self.gids[3],
             groups: self.groups.clone(),
+            caps: self.caps.effective & FS_CAPS,
+        }
+    }
+
+    /// The credentials `access(2)` checks with: the real ids, and the
+    /// permitted capabilities if the real uid is 0 (none otherwise).
+    pub fn access_credentials(&self) -> Credentials {
+        Credentials {
+            uid: self.uids[0],
+            gid: self.gids[0],
+            groups: self.groups.clone(),
+            caps: if self.uids[0] == 0 {
+                self.caps.permitted & FS_CAPS
+            } else {
+                0
+            },
         }
     }
 
     /// Whether `who` is credentials the process holds: its uid one of its
-    /// user ids, its gid one of its group ids, its groups its own.
+    /// user ids, its gid one of its group ids, its groups its own, its
+    /// capabilities among its permitted ones.
     pub fn covers(&self, who: &Credentials) -> bool {
-        self.uids.contains(&who.uid) && self.gids.contains(&who.gid) && who.groups == self.groups
+        self.uids.contains(&who.uid)
+            && self.gids.contains(&who.gid)
+            && who.groups == self.groups
+            && who.caps & !(self.caps.permitted & FS_CAPS) == 0
     }
 }
 
@@ -521,14 +599,27 @@ impl StorageReply {
     }
 }
 
-/// Linux's permission check from mode bits (no ACLs): root may read and
-/// write anything and execute anything with an execute bit (or search any
-/// directory); others get the owner, group or other bits.
+/// Linux's permission check from mode bits (no ACLs, `generic_permission`):
+/// the owner, group or other bits; failing them, `CAP_DAC_OVERRIDE` may
+/// read and write anything and execute anything with an execute bit (or
+/// search any directory), and `CAP_DAC_READ_SEARCH` may read any file and
+/// read and search any directory.
 pub fn permitted(attr: &FileAttr, mask: u32, who: &Credentials) -> bool {
-    if who.uid == 0 {
-        return mask & ACCESS_EXECUTE == 0
-            || attr.file_type == FileType::Directory
-            || attr.mode & 0o111 != 0;
+    let directory = attr.file_type == FileType::Directory;
+    if who.caps & CAP_DAC_OVERRIDE != 0
+        && (mask & ACCESS_EXECUTE == 0 || directory || attr.mode & 0o111 != 0)
+    {
+        return true;
+    }
+    if who.caps & CAP_DAC_READ_SEARCH != 0 {
+        let readable = if directory {
+            ACCESS_READ | ACCESS_EXECUTE
+        } else {
+            ACCESS_READ
+        };
+        if mask & !readable == 0 {
+            return true;
+        }
     }
     let bits = if who.uid == attr.uid {
         attr.mode >> 6
@@ -574,6 +665,7 @@ mod tests {
             uid,
             gid,
             groups: groups.to_vec(),
+            caps: Capabilities::of_uid(uid).effective & FS_CAPS,
         }
     }
 
@@ -600,5 +692,58 @@ mod tests {
         assert!(!permitted(&file, ACCESS_EXECUTE, &who(0, 0, &[])));
         let dir = attr(0o700, 1000, 100, FileType::Directory);
         assert!(permitted(&dir, ACCESS_EXECUTE, &who(0, 0, &[])));
+    }
+
+    #[test]
+    fn capabilities_decide_what_the_bits_refuse() {
+        let secret = attr(0o600, 65534, 65534, FileType::Regular);
+        let dir = attr(0o700, 65534, 65534, FileType::Directory);
+        let with = |caps| Credentials {
+            caps,
+            ..who(0, 0, &[])
+        };
+        // Root without the overrides is anyone else.
+        for mask in [ACCESS_READ, ACCESS_WRITE] {
+            assert!(!permitted(&secret, mask, &with(0)));
+        }
+        assert!(!permitted(&dir, ACCESS_EXECUTE, &with(0)));
+        // CAP_DAC_READ_SEARCH: reading and searching, never writing.
+        let read_search = with(CAP_DAC_READ_SEARCH);
+        assert!(permitted(&secret, ACCESS_READ, &read_search));
+        assert!(!permitted(&secret, ACCESS_WRITE, &read_search));
+        assert!(!permitted(&secret, ACCESS_EXECUTE, &read_search));
+        assert!(permitted(&dir, ACCESS_READ | ACCESS_EXECUTE, &read_search));
+        assert!(!permitted(&dir, ACCESS_WRITE, &read_search));
+        // CAP_DAC_OVERRIDE alone, for anyone holding it.
+        let override_ = Credentials {
+            caps: CAP_DAC_OVERRIDE,
+            ..who(1000, 1000, &[])
+        };
+        assert!(permitted(&secret, ACCESS_READ | ACCESS_WRITE, &override_));
+        assert!(permitted(&dir, ACCESS_WRITE | ACCESS_EXECUTE, &override_));
+        // The owner's bits need no capability.
+        let owner = Credentials {
+            uid: 65534,
+            ..with(0)
+        };
+        assert!(permitted(&secret, ACCESS_READ, &owner));
+    }
+
+    #[test]
+    fn a_voucher_covers_only_capabilities_it_permits() {
+        let voucher = Voucher {
+            uids: [0; 4],
+            caps: Capabilities {
+                effective: 0,
+                permitted: CAP_DAC_READ_SEARCH,
+            },
+            ..Voucher::default()
+        };
+        assert_eq!(voucher.fs_credentials().caps, 0);
+        assert_eq!(voucher.access_credentials().caps, CAP_DAC_READ_SEARCH);
+        assert!(voucher.covers(&voucher.access_credentials()));
+        let mut more = voucher.access_credentials();
+        more.caps |= CAP_DAC_OVERRIDE;
+        assert!(!voucher.covers(&more));
     }
 }

@@ -126,9 +126,19 @@ fn voucher() -> impl Strategy<Value = Voucher> {
         any::<[u8; 32]>(),
         (any::<u64>(), any::<u64>(), any::<u64>()),
         prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+        (any::<u64>(), any::<u64>()),
     )
         .prop_map(
-            |(tree, uids, gids, groups, seal, (pid, issued_ms, expires_ms), file)| Voucher {
+            |(
+                tree,
+                uids,
+                gids,
+                groups,
+                seal,
+                (pid, issued_ms, expires_ms),
+                file,
+                (effective, permitted),
+            )| Voucher {
                 tree,
                 pid,
                 issued_ms,
@@ -139,6 +149,10 @@ fn voucher() -> impl Strategy<Value = Voucher> {
                 uids,
                 gids,
                 groups,
+                caps: lego_proto::Capabilities {
+                    effective,
+                    permitted,
+                },
                 seal,
             },
         )
@@ -544,13 +558,21 @@ fn storage_request() -> impl Strategy<Value = StorageRequest> {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
-            prop::collection::vec(any::<u32>(), 0..8)
+            prop::collection::vec(any::<u32>(), 0..8),
+            any::<u64>(),
         )
-            .prop_map(|(handle, mask, uid, gid, groups)| StorageRequest::Access {
-                handle,
-                mask,
-                credentials: Credentials { uid, gid, groups },
-            }),
+            .prop_map(
+                |(handle, mask, uid, gid, groups, caps)| StorageRequest::Access {
+                    handle,
+                    mask,
+                    credentials: Credentials {
+                        uid,
+                        gid,
+                        groups,
+                        caps,
+                    },
+                }
+            ),
     ]
 }
 

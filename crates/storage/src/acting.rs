@@ -8,13 +8,15 @@
 //! thread, so the raw syscall is used). A change of the fsuid away from 0
 //! drops the filesystem capabilities (`CAP_DAC_OVERRIDE`,
 //! `CAP_DAC_READ_SEARCH`, `CAP_FOWNER`, `CAP_CHOWN`, ...) from the
-//! thread's effective set and the change back to 0 restores them, which
-//! is exactly the rule we want: the caller gets root's overrides only if
-//! it is root. What needs the server's own rights (decoding a handle with
+//! thread's effective set and the change back to 0 restores them; then
+//! the thread's effective set keeps only the filesystem capabilities the
+//! caller holds (`capset`, per thread too), so root that dropped
+//! `CAP_DAC_OVERRIDE` is refused what its mode bits refuse, as natively.
+//! What needs the server's own rights (decoding a handle with
 //! `open_by_handle_at`) runs in [`as_server`].
 
 use crate::sys::Errno;
-use lego_proto::Credentials;
+use lego_proto::{Capabilities, Credentials, FS_CAPS};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 use tracing::warn;
@@ -43,9 +45,65 @@ fn server() -> &'static Credentials {
                 uid: libc::geteuid(),
                 gid: libc::getegid(),
                 groups,
+                caps: server_caps().effective & FS_CAPS,
             }
         }
     })
+}
+
+/// The server's capability sets, as the process started.
+fn server_caps() -> Capabilities {
+    static CAPS: OnceLock<Capabilities> = OnceLock::new();
+    *CAPS.get_or_init(|| {
+        let (header, mut data) = cap_buffers();
+        // Safety: capget reads our header and writes two
+        // __user_cap_data_struct (three u32 each, version 3) into our
+        // array of exactly that size.
+        if unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) } != 0 {
+            return Capabilities::default();
+        }
+        let join = |i: usize| data[0][i] as u64 | (data[1][i] as u64) << 32;
+        Capabilities {
+            effective: join(0),
+            permitted: join(1),
+        }
+    })
+}
+
+/// A version 3 capability header for the calling thread, and room for
+/// its data.
+fn cap_buffers() -> ([u32; 2], [[u32; 3]; 2]) {
+    const VERSION_3: u32 = 0x2008_0522;
+    ([VERSION_3, 0], [[0; 3]; 2])
+}
+
+/// The effective set a thread acting for `who` has: the server's, with
+/// only the filesystem capabilities `who` holds too.
+fn effective_for(who: &Credentials) -> u64 {
+    let own = server_caps().effective;
+    own & !FS_CAPS | own & who.caps & FS_CAPS
+}
+
+/// Sets this thread's effective capabilities to `effective` (permitted
+/// and inheritable stay the server's).
+fn set_effective(effective: u64) -> Result<(), Errno> {
+    let (header, mut data) = cap_buffers();
+    let own = server_caps();
+    for (half, word) in data.iter_mut().enumerate() {
+        let shift = 32 * half;
+        *word = [
+            (effective >> shift) as u32,
+            (own.permitted >> shift) as u32,
+            0,
+        ];
+    }
+    // Safety: capset reads our header and two __user_cap_data_struct
+    // from our array; with pid 0 it changes this thread alone, and only
+    // to a subset of what the thread is permitted.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(Errno(libc::EPERM));
+    }
+    Ok(())
 }
 
 /// Changes this thread's filesystem credentials from `from` to `to`, only
@@ -74,6 +132,24 @@ fn switch(from: Option<&Credentials>, to: &Credentials) -> Result<(), Errno> {
                 return Err(Errno(libc::EPERM));
             }
         }
+    }
+    // What the kernel left in the effective set: a change of fsuid gives
+    // all of the filesystem capabilities (to 0) or none; otherwise it is
+    // what `from` had.
+    // From an unknown state, whatever it is is set.
+    let own = server_caps();
+    let left = if from.is_none() {
+        None
+    } else if from.is_some_and(|f| f.uid == to.uid) {
+        from.map(effective_for)
+    } else if to.uid == 0 {
+        Some(own.effective | own.permitted & FS_CAPS)
+    } else {
+        Some(own.effective & !FS_CAPS)
+    };
+    let want = effective_for(to);
+    if left != Some(want) {
+        set_effective(want)?;
     }
     Ok(())
 }
@@ -134,30 +210,28 @@ pub fn acting() -> bool {
 }
 
 /// Runs `f` with the server's rights, then takes the caller's back (see
-/// the module doc). Only the fsuid changes: back at the server's, the
-/// thread has the server's filesystem capabilities again, which is all
-/// decoding a handle needs (each credential change costs a microsecond or
-/// two here).
+/// the module doc). Only the fsuid and capabilities change: back at the
+/// server's, the thread has the server's filesystem capabilities again,
+/// which is all decoding a handle needs (each credential change costs a
+/// microsecond or two here).
 pub fn as_server<T>(f: impl FnOnce() -> T) -> T {
-    let Some(caller) = CURRENT.with(|c| c.borrow().as_ref().map(|c| c.uid)) else {
+    let Some(caller) = CURRENT.with(|c| c.borrow().clone()) else {
         return f();
     };
-    let own = server().uid;
-    // Safety: setfsuid takes a plain id and acts on this thread only; -1
-    // changes nothing and answers the current one.
-    unsafe {
-        libc::setfsuid(own);
-        if libc::setfsuid(u32::MAX) as u32 != own {
-            std::process::abort();
-        }
+    // The uid and capabilities alone: the groups and gid stay the
+    // caller's, which decoding a handle does not look at.
+    let server = Credentials {
+        uid: server().uid,
+        caps: server().caps,
+        ..caller.clone()
+    };
+    if switch(Some(&caller), &server).is_err() {
+        std::process::abort();
     }
     let out = f();
-    // Safety: as above; it held the caller's uid a moment ago.
-    unsafe {
-        libc::setfsuid(caller);
-        if libc::setfsuid(u32::MAX) as u32 != caller {
-            std::process::abort();
-        }
+    // It held the caller's a moment ago.
+    if switch(Some(&server), &caller).is_err() {
+        std::process::abort();
     }
     out
 }

@@ -48,6 +48,7 @@ fn issued(
         pid,
         uids: [uid; 4],
         gids: [gid; 4],
+        caps: lego_proto::Capabilities::of_uid(uid).fs(),
         issued_ms: at_ms,
         expires_ms: at_ms + lego_proto::VOUCHER_LIFETIME_MS,
         ..Voucher::default()
@@ -167,10 +168,111 @@ fn requests_act_with_the_vouched_credentials() {
             uid,
             gid: NOBODY,
             groups: vec![],
+            caps: 0,
         },
     };
     assert_eq!(as_nobody(access(NOBODY)), Outcome::Errno(libc::EACCES));
     assert!(matches!(as_nobody(access(0)), Outcome::Denied(_)));
+}
+
+#[test]
+fn root_without_the_override_capabilities_gets_only_what_the_bits_allow() {
+    if !is_root() {
+        eprintln!("skipped: acting for another user needs root");
+        return;
+    }
+    let fx = Fixture::new("caps");
+    let theirs = fx.dir.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("file"), b"nobody's").unwrap();
+    std::fs::set_permissions(theirs.join("file"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(theirs.join("file"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let root = fx.root();
+    let (dir, _) = fx.lookup(&root, "theirs");
+    let (file, _) = fx.lookup(&root, "theirs/file");
+    let fx = &fx;
+    let as_root_with = |effective: u64| {
+        let mut v = Voucher {
+            tree: TREE,
+            pid: 0x42,
+            uids: [0; 4],
+            gids: [0; 4],
+            caps: lego_proto::Capabilities {
+                effective,
+                permitted: lego_proto::FS_CAPS,
+            },
+            issued_ms: now_ms(),
+            expires_ms: now_ms() + lego_proto::VOUCHER_LIFETIME_MS,
+            ..Voucher::default()
+        };
+        fx.secret.seal_voucher(&mut v);
+        move |request, payload: &[u8]| {
+            call_as(
+                &fx.service,
+                &runtime(TREE, v.pid),
+                Some(v.clone()),
+                request,
+                payload,
+            )
+        }
+    };
+    let read = StorageRequest::Read {
+        handle: file.clone(),
+        offset: 0,
+        len: 100,
+    };
+    let write = StorageRequest::Write {
+        handle: file.clone(),
+        offset: 0,
+        append: false,
+        stable: false,
+    };
+    let create = StorageRequest::Create {
+        dir: dir.clone(),
+        name: b"new".to_vec(),
+        mode: 0o644,
+        exclusive: true,
+        truncate: false,
+    };
+    let data = |outcome: Outcome| matches!(outcome, Outcome::Done(StorageReply::Data { .. }, _));
+    // No overrides: root is anyone else.
+    let bare = as_root_with(0);
+    assert_eq!(bare(read.clone(), &[]), Outcome::Errno(libc::EACCES));
+    assert_eq!(bare(write.clone(), b"x"), Outcome::Errno(libc::EACCES));
+    assert_eq!(bare(create.clone(), &[]), Outcome::Errno(libc::EACCES));
+    // CAP_DAC_READ_SEARCH: reads, never writes.
+    let reader = as_root_with(lego_proto::CAP_DAC_READ_SEARCH);
+    assert!(data(reader(read.clone(), &[])));
+    assert_eq!(reader(write.clone(), b"x"), Outcome::Errno(libc::EACCES));
+    assert_eq!(reader(create.clone(), &[]), Outcome::Errno(libc::EACCES));
+    // All of them again, on the same serving thread: root as natively.
+    let full = as_root_with(lego_proto::FS_CAPS);
+    assert!(data(full(read.clone(), &[])));
+    assert!(matches!(
+        full(create, &[]),
+        Outcome::Done(StorageReply::Found { .. }, _)
+    ));
+    assert_eq!(bare(read.clone(), &[]), Outcome::Errno(libc::EACCES));
+    // And the server itself keeps its own.
+    assert!(data(call_as(&fx.service, &common::peer(), None, read, &[])));
+    // An access check may use no capability the voucher does not permit.
+    let access = |caps| StorageRequest::Access {
+        handle: file.clone(),
+        mask: ACCESS_READ,
+        credentials: Credentials {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            caps,
+        },
+    };
+    assert_eq!(bare(access(0), &[]), Outcome::Errno(libc::EACCES));
+    assert_eq!(
+        bare(access(lego_proto::CAP_DAC_OVERRIDE), &[]),
+        Outcome::Done(StorageReply::Done, vec![])
+    );
+    assert!(matches!(bare(access(1 << 40), &[]), Outcome::Denied(_)));
 }
 
 #[test]

@@ -163,6 +163,7 @@ fn request(valid: Vec<FileHandle>) -> impl Strategy<Value = StorageRequest> {
                     uid,
                     gid,
                     groups: vec![gid],
+                    caps: u64::from(mask),
                 },
             }
         }),

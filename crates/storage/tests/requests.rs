@@ -590,6 +590,7 @@ fn statfs_and_access() {
                 uid,
                 gid,
                 groups: vec![],
+                caps: 0,
             },
         })
     };

@@ -104,7 +104,7 @@ impl ClusterSecret {
 
     fn voucher_seal(&self, voucher: &lego_proto::Voucher) -> blake3::Hash {
         let mut hasher = blake3::Hasher::new_keyed(&self.0);
-        hasher.update(b"lego credentials voucher v2 ");
+        hasher.update(b"lego credentials voucher v3 ");
         for word in [
             voucher.tree,
             voucher.pid,
@@ -135,6 +135,8 @@ impl ClusterSecret {
         for group in &voucher.groups {
             hasher.update(&group.to_le_bytes());
         }
+        hasher.update(&voucher.caps.effective.to_le_bytes());
+        hasher.update(&voucher.caps.permitted.to_le_bytes());
         hasher.finalize()
     }
 
@@ -218,7 +220,7 @@ mod tests {
         assert!(!ClusterSecret::generate()
             .unwrap()
             .voucher_is_sealed(&voucher));
-        let changed: [fn(&mut lego_proto::Voucher); 9] = [
+        let changed: [fn(&mut lego_proto::Voucher); 11] = [
             |v| v.tree = 8,
             |v| v.pid = 7,
             |v| v.issued_ms += 1,
@@ -228,6 +230,8 @@ mod tests {
             |v| v.gids[0] = 0,
             |v| v.groups.push(0),
             |v| v.groups = vec![27, 100],
+            |v| v.caps.effective = lego_proto::CAP_DAC_OVERRIDE,
+            |v| v.caps.permitted = u64::MAX,
         ];
         for change in changed {
             let mut forged = voucher.clone();

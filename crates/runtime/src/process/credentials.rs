@@ -7,7 +7,7 @@
 //! runs on, and the old one is overwritten.
 
 use super::Runtime;
-use lego_proto::{Message, Voucher};
+use lego_proto::{Capabilities, Message, Voucher};
 use lego_transport::write_frame;
 use std::io::Write;
 
@@ -19,6 +19,8 @@ pub struct Ids {
     pub gids: [u32; 4],
     /// Sorted, as the kernel keeps them.
     pub groups: Vec<u32>,
+    /// The filesystem capabilities of its effective and permitted sets.
+    pub caps: Capabilities,
 }
 
 impl Ids {
@@ -27,8 +29,34 @@ impl Ids {
             uids: voucher.uids,
             gids: voucher.gids,
             groups: voucher.groups.clone(),
+            caps: voucher.caps.fs(),
         }
     }
+}
+
+/// The calling thread's capability sets (`capget`); none if the kernel
+/// will not say.
+fn capabilities() -> Capabilities {
+    let mut header = cap_header();
+    let mut data = [[0u32; 3]; 2];
+    // Safety: capget writes two struct __user_cap_data_struct (three u32
+    // each) for version 3, into our array of exactly that size, and reads
+    // the header we own.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Capabilities::default();
+    }
+    let join = |i: usize| data[0][i] as u64 | (data[1][i] as u64) << 32;
+    Capabilities {
+        effective: join(0),
+        permitted: join(1),
+    }
+    .fs()
+}
+
+/// A `struct __user_cap_header_struct` for this thread, version 3.
+fn cap_header() -> [u32; 2] {
+    const VERSION_3: u32 = 0x2008_0522;
+    [VERSION_3, 0]
 }
 
 /// The calling thread's ids now.
@@ -49,14 +77,27 @@ pub fn now() -> Ids {
         groups
     };
     groups.sort_unstable();
-    Ids { uids, gids, groups }
+    Ids {
+        uids,
+        gids,
+        groups,
+        caps: capabilities(),
+    }
 }
 
 /// Takes on the ids `voucher` names, before the program first runs (the
 /// processor vouched for the user who launched it). glibc's calls change
 /// every thread of the runtime.
 pub fn assume(voucher: &Voucher) -> Result<(), String> {
-    let want = Ids::of(voucher);
+    // The ids alone: the kernel gives the capabilities that go with them.
+    let want = Ids {
+        caps: Capabilities::default(),
+        ..Ids::of(voucher)
+    };
+    let now = || Ids {
+        caps: Capabilities::default(),
+        ..now()
+    };
     if now() == want {
         return Ok(());
     }

@@ -13,8 +13,8 @@ use crate::process::Runtime;
 use crate::vfs::path::normalize;
 use crate::vfs::Vfs;
 use lego_proto::{
-    Credentials, FileAttr, FileHandle, FileType, FsStat, SetAttr, SetTime, StorageReply,
-    StorageRequest, Timespec,
+    FileAttr, FileHandle, FileType, FsStat, SetAttr, SetTime, StorageReply, StorageRequest,
+    Timespec,
 };
 
 const AT_EMPTY_PATH: u64 = 0x1000;
@@ -311,16 +311,10 @@ fn access_common(
         };
         // access(2) checks with the real ids (the storage manager
         // accepts only ids the process's voucher shows it holds).
-        let voucher = vfs.storage.voucher();
-        let credentials = Credentials {
-            uid: voucher.uids[0],
-            gid: voucher.gids[0],
-            groups: voucher.groups,
-        };
         vfs.storage.done(StorageRequest::Access {
             handle,
             mask: mode as u32 & 7,
-            credentials,
+            credentials: vfs.storage.voucher().access_credentials(),
         })?;
         Ok(0)
     })

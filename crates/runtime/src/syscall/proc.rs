@@ -181,9 +181,9 @@ pub fn setrlimit(cx: &mut Ctx, c: &Call) -> SysResult {
     returned(unsafe { raw_syscall(c.nr, c.args) })
 }
 
-/// The setuid family: the host kernel changes the ids (and decides who
-/// may); the runtime then renews the voucher its storage requests carry,
-/// before the program runs on.
+/// The setuid family and capset: the host kernel changes the ids or
+/// capabilities (and decides who may); the runtime then renews the voucher
+/// its storage requests carry, before the program runs on.
 pub fn set_ids(cx: &mut Ctx, c: &Call) -> SysResult {
     // Safety: the application's own call, unchanged; it changes only this
     // thread's ids (glibc makes it on every thread).

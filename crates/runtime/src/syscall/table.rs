@@ -219,7 +219,7 @@ pub static SYSCALLS: &[Syscall] = &[
     row(123, "setfsgid", emulate!(proc::set_ids), Wait::Never, SET_IDS),
     row(124, "getsid", Pass, Wait::Never, HOST_IDS),
     row(125, "capget", Pass, Wait::Never, HOST_IDS),
-    row(126, "capset", Pass, Wait::Never, HOST_IDS),
+    row(126, "capset", emulate!(proc::set_ids), Wait::Never, "host kernel (it decides who may change what); storage requests then carry the new filesystem capabilities, vouched for by the processor, so root without CAP_DAC_OVERRIDE is refused what its mode bits refuse"),
     row(127, "rt_sigpending", emulate!(signal::rt_sigpending), Wait::Never, "pending signals among those the application blocks"),
     row(128, "rt_sigtimedwait", Pass, Wait::Interrupted, HOST_KERNEL),
     row(129, "rt_sigqueueinfo", Pass, Wait::Never, AT_OTHERS),
