@@ -77,11 +77,12 @@ fn cap_buffers() -> ([u32; 2], [[u32; 3]; 2]) {
     ([VERSION_3, 0], [[0; 3]; 2])
 }
 
-/// The effective set a thread acting for `who` has: the server's, with
-/// only the filesystem capabilities `who` holds too.
-fn effective_for(who: &Credentials) -> u64 {
+/// The effective set a thread acting for someone with filesystem
+/// capabilities `caps` has: the server's, with only those of its
+/// filesystem capabilities.
+fn effective_for(caps: u64) -> u64 {
     let own = server_caps().effective;
-    own & !FS_CAPS | own & who.caps & FS_CAPS
+    own & !FS_CAPS | own & caps & FS_CAPS
 }
 
 /// Sets this thread's effective capabilities to `effective` (permitted
@@ -111,9 +112,9 @@ fn set_effective(effective: u64) -> Result<(), Errno> {
 /// lacks `CAP_SETUID` or `CAP_SETGID`, or an id is not mapped here).
 fn switch(from: Option<&Credentials>, to: &Credentials) -> Result<(), Errno> {
     let differs = |same: fn(&Credentials, &Credentials) -> bool| from.is_none_or(|f| !same(f, to));
-    // Safety: setfsuid/setfsgid take plain ids and return the previous
-    // one (with -1, changing nothing); setgroups reads `groups.len()` ids
-    // from a live slice. All act on this thread only.
+    // Safety: setfsgid takes a plain id and returns the previous one
+    // (with -1, changing nothing); setgroups reads `groups.len()` ids
+    // from a live slice. Both act on this thread only.
     unsafe {
         if differs(|a, b| a.groups == b.groups)
             && libc::syscall(libc::SYS_setgroups, to.groups.len(), to.groups.as_ptr()) != 0
@@ -126,28 +127,36 @@ fn switch(from: Option<&Credentials>, to: &Credentials) -> Result<(), Errno> {
                 return Err(Errno(libc::EPERM));
             }
         }
-        if differs(|a, b| a.uid == b.uid) {
-            libc::setfsuid(to.uid);
-            if libc::setfsuid(u32::MAX) as u32 != to.uid {
+    }
+    let from_user = from.map(|f| (f.uid, f.caps));
+    set_user(from_user, (to.uid, to.caps))
+}
+
+/// Changes this thread's fsuid and filesystem capabilities from `from`
+/// (not known: `None`) to `to`, each a (uid, caps) of [`Credentials`].
+fn set_user(from: Option<(u32, u64)>, to: (u32, u64)) -> Result<(), Errno> {
+    let uid_changed = from.is_none_or(|(uid, _)| uid != to.0);
+    if uid_changed {
+        // Safety: setfsuid takes a plain id and returns the previous one
+        // (with -1, changing nothing); it acts on this thread only.
+        unsafe {
+            libc::setfsuid(to.0);
+            if libc::setfsuid(u32::MAX) as u32 != to.0 {
                 return Err(Errno(libc::EPERM));
             }
         }
     }
     // What the kernel left in the effective set: a change of fsuid gives
     // all of the filesystem capabilities (to 0) or none; otherwise it is
-    // what `from` had.
-    // From an unknown state, whatever it is is set.
+    // what `from` had. From an unknown state, it is set whatever it is.
     let own = server_caps();
-    let left = if from.is_none() {
-        None
-    } else if from.is_some_and(|f| f.uid == to.uid) {
-        from.map(effective_for)
-    } else if to.uid == 0 {
-        Some(own.effective | own.permitted & FS_CAPS)
-    } else {
-        Some(own.effective & !FS_CAPS)
+    let left = match from {
+        None => None,
+        Some((_, caps)) if !uid_changed => Some(effective_for(caps)),
+        Some(_) if to.0 == 0 => Some(own.effective | own.permitted & FS_CAPS),
+        Some(_) => Some(own.effective & !FS_CAPS),
     };
-    let want = effective_for(to);
+    let want = effective_for(to.1);
     if left != Some(want) {
         set_effective(want)?;
     }
@@ -215,22 +224,16 @@ pub fn acting() -> bool {
 /// which is all decoding a handle needs (each credential change costs a
 /// microsecond or two here).
 pub fn as_server<T>(f: impl FnOnce() -> T) -> T {
-    let Some(caller) = CURRENT.with(|c| c.borrow().clone()) else {
+    let Some(caller) = CURRENT.with(|c| c.borrow().as_ref().map(|c| (c.uid, c.caps))) else {
         return f();
     };
-    // The uid and capabilities alone: the groups and gid stay the
-    // caller's, which decoding a handle does not look at.
-    let server = Credentials {
-        uid: server().uid,
-        caps: server().caps,
-        ..caller.clone()
-    };
-    if switch(Some(&caller), &server).is_err() {
+    let own = (server().uid, server().caps);
+    if set_user(Some(caller), own).is_err() {
         std::process::abort();
     }
     let out = f();
     // It held the caller's a moment ago.
-    if switch(Some(&server), &caller).is_err() {
+    if set_user(Some(own), caller).is_err() {
         std::process::abort();
     }
     out
