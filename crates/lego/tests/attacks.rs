@@ -493,6 +493,115 @@ fn files_are_checked_and_owned_as_the_programs_user() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An ACL decides as natively: nobody reads a root 0600 file whose ACL
+/// grants it reading, and not one whose ACL grants another user (before,
+/// the runtime refused both by the mode bits alone).
+#[test]
+fn acls_on_storage_files_decide_as_natively() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let dir = std::env::temp_dir().join(format!("lego-test-acls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, user) in [("granted", 65534u32), ("other", 1000)] {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{name}\n")).unwrap();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o600)).unwrap();
+        set_acl(&path, user);
+    }
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    let cat = |name: &str| {
+        let path = dir.join(name);
+        let args = [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/cat",
+            path.to_str().unwrap(),
+        ]
+        .map(str::to_owned);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (cluster.run(&[], setpriv, &args), native(setpriv, &args))
+    };
+    let (lego, native_out) = cat("granted");
+    assert_same(&lego, &native_out, "cat of a file whose ACL grants nobody");
+    assert_eq!(text(&lego.stdout), "granted\n");
+    let (lego, native_out) = cat("other");
+    assert_same(&lego, &native_out, "cat of a file whose ACL grants another");
+    assert!(!lego.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// execve ends the capabilities of a program that is not root, as on
+/// Linux: `setpriv` keeps them across its setresuid to nobody (it sets
+/// PR_SET_KEEPCAPS) and raises them again, and the program it executes
+/// has none and cannot read a root 0600 file (before, Lego's exec, which
+/// loads the new program in the same host process, kept them all, and
+/// `cat` read it).
+#[test]
+fn capabilities_end_at_exec_as_natively() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let dir = std::env::temp_dir().join(format!("lego-test-execcaps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, b"root only\n").unwrap();
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o600)).unwrap();
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    let script = format!(
+        "grep -E '^Cap(Prm|Eff)' /proc/self/status; cat {}",
+        secret.display()
+    );
+    let args = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/bin/sh",
+        "-c",
+        &script,
+    ];
+    let lego = cluster.run(&[], setpriv, &args);
+    let native = native(setpriv, &args);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_same(&lego, &native, "setpriv to nobody, then exec");
+    assert_eq!(
+        text(&lego.stdout),
+        "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+    );
+}
+
+/// Gives the root 0600 file at `path` an access ACL that lets `user`
+/// read it (`user::rw-,user:USER:r--,group::---,mask::r--,other::---`),
+/// in the kernel's xattr form.
+fn set_acl(path: &std::path::Path, user: u32) {
+    const UNDEFINED: u32 = u32::MAX;
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, UNDEFINED),
+        (0x02, 4, user),
+        (0x04, 0, UNDEFINED),
+        (0x10, 4, UNDEFINED),
+        (0x20, 0, UNDEFINED),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // Safety: NUL-ended path and name, and a live buffer of its length.
+    let set = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
 /// `ls -l` of a tree of mixed owners, and `id` as root and after setpriv
 /// drops to nobody, print what they print natively.
 #[test]

@@ -94,6 +94,20 @@ pub fn open_proc(path: &std::ffi::CStr) -> std::io::Result<std::os::fd::OwnedFd>
     }
 }
 
+/// The host's attributes of `path` (relative, such as `self/status`)
+/// in /proc, following links.
+pub fn stat_proc(path: &[u8]) -> Option<libc::stat> {
+    use std::os::fd::AsRawFd;
+    let dir = PROC.get().and_then(Option::as_ref)?.as_raw_fd();
+    let path = std::ffi::CString::new(path).ok()?;
+    // Safety: fstatat reads a NUL-terminated path that outlives the call
+    // and writes one struct stat of ours.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstatat(dir, path.as_ptr(), &mut st, 0) == 0).then_some(st)
+    }
+}
+
 /// Runs `f` with the process dumpable. A process whose credentials
 /// changed (a program's setuid) is not, and its /proc files are then
 /// root's: the runtime becomes dumpable just long enough to open its own

@@ -34,29 +34,131 @@ impl Ids {
     }
 }
 
-/// The calling thread's capability sets (`capget`); none if the kernel
-/// will not say.
+/// The calling thread's filesystem capabilities (`capget`); none if the
+/// kernel will not say.
 fn capabilities() -> Capabilities {
-    let mut header = cap_header();
-    let mut data = [[0u32; 3]; 2];
-    // Safety: capget writes two struct __user_cap_data_struct (three u32
-    // each) for version 3, into our array of exactly that size, and reads
-    // the header we own.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Capabilities::default();
-    }
-    let join = |i: usize| data[0][i] as u64 | (data[1][i] as u64) << 32;
+    let sets = CapSets::get().unwrap_or_default();
     Capabilities {
-        effective: join(0),
-        permitted: join(1),
+        effective: sets.effective,
+        permitted: sets.permitted,
     }
     .fs()
 }
 
-/// A `struct __user_cap_header_struct` for this thread, version 3.
-fn cap_header() -> [u32; 2] {
-    const VERSION_3: u32 = 0x2008_0522;
-    [VERSION_3, 0]
+/// The calling thread's three capability sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct CapSets {
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves of each set.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+impl CapSets {
+    fn get() -> Option<CapSets> {
+        // struct __user_cap_header_struct: version, pid (0: this thread).
+        let header = [CAP_VERSION_3, 0u32];
+        let mut data = [[0u32; 3]; 2];
+        // Safety: capget reads our header and writes two
+        // __user_cap_data_struct (three u32 each: effective, permitted,
+        // inheritable) into our array of exactly that size.
+        if unsafe { libc::syscall(libc::SYS_capget, header.as_ptr(), data.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        let join = |i: usize| data[0][i] as u64 | (data[1][i] as u64) << 32;
+        Some(CapSets {
+            effective: join(0),
+            permitted: join(1),
+            inheritable: join(2),
+        })
+    }
+
+    fn set(self) -> std::io::Result<()> {
+        let header = [CAP_VERSION_3, 0u32];
+        let half = |shift: u32| {
+            [
+                (self.effective >> shift) as u32,
+                (self.permitted >> shift) as u32,
+                (self.inheritable >> shift) as u32,
+            ]
+        };
+        let data = [half(0), half(32)];
+        // Safety: capset reads our header and two __user_cap_data_struct
+        // from our array; it changes this thread alone.
+        if unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The calling thread's ambient capabilities.
+fn ambient() -> u64 {
+    let mut set = 0;
+    for cap in 0..64 {
+        // Safety: a query of one capability; EINVAL past the last one.
+        let is_set = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+                cap as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        match is_set {
+            1 => set |= 1u64 << cap,
+            0 => {}
+            _ => break,
+        }
+    }
+    set
+}
+
+/// What execve does to the capabilities, which the host kernel does not
+/// do for Lego's exec (it loads the new program in the same host
+/// process). Linux's rules for a program without file capabilities or
+/// set-id bits (Lego honours neither): a process whose real or effective
+/// uid is 0 keeps its permitted set (Linux would give it the bounding
+/// set; a process cannot raise its own) and has it all in effect if its
+/// effective uid is 0; any other keeps only its ambient capabilities,
+/// permitted and in effect. `SECBIT_NOROOT` makes root like any other,
+/// and `PR_SET_KEEPCAPS` ends. Then the voucher follows.
+pub fn exec(rt: &Runtime) -> Result<(), String> {
+    const SECBIT_NOROOT: i32 = 1 << 0;
+    const SECBIT_KEEP_CAPS_LOCKED: i32 = 1 << 5;
+    let Some(now) = CapSets::get() else {
+        return Ok(());
+    };
+    // Safety: plain queries of this thread's ids and securebits.
+    let (ruid, euid, securebits) = unsafe {
+        let (mut r, mut e, mut s) = (0, 0, 0);
+        libc::getresuid(&mut r, &mut e, &mut s);
+        (r, e, libc::prctl(libc::PR_GET_SECUREBITS).max(0))
+    };
+    let ambient = ambient();
+    let root = securebits & SECBIT_NOROOT == 0 && (ruid == 0 || euid == 0);
+    let permitted = if root { now.permitted } else { ambient };
+    let new = CapSets {
+        permitted,
+        effective: if root && euid == 0 {
+            permitted
+        } else {
+            ambient & permitted
+        },
+        inheritable: now.inheritable,
+    };
+    if new != now {
+        new.set()
+            .map_err(|e| format!("cannot drop the capabilities execve drops: {e}"))?;
+    }
+    if securebits & SECBIT_KEEP_CAPS_LOCKED == 0 {
+        // Safety: a flag of this thread.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    }
+    renew(rt)
 }
 
 /// The calling thread's ids now.

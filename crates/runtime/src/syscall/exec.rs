@@ -111,6 +111,7 @@ fn exec_one(rt: &Runtime, path: u64, argv: u64, envp: u64) -> SysResult {
         SysError::fatal(format!("execve of {}: {e}", String::from_utf8_lossy(&path)))
     })?;
     close_on_exec(rt);
+    crate::process::credentials::exec(rt).map_err(SysError::Fatal)?;
     rt.signals
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -367,8 +367,12 @@ fn open_storage(
         if attr.file_type == FileType::Symlink && flags & libc::O_PATH as u32 == 0 {
             return Err(Errno::ELOOP.into());
         }
-        if !(writing && attr.file_type == FileType::Directory) {
-            // (Writing a directory is EISDIR, below.)
+        // A regular file's open is the storage manager's, with the
+        // kernel's whole check (ACLs included), below; writing a directory
+        // is EISDIR, below.
+        if !(attr.file_type == FileType::Regular
+            || writing && attr.file_type == FileType::Directory)
+        {
             may_open(vfs, &attr, flags)?;
         }
         Ok((handle, attr))
@@ -436,8 +440,8 @@ fn open_storage(
     Ok(files.open_handle(handle, &attr, abs, flags, opened)?)
 }
 
-/// Whether the process may open an existing file as `flags` asks, by its
-/// mode bits and the filesystem ids of its voucher, which are the
+/// Whether the process may open an existing directory as `flags` asks,
+/// by its mode bits and the filesystem ids of its voucher, which are the
 /// kernel's (renewed after every id change); the storage manager checks
 /// again on every request.
 fn may_open(vfs: &Vfs, attr: &FileAttr, flags: u32) -> Result<(), SysError> {
@@ -609,11 +613,61 @@ fn storage_of(rt: &Runtime) -> Result<&Vfs, SysError> {
 }
 
 pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, SysError> {
-    if file.listing.is_some() {
-        return Ok(FileAttr {
-            file_type: FileType::Directory,
-            mode: 0o500,
-            nlink: 2,
+    if file.listing.is_some() || file.content.is_some() {
+        return Ok(served_attr(file));
+    }
+    let vfs = storage_of(rt)?;
+    Ok(vfs.storage.attr_as(
+        StorageRequest::Getattr {
+            handle: file.handle.clone(),
+        },
+        file.opened.as_ref(),
+    )?)
+}
+
+/// The attributes of a file the runtime serves itself: those of the
+/// host's /proc file it stands for (its device, inode, owner, mode and
+/// times, size 0 as /proc's), of the type it is served as; a made-up
+/// read-only one with inode 1 if the host's cannot be read.
+fn served_attr(file: &OpenFile) -> FileAttr {
+    let file_type = if file.listing.is_some() {
+        FileType::Directory
+    } else {
+        FileType::Regular
+    };
+    let host = file
+        .path
+        .strip_prefix(b"/proc/")
+        .and_then(crate::host::stat_proc);
+    let time = |sec: i64, nsec: i64| lego_proto::Timespec {
+        sec,
+        nsec: nsec as u32,
+    };
+    match host {
+        Some(st) => FileAttr {
+            file_type,
+            mode: st.st_mode & 0o7777,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: 0,
+            blocks: 0,
+            blksize: st.st_blksize as u32,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            rdev: 0,
+        },
+        None => FileAttr {
+            file_type,
+            mode: if file_type == FileType::Directory {
+                0o500
+            } else {
+                0o444
+            },
+            nlink: 1,
             uid: 0,
             gid: 0,
             size: 0,
@@ -623,35 +677,10 @@ pub(super) fn getattr(rt: &Runtime, file: &OpenFile) -> Result<FileAttr, SysErro
             mtime: Default::default(),
             ctime: Default::default(),
             dev: 0,
-            ino: 0,
+            ino: 1,
             rdev: 0,
-        });
-    }
-    if let Some(content) = &file.content {
-        return Ok(FileAttr {
-            file_type: FileType::Regular,
-            mode: 0o444,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size: content.len() as u64,
-            blocks: 0,
-            blksize: 4096,
-            atime: Default::default(),
-            mtime: Default::default(),
-            ctime: Default::default(),
-            dev: 0,
-            ino: 0,
-            rdev: 0,
-        });
-    }
-    let vfs = storage_of(rt)?;
-    Ok(vfs.storage.attr_as(
-        StorageRequest::Getattr {
-            handle: file.handle.clone(),
         },
-        file.opened.as_ref(),
-    )?)
+    }
 }
 
 /// Reads up to `len` bytes at `offset` into application memory at `buf`;
