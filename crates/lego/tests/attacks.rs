@@ -917,9 +917,11 @@ fn descriptors_opened_before_a_drop_keep_their_access() {
 /// overrode, on storage as natively: without CAP_DAC_OVERRIDE it cannot
 /// write a nobody 0600 file, without CAP_DAC_READ_SEARCH in effect it
 /// cannot read it (nor can its forked child), access(2) answers from the
-/// permitted set, and raising the capability again gives reading back
-/// (before, a storage manager served root with every override whatever
-/// the program had dropped).
+/// permitted set, and raising the capability again gives reading back;
+/// as real uid nobody and effective root, access(2) answers for the real
+/// ids and faccessat(AT_EACCESS) for the effective ones (before, a
+/// storage manager served root with every override whatever the program
+/// had dropped, and AT_EACCESS was ignored).
 #[test]
 fn root_that_drops_capabilities_loses_their_overrides() {
     use std::os::unix::fs::PermissionsExt;
@@ -947,7 +949,8 @@ fn root_that_drops_capabilities_loses_their_overrides() {
     let out = text(&lego.stdout);
     assert!(
         out.contains("no DAC_OVERRIDE: read ok, write Permission denied")
-            && out.contains("child: read Permission denied"),
+            && out.contains("child: read Permission denied")
+            && out.contains("real nobody: access(R_OK) Permission denied, AT_EACCESS ok"),
         "{out}"
     );
 }

@@ -4,7 +4,10 @@
  * reads it by CAP_DAC_READ_SEARCH but cannot write it; without that in
  * its effective set it cannot read it either, and nor can a forked
  * child, while access(2), which checks with the permitted set, says it
- * could; raised back from the permitted set, reading works again. */
+ * could; raised back from the permitted set, reading works again. As
+ * real uid nobody, access(2) is refused /etc/shadow and
+ * faccessat(AT_EACCESS) allowed it. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -64,5 +67,12 @@ int main(int argc, char **argv) {
     if (syscall(SYS_capset, &header, caps))
         perror("capset raise");
     try("raised again", argv[1]);
+    /* Real uid nobody, effective root: access(2) answers for the real
+     * ids, faccessat(AT_EACCESS) for the effective ones. */
+    if (setresuid(65534, 0, 0))
+        perror("setresuid");
+    printf("real nobody: access(R_OK) %s", result(access("/etc/shadow", R_OK) == 0));
+    printf(", AT_EACCESS %s\n",
+           result(faccessat(AT_FDCWD, "/etc/shadow", R_OK, AT_EACCESS) == 0));
     return 0;
 }

@@ -309,12 +309,19 @@ fn access_common(
                 Ok(0)
             };
         };
-        // access(2) checks with the real ids (the storage manager
-        // accepts only ids the process's voucher shows it holds).
+        // access(2) checks with the real ids, AT_EACCESS with the
+        // filesystem ones (the storage manager accepts only ids the
+        // process's voucher shows it holds).
+        let voucher = vfs.storage.voucher();
+        let credentials = if flags & libc::AT_EACCESS as u64 != 0 {
+            voucher.fs_credentials()
+        } else {
+            voucher.access_credentials()
+        };
         vfs.storage.done(StorageRequest::Access {
             handle,
             mask: mode as u32 & 7,
-            credentials: vfs.storage.voucher().access_credentials(),
+            credentials,
         })?;
         Ok(0)
     })
