@@ -94,6 +94,12 @@ impl FileReader {
         ))
     }
 
+    /// Ends the storage connections made for process `pid`: each holds a
+    /// connection, and a thread, on its storage manager.
+    pub fn forget(&self, pid: u64) {
+        lock(&self.clients).retain(|&(_, _, of), _| of != pid);
+    }
+
     /// The voucher a mapping of `handle` reads with once the mapper's own
     /// (`caller`) was found to read it: its ids, for that file alone and
     /// for as long as the mapping lasts (the mapper's own expires, and a

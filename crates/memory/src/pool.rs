@@ -1,11 +1,17 @@
 //! The page pool every process homed on this memory manager draws from, and
 //! its commit charge.
 //!
-//! Pages live in slabs of [`SLAB_PAGES`] pages, allocated the first time the
-//! free list runs dry and kept for the life of the manager (a slab is never
-//! returned to the host: freed pages go back on the free list). A page is
-//! named by a [`PageId`] that only the pool creates, so there is no per-page
-//! heap allocation and looking a page up is two array indexings.
+//! Pages live in slabs of [`SLAB_PAGES`] pages, each its own anonymous
+//! host mapping, made the first time the free list runs dry. A page is
+//! named by a [`PageId`] that only the pool creates, so there is no
+//! per-page heap allocation and looking a page up is two array indexings.
+//!
+//! Memory goes back to the host: a freed page's memory is kept resident
+//! for reuse up to [`STALE_MAX`] pages (16 MiB); past that, freed pages are
+//! returned with `MADV_DONTNEED` in address order, a run of neighbours per
+//! call, and read as zeros when next handed out. So the pool's resident
+//! memory stays within `used() + 16 MiB` (plus the slabs' bookkeeping, 4
+//! bytes a page) once pages are freed, however many it held before.
 //!
 //! The commit charge is the strict accounting of `vm.overcommit_memory=2`
 //! with the whole pool as the limit: an address space charges a writable
@@ -16,8 +22,12 @@
 
 use lego_proto::PAGE_SIZE;
 
-/// Pages per slab: 2 MiB of memory per host allocation.
+/// Pages per slab: 2 MiB of memory per host mapping.
 pub const SLAB_PAGES: usize = 512;
+
+/// Freed pages whose memory stays resident for reuse (16 MiB); the rest
+/// go back to the host.
+pub const STALE_MAX: usize = 4096;
 
 /// Bytes per page, as a `u64` for address arithmetic.
 pub const PAGE: u64 = PAGE_SIZE as u64;
@@ -26,6 +36,77 @@ pub const PAGE: u64 = PAGE_SIZE as u64;
 /// every `PageId` indexes an existing slab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageId(u32);
+
+/// Up to [`SLAB_PAGES`] pages of one anonymous private host mapping,
+/// page-aligned, so that a page can be handed back to the host alone.
+struct Slab {
+    base: std::ptr::NonNull<[u8; PAGE_SIZE]>,
+    pages: usize,
+}
+
+// Safety: a slab is plain memory owned by the pool; the pool hands out
+// references to it only through `&self`/`&mut self`, as a `Box` would.
+unsafe impl Send for Slab {}
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    fn new(pages: usize) -> Option<Slab> {
+        // Safety: a new private anonymous mapping, which nothing else
+        // refers to; the kernel provides zeroed pages on first touch.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pages * PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Slab {
+            base: std::ptr::NonNull::new(base.cast())?,
+            pages,
+        })
+    }
+
+    fn pages(&self) -> &[[u8; PAGE_SIZE]] {
+        // Safety: `base` maps `pages` pages, readable and writable, for
+        // the slab's life; shared borrows follow `&self`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.pages) }
+    }
+
+    fn pages_mut(&mut self) -> &mut [[u8; PAGE_SIZE]] {
+        // Safety: as above; the unique borrow follows `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.pages) }
+    }
+
+    /// Gives the memory of pages `[first, first + count)` back to the
+    /// host; they read as zeros from now on.
+    fn release(&mut self, first: usize, count: usize) {
+        debug_assert!(first + count <= self.pages);
+        // Safety: a page-aligned range inside this slab's own private
+        // anonymous mapping, no page of which is in use (the pool
+        // releases free pages only); MADV_DONTNEED makes them zero-fill.
+        unsafe {
+            libc::madvise(
+                self.base.as_ptr().add(first).cast(),
+                count * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        // Safety: the mapping is this slab's alone, and no reference to
+        // it outlives the slab.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.pages * PAGE_SIZE) };
+    }
+}
 
 /// A capacity-bounded pool of pages with a commit charge.
 ///
@@ -36,11 +117,13 @@ pub struct PageId(u32);
 pub struct PagePool {
     /// Pages the pool may ever hold (capacity rounded down to pages).
     capacity_pages: u32,
-    slabs: Vec<Box<[[u8; PAGE_SIZE]]>>,
+    slabs: Vec<Slab>,
     /// Holders of each page of the existing slabs (0 for a free page).
     refs: Vec<u32>,
-    /// Pages of existing slabs that hold nothing.
-    free: Vec<PageId>,
+    /// Free pages whose memory is resident and holds old bytes.
+    stale: Vec<PageId>,
+    /// Free pages that read as zeros (never touched, or given back).
+    zeroed: Vec<PageId>,
     /// Pages handed out and not yet freed.
     allocated: u32,
     /// Bytes promised to address spaces; never above `capacity_bytes()`.
@@ -56,7 +139,8 @@ impl PagePool {
             capacity_pages: pages as u32,
             slabs: Vec::new(),
             refs: Vec::new(),
-            free: Vec::new(),
+            stale: Vec::new(),
+            zeroed: Vec::new(),
             allocated: 0,
             committed: 0,
         }
@@ -102,21 +186,24 @@ impl PagePool {
 
     /// A zeroed page, or `None` when the pool holds `capacity` pages.
     pub fn alloc(&mut self) -> Option<PageId> {
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => self.grow()?,
+        let id = if let Some(id) = self.stale.pop() {
+            // Freed pages keep their old bytes; never hand one process's
+            // data to another.
+            self.get_mut(id).fill(0);
+            id
+        } else {
+            match self.zeroed.pop() {
+                Some(id) => id,
+                None => self.grow()?,
+            }
         };
         self.allocated += 1;
         self.refs[id.0 as usize] = 1;
-        let page = self.get_mut(id);
-        // Freed pages keep their old bytes; never hand one process's data to
-        // another.
-        page.fill(0);
         Some(id)
     }
 
     /// Adds a slab (or the partial last slab) and returns its first page,
-    /// putting the rest on the free list.
+    /// putting the rest on the zeroed list.
     fn grow(&mut self) -> Option<PageId> {
         let existing = self.slabs.len() * SLAB_PAGES;
         let remaining = (self.capacity_pages as usize).checked_sub(existing)?;
@@ -124,17 +211,52 @@ impl PagePool {
         if count == 0 {
             return None;
         }
-        // `vec![zeroed; n]` asks the allocator for zeroed memory, which the
-        // host provides lazily: an unused slab costs address space only.
-        self.slabs
-            .push(vec![[0u8; PAGE_SIZE]; count].into_boxed_slice());
+        // A host mapping costs address space only until its pages are
+        // touched.
+        self.slabs.push(Slab::new(count)?);
         self.refs.resize(existing + count, 0);
         // Ids fit in u32 because capacity_pages does. Pushed in reverse so
         // pages are handed out in address order.
         let first = existing as u32;
-        self.free
+        self.zeroed
             .extend((1..count as u32).rev().map(|i| PageId(first + i)));
         Some(PageId(first))
+    }
+
+    /// Gives the memory of free pages beyond [`STALE_MAX`] back to the
+    /// host, down to half of it, neighbours in one call each.
+    fn release_stale(&mut self) {
+        if self.stale.len() <= STALE_MAX {
+            return;
+        }
+        let keep = STALE_MAX / 2;
+        let mut going = self.stale.split_off(keep);
+        going.sort_unstable();
+        let mut run: Option<(usize, usize, usize)> = None; // slab, first, count
+        for &PageId(id) in &going {
+            let (slab, page) = (id as usize / SLAB_PAGES, id as usize % SLAB_PAGES);
+            run = match run {
+                Some((s, first, count)) if s == slab && first + count == page => {
+                    Some((s, first, count + 1))
+                }
+                Some((s, first, count)) => {
+                    self.slabs[s].release(first, count);
+                    Some((slab, page, 1))
+                }
+                None => Some((slab, page, 1)),
+            };
+        }
+        if let Some((s, first, count)) = run {
+            self.slabs[s].release(first, count);
+        }
+        // Handed out low addresses first again.
+        going.reverse();
+        self.zeroed.extend(going);
+    }
+
+    /// Free pages whose memory is still resident (at most [`STALE_MAX`]).
+    pub fn stale_pages(&self) -> usize {
+        self.stale.len()
     }
 
     /// Drops one holder of a page; the last one returns it to the pool.
@@ -147,7 +269,8 @@ impl PagePool {
         }
         debug_assert!(self.allocated > 0, "free with no page allocated");
         self.allocated = self.allocated.saturating_sub(1);
-        self.free.push(id);
+        self.stale.push(id);
+        self.release_stale();
     }
 
     /// Adds a holder to an allocated page (a fork's copy of it).
@@ -165,12 +288,12 @@ impl PagePool {
 
     pub fn get(&self, id: PageId) -> &[u8; PAGE_SIZE] {
         let index = id.0 as usize;
-        &self.slabs[index / SLAB_PAGES][index % SLAB_PAGES]
+        &self.slabs[index / SLAB_PAGES].pages()[index % SLAB_PAGES]
     }
 
     pub fn get_mut(&mut self, id: PageId) -> &mut [u8; PAGE_SIZE] {
         let index = id.0 as usize;
-        &mut self.slabs[index / SLAB_PAGES][index % SLAB_PAGES]
+        &mut self.slabs[index / SLAB_PAGES].pages_mut()[index % SLAB_PAGES]
     }
 }
 
@@ -195,7 +318,7 @@ mod tests {
         assert_eq!(pool.used(), pool.capacity_bytes());
         // Partial last slab: no more than capacity.
         assert_eq!(pool.slabs.len(), 2);
-        assert_eq!(pool.slabs[1].len(), 3);
+        assert_eq!(pool.slabs[1].pages, 3);
         let victim = ids[7];
         pool.get_mut(victim).fill(0xab);
         pool.free(victim);
@@ -206,6 +329,48 @@ mod tests {
             pool.get(again).iter().all(|&b| b == 0),
             "reused page is zeroed"
         );
+        assert!(pool.alloc().is_none());
+    }
+
+    /// Resident bytes of `[addr, addr + len)` of this process (mincore).
+    fn resident(addr: *const u8, len: usize) -> usize {
+        let mut vec = vec![0u8; len.div_ceil(PAGE_SIZE)];
+        // Safety: mincore reads the page table for our own mapping and
+        // writes one byte per page into a vector of that many.
+        let r = unsafe { libc::mincore(addr as *mut _, len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        vec.iter().filter(|&&b| b & 1 != 0).count() * PAGE_SIZE
+    }
+
+    #[test]
+    fn freed_memory_goes_back_to_the_host_beyond_the_bound() {
+        let pages = 4 * STALE_MAX;
+        let mut pool = PagePool::new(pages as u64 * PAGE);
+        let ids: Vec<_> = (0..pages).map(|_| pool.alloc().unwrap()).collect();
+        for &id in &ids {
+            pool.get_mut(id).fill(0x5a);
+        }
+        let all_resident = |pool: &PagePool| {
+            pool.slabs
+                .iter()
+                .map(|s| resident(s.base.as_ptr().cast(), s.pages * PAGE_SIZE))
+                .sum::<usize>()
+        };
+        assert_eq!(all_resident(&pool), pages * PAGE_SIZE);
+        for &id in &ids {
+            pool.free(id);
+        }
+        assert_eq!(pool.used(), 0);
+        assert!(pool.stale_pages() <= STALE_MAX);
+        assert!(
+            all_resident(&pool) <= STALE_MAX * PAGE_SIZE,
+            "{} bytes still resident",
+            all_resident(&pool)
+        );
+        // Every page comes back zeroed, given back or not, and the pool
+        // holds as many as before.
+        let again: Vec<_> = (0..pages).map(|_| pool.alloc().unwrap()).collect();
+        assert!(again.iter().all(|&id| pool.get(id).iter().all(|&b| b == 0)));
         assert!(pool.alloc().is_none());
     }
 

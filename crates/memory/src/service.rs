@@ -455,6 +455,9 @@ impl MemoryService {
 
     fn release(&self, pid: ProcessId) -> Reply {
         let slot = lock(&self.processes).remove(&pid);
+        // Its connections to storage end with it (a forked child's
+        // mapping read with its voucher reconnects when next read).
+        self.files.forget(pid);
         if let Some(slot) = slot {
             self.free_slot(&slot);
             info!(
