@@ -41,6 +41,11 @@ pub struct UpArgs {
     /// Storage managers to start
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub storages: usize,
+    /// Copies of each process's memory: 2 keeps a backup of all of it on a
+    /// second memory manager, which takes over if the first is lost; 1
+    /// keeps none (with one memory manager there is no backup either way)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub replicas: u32,
     /// Capacity of each memory manager's page pool (e.g. 512M, 4G)
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
     pub memory_capacity: u64,
@@ -421,6 +426,8 @@ fn start_all(
         secret_file.clone(),
         "--heartbeat-interval".into(),
         format_duration(args.heartbeat_interval),
+        "--replicas".into(),
+        args.replicas.to_string(),
     ];
     if let Some(dead_after) = args.dead_after {
         monitor_args.extend(["--dead-after".into(), format_duration(dead_after)]);

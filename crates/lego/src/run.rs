@@ -124,6 +124,7 @@ fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
         processors: 1,
         memories: 1,
         storages: 1,
+        replicas: 1,
         memory_capacity: parse_size("8G").map_err(|e| anyhow!(e))?,
         excache: args.excache.unwrap_or(512 << 20),
         export: PathBuf::from("/"),
@@ -174,7 +175,12 @@ fn private_dir(parent: &Path) -> Result<PathBuf> {
     )
 }
 
-type Placement = (Registration, Registration, Option<Registration>);
+type Placement = (
+    Registration,
+    Registration,
+    Option<Registration>,
+    Option<Registration>,
+);
 
 fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
     let record = dir.require()?;
@@ -186,8 +192,9 @@ fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
         Message::Placement {
             processor,
             memory,
+            backup,
             storage,
-        } => Ok((processor, memory, storage)),
+        } => Ok((processor, memory, backup.map(|b| *b), storage)),
         Message::Error(e) => bail!("the monitor cannot place the program: {}", e.message),
         other => bail!("the monitor answered PlaceProcess with {}", other.kind()),
     }
@@ -338,7 +345,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if is_guest(&dir) {
         return run_as_guest(&args, &dir);
     }
-    let (processor, memory, storage) = place(&dir, args.processor.clone())?;
+    let (processor, memory, backup, storage) = place(&dir, args.processor.clone())?;
     let storage = storage.filter(|_| !host_files);
     if storage.is_none() && require_storage {
         bail!("LEGO_FILES=storage, but the cluster has no live storage manager");
@@ -379,6 +386,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         excache,
         memory: memory.addr,
         memory_name: memory.name.clone(),
+        memory_backup: backup.map(|b| lego_proto::MemoryHolder {
+            name: b.name,
+            addr: b.addr,
+        }),
         memory_capacity,
         memory_available,
         storage: storage.as_ref().map(|s| s.addr),
@@ -431,6 +442,7 @@ fn unplaced_spec(args: &RunArgs, controlling_tty: bool) -> Result<LaunchSpec> {
         excache: args.excache.unwrap_or(0),
         memory: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         memory_name: String::new(),
+        memory_backup: None,
         memory_capacity: 0,
         memory_available: 0,
         storage: None,

@@ -29,6 +29,9 @@ pub struct MonitorArgs {
     /// Silence after which a component is marked dead [default: 2.5 heartbeat intervals]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dead_after: Option<Duration>,
+    /// Copies of each process's memory (2: a backup on a second memory manager)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub replicas: u32,
     /// Name of this process in `lego up`'s records
     #[arg(long, default_value = "monitor")]
     pub name: String,
@@ -130,6 +133,7 @@ pub fn monitor(args: MonitorArgs) -> Result<()> {
         secret: load_secret(&args.secret_file, &args.state)?,
         heartbeat_interval: args.heartbeat_interval,
         dead_after,
+        replicas: args.replicas,
     })
     .with_context(|| format!("cannot start the monitor on {}", args.listen))?;
     if let Some(path) = &args.addr_file {

@@ -202,6 +202,7 @@ fn load_json(load: &Load) -> serde_json::Value {
                 "host_pid": p.host_pid,
                 "command": p.command,
                 "home_memory": p.home_memory,
+                "backup_memory": p.backup_memory,
                 "excache_quota": p.excache_quota,
             })).collect::<Vec<_>>(),
         }),

@@ -112,6 +112,7 @@ fn a_programs_own_key_reaches_nothing_but_its_own_process_tree() {
         Message::Fork {
             parent: victim_pid,
             child: tree + 1,
+            seq: 0,
         },
         Message::ReleaseProcess { pid: victim_pid },
     ] {

@@ -49,3 +49,74 @@ fn resident_memory_returns_once_pages_are_freed() {
         storage_base >> 20
     );
 }
+
+/// A workload whose output must not change when a memory manager holding
+/// its memory is killed: `checksum MiB passes mode`.
+fn checksum_runs_through_a_kill(cluster: &Cluster, mode: &str, kill_primary: bool, restart: bool) {
+    let checksum = program("checksum", Build::GlibcStatic);
+    let args = ["192", "6", mode];
+    let expected = native(&checksum, &args);
+    assert!(expected.status.success());
+    let child = cluster
+        .run_command(&["--excache", "16M"], &checksum, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first process of the run (a forking workload's children share
+    // its home), once it has both copies.
+    let (home, backup) = poll(Duration::from_secs(20), || {
+        cluster
+            .homes()
+            .into_iter()
+            .find_map(|(_, home, backup)| Some((home, backup?)))
+    })
+    .expect("the program runs with a backup");
+    // A moment within the run (about 2 s natively slow under Lego), not a
+    // wait for anything.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(Duration::from_millis(100 + u64::from(nanos % 900)));
+    let victim = if kill_primary { &home } else { &backup };
+    kill9(cluster.pid(victim));
+    if restart {
+        let restarted = cluster.lego(&["restart", victim]);
+        assert!(restarted.status.success(), "{restarted:?}");
+    }
+    let out = child.wait_with_output().unwrap();
+    if !restart {
+        // Back for the next run, after this one ran without it.
+        let restarted = cluster.lego(&["restart", victim]);
+        assert!(restarted.status.success(), "{restarted:?}");
+    }
+    assert_same(
+        &out,
+        &expected,
+        &format!(
+            "{mode} checksum with {} {victim} killed{}",
+            if kill_primary {
+                "its home"
+            } else {
+                "its backup"
+            },
+            if restart { " and restarted" } else { "" }
+        ),
+    );
+}
+
+/// Each process's memory has a backup on a second memory manager, which
+/// takes over when the home is killed (the monitor makes it the primary):
+/// single-threaded, multi-threaded and forking checksum workloads through
+/// a 16 MiB ExCache print what they print natively, whether the home or
+/// the backup is killed at a random moment, restarted or not (before:
+/// "cannot serve a page fault … lost the memory manager").
+#[test]
+fn programs_outlive_a_memory_manager_killed_under_them() {
+    let cluster = Cluster::up(&["--memories", "3"]);
+    for (i, mode) in ["single", "threads", "fork"].into_iter().enumerate() {
+        checksum_runs_through_a_kill(&cluster, mode, true, i % 2 == 0);
+        checksum_runs_through_a_kill(&cluster, mode, false, i % 2 == 1);
+    }
+}

@@ -5,12 +5,14 @@
 //! anonymous memory), the page contents, held in one capacity-bounded
 //! [`pool`] with a strict commit charge, and the ELF [`loader`] that builds
 //! an address space for `Exec`. [`service`] serves the memory protocol of
-//! `lego-proto` to processors' runtimes. Replicas and checkpoints come in
-//! later issues.
+//! `lego-proto` to processors' runtimes, as the primary of a process (it
+//! passes every change on to the process's backup, `replica`) or as its
+//! backup (until the monitor promotes it).
 
 mod files;
 pub mod loader;
 pub mod pool;
+mod replica;
 pub mod service;
 pub mod vma;
 
@@ -39,9 +41,17 @@ impl MemoryManager {
             config.component.name.clone(),
         ));
         let reporter = Arc::clone(&service);
-        let joined = join_cluster(Role::Memory, config.component, service, move || {
+        let (name, monitor) = (config.component.name.clone(), config.component.monitor);
+        let joined = join_cluster(Role::Memory, config.component, service.clone(), move || {
             reporter.load()
         })?;
+        service.joined(
+            lego_proto::MemoryHolder {
+                name,
+                addr: joined.local_addr(),
+            },
+            monitor,
+        );
         Ok(MemoryManager { joined })
     }
 

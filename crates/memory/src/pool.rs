@@ -126,8 +126,12 @@ pub struct PagePool {
     zeroed: Vec<PageId>,
     /// Pages handed out and not yet freed.
     allocated: u32,
-    /// Bytes promised to address spaces; never above `capacity_bytes()`.
+    /// Bytes promised to address spaces; never above `capacity_bytes()`,
+    /// except while `forced`.
     committed: u64,
+    /// Charges succeed whatever the capacity: a backup applying its
+    /// primary's changes must hold what the primary holds.
+    forced: bool,
 }
 
 impl PagePool {
@@ -143,7 +147,14 @@ impl PagePool {
             zeroed: Vec::new(),
             allocated: 0,
             committed: 0,
+            forced: false,
         }
+    }
+
+    /// Makes every charge succeed (past capacity if need be) until set
+    /// back; see `forced`.
+    pub fn set_forced(&mut self, forced: bool) {
+        self.forced = forced;
     }
 
     /// Bytes the pool may hold.
@@ -163,6 +174,10 @@ impl PagePool {
 
     /// Charges `bytes` to the commit charge if it stays within capacity.
     pub fn try_commit(&mut self, bytes: u64) -> bool {
+        if self.forced {
+            self.committed = self.committed.saturating_add(bytes);
+            return true;
+        }
         match self.committed.checked_add(bytes) {
             Some(total) if total <= self.capacity_bytes() => {
                 self.committed = total;

@@ -18,21 +18,44 @@
 use crate::files::FileReader;
 use crate::loader;
 use crate::pool::PagePool;
+use crate::replica::{Link, Links};
 use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
-    ErrorCode, Frame, Load, MemoryOp, MemoryOpDone, Message, ProcessId, MAX_FETCH_PAGES,
-    MAX_IMAGE_LEN, MAX_WRITEBACK_PAGES, PAGE_SIZE,
+    ErrorCode, Frame, Load, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, Message, ProcessId,
+    SpaceLayout, MAX_FETCH_PAGES, MAX_IMAGE_LEN, MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tracing::{info, warn};
 
 /// Most processes one memory manager holds at once.
 pub const MAX_PROCESSES: usize = 4096;
 
+/// One process's memory here: its address space, and how this copy
+/// relates to the other one.
+pub struct Process {
+    pub space: AddressSpace,
+    rep: Replication,
+}
+
+/// A process's replication state on this memory manager.
+#[derive(Default)]
+struct Replication {
+    /// The monitor's decision this copy follows (0: the placement's).
+    epoch: u64,
+    /// This is the backup copy: only its primary's `Replicate`s change it,
+    /// until the monitor promotes it.
+    is_backup: bool,
+    /// Where the primary passes every change on (`None`: no backup, or it
+    /// was lost).
+    backup: Option<Arc<Link>>,
+    /// The last change (Exec, Fork, Memory), by `seq`, and its answer.
+    last: Option<(u64, Message)>,
+}
+
 /// One process's state; `None` once released.
-type ProcessSlot = Arc<Mutex<Option<AddressSpace>>>;
+type ProcessSlot = Arc<Mutex<Option<Process>>>;
 
 /// The memory manager's state, served through [`Service`].
 pub struct MemoryService {
@@ -46,6 +69,11 @@ pub struct MemoryService {
     trees: Mutex<HashMap<ProcessId, ProcessId>>,
     /// Reads the pages of private file mappings from storage.
     files: FileReader,
+    /// Connections to the backups of processes here.
+    links: Links,
+    /// This manager as the cluster knows it, and the monitor's address,
+    /// once it joined: a primary whose backup is lost reports it there.
+    joined: OnceLock<(MemoryHolder, std::net::SocketAddr)>,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -72,14 +100,23 @@ impl MemoryService {
             processes: Mutex::new(HashMap::new()),
             trees: Mutex::new(HashMap::new()),
             files: FileReader::new(None),
+            links: Links::new(None),
+            joined: OnceLock::new(),
         }
     }
 
-    /// Lets file mappings read from storage managers, authenticated with
-    /// the cluster secret under `name`.
+    /// Lets file mappings read from storage managers, and backups be
+    /// reached, authenticated with the cluster secret under `name`.
     pub fn with_storage_access(mut self, secret: ClusterSecret, name: String) -> MemoryService {
+        self.links = Links::new(Some((secret.clone(), name.clone())));
         self.files = FileReader::new(Some((secret, name)));
         self
+    }
+
+    /// Records where this manager serves and where the monitor is, once
+    /// it joined the cluster.
+    pub fn joined(&self, me: MemoryHolder, monitor: std::net::SocketAddr) {
+        let _ = self.joined.set((me, monitor));
     }
 
     /// The contents of page `addr`: stored, from its file, or `None` for zeros.
@@ -117,12 +154,283 @@ impl MemoryService {
 
     /// Frees a process's address space, if it still has one.
     fn free_slot(&self, slot: &ProcessSlot) {
-        if let Some(mut space) = lock(slot).take() {
-            space.release(&mut lock(&self.pool));
+        if let Some(mut process) = lock(slot).take() {
+            process.space.release(&mut lock(&self.pool));
         }
     }
 
-    fn exec(&self, pid: ProcessId, image: &[u8]) -> Reply {
+    /// Applies a change of a process (`Exec`, `Fork`, `Memory`,
+    /// `WriteBack`, `ReleaseProcess`): from its runtime on the primary,
+    /// or passed on by the primary (`forwarded`: its epoch and the
+    /// process's tree) on the backup. A change already made (its `seq` is
+    /// the last one's) gets the answer it got. The primary passes the
+    /// change on to the backup, in the order it applies changes, and
+    /// answers once the backup holds it too.
+    fn change(&self, request: Frame, forwarded: Option<(u64, ProcessId)>) -> Reply {
+        let (pid, seq) = match &request.message {
+            Message::Exec { pid, seq, .. } | Message::Memory { pid, seq, .. } => (*pid, *seq),
+            Message::Fork { parent, seq, .. } => (*parent, *seq),
+            Message::WriteBack { pid, .. } | Message::ReleaseProcess { pid } => (*pid, 0),
+            other => return bad_request(format!("{} is not a change", other.kind())),
+        };
+        let slot = match (&request.message, self.slot(pid)) {
+            (_, Some(slot)) => slot,
+            (Message::Exec { .. }, None) => {
+                let mut table = lock(&self.processes);
+                if table.len() >= MAX_PROCESSES {
+                    return bad_request(format!(
+                        "exec of process {pid:#x}: this memory manager already holds {MAX_PROCESSES} processes"
+                    ));
+                }
+                Arc::clone(table.entry(pid).or_default())
+            }
+            (Message::ReleaseProcess { .. }, None) => return Message::Released.into(),
+            (_, None) => return unknown_process(pid),
+        };
+        let mut guard = lock(&slot);
+        let fresh = guard.is_none();
+        if let Some(process) = guard.as_ref() {
+            let rep = &process.rep;
+            match forwarded {
+                None if rep.is_backup => {
+                    return Message::error(
+                        ErrorCode::Denied,
+                        format!("this memory manager holds the backup of process {pid:#x}, not its primary"),
+                    )
+                    .into()
+                }
+                Some((epoch, _)) if !rep.is_backup || epoch < rep.epoch => {
+                    return Message::error(
+                        ErrorCode::Denied,
+                        format!(
+                            "a change of process {pid:#x} from a primary of epoch {epoch}: this copy follows epoch {}{}",
+                            rep.epoch,
+                            if rep.is_backup { "" } else { " as its primary" }
+                        ),
+                    )
+                    .into()
+                }
+                _ => {}
+            }
+            if let Some((last, answer)) = &rep.last {
+                if seq != 0 && *last == seq {
+                    return answer.clone().into();
+                }
+            }
+        }
+        let pool_forced = forwarded.is_some();
+        // The file a mapping reads from, as checked here.
+        let mut mapped = None;
+        let reply = match &request.message {
+            Message::Exec { backup, .. } => {
+                let reply = self.exec(&mut guard, pid, &request.payload, pool_forced);
+                if fresh && guard.is_some() {
+                    let process = guard.as_mut().expect("just made");
+                    process.rep.is_backup = forwarded.is_some();
+                    process.rep.epoch = forwarded.map_or(0, |(epoch, _)| epoch);
+                    if forwarded.is_none() {
+                        process.rep.backup = backup.as_ref().and_then(|b| self.links.to(b));
+                    }
+                }
+                reply
+            }
+            Message::Fork { child, .. } => self.fork(guard.as_mut(), pid, *child, pool_forced),
+            Message::Memory { op, .. } => match guard.as_mut() {
+                Some(process) => {
+                    let (reply, source) =
+                        self.memory(process, pid, op.clone(), pool_forced, forwarded.is_some());
+                    mapped = source;
+                    reply
+                }
+                None => unknown_process(pid),
+            },
+            Message::WriteBack { addrs, .. } => match guard.as_mut() {
+                Some(process) => self.write_back(process, pid, addrs, &request.payload),
+                None => unknown_process(pid),
+            },
+            Message::ReleaseProcess { .. } => {
+                let released = guard.take();
+                lock(&self.processes).remove(&pid);
+                self.files.forget(pid);
+                if let Some(mut process) = released {
+                    process.space.release(&mut lock(&self.pool));
+                    info!(
+                        pid = format_args!("{pid:#x}"),
+                        "process address space released"
+                    );
+                    // Passed on below, with the replication state it had.
+                    *guard = None;
+                    drop(guard);
+                    return self.pass_on(
+                        pid,
+                        forwarded,
+                        &process.rep,
+                        request,
+                        Message::Released.into(),
+                    );
+                }
+                return Message::Released.into();
+            }
+            _ => unreachable!("matched above"),
+        };
+        let Some(process) = guard.as_mut() else {
+            // A failed first exec leaves nothing.
+            lock(&self.processes).remove(&pid);
+            return reply;
+        };
+        if seq != 0 {
+            process.rep.last = Some((seq, reply.message.clone()));
+        }
+        // What the primary passes on: the change as made here (a file
+        // mapping with the voucher its pages are read with, checked here).
+        let request = match (&request.message, &reply.message) {
+            (
+                Message::Memory {
+                    op: MemoryOp::MmapFile { .. },
+                    ..
+                },
+                Message::MemoryDone(_),
+            ) => match &mapped {
+                Some(source) => with_source(request, source),
+                None => request,
+            },
+            _ => request,
+        };
+        let pending = match (&process.rep.backup, forwarded) {
+            (Some(link), None) => {
+                let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+                link.send(pid, tree, process.rep.epoch, &request)
+                    .map(|p| (Arc::clone(link), p))
+            }
+            _ => None,
+        };
+        let epoch = process.rep.epoch;
+        drop(guard);
+        if let Some((link, pending)) = pending {
+            if let Err(why) = link.wait(pending) {
+                self.backup_lost(pid, epoch, &link, &why);
+            }
+        }
+        reply
+    }
+
+    /// Passes a change the process no longer holds state for (its
+    /// release) on to its backup, then answers.
+    fn pass_on(
+        &self,
+        pid: ProcessId,
+        forwarded: Option<(u64, ProcessId)>,
+        rep: &Replication,
+        request: Frame,
+        reply: Reply,
+    ) -> Reply {
+        if let (Some(link), None) = (&rep.backup, forwarded) {
+            if let Some(pending) = link.send(pid, pid, rep.epoch, &request) {
+                if let Err(why) = link.wait(pending) {
+                    warn!(
+                        pid = format_args!("{pid:#x}"),
+                        "the backup did not take a release: {why}"
+                    );
+                }
+            }
+        }
+        reply
+    }
+
+    /// The backup of process `pid` did not take a change: the process
+    /// goes on without one, and the monitor is told, to choose another.
+    fn backup_lost(&self, pid: ProcessId, epoch: u64, link: &Arc<Link>, why: &str) {
+        warn!(
+            pid = format_args!("{pid:#x}"),
+            "lost the backup {}: {why}; the process goes on without one",
+            link.holder().name
+        );
+        if let Some(slot) = self.slot(pid) {
+            if let Some(process) = lock(&slot).as_mut() {
+                if process
+                    .rep
+                    .backup
+                    .as_ref()
+                    .is_some_and(|b| Arc::ptr_eq(b, link))
+                {
+                    process.rep.backup = None;
+                }
+            }
+        }
+        let Some((me, monitor)) = self.joined.get().cloned() else {
+            return;
+        };
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let home = MemoryHome {
+            primary: me,
+            backup: Some(link.holder().clone()),
+            epoch,
+        };
+        let failed = link.holder().name.clone();
+        let links = self.links.clone();
+        // Not on the runtime's time: the report waits for the monitor.
+        let _ = std::thread::Builder::new()
+            .name("backup lost".into())
+            .spawn(move || {
+                let message = Message::Failover {
+                    pid,
+                    tree,
+                    home,
+                    failed,
+                };
+                if let Err(e) = links.ask_monitor(monitor, &message) {
+                    warn!(
+                        pid = format_args!("{pid:#x}"),
+                        "cannot report the lost backup: {e}"
+                    );
+                }
+            });
+    }
+
+    /// The monitor's word: serve process `pid` as its primary from epoch
+    /// `epoch` on.
+    fn promote(&self, pid: ProcessId, epoch: u64, backup: Option<MemoryHolder>) -> Reply {
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(process) = guard.as_mut() else {
+            return unknown_process(pid);
+        };
+        if epoch < process.rep.epoch {
+            return Message::error(
+                ErrorCode::Denied,
+                format!(
+                    "process {pid:#x} is at epoch {} here, past {epoch}",
+                    process.rep.epoch
+                ),
+            )
+            .into();
+        }
+        process.rep.epoch = epoch;
+        process.rep.is_backup = false;
+        // A new backup needs a whole copy first, which is not made yet:
+        // the process goes on without one.
+        process.rep.backup = None;
+        info!(
+            pid = format_args!("{pid:#x}"),
+            epoch,
+            "serving the process as its primary{}",
+            backup.map_or(String::new(), |b| format!(
+                " (no copy is made on {} yet)",
+                b.name
+            ))
+        );
+        Message::Promoted.into()
+    }
+
+    fn exec(
+        &self,
+        guard: &mut Option<Process>,
+        pid: ProcessId,
+        image: &[u8],
+        forced: bool,
+    ) -> Reply {
         // The frame limit already keeps larger images out; this keeps the
         // bound true whatever transport delivers the request.
         if image.len() > MAX_IMAGE_LEN {
@@ -137,21 +445,22 @@ impl MemoryService {
             Ok(plan) => plan,
             Err(e) => return bad_request(format!("exec of process {pid:#x}: {e}")),
         };
-        {
-            let table = lock(&self.processes);
-            if !table.contains_key(&pid) && table.len() >= MAX_PROCESSES {
-                return bad_request(format!(
-                    "exec of process {pid:#x}: this memory manager already holds {MAX_PROCESSES} processes"
-                ));
-            }
-        }
         // Past this point the old address space is gone either way, as
         // past execve's point of no return; its memory is free for the new.
-        let old = lock(&self.processes).remove(&pid);
-        if let Some(old) = old {
-            self.free_slot(&old);
-        }
-        let built = plan.build(image, &mut lock(&self.pool));
+        let rep = match guard.take() {
+            Some(mut old) => {
+                old.space.release(&mut lock(&self.pool));
+                old.rep
+            }
+            None => Replication::default(),
+        };
+        let built = {
+            let mut pool = lock(&self.pool);
+            pool.set_forced(forced);
+            let built = plan.build(image, &mut pool);
+            pool.set_forced(false);
+            built
+        };
         let (space, exec) = match built {
             Ok(built) => built,
             Err(e) => {
@@ -166,18 +475,20 @@ impl MemoryService {
             pages = space.stored_pages(),
             "process address space created"
         );
-        let replaced = lock(&self.processes).insert(pid, Arc::new(Mutex::new(Some(space))));
-        if let Some(replaced) = replaced {
-            // A concurrent Exec of the same pid: the last one wins.
-            self.free_slot(&replaced);
-        }
+        *guard = Some(Process { space, rep });
         Message::ExecLoaded(exec).into()
     }
 
     /// fork: `child` gets a copy-on-write copy of `parent`'s address space.
     /// Nothing is copied now; a page is copied when one side writes it back.
-    fn fork(&self, parent: ProcessId, child: ProcessId) -> Reply {
-        let Some(slot) = self.slot(parent) else {
+    fn fork(
+        &self,
+        parent_state: Option<&mut Process>,
+        parent: ProcessId,
+        child: ProcessId,
+        forced: bool,
+    ) -> Reply {
+        let Some(process) = parent_state else {
             return unknown_process(parent);
         };
         {
@@ -193,22 +504,20 @@ impl MemoryService {
                 ));
             }
         }
-        let (copy, changes) = {
-            let guard = lock(&slot);
-            let Some(space) = guard.as_ref() else {
-                return unknown_process(parent);
-            };
-            match space.fork_copy(&mut lock(&self.pool)) {
-                Some(copy) => copy,
-                // Linux's fork fails with ENOMEM when the child's commit
-                // charge does not fit.
-                None => {
-                    return Message::MemoryFailed {
-                        errno: libc::ENOMEM,
-                    }
-                    .into()
-                }
+        let copied = {
+            let mut pool = lock(&self.pool);
+            pool.set_forced(forced);
+            let copied = process.space.fork_copy(&mut pool);
+            pool.set_forced(false);
+            copied
+        };
+        let Some((copy, changes)) = copied else {
+            // Linux's fork fails with ENOMEM when the child's commit
+            // charge does not fit.
+            return Message::MemoryFailed {
+                errno: libc::ENOMEM,
             }
+            .into();
         };
         info!(
             parent = format_args!("{parent:#x}"),
@@ -216,7 +525,17 @@ impl MemoryService {
             pages = copy.stored_pages(),
             "address space forked"
         );
-        let replaced = lock(&self.processes).insert(child, Arc::new(Mutex::new(Some(copy))));
+        // The child's copy follows the parent's: same backup, same epoch.
+        let rep = Replication {
+            epoch: process.rep.epoch,
+            is_backup: process.rep.is_backup,
+            backup: process.rep.backup.clone(),
+            last: None,
+        };
+        let replaced = lock(&self.processes).insert(
+            child,
+            Arc::new(Mutex::new(Some(Process { space: copy, rep }))),
+        );
         if let Some(replaced) = replaced {
             // A concurrent Fork to the same child id: the last one wins.
             self.free_slot(&replaced);
@@ -231,9 +550,43 @@ impl MemoryService {
         Message::Forked { changes, child_key }.into()
     }
 
-    fn memory(&self, pid: ProcessId, op: MemoryOp) -> Reply {
-        // Before any lock is taken: this asks the storage manager.
+    fn memory(
+        &self,
+        process: &mut Process,
+        pid: ProcessId,
+        op: MemoryOp,
+        forced: bool,
+        forwarded: bool,
+    ) -> (Reply, Option<FileSource>) {
+        // A file mapping passed on by the primary carries the one-file
+        // voucher the primary made after its check: taken as it is.
         let source = match &op {
+            MemoryOp::MmapFile {
+                storage,
+                handle,
+                caller,
+                ..
+            } if forwarded => {
+                if caller.scope != lego_proto::VoucherScope::ReadFile(handle.clone())
+                    || !self.files.sealed(caller)
+                {
+                    return (
+                        Message::error(
+                            ErrorCode::Denied,
+                            format!(
+                                "a file mapping of process {pid:#x} passed on without its voucher"
+                            ),
+                        )
+                        .into(),
+                        None,
+                    );
+                }
+                Some(FileSource {
+                    storage: *storage,
+                    handle: handle.clone(),
+                    caller: (**caller).clone(),
+                })
+            }
             MemoryOp::MmapFile {
                 storage,
                 handle,
@@ -254,11 +607,16 @@ impl MemoryService {
                     lego_proto::VoucherScope::ReadFile(_) => false,
                 };
                 if !own || !self.files.sealed(caller) || tree.is_some_and(|t| t != caller.tree) {
-                    return Message::error(
-                        ErrorCode::Denied,
-                        format!("mmap of a file for process {pid:#x} with a voucher not its own"),
-                    )
-                    .into();
+                    return (
+                        Message::error(
+                            ErrorCode::Denied,
+                            format!(
+                                "mmap of a file for process {pid:#x} with a voucher not its own"
+                            ),
+                        )
+                        .into(),
+                        None,
+                    );
                 }
                 let source = FileSource {
                     storage: *storage,
@@ -266,26 +624,24 @@ impl MemoryService {
                     caller: (**caller).clone(),
                 };
                 if let Err(errno) = self.files.check_readable(&source) {
-                    return Message::MemoryFailed { errno: errno.0 }.into();
+                    return (Message::MemoryFailed { errno: errno.0 }.into(), None);
                 }
                 let Some(caller) = self.files.for_mapping(caller, handle) else {
-                    return Message::MemoryFailed {
-                        errno: libc::EACCES,
-                    }
-                    .into();
+                    return (
+                        Message::MemoryFailed {
+                            errno: libc::EACCES,
+                        }
+                        .into(),
+                        None,
+                    );
                 };
                 Some(FileSource { caller, ..source })
             }
             _ => None,
         };
-        let Some(slot) = self.slot(pid) else {
-            return unknown_process(pid);
-        };
-        let mut guard = lock(&slot);
-        let Some(space) = guard.as_mut() else {
-            return unknown_process(pid);
-        };
+        let space = &mut process.space;
         let pool = &mut lock(&self.pool);
+        pool.set_forced(forced);
         let outcome = match op {
             MemoryOp::Mmap {
                 addr,
@@ -300,7 +656,7 @@ impl MemoryService {
                 flags,
                 offset,
                 ..
-            } => match source {
+            } => match source.clone() {
                 Some(source) => space.mmap_file(pool, addr, len, prot, flags, (source, offset)),
                 None => unreachable!("every MmapFile has its source made above"),
             },
@@ -316,7 +672,8 @@ impl MemoryService {
             MemoryOp::Brk { addr } => space.brk(pool, addr),
             MemoryOp::Madvise { addr, len, advice } => space.madvise(pool, addr, len, advice),
         };
-        memory_reply(outcome)
+        pool.set_forced(false);
+        (memory_reply(outcome), source)
     }
 
     fn fetch_page(&self, pid: ProcessId, addr: u64) -> Reply {
@@ -329,8 +686,8 @@ impl MemoryService {
             return unknown_process(pid);
         };
         let guard = lock(&slot);
-        let Some(space) = guard.as_ref() else {
-            return unknown_process(pid);
+        let Some(space) = serving(&guard, pid) else {
+            return not_served(&guard, pid);
         };
         if space.find(addr).is_none() {
             return bad_request(format!(
@@ -360,8 +717,8 @@ impl MemoryService {
             return unknown_process(pid);
         };
         let guard = lock(&slot);
-        let Some(space) = guard.as_ref() else {
-            return unknown_process(pid);
+        let Some(space) = serving(&guard, pid) else {
+            return not_served(&guard, pid);
         };
         let Some(vma) = space.find(addr) else {
             return bad_request(format!(
@@ -399,7 +756,13 @@ impl MemoryService {
         }
     }
 
-    fn write_back(&self, pid: ProcessId, addrs: &[u64], payload: &[u8]) -> Reply {
+    fn write_back(
+        &self,
+        process: &mut Process,
+        pid: ProcessId,
+        addrs: &[u64],
+        payload: &[u8],
+    ) -> Reply {
         if addrs.len() > MAX_WRITEBACK_PAGES {
             return bad_request(format!(
                 "write-back of process {pid:#x}: {} pages, over the limit of {MAX_WRITEBACK_PAGES}",
@@ -414,13 +777,7 @@ impl MemoryService {
                 payload.len()
             ));
         }
-        let Some(slot) = self.slot(pid) else {
-            return unknown_process(pid);
-        };
-        let mut guard = lock(&slot);
-        let Some(space) = guard.as_mut() else {
-            return unknown_process(pid);
-        };
+        let space = &mut process.space;
         // Check every address before storing any page.
         for &addr in addrs {
             let problem = if !is_aligned(addr) {
@@ -442,7 +799,8 @@ impl MemoryService {
         for (&addr, contents) in addrs.iter().zip(payload.chunks_exact(PAGE_SIZE)) {
             if !space.store_page(pool, addr, contents) {
                 // The commit charge covers every page of accounted
-                // mappings, so this is a bookkeeping bug, not the peer's.
+                // mappings, so this is a bookkeeping bug, not the peer's
+                // (or a backup holding more than it can).
                 return Message::error(
                     ErrorCode::Internal,
                     format!("write-back of process {pid:#x}: the page pool is exhausted at page {addr:#x}"),
@@ -453,20 +811,54 @@ impl MemoryService {
         Message::WrittenBack.into()
     }
 
-    fn release(&self, pid: ProcessId) -> Reply {
-        let slot = lock(&self.processes).remove(&pid);
-        // Its connections to storage end with it (a forked child's
-        // mapping read with its voucher reconnects when next read).
-        self.files.forget(pid);
-        if let Some(slot) = slot {
-            self.free_slot(&slot);
-            info!(
-                pid = format_args!("{pid:#x}"),
-                "process address space released"
-            );
-        }
-        Message::Released.into()
+    /// The layout of process `pid`, for a backup's copy (tests and the
+    /// copy to a new backup).
+    pub fn layout_of(&self, pid: ProcessId) -> Option<SpaceLayout> {
+        let slot = self.slot(pid)?;
+        let guard = lock(&slot);
+        let process = guard.as_ref()?;
+        let (vmas, brk_start, brk, files) = process.space.layout();
+        Some(SpaceLayout {
+            vmas,
+            brk_start,
+            brk,
+            files,
+            last_seq: process.rep.last.as_ref().map_or(0, |(seq, _)| *seq),
+            last_reply: process.rep.last.as_ref().map(|(_, m)| Box::new(m.clone())),
+        })
     }
+}
+
+/// The address space of a process this manager serves as its primary.
+fn serving(guard: &Option<Process>, _pid: ProcessId) -> Option<&AddressSpace> {
+    guard
+        .as_ref()
+        .filter(|p| !p.rep.is_backup)
+        .map(|p| &p.space)
+}
+
+/// Why [`serving`] found nothing.
+fn not_served(guard: &Option<Process>, pid: ProcessId) -> Reply {
+    match guard {
+        Some(_) => Message::error(
+            ErrorCode::Denied,
+            format!("this memory manager holds the backup of process {pid:#x}, not its primary"),
+        )
+        .into(),
+        None => unknown_process(pid),
+    }
+}
+
+/// `request` (a file `Mmap`) with its file read with `source`'s voucher.
+fn with_source(mut request: Frame, source: &FileSource) -> Frame {
+    if let Message::Memory {
+        op: MemoryOp::MmapFile { caller, .. },
+        ..
+    } = &mut request.message
+    {
+        **caller = source.caller.clone();
+    }
+    request
 }
 
 /// The reply to an address-space call. A failure that still changed the
@@ -503,8 +895,8 @@ impl MemoryService {
         let ok = match request {
             // A new address space only for the tree's first process (the
             // others are forks of it), so a runtime cannot claim pids.
-            Message::Exec { pid } => mine(pid) || (*pid == me && *pid == tree && fresh(pid)),
-            Message::Fork { parent, child } => mine(parent) && fresh(child),
+            Message::Exec { pid, .. } => mine(pid) || (*pid == me && *pid == tree && fresh(pid)),
+            Message::Fork { parent, child, .. } => mine(parent) && fresh(child),
             Message::Memory { pid, .. }
             | Message::FetchPage { pid, .. }
             | Message::FetchPages { pid, .. }
@@ -557,8 +949,9 @@ enum Booking {
 impl Booking {
     fn of(request: &Message) -> Booking {
         match *request {
-            Message::Exec { pid } => Booking::Exec(pid),
-            Message::Fork { parent, child } => Booking::Fork(parent, child),
+            Message::Exec { pid, .. } => Booking::Exec(pid),
+            Message::Fork { parent, child, .. } => Booking::Fork(parent, child),
+            Message::Replicate { ref inner, .. } => Booking::of(inner),
             Message::ReleaseProcess { pid } => Booking::Release(pid),
             _ => Booking::Nothing,
         }
@@ -567,43 +960,110 @@ impl Booking {
 
 impl Service for MemoryService {
     fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
-        let tree = if peer.identity.role == lego_proto::Role::Process {
-            let (Some(tree), Some(pid)) = (peer.identity.tree(), peer.identity.pid()) else {
-                return Message::error(ErrorCode::Denied, "a runtime without a pid and tree")
-                    .into();
-            };
-            if let Err(why) = self.allowed(tree, pid, &request.message) {
-                return Message::error(ErrorCode::Denied, why).into();
+        let tree = match (&request.message, peer.identity.role) {
+            (_, lego_proto::Role::Process) => {
+                let (Some(tree), Some(pid)) = (peer.identity.tree(), peer.identity.pid()) else {
+                    return Message::error(ErrorCode::Denied, "a runtime without a pid and tree")
+                        .into();
+                };
+                if let Err(why) = self.allowed(tree, pid, &request.message) {
+                    return Message::error(ErrorCode::Denied, why).into();
+                }
+                Some(tree)
             }
-            Some(tree)
-        } else {
-            None
+            // A primary's change, made for the process's tree.
+            (Message::Replicate { tree, .. }, _) => Some(*tree),
+            _ => None,
         };
         let booking = Booking::of(&request.message);
-        let reply = self.serve(request);
+        let reply = self.serve(peer, request);
         self.settle_trees(tree, booking, &reply);
         reply
     }
 }
 
 impl MemoryService {
-    fn serve(&self, request: Frame) -> Reply {
+    fn serve(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        let component = matches!(
+            peer.identity.role,
+            lego_proto::Role::Memory | lego_proto::Role::Monitor | lego_proto::Role::Processor
+        );
         match request.message {
-            Message::Exec { pid } => self.exec(pid, &request.payload),
-            Message::Fork { parent, child } => self.fork(parent, child),
-            Message::Memory { pid, op } => self.memory(pid, op),
+            Message::Exec { .. }
+            | Message::Fork { .. }
+            | Message::Memory { .. }
+            | Message::WriteBack { .. }
+            | Message::ReleaseProcess { .. } => self.change(request, None),
             Message::FetchPage { pid, addr } => self.fetch_page(pid, addr),
             Message::FetchPages { pid, addr, count } => self.fetch_pages(pid, addr, count),
-            Message::WriteBack { pid, addrs } => self.write_back(pid, &addrs, &request.payload),
-            Message::ReleaseProcess { pid } => self.release(pid),
+            Message::Replicate {
+                pid,
+                tree,
+                epoch,
+                inner,
+            } if peer.identity.role == lego_proto::Role::Memory => {
+                if inner_pid(&inner) != Some(pid) {
+                    return bad_request(format!(
+                        "a change of process {pid:#x} passed on with a {} of another",
+                        inner.kind()
+                    ));
+                }
+                let frame = Frame {
+                    id: request.id,
+                    message: *inner,
+                    payload: request.payload,
+                };
+                self.change(frame, Some((epoch, tree)))
+            }
+            Message::Promote { pid, epoch, backup }
+                if peer.identity.role == lego_proto::Role::Monitor =>
+            {
+                self.promote(pid, epoch, backup)
+            }
+            Message::Holds { pid } if peer.identity.role == lego_proto::Role::Monitor => {
+                let held = self.slot(pid).and_then(|slot| {
+                    lock(&slot)
+                        .as_ref()
+                        .map(|p| (p.rep.epoch, !p.rep.is_backup))
+                });
+                Message::Holding {
+                    held: held.is_some(),
+                    epoch: held.map_or(0, |(epoch, _)| epoch),
+                    primary: held.is_some_and(|(_, primary)| primary),
+                }
+                .into()
+            }
+            other
+                if !component
+                    && matches!(other, Message::Replicate { .. } | Message::Promote { .. }) =>
+            {
+                Message::error(
+                    ErrorCode::Denied,
+                    format!("{} is for memory managers and the monitor", other.kind()),
+                )
+                .into()
+            }
             other => Message::error(
                 ErrorCode::Unsupported,
                 format!(
-                    "the memory manager does not serve {} requests",
-                    other.kind()
+                    "the memory manager does not serve {} requests from a {}",
+                    other.kind(),
+                    peer.identity.role
                 ),
             )
             .into(),
         }
+    }
+}
+
+/// The process a change passed on by a primary is about.
+fn inner_pid(inner: &Message) -> Option<ProcessId> {
+    match inner {
+        Message::Exec { pid, .. }
+        | Message::Memory { pid, .. }
+        | Message::WriteBack { pid, .. }
+        | Message::ReleaseProcess { pid } => Some(*pid),
+        Message::Fork { parent, .. } => Some(*parent),
+        _ => None,
     }
 }

@@ -36,14 +36,33 @@ fn call(service: &MemoryService, message: Message, payload: Vec<u8>) -> Reply {
 }
 
 fn exec(service: &MemoryService, pid: u64) -> ExecImage {
-    match call(service, Message::Exec { pid }, sample(2)).message {
+    match call(
+        service,
+        Message::Exec {
+            pid,
+            seq: 0,
+            backup: None,
+        },
+        sample(2),
+    )
+    .message
+    {
         Message::ExecLoaded(image) => image,
         other => panic!("exec failed: {other:?}"),
     }
 }
 
 fn memory(service: &MemoryService, op: MemoryOp) -> Message {
-    call(service, Message::Memory { pid: PID, op }, Vec::new()).message
+    call(
+        service,
+        Message::Memory {
+            pid: PID,
+            op,
+            seq: 0,
+        },
+        Vec::new(),
+    )
+    .message
 }
 
 fn done(service: &MemoryService, op: MemoryOp) -> MemoryOpDone {
@@ -124,7 +143,15 @@ fn a_bad_image_is_refused_and_the_old_space_kept() {
     exec(&service, PID);
     let mut image = sample(2);
     image[18] = 40;
-    let message = bad_request(call(&service, Message::Exec { pid: PID }, image));
+    let message = bad_request(call(
+        &service,
+        Message::Exec {
+            pid: PID,
+            seq: 0,
+            backup: None,
+        },
+        image,
+    ));
     assert_eq!(
         message,
         "exec of process 0xfeed: unsupported ELF file: e_machine is 40, expected 62 (x86-64)"
@@ -134,7 +161,15 @@ fn a_bad_image_is_refused_and_the_old_space_kept() {
         Message::Page,
         "old space intact"
     );
-    let empty = bad_request(call(&service, Message::Exec { pid: 1 }, Vec::new()));
+    let empty = bad_request(call(
+        &service,
+        Message::Exec {
+            pid: 1,
+            seq: 0,
+            backup: None,
+        },
+        Vec::new(),
+    ));
     assert!(
         empty.contains("0-byte") || empty.contains("0 bytes"),
         "{empty}"
@@ -156,7 +191,15 @@ fn exec_replaces_and_frees_the_previous_space() {
 #[test]
 fn an_image_that_does_not_fit_is_an_error_reply() {
     let service = MemoryService::new(STACK_SIZE);
-    let message = bad_request(call(&service, Message::Exec { pid: PID }, sample(2)));
+    let message = bad_request(call(
+        &service,
+        Message::Exec {
+            pid: PID,
+            seq: 0,
+            backup: None,
+        },
+        sample(2),
+    ));
     assert!(
         message.contains("needs") && message.contains("pool"),
         "{message}"
@@ -205,6 +248,7 @@ fn memory_calls_reply_like_syscalls() {
         Message::Memory {
             pid: 3,
             op: MemoryOp::Brk { addr: 0 },
+            seq: 0,
         },
         Vec::new(),
     );
@@ -412,7 +456,15 @@ fn the_number_of_processes_is_bounded() {
     for pid in 0..MAX_PROCESSES as u64 {
         exec(&service, pid);
     }
-    let refused = bad_request(call(&service, Message::Exec { pid: 1 << 32 }, sample(2)));
+    let refused = bad_request(call(
+        &service,
+        Message::Exec {
+            pid: 1 << 32,
+            seq: 0,
+            backup: None,
+        },
+        sample(2),
+    ));
     assert!(
         refused.contains("already holds 4096 processes"),
         "{refused}"
@@ -434,6 +486,7 @@ fn processes_are_served_concurrently() {
                 let map = Message::Memory {
                     pid,
                     op: mmap_fixed(AREA, 64 * PAGE),
+                    seq: 0,
                 };
                 assert!(matches!(
                     call(&service, map, Vec::new()).message,
@@ -483,6 +536,7 @@ fn fork_copies_on_write_and_charges_the_child() {
         Message::Fork {
             parent: PID,
             child: CHILD,
+            seq: 0,
         },
         Vec::new(),
     );
@@ -551,6 +605,7 @@ fn fork_copies_on_write_and_charges_the_child() {
         Message::Fork {
             parent: 5,
             child: 6,
+            seq: 0,
         },
         Vec::new(),
     );
@@ -562,6 +617,7 @@ fn fork_copies_on_write_and_charges_the_child() {
         Message::Fork {
             parent: PID,
             child: CHILD,
+            seq: 0,
         },
         Vec::new(),
     );
@@ -582,6 +638,7 @@ fn fork_fails_with_enomem_when_the_child_charge_does_not_fit() {
         Message::Fork {
             parent: PID,
             child: 9,
+            seq: 0,
         },
         Vec::new(),
     );
@@ -617,6 +674,7 @@ fn fork_wipes_wipeonfork_and_leaves_out_dontfork_ranges() {
         Message::Fork {
             parent: PID,
             child: CHILD,
+            seq: 0,
         },
         Vec::new(),
     );
@@ -694,11 +752,27 @@ fn a_runtime_acts_only_on_its_own_address_space() {
     let (a, b) = (0xa, 0xb);
     // Each tree makes its own process, and a child of it.
     assert!(matches!(
-        call_as(&service, (a, a), Message::Exec { pid: a }),
+        call_as(
+            &service,
+            (a, a),
+            Message::Exec {
+                pid: a,
+                seq: 0,
+                backup: None
+            }
+        ),
         Message::ExecLoaded(_)
     ));
     assert!(matches!(
-        call_as(&service, (b, b), Message::Exec { pid: b }),
+        call_as(
+            &service,
+            (b, b),
+            Message::Exec {
+                pid: b,
+                seq: 0,
+                backup: None
+            }
+        ),
         Message::ExecLoaded(_)
     ));
     assert!(matches!(
@@ -707,7 +781,8 @@ fn a_runtime_acts_only_on_its_own_address_space() {
             (a, a),
             Message::Fork {
                 parent: a,
-                child: 0xa1
+                child: 0xa1,
+                seq: 0
             }
         ),
         Message::Forked { .. }
@@ -740,16 +815,23 @@ fn a_runtime_acts_only_on_its_own_address_space() {
         Message::Memory {
             pid: b,
             op: MemoryOp::Brk { addr: 0 },
+            seq: 0,
         },
         Message::ReleaseProcess { pid: b },
-        Message::Exec { pid: b },
+        Message::Exec {
+            pid: b,
+            seq: 0,
+            backup: None,
+        },
         Message::Fork {
             parent: b,
             child: 0xb2,
+            seq: 0,
         },
         Message::Fork {
             parent: a,
             child: b,
+            seq: 0,
         },
     ] {
         let kind = message.kind();

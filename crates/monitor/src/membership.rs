@@ -1,11 +1,14 @@
 //! The monitor's membership table and its request handling.
 
 use lego_proto::{
-    ClusterView, ErrorCode, Frame, Health, Load, MemberStatus, Message, Registration, Role,
-    MAX_NAME_LEN, MAX_TEXT_LEN,
+    ClusterView, ErrorCode, Frame, Health, Load, MemberStatus, MemoryHolder, MemoryHome, Message,
+    ProcessId, Registration, Role, MAX_NAME_LEN, MAX_TEXT_LEN,
 };
-use lego_transport::{ClusterSecret, Identity, PeerInfo, Reply, Server, ServerConfig, Service};
-use std::collections::BTreeMap;
+use lego_transport::{
+    Backoff, Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Server, ServerConfig,
+    Service,
+};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -23,6 +26,9 @@ pub struct MonitorConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a component is marked dead.
     pub dead_after: Duration,
+    /// Copies of each process's memory: 2 gives each a backup on another
+    /// memory manager (when two or more are live), 1 none.
+    pub replicas: u32,
 }
 
 struct Member {
@@ -30,13 +36,31 @@ struct Member {
     load: Load,
     last_heard: Instant,
     health: Health,
+    /// Found down by a failover, which moved what it held elsewhere: if it
+    /// speaks again (a partition healed), it is told to drop everything.
+    fenced: bool,
 }
 
-/// The membership table. All methods are cheap and never block on I/O.
+/// How long a memory manager reported lost has to answer a ping before
+/// the monitor takes it for dead.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The membership table. Membership calls are cheap and never block on
+/// I/O; a failover talks to memory managers, outside the table's lock.
 pub struct Membership {
     heartbeat_interval: Duration,
     dead_after: Duration,
     members: Mutex<BTreeMap<String, Member>>,
+    /// Cluster secret, to talk to memory managers (failover); `None` in
+    /// tests of membership alone.
+    secret: Option<ClusterSecret>,
+    replicas: u32,
+    /// Where each process's memory lives, as the last failover decided
+    /// (soft state: a process missing here is taken at its runtime's
+    /// word, which its memory managers check).
+    homes: Mutex<HashMap<ProcessId, MemoryHome>>,
+    /// One failover at a time: each decision sees the ones before it.
+    failing_over: Mutex<()>,
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -53,7 +77,19 @@ impl Membership {
             heartbeat_interval,
             dead_after,
             members: Mutex::new(BTreeMap::new()),
+            secret: None,
+            replicas: 1,
+            homes: Mutex::new(HashMap::new()),
+            failing_over: Mutex::new(()),
         }
+    }
+
+    /// Lets the monitor place backups (`replicas` 2) and fail processes
+    /// over, talking to memory managers with `secret`.
+    pub fn with_replication(mut self, secret: ClusterSecret, replicas: u32) -> Membership {
+        self.secret = Some(secret);
+        self.replicas = replicas.clamp(1, 2);
+        self
     }
 
     fn members(&self) -> MutexGuard<'_, BTreeMap<String, Member>> {
@@ -111,6 +147,7 @@ impl Membership {
                 registration,
                 last_heard: now,
                 health: Health::Alive,
+                fenced: false,
             },
         );
         Message::Registered {
@@ -144,6 +181,14 @@ impl Membership {
                     load.role()
                 ),
             );
+        }
+        if member.fenced {
+            // What it held was moved while it was cut off: it must not
+            // serve any of it again.
+            warn!("{name} speaks again after its processes moved on: fencing it");
+            member.fenced = false;
+            member.health = Health::Dead;
+            return Message::Fenced;
         }
         if member.health == Health::Dead {
             info!("{name} is alive again");
@@ -228,6 +273,10 @@ impl Membership {
                 "no live memory manager in the cluster",
             );
         };
+        let backup = (self.replicas > 1)
+            .then(|| most_free_memory(&members, &[&memory.registration.name]))
+            .flatten()
+            .map(|m| Box::new(m.registration.clone()));
         let storage = members
             .values()
             .filter(alive)
@@ -236,7 +285,117 @@ impl Membership {
         Message::Placement {
             processor: processor.registration.clone(),
             memory: memory.registration.clone(),
+            backup,
             storage,
+        }
+    }
+
+    /// A memory manager of process `pid`'s home is reported lost: if it is
+    /// down, the backup becomes the primary, a new backup is chosen, and
+    /// the primary is told (`Promote`). Several runtimes (and a primary
+    /// whose backup went) may report the same loss: a report of an epoch
+    /// already decided gets that decision.
+    fn failover(&self, pid: ProcessId, home: MemoryHome, failed: &str) -> Message {
+        let Some(secret) = self.secret.clone() else {
+            return Message::error(ErrorCode::Unsupported, "this monitor does not fail over");
+        };
+        let _one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = self.homes().get(&pid) {
+            if known.epoch > home.epoch {
+                return Message::MemoryMoved(known.clone());
+            }
+        }
+        let is_primary = home.primary.name == failed;
+        if !is_primary && home.backup.as_ref().is_none_or(|b| b.name != failed) {
+            return Message::error(
+                ErrorCode::BadRequest,
+                format!("{failed} holds no memory of process {pid:#x}"),
+            );
+        }
+        let failed_holder = if is_primary {
+            home.primary.clone()
+        } else {
+            home.backup.clone().expect("checked above")
+        };
+        match holds(&secret, &failed_holder, pid) {
+            // It still serves the process as it should: the runtime's
+            // trouble was its own (or passing).
+            Some(Some((epoch, primary))) if epoch >= home.epoch && primary == is_primary => {
+                return Message::error(
+                    ErrorCode::Internal,
+                    format!(
+                        "{failed} at {} is alive and holds process {pid:#x}",
+                        failed_holder.addr
+                    ),
+                );
+            }
+            // Restarted (or it dropped the process): alive, empty of it.
+            Some(_) => info!(
+                pid = format_args!("{pid:#x}"),
+                "{failed} answers but no longer holds the process's memory"
+            ),
+            None => self.fence(failed),
+        }
+        let primary = if is_primary {
+            match home.backup.clone() {
+                Some(backup) => backup,
+                None => {
+                    return Message::error(
+                        ErrorCode::Internal,
+                        format!(
+                            "process {pid:#x} had no replica: its memory was lost with {failed}"
+                        ),
+                    )
+                }
+            }
+        } else {
+            home.primary.clone()
+        };
+        let backup = (self.replicas > 1)
+            .then(|| {
+                let members = self.members();
+                most_free_memory(&members, &[&primary.name, failed]).map(|m| MemoryHolder {
+                    name: m.registration.name.clone(),
+                    addr: m.registration.addr,
+                })
+            })
+            .flatten();
+        let moved = MemoryHome {
+            primary,
+            backup,
+            epoch: home.epoch + 1,
+        };
+        if let Err(why) = promote(&secret, pid, &moved) {
+            return Message::error(ErrorCode::Internal, why);
+        }
+        warn!(
+            pid = format_args!("{pid:#x}"),
+            "{failed} lost: process served by {} now{}",
+            moved.primary.name,
+            moved
+                .backup
+                .as_ref()
+                .map_or(" (no backup)".to_string(), |b| format!(
+                    ", backup {}",
+                    b.name
+                ))
+        );
+        self.homes().insert(pid, moved.clone());
+        Message::MemoryMoved(moved)
+    }
+
+    fn homes(&self) -> MutexGuard<'_, HashMap<ProcessId, MemoryHome>> {
+        self.homes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes member `name` for dead, and fences it should it speak again.
+    fn fence(&self, name: &str) {
+        if let Some(member) = self.members().get_mut(name) {
+            if member.health == Health::Alive {
+                warn!("{name} marked dead: it does not answer");
+            }
+            member.health = Health::Dead;
+            member.fenced = true;
         }
     }
 
@@ -257,6 +416,86 @@ impl Membership {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The live memory manager with the most uncommitted memory, other than
+/// those named in `except`.
+fn most_free_memory<'a>(
+    members: &'a BTreeMap<String, Member>,
+    except: &[&str],
+) -> Option<&'a Member> {
+    members
+        .values()
+        .filter(|m| m.health == Health::Alive && m.registration.role == Role::Memory)
+        .filter(|m| !except.contains(&m.registration.name.as_str()))
+        .max_by_key(|m| match &m.load {
+            Load::Memory {
+                capacity,
+                committed,
+                ..
+            } => capacity.saturating_sub(*committed),
+            _ => 0,
+        })
+}
+
+/// A client of memory manager `holder`, as the monitor.
+fn memory_client(secret: &ClusterSecret, holder: &MemoryHolder, timeout: Duration) -> Client {
+    let mut config = ClientConfig::new(secret.clone(), Identity::new(Role::Monitor, "monitor"));
+    config.connect_timeout = timeout;
+    config.request_timeout = timeout;
+    config.backoff = Backoff {
+        give_up_after: Duration::ZERO,
+        ..Backoff::default()
+    };
+    Client::new(holder.addr, config)
+}
+
+/// What `holder` holds of process `pid`: `None` if it does not answer
+/// within [`PROBE_TIMEOUT`], `Some(None)` if it holds nothing of it, else
+/// its copy's epoch and whether it is the primary.
+#[allow(clippy::option_option)]
+fn holds(
+    secret: &ClusterSecret,
+    holder: &MemoryHolder,
+    pid: ProcessId,
+) -> Option<Option<(u64, bool)>> {
+    let reply = memory_client(secret, holder, PROBE_TIMEOUT)
+        .call(&Message::Holds { pid }, &[])
+        .ok()?;
+    match reply.message {
+        Message::Holding {
+            held: true,
+            epoch,
+            primary,
+        } => Some(Some((epoch, primary))),
+        _ => Some(None),
+    }
+}
+
+/// Tells `home.primary` it serves process `pid` now, with `home.backup`.
+fn promote(secret: &ClusterSecret, pid: ProcessId, home: &MemoryHome) -> Result<(), String> {
+    let reply = memory_client(secret, &home.primary, Duration::from_secs(5))
+        .call(
+            &Message::Promote {
+                pid,
+                epoch: home.epoch,
+                backup: home.backup.clone(),
+            },
+            &[],
+        )
+        .map_err(|e| format!("cannot reach {}: {e}", home.primary.name))?;
+    match reply.message {
+        Message::Promoted => Ok(()),
+        Message::Error(e) => Err(format!(
+            "{} cannot take over process {pid:#x}: {}",
+            home.primary.name, e.message
+        )),
+        other => Err(format!(
+            "{} answered Promote with {}",
+            home.primary.name,
+            other.kind()
+        )),
     }
 }
 
@@ -308,6 +547,11 @@ impl Service for Membership {
             Message::Heartbeat { name, load } => self.heartbeat(peer, &name, load),
             Message::GetClusterView => Message::ClusterView(self.view()),
             Message::PlaceProcess { processor } => self.place(processor.as_deref()),
+            Message::Failover {
+                pid, home, failed, ..
+            } if matches!(peer.identity.role, Role::Processor | Role::Memory) => {
+                self.failover(pid, home, &failed)
+            }
             other => Message::error(
                 ErrorCode::Unsupported,
                 format!("the monitor does not serve {}", other.kind()),
@@ -326,10 +570,10 @@ pub struct MonitorServer {
 
 impl MonitorServer {
     pub fn start(config: MonitorConfig) -> std::io::Result<MonitorServer> {
-        let membership = Arc::new(Membership::new(
-            config.heartbeat_interval,
-            config.dead_after,
-        ));
+        let membership = Arc::new(
+            Membership::new(config.heartbeat_interval, config.dead_after)
+                .with_replication(config.secret.clone(), config.replicas),
+        );
         let server = Server::bind(
             config.listen,
             ServerConfig::new(config.secret, Identity::new(Role::Monitor, "monitor")),

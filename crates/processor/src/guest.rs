@@ -101,10 +101,13 @@ pub fn place(
     let reply = monitor
         .call(&asked, &[])
         .map_err(|e| unplaced(format!("cannot reach the monitor: {e}")))?;
-    let (memory, storage) = match reply.message {
+    let (memory, backup, storage) = match reply.message {
         Message::Placement {
-            memory, storage, ..
-        } => (memory, storage),
+            memory,
+            backup,
+            storage,
+            ..
+        } => (memory, backup, storage),
         Message::Error(e) => {
             return Err(unplaced(format!(
                 "the monitor cannot place the program: {}",
@@ -129,6 +132,10 @@ pub fn place(
     }
     spec.memory = memory.addr;
     spec.memory_name = memory.name;
+    spec.memory_backup = backup.map(|b| lego_proto::MemoryHolder {
+        name: b.name,
+        addr: b.addr,
+    });
     spec.excache = match spec.excache {
         0 => processor.excache_quota,
         asked => asked.min(processor.excache_quota),

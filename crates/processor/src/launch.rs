@@ -348,6 +348,28 @@ fn serve_connection(
         };
         return reply(&mut writer, frame.id, answer);
     }
+    if let Message::Failover {
+        pid,
+        tree,
+        home,
+        failed,
+    } = frame.message
+    {
+        // A runtime asks only for its own process.
+        let answer = if client.role != Role::Process
+            || client.pid() != Some(pid)
+            || client.tree() != Some(tree)
+            || !processor.runs(pid, caller.pid)
+        {
+            Message::error(
+                ErrorCode::Denied,
+                format!("{} may not ask a failover of process {pid:x}", client.name),
+            )
+        } else {
+            processor.fail_over(pid, tree, home, failed)
+        };
+        return reply(&mut writer, frame.id, answer);
+    }
     if let Message::SocketAt { connect, tid, path } = &frame.message {
         let answer = match (client.role, <[OwnedFd; 1]>::try_from(fds)) {
             (Role::Process, Ok([socket])) => match ids_of(&stream, caller.pid, *tid) {
@@ -619,6 +641,7 @@ fn start(
             host_pid,
             command: command.chars().take(256).collect(),
             home_memory: spec.memory_name.clone(),
+            backup_memory: spec.memory_backup.as_ref().map(|b| b.name.clone()),
             excache_quota: spec.excache,
             parent: None,
             resident_bytes: 0,
@@ -654,6 +677,9 @@ fn start(
                         .map(|e| format!(" ({e})"))
                         .unwrap_or_default()
                 );
+                let memory = processor
+                    .home_of(pid)
+                    .map_or(memory, |home| home.primary.addr);
                 processor.untrack(pid);
                 // Answer first: releasing may wait on a memory manager
                 // that is gone, and the user should not wait for that.
@@ -764,6 +790,7 @@ fn adopt(
             host_pid: spec.host_pid,
             command: spec.command.chars().take(256).collect(),
             home_memory: spec.memory_name.clone(),
+            backup_memory: spec.memory_backup.as_ref().map(|b| b.name.clone()),
             excache_quota: spec.excache,
             parent: Some(spec.parent),
             resident_bytes: 0,
@@ -805,9 +832,12 @@ fn adopt(
         Some(error) => warn!("process {pid:x} ended: {error}"),
         None => info!("process {pid:x} ended"),
     }
+    let memory = processor
+        .home_of(pid)
+        .map_or(spec.memory, |home| home.primary.addr);
     processor.untrack(pid);
     // With the process's key, not the secret: the memory manager it names
     // is the runtime's word, so only that pid can be freed there.
-    processor.release_for_tree(spec.memory, pid, tree);
+    processor.release_for_tree(memory, pid, tree);
     Ok(())
 }

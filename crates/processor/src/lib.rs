@@ -17,7 +17,9 @@ mod spawn;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
 use lego_proto::live::LiveStats;
-use lego_proto::{ErrorCode, Frame, Load, Message, ProcessId, ProcessInfo, Role, Voucher};
+use lego_proto::{
+    ErrorCode, Frame, Load, MemoryHome, Message, ProcessId, ProcessInfo, Role, Voucher,
+};
 use lego_transport::{Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -114,6 +116,8 @@ pub struct Processor {
     /// Who else may launch programs, and where to place theirs.
     guests: Guests,
     monitor: SocketAddr,
+    /// Where the memory of processes that failed over lives now.
+    homes: Mutex<HashMap<ProcessId, MemoryHome>>,
 }
 
 impl Processor {
@@ -200,6 +204,62 @@ impl Processor {
             .unwrap_or_else(|p| p.into_inner())
             .get(&pid)
             .is_some_and(|(info, _)| info.host_pid == host_pid)
+    }
+
+    /// Relays a runtime's failover request for process `pid` to the
+    /// monitor, and remembers where its memory lives now (its memory is
+    /// freed there when it ends, and `lego ps` shows it).
+    fn fail_over(
+        &self,
+        pid: ProcessId,
+        tree: ProcessId,
+        home: MemoryHome,
+        failed: String,
+    ) -> Message {
+        let mut config = ClientConfig::new(
+            self.secret.clone(),
+            Identity::new(Role::Processor, self.name.clone()),
+        );
+        config.request_timeout = std::time::Duration::from_secs(20);
+        let monitor = Client::new(self.monitor, config);
+        let asked = Message::Failover {
+            pid,
+            tree,
+            home,
+            failed,
+        };
+        let answer = match monitor.call(&asked, &[]) {
+            Ok(reply) => reply.message,
+            Err(e) => Message::error(
+                ErrorCode::Internal,
+                format!("cannot reach the monitor: {e}"),
+            ),
+        };
+        if let Message::MemoryMoved(home) = &answer {
+            if let Some((info, _)) = self
+                .processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&pid)
+            {
+                info.home_memory = home.primary.name.clone();
+                info.backup_memory = home.backup.as_ref().map(|b| b.name.clone());
+            }
+            self.homes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, home.clone());
+        }
+        answer
+    }
+
+    /// Where process `pid`'s memory lives if it failed over (and forgets
+    /// it: asked once, as the process ends).
+    fn home_of(&self, pid: ProcessId) -> Option<MemoryHome> {
+        self.homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid)
     }
 
     /// Whether `pid` names a process this processor runs or ran lately.
@@ -309,6 +369,7 @@ impl ProcessorManager {
             last_issued: AtomicU64::new(0),
             guests: config.guests.clone(),
             monitor: config.component.monitor,
+            homes: Mutex::new(HashMap::new()),
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
         });

@@ -6,12 +6,71 @@
 //! connection state, so a runtime may reconnect (or be replaced) freely.
 
 use crate::storage::{FileHandle, Voucher};
+use crate::Message;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Cluster-wide process identifier, chosen by the processor that starts the
 /// process (random, so processors need not coordinate).
 pub type ProcessId = u64;
+
+/// A memory manager holding a process's memory: its name and where it
+/// serves.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemoryHolder {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// Where a process's memory lives: the memory manager that serves its
+/// runtime (the primary) and the one that holds a copy of all of it
+/// (the backup, `None` without replicas or while none is live). The
+/// primary applies every change and passes it on to the backup before it
+/// answers, so the backup can take over with nothing acknowledged lost.
+/// `epoch` counts the monitor's decisions about the process: each
+/// failover makes a new one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemoryHome {
+    pub primary: MemoryHolder,
+    pub backup: Option<MemoryHolder>,
+    pub epoch: u64,
+}
+
+/// The layout of one address space, as a primary sends it to start a
+/// backup's copy: every VMA, the program break, the files mappings read
+/// from, and the last change made (see `Message::Memory`'s `seq`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SpaceLayout {
+    pub vmas: Vec<VmaLayout>,
+    pub brk_start: u64,
+    pub brk: u64,
+    pub files: Vec<MappedFile>,
+    pub last_seq: u64,
+    pub last_reply: Option<Box<Message>>,
+}
+
+/// One VMA of a [`SpaceLayout`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmaLayout {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub populated: bool,
+    pub accounted: bool,
+    /// Index into `SpaceLayout::files` and the file offset of `start`.
+    pub file: Option<(u32, u64)>,
+    /// 0: copied by fork, 1: `MADV_WIPEONFORK`, 2: `MADV_DONTFORK`.
+    pub on_fork: u8,
+}
+
+/// A file that mappings of a [`SpaceLayout`] read from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    pub storage: SocketAddr,
+    pub handle: FileHandle,
+    /// The one-file voucher its pages are read with.
+    pub caller: Voucher,
+}
 
 /// Size of a page on the wire and in every address space.
 pub const PAGE_SIZE: usize = 4096;

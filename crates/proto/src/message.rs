@@ -5,7 +5,9 @@
 //! the frame size, and receivers check the semantic limits
 //! ([`MAX_NAME_LEN`], [`MAX_TEXT_LEN`]) before storing anything.
 
-use crate::memory::{ExecImage, MemoryOp, MemoryOpDone, ProcessId, RangeChange};
+use crate::memory::{
+    ExecImage, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, ProcessId, RangeChange,
+};
 use crate::process::{AdoptSpec, ExitReport, LaunchSpec, NotRun, ProcessInfo};
 use crate::storage::{StorageReply, StorageRequest, Voucher};
 use serde::{Deserialize, Serialize};
@@ -222,13 +224,52 @@ pub enum Message {
     PlaceProcess {
         processor: Option<String>,
     },
-    /// A processor to run it on, its home memory manager, and the storage
-    /// manager serving its files (if the cluster has one).
+    /// A processor to run it on, its home memory manager, the memory
+    /// manager holding its replica (with replicas, and two or more live),
+    /// and the storage manager serving its files (if the cluster has one).
     Placement {
         processor: Registration,
         memory: Registration,
+        backup: Option<Box<Registration>>,
         storage: Option<Registration>,
     },
+    /// A processor reporting that `failed`, a memory manager of `home`,
+    /// is lost to process `pid` of tree `tree`: the monitor checks it is
+    /// down, makes the process's backup its primary (telling it with
+    /// `Promote`), picks a new backup, and answers `MemoryMoved`.
+    Failover {
+        pid: ProcessId,
+        tree: ProcessId,
+        home: MemoryHome,
+        failed: String,
+    },
+    /// Where the process's memory lives now.
+    MemoryMoved(MemoryHome),
+    /// The monitor to a memory manager: serve process `pid` as its
+    /// primary from now on (its epoch is `epoch`), and make `backup` hold
+    /// a copy of it (sent in the background while the process runs).
+    Promote {
+        pid: ProcessId,
+        epoch: u64,
+        backup: Option<MemoryHolder>,
+    },
+    Promoted,
+    /// The monitor asking a memory manager reported lost what it holds of
+    /// process `pid` (a restarted one answers, and holds nothing).
+    Holds {
+        pid: ProcessId,
+    },
+    /// The answer: it holds a copy at `epoch`, as the primary or not
+    /// (`held` false: none).
+    Holding {
+        held: bool,
+        epoch: u64,
+        primary: bool,
+    },
+    /// The monitor to a component it had found dead and that spoke again
+    /// (a partition healed): everything it held has moved on, so it
+    /// drops it and registers anew, empty.
+    Fenced,
 
     // --- processes (processor, over its launch socket) ---
     /// Start a program; the request carries the program's stdin, stdout and
@@ -292,9 +333,11 @@ pub enum Message {
 
     // --- memory (memory manager) ---
     /// fork: give `child` a copy-on-write copy of `parent`'s address space.
+    /// `seq`, as for `Memory`.
     Fork {
         parent: ProcessId,
         child: ProcessId,
+        seq: u64,
     },
     /// Reply: the ranges where the child's copy differs from the parent's
     /// (`MADV_WIPEONFORK` ones read zeros, `MADV_DONTFORK` ones are absent).
@@ -305,15 +348,23 @@ pub enum Message {
         child_key: [u8; 32],
     },
     /// Build a new address space for `pid` from the ELF image in the
-    /// payload, replacing any it had.
+    /// payload, replacing any it had. `seq`, as for `Memory`. A new
+    /// process's first names its backup (the placement's); a later one
+    /// keeps the backup the process has.
     Exec {
         pid: ProcessId,
+        seq: u64,
+        backup: Option<MemoryHolder>,
     },
     ExecLoaded(ExecImage),
-    /// An address-space call of `pid`.
+    /// An address-space call of `pid`. `seq` numbers the process's
+    /// changes (Exec, Fork, Memory), one higher each time: a change sent
+    /// again with the last one's number (to a backup that took over while
+    /// it was answered) gets the answer it got, without being made twice.
     Memory {
         pid: ProcessId,
         op: MemoryOp,
+        seq: u64,
     },
     MemoryDone(MemoryOpDone),
     /// The call failed with this errno, as Linux would fail it.
@@ -351,6 +402,34 @@ pub enum Message {
         pid: ProcessId,
     },
     Released,
+    /// A primary memory manager passing a change of process `pid` on to
+    /// its backup (`inner`: `Exec`, `Fork`, `Memory`, `WriteBack` or
+    /// `ReleaseProcess`, with its payload), in the order it applied them,
+    /// before it answers the runtime. The backup applies it as the
+    /// primary did, even past its capacity: it must hold what the primary
+    /// holds.
+    Replicate {
+        pid: ProcessId,
+        tree: ProcessId,
+        epoch: u64,
+        inner: Box<Message>,
+    },
+    /// A primary starting a backup's copy of process `pid` (tree `tree`):
+    /// its whole layout; its pages follow in `ReplicaPages`, then every
+    /// change in `Replicate`.
+    ReplicaOf {
+        pid: ProcessId,
+        tree: ProcessId,
+        epoch: u64,
+        layout: crate::memory::SpaceLayout,
+    },
+    /// Pages of a backup's copy; the payload holds one page per address.
+    ReplicaPages {
+        pid: ProcessId,
+        addrs: Vec<u64>,
+    },
+    /// Reply to the three above.
+    Replicated,
 
     // --- files (storage manager; see `crate::storage`) ---
     /// A file request; `Write` carries its data as the payload. `caller`:
@@ -387,6 +466,13 @@ impl Message {
             Message::ClusterView(_) => "ClusterView",
             Message::PlaceProcess { .. } => "PlaceProcess",
             Message::Placement { .. } => "Placement",
+            Message::Failover { .. } => "Failover",
+            Message::MemoryMoved(_) => "MemoryMoved",
+            Message::Promote { .. } => "Promote",
+            Message::Promoted => "Promoted",
+            Message::Holds { .. } => "Holds",
+            Message::Holding { .. } => "Holding",
+            Message::Fenced => "Fenced",
             Message::Launch(_) => "Launch",
             Message::Launched { .. } => "Launched",
             Message::WaitProcess { .. } => "WaitProcess",
@@ -416,6 +502,10 @@ impl Message {
             Message::WrittenBack => "WrittenBack",
             Message::ReleaseProcess { .. } => "ReleaseProcess",
             Message::Released => "Released",
+            Message::Replicate { .. } => "Replicate",
+            Message::ReplicaOf { .. } => "ReplicaOf",
+            Message::ReplicaPages { .. } => "ReplicaPages",
+            Message::Replicated => "Replicated",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",
             Message::StorageFailed { .. } => "StorageFailed",

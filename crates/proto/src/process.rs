@@ -22,6 +22,9 @@ pub struct LaunchSpec {
     /// The process's home memory manager.
     pub memory: SocketAddr,
     pub memory_name: String,
+    /// The memory manager holding a copy of all of its memory, which takes
+    /// over if the home is lost (`None`: no replica).
+    pub memory_backup: Option<crate::memory::MemoryHolder>,
     /// Its pool's capacity, and how much of it was not yet promised to
     /// anyone when the process was placed (what /proc/meminfo reports).
     pub memory_capacity: u64,
@@ -75,6 +78,8 @@ pub struct ProcessInfo {
     pub host_pid: u32,
     pub command: String,
     pub home_memory: String,
+    /// The memory manager holding its backup, if it has one.
+    pub backup_memory: Option<String>,
     pub excache_quota: u64,
     /// The Lego process that created it; `None` for one `lego run` started.
     pub parent: Option<ProcessId>,
@@ -96,9 +101,11 @@ pub struct AdoptSpec {
     /// The runtime's pid on the processor's host.
     pub host_pid: u32,
     pub command: String,
-    /// The home memory manager (the parent's: the copy lives beside it).
+    /// The home memory manager (the parent's: the copy lives beside it),
+    /// and the backup, as the parent's are now.
     pub memory: SocketAddr,
     pub memory_name: String,
+    pub memory_backup: Option<crate::memory::MemoryHolder>,
     pub excache: u64,
 }
 

@@ -35,6 +35,7 @@ fn process_info() -> impl Strategy<Value = ProcessInfo> {
             )| ProcessInfo {
                 pid,
                 host_pid,
+                backup_memory: (pid % 2 == 0).then(|| home_memory.clone()),
                 command,
                 home_memory,
                 excache_quota,
@@ -78,6 +79,20 @@ fn load() -> impl Strategy<Value = Load> {
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+}
+
+fn holder() -> impl Strategy<Value = MemoryHolder> {
+    (text(), addr()).prop_map(|(name, addr)| MemoryHolder { name, addr })
+}
+
+fn home() -> impl Strategy<Value = MemoryHome> {
+    (holder(), prop::option::of(holder()), any::<u64>()).prop_map(|(primary, backup, epoch)| {
+        MemoryHome {
+            primary,
+            backup,
+            epoch,
+        }
+    })
 }
 
 fn registration() -> impl Strategy<Value = Registration> {
@@ -247,13 +262,36 @@ fn process_message() -> impl Strategy<Value = Message> {
         (
             registration(),
             registration(),
+            prop::option::of(registration()),
             prop::option::of(registration())
         )
-            .prop_map(|(processor, memory, storage)| Message::Placement {
+            .prop_map(|(processor, memory, backup, storage)| Message::Placement {
                 processor,
                 memory,
+                backup: backup.map(Box::new),
                 storage
             }),
+        (any::<u64>(), any::<u64>(), home(), text()).prop_map(|(pid, tree, home, failed)| {
+            Message::Failover {
+                pid,
+                tree,
+                home,
+                failed,
+            }
+        }),
+        home().prop_map(Message::MemoryMoved),
+        (any::<u64>(), any::<u64>(), prop::option::of(holder()))
+            .prop_map(|(pid, epoch, backup)| Message::Promote { pid, epoch, backup }),
+        Just(Message::Promoted),
+        Just(Message::Fenced),
+        any::<u64>().prop_map(|pid| Message::Holds { pid }),
+        (any::<bool>(), any::<u64>(), any::<bool>()).prop_map(|(held, epoch, primary)| {
+            Message::Holding {
+                held,
+                epoch,
+                primary,
+            }
+        }),
         (
             bytes(),
             prop::collection::vec(bytes(), 0..4),
@@ -274,6 +312,10 @@ fn process_message() -> impl Strategy<Value = Message> {
                         excache,
                         memory,
                         memory_name: memory_name.clone(),
+                        memory_backup: (excache % 3 == 0).then(|| MemoryHolder {
+                            name: memory_name.clone(),
+                            addr: memory,
+                        }),
                         memory_capacity: excache ^ 0x5555,
                         memory_available: excache >> 3,
                         storage,
@@ -318,6 +360,10 @@ fn process_message() -> impl Strategy<Value = Message> {
                     host_pid,
                     command,
                     memory,
+                    memory_backup: (pid % 2 == 0).then(|| MemoryHolder {
+                        name: memory_name.clone(),
+                        addr: memory,
+                    }),
                     memory_name,
                     excache: pid ^ parent,
                 })
@@ -328,8 +374,13 @@ fn process_message() -> impl Strategy<Value = Message> {
 
 fn memory_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        any::<u64>().prop_map(|pid| Message::Exec { pid }),
-        (any::<u64>(), any::<u64>()).prop_map(|(parent, child)| Message::Fork { parent, child }),
+        (any::<u64>(), any::<u64>(), prop::option::of(holder()))
+            .prop_map(|(pid, seq, backup)| Message::Exec { pid, seq, backup }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(parent, child, seq)| Message::Fork {
+            parent,
+            child,
+            seq
+        }),
         (
             prop::collection::vec(range_change(), 0..4),
             any::<[u8; 32]>()
@@ -353,7 +404,11 @@ fn memory_message() -> impl Strategy<Value = Message> {
                     mappings,
                 })
             ),
-        (any::<u64>(), memory_op()).prop_map(|(pid, op)| Message::Memory { pid, op }),
+        (any::<u64>(), memory_op(), any::<u64>()).prop_map(|(pid, op, seq)| Message::Memory {
+            pid,
+            op,
+            seq
+        }),
         (
             any::<u64>(),
             prop::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..3),
@@ -381,7 +436,77 @@ fn memory_message() -> impl Strategy<Value = Message> {
         Just(Message::WrittenBack),
         any::<u64>().prop_map(|pid| Message::ReleaseProcess { pid }),
         Just(Message::Released),
+        (any::<u64>(), any::<u64>(), any::<u64>(), memory_op()).prop_map(
+            |(pid, tree, epoch, op)| Message::Replicate {
+                pid,
+                tree,
+                epoch,
+                inner: Box::new(Message::Memory {
+                    pid,
+                    op,
+                    seq: epoch
+                }),
+            }
+        ),
+        (any::<u64>(), any::<u64>(), any::<u64>(), layout()).prop_map(
+            |(pid, tree, epoch, layout)| Message::ReplicaOf {
+                pid,
+                tree,
+                epoch,
+                layout
+            }
+        ),
+        (any::<u64>(), prop::collection::vec(any::<u64>(), 0..8))
+            .prop_map(|(pid, addrs)| Message::ReplicaPages { pid, addrs }),
+        Just(Message::Replicated),
     ]
+}
+
+fn layout() -> impl Strategy<Value = SpaceLayout> {
+    (
+        prop::collection::vec(
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<bool>(),
+                any::<u8>(),
+            ),
+            0..4,
+        ),
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec(
+            (addr(), prop::collection::vec(any::<u8>(), 0..16), voucher()),
+            0..2,
+        ),
+    )
+        .prop_map(|(vmas, brk_start, brk, files)| SpaceLayout {
+            vmas: vmas
+                .into_iter()
+                .map(|(start, end, prot, populated, on_fork)| VmaLayout {
+                    start,
+                    end,
+                    prot,
+                    populated,
+                    accounted: !populated,
+                    file: populated.then_some((0, start)),
+                    on_fork,
+                })
+                .collect(),
+            brk_start,
+            brk,
+            files: files
+                .into_iter()
+                .map(|(storage, handle, caller)| MappedFile {
+                    storage,
+                    handle: FileHandle(handle),
+                    caller,
+                })
+                .collect(),
+            last_seq: brk ^ brk_start,
+            last_reply: (brk % 2 == 0).then(|| Box::new(Message::Promoted)),
+        })
 }
 
 fn member() -> impl Strategy<Value = MemberStatus> {

@@ -173,8 +173,14 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     host::open_proc_root();
     let arena = Arena::reserve().map_err(|e| e.to_string())?;
     let remote = RemoteMemory::connect(
-        spec.memory,
-        spec.memory_name.clone(),
+        lego_proto::MemoryHome {
+            primary: lego_proto::MemoryHolder {
+                name: spec.memory_name.clone(),
+                addr: spec.memory,
+            },
+            backup: spec.memory_backup.clone(),
+            epoch: 0,
+        },
         key.clone(),
         identity,
         pid,
@@ -213,6 +219,9 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
     };
     let rt = process::install(rt)?;
     process::credentials::keep_vouched(rt);
+    rt.mm.remote.set_failover(Box::new(move |home, failed| {
+        process::processor::fail_over(rt, home, failed)
+    }));
     mm::fault::spawn(&rt.mm).map_err(|e| format!("cannot start the fault thread: {e}"))?;
     let change = rt.mm.cache.change_layout();
     let sp = image::install(rt, change, &loaded, &prepared, &spec.envp, &spec.program)?;

@@ -126,6 +126,7 @@ impl Bench {
             processors: 1,
             memories: 1,
             storages: 1,
+            replicas: 1,
             memory_capacity: memory,
             excache,
             export: PathBuf::from("/"),

@@ -366,6 +366,25 @@ impl Cluster {
         out
     }
 
+    /// Where each process's memory lives, as the processors report it:
+    /// (pid, home memory manager, backup).
+    pub fn homes(&self) -> Vec<(u64, String, Option<String>)> {
+        let Some(status) = self.status() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for row in status["components"].as_array().into_iter().flatten() {
+            for p in row["load"]["processes"].as_array().into_iter().flatten() {
+                out.push((
+                    p["pid"].as_u64().unwrap_or(0),
+                    p["home_memory"].as_str().unwrap_or("").to_string(),
+                    p["backup_memory"].as_str().map(str::to_string),
+                ));
+            }
+        }
+        out
+    }
+
     /// A component's load figure from `lego status --json`.
     pub fn load(&self, name: &str, field: &str) -> Option<u64> {
         let status = self.status()?;

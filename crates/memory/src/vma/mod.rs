@@ -41,7 +41,9 @@ mod mremap;
 mod tests;
 
 use crate::pool::{PageId, PagePool, PAGE};
-use lego_proto::{RangeChange, RangeMove, RangeState, USER_END, USER_MIN};
+use lego_proto::{
+    MappedFile, RangeChange, RangeMove, RangeState, SpaceLayout, VmaLayout, USER_END, USER_MIN,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -320,6 +322,120 @@ impl AddressSpace {
         pool.uncommit(self.committed);
         self.committed = 0;
         self.vmas.clear();
+    }
+
+    /// The layout of this space for a backup's copy (its pages go
+    /// separately, see [`AddressSpace::pages_from`]).
+    pub fn layout(&self) -> (Vec<VmaLayout>, u64, u64, Vec<MappedFile>) {
+        let vmas = self
+            .vmas
+            .values()
+            .map(|v| VmaLayout {
+                start: v.start,
+                end: v.end,
+                prot: v.prot,
+                populated: v.populated,
+                accounted: v.accounted,
+                file: v.file.map(|f| (f.source, f.offset)),
+                on_fork: match v.on_fork {
+                    OnFork::Copy => 0,
+                    OnFork::Wipe => 1,
+                    OnFork::Skip => 2,
+                },
+            })
+            .collect();
+        let files = self
+            .files
+            .iter()
+            .map(|f| MappedFile {
+                storage: f.storage,
+                handle: f.handle.clone(),
+                caller: f.caller.clone(),
+            })
+            .collect();
+        (vmas, self.brk_start, self.brk, files)
+    }
+
+    /// An address space of `layout`, with no pages yet, charged to `pool`
+    /// as its primary's is. Errors name what is malformed (a layout comes
+    /// from the network).
+    pub fn from_layout(layout: &SpaceLayout, pool: &mut PagePool) -> Result<AddressSpace, String> {
+        let mut vmas = BTreeMap::new();
+        let mut committed = 0u64;
+        let mut last_end = USER_MIN;
+        for v in &layout.vmas {
+            let file = match v.file {
+                Some((source, offset)) if (source as usize) < layout.files.len() => {
+                    Some(FileRef { source, offset })
+                }
+                Some((source, _)) => return Err(format!("a VMA names file {source}, of none")),
+                None => None,
+            };
+            if !is_aligned(v.start)
+                || !is_aligned(v.end)
+                || v.start < last_end
+                || v.end <= v.start
+                || v.end > USER_END
+                || v.prot & !PROT_ALL != 0
+            {
+                return Err(format!(
+                    "VMA {:#x}-{:#x} (prot {:#x}) is not page-aligned, ordered, disjoint and in range",
+                    v.start, v.end, v.prot
+                ));
+            }
+            last_end = v.end;
+            let on_fork = match v.on_fork {
+                0 => OnFork::Copy,
+                1 => OnFork::Wipe,
+                2 => OnFork::Skip,
+                other => return Err(format!("unknown fork behaviour {other}")),
+            };
+            if v.accounted {
+                committed += v.end - v.start;
+            }
+            vmas.insert(
+                v.start,
+                Vma {
+                    start: v.start,
+                    end: v.end,
+                    prot: v.prot,
+                    populated: v.populated,
+                    accounted: v.accounted,
+                    file,
+                    on_fork,
+                },
+            );
+        }
+        if !pool.try_commit(committed) {
+            return Err(format!(
+                "a copy charged {committed} bytes does not fit in this pool"
+            ));
+        }
+        Ok(AddressSpace {
+            vmas,
+            pages: BTreeMap::new(),
+            brk_start: layout.brk_start,
+            brk: layout.brk,
+            committed,
+            files: layout
+                .files
+                .iter()
+                .map(|f| FileSource {
+                    storage: f.storage,
+                    handle: f.handle.clone(),
+                    caller: f.caller.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Up to `max` stored pages from address `from` on, in address order.
+    pub fn pages_from(&self, from: u64, max: usize) -> Vec<(u64, PageId)> {
+        self.pages
+            .range(from..)
+            .take(max)
+            .map(|(&a, &id)| (a, id))
+            .collect()
     }
 
     /// fork: a copy of this address space that shares every stored page

@@ -1,16 +1,27 @@
-//! The runtime's link to the process's home memory manager.
+//! The runtime's link to the process's memory: the primary memory manager
+//! that serves it, and what happens when that one is lost.
+//!
+//! Every request goes to the primary, which passes each change on to the
+//! process's backup before it answers. When the primary cannot be reached,
+//! the runtime asks its processor to fail the process over (the monitor
+//! makes the backup the primary), moves every connection to the new
+//! primary, and sends the request again: a change carries the number of
+//! the process's changes so far (`seq`), so one the old primary passed on
+//! before it went is answered, not made twice; a write-back is kept until
+//! it is acknowledged, and sending one again is harmless.
 
 use crate::mm::excache::{Backing, CacheError, WriteBack};
 use lego_proto::{
-    ExecImage, MemoryOp, MemoryOpDone, Message, ProcessId, RangeChange, MAX_FETCH_PAGES,
-    MAX_WRITEBACK_PAGES, PAGE_SIZE,
+    ExecImage, Frame, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, Message, ProcessId,
+    RangeChange, MAX_FETCH_PAGES, MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{
     Backoff, Client, ClientConfig, ClientHold, ClusterSecret, Identity, TransportError,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 /// Connections fetches are spread over: one per fault thread, so the
 /// memory manager (a thread per connection) serves several misses at once.
@@ -26,23 +37,69 @@ pub fn set_lane(lane: usize) {
     LANE.with(|l| l.set(lane % LANES));
 }
 
-pub struct RemoteMemory {
+/// How the runtime asks for a failover: given the home as it knows it and
+/// the name of the memory manager that failed, where the memory lives now.
+pub type FailOver = Box<dyn Fn(&MemoryHome, &str) -> Result<MemoryHome, String> + Send + Sync>;
+
+/// The connections to one primary.
+struct Links {
     /// Address-space calls, and lane 0 of the fetches.
     client: Client,
     /// Lanes 1.. of the fetches.
     lanes: Vec<Client>,
     /// A second connection, for write-backs (see `write_back`).
     writeback: Client,
-    /// Changes once, in a forked process.
+    /// The epoch of the home these connections serve.
+    epoch: u64,
+}
+
+impl Links {
+    fn new(addr: SocketAddr, config: &ClientConfig, epoch: u64) -> Links {
+        Links {
+            writeback: Client::new(addr, config.clone()),
+            lanes: (1..LANES)
+                .map(|_| Client::new(addr, config.clone()))
+                .collect(),
+            client: Client::new(addr, config.clone()),
+            epoch,
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Client> {
+        [&self.client, &self.writeback]
+            .into_iter()
+            .chain(&self.lanes)
+    }
+}
+
+struct Inner {
+    /// The connections to the primary. Those to a lost one are closed and
+    /// kept (a few hundred bytes per failover), so that a thread still
+    /// holding them, or a fork's hold, never sees them freed.
+    links: RwLock<&'static Links>,
+    home: Mutex<MemoryHome>,
+    /// Whom connections authenticate as (changes once, in a forked
+    /// process).
+    config: Mutex<ClientConfig>,
     pid: AtomicU64,
-    /// The memory manager's name, for errors ("memory-0 at 127.0.0.1:4000").
-    name: String,
+    /// The number of the last change sent (see the module doc).
+    seq: AtomicU64,
+    failover: OnceLock<FailOver>,
+    /// One failover at a time.
+    failing: Mutex<()>,
+}
+
+/// The process's memory, wherever it lives.
+#[derive(Clone)]
+pub struct RemoteMemory(Arc<Inner>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RemoteMemory {
     pub fn connect(
-        addr: SocketAddr,
-        name: String,
+        home: MemoryHome,
         key: ClusterSecret,
         identity: Identity,
         pid: ProcessId,
@@ -53,121 +110,65 @@ impl RemoteMemory {
             ..Backoff::default()
         };
         config.request_timeout = Duration::from_secs(10);
-        RemoteMemory {
-            writeback: Client::new(addr, config.clone()),
-            lanes: (1..LANES)
-                .map(|_| Client::new(addr, config.clone()))
-                .collect(),
-            client: Client::new(addr, config),
+        let links: &'static Links =
+            Box::leak(Box::new(Links::new(home.primary.addr, &config, home.epoch)));
+        RemoteMemory(Arc::new(Inner {
+            links: RwLock::new(links),
+            home: Mutex::new(home),
+            config: Mutex::new(config),
             pid: AtomicU64::new(pid),
-            name,
-        }
+            seq: AtomicU64::new(0),
+            failover: OnceLock::new(),
+            failing: Mutex::new(()),
+        }))
+    }
+
+    /// How to ask for a failover (the processor relays it to the monitor).
+    pub fn set_failover(&self, failover: FailOver) {
+        let _ = self.0.failover.set(failover);
+    }
+
+    fn links(&self) -> &'static Links {
+        *self.0.links.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens the connections every process uses, so that a memory manager
     /// that cannot be reached fails the start (the fetch lanes open when a
     /// second thread first needs them).
     pub fn open_connections(&self) -> Result<(), String> {
-        for client in [&self.client, &self.writeback] {
+        let links = self.links();
+        for client in [&links.client, &links.writeback] {
             client.connection().map_err(|e| self.lost(e))?;
         }
         Ok(())
     }
 
-    /// The fetch connection of the calling fault thread.
-    fn lane(&self) -> &Client {
-        match LANE.with(|l| l.get()) {
-            0 => &self.client,
-            n => &self.lanes[(n - 1) % self.lanes.len()],
-        }
-    }
-
     pub fn pid(&self) -> ProcessId {
-        self.pid.load(Ordering::Relaxed)
+        self.0.pid.load(Ordering::Relaxed)
     }
 
-    /// The memory manager's address.
+    /// Where the process's memory lives now.
+    pub fn home(&self) -> MemoryHome {
+        lock(&self.0.home).clone()
+    }
+
+    /// The primary's address.
     pub fn addr(&self) -> SocketAddr {
-        self.client.addr()
+        self.home().primary.addr
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The primary's name.
+    pub fn name(&self) -> String {
+        self.home().primary.name
     }
 
-    /// fork: has the memory manager copy this process's address space for
-    /// `child`. `Ok(Err(errno))` is the fork failing as Linux's would
-    /// (ENOMEM: the child's commit charge does not fit).
-    /// On success, the ranges where the child's copy differs (see
-    /// `Message::Forked`).
-    /// Has the memory manager copy the address space for `child`: the
-    /// ranges where the copy differs, and the child's key.
-    #[allow(clippy::type_complexity)]
-    pub fn fork(
-        &self,
-        child: ProcessId,
-    ) -> Result<Result<(Vec<RangeChange>, ClusterSecret), i32>, String> {
-        let reply = self
-            .client
-            .call(
-                &Message::Fork {
-                    parent: self.pid(),
-                    child,
-                },
-                &[],
-            )
-            .map_err(|e| self.lost(e))?;
-        match reply.message {
-            Message::Forked { changes, child_key } => {
-                Ok(Ok((changes, ClusterSecret::from_bytes(child_key))))
-            }
-            Message::MemoryFailed { errno } => Ok(Err(errno)),
-            other => Err(self.unexpected("Fork", other)),
-        }
-    }
-
-    /// Tells the memory manager `pid` is gone (a fork that failed on the
-    /// host after the copy was made).
-    pub fn release(&self, pid: ProcessId) {
-        let _ = self.client.call(&Message::ReleaseProcess { pid }, &[]);
-    }
-
-    /// Holds every connection across a fork (none is being opened).
-    pub fn hold_for_fork(&self) -> Vec<ClientHold<'_>> {
-        [&self.client, &self.writeback]
-            .into_iter()
-            .chain(&self.lanes)
-            .map(Client::hold_for_fork)
-            .collect()
-    }
-
-    /// In a forked process: speak for `pid` from now on, on connections of
-    /// its own (the inherited ones are the parent's conversations), made
-    /// as they are first needed (every one lands above the descriptor
-    /// floor, where the program's calls never reach it): a child that
-    /// execs at once needs only one.
-    pub fn become_child(
-        &self,
-        pid: ProcessId,
-        (key, tree): (&ClusterSecret, ProcessId),
-        held: Vec<ClientHold<'_>>,
-    ) {
-        self.pid.store(pid, Ordering::Relaxed);
-        // As itself, with its own key (the parent's is overwritten).
-        for client in [&self.client, &self.writeback]
-            .into_iter()
-            .chain(&self.lanes)
-        {
-            client.speak_as(key.clone(), Identity::process(tree, pid));
-        }
-        for hold in held {
-            hold.disconnect();
-        }
-    }
-
-    /// "memory-0 at 127.0.0.1:4000".
+    /// "memory manager memory-0 at 127.0.0.1:4000".
     pub fn describe(&self) -> String {
-        format!("memory manager {} at {}", self.name, self.client.addr())
+        let home = self.home();
+        format!(
+            "memory manager {} at {}",
+            home.primary.name, home.primary.addr
+        )
     }
 
     fn lost(&self, e: TransportError) -> String {
@@ -187,14 +188,143 @@ impl RemoteMemory {
         }
     }
 
+    /// The primary behind `links` failed with `error`: unless another
+    /// thread already moved on, asks for a failover and moves every
+    /// connection to the new primary. `Err` when the memory is lost.
+    fn fail_over(&self, links: &Links, error: &str) -> Result<(), String> {
+        let _one = lock(&self.0.failing);
+        if self.links().epoch != links.epoch {
+            return Ok(());
+        }
+        let home = self.home();
+        let Some(failover) = self.0.failover.get() else {
+            return Err(format!("lost the {}: {error}", self.describe()));
+        };
+        if home.backup.is_none() {
+            return Err(format!(
+                "lost the {}: {error} (the process has no backup)",
+                self.describe()
+            ));
+        }
+        let started = Instant::now();
+        let moved = failover(&home, &home.primary.name)
+            .map_err(|why| format!("lost the {}: {error}; no failover: {why}", self.describe()))?;
+        let config = lock(&self.0.config).clone();
+        let fresh: &'static Links = Box::leak(Box::new(Links::new(
+            moved.primary.addr,
+            &config,
+            moved.epoch,
+        )));
+        *self.0.links.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        for client in links.all() {
+            client.disconnect();
+        }
+        tracing::warn!(
+            "lost the {} ({error}): the process goes on with {} after {:?}",
+            self.describe(),
+            moved.primary.name,
+            started.elapsed()
+        );
+        *lock(&self.0.home) = moved;
+        Ok(())
+    }
+
+    /// Sends `message` on the client `pick` chooses, failing over and
+    /// sending it again while the primary is lost.
+    fn call(
+        &self,
+        pick: impl Fn(&Links) -> &Client,
+        message: &Message,
+        payload: &[u8],
+    ) -> Result<Frame, String> {
+        loop {
+            let links = self.links();
+            match pick(links).call(message, payload) {
+                Ok(reply) => return Ok(reply),
+                Err(e) => self.fail_over(links, &e.to_string())?,
+            }
+        }
+    }
+
+    /// The number of a new change.
+    fn next_seq(&self) -> u64 {
+        self.0.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Has the memory manager copy the address space for `child`: the
+    /// ranges where the copy differs (see `Message::Forked`), and the
+    /// child's key. `Ok(Err(errno))` is the fork failing as Linux's would
+    /// (ENOMEM: the child's commit charge does not fit).
+    #[allow(clippy::type_complexity)]
+    pub fn fork(
+        &self,
+        child: ProcessId,
+    ) -> Result<Result<(Vec<RangeChange>, ClusterSecret), i32>, String> {
+        let message = Message::Fork {
+            parent: self.pid(),
+            child,
+            seq: self.next_seq(),
+        };
+        let reply = self.call(|l| &l.client, &message, &[])?;
+        match reply.message {
+            Message::Forked { changes, child_key } => {
+                Ok(Ok((changes, ClusterSecret::from_bytes(child_key))))
+            }
+            Message::MemoryFailed { errno } => Ok(Err(errno)),
+            other => Err(self.unexpected("Fork", other)),
+        }
+    }
+
+    /// Tells the memory manager `pid` is gone (a fork that failed on the
+    /// host after the copy was made).
+    pub fn release(&self, pid: ProcessId) {
+        let _ = self.call(|l| &l.client, &Message::ReleaseProcess { pid }, &[]);
+    }
+
+    /// Holds every connection across a fork (none is being opened).
+    pub fn hold_for_fork(&self) -> Vec<ClientHold<'static>> {
+        self.links().all().map(Client::hold_for_fork).collect()
+    }
+
+    /// In a forked process: speak for `pid` from now on, on connections of
+    /// its own (the inherited ones are the parent's conversations), made
+    /// as they are first needed (every one lands above the descriptor
+    /// floor, where the program's calls never reach it): a child that
+    /// execs at once needs only one.
+    pub fn become_child(
+        &self,
+        pid: ProcessId,
+        (key, tree): (&ClusterSecret, ProcessId),
+        held: Vec<ClientHold<'static>>,
+    ) {
+        self.0.pid.store(pid, Ordering::Relaxed);
+        // A new process: its changes are numbered from the start.
+        self.0.seq.store(0, Ordering::Relaxed);
+        let identity = Identity::process(tree, pid);
+        {
+            let mut config = lock(&self.0.config);
+            config.secret = key.clone();
+            config.identity = identity.clone();
+        }
+        // As itself, with its own key (the parent's is overwritten).
+        for client in self.links().all() {
+            client.speak_as(key.clone(), identity.clone());
+        }
+        for hold in held {
+            hold.disconnect();
+        }
+    }
+
     /// Builds the process's address space from a program image.
     /// `Ok(Err(why))` is the memory manager refusing the image (the old
     /// address space is kept); `Err` is the memory manager being unusable.
     pub fn exec(&self, image: &[u8]) -> Result<Result<ExecImage, String>, String> {
-        let reply = self
-            .client
-            .call(&Message::Exec { pid: self.pid() }, image)
-            .map_err(|e| self.lost(e))?;
+        let message = Message::Exec {
+            pid: self.pid(),
+            seq: self.next_seq(),
+            backup: self.home().backup,
+        };
+        let reply = self.call(|l| &l.client, &message, image)?;
         match reply.message {
             Message::ExecLoaded(image) => Ok(Ok(image)),
             Message::Error(e) => Ok(Err(e.message)),
@@ -206,36 +336,76 @@ impl RemoteMemory {
     /// Linux would, `Err` is the memory manager being unusable.
     pub fn memory_op(&self, op: MemoryOp) -> Result<Result<MemoryOpDone, i32>, String> {
         let name = op.name();
-        let reply = self
-            .client
-            .call(
-                &Message::Memory {
-                    pid: self.pid(),
-                    op,
-                },
-                &[],
-            )
-            .map_err(|e| self.lost(e))?;
+        let message = Message::Memory {
+            pid: self.pid(),
+            op,
+            seq: self.next_seq(),
+        };
+        let reply = self.call(|l| &l.client, &message, &[])?;
         match reply.message {
             Message::MemoryDone(done) => Ok(Ok(done)),
             Message::MemoryFailed { errno } => Ok(Err(errno)),
             other => Err(self.unexpected(name, other)),
         }
     }
+
+    /// The fetch connection of the calling fault thread.
+    fn lane(links: &Links) -> &Client {
+        match LANE.with(|l| l.get()) {
+            0 => &links.client,
+            n => &links.lanes[(n - 1) % links.lanes.len()],
+        }
+    }
+
+    /// Sends a write-back batch of `addrs` on the write-back connection
+    /// and waits for its acknowledgement, failing over and sending it
+    /// again while the primary is lost.
+    fn write_back_again(&self, addrs: &[u64], pages: &[u8]) -> Result<(), CacheError> {
+        let message = Message::WriteBack {
+            pid: self.pid(),
+            addrs: addrs.to_vec(),
+        };
+        let reply = self
+            .call(|l| &l.writeback, &message, pages)
+            .map_err(CacheError::Remote)?;
+        self.written_back(reply.message)
+    }
+
+    fn written_back(&self, reply: Message) -> Result<(), CacheError> {
+        match reply {
+            Message::WrittenBack => Ok(()),
+            Message::Error(e) => Err(CacheError::Remote(format!(
+                "the {} refused a write-back: {}",
+                self.describe(),
+                e.message
+            ))),
+            other => Err(CacheError::Remote(format!(
+                "the {} answered WriteBack with {}",
+                self.describe(),
+                other.kind()
+            ))),
+        }
+    }
+}
+
+/// Keeps `parts` as one buffer.
+fn joined(parts: &[&[u8]]) -> Vec<u8> {
+    let mut all = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        all.extend_from_slice(part);
+    }
+    all
 }
 
 impl Backing for RemoteMemory {
     fn fetch(&self, addr: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
+        let message = Message::FetchPage {
+            pid: self.pid(),
+            addr,
+        };
         let reply = self
-            .lane()
-            .call(
-                &Message::FetchPage {
-                    pid: self.pid(),
-                    addr,
-                },
-                &[],
-            )
-            .map_err(|e| CacheError::Remote(self.lost(e)))?;
+            .call(Self::lane, &message, &[])
+            .map_err(CacheError::Remote)?;
         match reply.message {
             Message::Page if reply.payload.len() == PAGE_SIZE => {
                 buf[..PAGE_SIZE].copy_from_slice(&reply.payload);
@@ -248,17 +418,14 @@ impl Backing for RemoteMemory {
 
     fn fetch_run(&self, addr: u64, count: usize, buf: &mut Vec<u8>) -> Result<usize, CacheError> {
         let count = count.min(MAX_FETCH_PAGES as usize);
+        let message = Message::FetchPages {
+            pid: self.pid(),
+            addr,
+            count: count as u32,
+        };
         let reply = self
-            .lane()
-            .call(
-                &Message::FetchPages {
-                    pid: self.pid(),
-                    addr,
-                    count: count as u32,
-                },
-                &[],
-            )
-            .map_err(|e| CacheError::Remote(self.lost(e)))?;
+            .call(Self::lane, &message, &[])
+            .map_err(CacheError::Remote)?;
         match reply.message {
             Message::Pages { count: got }
                 if got >= 1
@@ -274,36 +441,51 @@ impl Backing for RemoteMemory {
 
     fn write_back(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError> {
         debug_assert!(addrs.len() <= MAX_WRITEBACK_PAGES);
+        let links = self.links();
+        // With a backup the batch is kept until acknowledged: if the
+        // primary goes before it answers, the batch goes to the new one.
+        let kept = self.home().backup.is_some().then(|| joined(parts));
+        let addrs = addrs.to_vec();
         // A connection of its own, so the memory manager stores this batch
         // on one thread while it serves the next fetch on another.
-        let lost = |e| CacheError::Remote(self.lost(e));
-        let conn = self.writeback.connection().map_err(lost)?;
-        let pending = conn
-            .send(
-                &Message::WriteBack {
-                    pid: self.pid(),
-                    addrs: addrs.to_vec(),
-                },
-                parts,
-            )
-            .map_err(lost)?;
-        let timeout = self.writeback.request_timeout();
-        let describe = self.describe();
-        Ok(WriteBack::new(move || {
-            let reply = conn
-                .wait(pending, timeout)
-                .map_err(|e| CacheError::Remote(format!("lost the {describe}: {e}")))?;
-            match reply.message {
-                Message::WrittenBack => Ok(()),
-                Message::Error(e) => Err(CacheError::Remote(format!(
-                    "the {describe} refused a write-back: {}",
-                    e.message
-                ))),
-                other => Err(CacheError::Remote(format!(
-                    "the {describe} answered WriteBack with {}",
-                    other.kind()
-                ))),
-            }
+        let message = Message::WriteBack {
+            pid: self.pid(),
+            addrs: addrs.clone(),
+        };
+        let sent = links
+            .writeback
+            .connection()
+            .and_then(|conn| conn.send(&message, parts).map(|pending| (conn, pending)));
+        let me = self.clone();
+        let timeout = links.writeback.request_timeout();
+        let retrier = self.clone();
+        let again = move |links: &Links, e: String| -> Result<(), CacheError> {
+            let me = retrier;
+            let Some(pages) = kept else {
+                return Err(CacheError::Remote(format!(
+                    "lost the {}: {e}",
+                    me.describe()
+                )));
+            };
+            me.fail_over(links, &e).map_err(CacheError::Remote)?;
+            me.write_back_again(&addrs, &pages)
+        };
+        Ok(WriteBack::new(move || match sent {
+            Ok((conn, pending)) => match conn.wait(pending, timeout) {
+                Ok(reply) => me.written_back(reply.message),
+                Err(e) => again(links, e.to_string()),
+            },
+            Err(e) => again(links, e.to_string()),
         }))
+    }
+}
+
+/// A home of one memory manager and no backup (tests, a host without
+/// replicas).
+pub fn home_of(name: String, addr: SocketAddr) -> MemoryHome {
+    MemoryHome {
+        primary: MemoryHolder { name, addr },
+        backup: None,
+        epoch: 0,
     }
 }

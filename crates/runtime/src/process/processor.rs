@@ -5,7 +5,7 @@
 //! a path (`syscall::socket`).
 
 use super::Runtime;
-use lego_proto::{FrameLimits, Message, ProcessId};
+use lego_proto::{FrameLimits, MemoryHome, Message, ProcessId};
 use lego_transport::{handshake, write_frame, FrameReader, Identity};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
@@ -55,5 +55,26 @@ pub fn socket_at(rt: &Runtime, fd: i32, path: &[u8], connect: bool) -> Result<i3
         Message::SocketDone { errno } => Ok(errno),
         Message::Error(e) => Err(e.message),
         other => Err(format!("answered SocketAt with {}", other.kind())),
+    }
+}
+
+/// Has the processor fail the process over from `failed`, a memory
+/// manager of `home` (the monitor decides): where its memory lives now.
+pub fn fail_over(rt: &Runtime, home: &MemoryHome, failed: &str) -> Result<MemoryHome, String> {
+    let pid = rt.mm.remote.pid();
+    let (mut stream, mut reader) = session(rt, pid)?;
+    // The launch socket takes a descriptor message first; this one has none.
+    std::io::Write::write_all(&mut stream, &[0]).map_err(|e| e.to_string())?;
+    let ask = Message::Failover {
+        pid,
+        tree: rt.home.tree,
+        home: home.clone(),
+        failed: failed.to_string(),
+    };
+    write_frame(&mut stream, 1, &ask, &[]).map_err(|e| e.to_string())?;
+    match reader.read_frame().map_err(|e| e.to_string())?.message {
+        Message::MemoryMoved(home) => Ok(home),
+        Message::Error(e) => Err(e.message),
+        other => Err(format!("answered Failover with {}", other.kind())),
     }
 }

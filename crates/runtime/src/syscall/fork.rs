@@ -158,7 +158,7 @@ struct ForkLocks<'a> {
     threads: threads::ThreadsHold<'a>,
     _arena: crate::mm::arena::ArenaHold<'a>,
     cache: crate::mm::excache::ForkHold<'a>,
-    remote: Vec<lego_transport::ClientHold<'a>>,
+    remote: Vec<lego_transport::ClientHold<'static>>,
     _lifted: lego_transport::fdfloor::LiftedHold,
 }
 
@@ -478,7 +478,8 @@ fn announce(
         host_pid: unsafe { libc::getpid() } as u32,
         command,
         memory: rt.mm.remote.addr(),
-        memory_name: rt.mm.remote.name().to_string(),
+        memory_name: rt.mm.remote.name(),
+        memory_backup: rt.mm.remote.home().backup,
         excache: rt.home.excache,
     };
     write_frame(&mut stream, 1, &Message::Adopt(spec), &[]).map_err(|e| e.to_string())?;
