@@ -120,3 +120,43 @@ fn programs_outlive_a_memory_manager_killed_under_them() {
         checksum_runs_through_a_kill(&cluster, mode, false, i % 2 == 1);
     }
 }
+
+/// A primary that stops answering (SIGSTOP: its connections stay open,
+/// as in a partition) is failed over from once a request to it times out
+/// (3 s); when it runs again it is fenced: the monitor tells it its
+/// processes moved on, and it drops them, holding nothing stale.
+#[test]
+fn a_primary_that_stops_answering_is_failed_over_and_fenced() {
+    let cluster = Cluster::up(&["--memories", "2", "--heartbeat-interval", "200ms"]);
+    let checksum = program("checksum", Build::GlibcStatic);
+    let args = ["96", "8", "single"];
+    let expected = native(&checksum, &args);
+    let child = cluster
+        .run_command(&["--excache", "16M"], &checksum, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let home = poll(Duration::from_secs(20), || {
+        cluster.homes().into_iter().find_map(|(_, home, backup)| backup.map(|_| home))
+    })
+    .expect("the program runs with a backup");
+    let stopped = cluster.pid(&home);
+    // Safety: signals to a component of this test's own cluster.
+    unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
+    let out = child.wait_with_output().unwrap();
+    // Safety: as above.
+    unsafe { libc::kill(stopped as i32, libc::SIGCONT) };
+    assert_same(&out, &expected, "checksum with its home stopped");
+    let fenced = poll(Duration::from_secs(20), || {
+        cluster
+            .log(&home)
+            .contains("fenced: dropped the memory of")
+            .then_some(())
+    });
+    assert!(fenced.is_some(), "{}", cluster.log(&home));
+    let used = poll(Duration::from_secs(10), || {
+        (cluster.load(&home, "used") == Some(0)).then_some(())
+    });
+    assert!(used.is_some(), "the fenced {home} still holds pages");
+}

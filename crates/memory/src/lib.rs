@@ -16,7 +16,7 @@ mod replica;
 pub mod service;
 pub mod vma;
 
-use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
+use lego_monitor::{join_cluster_fenced, ComponentConfig, JoinedComponent};
 use lego_proto::Role;
 use service::MemoryService;
 use std::net::SocketAddr;
@@ -42,9 +42,14 @@ impl MemoryManager {
         ));
         let reporter = Arc::clone(&service);
         let (name, monitor) = (config.component.name.clone(), config.component.monitor);
-        let joined = join_cluster(Role::Memory, config.component, service.clone(), move || {
-            reporter.load()
-        })?;
+        let fenced = Arc::clone(&service);
+        let joined = join_cluster_fenced(
+            Role::Memory,
+            config.component,
+            service.clone(),
+            move || reporter.load(),
+            Box::new(move || fenced.drop_everything()),
+        )?;
         service.joined(
             lego_proto::MemoryHolder {
                 name,

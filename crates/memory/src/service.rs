@@ -113,6 +113,18 @@ impl MemoryService {
         self
     }
 
+    /// Drops every process's memory: the monitor fenced this manager (it
+    /// was taken for dead, and its processes moved on), so none of it may
+    /// be served again.
+    pub fn drop_everything(&self) {
+        let slots: Vec<_> = lock(&self.processes).drain().map(|(_, s)| s).collect();
+        lock(&self.trees).clear();
+        for slot in &slots {
+            self.free_slot(slot);
+        }
+        warn!("fenced: dropped the memory of {} processes", slots.len());
+    }
+
     /// Records where this manager serves and where the monitor is, once
     /// it joined the cluster.
     pub fn joined(&self, me: MemoryHolder, monitor: std::net::SocketAddr) {

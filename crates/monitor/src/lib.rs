@@ -8,11 +8,14 @@
 //! the monitor vanish and registers again), so nothing is lost by killing it.
 //!
 //! It also places new processes (`PlaceProcess`: the least-busy live
-//! processor and the live memory manager with the most uncommitted
-//! memory); regions over several memory managers come with a later issue.
+//! processor, the live memory manager with the most uncommitted memory
+//! and a backup on another) and fails a process over when a memory
+//! manager of its is lost (`Failover`).
 
 pub mod link;
 mod membership;
 
-pub use link::{join_cluster, ComponentConfig, ComponentLink, JoinedComponent, LinkConfig};
+pub use link::{
+    join_cluster, join_cluster_fenced, ComponentConfig, ComponentLink, JoinedComponent, LinkConfig,
+};
 pub use membership::{Membership, MonitorConfig, MonitorServer};

@@ -45,8 +45,15 @@ enum State {
 }
 
 impl ComponentLink {
-    /// Starts the heartbeat thread. `load` is called for every heartbeat.
-    pub fn start<F>(config: LinkConfig, load: F) -> std::io::Result<ComponentLink>
+    /// Starts the heartbeat thread. `load` is called for every heartbeat,
+    /// `fenced` when the monitor says this component was taken for dead
+    /// and what it held moved on (it must drop it before registering
+    /// again).
+    pub fn start<F>(
+        config: LinkConfig,
+        load: F,
+        fenced: Box<dyn Fn() + Send>,
+    ) -> std::io::Result<ComponentLink>
     where
         F: Fn() -> Load + Send + 'static,
     {
@@ -54,12 +61,12 @@ impl ComponentLink {
         let stopped = Arc::clone(&stop);
         thread::Builder::new()
             .name("monitor link".into())
-            .spawn(move || run(config, load, &stopped))?;
+            .spawn(move || run(config, load, &*fenced, &stopped))?;
         Ok(ComponentLink { stop })
     }
 }
 
-fn run(config: LinkConfig, load: impl Fn() -> Load, stop: &AtomicBool) {
+fn run(config: LinkConfig, load: impl Fn() -> Load, fenced: &dyn Fn(), stop: &AtomicBool) {
     let mut client_config = ClientConfig::new(
         config.secret.clone(),
         Identity::new(config.role, &config.name),
@@ -113,6 +120,15 @@ fn run(config: LinkConfig, load: impl Fn() -> Load, stop: &AtomicBool) {
             (Ok(Message::HeartbeatAck), false) => {
                 failing = false;
                 state
+            }
+            (Ok(Message::Fenced), false) => {
+                warn!(
+                    "the monitor at {} took us for dead and moved on: dropping what we held, registering again",
+                    config.monitor
+                );
+                fenced();
+                state = State::Unregistered;
+                continue;
             }
             (
                 Ok(Message::Error(ErrorReply {
@@ -192,6 +208,22 @@ pub fn join_cluster<F>(
 where
     F: Fn() -> Load + Send + 'static,
 {
+    join_cluster_fenced(role, config, service, load, Box::new(|| {}))
+}
+
+/// As [`join_cluster`], for a component that holds state the cluster may
+/// move elsewhere while it is cut off: `fenced` drops it (see
+/// `ComponentLink::start`).
+pub fn join_cluster_fenced<F>(
+    role: Role,
+    config: ComponentConfig,
+    service: Arc<dyn Service>,
+    load: F,
+    fenced: Box<dyn Fn() + Send>,
+) -> std::io::Result<JoinedComponent>
+where
+    F: Fn() -> Load + Send + 'static,
+{
     let server = Server::bind(
         config.listen,
         ServerConfig::new(config.secret.clone(), Identity::new(role, &config.name)),
@@ -212,6 +244,7 @@ where
             unix_socket: config.unix_socket,
         },
         load,
+        fenced,
     )?;
     Ok(JoinedComponent {
         server,

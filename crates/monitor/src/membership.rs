@@ -320,14 +320,13 @@ impl Membership {
         match holds(&secret, &failed_holder, pid) {
             // It still serves the process as it should: the runtime's
             // trouble was its own (or passing).
+            // Nothing moves: the runtime tries it again.
             Some(Some((epoch, primary))) if epoch >= home.epoch && primary == is_primary => {
-                return Message::error(
-                    ErrorCode::Internal,
-                    format!(
-                        "{failed} at {} is alive and holds process {pid:#x}",
-                        failed_holder.addr
-                    ),
+                info!(
+                    pid = format_args!("{pid:#x}"),
+                    "{failed} was reported lost but answers, holding the process: nothing moves"
                 );
+                return Message::MemoryMoved(home);
             }
             // Restarted (or it dropped the process): alive, empty of it.
             Some(_) => info!(

@@ -23,6 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+/// Failovers in a row that may find the primary alive (it answers the
+/// monitor but not this runtime) before it is given up as lost.
+const MAX_RETRIES: u32 = 5;
+
 /// Connections fetches are spread over: one per fault thread, so the
 /// memory manager (a thread per connection) serves several misses at once.
 pub const LANES: usize = 4;
@@ -84,6 +88,8 @@ struct Inner {
     pid: AtomicU64,
     /// The number of the last change sent (see the module doc).
     seq: AtomicU64,
+    /// Failovers in a row that moved nothing.
+    retries: std::sync::atomic::AtomicU32,
     failover: OnceLock<FailOver>,
     /// One failover at a time.
     failing: Mutex<()>,
@@ -109,7 +115,9 @@ impl RemoteMemory {
             give_up_after: Duration::from_secs(2),
             ..Backoff::default()
         };
-        config.request_timeout = Duration::from_secs(10);
+        // A primary silent this long is reported (the monitor decides
+        // whether it is lost; if not, the request is sent again).
+        config.request_timeout = Duration::from_secs(3);
         let links: &'static Links =
             Box::leak(Box::new(Links::new(home.primary.addr, &config, home.epoch)));
         RemoteMemory(Arc::new(Inner {
@@ -118,6 +126,7 @@ impl RemoteMemory {
             config: Mutex::new(config),
             pid: AtomicU64::new(pid),
             seq: AtomicU64::new(0),
+            retries: std::sync::atomic::AtomicU32::new(0),
             failover: OnceLock::new(),
             failing: Mutex::new(()),
         }))
@@ -209,6 +218,19 @@ impl RemoteMemory {
         let started = Instant::now();
         let moved = failover(&home, &home.primary.name)
             .map_err(|why| format!("lost the {}: {error}; no failover: {why}", self.describe()))?;
+        if moved.epoch == home.epoch {
+            // Nothing moved: the same primary, tried again on new
+            // connections, a few times.
+            let tries = self.0.retries.fetch_add(1, Ordering::Relaxed) + 1;
+            if tries > MAX_RETRIES {
+                return Err(format!(
+                    "lost the {}: {error} ({tries} times; the monitor finds it alive)",
+                    self.describe()
+                ));
+            }
+        } else {
+            self.0.retries.store(0, Ordering::Relaxed);
+        }
         let config = lock(&self.0.config).clone();
         let fresh: &'static Links = Box::leak(Box::new(Links::new(
             moved.primary.addr,
