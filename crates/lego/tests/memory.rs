@@ -138,7 +138,10 @@ fn a_primary_that_stops_answering_is_failed_over_and_fenced() {
         .spawn()
         .unwrap();
     let home = poll(Duration::from_secs(20), || {
-        cluster.homes().into_iter().find_map(|(_, home, backup)| backup.map(|_| home))
+        cluster
+            .homes()
+            .into_iter()
+            .find_map(|(_, home, backup)| backup.map(|_| home))
     })
     .expect("the program runs with a backup");
     let stopped = cluster.pid(&home);
@@ -159,4 +162,38 @@ fn a_primary_that_stops_answering_is_failed_over_and_fenced() {
         (cluster.load(&home, "used") == Some(0)).then_some(())
     });
     assert!(used.is_some(), "the fenced {home} still holds pages");
+}
+
+/// After a failover the new primary copies the process to a new backup
+/// while it runs, so a second loss is survived too: the home is killed,
+/// then, once the copy is made, the new home (three memory managers,
+/// two lost in one run; the output is still the native one).
+#[test]
+fn a_new_backup_is_made_so_a_second_loss_is_survived() {
+    let cluster = Cluster::up(&["--memories", "3"]);
+    let checksum = program("checksum", Build::GlibcStatic);
+    let args = ["160", "40", "single"];
+    let expected = native(&checksum, &args);
+    let child = cluster
+        .run_command(&["--excache", "16M"], &checksum, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = poll(Duration::from_secs(20), || {
+        cluster.homes().into_iter().find_map(|(_, home, backup)| backup.map(|_| home))
+    })
+    .expect("the program runs with a backup");
+    kill9(cluster.pid(&first));
+    // The backup took over and copied the process to the third manager.
+    let second = poll(Duration::from_secs(60), || {
+        cluster.homes().into_iter().find_map(|(_, home, backup)| {
+            (home != first && backup.is_some() && cluster.log(&home).contains("it is the backup now"))
+                .then_some(home)
+        })
+    })
+    .expect("the new primary copies the process to a new backup");
+    kill9(cluster.pid(&second));
+    let out = child.wait_with_output().unwrap();
+    assert_same(&out, &expected, "checksum with two homes killed in turn");
 }

@@ -40,6 +40,7 @@ impl MemoryManager {
             config.component.secret.clone(),
             config.component.name.clone(),
         ));
+        service.started();
         let reporter = Arc::clone(&service);
         let (name, monitor) = (config.component.name.clone(), config.component.monitor);
         let fenced = Arc::clone(&service);

@@ -60,6 +60,17 @@ impl Link {
         })
     }
 
+    /// Sends `message` (a part of a copy) with `payload`; `None` if the
+    /// backup cannot be reached.
+    pub fn send_message(&self, message: &Message, payload: &[&[u8]]) -> Option<Sent> {
+        let connection = self.client.connection().ok()?;
+        let pending = connection.send(message, payload).ok()?;
+        Some(Sent {
+            connection,
+            pending,
+        })
+    }
+
     /// Waits for the backup to hold a change sent with `send`.
     pub fn wait(&self, sent: Sent) -> Result<(), String> {
         let reply = sent

@@ -52,6 +52,60 @@ struct Replication {
     backup: Option<Arc<Link>>,
     /// The last change (Exec, Fork, Memory), by `seq`, and its answer.
     last: Option<(u64, Message)>,
+    /// A copy being made on a new backup (see `copy_to_backup`).
+    copying: Option<Copying>,
+}
+
+/// A copy of a process being made on a new backup while it runs.
+struct Copying {
+    link: Arc<Link>,
+    /// Ranges whose pages changed since the copy began (written back,
+    /// discarded, moved): sent again before the backup takes over.
+    touched: Vec<(u64, u64)>,
+}
+
+impl Copying {
+    /// Records what `request` and its `reply` changed.
+    fn touch(&mut self, request: &Message, reply: &Message) {
+        match (request, reply) {
+            (Message::WriteBack { addrs, .. }, _) => self
+                .touched
+                .extend(addrs.iter().map(|&a| (a, a + PAGE_SIZE as u64))),
+            (_, Message::MemoryDone(done)) => {
+                for m in &done.moves {
+                    self.touched.push((m.from, m.from + m.len));
+                    self.touched.push((m.to, m.to + m.len));
+                }
+                for c in done.changes.iter().filter(|c| c.discard) {
+                    self.touched.push((c.start, c.end));
+                }
+            }
+            (Message::Exec { .. }, _) => self
+                .touched
+                .push((lego_proto::USER_MIN, lego_proto::USER_END)),
+            _ => {}
+        }
+    }
+}
+
+/// Stored pages per message of a copy (1 MiB).
+const COPY_CHUNK: usize = 256;
+
+/// Pages changed during a copy that the last round sends while the
+/// process waits (8 MiB); more are sent first while it runs.
+const COPY_LAST_ROUND: usize = 2048;
+
+/// Sorted, merged ranges.
+fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
 }
 
 /// One process's state; `None` once released.
@@ -74,6 +128,9 @@ pub struct MemoryService {
     /// This manager as the cluster knows it, and the monitor's address,
     /// once it joined: a primary whose backup is lost reports it there.
     joined: OnceLock<(MemoryHolder, std::net::SocketAddr)>,
+    /// The service itself, for the threads that copy processes to new
+    /// backups.
+    me: OnceLock<std::sync::Weak<MemoryService>>,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -102,7 +159,13 @@ impl MemoryService {
             files: FileReader::new(None),
             links: Links::new(None),
             joined: OnceLock::new(),
+            me: OnceLock::new(),
         }
+    }
+
+    /// Lets the service start threads of its own (copies to new backups).
+    pub fn started(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     /// Lets file mappings read from storage managers, and backups be
@@ -293,6 +356,9 @@ impl MemoryService {
         if seq != 0 {
             process.rep.last = Some((seq, reply.message.clone()));
         }
+        if let Some(copying) = process.rep.copying.as_mut() {
+            copying.touch(&request.message, &reply.message);
+        }
         // What the primary passes on: the change as made here (a file
         // mapping with the voucher its pages are read with, checked here).
         let request = match (&request.message, &reply.message) {
@@ -421,19 +487,322 @@ impl MemoryService {
         }
         process.rep.epoch = epoch;
         process.rep.is_backup = false;
-        // A new backup needs a whole copy first, which is not made yet:
-        // the process goes on without one.
+        // A new backup gets a whole copy first, made while the process
+        // runs; until it holds one, the process goes on without a backup.
         process.rep.backup = None;
+        process.rep.copying = None;
+        let link = backup.as_ref().and_then(|b| self.links.to(b));
         info!(
             pid = format_args!("{pid:#x}"),
             epoch,
             "serving the process as its primary{}",
-            backup.map_or(String::new(), |b| format!(
-                " (no copy is made on {} yet)",
-                b.name
-            ))
+            backup.map_or(String::new(), |b| format!(", copying it to {}", b.name))
         );
+        if let (Some(link), Some(me)) = (link, self.me.get().and_then(|w| w.upgrade())) {
+            process.rep.copying = Some(Copying {
+                link: Arc::clone(&link),
+                touched: Vec::new(),
+            });
+            drop(guard);
+            let _ = std::thread::Builder::new()
+                .name(format!("copy {pid:x}"))
+                .spawn(move || me.copy_to_backup(pid, &link));
+        }
         Message::Promoted.into()
+    }
+
+    /// Copies process `pid` to the backup behind `link` while it runs:
+    /// its layout, its pages in chunks, then, in rounds, the pages changed
+    /// meanwhile; the last round (and the layout again) is sent while the
+    /// process waits, after which the backup gets every change as usual.
+    fn copy_to_backup(&self, pid: ProcessId, link: &Arc<Link>) {
+        let started = std::time::Instant::now();
+        let mut sent_pages = 0usize;
+        let whole = [(lego_proto::USER_MIN, lego_proto::USER_END)];
+        let result = (|| -> Result<bool, String> {
+            let Some(slot) = self.slot(pid) else {
+                return Ok(false);
+            };
+            // Whether this copy is still the one wanted.
+            let current = |guard: &Option<Process>| {
+                guard.as_ref().is_some_and(|p| {
+                    p.rep
+                        .copying
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(&c.link, link))
+                })
+            };
+            {
+                let guard = lock(&slot);
+                if !current(&guard) {
+                    return Ok(false);
+                }
+                let sent = self.send_layout(pid, &guard, link)?;
+                drop(guard);
+                link.wait(sent)?;
+            }
+            sent_pages += self.copy_ranges(&slot, pid, link, &whole, &current)?;
+            for round in 0.. {
+                let mut guard = lock(&slot);
+                if !current(&guard) {
+                    return Ok(false);
+                }
+                let process = guard.as_mut().expect("current");
+                let copying = process.rep.copying.as_mut().expect("current");
+                let touched = merged(std::mem::take(&mut copying.touched));
+                let pending: usize = touched
+                    .iter()
+                    .map(|&(s, e)| process.space.pages_in(s, e, COPY_LAST_ROUND + 1).len())
+                    .sum();
+                if pending > COPY_LAST_ROUND && round < 4 {
+                    drop(guard);
+                    sent_pages += self.copy_ranges(&slot, pid, link, &touched, &current)?;
+                    continue;
+                }
+                // The last round, while the process waits.
+                let sent = self.send_layout(pid, &guard, link)?;
+                link.wait(sent)?;
+                for &range in &touched {
+                    let mut from = range.0;
+                    loop {
+                        let (sent, next, n) =
+                            self.send_pages(pid, &guard, link, (from, range.1))?;
+                        link.wait(sent)?;
+                        sent_pages += n;
+                        match next {
+                            Some(next) => from = next,
+                            None => break,
+                        }
+                    }
+                }
+                let process = guard.as_mut().expect("current");
+                process.rep.copying = None;
+                process.rep.backup = Some(Arc::clone(link));
+                break;
+            }
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => info!(
+                pid = format_args!("{pid:#x}"),
+                "copied to {} ({} pages) in {:?}: it is the backup now",
+                link.holder().name,
+                sent_pages,
+                started.elapsed()
+            ),
+            Ok(false) => {}
+            Err(why) => {
+                let epoch = self
+                    .slot(pid)
+                    .and_then(|slot| {
+                        let mut guard = lock(&slot);
+                        let process = guard.as_mut()?;
+                        process.rep.copying = None;
+                        Some(process.rep.epoch)
+                    })
+                    .unwrap_or(0);
+                self.backup_lost(pid, epoch, link, &format!("copying the process: {why}"));
+            }
+        }
+    }
+
+    /// Sends the process's layout to the backup (the guard is its lock).
+    fn send_layout(
+        &self,
+        pid: ProcessId,
+        guard: &Option<Process>,
+        link: &Link,
+    ) -> Result<crate::replica::Sent, String> {
+        let process = guard.as_ref().ok_or("the process ended")?;
+        let (vmas, brk_start, brk, files) = process.space.layout();
+        let layout = SpaceLayout {
+            vmas,
+            brk_start,
+            brk,
+            files,
+            last_seq: process.rep.last.as_ref().map_or(0, |(seq, _)| *seq),
+            last_reply: process.rep.last.as_ref().map(|(_, m)| Box::new(m.clone())),
+        };
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let message = Message::ReplicaOf {
+            pid,
+            tree,
+            epoch: process.rep.epoch,
+            layout,
+        };
+        link.send_message(&message, &[])
+            .ok_or_else(|| "cannot reach it".to_string())
+    }
+
+    /// Sends the stored pages of `[from, end)`, at most a chunk, clearing
+    /// that part of the backup's copy first: what was sent, where the
+    /// next chunk starts (`None`: the range is done), and how many pages.
+    fn send_pages(
+        &self,
+        pid: ProcessId,
+        guard: &Option<Process>,
+        link: &Link,
+        (from, end): (u64, u64),
+    ) -> Result<(crate::replica::Sent, Option<u64>, usize), String> {
+        let process = guard.as_ref().ok_or("the process ended")?;
+        let pages = process.space.pages_in(from, end, COPY_CHUNK);
+        let next = (pages.len() == COPY_CHUNK).then(|| pages[pages.len() - 1].0 + PAGE_SIZE as u64);
+        let clear_end = next.unwrap_or(end);
+        let mut payload = Vec::with_capacity(pages.len() * PAGE_SIZE);
+        {
+            let pool = lock(&self.pool);
+            for &(_, id) in &pages {
+                payload.extend_from_slice(pool.get(id));
+            }
+        }
+        let message = Message::ReplicaPages {
+            pid,
+            clear: vec![(from, clear_end)],
+            addrs: pages.iter().map(|&(a, _)| a).collect(),
+        };
+        let sent = link
+            .send_message(&message, &[&payload])
+            .ok_or_else(|| "cannot reach it".to_string())?;
+        Ok((sent, next, pages.len()))
+    }
+
+    /// Copies the pages of `ranges` chunk by chunk, the process's lock
+    /// held for each chunk's read only: how many pages were sent.
+    fn copy_ranges(
+        &self,
+        slot: &ProcessSlot,
+        pid: ProcessId,
+        link: &Link,
+        ranges: &[(u64, u64)],
+        current: &dyn Fn(&Option<Process>) -> bool,
+    ) -> Result<usize, String> {
+        let mut sent_pages = 0;
+        for &(start, end) in ranges {
+            let mut from = start;
+            loop {
+                let guard = lock(slot);
+                if !current(&guard) {
+                    return Ok(sent_pages);
+                }
+                let (sent, next, n) = self.send_pages(pid, &guard, link, (from, end))?;
+                drop(guard);
+                link.wait(sent)?;
+                sent_pages += n;
+                match next {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+        }
+        Ok(sent_pages)
+    }
+
+    /// A primary's copy of a process, or its layout brought up to date:
+    /// this manager becomes (or stays) its backup, keeping the pages it
+    /// already has inside the new layout.
+    fn replica_of(
+        &self,
+        pid: ProcessId,
+        tree: ProcessId,
+        epoch: u64,
+        layout: &SpaceLayout,
+    ) -> Reply {
+        let slot = {
+            let mut table = lock(&self.processes);
+            if !table.contains_key(&pid) && table.len() >= MAX_PROCESSES {
+                return bad_request(format!(
+                    "a copy of process {pid:#x}: this memory manager already holds {MAX_PROCESSES} processes"
+                ));
+            }
+            Arc::clone(table.entry(pid).or_default())
+        };
+        let mut guard = lock(&slot);
+        if let Some(old) = guard.as_ref() {
+            if !old.rep.is_backup || old.rep.epoch > epoch {
+                return Message::error(
+                    ErrorCode::Denied,
+                    format!(
+                        "a copy of process {pid:#x} of epoch {epoch}: this manager holds it at epoch {}{}",
+                        old.rep.epoch,
+                        if old.rep.is_backup { "" } else { " as its primary" }
+                    ),
+                )
+                .into();
+            }
+        }
+        let mut pool = lock(&self.pool);
+        pool.set_forced(true);
+        let built = AddressSpace::from_layout(layout, &mut pool);
+        pool.set_forced(false);
+        let mut space = match built {
+            Ok(space) => space,
+            Err(why) => {
+                drop(pool);
+                if guard.is_none() {
+                    lock(&self.processes).remove(&pid);
+                }
+                return bad_request(format!("a copy of process {pid:#x}: {why}"));
+            }
+        };
+        if let Some(mut old) = guard.take() {
+            space.adopt_pages(&mut old.space, &mut pool);
+            old.space.release(&mut pool);
+        }
+        drop(pool);
+        lock(&self.trees).insert(pid, tree);
+        *guard = Some(Process {
+            space,
+            rep: Replication {
+                epoch,
+                is_backup: true,
+                backup: None,
+                last: layout
+                    .last_reply
+                    .as_ref()
+                    .map(|reply| (layout.last_seq, (**reply).clone())),
+                copying: None,
+            },
+        });
+        Message::Replicated.into()
+    }
+
+    /// Pages of a primary's copy.
+    fn replica_pages(
+        &self,
+        pid: ProcessId,
+        clear: &[(u64, u64)],
+        addrs: &[u64],
+        payload: &[u8],
+    ) -> Reply {
+        if payload.len() != addrs.len() * PAGE_SIZE {
+            return bad_request(format!(
+                "pages of a copy of process {pid:#x}: {} addresses need {} bytes, got {}",
+                addrs.len(),
+                addrs.len() * PAGE_SIZE,
+                payload.len()
+            ));
+        }
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(process) = guard.as_mut().filter(|p| p.rep.is_backup) else {
+            return not_served(&guard, pid);
+        };
+        let pool = &mut lock(&self.pool);
+        for &(start, end) in clear {
+            process.space.clear_pages(pool, start, end);
+        }
+        for (&addr, contents) in addrs.iter().zip(payload.chunks_exact(PAGE_SIZE)) {
+            if !process.space.store_copied(pool, addr, contents) {
+                return Message::error(
+                    ErrorCode::Internal,
+                    format!("a copy of process {pid:#x}: the page pool is exhausted"),
+                )
+                .into();
+            }
+        }
+        Message::Replicated.into()
     }
 
     fn exec(
@@ -543,6 +912,7 @@ impl MemoryService {
             is_backup: process.rep.is_backup,
             backup: process.rep.backup.clone(),
             last: None,
+            copying: None,
         };
         let replaced = lock(&self.processes).insert(
             child,
@@ -1031,6 +1401,19 @@ impl MemoryService {
                 if peer.identity.role == lego_proto::Role::Monitor =>
             {
                 self.promote(pid, epoch, backup)
+            }
+            Message::ReplicaOf {
+                pid,
+                tree,
+                epoch,
+                layout,
+            } if peer.identity.role == lego_proto::Role::Memory => {
+                self.replica_of(pid, tree, epoch, &layout)
+            }
+            Message::ReplicaPages { pid, clear, addrs }
+                if peer.identity.role == lego_proto::Role::Memory =>
+            {
+                self.replica_pages(pid, &clear, &addrs, &request.payload)
             }
             Message::Holds { pid } if peer.identity.role == lego_proto::Role::Monitor => {
                 let held = self.slot(pid).and_then(|slot| {

@@ -414,18 +414,21 @@ pub enum Message {
         epoch: u64,
         inner: Box<Message>,
     },
-    /// A primary starting a backup's copy of process `pid` (tree `tree`):
-    /// its whole layout; its pages follow in `ReplicaPages`, then every
-    /// change in `Replicate`.
+    /// A primary starting (or, at its end, bringing up to date) a
+    /// backup's copy of process `pid` (tree `tree`): its whole layout; the
+    /// copy keeps the pages it has inside it. Its pages follow in
+    /// `ReplicaPages`, then every change in `Replicate`.
     ReplicaOf {
         pid: ProcessId,
         tree: ProcessId,
         epoch: u64,
         layout: crate::memory::SpaceLayout,
     },
-    /// Pages of a backup's copy; the payload holds one page per address.
+    /// Pages of a backup's copy: first every page in the `clear` ranges
+    /// is dropped, then the payload's are stored, one page per address.
     ReplicaPages {
         pid: ProcessId,
+        clear: Vec<(u64, u64)>,
         addrs: Vec<u64>,
     },
     /// Reply to the three above.

@@ -456,8 +456,12 @@ fn memory_message() -> impl Strategy<Value = Message> {
                 layout
             }
         ),
-        (any::<u64>(), prop::collection::vec(any::<u64>(), 0..8))
-            .prop_map(|(pid, addrs)| Message::ReplicaPages { pid, addrs }),
+        (
+            any::<u64>(),
+            prop::collection::vec((any::<u64>(), any::<u64>()), 0..3),
+            prop::collection::vec(any::<u64>(), 0..8)
+        )
+            .prop_map(|(pid, clear, addrs)| Message::ReplicaPages { pid, clear, addrs }),
         Just(Message::Replicated),
     ]
 }

@@ -429,6 +429,49 @@ impl AddressSpace {
         })
     }
 
+    /// Takes over the pages of `old` (an earlier copy of the same
+    /// process) that lie in accounted VMAs of this space; frees the rest.
+    pub fn adopt_pages(&mut self, old: &mut AddressSpace, pool: &mut PagePool) {
+        for (addr, id) in std::mem::take(&mut old.pages) {
+            if self.find(addr).is_some_and(|v| v.accounted) {
+                if let Some(replaced) = self.pages.insert(addr, id) {
+                    pool.free(replaced);
+                }
+            } else {
+                pool.free(id);
+            }
+        }
+    }
+
+    /// Drops the stored pages of `[start, end)`.
+    pub fn clear_pages(&mut self, pool: &mut PagePool, start: u64, end: u64) {
+        let gone: Vec<u64> = self.pages.range(start..end).map(|(&a, _)| a).collect();
+        for addr in gone {
+            if let Some(id) = self.pages.remove(&addr) {
+                pool.free(id);
+            }
+        }
+    }
+
+    /// Stores a page of a copy sent by the primary, if it lies in an
+    /// accounted VMA here (a page the primary stored always does); `false`
+    /// if the pool is out of pages.
+    pub fn store_copied(&mut self, pool: &mut PagePool, addr: u64, contents: &[u8]) -> bool {
+        if !is_aligned(addr) || !self.find(addr).is_some_and(|v| v.accounted) {
+            return true;
+        }
+        self.store_page(pool, addr, contents)
+    }
+
+    /// The stored pages of `[start, end)` from `from` on, at most `max`.
+    pub fn pages_in(&self, from: u64, end: u64, max: usize) -> Vec<(u64, PageId)> {
+        self.pages
+            .range(from..end)
+            .take(max)
+            .map(|(&a, &id)| (a, id))
+            .collect()
+    }
+
     /// Up to `max` stored pages from address `from` on, in address order.
     pub fn pages_from(&self, from: u64, max: usize) -> Vec<(u64, PageId)> {
         self.pages
