@@ -43,6 +43,15 @@ fn rows(view: &ClusterView) -> Vec<Row<'_>> {
     rows
 }
 
+/// Every process of the cluster in `dir`, as its processors last
+/// reported them.
+pub fn processes(dir: &crate::state::StateDir) -> Result<Vec<ProcessInfo>> {
+    let record = dir.require()?;
+    let client = monitor_client(dir, record.monitor)?;
+    let view = fetch_view(&client)?;
+    Ok(rows(&view).into_iter().map(|r| r.info.clone()).collect())
+}
+
 fn pid(pid: u64) -> String {
     format!("{pid:x}")
 }

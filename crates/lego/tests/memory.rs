@@ -181,15 +181,20 @@ fn a_new_backup_is_made_so_a_second_loss_is_survived() {
         .spawn()
         .unwrap();
     let first = poll(Duration::from_secs(20), || {
-        cluster.homes().into_iter().find_map(|(_, home, backup)| backup.map(|_| home))
+        cluster
+            .homes()
+            .into_iter()
+            .find_map(|(_, home, backup)| backup.map(|_| home))
     })
     .expect("the program runs with a backup");
     kill9(cluster.pid(&first));
     // The backup took over and copied the process to the third manager.
     let second = poll(Duration::from_secs(60), || {
         cluster.homes().into_iter().find_map(|(_, home, backup)| {
-            (home != first && backup.is_some() && cluster.log(&home).contains("it is the backup now"))
-                .then_some(home)
+            (home != first
+                && backup.is_some()
+                && cluster.log(&home).contains("it is the backup now"))
+            .then_some(home)
         })
     })
     .expect("the new primary copies the process to a new backup");

@@ -76,6 +76,18 @@ pub enum Which {
         #[arg(long, default_value = "/bin/true")]
         program: PathBuf,
     },
+    /// The workload benchmark's patterns with and without a backup of each process's memory, and the time to copy 1 GiB to a new backup after a loss
+    Replication {
+        /// Working set of the workloads
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
+        size: u64,
+        /// What a new backup is copied after the home is lost
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+        copy: u64,
+        /// Runs of each workload in each setting (interleaved; medians)
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Sequential scan and uniform random updates, native vs Lego at ExCache 100%, 50%, 25%
     Workload {
         /// Working set
@@ -92,6 +104,7 @@ const SYSCALL_C: &str = include_str!("syscall.c");
 const WORKLOAD_C: &str = include_str!("workload.c");
 const THREADS_C: &str = include_str!("threads.c");
 const FORK_C: &str = include_str!("fork.c");
+const HOLDER_C: &str = include_str!("holder.c");
 
 /// A scratch directory with the compiled workloads and a private cluster.
 struct Bench {
@@ -108,7 +121,13 @@ impl Drop for Bench {
 
 impl Bench {
     fn new(memory: u64, excache: u64) -> Result<Bench> {
-        let dir = std::env::temp_dir().join(format!("lego-bench-{}", std::process::id()));
+        Bench::with("", 1, 1, memory, excache)
+    }
+
+    /// A bench cluster of `memories` memory managers of `memory` each,
+    /// keeping `replicas` copies of each process's memory.
+    fn with(tag: &str, memories: usize, replicas: u32, memory: u64, excache: u64) -> Result<Bench> {
+        let dir = std::env::temp_dir().join(format!("lego-bench-{}{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let bench = Bench {
@@ -116,17 +135,19 @@ impl Bench {
             dir,
         };
         eprintln!(
-            "lego bench: starting a cluster (1 processor, 1 memory manager of {})",
-            format_size(memory)
+            "lego bench: starting a cluster (1 processor, {memories} memory manager{} of {}, {replicas} cop{} of each process's memory)",
+            if memories == 1 { "" } else { "s" },
+            format_size(memory),
+            if replicas == 1 { "y" } else { "ies" }
         );
         cluster::up(UpArgs {
             state: StateArgs {
                 state: Some(bench.cluster.root.clone()),
             },
             processors: 1,
-            memories: 1,
+            memories,
             storages: 1,
-            replicas: 1,
+            replicas,
             memory_capacity: memory,
             excache,
             export: PathBuf::from("/"),
@@ -208,6 +229,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         Which::Miss { size, excache } => miss(size, excache),
         Which::Syscall { calls } => syscall(calls),
         Which::Workload { size, patterns } => workload(size, &patterns),
+        Which::Replication { size, copy, runs } => replication(size, copy, runs),
         Which::Files { size } => files(size),
         Which::Threads { size, threads } => threads_bench(size, threads),
         Which::Redis { requests, excache } => redis(requests, excache),
@@ -217,6 +239,127 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             program,
         } => fork_bench(count, heap, &program),
     }
+}
+
+/// The median of `values`.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn replication(size: u64, copy: u64, runs: u32) -> Result<()> {
+    let excache = (size / 4).max(4 << 20);
+    let memory = (2 * copy).max(2 * size) + (1 << 30);
+    let single = Bench::with("-1", 2, 1, memory, excache)?;
+    let replicated = Bench::with("-2", 3, 2, memory, excache)?;
+    let program = single.compile("workload", WORKLOAD_C)?;
+    let mib = (size >> 20).to_string();
+    println!(
+        "Replication cost ({} working set, ExCache {}, {runs} runs each, medians):",
+        format_size(size),
+        format_size(excache)
+    );
+    for pattern in ["seq", "random"] {
+        let args = [pattern.to_string(), mib.clone()];
+        let total = |out: &str| -> Result<f64> {
+            match numbers(out)[..] {
+                [init, run, ..] => Ok(init + run),
+                _ => bail!("unexpected output from the workload: {out:?}"),
+            }
+        };
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        for _ in 0..runs.max(1) {
+            one.push(total(&single.lego(excache, &program, &args)?)?);
+            two.push(total(&replicated.lego(excache, &program, &args)?)?);
+        }
+        let (one, two) = (median(&mut one), median(&mut two));
+        println!(
+            "  {pattern:<7} one copy {:>8.3} s   primary + backup {:>8.3} s   ratio {:.3} (goal <= 1.10)",
+            one / 1e9,
+            two / 1e9,
+            two / one
+        );
+    }
+    copy_after_loss(&replicated, copy)
+}
+
+/// Loses the home of a process holding `size` of written memory and
+/// reports how long its new primary takes to copy it to a new backup.
+fn copy_after_loss(bench: &Bench, size: u64) -> Result<()> {
+    let program = bench.compile("holder", HOLDER_C)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .arg("--state")
+        .arg(&bench.cluster.root)
+        .arg("--excache")
+        .arg("64M")
+        .arg("--")
+        .arg(&program)
+        .arg((size >> 20).to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // It says "ready" once all of it is written and back on its home.
+    let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line)?;
+    if !line.starts_with("ready") {
+        bail!("the holder workload said {line:?}");
+    }
+    // Listed with its backup by the processor's next heartbeat.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (home, backup) = loop {
+        let found = crate::ps::processes(&bench.cluster)?
+            .into_iter()
+            .find_map(|p| Some((p.home_memory, p.backup_memory?)));
+        match found {
+            Some(found) => break found,
+            None if std::time::Instant::now() > deadline => bail!("the holder has no backup"),
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let record = bench.cluster.require()?;
+    let victim = record
+        .components
+        .iter()
+        .find(|c| c.name == home)
+        .context("the home is not in the cluster's record")?;
+    // Safety: SIGKILL to a component of this bench's own cluster.
+    unsafe { libc::kill(victim.pid as i32, libc::SIGKILL) };
+    // Its backup takes over at the holder's next request.
+    let mut stdin = child.stdin.take().context("stdin")?;
+    std::io::Write::write_all(&mut stdin, b"touch\n")?;
+    let log = bench
+        .cluster
+        .root
+        .join("logs")
+        .join(format!("{backup}.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let copied = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("it is the backup now")) {
+            break line.to_string();
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{backup} made no copy within 2 minutes; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    let _ = child.wait();
+    let what = copied
+        .split("copied to ")
+        .nth(1)
+        .and_then(|rest| rest.split(": it is").next())
+        .unwrap_or(&copied);
+    println!(
+        "  after {home} was killed, {backup} copied the {} process to {what}",
+        format_size(size)
+    );
+    Ok(())
 }
 
 fn fork_bench(count: u32, heap: u64, child: &Path) -> Result<()> {
