@@ -269,7 +269,7 @@ impl MemoryService {
             match forwarded {
                 None if rep.is_backup => {
                     return Message::error(
-                        ErrorCode::Denied,
+                        ErrorCode::NotHeld,
                         format!("this memory manager holds the backup of process {pid:#x}, not its primary"),
                     )
                     .into()
@@ -294,6 +294,20 @@ impl MemoryService {
             }
         }
         let pool_forced = forwarded.is_some();
+        // A write-back goes to the backup first, so both store it at once
+        // (it is checked the same way on both: they agree on the answer).
+        let mut early = None;
+        if let (Message::WriteBack { .. }, None, Some(process)) =
+            (&request.message, forwarded, guard.as_ref())
+        {
+            if let Some(link) = &process.rep.backup {
+                let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+                early = Some((
+                    Arc::clone(link),
+                    link.send(pid, tree, process.rep.epoch, &request),
+                ));
+            }
+        }
         // The file a mapping reads from, as checked here.
         let mut mapped = None;
         let reply = match &request.message {
@@ -374,20 +388,37 @@ impl MemoryService {
             },
             _ => request,
         };
+        // Only what changed something is passed on: a change that failed
+        // here with nothing done (ENOMEM, a bad request) might succeed on
+        // a backup that charges past its capacity.
+        let changed = !matches!(
+            reply.message,
+            Message::Error(_) | Message::MemoryFailed { .. }
+        );
         let pending = match (&process.rep.backup, forwarded) {
-            (Some(link), None) => {
+            _ if early.is_some() => early,
+            (Some(link), None) if changed => {
                 let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
-                link.send(pid, tree, process.rep.epoch, &request)
-                    .map(|p| (Arc::clone(link), p))
+                Some((
+                    Arc::clone(link),
+                    link.send(pid, tree, process.rep.epoch, &request),
+                ))
             }
             _ => None,
         };
         let epoch = process.rep.epoch;
         drop(guard);
-        if let Some((link, pending)) = pending {
-            if let Err(why) = link.wait(pending) {
-                self.backup_lost(pid, epoch, &link, &why);
+        match pending {
+            Some((link, None)) => self.backup_lost(pid, epoch, &link, "it cannot be reached"),
+            Some((link, Some(sent))) => {
+                // (A write-back refused here is refused there too.)
+                if let Err(why) = link.wait(sent) {
+                    if changed {
+                        self.backup_lost(pid, epoch, &link, &why);
+                    }
+                }
             }
+            None => {}
         }
         reply
     }
@@ -1223,7 +1254,7 @@ fn serving(guard: &Option<Process>, _pid: ProcessId) -> Option<&AddressSpace> {
 fn not_served(guard: &Option<Process>, pid: ProcessId) -> Reply {
     match guard {
         Some(_) => Message::error(
-            ErrorCode::Denied,
+            ErrorCode::NotHeld,
             format!("this memory manager holds the backup of process {pid:#x}, not its primary"),
         )
         .into(),
@@ -1297,6 +1328,21 @@ impl MemoryService {
         }
     }
 
+    /// Whether runtime `me`'s `request` is about its own process, which
+    /// this manager does not hold (it was restarted since, or the process
+    /// moved on); a first exec makes it, a release finds nothing to do.
+    fn lost_to(&self, me: ProcessId, request: &Message) -> bool {
+        let about = match request {
+            Message::Memory { pid, .. }
+            | Message::FetchPage { pid, .. }
+            | Message::FetchPages { pid, .. }
+            | Message::WriteBack { pid, .. } => *pid,
+            Message::Fork { parent, .. } => *parent,
+            _ => return false,
+        };
+        about == me && self.slot(me).is_none()
+    }
+
     /// Books what a request made or freed, once it succeeded.
     fn settle_trees(&self, tree: Option<ProcessId>, booking: Booking, reply: &Reply) {
         let mut trees = lock(&self.trees);
@@ -1348,6 +1394,15 @@ impl Service for MemoryService {
                     return Message::error(ErrorCode::Denied, "a runtime without a pid and tree")
                         .into();
                 };
+                if self.lost_to(pid, &request.message) {
+                    return Message::error(
+                        ErrorCode::NotHeld,
+                        format!(
+                            "this memory manager holds no memory of process {pid:#x} (restarted?)"
+                        ),
+                    )
+                    .into();
+                }
                 if let Err(why) = self.allowed(tree, pid, &request.message) {
                     return Message::error(ErrorCode::Denied, why).into();
                 }

@@ -160,6 +160,9 @@ pub enum ErrorCode {
     /// process of another tree).
     Denied,
     Internal,
+    /// A memory manager holds no copy of the process it serves: it was
+    /// restarted, or the process moved on (its runtime fails over).
+    NotHeld,
 }
 
 /// An error reply.

@@ -531,6 +531,8 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::UnknownComponent),
         Just(ErrorCode::NameTaken),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::Denied),
+        Just(ErrorCode::NotHeld),
     ]
 }
 

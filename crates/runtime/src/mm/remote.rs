@@ -262,7 +262,10 @@ impl RemoteMemory {
         loop {
             let links = self.links();
             match pick(links).call(message, payload) {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => match not_held(&reply.message) {
+                    Some(why) => self.fail_over(links, &why)?,
+                    None => return Ok(reply),
+                },
                 Err(e) => self.fail_over(links, &e.to_string())?,
             }
         }
@@ -410,6 +413,15 @@ impl RemoteMemory {
     }
 }
 
+/// Why `reply` says the memory manager no longer holds the process (it
+/// was restarted, or the process moved on), if it does.
+fn not_held(reply: &Message) -> Option<String> {
+    match reply {
+        Message::Error(e) if e.code == lego_proto::ErrorCode::NotHeld => Some(e.message.clone()),
+        _ => None,
+    }
+}
+
 /// Keeps `parts` as one buffer.
 fn joined(parts: &[&[u8]]) -> Vec<u8> {
     let mut all = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
@@ -494,7 +506,10 @@ impl Backing for RemoteMemory {
         };
         Ok(WriteBack::new(move || match sent {
             Ok((conn, pending)) => match conn.wait(pending, timeout) {
-                Ok(reply) => me.written_back(reply.message),
+                Ok(reply) => match not_held(&reply.message) {
+                    Some(why) => again(links, why),
+                    None => me.written_back(reply.message),
+                },
                 Err(e) => again(links, e.to_string()),
             },
             Err(e) => again(links, e.to_string()),
