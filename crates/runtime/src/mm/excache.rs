@@ -22,6 +22,11 @@ use thiserror::Error;
 pub const MIN_QUOTA_PAGES: usize = 64;
 /// Most pages evicted (and written back) together.
 const MAX_EVICT_BATCH: usize = 256;
+
+/// Write-back batches sent and not yet acknowledged, at most: the next
+/// eviction need not wait for the last one's round trip (two, with a
+/// backup that must hold each batch before the primary answers).
+const MAX_IN_FLIGHT: usize = 2;
 /// Largest readahead window, in pages (bounded by a fraction of the quota).
 const MAX_READAHEAD: usize = 128;
 /// Pages a miss in a program image or file mapping brings at least
@@ -131,10 +136,12 @@ struct State {
     /// and how many pages the next sequential miss fetches.
     next_expected: u64,
     window: usize,
-    /// The last write-back batch, sent but maybe not yet acknowledged, and
-    /// its pages: a fetch of one of them waits for it first, and so does
-    /// every change to the address space.
-    in_flight: Option<(WriteBack, HashSet<u64>)>,
+    /// The last write-back batches (at most [`MAX_IN_FLIGHT`]), oldest
+    /// first, sent but maybe not yet acknowledged, and their pages: a
+    /// fetch of one of them waits for them first, and so does every change
+    /// to the address space. The memory manager stores them in the order
+    /// sent (one connection).
+    in_flight: std::collections::VecDeque<(WriteBack, HashSet<u64>)>,
     /// Pages a fault thread is fetching (without the lock): a fault on
     /// one of them waits for that fetch, whose install wakes it.
     fetching: HashSet<u64>,
@@ -198,7 +205,7 @@ impl ExCache {
                 },
                 next_expected: 0,
                 window: 1,
-                in_flight: None,
+                in_flight: std::collections::VecDeque::new(),
                 fetching: HashSet::new(),
                 victims: Vec::new(),
                 dirty: Vec::new(),
@@ -328,9 +335,10 @@ impl ExCache {
             count += 1;
         }
         Self::make_room(st, arena, backing, count)?;
-        let fetching_in_flight = st.in_flight.as_ref().is_some_and(|(_, pages)| {
-            (0..count as u64).any(|i| pages.contains(&(page + i * PAGE)))
-        });
+        let fetching_in_flight = st
+            .in_flight
+            .iter()
+            .any(|(_, pages)| (0..count as u64).any(|i| pages.contains(&(page + i * PAGE))));
         if fetching_in_flight {
             Self::settle_locked(st)?;
         }
@@ -385,12 +393,23 @@ impl ExCache {
         Ok(())
     }
 
-    /// Waits for the write-back in flight, if any.
+    /// Waits for the write-backs in flight, oldest first.
     fn settle_locked(st: &mut State) -> Result<(), CacheError> {
-        match st.in_flight.take() {
-            Some((ticket, _)) => ticket.finish(),
-            None => Ok(()),
+        while let Some((ticket, _)) = st.in_flight.pop_front() {
+            ticket.finish()?;
         }
+        Ok(())
+    }
+
+    /// Makes room for one more write-back in flight: waits for the oldest
+    /// while [`MAX_IN_FLIGHT`] are.
+    fn room_in_flight(st: &mut State) -> Result<(), CacheError> {
+        while st.in_flight.len() >= MAX_IN_FLIGHT {
+            if let Some((ticket, _)) = st.in_flight.pop_front() {
+                ticket.finish()?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every write-back is acknowledged: before the address
@@ -428,7 +447,8 @@ impl ExCache {
     /// Books the batch of `st.dirty` just sent: in flight until its
     /// acknowledgement, counted, and held by the memory manager from now on.
     fn sent_back(st: &mut State, ticket: WriteBack) {
-        st.in_flight = Some((ticket, st.dirty.iter().copied().collect()));
+        st.in_flight
+            .push_back((ticket, st.dirty.iter().copied().collect()));
         st.stats.writebacks += st.dirty.len() as u64;
         st.stats.writeback_batches += 1;
         st.stats.bytes_written_back += st.dirty.len() as u64 * PAGE;
@@ -465,8 +485,9 @@ impl ExCache {
             }
         }
         if !st.dirty.is_empty() {
-            // One batch in flight at a time: this one waits for the last.
-            Self::settle_locked(st)?;
+            // At most MAX_IN_FLIGHT batches in flight: this one may wait
+            // for the oldest.
+            Self::room_in_flight(st)?;
             // Safety: every dirty page is resident (it was a victim the
             // policy held, and only this lock's holder drops pages), so
             // reading it cannot fault; the application cannot write it
@@ -502,7 +523,7 @@ impl ExCache {
         arena: &dyn Pages,
         backing: &dyn Backing,
     ) -> Result<(), CacheError> {
-        Self::settle_locked(st)?;
+        Self::room_in_flight(st)?;
         let mut staged = 0u64;
         // (page, where its contents are read from)
         let mut sources: Vec<(u64, u64)> = Vec::with_capacity(st.victims.len());
@@ -605,7 +626,7 @@ impl ForkHold<'_> {
         st.resident.clear();
         st.fetching.clear();
         st.policy.clear();
-        st.in_flight = None;
+        st.in_flight.clear();
         st.next_expected = 0;
         st.window = 1;
         st.concurrent = false;
