@@ -6,7 +6,7 @@ use lego_memory::service::{MemoryService, MAX_PROCESSES};
 use lego_memory::vma::STACK_SIZE;
 use lego_proto::{
     ErrorCode, ErrorReply, ExecImage, Frame, Load, MemoryOp, MemoryOpDone, Message, RangeMove,
-    Role, MAX_WRITEBACK_PAGES, PAGE_SIZE,
+    Role, SpaceLayout, VmaLayout, MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{Identity, PeerInfo, Reply, Service};
 use std::sync::Arc;
@@ -862,4 +862,167 @@ fn a_runtime_acts_only_on_its_own_address_space() {
             addr: 0x40_0000
         }
     )));
+}
+
+fn as_role(service: &MemoryService, role: Role, message: Message, payload: Vec<u8>) -> Message {
+    let peer = PeerInfo {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        identity: Identity::new(role, "peer-1"),
+    };
+    service
+        .handle(
+            &peer,
+            Frame {
+                id: 1,
+                message,
+                payload,
+            },
+        )
+        .message
+}
+
+fn code(reply: &Message) -> Option<ErrorCode> {
+    match reply {
+        Message::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// A backup applies its primary's changes, serves no runtime until the
+/// monitor promotes it, then serves what the primary wrote; a primary of
+/// an older epoch is refused, and malformed copies are answered, never
+/// a panic.
+#[test]
+fn a_backup_follows_its_primary_and_takes_over_when_promoted() {
+    let backup = MemoryService::new(64 << 20);
+    let replicate = |epoch, inner: Message, payload: Vec<u8>| {
+        as_role(
+            &backup,
+            Role::Memory,
+            Message::Replicate {
+                pid: PID,
+                tree: PID,
+                epoch,
+                inner: Box::new(inner),
+            },
+            payload,
+        )
+    };
+    let exec = Message::Exec {
+        pid: PID,
+        seq: 1,
+        backup: None,
+    };
+    assert!(matches!(
+        replicate(0, exec, sample(2)),
+        Message::ExecLoaded(_)
+    ));
+    let mmap = Message::Memory {
+        pid: PID,
+        op: MemoryOp::Mmap {
+            addr: AREA,
+            len: 4096,
+            prot: RW,
+            flags: FIXED,
+        },
+        seq: 2,
+    };
+    assert!(matches!(replicate(0, mmap, vec![]), Message::MemoryDone(_)));
+    let write = Message::WriteBack {
+        pid: PID,
+        addrs: vec![AREA],
+    };
+    assert_eq!(replicate(0, write, vec![0xab; 4096]), Message::WrittenBack);
+    let fetch = Message::FetchPage {
+        pid: PID,
+        addr: AREA,
+    };
+    // The runtime of the process: not served by a backup.
+    assert_eq!(
+        code(&call_as(&backup, (PID, PID), fetch.clone())),
+        Some(ErrorCode::NotHeld)
+    );
+    // Malformed copies and changes get answers.
+    let bad_pages = Message::ReplicaPages {
+        pid: PID,
+        clear: vec![(10, 5)],
+        addrs: vec![3],
+    };
+    assert!(code(&as_role(&backup, Role::Memory, bad_pages, vec![1; 4096])).is_none());
+    let nested = Message::Replicate {
+        pid: PID,
+        tree: PID,
+        epoch: 0,
+        inner: Box::new(Message::ReleaseProcess { pid: PID }),
+    };
+    assert_eq!(
+        code(&replicate(0, nested, vec![])),
+        Some(ErrorCode::BadRequest)
+    );
+    let disordered = SpaceLayout {
+        vmas: vec![
+            VmaLayout {
+                start: AREA + 8192,
+                end: AREA + 12288,
+                prot: RW,
+                populated: false,
+                accounted: true,
+                file: None,
+                on_fork: 0,
+            },
+            VmaLayout {
+                start: AREA,
+                end: AREA + 4096,
+                prot: RW,
+                populated: false,
+                accounted: true,
+                file: Some((7, 0)),
+                on_fork: 0,
+            },
+        ],
+        brk_start: 0,
+        brk: 0,
+        files: vec![],
+        last_seq: 0,
+        last_reply: None,
+    };
+    let other = Message::ReplicaOf {
+        pid: PID + 1,
+        tree: PID + 1,
+        epoch: 0,
+        layout: disordered,
+    };
+    assert_eq!(
+        code(&as_role(&backup, Role::Memory, other, vec![])),
+        Some(ErrorCode::BadRequest)
+    );
+    // Only memory managers pass changes on, only the monitor promotes.
+    let promote = Message::Promote {
+        pid: PID,
+        epoch: 1,
+        backup: None,
+    };
+    assert!(code(&as_role(&backup, Role::Processor, promote.clone(), vec![])).is_some());
+    assert_eq!(
+        as_role(&backup, Role::Monitor, promote, vec![]),
+        Message::Promoted
+    );
+    let reply = backup.handle(
+        &PeerInfo {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            identity: Identity::process(PID, PID),
+        },
+        Frame::new(1, fetch),
+    );
+    assert_eq!(reply.message, Message::Page);
+    assert_eq!(reply.payload, vec![0xab; 4096]);
+    // The old primary, of epoch 0, may change it no more.
+    let stale = Message::WriteBack {
+        pid: PID,
+        addrs: vec![AREA],
+    };
+    assert_eq!(
+        code(&replicate(0, stale, vec![0xcd; 4096])),
+        Some(ErrorCode::Denied)
+    );
 }

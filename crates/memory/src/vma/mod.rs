@@ -445,6 +445,9 @@ impl AddressSpace {
 
     /// Drops the stored pages of `[start, end)`.
     pub fn clear_pages(&mut self, pool: &mut PagePool, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
         let gone: Vec<u64> = self.pages.range(start..end).map(|(&a, _)| a).collect();
         for addr in gone {
             if let Some(id) = self.pages.remove(&addr) {
@@ -465,6 +468,9 @@ impl AddressSpace {
 
     /// The stored pages of `[start, end)` from `from` on, at most `max`.
     pub fn pages_in(&self, from: u64, end: u64, max: usize) -> Vec<(u64, PageId)> {
+        if from >= end {
+            return Vec::new();
+        }
         self.pages
             .range(from..end)
             .take(max)
