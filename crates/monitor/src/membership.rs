@@ -317,7 +317,15 @@ impl Membership {
         } else {
             home.backup.clone().expect("checked above")
         };
-        match holds(&secret, &failed_holder, pid) {
+        // Found down by an earlier failover: not asked again (each ask of
+        // a silent one waits for the probe's timeout).
+        let fenced = self.members().get(failed).is_some_and(|m| m.fenced);
+        let held = if fenced {
+            None
+        } else {
+            holds(&secret, &failed_holder, pid)
+        };
+        match held {
             // It still serves the process as it should: the runtime's
             // trouble was its own (or passing).
             // Nothing moves: the runtime tries it again.
