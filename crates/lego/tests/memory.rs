@@ -50,6 +50,32 @@ fn resident_memory_returns_once_pages_are_freed() {
     );
 }
 
+/// `lego run --excache 16M -- checksum ARGS`, its output captured.
+fn start_checksum(
+    cluster: &Cluster,
+    checksum: &std::path::Path,
+    args: &[&str],
+) -> std::process::Child {
+    cluster
+        .run_command(&["--excache", "16M"], checksum, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The home and backup of the first process the processors list with a
+/// backup (a forking workload's children share its first process's).
+fn replicated_home(cluster: &Cluster) -> (String, String) {
+    poll(Duration::from_secs(20), || {
+        cluster
+            .homes()
+            .into_iter()
+            .find_map(|(_, home, backup)| Some((home, backup?)))
+    })
+    .expect("the program runs with a backup")
+}
+
 /// A workload whose output must not change when a memory manager holding
 /// its memory is killed: `checksum MiB passes mode`.
 fn checksum_runs_through_a_kill(cluster: &Cluster, mode: &str, kill_primary: bool, restart: bool) {
@@ -57,21 +83,8 @@ fn checksum_runs_through_a_kill(cluster: &Cluster, mode: &str, kill_primary: boo
     let args = ["192", "6", mode];
     let expected = native(&checksum, &args);
     assert!(expected.status.success());
-    let child = cluster
-        .run_command(&["--excache", "16M"], &checksum, &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first process of the run (a forking workload's children share
-    // its home), once it has both copies.
-    let (home, backup) = poll(Duration::from_secs(20), || {
-        cluster
-            .homes()
-            .into_iter()
-            .find_map(|(_, home, backup)| Some((home, backup?)))
-    })
-    .expect("the program runs with a backup");
+    let child = start_checksum(cluster, &checksum, &args);
+    let (home, backup) = replicated_home(cluster);
     // A moment within the run (about 2 s natively slow under Lego), not a
     // wait for anything.
     let nanos = std::time::SystemTime::now()
@@ -141,19 +154,8 @@ fn a_primary_that_stops_answering_is_failed_over_and_fenced() {
     let checksum = program("checksum", Build::GlibcStatic);
     let args = ["96", "8", "single"];
     let expected = native(&checksum, &args);
-    let child = cluster
-        .run_command(&["--excache", "16M"], &checksum, &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let home = poll(Duration::from_secs(20), || {
-        cluster
-            .homes()
-            .into_iter()
-            .find_map(|(_, home, backup)| backup.map(|_| home))
-    })
-    .expect("the program runs with a backup");
+    let child = start_checksum(&cluster, &checksum, &args);
+    let (home, _) = replicated_home(&cluster);
     let stopped = cluster.pid(&home);
     // Safety: signals to a component of this test's own cluster.
     unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
@@ -184,19 +186,8 @@ fn a_new_backup_is_made_so_a_second_loss_is_survived() {
     let checksum = program("checksum", Build::GlibcStatic);
     let args = ["160", "40", "single"];
     let expected = native(&checksum, &args);
-    let child = cluster
-        .run_command(&["--excache", "16M"], &checksum, &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let first = poll(Duration::from_secs(20), || {
-        cluster
-            .homes()
-            .into_iter()
-            .find_map(|(_, home, backup)| backup.map(|_| home))
-    })
-    .expect("the program runs with a backup");
+    let child = start_checksum(&cluster, &checksum, &args);
+    let (first, _) = replicated_home(&cluster);
     kill9(cluster.pid(&first));
     // The backup took over and copied the process to the third manager.
     let second = poll(Duration::from_secs(60), || {

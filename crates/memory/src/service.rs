@@ -646,13 +646,14 @@ impl MemoryService {
     ) -> Result<crate::replica::Sent, String> {
         let process = guard.as_ref().ok_or("the process ended")?;
         let (vmas, brk_start, brk, files) = process.space.layout();
+        let last = process.rep.last.as_ref();
         let layout = SpaceLayout {
             vmas,
             brk_start,
             brk,
             files,
-            last_seq: process.rep.last.as_ref().map_or(0, |(seq, _)| *seq),
-            last_reply: process.rep.last.as_ref().map(|(_, m)| Box::new(m.clone())),
+            last_seq: last.map_or(0, |(seq, _)| *seq),
+            last_reply: last.map(|(_, m)| Box::new(m.clone())),
         };
         let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
         let message = Message::ReplicaOf {
@@ -1222,23 +1223,6 @@ impl MemoryService {
             }
         }
         Message::WrittenBack.into()
-    }
-
-    /// The layout of process `pid`, for a backup's copy (tests and the
-    /// copy to a new backup).
-    pub fn layout_of(&self, pid: ProcessId) -> Option<SpaceLayout> {
-        let slot = self.slot(pid)?;
-        let guard = lock(&slot);
-        let process = guard.as_ref()?;
-        let (vmas, brk_start, brk, files) = process.space.layout();
-        Some(SpaceLayout {
-            vmas,
-            brk_start,
-            brk,
-            files,
-            last_seq: process.rep.last.as_ref().map_or(0, |(seq, _)| *seq),
-            last_reply: process.rep.last.as_ref().map(|(_, m)| Box::new(m.clone())),
-        })
     }
 }
 

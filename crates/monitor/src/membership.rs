@@ -255,19 +255,7 @@ impl Membership {
         let Some(processor) = processor else {
             return Message::error(ErrorCode::BadRequest, "no live processor in the cluster");
         };
-        let memory = members
-            .values()
-            .filter(alive)
-            .filter(|m| m.registration.role == Role::Memory)
-            .max_by_key(|m| match &m.load {
-                Load::Memory {
-                    capacity,
-                    committed,
-                    ..
-                } => capacity.saturating_sub(*committed),
-                _ => 0,
-            });
-        let Some(memory) = memory else {
+        let Some(memory) = most_free_memory(&members, &[]) else {
             return Message::error(
                 ErrorCode::BadRequest,
                 "no live memory manager in the cluster",
