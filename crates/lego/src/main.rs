@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod drain;
 mod forward;
 mod ps;
 mod run;
@@ -48,6 +49,9 @@ enum Command {
     Ps(ps::PsArgs),
     /// Send a signal (default KILL) to a component of the local cluster, to inject a failure
     Kill(cluster::KillArgs),
+    /// Move everything a memory manager holds to the others while programs run, so it can be
+    /// stopped with no program affected
+    Drain(drain::DrainArgs),
     /// Run a program on the cluster (starting an embedded cluster if none is up)
     Run(run::RunArgs),
     /// Measure Lego against baselines taken in the same run (miss, syscall, files, threads,
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         Command::Ps(args) => ps::ps(args),
         Command::Restart(args) => cluster::restart(args),
         Command::Kill(args) => cluster::kill(args),
+        Command::Drain(args) => drain::drain(args),
         Command::Monitor(args) => serve::monitor(args),
         Command::Processor(args) => serve::processor(args),
         Command::Memory(args) => serve::memory(args),

@@ -62,20 +62,28 @@ fn capacity_and_use(load: &Load) -> (String, String) {
             capacity,
             used,
             committed,
+            copies,
         } => {
             let percent = if *capacity == 0 {
                 0.0
             } else {
                 *used as f64 * 100.0 / *capacity as f64
             };
-            (
-                format_size(*capacity),
-                format!(
-                    "{} ({percent:.0}%), {} committed",
-                    format_size(*used),
-                    format_size(*committed)
-                ),
-            )
+            let mut use_ = format!(
+                "{} ({percent:.0}%), {} committed",
+                format_size(*used),
+                format_size(*committed)
+            );
+            for copy in copies {
+                use_.push_str(&format!(
+                    ", copying {:x} to {} ({} of {})",
+                    copy.pid,
+                    copy.to,
+                    format_size(copy.copied_bytes),
+                    format_size(copy.total_bytes)
+                ));
+            }
+            (format_size(*capacity), use_)
         }
         Load::Storage {
             export,
@@ -115,13 +123,23 @@ fn unknown_health(c: &ComponentRecord) -> &'static str {
     }
 }
 
+/// A member's health, and its drain if it is drained.
+fn health(m: &MemberStatus) -> String {
+    match &m.draining {
+        None => m.health.to_string(),
+        Some(d) if d.error.is_some() => format!("{}, drain failed", m.health),
+        Some(d) if d.done => format!("{}, drained", m.health),
+        Some(d) => format!("{}, draining: {} moved, {} left", m.health, d.moved, d.left),
+    }
+}
+
 fn member_row(m: &MemberStatus) -> [String; 8] {
     let (capacity, used) = capacity_and_use(&m.load);
     [
         m.registration.name.clone(),
         m.registration.role.to_string(),
         m.registration.addr.to_string(),
-        m.health.to_string(),
+        health(m),
         capacity,
         used,
         format!("{:.1}s ago", m.heartbeat_age_ms as f64 / 1000.0),
@@ -210,7 +228,18 @@ fn load_json(load: &Load) -> serde_json::Value {
             capacity,
             used,
             committed,
-        } => json!({"capacity": capacity, "used": used, "committed": committed}),
+            copies,
+        } => json!({
+            "capacity": capacity,
+            "used": used,
+            "committed": committed,
+            "copies": copies.iter().map(|c| json!({
+                "pid": c.pid,
+                "to": c.to,
+                "copied_bytes": c.copied_bytes,
+                "total_bytes": c.total_bytes,
+            })).collect::<Vec<_>>(),
+        }),
         Load::Storage {
             export,
             total,
@@ -236,6 +265,12 @@ fn to_json(record: &ClusterRecord, view: &ClusterView) -> serde_json::Value {
             "pid": m.registration.pid,
             "heartbeat_age_ms": m.heartbeat_age_ms,
             "load": load_json(&m.load),
+            "draining": m.draining.as_ref().map(|d| json!({
+                "moved": d.moved,
+                "left": d.left,
+                "done": d.done,
+                "error": d.error,
+            })),
         })
     }));
     components.extend(unknown_to_monitor(record, view).map(|c| {

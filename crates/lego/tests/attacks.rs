@@ -141,6 +141,7 @@ fn a_programs_own_key_reaches_nothing_but_its_own_process_tree() {
             capacity: 1 << 50,
             used: 0,
             committed: 0,
+            copies: Vec::new(),
         },
         unix_socket: None,
     };

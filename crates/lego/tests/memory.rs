@@ -203,3 +203,57 @@ fn a_new_backup_is_made_so_a_second_loss_is_survived() {
     let out = child.wait_with_output().unwrap();
     assert_same(&out, &expected, "checksum with two homes killed in turn");
 }
+
+/// `lego drain` moves everything a memory manager holds to the others
+/// while the program runs: its home (the backup takes over, and a new
+/// backup is copied) or its backup (the home copies it to another
+/// manager). Afterwards the drained manager holds nothing, `lego ps`
+/// names it for no process, and killing it affects no program: the
+/// output is the native one, for a single-threaded, a multi-threaded and
+/// a forking workload.
+#[test]
+fn a_drained_memory_manager_holds_nothing_and_can_be_stopped() {
+    let cluster = Cluster::up(&["--memories", "3"]);
+    let checksum = program("checksum", Build::GlibcStatic);
+    for (mode, drain_home) in [("single", true), ("threads", false), ("fork", true)] {
+        let args = ["160", "30", mode];
+        let expected = native(&checksum, &args);
+        let mut child = start_checksum(&cluster, &checksum, &args);
+        let (home, backup) = replicated_home(&cluster);
+        let drained = if drain_home { home } else { backup };
+        let out = cluster.lego(&["drain", &drained]);
+        assert!(out.status.success(), "drain {drained}: {out:?}");
+        assert!(
+            text(&out.stdout).contains(&format!("{drained} drained in")),
+            "{out:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the {mode} workload ended before the drain did: it tested nothing"
+        );
+        let emptied = poll(Duration::from_secs(10), || {
+            (cluster.load(&drained, "used") == Some(0)).then_some(())
+        });
+        assert!(
+            emptied.is_some(),
+            "the drained {drained} still holds pages: {:?}\n{}",
+            cluster.status(),
+            cluster.log(&drained)
+        );
+        let named: Vec<_> = cluster
+            .homes()
+            .into_iter()
+            .filter(|(_, home, backup)| *home == drained || backup.as_deref() == Some(&drained))
+            .collect();
+        assert!(named.is_empty(), "{drained} still named by {named:?}");
+        kill9(cluster.pid(&drained));
+        let out = child.wait_with_output().unwrap();
+        assert_same(
+            &out,
+            &expected,
+            &format!("{mode} checksum with {drained} drained and killed"),
+        );
+        let restarted = cluster.lego(&["restart", &drained]);
+        assert!(restarted.status.success(), "{restarted:?}");
+    }
+}

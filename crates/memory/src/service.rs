@@ -21,8 +21,9 @@ use crate::pool::PagePool;
 use crate::replica::{Link, Links};
 use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
-    ErrorCode, Frame, Load, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, Message, ProcessId,
-    SpaceLayout, MAX_FETCH_PAGES, MAX_IMAGE_LEN, MAX_WRITEBACK_PAGES, PAGE_SIZE,
+    CopyProgress, ErrorCode, Frame, HeldCopy, Load, MemoryHolder, MemoryHome, MemoryOp,
+    MemoryOpDone, Message, ProcessId, SpaceLayout, MAX_FETCH_PAGES, MAX_IMAGE_LEN,
+    MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::collections::HashMap;
@@ -131,6 +132,8 @@ pub struct MemoryService {
     /// The service itself, for the threads that copy processes to new
     /// backups.
     me: OnceLock<std::sync::Weak<MemoryService>>,
+    /// The copies to new backups being made, for the load report.
+    copies: Mutex<HashMap<ProcessId, CopyProgress>>,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -160,6 +163,7 @@ impl MemoryService {
             links: Links::new(None),
             joined: OnceLock::new(),
             me: OnceLock::new(),
+            copies: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,10 +215,14 @@ impl MemoryService {
     /// The load reported with each heartbeat.
     pub fn load(&self) -> Load {
         let pool = lock(&self.pool);
+        let used = pool.used();
+        let committed = pool.committed();
+        drop(pool);
         Load::Memory {
             capacity: self.capacity,
-            used: pool.used(),
-            committed: pool.committed(),
+            used,
+            committed,
+            copies: lock(&self.copies).values().cloned().collect(),
         }
     }
 
@@ -537,7 +545,11 @@ impl MemoryService {
             drop(guard);
             let _ = std::thread::Builder::new()
                 .name(format!("copy {pid:x}"))
-                .spawn(move || me.copy_to_backup(pid, &link));
+                .spawn(move || {
+                    if let Err(why) = me.copy_to_backup(pid, &link) {
+                        me.copy_failed(pid, &link, &why);
+                    }
+                });
         }
         Message::Promoted.into()
     }
@@ -546,8 +558,21 @@ impl MemoryService {
     /// its layout, its pages in chunks, then, in rounds, the pages changed
     /// meanwhile; the last round (and the layout again) is sent while the
     /// process waits, after which the backup gets every change as usual.
-    fn copy_to_backup(&self, pid: ProcessId, link: &Arc<Link>) {
+    fn copy_to_backup(&self, pid: ProcessId, link: &Arc<Link>) -> Result<(), String> {
         let started = std::time::Instant::now();
+        lock(&self.copies).insert(
+            pid,
+            CopyProgress {
+                pid,
+                to: link.holder().name.clone(),
+                copied_bytes: 0,
+                total_bytes: self.slot(pid).map_or(0, |slot| {
+                    lock(&slot)
+                        .as_ref()
+                        .map_or(0, |p| (p.space.stored_pages() * PAGE_SIZE) as u64)
+                }),
+            },
+        );
         let mut sent_pages = 0usize;
         let whole = [(lego_proto::USER_MIN, lego_proto::USER_END)];
         let result = (|| -> Result<bool, String> {
@@ -613,28 +638,205 @@ impl MemoryService {
             }
             Ok(true)
         })();
+        lock(&self.copies).remove(&pid);
         match result {
-            Ok(true) => info!(
-                pid = format_args!("{pid:#x}"),
-                "copied to {} ({} pages) in {:?}: it is the backup now",
-                link.holder().name,
-                sent_pages,
-                started.elapsed()
-            ),
-            Ok(false) => {}
+            Ok(true) => {
+                info!(
+                    pid = format_args!("{pid:#x}"),
+                    "copied to {} ({} pages) in {:?}: it is the backup now",
+                    link.holder().name,
+                    sent_pages,
+                    started.elapsed()
+                );
+                Ok(())
+            }
+            Ok(false) => Ok(()),
             Err(why) => {
-                let epoch = self
-                    .slot(pid)
-                    .and_then(|slot| {
-                        let mut guard = lock(&slot);
-                        let process = guard.as_mut()?;
+                if let Some(slot) = self.slot(pid) {
+                    if let Some(process) = lock(&slot).as_mut() {
                         process.rep.copying = None;
-                        Some(process.rep.epoch)
-                    })
-                    .unwrap_or(0);
-                self.backup_lost(pid, epoch, link, &format!("copying the process: {why}"));
+                    }
+                }
+                Err(why)
             }
         }
+    }
+
+    /// A copy to a new backup the monitor chose after a loss failed: the
+    /// process goes on without one, and the monitor is told.
+    fn copy_failed(&self, pid: ProcessId, link: &Arc<Link>, why: &str) {
+        let epoch = self
+            .slot(pid)
+            .and_then(|slot| lock(&slot).as_ref().map(|p| p.rep.epoch))
+            .unwrap_or(0);
+        self.backup_lost(pid, epoch, link, &format!("copying the process: {why}"));
+    }
+
+    /// The monitor's word (a drain): make `backup` hold a whole copy of
+    /// process `pid`, from epoch `epoch` on. The current backup, if any,
+    /// gets every change until the new one holds it all; the answer waits
+    /// for that.
+    fn rebackup(&self, pid: ProcessId, epoch: u64, backup: Option<&MemoryHolder>) -> Reply {
+        let Some(backup) = backup else {
+            return self.without_backup(pid, epoch);
+        };
+        let Some(link) = self.links.to(backup) else {
+            return Message::error(
+                ErrorCode::Internal,
+                format!("cannot reach {} at {}", backup.name, backup.addr),
+            )
+            .into();
+        };
+        {
+            let Some(slot) = self.slot(pid) else {
+                return unknown_process(pid);
+            };
+            let mut guard = lock(&slot);
+            let Some(process) = guard.as_mut() else {
+                return unknown_process(pid);
+            };
+            let rep = &mut process.rep;
+            if rep.is_backup || epoch < rep.epoch {
+                return Message::error(
+                    ErrorCode::Denied,
+                    format!(
+                        "a new backup for process {pid:#x} at epoch {epoch}: this manager holds {} at epoch {}",
+                        if rep.is_backup { "its backup" } else { "it" },
+                        rep.epoch
+                    ),
+                )
+                .into();
+            }
+            if rep.copying.is_some() {
+                return bad_request(format!(
+                    "process {pid:#x} is being copied to a new backup already"
+                ));
+            }
+            rep.epoch = epoch;
+            if rep.backup.as_ref().is_some_and(|b| b.holder() == backup) {
+                return Message::Promoted.into();
+            }
+            rep.copying = Some(Copying {
+                link: Arc::clone(&link),
+                touched: Vec::new(),
+            });
+        }
+        info!(
+            pid = format_args!("{pid:#x}"),
+            epoch, "copying the process to {}, its new backup", backup.name
+        );
+        match self.copy_to_backup(pid, &link) {
+            Ok(()) => Message::Promoted.into(),
+            Err(why) => Message::error(
+                ErrorCode::Internal,
+                format!("copying process {pid:#x} to {}: {why}", backup.name),
+            )
+            .into(),
+        }
+    }
+
+    /// The monitor's word: process `pid` goes on without a backup, from
+    /// epoch `epoch` on (its backup is drained, and no other manager can
+    /// take it).
+    fn without_backup(&self, pid: ProcessId, epoch: u64) -> Reply {
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(process) = guard.as_mut().filter(|p| !p.rep.is_backup) else {
+            return not_served(&guard, pid);
+        };
+        if epoch < process.rep.epoch {
+            return Message::error(
+                ErrorCode::Denied,
+                format!(
+                    "process {pid:#x} is at epoch {} here, past {epoch}",
+                    process.rep.epoch
+                ),
+            )
+            .into();
+        }
+        process.rep.epoch = epoch;
+        process.rep.backup = None;
+        process.rep.copying = None;
+        warn!(
+            pid = format_args!("{pid:#x}"),
+            "the process goes on without a backup"
+        );
+        Message::Promoted.into()
+    }
+
+    /// The monitor's word (a drain): drop this copy of process `pid`. A
+    /// primary gives it up only with a whole backup to take over (the
+    /// monitor promotes it next); its runtime is answered `NotHeld` from
+    /// now on, and fails over.
+    fn relinquish(&self, pid: ProcessId, epoch: u64) -> Reply {
+        let Some(slot) = self.slot(pid) else {
+            return Message::Relinquished.into();
+        };
+        let mut guard = lock(&slot);
+        let Some(process) = guard.as_ref() else {
+            return Message::Relinquished.into();
+        };
+        let rep = &process.rep;
+        if rep.epoch > epoch {
+            return Message::error(
+                ErrorCode::Denied,
+                format!(
+                    "process {pid:#x} is at epoch {} here, past {epoch}",
+                    rep.epoch
+                ),
+            )
+            .into();
+        }
+        if !rep.is_backup && (rep.backup.is_none() || rep.copying.is_some()) {
+            return bad_request(format!(
+                "process {pid:#x} has no whole backup here to take over from this primary"
+            ));
+        }
+        let Some(mut process) = guard.take() else {
+            return Message::Relinquished.into();
+        };
+        drop(guard);
+        lock(&self.processes).remove(&pid);
+        lock(&self.trees).remove(&pid);
+        self.files.forget(pid);
+        process.space.release(&mut lock(&self.pool));
+        info!(
+            pid = format_args!("{pid:#x}"),
+            "gave up the {} of the process",
+            if process.rep.is_backup {
+                "backup copy"
+            } else {
+                "primary copy"
+            }
+        );
+        Message::Relinquished.into()
+    }
+
+    /// Every copy of a process held here, for the monitor.
+    fn holdings(&self) -> Vec<HeldCopy> {
+        let slots: Vec<(ProcessId, ProcessSlot)> = lock(&self.processes)
+            .iter()
+            .map(|(&pid, slot)| (pid, Arc::clone(slot)))
+            .collect();
+        let mut held = Vec::with_capacity(slots.len());
+        for (pid, slot) in slots {
+            let guard = lock(&slot);
+            let Some(process) = guard.as_ref() else {
+                continue;
+            };
+            held.push(HeldCopy {
+                pid,
+                tree: lock(&self.trees).get(&pid).copied().unwrap_or(pid),
+                epoch: process.rep.epoch,
+                primary: !process.rep.is_backup,
+                backup: process.rep.backup.as_ref().map(|l| l.holder().clone()),
+                copying: process.rep.copying.is_some(),
+                stored_bytes: (process.space.stored_pages() * PAGE_SIZE) as u64,
+            });
+        }
+        held
     }
 
     /// Sends the process's layout to the backup (the guard is its lock).
@@ -720,6 +922,9 @@ impl MemoryService {
                 drop(guard);
                 link.wait(sent)?;
                 sent_pages += n;
+                if let Some(progress) = lock(&self.copies).get_mut(&pid) {
+                    progress.copied_bytes += (n * PAGE_SIZE) as u64;
+                }
                 match next {
                     Some(next) => from = next,
                     None => break,
@@ -1315,8 +1520,10 @@ impl MemoryService {
     /// Whether runtime `me`'s `request` is about its own process, which
     /// this manager does not hold (it was restarted since, or the process
     /// moved on); a first exec makes it, a release finds nothing to do.
-    fn lost_to(&self, me: ProcessId, request: &Message) -> bool {
+    fn lost_to(&self, me: ProcessId, tree: ProcessId, request: &Message) -> bool {
         let about = match request {
+            // Only a tree's first exec makes an address space.
+            Message::Exec { pid, seq, .. } if *seq > 1 || *pid != tree => *pid,
             Message::Memory { pid, .. }
             | Message::FetchPage { pid, .. }
             | Message::FetchPages { pid, .. }
@@ -1378,7 +1585,7 @@ impl Service for MemoryService {
                     return Message::error(ErrorCode::Denied, "a runtime without a pid and tree")
                         .into();
                 };
-                if self.lost_to(pid, &request.message) {
+                if self.lost_to(pid, tree, &request.message) {
                     return Message::error(
                         ErrorCode::NotHeld,
                         format!(
@@ -1454,6 +1661,19 @@ impl MemoryService {
             {
                 self.replica_pages(pid, &clear, &addrs, &request.payload)
             }
+            Message::Holdings if peer.identity.role == lego_proto::Role::Monitor => {
+                Message::HoldingList(self.holdings()).into()
+            }
+            Message::Rebackup { pid, epoch, backup }
+                if peer.identity.role == lego_proto::Role::Monitor =>
+            {
+                self.rebackup(pid, epoch, backup.as_ref())
+            }
+            Message::Relinquish { pid, epoch }
+                if peer.identity.role == lego_proto::Role::Monitor =>
+            {
+                self.relinquish(pid, epoch)
+            }
             Message::Holds { pid } if peer.identity.role == lego_proto::Role::Monitor => {
                 let held = self.slot(pid).and_then(|slot| {
                     lock(&slot)
@@ -1469,7 +1689,14 @@ impl MemoryService {
             }
             other
                 if !component
-                    && matches!(other, Message::Replicate { .. } | Message::Promote { .. }) =>
+                    && matches!(
+                        other,
+                        Message::Replicate { .. }
+                            | Message::Promote { .. }
+                            | Message::Rebackup { .. }
+                            | Message::Relinquish { .. }
+                            | Message::Holdings
+                    ) =>
             {
                 Message::error(
                     ErrorCode::Denied,

@@ -1,8 +1,10 @@
 //! The monitor's membership table and its request handling.
 
+mod drain;
+
 use lego_proto::{
-    ClusterView, ErrorCode, Frame, Health, Load, MemberStatus, MemoryHolder, MemoryHome, Message,
-    ProcessId, Registration, Role, MAX_NAME_LEN, MAX_TEXT_LEN,
+    ClusterView, DrainState, ErrorCode, Frame, Health, Load, MemberStatus, MemoryHolder,
+    MemoryHome, Message, ProcessId, Registration, Role, MAX_NAME_LEN, MAX_TEXT_LEN,
 };
 use lego_transport::{
     Backoff, Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Server, ServerConfig,
@@ -39,6 +41,11 @@ struct Member {
     /// Found down by a failover, which moved what it held elsewhere: if it
     /// speaks again (a partition healed), it is told to drop everything.
     fenced: bool,
+    /// A memory manager being drained: nothing new is placed on it.
+    draining: Option<DrainState>,
+    /// When a process was last placed on it (its memory is made there
+    /// once the process starts).
+    placed_at: Option<Instant>,
 }
 
 /// How long a memory manager reported lost has to answer a ping before
@@ -61,6 +68,8 @@ pub struct Membership {
     homes: Mutex<HashMap<ProcessId, MemoryHome>>,
     /// One failover at a time: each decision sees the ones before it.
     failing_over: Mutex<()>,
+    /// The table itself, for the threads that drain memory managers.
+    me: std::sync::OnceLock<std::sync::Weak<Membership>>,
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -81,6 +90,7 @@ impl Membership {
             replicas: 1,
             homes: Mutex::new(HashMap::new()),
             failing_over: Mutex::new(()),
+            me: std::sync::OnceLock::new(),
         }
     }
 
@@ -148,6 +158,9 @@ impl Membership {
                 last_heard: now,
                 health: Health::Alive,
                 fenced: false,
+                // A restarted manager joins empty: nothing left to drain.
+                draining: None,
+                placed_at: None,
             },
         );
         Message::Registered {
@@ -270,9 +283,18 @@ impl Membership {
             .filter(alive)
             .find(|m| m.registration.role == Role::Storage)
             .map(|m| m.registration.clone());
+        let (processor, memory) = (processor.registration.clone(), memory.registration.clone());
+        drop(members);
+        let now = Instant::now();
+        let mut members = self.members();
+        for name in std::iter::once(&memory.name).chain(backup.as_ref().map(|b| &b.name)) {
+            if let Some(m) = members.get_mut(name) {
+                m.placed_at = Some(now);
+            }
+        }
         Message::Placement {
-            processor: processor.registration.clone(),
-            memory: memory.registration.clone(),
+            processor,
+            memory,
             backup,
             storage,
         }
@@ -408,6 +430,7 @@ impl Membership {
                     health: m.health,
                     load: m.load.clone(),
                     heartbeat_age_ms: now.duration_since(m.last_heard).as_millis() as u64,
+                    draining: m.draining.clone(),
                 })
                 .collect(),
         }
@@ -415,7 +438,7 @@ impl Membership {
 }
 
 /// The live memory manager with the most uncommitted memory, other than
-/// those named in `except`.
+/// those named in `except` and those being drained.
 fn most_free_memory<'a>(
     members: &'a BTreeMap<String, Member>,
     except: &[&str],
@@ -423,7 +446,7 @@ fn most_free_memory<'a>(
     members
         .values()
         .filter(|m| m.health == Health::Alive && m.registration.role == Role::Memory)
-        .filter(|m| !except.contains(&m.registration.name.as_str()))
+        .filter(|m| !except.contains(&m.registration.name.as_str()) && m.draining.is_none())
         .max_by_key(|m| match &m.load {
             Load::Memory {
                 capacity,
@@ -547,6 +570,7 @@ impl Service for Membership {
             } if matches!(peer.identity.role, Role::Processor | Role::Memory) => {
                 self.failover(pid, home, &failed)
             }
+            Message::Drain { name } => self.start_drain(&name),
             other => Message::error(
                 ErrorCode::Unsupported,
                 format!("the monitor does not serve {}", other.kind()),
@@ -569,6 +593,7 @@ impl MonitorServer {
             Membership::new(config.heartbeat_interval, config.dead_after)
                 .with_replication(config.secret.clone(), config.replicas),
         );
+        let _ = membership.me.set(Arc::downgrade(&membership));
         let server = Server::bind(
             config.listen,
             ServerConfig::new(config.secret, Identity::new(Role::Monitor, "monitor")),
@@ -627,6 +652,7 @@ mod tests {
                 capacity: 1 << 30,
                 used: 0,
                 committed: 0,
+                copies: Vec::new(),
             },
             unix_socket: None,
         }
@@ -699,6 +725,7 @@ mod tests {
             capacity: 1 << 30,
             used: 4096,
             committed: 8192,
+            copies: Vec::new(),
         };
         let spoof = Message::Heartbeat {
             name: "memory-0".into(),

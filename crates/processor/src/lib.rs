@@ -236,21 +236,28 @@ impl Processor {
             ),
         };
         if let Message::MemoryMoved(home) = &answer {
-            if let Some((info, _)) = self
-                .processes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&pid)
-            {
-                info.home_memory = home.primary.name.clone();
-                info.backup_memory = home.backup.as_ref().map(|b| b.name.clone());
-            }
-            self.homes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pid, home.clone());
+            self.home_changed(pid, home.clone());
         }
         answer
+    }
+
+    /// Remembers where process `pid`'s memory lives now (its memory is
+    /// freed there when it ends, and `lego ps` shows it).
+    fn home_changed(&self, pid: ProcessId, home: MemoryHome) {
+        if let Some((info, _)) = self
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&pid)
+        {
+            info.home_memory = home.primary.name.clone();
+            info.backup_memory = home.backup.as_ref().map(|b| b.name.clone());
+        }
+        let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+        // A later decision than one already recorded only.
+        if homes.get(&pid).is_none_or(|known| known.epoch < home.epoch) {
+            homes.insert(pid, home);
+        }
     }
 
     /// Where process `pid`'s memory lives if it failed over (and forgets
@@ -328,7 +335,13 @@ impl Processor {
 }
 
 impl Service for Processor {
-    fn handle(&self, _peer: &PeerInfo, request: Frame) -> Reply {
+    fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        if let (Message::HomeChanged { pid, home }, Role::Monitor) =
+            (&request.message, peer.identity.role)
+        {
+            self.home_changed(*pid, home.clone());
+            return Message::MemoryMoved(home.clone()).into();
+        }
         Message::error(
             ErrorCode::Unsupported,
             format!(

@@ -74,6 +74,8 @@ pub enum Load {
         used: u64,
         /// Bytes promised to writable mappings (never more than capacity).
         committed: u64,
+        /// Copies of processes being made to new backups from here.
+        copies: Vec<CopyProgress>,
     },
     Storage {
         /// The directory tree this storage manager exports.
@@ -92,6 +94,47 @@ impl Load {
             Load::Storage { .. } => Role::Storage,
         }
     }
+}
+
+/// A copy of a process a memory manager is making on a new backup (after
+/// a loss, or for a drain), while the process runs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CopyProgress {
+    pub pid: ProcessId,
+    /// The memory manager receiving the copy.
+    pub to: String,
+    pub copied_bytes: u64,
+    /// Bytes the process had stored when the copy began.
+    pub total_bytes: u64,
+}
+
+/// One copy of a process a memory manager holds, as it tells the monitor
+/// (`Holdings`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HeldCopy {
+    pub pid: ProcessId,
+    pub tree: ProcessId,
+    pub epoch: u64,
+    /// The primary (else the backup).
+    pub primary: bool,
+    /// A primary's backup, when it has a whole copy.
+    pub backup: Option<MemoryHolder>,
+    /// A primary making a copy on a new backup right now.
+    pub copying: bool,
+    pub stored_bytes: u64,
+}
+
+/// A drain of a memory manager, as the monitor reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DrainState {
+    /// Copies moved off it so far.
+    pub moved: u32,
+    /// Copies it still held when last asked.
+    pub left: u32,
+    /// It holds nothing any more.
+    pub done: bool,
+    /// Why the drain stopped, if it failed.
+    pub error: Option<String>,
 }
 
 /// A component announcing itself to the monitor.
@@ -135,6 +178,8 @@ pub struct MemberStatus {
     pub load: Load,
     /// Milliseconds since the last heartbeat (or registration) arrived.
     pub heartbeat_age_ms: u64,
+    /// A memory manager being drained (`lego drain`): takes nothing new.
+    pub draining: Option<DrainState>,
 }
 
 /// The monitor's whole view of the cluster.
@@ -268,6 +313,40 @@ pub enum Message {
         held: bool,
         epoch: u64,
         primary: bool,
+    },
+    /// The monitor to a memory manager: what copies of processes it holds.
+    Holdings,
+    HoldingList(Vec<HeldCopy>),
+    /// The monitor to process `pid`'s primary: make `backup` hold a whole
+    /// copy of it (the current backup, if any, keeps getting every change
+    /// until then), follow epoch `epoch`, and answer `Promoted` once the
+    /// new backup holds it all. `None`: go on without a backup.
+    Rebackup {
+        pid: ProcessId,
+        epoch: u64,
+        backup: Option<MemoryHolder>,
+    },
+    /// The monitor to a memory manager: drop your copy of process `pid`
+    /// (of epoch `epoch` or older); a primary must have a whole backup,
+    /// which the monitor makes the primary next. The runtime, told
+    /// `NotHeld` from then on, fails over to it.
+    Relinquish {
+        pid: ProcessId,
+        epoch: u64,
+    },
+    Relinquished,
+    /// A user asking the monitor to move every copy off memory manager
+    /// `name` while programs run (`lego drain`); progress shows in the
+    /// cluster view.
+    Drain {
+        name: String,
+    },
+    DrainStarted,
+    /// The monitor telling a processor that process `pid`'s memory moved
+    /// (a drain): it is released there, and `lego ps` shows it.
+    HomeChanged {
+        pid: ProcessId,
+        home: MemoryHome,
     },
     /// The monitor to a component it had found dead and that spoke again
     /// (a partition healed): everything it held has moved on, so it
@@ -478,6 +557,14 @@ impl Message {
             Message::Promoted => "Promoted",
             Message::Holds { .. } => "Holds",
             Message::Holding { .. } => "Holding",
+            Message::Holdings => "Holdings",
+            Message::HoldingList(_) => "HoldingList",
+            Message::Rebackup { .. } => "Rebackup",
+            Message::Relinquish { .. } => "Relinquish",
+            Message::Relinquished => "Relinquished",
+            Message::Drain { .. } => "Drain",
+            Message::DrainStarted => "DrainStarted",
+            Message::HomeChanged { .. } => "HomeChanged",
             Message::Fenced => "Fenced",
             Message::Launch(_) => "Launch",
             Message::Launched { .. } => "Launched",

@@ -67,6 +67,12 @@ fn load() -> impl Strategy<Value = Load> {
                 capacity,
                 used,
                 committed,
+                copies: vec![CopyProgress {
+                    pid: capacity,
+                    to: "memory-1".into(),
+                    copied_bytes: used,
+                    total_bytes: committed,
+                }],
             }
         }),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(export, total, free)| Load::Storage {
@@ -285,6 +291,40 @@ fn process_message() -> impl Strategy<Value = Message> {
         Just(Message::Promoted),
         Just(Message::Fenced),
         any::<u64>().prop_map(|pid| Message::Holds { pid }),
+        Just(Message::Holdings),
+        prop::collection::vec(
+            (
+                any::<(u64, u64, u64)>(),
+                any::<bool>(),
+                prop::option::of(holder()),
+                any::<bool>(),
+                any::<u64>()
+            ),
+            0..4
+        )
+        .prop_map(|copies| Message::HoldingList(
+            copies
+                .into_iter()
+                .map(
+                    |((pid, tree, epoch), primary, backup, copying, stored_bytes)| HeldCopy {
+                        pid,
+                        tree,
+                        epoch,
+                        primary,
+                        backup,
+                        copying,
+                        stored_bytes,
+                    }
+                )
+                .collect()
+        )),
+        (any::<u64>(), any::<u64>(), prop::option::of(holder()))
+            .prop_map(|(pid, epoch, backup)| Message::Rebackup { pid, epoch, backup }),
+        (any::<u64>(), any::<u64>()).prop_map(|(pid, epoch)| Message::Relinquish { pid, epoch }),
+        Just(Message::Relinquished),
+        text().prop_map(|name| Message::Drain { name }),
+        Just(Message::DrainStarted),
+        (any::<u64>(), home()).prop_map(|(pid, home)| Message::HomeChanged { pid, home }),
         (any::<bool>(), any::<u64>(), any::<bool>()).prop_map(|(held, epoch, primary)| {
             Message::Holding {
                 held,
@@ -520,6 +560,12 @@ fn member() -> impl Strategy<Value = MemberStatus> {
             health: if alive { Health::Alive } else { Health::Dead },
             load,
             heartbeat_age_ms,
+            draining: (heartbeat_age_ms % 3 == 0).then(|| DrainState {
+                moved: (heartbeat_age_ms >> 8) as u32,
+                left: (heartbeat_age_ms >> 40) as u32,
+                done: heartbeat_age_ms % 2 == 0,
+                error: (heartbeat_age_ms % 5 == 0).then(|| "no room".to_string()),
+            }),
         },
     )
 }

@@ -48,6 +48,7 @@ fn heartbeat(name: &str) -> Message {
             capacity: 1,
             used: 0,
             committed: 0,
+            copies: Vec::new(),
         },
     }
 }
