@@ -240,12 +240,16 @@ fn a_drained_memory_manager_holds_nothing_and_can_be_stopped() {
             cluster.status(),
             cluster.log(&drained)
         );
-        let named: Vec<_> = cluster
-            .homes()
-            .into_iter()
-            .filter(|(_, home, backup)| *home == drained || backup.as_deref() == Some(&drained))
-            .collect();
-        assert!(named.is_empty(), "{drained} still named by {named:?}");
+        // As the processors' next heartbeats report it.
+        let named = || -> Vec<_> {
+            cluster
+                .homes()
+                .into_iter()
+                .filter(|(_, home, backup)| *home == drained || backup.as_deref() == Some(&drained))
+                .collect()
+        };
+        let renamed = poll(Duration::from_secs(10), || named().is_empty().then_some(()));
+        assert!(renamed.is_some(), "{drained} still named by {:?}", named());
         kill9(cluster.pid(&drained));
         let out = child.wait_with_output().unwrap();
         assert_same(

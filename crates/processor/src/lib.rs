@@ -118,6 +118,38 @@ pub struct Processor {
     monitor: SocketAddr,
     /// Where the memory of processes that failed over lives now.
     homes: Mutex<HashMap<ProcessId, MemoryHome>>,
+    /// Homes the monitor moved of processes not listed here (the last
+    /// `UNLISTED_HOMES`), for a child that announces itself later.
+    unlisted_homes: Mutex<Unlisted>,
+}
+
+/// How many homes of processes not listed are remembered.
+const UNLISTED_HOMES: usize = 1024;
+
+/// Homes of processes not listed, oldest forgotten first.
+#[derive(Default)]
+struct Unlisted {
+    homes: HashMap<ProcessId, MemoryHome>,
+    order: std::collections::VecDeque<ProcessId>,
+}
+
+impl Unlisted {
+    fn insert(&mut self, pid: ProcessId, home: MemoryHome) {
+        if self.homes.insert(pid, home).is_none() {
+            self.order.push_back(pid);
+        }
+        while self.order.len() > UNLISTED_HOMES {
+            if let Some(old) = self.order.pop_front() {
+                self.homes.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, pid: &ProcessId) -> Option<MemoryHome> {
+        let home = self.homes.remove(pid)?;
+        self.order.retain(|p| p != pid);
+        Some(home)
+    }
 }
 
 impl Processor {
@@ -133,7 +165,21 @@ impl Processor {
         u64::from_ne_bytes(bytes) >> 1
     }
 
-    fn track(&self, info: ProcessInfo, live: Arc<LiveStats>) {
+    fn track(&self, mut info: ProcessInfo, live: Arc<LiveStats>) {
+        // Moved before it was listed here (a drain, just after its fork).
+        let unlisted = self
+            .unlisted_homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&info.pid);
+        if let Some(home) = unlisted {
+            info.home_memory = home.primary.name.clone();
+            info.backup_memory = home.backup.as_ref().map(|b| b.name.clone());
+            self.homes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(info.pid, home);
+        }
         self.processes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -252,6 +298,14 @@ impl Processor {
         {
             info.home_memory = home.primary.name.clone();
             info.backup_memory = home.backup.as_ref().map(|b| b.name.clone());
+        } else if !self.known(pid) {
+            // Not listed (yet): a child whose runtime has not announced
+            // itself, or another processor's process.
+            self.unlisted_homes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, home);
+            return;
         }
         let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
         // A later decision than one already recorded only.
@@ -383,6 +437,7 @@ impl ProcessorManager {
             guests: config.guests.clone(),
             monitor: config.component.monitor,
             homes: Mutex::new(HashMap::new()),
+            unlisted_homes: Mutex::new(Unlisted::default()),
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
         });

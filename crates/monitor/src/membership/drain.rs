@@ -361,27 +361,36 @@ impl Membership {
         })
     }
 
-    /// Records process `pid`'s new home, and tells the processor running
-    /// it (which frees its memory there when it ends, and shows it in
-    /// `lego ps`).
+    /// Records process `pid`'s new home, and tells the processors (the one
+    /// running it frees its memory there when it ends, and shows it in
+    /// `lego ps`; a forked process may not be listed by it yet).
     fn moved(&self, pid: ProcessId, home: MemoryHome) {
         self.homes().insert(pid, home.clone());
-        let processor = self.members().values().find_map(|m| match &m.load {
-            Load::Processor { processes, .. } if processes.iter().any(|p| p.pid == pid) => {
-                Some(m.registration.addr)
-            }
-            _ => None,
-        });
-        let (Some(addr), Some(secret)) = (processor, self.secret.clone()) else {
+        let processors: Vec<std::net::SocketAddr> = self
+            .members()
+            .values()
+            .filter(|m| {
+                m.registration.role == Role::Processor && m.health == lego_proto::Health::Alive
+            })
+            .map(|m| m.registration.addr)
+            .collect();
+        let Some(secret) = self.secret.clone() else {
             return;
         };
-        let mut config = ClientConfig::new(secret, Identity::new(Role::Monitor, "monitor"));
-        config.request_timeout = Duration::from_secs(2);
-        if let Err(e) = Client::new(addr, config).call(&Message::HomeChanged { pid, home }, &[]) {
-            warn!(
-                pid = format_args!("{pid:#x}"),
-                "cannot tell its processor where its memory moved: {e}"
-            );
+        for addr in processors {
+            let mut config =
+                ClientConfig::new(secret.clone(), Identity::new(Role::Monitor, "monitor"));
+            config.request_timeout = Duration::from_secs(2);
+            let told = Message::HomeChanged {
+                pid,
+                home: home.clone(),
+            };
+            if let Err(e) = Client::new(addr, config).call(&told, &[]) {
+                warn!(
+                    pid = format_args!("{pid:#x}"),
+                    "cannot tell the processor at {addr} where its memory moved: {e}"
+                );
+            }
         }
     }
 }
