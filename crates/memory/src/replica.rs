@@ -7,7 +7,7 @@
 //! serves a connection's requests one after another); the answer is
 //! waited for after the lock is let go.
 
-use lego_proto::{Frame, MemoryHolder, Message, ProcessId, Role};
+use lego_proto::{ErrorCode, Frame, MemoryHolder, Message, ProcessId, Role};
 use lego_transport::{Backoff, Client, ClientConfig, ClusterSecret, Connection, Identity, Pending};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,15 +73,36 @@ impl Link {
 
     /// Waits for the backup to hold a change sent with `send`.
     pub fn wait(&self, sent: Sent) -> Result<(), String> {
+        self.wait_change(sent).map_err(|refused| refused.why)
+    }
+
+    /// Waits for the backup to hold a change sent with `send`, telling a
+    /// backup that moved on (promoted, or following a later epoch) from
+    /// one lost or refusing.
+    pub fn wait_change(&self, sent: Sent) -> Result<(), Refused> {
         let reply = sent
             .connection
             .wait(sent.pending, BACKUP_TIMEOUT)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refused {
+                superseded: false,
+                why: e.to_string(),
+            })?;
         match reply.message {
-            Message::Error(e) => Err(format!("it refused the change: {}", e.message)),
+            Message::Error(e) => Err(Refused {
+                superseded: e.code == ErrorCode::NotHeld,
+                why: format!("it refused the change: {}", e.message),
+            }),
             _ => Ok(()),
         }
     }
+}
+
+/// Why a backup did not take a change.
+pub struct Refused {
+    /// The copy there moved on past this primary: this primary's copy is
+    /// stale, and must serve nothing more.
+    pub superseded: bool,
+    pub why: String,
 }
 
 /// The links of one memory manager, made as backups are first named.

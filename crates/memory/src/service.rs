@@ -282,9 +282,11 @@ impl MemoryService {
                     )
                     .into()
                 }
+                // The copy moved on: the sender is a stale primary (cut off
+                // while this copy was promoted), and learns it is.
                 Some((epoch, _)) if !rep.is_backup || epoch < rep.epoch => {
                     return Message::error(
-                        ErrorCode::Denied,
+                        ErrorCode::NotHeld,
                         format!(
                             "a change of process {pid:#x} from a primary of epoch {epoch}: this copy follows epoch {}{}",
                             rep.epoch,
@@ -418,17 +420,47 @@ impl MemoryService {
         drop(guard);
         match pending {
             Some((link, None)) => self.backup_lost(pid, epoch, &link, "it cannot be reached"),
-            Some((link, Some(sent))) => {
+            Some((link, Some(sent))) => match link.wait_change(sent) {
+                Ok(()) => {}
+                Err(refused) if refused.superseded => return self.superseded(pid, epoch, &link),
                 // (A write-back refused here is refused there too.)
-                if let Err(why) = link.wait(sent) {
+                Err(refused) => {
                     if changed {
-                        self.backup_lost(pid, epoch, &link, &why);
+                        self.backup_lost(pid, epoch, &link, &refused.why);
                     }
                 }
-            }
+            },
             None => {}
         }
         reply
+    }
+
+    /// The backup of process `pid` took over from this copy (epoch
+    /// `epoch`) while this manager was cut off: this copy is stale, so it
+    /// is dropped, and the change is answered `NotHeld` rather than done
+    /// (its runtime fails over, and sends it to the new primary).
+    fn superseded(&self, pid: ProcessId, epoch: u64, link: &Link) -> Reply {
+        warn!(
+            pid = format_args!("{pid:#x}"),
+            "{} serves the process past epoch {epoch} now: dropping this stale copy",
+            link.holder().name
+        );
+        if let Some(slot) = self.slot(pid) {
+            let mut guard = lock(&slot);
+            if guard.as_ref().is_some_and(|p| p.rep.epoch == epoch) {
+                if let Some(mut process) = guard.take() {
+                    lock(&self.processes).remove(&pid);
+                    lock(&self.trees).remove(&pid);
+                    self.files.forget(pid);
+                    process.space.release(&mut lock(&self.pool));
+                }
+            }
+        }
+        Message::error(
+            ErrorCode::NotHeld,
+            format!("process {pid:#x} moved on from this memory manager"),
+        )
+        .into()
     }
 
     /// Passes a change the process no longer holds state for (its

@@ -1023,6 +1023,93 @@ fn a_backup_follows_its_primary_and_takes_over_when_promoted() {
     };
     assert_eq!(
         code(&replicate(0, stale, vec![0xcd; 4096])),
-        Some(ErrorCode::Denied)
+        Some(ErrorCode::NotHeld)
     );
+}
+
+/// A primary cut off while its backup was promoted (a partition) accepts
+/// no write for the process afterwards: the promoted copy refuses the
+/// change it passes on, so the old primary drops its stale copy and
+/// answers `NotHeld` (its runtime would fail over), never `WrittenBack`.
+#[test]
+fn a_primary_whose_backup_was_promoted_accepts_no_more_writes() {
+    use lego_transport::{ClusterSecret, Server, ServerConfig};
+    let secret = ClusterSecret::from_bytes([7; 32]);
+    let backup = Arc::new(
+        MemoryService::new(64 << 20).with_storage_access(secret.clone(), "memory-b".into()),
+    );
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "memory-b")),
+        Arc::clone(&backup) as Arc<dyn Service>,
+    )
+    .unwrap();
+    let primary = MemoryService::new(64 << 20).with_storage_access(secret, "memory-a".into());
+    let exec = Message::Exec {
+        pid: PID,
+        seq: 1,
+        backup: Some(lego_proto::MemoryHolder {
+            name: "memory-b".into(),
+            addr: server.local_addr(),
+        }),
+    };
+    assert!(matches!(
+        call_as(&primary, (PID, PID), exec),
+        Message::ExecLoaded(_)
+    ));
+    let mmap = Message::Memory {
+        pid: PID,
+        op: mmap_fixed(AREA, 4096),
+        seq: 2,
+    };
+    assert!(matches!(
+        call_as(&primary, (PID, PID), mmap),
+        Message::MemoryDone(_)
+    ));
+    let write = |fill: u8| {
+        primary
+            .handle(
+                &PeerInfo {
+                    addr: "127.0.0.1:9".parse().unwrap(),
+                    identity: Identity::process(PID, PID),
+                },
+                Frame {
+                    id: 1,
+                    message: Message::WriteBack {
+                        pid: PID,
+                        addrs: vec![AREA],
+                    },
+                    payload: vec![fill; 4096],
+                },
+            )
+            .message
+    };
+    assert_eq!(write(0x11), Message::WrittenBack);
+    // The monitor, taking the primary for lost, promotes the backup.
+    let promote = Message::Promote {
+        pid: PID,
+        epoch: 1,
+        backup: None,
+    };
+    assert_eq!(
+        as_role(&backup, Role::Monitor, promote, vec![]),
+        Message::Promoted
+    );
+    assert_eq!(code(&write(0x22)), Some(ErrorCode::NotHeld));
+    assert_eq!(primary.processes(), 0, "the stale copy is dropped");
+    assert_eq!(code(&write(0x33)), Some(ErrorCode::NotHeld));
+    // The promoted copy holds the last write both acknowledged.
+    let fetch = Message::FetchPage {
+        pid: PID,
+        addr: AREA,
+    };
+    let reply = backup.handle(
+        &PeerInfo {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            identity: Identity::process(PID, PID),
+        },
+        Frame::new(1, fetch),
+    );
+    assert_eq!(reply.message, Message::Page);
+    assert_eq!(reply.payload, vec![0x11; 4096]);
 }
