@@ -261,3 +261,42 @@ fn a_drained_memory_manager_holds_nothing_and_can_be_stopped() {
         assert!(restarted.status.success(), "{restarted:?}");
     }
 }
+
+/// The monitor holds nothing a restart loses: a failover after `lego
+/// restart monitor` finds the process's copies from what the memory
+/// managers hold. Here the backup is drained first (its runtime is not
+/// told: its home did not change, so it still names the old backup),
+/// then the monitor restarted, then the home killed: the program still
+/// prints its native output (without the rebuild, the monitor would
+/// promote the drained manager, which holds nothing).
+#[test]
+fn a_restarted_monitor_fails_over_from_what_the_managers_hold() {
+    let cluster = Cluster::up(&["--memories", "3"]);
+    let checksum = program("checksum", Build::GlibcStatic);
+    let args = ["160", "30", "single"];
+    let expected = native(&checksum, &args);
+    let mut child = start_checksum(&cluster, &checksum, &args);
+    let (home, backup) = replicated_home(&cluster);
+    let out = cluster.lego(&["drain", &backup]);
+    assert!(out.status.success(), "drain {backup}: {out:?}");
+    let components = cluster.health().expect("lego status answers").len();
+    let out = cluster.lego(&["restart", "monitor"]);
+    assert!(out.status.success(), "restart monitor: {out:?}");
+    // Every component registered again with the new monitor.
+    let rejoined = poll(Duration::from_secs(20), || {
+        let health = cluster.health()?;
+        (health.len() == components && health.iter().all(|(_, h, _)| h == "alive")).then_some(())
+    });
+    assert!(rejoined.is_some(), "{:?}", cluster.health());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the workload ended before its home could be killed: it tested nothing"
+    );
+    kill9(cluster.pid(&home));
+    let out = child.wait_with_output().unwrap();
+    assert_same(
+        &out,
+        &expected,
+        "checksum with its backup drained, the monitor restarted and its home killed",
+    );
+}

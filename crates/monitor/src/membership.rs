@@ -310,11 +310,20 @@ impl Membership {
             return Message::error(ErrorCode::Unsupported, "this monitor does not fail over");
         };
         let _one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = self.homes().get(&pid) {
-            if known.epoch > home.epoch {
-                return Message::MemoryMoved(known.clone());
-            }
-        }
+        let known = self.homes().get(&pid).cloned();
+        let home = match known {
+            Some(known) if known.epoch > home.epoch => return Message::MemoryMoved(known),
+            Some(_) => home,
+            // No decision of this monitor's (it restarted since, or none
+            // was made): what the managers hold is the truth.
+            None => match self.rebuilt_home(&secret, pid, home, failed) {
+                Ok(home) => home,
+                Err(moved) => {
+                    self.homes().insert(pid, moved.clone());
+                    return Message::MemoryMoved(moved);
+                }
+            },
+        };
         let is_primary = home.primary.name == failed;
         if !is_primary && home.backup.as_ref().is_none_or(|b| b.name != failed) {
             return Message::error(
@@ -399,6 +408,73 @@ impl Membership {
         );
         self.homes().insert(pid, moved.clone());
         Message::MemoryMoved(moved)
+    }
+
+    /// Checks a runtime's word on process `pid`'s home against what the
+    /// live memory managers (other than `failed`) hold: `Err` with where it
+    /// lives if one serves it as primary at a later epoch (the process
+    /// moved on and the reporter did not learn it), else the home with
+    /// its backup being the copy at the latest epoch (a drain may have
+    /// moved it without the runtime knowing).
+    fn rebuilt_home(
+        &self,
+        secret: &ClusterSecret,
+        pid: ProcessId,
+        home: MemoryHome,
+        failed: &str,
+    ) -> Result<MemoryHome, MemoryHome> {
+        let others: Vec<MemoryHolder> = self
+            .members()
+            .values()
+            .filter(|m| {
+                m.registration.role == Role::Memory
+                    && m.health == Health::Alive
+                    && m.registration.name != failed
+            })
+            .map(|m| MemoryHolder {
+                name: m.registration.name.clone(),
+                addr: m.registration.addr,
+            })
+            .collect();
+        let mut primary: Option<(MemoryHolder, u64)> = None;
+        let mut backup: Option<(MemoryHolder, u64)> = None;
+        for holder in others {
+            let Some(Some((epoch, is_primary))) = holds(secret, &holder, pid) else {
+                continue;
+            };
+            let best = if is_primary {
+                &mut primary
+            } else {
+                &mut backup
+            };
+            if best.as_ref().is_none_or(|(_, e)| epoch > *e) {
+                *best = Some((holder, epoch));
+            }
+        }
+        if let Some((holder, epoch)) = primary.filter(|(_, e)| *e > home.epoch) {
+            return Err(MemoryHome {
+                primary: holder,
+                backup: backup.filter(|(_, e)| *e >= epoch).map(|(b, _)| b),
+                epoch,
+            });
+        }
+        match backup {
+            Some((holder, epoch)) if epoch >= home.epoch && home.primary.name == failed => {
+                if home.backup.as_ref() != Some(&holder) {
+                    info!(
+                        pid = format_args!("{pid:#x}"),
+                        "its backup is on {} (epoch {epoch}), not where its runtime said",
+                        holder.name
+                    );
+                }
+                Ok(MemoryHome {
+                    backup: Some(holder),
+                    epoch: epoch.max(home.epoch),
+                    ..home
+                })
+            }
+            _ => Ok(home),
+        }
     }
 
     fn homes(&self) -> MutexGuard<'_, HashMap<ProcessId, MemoryHome>> {
