@@ -55,6 +55,11 @@ pub struct UpArgs {
     /// Directory the storage managers export
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub export: PathBuf,
+    /// The address every component serves on (each on a free port): a
+    /// host address lets components started elsewhere (another host, a
+    /// network namespace) join the cluster
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
     /// How often components heartbeat to the monitor
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub heartbeat_interval: Duration,
@@ -419,7 +424,7 @@ fn start_all(
         "--name".into(),
         "monitor".into(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        SocketAddr::new(args.host, 0).to_string(),
         "--addr-file".into(),
         addr_file.display().to_string(),
         "--secret-file".into(),
@@ -465,7 +470,7 @@ fn start_all(
             "--name".into(),
             name.to_string(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            SocketAddr::new(args.host, 0).to_string(),
             "--monitor".into(),
             monitor_addr.to_string(),
             "--secret-file".into(),

@@ -61,10 +61,25 @@ pub fn drain(args: DrainArgs) -> Result<()> {
             bail!("draining {} failed: {why}", args.name);
         }
         if state.done {
+            let took = started.elapsed();
+            // What it holds, as its next heartbeats report it.
+            let mut used = used;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while used != 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                used = fetch_view(&client)?
+                    .members
+                    .iter()
+                    .find(|m| m.registration.name == args.name)
+                    .map_or(0, |m| match &m.load {
+                        Load::Memory { used, .. } => *used,
+                        _ => 0,
+                    });
+            }
             println!(
                 "{} drained in {:.1}s: {} copies moved, {} bytes held",
                 args.name,
-                started.elapsed().as_secs_f64(),
+                took.as_secs_f64(),
                 state.moved,
                 used
             );

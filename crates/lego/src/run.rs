@@ -128,6 +128,7 @@ fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
         memory_capacity: parse_size("8G").map_err(|e| anyhow!(e))?,
         excache: args.excache.unwrap_or(512 << 20),
         export: PathBuf::from("/"),
+        host: std::net::Ipv4Addr::LOCALHOST.into(),
         heartbeat_interval: Duration::from_secs(1),
         dead_after: None,
         timeout: Duration::from_secs(30),

@@ -1553,17 +1553,23 @@ impl MemoryService {
     /// this manager does not hold (it was restarted since, or the process
     /// moved on); a first exec makes it, a release finds nothing to do.
     fn lost_to(&self, me: ProcessId, tree: ProcessId, request: &Message) -> bool {
-        let about = match request {
-            // Only a tree's first exec makes an address space.
-            Message::Exec { pid, seq, .. } if *seq > 1 || *pid != tree => *pid,
-            Message::Memory { pid, .. }
-            | Message::FetchPage { pid, .. }
-            | Message::FetchPages { pid, .. }
-            | Message::WriteBack { pid, .. } => *pid,
-            Message::Fork { parent, .. } => *parent,
-            _ => return false,
-        };
-        about == me && self.slot(me).is_none()
+        needs_held(request, tree) == Some(me) && self.slot(me).is_none()
+    }
+
+    /// The answer to runtime `me` whose request about its own process
+    /// failed because the process went from here while it was served (a
+    /// drain gave it up, or a stale copy was dropped): `NotHeld`, so it
+    /// fails over, rather than the error that met it.
+    fn lost_meanwhile(&self, me: ProcessId, about: Option<ProcessId>, reply: Reply) -> Reply {
+        let failed = matches!(&reply.message, Message::Error(e) if e.code != ErrorCode::NotHeld);
+        if failed && about == Some(me) && self.slot(me).is_none() {
+            return Message::error(
+                ErrorCode::NotHeld,
+                format!("process {me:#x} moved on from this memory manager"),
+            )
+            .into();
+        }
+        reply
     }
 
     /// Books what a request made or freed, once it succeeded.
@@ -1636,7 +1642,16 @@ impl Service for MemoryService {
             _ => None,
         };
         let booking = Booking::of(&request.message);
-        let reply = self.serve(peer, request);
+        let runtime = (peer.identity.role == lego_proto::Role::Process)
+            .then(|| {
+                let (tree, me) = (peer.identity.tree()?, peer.identity.pid()?);
+                Some((me, needs_held(&request.message, tree)))
+            })
+            .flatten();
+        let mut reply = self.serve(peer, request);
+        if let Some((me, about)) = runtime {
+            reply = self.lost_meanwhile(me, about, reply);
+        }
         self.settle_trees(tree, booking, &reply);
         reply
     }
@@ -1746,6 +1761,21 @@ impl MemoryService {
             )
             .into(),
         }
+    }
+}
+
+/// The process a runtime's request of tree `tree` needs this manager to
+/// hold (`None`: one that makes it, or needs none).
+fn needs_held(request: &Message, tree: ProcessId) -> Option<ProcessId> {
+    match request {
+        // Only a tree's first exec makes an address space.
+        Message::Exec { pid, seq, .. } if *seq > 1 || *pid != tree => Some(*pid),
+        Message::Memory { pid, .. }
+        | Message::FetchPage { pid, .. }
+        | Message::FetchPages { pid, .. }
+        | Message::WriteBack { pid, .. } => Some(*pid),
+        Message::Fork { parent, .. } => Some(*parent),
+        _ => None,
     }
 }
 

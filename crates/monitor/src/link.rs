@@ -121,7 +121,7 @@ fn run(config: LinkConfig, load: impl Fn() -> Load, fenced: &dyn Fn(), stop: &At
                 failing = false;
                 state
             }
-            (Ok(Message::Fenced), false) => {
+            (Ok(Message::Fenced), _) => {
                 warn!(
                     "the monitor at {} took us for dead and moved on: dropping what we held, registering again",
                     config.monitor

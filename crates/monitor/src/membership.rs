@@ -130,6 +130,20 @@ impl Membership {
                 warn!(peer = %peer.addr, "refused registration: {why}");
                 return Message::error(ErrorCode::NameTaken, why);
             }
+            // The same process it fenced, speaking again by registering
+            // (it lost contact in the partition) while it still holds
+            // memory: what it held moved on, so it must drop it first. (The
+            // fence stays until then: a `Fenced` answering a request the
+            // component gave up on is never seen.)
+            Some(old)
+                if old.fenced
+                    && old.registration.addr == registration.addr
+                    && old.registration.pid == registration.pid
+                    && !holds_nothing(&registration.load) =>
+            {
+                warn!("{name} registers again after its processes moved on: fencing it");
+                return Message::Fenced;
+            }
             Some(old) => info!(
                 "{name} re-registered: {} at {} (pid {}), was {} at {} (pid {})",
                 registration.role,
@@ -197,9 +211,8 @@ impl Membership {
         }
         if member.fenced {
             // What it held was moved while it was cut off: it must not
-            // serve any of it again.
+            // serve any of it again (it drops it, and registers empty).
             warn!("{name} speaks again after its processes moved on: fencing it");
-            member.fenced = false;
             member.health = Health::Dead;
             return Message::Fenced;
         }
@@ -510,6 +523,19 @@ impl Membership {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Whether a component's load shows it holds no process memory.
+fn holds_nothing(load: &Load) -> bool {
+    match load {
+        Load::Memory {
+            used,
+            committed,
+            copies,
+            ..
+        } => *used == 0 && *committed == 0 && copies.is_empty(),
+        _ => true,
     }
 }
 

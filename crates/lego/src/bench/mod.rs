@@ -151,6 +151,7 @@ impl Bench {
             memory_capacity: memory,
             excache,
             export: PathBuf::from("/"),
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             heartbeat_interval: Duration::from_secs(1),
             dead_after: None,
             timeout: Duration::from_secs(30),
