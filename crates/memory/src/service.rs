@@ -1175,14 +1175,26 @@ impl MemoryService {
             pages = copy.stored_pages(),
             "address space forked"
         );
-        // The child's copy follows the parent's: same backup, same epoch.
+        // The child's copy follows the parent's: same backup, same epoch;
+        // a parent being copied to a new backup it has none of yet gets
+        // its child copied there too.
+        let copy_to = match (&process.rep.backup, &process.rep.copying) {
+            (None, Some(copying)) => Some(Arc::clone(&copying.link)),
+            _ => None,
+        };
         let rep = Replication {
             epoch: process.rep.epoch,
             is_backup: process.rep.is_backup,
             backup: process.rep.backup.clone(),
             last: None,
-            copying: None,
+            copying: copy_to.as_ref().map(|link| Copying {
+                link: Arc::clone(link),
+                touched: Vec::new(),
+            }),
         };
+        let tree = lock(&self.trees).get(&parent).copied().unwrap_or(parent);
+        // Booked now (not only once answered): a copy names the tree.
+        lock(&self.trees).insert(child, tree);
         let replaced = lock(&self.processes).insert(
             child,
             Arc::new(Mutex::new(Some(Process { space: copy, rep }))),
@@ -1191,9 +1203,17 @@ impl MemoryService {
             // A concurrent Fork to the same child id: the last one wins.
             self.free_slot(&replaced);
         }
+        if let (Some(link), Some(me)) = (copy_to, self.me.get().and_then(|w| w.upgrade())) {
+            let _ = std::thread::Builder::new()
+                .name(format!("copy {child:x}"))
+                .spawn(move || {
+                    if let Err(why) = me.copy_to_backup(child, &link) {
+                        me.copy_failed(child, &link, &why);
+                    }
+                });
+        }
         // The child's key, for its runtime (authenticated as the parent
         // here) to hand to its child.
-        let tree = lock(&self.trees).get(&parent).copied().unwrap_or(parent);
         let child_key = self
             .files
             .process_key(tree, child)

@@ -1113,3 +1113,106 @@ fn a_primary_whose_backup_was_promoted_accepts_no_more_writes() {
     assert_eq!(reply.message, Message::Page);
     assert_eq!(reply.payload, vec![0x11; 4096]);
 }
+
+/// A memory service whose copies (`ReplicaOf`) wait until it is opened:
+/// a backup still being copied to.
+struct Gated {
+    inner: Arc<MemoryService>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl Service for Gated {
+    fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        if matches!(request.message, Message::ReplicaOf { .. }) {
+            let opened = poll(std::time::Duration::from_secs(20), || {
+                self.open
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then_some(())
+            });
+            assert!(opened.is_some(), "the test opens the gate");
+        }
+        self.inner.handle(peer, request)
+    }
+}
+
+/// A process forked while its primary copies it to a new backup (after a
+/// failover) is copied there too, so the child has a backup as well.
+#[test]
+fn a_child_forked_during_a_copy_to_a_new_backup_is_copied_too() {
+    use lego_transport::{ClusterSecret, Server, ServerConfig};
+    const CHILD: u64 = 0xbeef;
+    let secret = ClusterSecret::from_bytes([9; 32]);
+    let gated = Arc::new(Gated {
+        inner: Arc::new(
+            MemoryService::new(64 << 20).with_storage_access(secret.clone(), "memory-b".into()),
+        ),
+        open: std::sync::atomic::AtomicBool::new(false),
+    });
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "memory-b")),
+        Arc::clone(&gated) as Arc<dyn Service>,
+    )
+    .unwrap();
+    let primary =
+        Arc::new(MemoryService::new(64 << 20).with_storage_access(secret, "memory-a".into()));
+    primary.started();
+    let exec = Message::Exec {
+        pid: PID,
+        seq: 1,
+        backup: None,
+    };
+    assert!(matches!(
+        call_as(&primary, (PID, PID), exec),
+        Message::ExecLoaded(_)
+    ));
+    // Promoted with a new backup: the copy waits at the backup's gate.
+    let promote = Message::Promote {
+        pid: PID,
+        epoch: 1,
+        backup: Some(lego_proto::MemoryHolder {
+            name: "memory-b".into(),
+            addr: server.local_addr(),
+        }),
+    };
+    assert_eq!(
+        as_role(&primary, Role::Monitor, promote, vec![]),
+        Message::Promoted
+    );
+    let fork = Message::Fork {
+        parent: PID,
+        child: CHILD,
+        seq: 2,
+    };
+    assert!(matches!(
+        call_as(&primary, (PID, PID), fork),
+        Message::Forked { .. }
+    ));
+    gated.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let both = poll(std::time::Duration::from_secs(20), || {
+        (gated.inner.processes() == 2).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "the backup holds {} of parent and child",
+        gated.inner.processes()
+    );
+    // And the child's copy belongs to the parent's tree there.
+    let holds = as_role(
+        &gated.inner,
+        Role::Monitor,
+        Message::Holds { pid: CHILD },
+        vec![],
+    );
+    assert!(
+        matches!(
+            holds,
+            Message::Holding {
+                held: true,
+                primary: false,
+                ..
+            }
+        ),
+        "{holds:?}"
+    );
+}

@@ -76,3 +76,18 @@ pub fn segments() -> [Ph; 2] {
 pub fn sample(kind: u16) -> Vec<u8> {
     elf(kind, 0x40_0100, &segments(), FILE_LEN)
 }
+
+/// Polls `probe` until it yields a value or `limit` passes.
+#[allow(dead_code)]
+pub fn poll<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
