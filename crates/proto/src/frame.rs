@@ -171,12 +171,29 @@ pub fn encode_frame_header(
     Ok(())
 }
 
-/// Decodes one frame from the front of `buf`.
+/// A frame's prefix and header, decoded before its payload has arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameHead {
+    pub id: u64,
+    pub message: Message,
+    /// Where the payload starts, from the front of the frame.
+    pub header_end: usize,
+    /// The whole frame's length, prefix included.
+    pub total: usize,
+}
+
+impl FrameHead {
+    pub fn payload_len(&self) -> usize {
+        self.total - self.header_end
+    }
+}
+
+/// Decodes the prefix and header of the frame at the front of `buf`,
+/// whose payload may not have arrived yet.
 ///
-/// Returns `Ok(None)` when `buf` holds only part of a frame (read more and
-/// call again), `Ok(Some((frame, consumed)))` when a whole frame was decoded,
-/// and an error as soon as the bytes present violate the format or `limits`.
-pub fn decode_frame(buf: &[u8], limits: FrameLimits) -> Result<Option<(Frame, usize)>, CodecError> {
+/// Returns `Ok(None)` when `buf` does not hold the whole header yet, and an
+/// error as soon as the bytes present violate the format or `limits`.
+pub fn decode_head(buf: &[u8], limits: FrameLimits) -> Result<Option<FrameHead>, CodecError> {
     let Some(len_bytes) = buf.get(..4) else {
         return Ok(None);
     };
@@ -191,11 +208,11 @@ pub fn decode_frame(buf: &[u8], limits: FrameLimits) -> Result<Option<(Frame, us
         });
     }
     let total = 4 + len as usize;
-    let Some(frame_bytes) = buf.get(..total) else {
+    let Some(prefix) = buf.get(..FRAME_PREFIX_LEN) else {
         return Ok(None);
     };
-    let id = u64::from_le_bytes(frame_bytes[4..12].try_into().expect("slice of 8"));
-    let header_len = u32::from_le_bytes(frame_bytes[12..16].try_into().expect("slice of 4"));
+    let id = u64::from_le_bytes(prefix[4..12].try_into().expect("slice of 8"));
+    let header_len = u32::from_le_bytes(prefix[12..16].try_into().expect("slice of 4"));
     if header_len as usize > len as usize - 12 {
         return Err(CodecError::HeaderOverrun { header_len, len });
     }
@@ -206,19 +223,40 @@ pub fn decode_frame(buf: &[u8], limits: FrameLimits) -> Result<Option<(Frame, us
         });
     }
     let header_end = FRAME_PREFIX_LEN + header_len as usize;
-    let header = &frame_bytes[FRAME_PREFIX_LEN..header_end];
+    let Some(header) = buf.get(FRAME_PREFIX_LEN..header_end) else {
+        return Ok(None);
+    };
     let (message, rest) = postcard::take_from_bytes::<Message>(header)
         .map_err(|e| CodecError::BadHeader(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingHeaderBytes(rest.len()));
     }
-    let payload = frame_bytes[header_end..].to_vec();
+    Ok(Some(FrameHead {
+        id,
+        message,
+        header_end,
+        total,
+    }))
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a frame (read more and
+/// call again), `Ok(Some((frame, consumed)))` when a whole frame was decoded,
+/// and an error as soon as the bytes present violate the format or `limits`.
+pub fn decode_frame(buf: &[u8], limits: FrameLimits) -> Result<Option<(Frame, usize)>, CodecError> {
+    let Some(head) = decode_head(buf, limits)? else {
+        return Ok(None);
+    };
+    let Some(payload) = buf.get(head.header_end..head.total) else {
+        return Ok(None);
+    };
     Ok(Some((
         Frame {
-            id,
-            message,
-            payload,
+            id: head.id,
+            message: head.message,
+            payload: payload.to_vec(),
         },
-        total,
+        head.total,
     )))
 }

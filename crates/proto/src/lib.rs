@@ -25,8 +25,8 @@ pub mod storage;
 
 pub use errno::Errno;
 pub use frame::{
-    decode_frame, encode_frame_header, CodecError, Frame, FrameLimits, Preamble, FRAME_PREFIX_LEN,
-    MAX_FRAME_LEN, MAX_HEADER_LEN, MAX_PAYLOAD_LEN, PREAMBLE_LEN,
+    decode_frame, decode_head, encode_frame_header, CodecError, Frame, FrameHead, FrameLimits,
+    Preamble, FRAME_PREFIX_LEN, MAX_FRAME_LEN, MAX_HEADER_LEN, MAX_PAYLOAD_LEN, PREAMBLE_LEN,
 };
 pub use memory::*;
 pub use message::*;

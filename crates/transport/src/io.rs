@@ -1,6 +1,6 @@
 //! Reading and writing frames on a stream.
 
-use lego_proto::{decode_frame, encode_frame_header, CodecError, Frame, FrameLimits, Message};
+use lego_proto::{decode_head, encode_frame_header, CodecError, Frame, FrameLimits, Message};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -8,6 +8,11 @@ use thiserror::Error;
 
 /// How much the read buffer grows by when a frame's size is not yet known.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Payloads at least this long that have not all arrived with their
+/// header are received straight into a buffer of their own (pages of a
+/// fetch or a write-back), not into the read buffer and copied out.
+const DIRECT_PAYLOAD: usize = 64 * 1024;
 
 #[derive(Debug, Error)]
 pub enum ReadError {
@@ -32,6 +37,10 @@ pub struct FrameReader<R> {
     start: usize,
     end: usize,
     limits: FrameLimits,
+    /// A frame whose header is decoded and whose long payload is being
+    /// received into its own buffer (of its whole length; the bytes
+    /// received so far).
+    partial: Option<(Frame, usize)>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -42,6 +51,7 @@ impl<R: Read> FrameReader<R> {
             start: 0,
             end: 0,
             limits,
+            partial: None,
         }
     }
 
@@ -51,7 +61,7 @@ impl<R: Read> FrameReader<R> {
 
     /// Bytes received and not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.end - self.start
+        self.end - self.start + self.partial.as_ref().map_or(0, |(_, filled)| *filled)
     }
 
     pub fn get_ref(&self) -> &R {
@@ -65,33 +75,76 @@ impl<R: Read> FrameReader<R> {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);
             }
-            self.make_room();
-            let read = self.stream.read(&mut self.buf[self.end..]);
+            let read = match self.partial.as_mut() {
+                Some((frame, filled)) => {
+                    let read = self.stream.read(&mut frame.payload[*filled..]);
+                    *filled += *read.as_ref().unwrap_or(&0);
+                    read
+                }
+                None => {
+                    self.make_room();
+                    self.stream.read(&mut self.buf[self.end..])
+                }
+            };
             self.account(read)?;
         }
     }
 
-    /// Decodes a frame already buffered, if there is a whole one.
+    /// Decodes a frame already buffered, if there is a whole one; a long
+    /// payload still arriving behind its header moves to a buffer of its
+    /// own, which reads fill from then on.
     fn take_frame(&mut self) -> Result<Option<Frame>, ReadError> {
-        let Some((frame, used)) = decode_frame(&self.buf[self.start..self.end], self.limits)?
-        else {
+        if let Some((frame, filled)) = &self.partial {
+            if *filled < frame.payload.len() {
+                return Ok(None);
+            }
+            return Ok(self.partial.take().map(|(frame, _)| frame));
+        }
+        let pending = &self.buf[self.start..self.end];
+        let Some(head) = decode_head(pending, self.limits)? else {
             return Ok(None);
         };
-        self.start += used;
+        let payload = match pending.get(head.header_end..head.total) {
+            Some(payload) => payload.to_vec(),
+            None if head.payload_len() >= DIRECT_PAYLOAD => {
+                // Zeroed by the allocator (fresh pages), not written twice.
+                let mut payload = vec![0; head.payload_len()];
+                let arrived = &pending[head.header_end..];
+                payload[..arrived.len()].copy_from_slice(arrived);
+                let filled = arrived.len();
+                self.start = 0;
+                self.end = 0;
+                let frame = Frame {
+                    id: head.id,
+                    message: head.message,
+                    payload,
+                };
+                self.partial = Some((frame, filled));
+                return Ok(None);
+            }
+            None => return Ok(None),
+        };
+        self.start += head.total;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Some(frame))
+        Ok(Some(Frame {
+            id: head.id,
+            message: head.message,
+            payload,
+        }))
     }
 
     /// Books the outcome of one read into the buffer.
     fn account(&mut self, read: io::Result<usize>) -> Result<(), ReadError> {
         match read {
-            Ok(0) if self.start == self.end => Err(ReadError::Closed),
+            Ok(0) if self.buffered() == 0 => Err(ReadError::Closed),
             Ok(0) => Err(ReadError::Truncated {
-                buffered: self.end - self.start,
+                buffered: self.buffered(),
             }),
+            // Bytes read into a partial frame's payload are booked there.
+            Ok(_) if self.partial.is_some() => Ok(()),
             Ok(n) => {
                 self.end += n;
                 Ok(())
@@ -121,22 +174,29 @@ impl<R: Read + AsRawFd> FrameReader<R> {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);
             }
-            self.make_room();
-            let free = &mut self.buf[self.end..];
-            // Safety: recv writes at most `free.len()` bytes into `free`,
-            // which we own for the duration of the call.
-            let n = unsafe {
-                libc::recv(
-                    self.stream.as_raw_fd(),
-                    free.as_mut_ptr().cast(),
-                    free.len(),
-                    libc::MSG_DONTWAIT,
-                )
+            let fd = self.stream.as_raw_fd();
+            let recv = |free: &mut [u8]| {
+                // Safety: recv writes at most `free.len()` bytes into
+                // `free`, which we own for the duration of the call.
+                let n = unsafe {
+                    libc::recv(fd, free.as_mut_ptr().cast(), free.len(), libc::MSG_DONTWAIT)
+                };
+                if n >= 0 {
+                    Ok(n as usize)
+                } else {
+                    Err(io::Error::last_os_error())
+                }
             };
-            let read = if n >= 0 {
-                Ok(n as usize)
-            } else {
-                Err(io::Error::last_os_error())
+            let read = match self.partial.as_mut() {
+                Some((frame, filled)) => {
+                    let read = recv(&mut frame.payload[*filled..]);
+                    *filled += *read.as_ref().unwrap_or(&0);
+                    read
+                }
+                None => {
+                    self.make_room();
+                    recv(&mut self.buf[self.end..])
+                }
             };
             match read {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -272,6 +332,61 @@ mod tests {
             assert_eq!(reader.read_frame().unwrap().payload, b"tail");
             assert!(matches!(reader.read_frame(), Err(ReadError::Closed)));
         }
+    }
+
+    /// A reader that times out before every other read.
+    struct Stutter {
+        inner: Trickle,
+        stall: bool,
+    }
+
+    impl Read for Stutter {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.stall = !self.stall;
+            if self.stall {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.inner.read(out)
+        }
+    }
+
+    /// A read timing out in the middle of a long payload (received into a
+    /// buffer of its own) loses nothing: the next read goes on with it.
+    #[test]
+    fn timeouts_inside_a_long_payload_keep_the_stream_in_step() {
+        let mut wire = Vec::new();
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        write_frame(&mut wire, 1, &Message::Pong, &big).unwrap();
+        write_frame(&mut wire, 2, &Message::Ping, b"next").unwrap();
+        let mut reader = FrameReader::new(
+            Stutter {
+                inner: Trickle {
+                    data: wire,
+                    pos: 0,
+                    step: 10_000,
+                },
+                stall: false,
+            },
+            FrameLimits::DEFAULT,
+        );
+        let mut frames = Vec::new();
+        let mut timeouts = 0;
+        while frames.len() < 2 {
+            match reader.read_frame() {
+                Ok(frame) => frames.push(frame),
+                Err(ReadError::TimedOut) => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(timeouts > 10, "{timeouts} timeouts");
+        assert_eq!(frames[0].payload, big);
+        assert_eq!(frames[1], {
+            let mut f = Frame::new(2, Message::Ping);
+            f.payload = b"next".to_vec();
+            f
+        });
+        assert!(matches!(reader.read_frame(), Err(ReadError::TimedOut)));
+        assert!(matches!(reader.read_frame(), Err(ReadError::Closed)));
     }
 
     #[test]
