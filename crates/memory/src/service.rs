@@ -146,6 +146,16 @@ fn bad_request(message: String) -> Reply {
     Message::error(ErrorCode::BadRequest, message).into()
 }
 
+/// The monitor's word for epoch `asked` reaching a copy already at `here`,
+/// a later one.
+fn past_epoch(pid: ProcessId, here: u64, asked: u64) -> Reply {
+    Message::error(
+        ErrorCode::Denied,
+        format!("process {pid:#x} is at epoch {here} here, past {asked}"),
+    )
+    .into()
+}
+
 fn unknown_process(pid: ProcessId) -> Reply {
     bad_request(format!(
         "unknown process {pid:#x}: it has no address space on this memory manager"
@@ -547,14 +557,7 @@ impl MemoryService {
             return unknown_process(pid);
         };
         if epoch < process.rep.epoch {
-            return Message::error(
-                ErrorCode::Denied,
-                format!(
-                    "process {pid:#x} is at epoch {} here, past {epoch}",
-                    process.rep.epoch
-                ),
-            )
-            .into();
+            return past_epoch(pid, process.rep.epoch, epoch);
         }
         process.rep.epoch = epoch;
         process.rep.is_backup = false;
@@ -779,14 +782,7 @@ impl MemoryService {
             return not_served(&guard, pid);
         };
         if epoch < process.rep.epoch {
-            return Message::error(
-                ErrorCode::Denied,
-                format!(
-                    "process {pid:#x} is at epoch {} here, past {epoch}",
-                    process.rep.epoch
-                ),
-            )
-            .into();
+            return past_epoch(pid, process.rep.epoch, epoch);
         }
         process.rep.epoch = epoch;
         process.rep.backup = None;
@@ -812,14 +808,7 @@ impl MemoryService {
         };
         let rep = &process.rep;
         if rep.epoch > epoch {
-            return Message::error(
-                ErrorCode::Denied,
-                format!(
-                    "process {pid:#x} is at epoch {} here, past {epoch}",
-                    rep.epoch
-                ),
-            )
-            .into();
+            return past_epoch(pid, rep.epoch, epoch);
         }
         if !rep.is_backup && (rep.backup.is_none() || rep.copying.is_some()) {
             return bad_request(format!(
