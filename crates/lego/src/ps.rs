@@ -24,6 +24,25 @@ struct Row<'a> {
     info: &'a ProcessInfo,
 }
 
+/// What memory manager `name` reports holding of process `pid`, if any.
+fn held_on(view: &ClusterView, name: &str, pid: u64) -> Option<u64> {
+    view.members
+        .iter()
+        .filter(|m| m.registration.name == name && m.health == Health::Alive)
+        .find_map(|m| match &m.load {
+            Load::Memory { held, .. } => held.iter().find(|h| h.pid == pid).map(|h| h.bytes),
+            _ => None,
+        })
+}
+
+/// A memory manager's name and what it reports holding of `pid`.
+fn holder_cell(view: &ClusterView, name: &str, pid: u64) -> String {
+    match held_on(view, name, pid) {
+        Some(bytes) => format!("{name} ({})", format_size(bytes)),
+        None => name.to_string(),
+    }
+}
+
 fn rows(view: &ClusterView) -> Vec<Row<'_>> {
     let mut rows = Vec::new();
     for member in &view.members {
@@ -77,7 +96,10 @@ pub fn ps(args: PsArgs) -> Result<()> {
                     "processor": r.processor,
                     "host_pid": r.info.host_pid,
                     "home_memory": r.info.home_memory,
+                    "home_bytes": held_on(&view, &r.info.home_memory, r.info.pid),
                     "backup_memory": r.info.backup_memory,
+                    "backup_bytes": r.info.backup_memory.as_deref()
+                        .and_then(|b| held_on(&view, b, r.info.pid)),
                     "excache_quota": r.info.excache_quota,
                     "resident_bytes": r.info.resident_bytes,
                     "misses": r.info.misses,
@@ -106,8 +128,11 @@ pub fn ps(args: PsArgs) -> Result<()> {
             r.info.parent.map_or("-".into(), pid),
             r.processor.to_string(),
             r.info.host_pid.to_string(),
-            r.info.home_memory.clone(),
-            r.info.backup_memory.clone().unwrap_or_else(|| "-".into()),
+            holder_cell(&view, &r.info.home_memory, r.info.pid),
+            r.info
+                .backup_memory
+                .as_deref()
+                .map_or_else(|| "-".into(), |b| holder_cell(&view, b, r.info.pid)),
             format_size(r.info.resident_bytes),
             format_size(r.info.excache_quota),
             r.info.misses.to_string(),
@@ -120,7 +145,8 @@ pub fn ps(args: PsArgs) -> Result<()> {
                 .collect(),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    // Every column but the last (the command line) padded to its width.
+    let widths: Vec<usize> = (0..9)
         .map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0))
         .collect();
     for row in &table {
@@ -128,8 +154,8 @@ pub fn ps(args: PsArgs) -> Result<()> {
         for (i, width) in widths.iter().enumerate() {
             line.push_str(&format!("{:<width$}  ", row[i], width = *width));
         }
-        line.push_str(&row[8]);
-        println!("{line}");
+        line.push_str(&row[9]);
+        println!("{}", line.trim_end());
     }
     if rows.is_empty() {
         println!("(no processes)");

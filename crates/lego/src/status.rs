@@ -63,6 +63,7 @@ fn capacity_and_use(load: &Load) -> (String, String) {
             used,
             committed,
             copies,
+            held,
         } => {
             let percent = if *capacity == 0 {
                 0.0
@@ -70,9 +71,10 @@ fn capacity_and_use(load: &Load) -> (String, String) {
                 *used as f64 * 100.0 / *capacity as f64
             };
             let mut use_ = format!(
-                "{} ({percent:.0}%), {} committed",
+                "{} ({percent:.0}%), {} committed, {} processes",
                 format_size(*used),
-                format_size(*committed)
+                format_size(*committed),
+                held.len()
             );
             for copy in copies {
                 use_.push_str(&format!(
@@ -229,6 +231,7 @@ fn load_json(load: &Load) -> serde_json::Value {
             used,
             committed,
             copies,
+            held,
         } => json!({
             "capacity": capacity,
             "used": used,
@@ -238,6 +241,11 @@ fn load_json(load: &Load) -> serde_json::Value {
                 "to": c.to,
                 "copied_bytes": c.copied_bytes,
                 "total_bytes": c.total_bytes,
+            })).collect::<Vec<_>>(),
+            "processes": held.iter().map(|h| json!({
+                "pid": h.pid,
+                "bytes": h.bytes,
+                "primary": h.primary,
             })).collect::<Vec<_>>(),
         }),
         Load::Storage {

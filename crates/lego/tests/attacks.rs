@@ -142,6 +142,7 @@ fn a_programs_own_key_reaches_nothing_but_its_own_process_tree() {
             used: 0,
             committed: 0,
             copies: Vec::new(),
+            held: Vec::new(),
         },
         unix_socket: None,
     };

@@ -893,7 +893,11 @@ fn lego_ps_lists_running_processes_with_their_excache_use() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let row = loop {
         let rows = ps();
-        if let Some(row) = rows.first().filter(|r| r["misses"].as_u64() > Some(0)) {
+        // With what its home memory manager reports holding of it.
+        if let Some(row) = rows
+            .first()
+            .filter(|r| r["misses"].as_u64() > Some(0) && r["home_bytes"].as_u64() > Some(0))
+        {
             break row.clone();
         }
         assert!(
@@ -917,6 +921,10 @@ fn lego_ps_lists_running_processes_with_their_excache_use() {
     );
     let table = text(&cluster.lego(&["ps"]).stdout);
     assert!(table.contains(row["pid"].as_str().unwrap()), "{table}");
+    assert!(
+        table.contains("waitsig") && table.contains(&format!("{home} (")),
+        "the table shows the command and what the home holds: {table}"
+    );
 
     // Safety: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

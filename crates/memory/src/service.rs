@@ -21,7 +21,7 @@ use crate::pool::PagePool;
 use crate::replica::{Link, Links};
 use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
-    CopyProgress, ErrorCode, Frame, HeldCopy, Load, MemoryHolder, MemoryHome, MemoryOp,
+    CopyProgress, ErrorCode, Frame, HeldBytes, HeldCopy, Load, MemoryHolder, MemoryHome, MemoryOp,
     MemoryOpDone, Message, ProcessId, SpaceLayout, MAX_FETCH_PAGES, MAX_IMAGE_LEN,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
@@ -134,6 +134,8 @@ pub struct MemoryService {
     me: OnceLock<std::sync::Weak<MemoryService>>,
     /// The copies to new backups being made, for the load report.
     copies: Mutex<HashMap<ProcessId, CopyProgress>>,
+    /// What each process held when last reported (for one busy then).
+    held: Mutex<HashMap<ProcessId, HeldBytes>>,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -174,6 +176,7 @@ impl MemoryService {
             joined: OnceLock::new(),
             me: OnceLock::new(),
             copies: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -233,7 +236,35 @@ impl MemoryService {
             used,
             committed,
             copies: lock(&self.copies).values().cloned().collect(),
+            held: self.held_bytes(),
         }
+    }
+
+    /// What each process holds here. A process whose lock is taken (a
+    /// change being passed on may wait seconds for a slow backup) is
+    /// reported as it was last, so a heartbeat never waits for one.
+    fn held_bytes(&self) -> Vec<HeldBytes> {
+        let slots: Vec<(ProcessId, ProcessSlot)> = lock(&self.processes)
+            .iter()
+            .map(|(&pid, slot)| (pid, Arc::clone(slot)))
+            .collect();
+        let mut last = lock(&self.held);
+        let mut now = HashMap::with_capacity(slots.len());
+        for (pid, slot) in slots {
+            let held = match slot.try_lock() {
+                Ok(guard) => guard.as_ref().map(|p| HeldBytes {
+                    pid,
+                    bytes: (p.space.stored_pages() * PAGE_SIZE) as u64,
+                    primary: !p.rep.is_backup,
+                }),
+                Err(_) => last.get(&pid).copied(),
+            };
+            if let Some(held) = held {
+                now.insert(pid, held);
+            }
+        }
+        *last = now;
+        last.values().copied().collect()
     }
 
     /// Number of processes with an address space here.

@@ -755,6 +755,7 @@ mod tests {
                 used: 0,
                 committed: 0,
                 copies: Vec::new(),
+                held: Vec::new(),
             },
             unix_socket: None,
         }
@@ -828,6 +829,7 @@ mod tests {
             used: 4096,
             committed: 8192,
             copies: Vec::new(),
+            held: Vec::new(),
         };
         let spoof = Message::Heartbeat {
             name: "memory-0".into(),

@@ -76,6 +76,8 @@ pub enum Load {
         committed: u64,
         /// Copies of processes being made to new backups from here.
         copies: Vec<CopyProgress>,
+        /// What it holds of each process.
+        held: Vec<HeldBytes>,
     },
     Storage {
         /// The directory tree this storage manager exports.
@@ -106,6 +108,15 @@ pub struct CopyProgress {
     pub copied_bytes: u64,
     /// Bytes the process had stored when the copy began.
     pub total_bytes: u64,
+}
+
+/// What a memory manager holds of one process: its stored pages' bytes,
+/// as the process's primary or its backup.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldBytes {
+    pub pid: ProcessId,
+    pub bytes: u64,
+    pub primary: bool,
 }
 
 /// One copy of a process a memory manager holds, as it tells the monitor

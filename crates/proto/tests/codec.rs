@@ -73,6 +73,11 @@ fn load() -> impl Strategy<Value = Load> {
                     copied_bytes: used,
                     total_bytes: committed,
                 }],
+                held: vec![HeldBytes {
+                    pid: used,
+                    bytes: committed,
+                    primary: capacity % 2 == 0,
+                }],
             }
         }),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(export, total, free)| Load::Storage {

@@ -49,6 +49,7 @@ fn heartbeat(name: &str) -> Message {
             used: 0,
             committed: 0,
             copies: Vec::new(),
+            held: Vec::new(),
         },
     }
 }
