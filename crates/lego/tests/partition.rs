@@ -45,6 +45,16 @@ impl Namespace {
             inner_ip: format!("10.213.{net}.2"),
         };
         let inner_if = format!("lpn{}", id % 1_000_000);
+        // Left by an earlier run of the same pid that was killed, if any.
+        for stale in [
+            vec!["link", "del", ns.host_if.as_str()],
+            vec!["netns", "del", ns.name.as_str()],
+        ] {
+            let _ = Command::new("ip")
+                .args(stale)
+                .stderr(Stdio::null())
+                .status();
+        }
         ip(&["netns", "add", &ns.name]);
         ip(&[
             "link",

@@ -1027,31 +1027,44 @@ fn a_backup_follows_its_primary_and_takes_over_when_promoted() {
     );
 }
 
+/// `service` served as memory manager "memory-b", on a loopback port.
+fn serve_backup(
+    secret: &lego_transport::ClusterSecret,
+    service: Arc<dyn Service>,
+) -> lego_transport::Server {
+    lego_transport::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        lego_transport::ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "memory-b")),
+        service,
+    )
+    .unwrap()
+}
+
+/// The memory manager `serve_backup` made, as a process's backup.
+fn holder_of(server: &lego_transport::Server) -> lego_proto::MemoryHolder {
+    lego_proto::MemoryHolder {
+        name: "memory-b".into(),
+        addr: server.local_addr(),
+    }
+}
+
 /// A primary cut off while its backup was promoted (a partition) accepts
 /// no write for the process afterwards: the promoted copy refuses the
 /// change it passes on, so the old primary drops its stale copy and
 /// answers `NotHeld` (its runtime would fail over), never `WrittenBack`.
 #[test]
 fn a_primary_whose_backup_was_promoted_accepts_no_more_writes() {
-    use lego_transport::{ClusterSecret, Server, ServerConfig};
+    use lego_transport::ClusterSecret;
     let secret = ClusterSecret::from_bytes([7; 32]);
     let backup = Arc::new(
         MemoryService::new(64 << 20).with_storage_access(secret.clone(), "memory-b".into()),
     );
-    let server = Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "memory-b")),
-        Arc::clone(&backup) as Arc<dyn Service>,
-    )
-    .unwrap();
+    let server = serve_backup(&secret, Arc::clone(&backup) as Arc<dyn Service>);
     let primary = MemoryService::new(64 << 20).with_storage_access(secret, "memory-a".into());
     let exec = Message::Exec {
         pid: PID,
         seq: 1,
-        backup: Some(lego_proto::MemoryHolder {
-            name: "memory-b".into(),
-            addr: server.local_addr(),
-        }),
+        backup: Some(holder_of(&server)),
     };
     assert!(matches!(
         call_as(&primary, (PID, PID), exec),
@@ -1139,7 +1152,7 @@ impl Service for Gated {
 /// failover) is copied there too, so the child has a backup as well.
 #[test]
 fn a_child_forked_during_a_copy_to_a_new_backup_is_copied_too() {
-    use lego_transport::{ClusterSecret, Server, ServerConfig};
+    use lego_transport::ClusterSecret;
     const CHILD: u64 = 0xbeef;
     let secret = ClusterSecret::from_bytes([9; 32]);
     let gated = Arc::new(Gated {
@@ -1148,12 +1161,7 @@ fn a_child_forked_during_a_copy_to_a_new_backup_is_copied_too() {
         ),
         open: std::sync::atomic::AtomicBool::new(false),
     });
-    let server = Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerConfig::new(secret.clone(), Identity::new(Role::Memory, "memory-b")),
-        Arc::clone(&gated) as Arc<dyn Service>,
-    )
-    .unwrap();
+    let server = serve_backup(&secret, Arc::clone(&gated) as Arc<dyn Service>);
     let primary =
         Arc::new(MemoryService::new(64 << 20).with_storage_access(secret, "memory-a".into()));
     primary.started();
@@ -1170,10 +1178,7 @@ fn a_child_forked_during_a_copy_to_a_new_backup_is_copied_too() {
     let promote = Message::Promote {
         pid: PID,
         epoch: 1,
-        backup: Some(lego_proto::MemoryHolder {
-            name: "memory-b".into(),
-            addr: server.local_addr(),
-        }),
+        backup: Some(holder_of(&server)),
     };
     assert_eq!(
         as_role(&primary, Role::Monitor, promote, vec![]),
