@@ -242,7 +242,7 @@ fn load_json(load: &Load) -> serde_json::Value {
                 "copied_bytes": c.copied_bytes,
                 "total_bytes": c.total_bytes,
             })).collect::<Vec<_>>(),
-            "processes": held.iter().map(|h| json!({
+            "held": held.iter().map(|h| json!({
                 "pid": h.pid,
                 "bytes": h.bytes,
                 "primary": h.primary,

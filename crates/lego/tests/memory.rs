@@ -300,3 +300,46 @@ fn a_restarted_monitor_fails_over_from_what_the_managers_hold() {
         "checksum with its backup drained, the monitor restarted and its home killed",
     );
 }
+
+/// A child forked after its parent's backup was drained is listed with
+/// the backup it really has (the parent's new one), not the one its
+/// parent started with.
+#[test]
+fn a_child_forked_after_a_drain_is_listed_with_its_real_backup() {
+    let cluster = Cluster::up(&["--memories", "3"]);
+    // Outside the state directory, which programs cannot see.
+    let flag = std::env::temp_dir().join(format!("lego-test-forked-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let script = format!(
+        "while [ ! -e {0} ]; do :; done; sleep 30; true",
+        flag.display()
+    );
+    let mut child = cluster
+        .run_command(&[], std::path::Path::new("/bin/sh"), &["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (_, backup) = replicated_home(&cluster);
+    let out = cluster.lego(&["drain", &backup]);
+    assert!(out.status.success(), "drain {backup}: {out:?}");
+    std::fs::write(&flag, b"").unwrap();
+    // The shell and its `sleep`, both listed, neither with the drained
+    // manager.
+    let listed = poll(Duration::from_secs(20), || {
+        let homes = cluster.homes();
+        (homes.len() == 2
+            && homes
+                .iter()
+                .all(|(_, home, b)| *home != backup && b.is_some() && *b != Some(backup.clone())))
+        .then_some(homes)
+    });
+    let _ = std::fs::remove_file(&flag);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        listed.is_some(),
+        "the child is listed with the drained {backup}: {:?}\n{}",
+        cluster.homes(),
+        text(&cluster.lego(&["ps"]).stdout)
+    );
+}

@@ -172,7 +172,17 @@ impl Processor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&info.pid);
-        if let Some(home) = unlisted {
+        // Else a child lives beside its parent as the parent's home is
+        // now: its runtime's word names the backup the parent started
+        // with, which a drain may have moved since.
+        let home = unlisted.or_else(|| {
+            let homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+            homes
+                .get(&info.parent?)
+                .filter(|parent| parent.primary.name == info.home_memory)
+                .cloned()
+        });
+        if let Some(home) = home {
             info.home_memory = home.primary.name.clone();
             info.backup_memory = home.backup.as_ref().map(|b| b.name.clone());
             self.homes
