@@ -55,6 +55,9 @@ struct Replication {
     last: Option<(u64, Message)>,
     /// A copy being made on a new backup (see `copy_to_backup`).
     copying: Option<Copying>,
+    /// A backup's copy still being made by its primary (`ReplicaOf` began
+    /// it, `ReplicaComplete` not yet come): nothing to fail over to.
+    partial: bool,
 }
 
 /// A copy of a process being made on a new backup while it runs.
@@ -467,6 +470,17 @@ impl MemoryService {
                 // (A write-back refused here is refused there too.)
                 Err(refused) => {
                     if changed {
+                        // Given up here meanwhile (a drain): the change
+                        // is on neither copy for sure, so it is not
+                        // acknowledged; the runtime sends it again to
+                        // the process's new primary.
+                        if self.slot(pid).is_none() {
+                            return Message::error(
+                                ErrorCode::NotHeld,
+                                format!("process {pid:#x} moved on from this memory manager"),
+                            )
+                            .into();
+                        }
                         self.backup_lost(pid, epoch, &link, &refused.why);
                     }
                 }
@@ -590,6 +604,13 @@ impl MemoryService {
         if epoch < process.rep.epoch {
             return past_epoch(pid, process.rep.epoch, epoch);
         }
+        if process.rep.partial {
+            return Message::error(
+                ErrorCode::Internal,
+                format!("this manager holds only part of process {pid:#x}: its copy was still being made"),
+            )
+            .into();
+        }
         process.rep.epoch = epoch;
         process.rep.is_backup = false;
         // A new backup gets a whole copy first, made while the process
@@ -624,19 +645,23 @@ impl MemoryService {
     /// its layout, its pages in chunks, then, in rounds, the pages changed
     /// meanwhile; the last round (and the layout again) is sent while the
     /// process waits, after which the backup gets every change as usual.
-    fn copy_to_backup(&self, pid: ProcessId, link: &Arc<Link>) -> Result<(), String> {
+    /// `Ok(false)`: the copy was given up, not made (the process ended,
+    /// or another copy replaced this one).
+    fn copy_to_backup(&self, pid: ProcessId, link: &Arc<Link>) -> Result<bool, String> {
         let started = std::time::Instant::now();
+        // (Not under the copies' lock: a heartbeat's load report takes it.)
+        let total_bytes = self.slot(pid).map_or(0, |slot| {
+            lock(&slot)
+                .as_ref()
+                .map_or(0, |p| (p.space.stored_pages() * PAGE_SIZE) as u64)
+        });
         lock(&self.copies).insert(
             pid,
             CopyProgress {
                 pid,
                 to: link.holder().name.clone(),
                 copied_bytes: 0,
-                total_bytes: self.slot(pid).map_or(0, |slot| {
-                    lock(&slot)
-                        .as_ref()
-                        .map_or(0, |p| (p.space.stored_pages() * PAGE_SIZE) as u64)
-                }),
+                total_bytes,
             },
         );
         let mut sent_pages = 0usize;
@@ -697,6 +722,11 @@ impl MemoryService {
                         }
                     }
                 }
+                let complete = Message::ReplicaComplete { pid };
+                let sent = link
+                    .send_message(&complete, &[])
+                    .ok_or_else(|| "cannot reach it".to_string())?;
+                link.wait(sent)?;
                 let process = guard.as_mut().expect("current");
                 process.rep.copying = None;
                 process.rep.backup = Some(Arc::clone(link));
@@ -714,9 +744,9 @@ impl MemoryService {
                     sent_pages,
                     started.elapsed()
                 );
-                Ok(())
+                Ok(true)
             }
-            Ok(false) => Ok(()),
+            Ok(false) => Ok(false),
             Err(why) => {
                 if let Some(slot) = self.slot(pid) {
                     if let Some(process) = lock(&slot).as_mut() {
@@ -792,7 +822,15 @@ impl MemoryService {
             epoch, "copying the process to {}, its new backup", backup.name
         );
         match self.copy_to_backup(pid, &link) {
-            Ok(()) => Message::Promoted.into(),
+            Ok(true) => Message::Promoted.into(),
+            Ok(false) => Message::error(
+                ErrorCode::Internal,
+                format!(
+                    "the copy of process {pid:#x} to {} was given up (the process ended or moved)",
+                    backup.name
+                ),
+            )
+            .into(),
             Err(why) => Message::error(
                 ErrorCode::Internal,
                 format!("copying process {pid:#x} to {}: {why}", backup.name),
@@ -1050,8 +1088,22 @@ impl MemoryService {
                     .as_ref()
                     .map(|reply| (layout.last_seq, (**reply).clone())),
                 copying: None,
+                partial: true,
             },
         });
+        Message::Replicated.into()
+    }
+
+    /// A primary's copy here is whole.
+    fn replica_complete(&self, pid: ProcessId) -> Reply {
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(process) = guard.as_mut().filter(|p| p.rep.is_backup) else {
+            return not_served(&guard, pid);
+        };
+        process.rep.partial = false;
         Message::Replicated.into()
     }
 
@@ -1211,6 +1263,7 @@ impl MemoryService {
                 link: Arc::clone(link),
                 touched: Vec::new(),
             }),
+            partial: process.rep.partial,
         };
         let tree = lock(&self.trees).get(&parent).copied().unwrap_or(parent);
         // Booked now (not only once answered): a copy names the tree.
@@ -1748,6 +1801,9 @@ impl MemoryService {
             {
                 self.replica_pages(pid, &clear, &addrs, &request.payload)
             }
+            Message::ReplicaComplete { pid } if peer.identity.role == lego_proto::Role::Memory => {
+                self.replica_complete(pid)
+            }
             Message::Holdings if peer.identity.role == lego_proto::Role::Monitor => {
                 Message::HoldingList(self.holdings()).into()
             }
@@ -1762,9 +1818,11 @@ impl MemoryService {
                 self.relinquish(pid, epoch)
             }
             Message::Holds { pid } if peer.identity.role == lego_proto::Role::Monitor => {
+                // A copy still being made is nothing to fail over to.
                 let held = self.slot(pid).and_then(|slot| {
                     lock(&slot)
                         .as_ref()
+                        .filter(|p| !p.rep.partial)
                         .map(|p| (p.rep.epoch, !p.rep.is_backup))
                 });
                 Message::Holding {

@@ -1221,3 +1221,62 @@ fn a_child_forked_during_a_copy_to_a_new_backup_is_copied_too() {
         "{holds:?}"
     );
 }
+
+/// A copy a primary is still making (its layout came, `ReplicaComplete`
+/// not yet) is nothing to fail over to: `Holds` answers it holds nothing
+/// and `Promote` is refused, until the copy is whole.
+#[test]
+fn a_copy_still_being_made_is_not_offered_for_a_failover() {
+    let backup = MemoryService::new(64 << 20);
+    let layout = SpaceLayout {
+        vmas: vec![],
+        brk_start: 0x40_0000,
+        brk: 0x40_0000,
+        files: vec![],
+        last_seq: 0,
+        last_reply: None,
+    };
+    let begun = Message::ReplicaOf {
+        pid: PID,
+        tree: PID,
+        epoch: 1,
+        layout,
+    };
+    assert_eq!(
+        as_role(&backup, Role::Memory, begun, vec![]),
+        Message::Replicated
+    );
+    let holds = || as_role(&backup, Role::Monitor, Message::Holds { pid: PID }, vec![]);
+    assert!(
+        matches!(holds(), Message::Holding { held: false, .. }),
+        "{:?}",
+        holds()
+    );
+    let promote = Message::Promote {
+        pid: PID,
+        epoch: 2,
+        backup: None,
+    };
+    assert!(code(&as_role(&backup, Role::Monitor, promote.clone(), vec![])).is_some());
+    let done = Message::ReplicaComplete { pid: PID };
+    assert_eq!(
+        as_role(&backup, Role::Memory, done, vec![]),
+        Message::Replicated
+    );
+    assert!(
+        matches!(
+            holds(),
+            Message::Holding {
+                held: true,
+                primary: false,
+                epoch: 1
+            }
+        ),
+        "{:?}",
+        holds()
+    );
+    assert_eq!(
+        as_role(&backup, Role::Monitor, promote, vec![]),
+        Message::Promoted
+    );
+}

@@ -127,8 +127,9 @@ fn run(config: LinkConfig, load: impl Fn() -> Load, fenced: &dyn Fn(), stop: &At
                     config.monitor
                 );
                 fenced();
-                state = State::Unregistered;
-                continue;
+                // Registers again after a short pause (not at once: a copy
+                // thread may still hold a moment what it was sending).
+                State::Unregistered
             }
             (
                 Ok(Message::Error(ErrorReply {

@@ -164,6 +164,15 @@ impl Membership {
                 registration.role, registration.addr, registration.pid
             ),
         }
+        // The same incarnation registering again (it lost contact for a
+        // moment) keeps its drain; a restarted one joins empty.
+        let (draining, placed_at) = members
+            .get(&name)
+            .filter(|old| {
+                old.registration.addr == registration.addr
+                    && old.registration.pid == registration.pid
+            })
+            .map_or((None, None), |old| (old.draining.clone(), old.placed_at));
         members.insert(
             name,
             Member {
@@ -172,9 +181,8 @@ impl Membership {
                 last_heard: now,
                 health: Health::Alive,
                 fenced: false,
-                // A restarted manager joins empty: nothing left to drain.
-                draining: None,
-                placed_at: None,
+                draining,
+                placed_at,
             },
         );
         Message::Registered {
@@ -324,18 +332,18 @@ impl Membership {
         };
         let _one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
         let known = self.homes().get(&pid).cloned();
-        let home = match known {
-            Some(known) if known.epoch > home.epoch => return Message::MemoryMoved(known),
-            Some(_) => home,
-            // No decision of this monitor's (it restarted since, or none
-            // was made): what the managers hold is the truth.
-            None => match self.rebuilt_home(&secret, pid, home, failed) {
-                Ok(home) => home,
-                Err(moved) => {
-                    self.homes().insert(pid, moved.clone());
-                    return Message::MemoryMoved(moved);
-                }
-            },
+        if let Some(known) = known.filter(|k| k.epoch > home.epoch) {
+            return Message::MemoryMoved(known);
+        }
+        // What the managers hold is the truth, not the runtime's word nor
+        // this monitor's cache: it may have restarted since, and a drain
+        // may be moving the backup right now.
+        let home = match self.rebuilt_home(&secret, pid, home, failed) {
+            Ok(home) => home,
+            Err(moved) => {
+                self.homes().insert(pid, moved.clone());
+                return Message::MemoryMoved(moved);
+            }
         };
         let is_primary = home.primary.name == failed;
         if !is_primary && home.backup.as_ref().is_none_or(|b| b.name != failed) {
@@ -533,8 +541,9 @@ fn holds_nothing(load: &Load) -> bool {
             used,
             committed,
             copies,
+            held,
             ..
-        } => *used == 0 && *committed == 0 && copies.is_empty(),
+        } => *used == 0 && *committed == 0 && copies.is_empty() && held.is_empty(),
         _ => true,
     }
 }

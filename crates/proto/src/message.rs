@@ -524,7 +524,14 @@ pub enum Message {
         clear: Vec<(u64, u64)>,
         addrs: Vec<u64>,
     },
-    /// Reply to the three above.
+    /// A primary's copy of process `pid` on a new backup is whole: every
+    /// page went, and changes follow as `Replicate` from now on. Until
+    /// then the copy answers `Holds` as holding nothing (it is nothing
+    /// to fail over to).
+    ReplicaComplete {
+        pid: ProcessId,
+    },
+    /// Reply to the four above.
     Replicated,
 
     // --- files (storage manager; see `crate::storage`) ---
@@ -609,6 +616,7 @@ impl Message {
             Message::Replicate { .. } => "Replicate",
             Message::ReplicaOf { .. } => "ReplicaOf",
             Message::ReplicaPages { .. } => "ReplicaPages",
+            Message::ReplicaComplete { .. } => "ReplicaComplete",
             Message::Replicated => "Replicated",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",

@@ -297,6 +297,7 @@ fn process_message() -> impl Strategy<Value = Message> {
         Just(Message::Fenced),
         any::<u64>().prop_map(|pid| Message::Holds { pid }),
         Just(Message::Holdings),
+        any::<u64>().prop_map(|pid| Message::ReplicaComplete { pid }),
         prop::collection::vec(
             (
                 any::<(u64, u64, u64)>(),

@@ -139,7 +139,7 @@ impl<R: Read> FrameReader<R> {
     /// Books the outcome of one read into the buffer.
     fn account(&mut self, read: io::Result<usize>) -> Result<(), ReadError> {
         match read {
-            Ok(0) if self.buffered() == 0 => Err(ReadError::Closed),
+            Ok(0) if self.buffered() == 0 && self.partial.is_none() => Err(ReadError::Closed),
             Ok(0) => Err(ReadError::Truncated {
                 buffered: self.buffered(),
             }),

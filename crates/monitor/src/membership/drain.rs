@@ -255,7 +255,7 @@ impl Membership {
             } => {}
             _ => return Err(format!("{} holds no backup copy of it", successor.name)),
         }
-        let _one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
+        let one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
         let asked = Message::Relinquish {
             pid,
             epoch: copy.epoch,
@@ -274,7 +274,9 @@ impl Membership {
             pid = format_args!("{pid:#x}"),
             "moved off {}: served by {} now", from.name, home.primary.name
         );
-        self.moved(pid, home);
+        self.homes().insert(pid, home.clone());
+        drop(one_at_a_time);
+        self.tell_processors(pid, home);
         Ok(true)
     }
 
@@ -300,7 +302,7 @@ impl Membership {
             backup: target.clone(),
         };
         ask(secret, &primary, &asked, COPY_LIMIT)?;
-        let _one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
+        let one_at_a_time = self.failing_over.lock().unwrap_or_else(|p| p.into_inner());
         let asked = Message::Relinquish {
             pid,
             epoch: copy.epoch.max(epoch + 1),
@@ -312,14 +314,14 @@ impl Membership {
             from.name,
             target.as_ref().map_or("nowhere", |t| t.name.as_str())
         );
-        self.moved(
-            pid,
-            MemoryHome {
-                primary,
-                backup: target,
-                epoch: epoch + 1,
-            },
-        );
+        let home = MemoryHome {
+            primary,
+            backup: target,
+            epoch: epoch + 1,
+        };
+        self.homes().insert(pid, home.clone());
+        drop(one_at_a_time);
+        self.tell_processors(pid, home);
         Ok(())
     }
 
@@ -361,11 +363,11 @@ impl Membership {
         })
     }
 
-    /// Records process `pid`'s new home, and tells the processors (the one
-    /// running it frees its memory there when it ends, and shows it in
-    /// `lego ps`; a forked process may not be listed by it yet).
-    fn moved(&self, pid: ProcessId, home: MemoryHome) {
-        self.homes().insert(pid, home.clone());
+    /// Tells the processors process `pid`'s new home (the one running it
+    /// frees its memory there when it ends, and shows it in `lego ps`; a
+    /// forked process may not be listed by it yet). Not under the
+    /// failover lock: a slow processor delays no failover.
+    fn tell_processors(&self, pid: ProcessId, home: MemoryHome) {
         let processors: Vec<std::net::SocketAddr> = self
             .members()
             .values()
