@@ -176,7 +176,9 @@ impl Membership {
             .copied()
             .collect::<std::collections::HashSet<_>>();
         let members = self.members();
-        let grace = 2 * self.heartbeat_interval;
+        // Placement to listing: the launch, then a heartbeat; with room
+        // for a loaded host.
+        let grace = 5 * self.heartbeat_interval;
         if members
             .get(name)
             .and_then(|m| m.placed_at)
