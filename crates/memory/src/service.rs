@@ -429,6 +429,10 @@ impl MemoryService {
         }
         // What the primary passes on: the change as made here (a file
         // mapping with the voucher its pages are read with, checked here).
+        let forked_child = match (&request.message, &reply.message) {
+            (Message::Fork { child, .. }, Message::Forked { .. }) => Some(*child),
+            _ => None,
+        };
         let request = match (&request.message, &reply.message) {
             (
                 Message::Memory {
@@ -466,7 +470,17 @@ impl MemoryService {
             Some((link, None)) => self.backup_lost(pid, epoch, &link, "it cannot be reached"),
             Some((link, Some(sent))) => match link.wait_change(sent) {
                 Ok(()) => {}
-                Err(refused) if refused.superseded => return self.superseded(pid, epoch, &link),
+                Err(refused) if refused.superseded => {
+                    // A child this stale copy forked goes with it.
+                    if let Some(child) = forked_child {
+                        let slot = lock(&self.processes).remove(&child);
+                        if let Some(slot) = slot {
+                            lock(&self.trees).remove(&child);
+                            self.free_slot(&slot);
+                        }
+                    }
+                    return self.superseded(pid, epoch, &link);
+                }
                 // (A write-back refused here is refused there too.)
                 Err(refused) => {
                     if changed {

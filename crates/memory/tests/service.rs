@@ -1194,31 +1194,27 @@ fn a_child_forked_during_a_copy_to_a_new_backup_is_copied_too() {
         Message::Forked { .. }
     ));
     gated.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    let both = poll(std::time::Duration::from_secs(20), || {
-        (gated.inner.processes() == 2).then_some(())
-    });
-    assert!(
-        both.is_some(),
-        "the backup holds {} of parent and child",
-        gated.inner.processes()
-    );
-    // And the child's copy belongs to the parent's tree there.
-    let holds = as_role(
-        &gated.inner,
-        Role::Monitor,
-        Message::Holds { pid: CHILD },
-        vec![],
-    );
-    assert!(
+    // Both copies made whole there (each answers `Holds` once complete).
+    let holds = |pid| as_role(&gated.inner, Role::Monitor, Message::Holds { pid }, vec![]);
+    let whole = |pid| {
         matches!(
-            holds,
+            holds(pid),
             Message::Holding {
                 held: true,
                 primary: false,
                 ..
             }
-        ),
-        "{holds:?}"
+        )
+    };
+    let both = poll(std::time::Duration::from_secs(20), || {
+        (whole(PID) && whole(CHILD)).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "the backup holds {} copies; parent {:?}, child {:?}",
+        gated.inner.processes(),
+        holds(PID),
+        holds(CHILD)
     );
 }
 
