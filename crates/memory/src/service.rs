@@ -279,6 +279,17 @@ impl MemoryService {
         lock(&self.processes).get(&pid).cloned()
     }
 
+    /// Lets go of this manager's copy of process `pid`, taken out of its
+    /// slot under the slot's lock: forgets it and frees its pages. Its
+    /// replication state is what is left.
+    fn let_go(&self, pid: ProcessId, mut process: Process) -> Replication {
+        lock(&self.processes).remove(&pid);
+        lock(&self.trees).remove(&pid);
+        self.files.forget(pid);
+        process.space.release(&mut lock(&self.pool));
+        process.rep
+    }
+
     /// Frees a process's address space, if it still has one.
     fn free_slot(&self, slot: &ProcessSlot) {
         if let Some(mut process) = lock(slot).take() {
@@ -472,11 +483,11 @@ impl MemoryService {
                 Ok(()) => {}
                 Err(refused) if refused.superseded => {
                     // A child this stale copy forked goes with it.
-                    if let Some(child) = forked_child {
-                        let slot = lock(&self.processes).remove(&child);
-                        if let Some(slot) = slot {
-                            lock(&self.trees).remove(&child);
-                            self.free_slot(&slot);
+                    let child = forked_child.and_then(|child| self.slot(child).map(|s| (child, s)));
+                    if let Some((child, slot)) = child {
+                        let process = lock(&slot).take();
+                        if let Some(process) = process {
+                            self.let_go(child, process);
                         }
                     }
                     return self.superseded(pid, epoch, &link);
@@ -517,11 +528,8 @@ impl MemoryService {
         if let Some(slot) = self.slot(pid) {
             let mut guard = lock(&slot);
             if guard.as_ref().is_some_and(|p| p.rep.epoch == epoch) {
-                if let Some(mut process) = guard.take() {
-                    lock(&self.processes).remove(&pid);
-                    lock(&self.trees).remove(&pid);
-                    self.files.forget(pid);
-                    process.space.release(&mut lock(&self.pool));
+                if let Some(process) = guard.take() {
+                    self.let_go(pid, process);
                 }
             }
         }
@@ -898,18 +906,15 @@ impl MemoryService {
                 "process {pid:#x} has no whole backup here to take over from this primary"
             ));
         }
-        let Some(mut process) = guard.take() else {
+        let Some(process) = guard.take() else {
             return Message::Relinquished.into();
         };
         drop(guard);
-        lock(&self.processes).remove(&pid);
-        lock(&self.trees).remove(&pid);
-        self.files.forget(pid);
-        process.space.release(&mut lock(&self.pool));
+        let rep = self.let_go(pid, process);
         info!(
             pid = format_args!("{pid:#x}"),
             "gave up the {} of the process",
-            if process.rep.is_backup {
+            if rep.is_backup {
                 "backup copy"
             } else {
                 "primary copy"

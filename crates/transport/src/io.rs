@@ -75,18 +75,27 @@ impl<R: Read> FrameReader<R> {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);
             }
-            let read = match self.partial.as_mut() {
-                Some((frame, filled)) => {
-                    let read = self.stream.read(&mut frame.payload[*filled..]);
-                    *filled += *read.as_ref().unwrap_or(&0);
-                    read
-                }
-                None => {
-                    self.make_room();
-                    self.stream.read(&mut self.buf[self.end..])
-                }
-            };
+            let read = self.fill(|stream, free| stream.read(free));
             self.account(read)?;
+        }
+    }
+
+    /// Reads with `read` into where the next bytes go: the payload of a
+    /// partial frame (booked there), else the read buffer.
+    fn fill(
+        &mut self,
+        read: impl FnOnce(&mut R, &mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        match self.partial.as_mut() {
+            Some((frame, filled)) => {
+                let got = read(&mut self.stream, &mut frame.payload[*filled..]);
+                *filled += *got.as_ref().unwrap_or(&0);
+                got
+            }
+            None => {
+                self.make_room();
+                read(&mut self.stream, &mut self.buf[self.end..])
+            }
         }
     }
 
@@ -187,17 +196,7 @@ impl<R: Read + AsRawFd> FrameReader<R> {
                     Err(io::Error::last_os_error())
                 }
             };
-            let read = match self.partial.as_mut() {
-                Some((frame, filled)) => {
-                    let read = recv(&mut frame.payload[*filled..]);
-                    *filled += *read.as_ref().unwrap_or(&0);
-                    read
-                }
-                None => {
-                    self.make_room();
-                    recv(&mut self.buf[self.end..])
-                }
-            };
+            let read = self.fill(|_, free| recv(free));
             match read {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if started.elapsed() >= spin {
