@@ -206,7 +206,8 @@ fn a_partitioned_home_is_failed_over_and_holds_nothing_stale_after_healing() {
         .unwrap();
 
     ns.cut();
-    let moved = poll(Duration::from_secs(30), || {
+    // Within a request timeout and a probe; generous for a loaded host.
+    let moved = poll(Duration::from_secs(60), || {
         cluster
             .homes()
             .into_iter()
@@ -215,8 +216,10 @@ fn a_partitioned_home_is_failed_over_and_holds_nothing_stale_after_healing() {
     });
     assert!(
         moved.is_some(),
-        "the program did not fail over to memory-0: {:?}",
-        cluster.homes()
+        "the program did not fail over to memory-0: {:?}\n--- processor:\n{}\n--- monitor:\n{}",
+        cluster.homes(),
+        cluster.log("processor-0"),
+        cluster.log("monitor")
     );
     ns.heal();
     let fenced = poll(Duration::from_secs(20), || {
