@@ -128,6 +128,21 @@ impl Connection {
         &self.peer
     }
 
+    /// Bounds every send on this connection: a write that makes no
+    /// progress for `timeout` (the peer stopped reading: cut off by a
+    /// partition, or stuck) fails and breaks the connection, instead of
+    /// blocking its sender, and every sender queued behind it, until TCP
+    /// gives up many minutes later. A slow but moving peer is not cut off:
+    /// the bound is per write.
+    pub fn bound_sends(&self, timeout: Duration) -> Result<(), TransportError> {
+        lock(&self.writer)
+            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(|source| TransportError::Connect {
+                addr: self.addr.into(),
+                source,
+            })
+    }
+
     /// True once an error has made this connection unusable.
     pub fn is_broken(&self) -> bool {
         lock(&self.mailbox).broken.is_some()
@@ -174,7 +189,13 @@ impl Connection {
                     source,
                 },
                 WriteError::Io(e) => {
-                    let reason = format!("sending {request}: {e}");
+                    let reason = match e.kind() {
+                        // The bound of `bound_sends`.
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                            format!("sending {request}: the peer stopped taking data")
+                        }
+                        _ => format!("sending {request}: {e}"),
+                    };
                     self.break_connection(&mut mailbox, reason.clone());
                     self.gone(reason)
                 }
@@ -305,7 +326,8 @@ pub struct ClientConfig {
     pub identity: Identity,
     /// Bound on connecting and on the handshake.
     pub connect_timeout: Duration,
-    /// Bound on waiting for each reply.
+    /// Bound on waiting for each reply, and on a send that makes no
+    /// progress (see [`Connection::bound_sends`]).
     pub request_timeout: Duration,
     pub backoff: Backoff,
 }
@@ -425,7 +447,10 @@ impl Client {
                 &identity,
                 self.config.connect_timeout,
             ) {
-                Ok(connection) => return Ok(connection),
+                Ok(connection) => match connection.bound_sends(self.config.request_timeout) {
+                    Ok(()) => return Ok(connection),
+                    Err(e) => e,
+                },
                 Err(e) => e,
             };
             // Refusals are answers, not outages: retrying cannot help.

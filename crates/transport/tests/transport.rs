@@ -139,6 +139,53 @@ fn a_slow_reply_times_out_and_the_connection_stays_usable() {
     assert_eq!(reply.payload, b"fast");
 }
 
+/// A peer that stops reading (its link cut, or its thread stuck) fails a
+/// large send within the request timeout instead of blocking the sender
+/// until TCP gives up, minutes later.
+#[test]
+fn a_send_to_a_peer_that_stopped_reading_fails_within_the_request_timeout() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let mut config = client_config(&secret);
+    config.request_timeout = Duration::from_millis(500);
+    let client = Client::new(server.local_addr(), config);
+    let conn = client.connection().unwrap();
+    // The server's thread for this connection sleeps in the first request
+    // and reads nothing more meanwhile.
+    let stuck = conn.send(&heartbeat("20000"), &[b"x"]).unwrap();
+    let sender = Arc::clone(&conn);
+    let (done, outcome) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let big = vec![0x5au8; 15 << 20];
+        // Socket buffers take a few megabytes before a send blocks.
+        let mut outcome = Ok(());
+        for _ in 0..8 {
+            outcome = sender.send(&heartbeat("0"), &[&big]).map(|_| ());
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let _ = done.send(outcome);
+    });
+    let outcome = outcome
+        .recv_timeout(Duration::from_secs(15))
+        .expect("a send to a peer that reads nothing still blocks after 15 s");
+    let err = outcome.expect_err("120 MiB were taken by a peer that reads nothing");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the send failed only after {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("stopped taking data"), "{err}");
+    assert!(conn.is_broken());
+    let waited = conn.wait(stuck, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        matches!(waited, TransportError::PeerGone { .. }),
+        "{waited}"
+    );
+}
+
 #[test]
 fn a_dead_peer_gives_a_clear_error_after_bounded_backoff() {
     // A port that was just free and has nothing listening.
