@@ -956,13 +956,14 @@ impl MemoryService {
         link: &Link,
     ) -> Result<crate::replica::Sent, String> {
         let process = guard.as_ref().ok_or("the process ended")?;
-        let (vmas, brk_start, brk, files) = process.space.layout();
+        let (vmas, brk_start, brk, files, spilled) = process.space.layout();
         let last = process.rep.last.as_ref();
         let layout = SpaceLayout {
             vmas,
             brk_start,
             brk,
             files,
+            spilled,
             last_seq: last.map_or(0, |(seq, _)| *seq),
             last_reply: last.map(|(_, m)| Box::new(m.clone())),
         };

@@ -983,6 +983,7 @@ fn a_backup_follows_its_primary_and_takes_over_when_promoted() {
         brk_start: 0,
         brk: 0,
         files: vec![],
+        spilled: vec![],
         last_seq: 0,
         last_reply: None,
     };
@@ -1229,6 +1230,7 @@ fn a_copy_still_being_made_is_not_offered_for_a_failover() {
         brk_start: 0x40_0000,
         brk: 0x40_0000,
         files: vec![],
+        spilled: vec![],
         last_seq: 0,
         last_reply: None,
     };

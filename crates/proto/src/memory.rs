@@ -45,6 +45,8 @@ pub struct SpaceLayout {
     pub brk_start: u64,
     pub brk: u64,
     pub files: Vec<MappedFile>,
+    /// The regions whose pages live on other memory managers.
+    pub spilled: Vec<u64>,
     pub last_seq: u64,
     pub last_reply: Option<Box<Message>>,
 }
@@ -83,6 +85,20 @@ pub const USER_MIN: u64 = 0x1_0000;
 /// `[USER_MIN, USER_END)` in its own process as the arena the application
 /// lives in, and keeps its own code, heap and stacks above.
 pub const USER_END: u64 = 0x4000_0000_0000;
+
+/// The unit of placement of a process's memory over memory managers: a
+/// process's address space is cut into regions this large (aligned), and
+/// each region's written-back pages live on one memory manager. 64 MiB,
+/// not LegoOS's 1 GiB: a program larger than one manager still spreads
+/// over managers of a few hundred megabytes, a region's reservation wastes
+/// at most this much of a manager's pool, and a region is copied elsewhere
+/// (a drain, a new backup) in tens of milliseconds.
+pub const REGION_SIZE: u64 = 64 << 20;
+
+/// The region holding `addr`.
+pub fn region_of(addr: u64) -> u64 {
+    addr / REGION_SIZE
+}
 
 /// Most pages one `FetchPages` may ask for.
 pub const MAX_FETCH_PAGES: u32 = 256;

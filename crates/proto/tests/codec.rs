@@ -554,6 +554,7 @@ fn layout() -> impl Strategy<Value = SpaceLayout> {
                     caller,
                 })
                 .collect(),
+            spilled: vec![brk % 7, brk_start % 5],
             last_seq: brk ^ brk_start,
             last_reply: (brk % 2 == 0).then(|| Box::new(Message::Promoted)),
         })

@@ -144,7 +144,11 @@ impl AddressSpace {
         let end = start + len;
         let accounted = prot & PROT_WRITE != 0;
         let replaced = !self.is_free(start, end);
-        let add = if accounted { len } else { 0 };
+        let add = if accounted {
+            self.home_len(start, end)
+        } else {
+            0
+        };
         if !self.charge(pool, add, self.accounted_in(start, end)) {
             return Outcome::err(Errno::ENOMEM);
         }
@@ -211,7 +215,7 @@ impl AddressSpace {
         if new_top > USER_END
             || !self.is_free(old_top, (new_top + PAGE).min(USER_END))
             || !self.has_room_for_vmas()
-            || !self.charge(pool, new_top - old_top, 0)
+            || !self.charge(pool, self.home_len(old_top, new_top), 0)
         {
             return unchanged;
         }

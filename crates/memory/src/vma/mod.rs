@@ -18,10 +18,18 @@
 //!
 //! - VMAs are page-aligned, non-empty, disjoint and inside
 //!   `[USER_MIN, USER_END)`; adjacent VMAs with equal attributes are merged.
-//! - `committed` is the sum of the lengths of accounted VMAs, and is charged
-//!   to the pool.
-//! - Every stored page lies inside an accounted VMA, so the pool's
-//!   `used <= committed <= capacity` and storing a page never fails.
+//! - `committed` is the sum of the lengths of accounted VMAs outside the
+//!   spilled regions, and is charged to the pool.
+//! - Every stored page lies inside an accounted VMA outside the spilled
+//!   regions, so the pool's `used <= committed <= capacity` and storing a
+//!   page never fails.
+//!
+//! # Spilled regions
+//!
+//! A region ([`lego_proto::REGION_SIZE`]) may be *spilled*: its written
+//! pages live on another memory manager, which reserved the whole region
+//! for them. Its accounted bytes are then not charged here, and no page of
+//! it is stored here. Which manager holds it is the service's business.
 //!
 //! # Accounting
 //!
@@ -42,9 +50,10 @@ mod tests;
 
 use crate::pool::{PageId, PagePool, PAGE};
 use lego_proto::{
-    MappedFile, RangeChange, RangeMove, RangeState, SpaceLayout, VmaLayout, USER_END, USER_MIN,
+    region_of, MappedFile, RangeChange, RangeMove, RangeState, SpaceLayout, VmaLayout, REGION_SIZE,
+    USER_END, USER_MIN,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Top of the initial stack. The highest page of the application range is
@@ -159,10 +168,6 @@ impl Vma {
         })
     }
 
-    fn len(&self) -> u64 {
-        self.end - self.start
-    }
-
     fn state(&self) -> RangeState {
         RangeState::Mapped {
             prot: self.prot,
@@ -206,6 +211,9 @@ pub struct AddressSpace {
     brk: u64,
     /// Bytes this space has charged to the pool.
     committed: u64,
+    /// Regions whose pages live on another memory manager (see the module
+    /// doc).
+    spilled: BTreeSet<u64>,
     /// Files that file-backed VMAs read from (`FileRef::source`).
     files: Vec<FileSource>,
 }
@@ -241,8 +249,93 @@ impl AddressSpace {
             brk_start,
             brk: brk_start,
             committed: 0,
+            spilled: BTreeSet::new(),
             files: Vec::new(),
         }
+    }
+
+    /// A copy of this space's layout without its pages or charge, for a
+    /// dry run of a change (see `memory` in the service): charged to a
+    /// pool of its own.
+    pub fn shape(&self) -> AddressSpace {
+        AddressSpace {
+            vmas: self.vmas.clone(),
+            pages: BTreeMap::new(),
+            brk_start: self.brk_start,
+            brk: self.brk,
+            committed: self.committed,
+            spilled: self.spilled.clone(),
+            files: self.files.clone(),
+        }
+    }
+
+    /// The spilled regions, in order.
+    pub fn spilled(&self) -> impl Iterator<Item = u64> + '_ {
+        self.spilled.iter().copied()
+    }
+
+    /// Whether `addr` lies in a spilled region.
+    pub fn is_spilled(&self, addr: u64) -> bool {
+        self.spilled.contains(&region_of(addr))
+    }
+
+    /// Spills `region`: its accounted bytes stop being charged here (the
+    /// manager that holds it now reserved the region). Refused, with
+    /// nothing changed, if pages of it are stored here (they would have to
+    /// move first).
+    pub fn spill(&mut self, pool: &mut PagePool, region: u64) -> Result<(), String> {
+        let (start, end) = region_range(region);
+        if end > USER_END || start >= end {
+            return Err(format!("region {region} lies outside the address space"));
+        }
+        if self.pages.range(start..end).next().is_some() {
+            return Err(format!("region {region} holds pages here"));
+        }
+        if self.spilled.contains(&region) {
+            return Ok(());
+        }
+        let charged = self.accounted_in(start, end);
+        pool.uncommit(charged);
+        self.committed -= charged;
+        self.spilled.insert(region);
+        Ok(())
+    }
+
+    /// The regions, not spilled, that accounted VMAs reach into within
+    /// `[start, end)` and where no page is stored here: those a change
+    /// that did not fit could spill.
+    pub fn spillable_in(&self, start: u64, end: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for v in self.overlapping(start, end).iter().filter(|v| v.accounted) {
+            let v = v.clipped(start, end);
+            for region in region_of(v.start)..=region_of(v.end - 1) {
+                let (rs, re) = region_range(region);
+                if !self.spilled.contains(&region)
+                    && out.last() != Some(&region)
+                    && self.pages.range(rs..re).next().is_none()
+                {
+                    out.push(region);
+                }
+            }
+        }
+        out.dedup();
+        out
+    }
+
+    /// Bytes of `[start, end)` outside the spilled regions.
+    fn home_len(&self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        let away: u64 = self
+            .spilled
+            .range(region_of(start)..=region_of(end - 1))
+            .map(|&r| {
+                let (rs, re) = region_range(r);
+                re.min(end) - rs.max(start)
+            })
+            .sum();
+        end - start - away
     }
 
     /// The VMAs in address order.
@@ -284,6 +377,7 @@ impl AddressSpace {
     /// `false` only if the pool is empty, which the accounting rules out.
     pub fn store_page(&mut self, pool: &mut PagePool, addr: u64, contents: &[u8]) -> bool {
         debug_assert!(self.find(addr).is_some_and(|v| v.accounted));
+        debug_assert!(!self.is_spilled(addr), "a page of a spilled region stored");
         if contents.iter().all(|&b| b == 0) {
             if let Some(old) = self.pages.remove(&addr) {
                 pool.free(old);
@@ -322,11 +416,12 @@ impl AddressSpace {
         pool.uncommit(self.committed);
         self.committed = 0;
         self.vmas.clear();
+        self.spilled.clear();
     }
 
     /// The layout of this space for a backup's copy (its pages go
     /// separately, see [`AddressSpace::pages_from`]).
-    pub fn layout(&self) -> (Vec<VmaLayout>, u64, u64, Vec<MappedFile>) {
+    pub fn layout(&self) -> (Vec<VmaLayout>, u64, u64, Vec<MappedFile>, Vec<u64>) {
         let vmas = self
             .vmas
             .values()
@@ -353,7 +448,13 @@ impl AddressSpace {
                 caller: f.caller.clone(),
             })
             .collect();
-        (vmas, self.brk_start, self.brk, files)
+        (
+            vmas,
+            self.brk_start,
+            self.brk,
+            files,
+            self.spilled.iter().copied().collect(),
+        )
     }
 
     /// An address space of `layout`, with no pages yet, charged to `pool`
@@ -363,6 +464,12 @@ impl AddressSpace {
         let mut vmas = BTreeMap::new();
         let mut committed = 0u64;
         let mut last_end = USER_MIN;
+        let spilled: BTreeSet<u64> = layout.spilled.iter().copied().collect();
+        if let Some(&bad) = spilled.iter().find(|&&r| region_range(r).1 > USER_END) {
+            return Err(format!(
+                "spilled region {bad} lies outside the address space"
+            ));
+        }
         for v in &layout.vmas {
             let file = match v.file {
                 Some((source, offset)) if (source as usize) < layout.files.len() => {
@@ -390,9 +497,6 @@ impl AddressSpace {
                 2 => OnFork::Skip,
                 other => return Err(format!("unknown fork behaviour {other}")),
             };
-            if v.accounted {
-                committed += v.end - v.start;
-            }
             vmas.insert(
                 v.start,
                 Vma {
@@ -406,17 +510,13 @@ impl AddressSpace {
                 },
             );
         }
-        if !pool.try_commit(committed) {
-            return Err(format!(
-                "a copy charged {committed} bytes does not fit in this pool"
-            ));
-        }
-        Ok(AddressSpace {
+        let mut space = AddressSpace {
             vmas,
             pages: BTreeMap::new(),
             brk_start: layout.brk_start,
             brk: layout.brk,
-            committed,
+            committed: 0,
+            spilled,
             files: layout
                 .files
                 .iter()
@@ -426,14 +526,22 @@ impl AddressSpace {
                     caller: f.caller.clone(),
                 })
                 .collect(),
-        })
+        };
+        committed += space.accounted_in(USER_MIN, USER_END);
+        if !pool.try_commit(committed) {
+            return Err(format!(
+                "a copy charged {committed} bytes does not fit in this pool"
+            ));
+        }
+        space.committed = committed;
+        Ok(space)
     }
 
     /// Takes over the pages of `old` (an earlier copy of the same
     /// process) that lie in accounted VMAs of this space; frees the rest.
     pub fn adopt_pages(&mut self, old: &mut AddressSpace, pool: &mut PagePool) {
         for (addr, id) in std::mem::take(&mut old.pages) {
-            if self.find(addr).is_some_and(|v| v.accounted) {
+            if self.find(addr).is_some_and(|v| v.accounted) && !self.is_spilled(addr) {
                 if let Some(replaced) = self.pages.insert(addr, id) {
                     pool.free(replaced);
                 }
@@ -460,7 +568,10 @@ impl AddressSpace {
     /// accounted VMA here (a page the primary stored always does); `false`
     /// if the pool is out of pages.
     pub fn store_copied(&mut self, pool: &mut PagePool, addr: u64, contents: &[u8]) -> bool {
-        if !is_aligned(addr) || !self.find(addr).is_some_and(|v| v.accounted) {
+        if !is_aligned(addr)
+            || !self.find(addr).is_some_and(|v| v.accounted)
+            || self.is_spilled(addr)
+        {
             return true;
         }
         self.store_page(pool, addr, contents)
@@ -519,7 +630,7 @@ impl AddressSpace {
                 OnFork::Copy => {}
             }
             if vma.accounted {
-                committed += vma.len();
+                committed += self.home_len(vma.start, vma.end);
             }
             vmas.insert(vma.start, *vma);
         }
@@ -547,6 +658,7 @@ impl AddressSpace {
                 brk_start: self.brk_start,
                 brk: self.brk,
                 committed,
+                spilled: self.spilled.clone(),
                 files: self.files.clone(),
             },
             coalesce(changes),
@@ -566,7 +678,7 @@ impl AddressSpace {
         {
             return false;
         }
-        if vma.accounted && !self.charge(pool, vma.len(), 0) {
+        if vma.accounted && !self.charge(pool, self.home_len(vma.start, vma.end), 0) {
             return false;
         }
         self.insert(vma);
@@ -652,12 +764,16 @@ impl AddressSpace {
 
     // --- accounting and pages ---
 
-    /// Bytes of accounted VMAs inside `[start, end)`.
+    /// Bytes of accounted VMAs inside `[start, end)` charged here (outside
+    /// the spilled regions).
     fn accounted_in(&self, start: u64, end: u64) -> u64 {
         self.overlapping(start, end)
             .iter()
             .filter(|v| v.accounted)
-            .map(|v| v.clipped(start, end).len())
+            .map(|v| {
+                let v = v.clipped(start, end);
+                self.home_len(v.start, v.end)
+            })
             .sum()
     }
 
@@ -805,7 +921,7 @@ impl AddressSpace {
                 return Err(format!("vma {v:x?} is {broken} (predecessor {prev:x?})"));
             }
             if v.accounted {
-                accounted += v.len();
+                accounted += self.home_len(v.start, v.end);
             }
             prev = Some(*v);
         }
@@ -821,9 +937,18 @@ impl AddressSpace {
             .find(|&&a| !self.find(a).is_some_and(|v| v.accounted))
         {
             Some(addr) => Err(format!("page {addr:#x} is stored outside an accounted vma")),
-            None => Ok(()),
+            None => match self.pages.keys().find(|&&a| self.is_spilled(a)) {
+                Some(addr) => Err(format!("page {addr:#x} of a spilled region is stored here")),
+                None => Ok(()),
+            },
         }
     }
+}
+
+/// The addresses `[start, end)` of `region`.
+fn region_range(region: u64) -> (u64, u64) {
+    let start = region.saturating_mul(REGION_SIZE);
+    (start, start.saturating_add(REGION_SIZE))
 }
 
 /// Merges adjacent changes with equal state and discard flags.

@@ -48,7 +48,7 @@ impl AddressSpace {
             pieces
                 .iter()
                 .filter(|v| !v.accounted)
-                .map(|v| v.len())
+                .map(|v| self.home_len(v.start, v.end))
                 .sum()
         } else {
             0

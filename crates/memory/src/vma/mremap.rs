@@ -111,7 +111,7 @@ impl AddressSpace {
         if let Some(grown_end) = grown_end {
             if old_end == vma.end && self.is_free(old_end, grown_end) {
                 let add = if vma.accounted {
-                    grown_end - old_end
+                    self.home_len(old_end, grown_end)
                 } else {
                     0
                 };
@@ -163,7 +163,11 @@ impl AddressSpace {
             },
         };
         let dest_end = dest + m.new_len;
-        let add = if m.vma.accounted { m.new_len } else { 0 };
+        let add = if m.vma.accounted {
+            self.home_len(dest, dest_end)
+        } else {
+            0
+        };
         let mut remove = self.accounted_in(dest, dest_end);
         if !m.dont_unmap {
             remove += self.accounted_in(m.old, old_end);

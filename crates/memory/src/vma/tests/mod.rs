@@ -348,3 +348,84 @@ fn a_mapping_beyond_the_pool_fails_alone() {
     s.release(&mut p);
     assert_eq!((p.committed(), p.used()), (0, 0));
 }
+
+// --- spilled regions ---
+
+const REGION: u64 = lego_proto::REGION_SIZE;
+
+/// A mapping larger than the pool fits once the regions it reaches are
+/// spilled: their bytes are charged elsewhere, the rest here, and the
+/// charge stays exact through munmap, mprotect, brk and release.
+#[test]
+fn spilled_regions_are_charged_elsewhere() {
+    let (mut s, mut p) = setup(REGION);
+    let start = 4 * REGION;
+    assert_eq!(
+        errno(s.mmap(&mut p, start, 3 * REGION, RW, FIXED)),
+        libc::ENOMEM
+    );
+    // What a dry run on the shape finds the change would need.
+    let mut shape = s.shape();
+    let mut scratch = PagePool::new(u64::MAX / 2);
+    ok(shape.mmap(&mut scratch, start, 3 * REGION, RW, FIXED));
+    assert_eq!(shape.spillable_in(start, start + 3 * REGION), vec![4, 5, 6]);
+    s.spill(&mut p, 5).unwrap();
+    s.spill(&mut p, 6).unwrap();
+    ok(s.mmap(&mut p, start, 3 * REGION, RW, FIXED));
+    layout(&s);
+    assert_eq!(p.committed(), REGION);
+    assert!(s.is_spilled(5 * REGION) && !s.is_spilled(4 * REGION));
+    assert_eq!(s.spilled().collect::<Vec<_>>(), vec![5, 6]);
+    // Unmapping across the boundary returns only the part charged here.
+    ok(s.munmap(&mut p, start + REGION - 2 * PAGE, 4 * PAGE));
+    layout(&s);
+    assert_eq!(p.committed(), REGION - 2 * PAGE);
+    // A read-only mapping made writable in a spilled region costs nothing here.
+    ok(s.mmap(&mut p, 7 * REGION, PAGE, PROT_READ, FIXED));
+    s.spill(&mut p, 7).unwrap();
+    ok(s.mprotect(&mut p, 7 * REGION, PAGE, RW));
+    layout(&s);
+    assert_eq!(p.committed(), REGION - 2 * PAGE);
+    // A page of a home region is stored; the region cannot be spilled.
+    write(&mut s, &mut p, start, 7);
+    assert!(s.spill(&mut p, 4).unwrap_err().contains("holds pages"));
+    assert!(s.spill(&mut p, u64::MAX).is_err());
+    s.release(&mut p);
+    assert_eq!((p.committed(), p.used()), (0, 0));
+    assert_eq!(s.spilled().count(), 0);
+}
+
+/// A fork and a backup's copy charge only what is charged here, and keep
+/// the spilled regions.
+#[test]
+fn copies_keep_the_spilled_regions() {
+    let (mut s, mut p) = setup(4 * REGION);
+    s.spill(&mut p, 3).unwrap();
+    ok(s.mmap(&mut p, 2 * REGION, 2 * REGION, RW, FIXED));
+    assert_eq!(p.committed(), REGION);
+    let (child, _) = s.fork_copy(&mut p).unwrap();
+    assert_eq!(p.committed(), 2 * REGION);
+    assert_eq!(child.spilled().collect::<Vec<_>>(), vec![3]);
+    child.check_invariants().unwrap();
+    let (vmas, brk_start, brk, files, spilled) = s.layout();
+    let layout_of = SpaceLayout {
+        vmas,
+        brk_start,
+        brk,
+        files,
+        spilled,
+        last_seq: 0,
+        last_reply: None,
+    };
+    let mut other = PagePool::new(REGION);
+    let copy = AddressSpace::from_layout(&layout_of, &mut other).unwrap();
+    assert_eq!(other.committed(), REGION);
+    copy.check_invariants().unwrap();
+    let bad = SpaceLayout {
+        spilled: vec![u64::MAX / REGION],
+        ..layout_of
+    };
+    assert!(AddressSpace::from_layout(&bad, &mut PagePool::new(REGION))
+        .unwrap_err()
+        .contains("outside"));
+}
