@@ -7,11 +7,14 @@
 //! an address space for `Exec`. [`service`] serves the memory protocol of
 //! `lego-proto` to processors' runtimes, as the primary of a process (it
 //! passes every change on to the process's backup, `replica`) or as its
-//! backup (until the monitor promotes it).
+//! backup (until the monitor promotes it). [`regions`] is the store for
+//! the regions other managers' processes spill here; the service does not
+//! use it yet.
 
 mod files;
 pub mod loader;
 pub mod pool;
+pub mod regions;
 mod replica;
 pub mod service;
 pub mod vma;

@@ -1,0 +1,366 @@
+//! The regions of other managers' processes held here: the pages of a
+//! region a process's home spilled (see `vma`'s "Spilled regions") and
+//! placed on this memory manager.
+//!
+//! A held region reserves all of [`REGION_SIZE`] in the pool's commit
+//! charge when it is taken, so storing a page of it never fails; the home
+//! keeps the layout and tells this store what the layout changes discard,
+//! move or copy. Pages are stored only where the process's runtime wrote
+//! them back; a page absent here reads as zeros (the runtime asks here
+//! only for pages it wrote back).
+
+use crate::pool::{PageId, PagePool, PAGE};
+use lego_proto::{region_of, ProcessId, PAGE_SIZE, REGION_SIZE, USER_END};
+use std::collections::{BTreeMap, HashMap};
+
+/// One held region: its stored pages, by address.
+#[derive(Default)]
+struct Region {
+    pages: BTreeMap<u64, PageId>,
+}
+
+/// The regions held here, by process.
+#[derive(Default)]
+pub struct RegionStore {
+    held: HashMap<ProcessId, BTreeMap<u64, Region>>,
+}
+
+/// Why a region cannot be held or a page stored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegionError {
+    #[error("region {region} of process {pid:#x} lies outside the address space")]
+    OutOfRange { pid: ProcessId, region: u64 },
+    #[error("this pool cannot reserve region {region} of process {pid:#x}: {free} bytes uncommitted, a region takes {REGION_SIZE}")]
+    NoRoom {
+        pid: ProcessId,
+        region: u64,
+        free: u64,
+    },
+    #[error("page {addr:#x} of process {pid:#x} is in no region held here")]
+    NotHeld { pid: ProcessId, addr: u64 },
+    #[error("{addr:#x} is not a page address")]
+    Unaligned { addr: u64 },
+}
+
+impl RegionStore {
+    /// Takes region `region` of process `pid`, reserving it in `pool`.
+    /// Taking a region held already changes nothing.
+    pub fn hold(
+        &mut self,
+        pool: &mut PagePool,
+        pid: ProcessId,
+        region: u64,
+    ) -> Result<(), RegionError> {
+        if region
+            .checked_mul(REGION_SIZE)
+            .is_none_or(|s| s >= USER_END)
+        {
+            return Err(RegionError::OutOfRange { pid, region });
+        }
+        let regions = self.held.entry(pid).or_default();
+        if regions.contains_key(&region) {
+            return Ok(());
+        }
+        if !pool.try_commit(REGION_SIZE) {
+            let free = pool.capacity_bytes().saturating_sub(pool.committed());
+            if regions.is_empty() {
+                self.held.remove(&pid);
+            }
+            return Err(RegionError::NoRoom { pid, region, free });
+        }
+        regions.insert(region, Region::default());
+        Ok(())
+    }
+
+    /// Whether the page at `addr` of `pid` lies in a region held here.
+    pub fn holds(&self, pid: ProcessId, addr: u64) -> bool {
+        self.held
+            .get(&pid)
+            .is_some_and(|r| r.contains_key(&region_of(addr)))
+    }
+
+    /// The regions of `pid` held here, in order.
+    pub fn regions_of(&self, pid: ProcessId) -> Vec<u64> {
+        self.held
+            .get(&pid)
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores the page at `addr`; an all-zero page is dropped instead (it
+    /// reads the same).
+    pub fn store(
+        &mut self,
+        pool: &mut PagePool,
+        pid: ProcessId,
+        addr: u64,
+        contents: &[u8],
+    ) -> Result<(), RegionError> {
+        if !addr.is_multiple_of(PAGE) || contents.len() != PAGE_SIZE {
+            return Err(RegionError::Unaligned { addr });
+        }
+        let region = self
+            .held
+            .get_mut(&pid)
+            .and_then(|r| r.get_mut(&region_of(addr)))
+            .ok_or(RegionError::NotHeld { pid, addr })?;
+        if contents.iter().all(|&b| b == 0) {
+            if let Some(old) = region.pages.remove(&addr) {
+                pool.free(old);
+            }
+            return Ok(());
+        }
+        let id = match region.pages.get(&addr) {
+            Some(&id) if !pool.is_shared(id) => id,
+            other => {
+                // The reservation covers every page of the region, so the
+                // pool cannot be out of pages for this one.
+                let id = pool.alloc().ok_or(RegionError::NoRoom {
+                    pid,
+                    region: region_of(addr),
+                    free: 0,
+                })?;
+                if let Some(&shared) = other {
+                    pool.free(shared);
+                }
+                region.pages.insert(addr, id);
+                id
+            }
+        };
+        pool.get_mut(id).copy_from_slice(contents);
+        Ok(())
+    }
+
+    /// The page at `addr`, if one is stored (`None` reads as zeros).
+    pub fn page<'p>(&self, pool: &'p PagePool, pid: ProcessId, addr: u64) -> Option<&'p [u8]> {
+        let id = *self
+            .held
+            .get(&pid)?
+            .get(&region_of(addr))?
+            .pages
+            .get(&addr)?;
+        Some(pool.get(id))
+    }
+
+    /// Drops the stored pages of `[start, end)` (the home unmapped or
+    /// discarded them).
+    pub fn discard(&mut self, pool: &mut PagePool, pid: ProcessId, start: u64, end: u64) {
+        let Some(regions) = self.held.get_mut(&pid) else {
+            return;
+        };
+        if start >= end {
+            return;
+        }
+        for (_, region) in regions.range_mut(region_of(start)..=region_of(end - 1)) {
+            let gone: Vec<u64> = region.pages.range(start..end).map(|(&a, _)| a).collect();
+            for addr in gone {
+                if let Some(id) = region.pages.remove(&addr) {
+                    pool.free(id);
+                }
+            }
+        }
+    }
+
+    /// Takes the stored pages of `[start, end)` out, with their contents
+    /// (for a move to another manager or to another place here).
+    pub fn take(
+        &mut self,
+        pool: &mut PagePool,
+        pid: ProcessId,
+        start: u64,
+        end: u64,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        if let Some(regions) = self.held.get(&pid) {
+            if start < end {
+                for (_, region) in regions.range(region_of(start)..=region_of(end - 1)) {
+                    for (&addr, &id) in region.pages.range(start..end) {
+                        out.push((addr, pool.get(id).to_vec()));
+                    }
+                }
+            }
+        }
+        self.discard(pool, pid, start, end);
+        out
+    }
+
+    /// fork: the child `child` holds the regions of `parent` listed, each
+    /// reserved anew, sharing the parent's pages (copied when either side
+    /// writes one). All or nothing: `NoRoom` leaves nothing held.
+    pub fn fork(
+        &mut self,
+        pool: &mut PagePool,
+        parent: ProcessId,
+        child: ProcessId,
+        regions: &[u64],
+    ) -> Result<(), RegionError> {
+        let needed = REGION_SIZE.saturating_mul(regions.len() as u64);
+        if !pool.try_commit(needed) {
+            let free = pool.capacity_bytes().saturating_sub(pool.committed());
+            return Err(RegionError::NoRoom {
+                pid: child,
+                region: regions.first().copied().unwrap_or(0),
+                free,
+            });
+        }
+        let mut copies = BTreeMap::new();
+        for &r in regions {
+            let pages: BTreeMap<u64, PageId> = self
+                .held
+                .get(&parent)
+                .and_then(|held| held.get(&r))
+                .map(|region| region.pages.clone())
+                .unwrap_or_default();
+            for &id in pages.values() {
+                pool.share(id);
+            }
+            copies.insert(r, Region { pages });
+        }
+        // A region the child held already (a repeated fork) is replaced.
+        let mine = self.held.entry(child).or_default();
+        for (r, region) in copies {
+            if let Some(old) = mine.insert(r, region) {
+                pool.uncommit(REGION_SIZE);
+                for id in old.pages.into_values() {
+                    pool.free(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up region `region` of `pid` (or all of its regions, with
+    /// `None`): frees the pages and the reservation.
+    pub fn release(&mut self, pool: &mut PagePool, pid: ProcessId, region: Option<u64>) {
+        let Some(regions) = self.held.get_mut(&pid) else {
+            return;
+        };
+        let gone: Vec<u64> = match region {
+            Some(r) => regions.contains_key(&r).then_some(r).into_iter().collect(),
+            None => regions.keys().copied().collect(),
+        };
+        for r in gone {
+            if let Some(region) = regions.remove(&r) {
+                for id in region.pages.into_values() {
+                    pool.free(id);
+                }
+                pool.uncommit(REGION_SIZE);
+            }
+        }
+        if regions.is_empty() {
+            self.held.remove(&pid);
+        }
+    }
+
+    /// Bytes of pages stored for `pid` here.
+    pub fn stored_bytes(&self, pid: ProcessId) -> u64 {
+        self.held.get(&pid).map_or(0, |regions| {
+            regions.values().map(|r| r.pages.len() as u64).sum::<u64>() * PAGE
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: ProcessId = 0x51;
+    const CHILD: ProcessId = 0x52;
+    const R: u64 = REGION_SIZE;
+
+    fn page(byte: u8) -> Vec<u8> {
+        vec![byte; PAGE_SIZE]
+    }
+
+    #[test]
+    fn a_held_region_reserves_itself_and_stores_its_pages() {
+        let mut pool = PagePool::new(2 * R);
+        let mut store = RegionStore::default();
+        store.hold(&mut pool, PID, 3).unwrap();
+        store.hold(&mut pool, PID, 3).unwrap();
+        assert_eq!(pool.committed(), R);
+        store.hold(&mut pool, PID, 4).unwrap();
+        assert!(matches!(
+            store.hold(&mut pool, PID, 5),
+            Err(RegionError::NoRoom {
+                region: 5,
+                free: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.hold(&mut pool, PID, USER_END / R),
+            Err(RegionError::OutOfRange { .. })
+        ));
+        store.store(&mut pool, PID, 3 * R, &page(7)).unwrap();
+        store.store(&mut pool, PID, 3 * R + PAGE, &page(0)).unwrap();
+        assert_eq!(
+            store.store(&mut pool, PID, 5 * R, &page(1)),
+            Err(RegionError::NotHeld {
+                pid: PID,
+                addr: 5 * R
+            })
+        );
+        assert_eq!(
+            store.store(&mut pool, PID, 3 * R + 1, &page(1)),
+            Err(RegionError::Unaligned { addr: 3 * R + 1 })
+        );
+        assert_eq!(store.page(&pool, PID, 3 * R).unwrap()[0], 7);
+        assert!(store.page(&pool, PID, 3 * R + PAGE).is_none());
+        assert!(store.holds(PID, 4 * R + 5 * PAGE) && !store.holds(PID, 5 * R));
+        assert_eq!(store.stored_bytes(PID), PAGE);
+        assert_eq!(pool.used(), PAGE);
+        store.release(&mut pool, PID, Some(3));
+        assert_eq!((pool.committed(), pool.used()), (R, 0));
+        assert_eq!(store.regions_of(PID), vec![4]);
+        store.release(&mut pool, PID, None);
+        assert_eq!((pool.committed(), pool.used()), (0, 0));
+        assert!(store.regions_of(PID).is_empty());
+    }
+
+    #[test]
+    fn discards_moves_and_forks_keep_pages_and_charge_exact() {
+        let mut pool = PagePool::new(8 * R);
+        let mut store = RegionStore::default();
+        store.hold(&mut pool, PID, 1).unwrap();
+        store.hold(&mut pool, PID, 2).unwrap();
+        for i in 0..4 {
+            store
+                .store(
+                    &mut pool,
+                    PID,
+                    2 * R - 2 * PAGE + i * PAGE,
+                    &page(i as u8 + 1),
+                )
+                .unwrap();
+        }
+        // A discard across the regions' boundary.
+        store.discard(&mut pool, PID, 2 * R - PAGE, 2 * R + PAGE);
+        assert_eq!(store.stored_bytes(PID), 2 * PAGE);
+        let taken = store.take(&mut pool, PID, R, 3 * R);
+        let addrs: Vec<u64> = taken.iter().map(|(a, _)| *a).collect();
+        assert_eq!(addrs, vec![2 * R - 2 * PAGE, 2 * R + PAGE]);
+        assert_eq!(taken[1].1[0], 4);
+        assert_eq!(store.stored_bytes(PID), 0);
+        for (addr, contents) in &taken {
+            store.store(&mut pool, PID, *addr, contents).unwrap();
+        }
+        store.fork(&mut pool, PID, CHILD, &[1, 2]).unwrap();
+        assert_eq!(pool.committed(), 4 * R);
+        assert_eq!(pool.used(), 2 * PAGE, "the child shares the pages");
+        store
+            .store(&mut pool, CHILD, 2 * R + PAGE, &page(9))
+            .unwrap();
+        assert_eq!(store.page(&pool, PID, 2 * R + PAGE).unwrap()[0], 4);
+        assert_eq!(store.page(&pool, CHILD, 2 * R + PAGE).unwrap()[0], 9);
+        assert!(store.fork(&mut pool, PID, 0x53, &[1, 2, 3, 4, 5]).is_err());
+        assert_eq!(
+            pool.committed(),
+            4 * R,
+            "a fork that does not fit holds nothing"
+        );
+        store.release(&mut pool, PID, None);
+        store.release(&mut pool, CHILD, None);
+        assert_eq!((pool.committed(), pool.used()), (0, 0));
+    }
+}
