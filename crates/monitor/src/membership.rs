@@ -46,7 +46,21 @@ struct Member {
     /// When a process was last placed on it (its memory is made there
     /// once the process starts).
     placed_at: Option<Instant>,
+    /// Placements on it its load may not show yet (younger than
+    /// [`RECENT_HEARTBEATS`] heartbeat intervals): each counts as
+    /// [`PLACEMENT_GUESS`] bytes committed, so a burst of launches spreads
+    /// over the managers instead of all going to the one that had the
+    /// most room at its last heartbeat.
+    recent: Vec<Instant>,
 }
+
+/// What a process just placed is taken to commit until the manager's load
+/// shows it: one region.
+const PLACEMENT_GUESS: u64 = lego_proto::REGION_SIZE;
+
+/// Heartbeat intervals after which a placement shows in the load (the
+/// process started, and a heartbeat since reported its commit).
+const RECENT_HEARTBEATS: u32 = 3;
 
 /// How long a memory manager reported lost has to answer a ping before
 /// the monitor takes it for dead.
@@ -166,13 +180,15 @@ impl Membership {
         }
         // The same incarnation registering again (it lost contact for a
         // moment) keeps its drain; a restarted one joins empty.
-        let (draining, placed_at) = members
+        let (draining, placed_at, recent) = members
             .get(&name)
             .filter(|old| {
                 old.registration.addr == registration.addr
                     && old.registration.pid == registration.pid
             })
-            .map_or((None, None), |old| (old.draining.clone(), old.placed_at));
+            .map_or((None, None, Vec::new()), |old| {
+                (old.draining.clone(), old.placed_at, old.recent.clone())
+            });
         members.insert(
             name,
             Member {
@@ -183,6 +199,7 @@ impl Membership {
                 fenced: false,
                 draining,
                 placed_at,
+                recent,
             },
         );
         Message::Registered {
@@ -230,6 +247,8 @@ impl Membership {
         member.health = Health::Alive;
         member.last_heard = Instant::now();
         member.load = load;
+        let shown = self.heartbeat_interval * RECENT_HEARTBEATS;
+        member.recent.retain(|placed| placed.elapsed() < shown);
         Message::HeartbeatAck
     }
 
@@ -311,6 +330,7 @@ impl Membership {
         for name in std::iter::once(&memory.name).chain(backup.as_ref().map(|b| &b.name)) {
             if let Some(m) = members.get_mut(name) {
                 m.placed_at = Some(now);
+                m.recent.push(now);
             }
         }
         Message::Placement {
@@ -548,8 +568,9 @@ fn holds_nothing(load: &Load) -> bool {
     }
 }
 
-/// The live memory manager with the most uncommitted memory, other than
-/// those named in `except` and those being drained.
+/// The live memory manager with the most uncommitted memory (less what
+/// its recent placements may commit), other than those named in `except`
+/// and those being drained.
 fn most_free_memory<'a>(
     members: &'a BTreeMap<String, Member>,
     except: &[&str],
@@ -563,7 +584,9 @@ fn most_free_memory<'a>(
                 capacity,
                 committed,
                 ..
-            } => capacity.saturating_sub(*committed),
+            } => capacity
+                .saturating_sub(*committed)
+                .saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64)),
             _ => 0,
         })
 }
@@ -778,6 +801,66 @@ mod tests {
         match reply {
             Message::Error(e) => Some(e.code),
             _ => None,
+        }
+    }
+
+    /// A burst of launches, placed before any heartbeat shows what the
+    /// first ones commit, spreads over the memory managers; once the
+    /// loads are reported, the one with most room is chosen again.
+    #[test]
+    fn a_burst_of_launches_spreads_over_the_memory_managers() {
+        let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
+        for (i, name) in ["memory-0", "memory-1", "memory-2"].iter().enumerate() {
+            let r = registration(name, 1000 + i as u16, 1 + i as u32);
+            ask(&m, &peer(Role::Memory, name), Message::Register(r));
+        }
+        let mut cpu = registration("processor-0", 2000, 9);
+        cpu.role = Role::Processor;
+        cpu.load = Load::Processor {
+            cores: 2,
+            excache_quota: 0,
+            excache_used: 0,
+            processes: Vec::new(),
+        };
+        let cpu_peer = peer(Role::Processor, "processor-0");
+        ask(&m, &cpu_peer, Message::Register(cpu));
+        let mut homes = BTreeMap::<String, usize>::new();
+        for _ in 0..6 {
+            match ask(&m, &cpu_peer, Message::PlaceProcess { processor: None }) {
+                Message::Placement { memory, .. } => *homes.entry(memory.name).or_default() += 1,
+                other => panic!("no placement: {other:?}"),
+            }
+        }
+        assert_eq!(
+            homes.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{homes:?}"
+        );
+        // memory-1 reports far more room than the others: it is chosen.
+        for (name, committed) in [
+            ("memory-0", 1 << 29),
+            ("memory-1", 0),
+            ("memory-2", 1 << 29),
+        ] {
+            let load = Load::Memory {
+                capacity: 1 << 30,
+                used: 0,
+                committed,
+                copies: Vec::new(),
+                held: Vec::new(),
+            };
+            let beat = Message::Heartbeat {
+                name: name.into(),
+                load,
+            };
+            assert_eq!(
+                ask(&m, &peer(Role::Memory, name), beat),
+                Message::HeartbeatAck
+            );
+        }
+        match ask(&m, &cpu_peer, Message::PlaceProcess { processor: None }) {
+            Message::Placement { memory, .. } => assert_eq!(memory.name, "memory-1"),
+            other => panic!("no placement: {other:?}"),
         }
     }
 
