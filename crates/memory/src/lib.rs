@@ -8,8 +8,9 @@
 //! `lego-proto` to processors' runtimes, as the primary of a process (it
 //! passes every change on to the process's backup, `replica`) or as its
 //! backup (until the monitor promotes it). [`regions`] is the store for
-//! the regions other managers' processes spill here; the service does not
-//! use it yet.
+//! the regions other managers' processes spill here: the service holds
+//! one at the home's `HoldRegion` and serves its pages to the process's
+//! runtime (no home spills one yet).
 
 mod files;
 pub mod loader;

@@ -23,6 +23,9 @@ struct Region {
 #[derive(Default)]
 pub struct RegionStore {
     held: HashMap<ProcessId, BTreeMap<u64, Region>>,
+    /// The tree each process with regions here belongs to: only its
+    /// runtime may write or read them.
+    trees: HashMap<ProcessId, ProcessId>,
 }
 
 /// Why a region cannot be held or a page stored.
@@ -40,15 +43,18 @@ pub enum RegionError {
     NotHeld { pid: ProcessId, addr: u64 },
     #[error("{addr:#x} is not a page address")]
     Unaligned { addr: u64 },
+    #[error("process {pid:#x} has regions here for another process tree")]
+    OtherTree { pid: ProcessId },
 }
 
 impl RegionStore {
-    /// Takes region `region` of process `pid`, reserving it in `pool`.
-    /// Taking a region held already changes nothing.
+    /// Takes region `region` of process `pid` of tree `tree`, reserving
+    /// it in `pool`. Taking a region held already changes nothing.
     pub fn hold(
         &mut self,
         pool: &mut PagePool,
         pid: ProcessId,
+        tree: ProcessId,
         region: u64,
     ) -> Result<(), RegionError> {
         if region
@@ -56,6 +62,9 @@ impl RegionStore {
             .is_none_or(|s| s >= USER_END)
         {
             return Err(RegionError::OutOfRange { pid, region });
+        }
+        if self.trees.get(&pid).is_some_and(|&t| t != tree) {
+            return Err(RegionError::OtherTree { pid });
         }
         let regions = self.held.entry(pid).or_default();
         if regions.contains_key(&region) {
@@ -69,7 +78,13 @@ impl RegionStore {
             return Err(RegionError::NoRoom { pid, region, free });
         }
         regions.insert(region, Region::default());
+        self.trees.insert(pid, tree);
         Ok(())
+    }
+
+    /// The tree of process `pid`, if it has regions here.
+    pub fn tree_of(&self, pid: ProcessId) -> Option<ProcessId> {
+        self.trees.get(&pid).copied()
     }
 
     /// Whether the page at `addr` of `pid` lies in a region held here.
@@ -194,6 +209,12 @@ impl RegionStore {
         child: ProcessId,
         regions: &[u64],
     ) -> Result<(), RegionError> {
+        let Some(tree) = self.tree_of(parent) else {
+            return Err(RegionError::NotHeld {
+                pid: parent,
+                addr: regions.first().map_or(0, |r| r.saturating_mul(REGION_SIZE)),
+            });
+        };
         let needed = REGION_SIZE.saturating_mul(regions.len() as u64);
         if !pool.try_commit(needed) {
             let free = pool.capacity_bytes().saturating_sub(pool.committed());
@@ -217,6 +238,7 @@ impl RegionStore {
             copies.insert(r, Region { pages });
         }
         // A region the child held already (a repeated fork) is replaced.
+        self.trees.insert(child, tree);
         let mine = self.held.entry(child).or_default();
         for (r, region) in copies {
             if let Some(old) = mine.insert(r, region) {
@@ -249,6 +271,7 @@ impl RegionStore {
         }
         if regions.is_empty() {
             self.held.remove(&pid);
+            self.trees.remove(&pid);
         }
     }
 
@@ -276,12 +299,12 @@ mod tests {
     fn a_held_region_reserves_itself_and_stores_its_pages() {
         let mut pool = PagePool::new(2 * R);
         let mut store = RegionStore::default();
-        store.hold(&mut pool, PID, 3).unwrap();
-        store.hold(&mut pool, PID, 3).unwrap();
+        store.hold(&mut pool, PID, PID, 3).unwrap();
+        store.hold(&mut pool, PID, PID, 3).unwrap();
         assert_eq!(pool.committed(), R);
-        store.hold(&mut pool, PID, 4).unwrap();
+        store.hold(&mut pool, PID, PID, 4).unwrap();
         assert!(matches!(
-            store.hold(&mut pool, PID, 5),
+            store.hold(&mut pool, PID, PID, 5),
             Err(RegionError::NoRoom {
                 region: 5,
                 free: 0,
@@ -289,9 +312,14 @@ mod tests {
             })
         ));
         assert!(matches!(
-            store.hold(&mut pool, PID, USER_END / R),
+            store.hold(&mut pool, PID, PID, USER_END / R),
             Err(RegionError::OutOfRange { .. })
         ));
+        assert_eq!(
+            store.hold(&mut pool, PID, CHILD, 4),
+            Err(RegionError::OtherTree { pid: PID })
+        );
+        assert_eq!(store.tree_of(PID), Some(PID));
         store.store(&mut pool, PID, 3 * R, &page(7)).unwrap();
         store.store(&mut pool, PID, 3 * R + PAGE, &page(0)).unwrap();
         assert_eq!(
@@ -316,14 +344,15 @@ mod tests {
         store.release(&mut pool, PID, None);
         assert_eq!((pool.committed(), pool.used()), (0, 0));
         assert!(store.regions_of(PID).is_empty());
+        assert_eq!(store.tree_of(PID), None);
     }
 
     #[test]
     fn discards_moves_and_forks_keep_pages_and_charge_exact() {
         let mut pool = PagePool::new(8 * R);
         let mut store = RegionStore::default();
-        store.hold(&mut pool, PID, 1).unwrap();
-        store.hold(&mut pool, PID, 2).unwrap();
+        store.hold(&mut pool, PID, PID, 1).unwrap();
+        store.hold(&mut pool, PID, PID, 2).unwrap();
         for i in 0..4 {
             store
                 .store(
@@ -346,6 +375,7 @@ mod tests {
             store.store(&mut pool, PID, *addr, contents).unwrap();
         }
         store.fork(&mut pool, PID, CHILD, &[1, 2]).unwrap();
+        assert_eq!(store.tree_of(CHILD), Some(PID));
         assert_eq!(pool.committed(), 4 * R);
         assert_eq!(pool.used(), 2 * PAGE, "the child shares the pages");
         store

@@ -12,12 +12,16 @@
 //! has its address space taken out under its lock, so a request that looked
 //! it up just before sees an unknown process rather than freed pages.
 //!
+//! The regions other managers' processes spilled here sit behind a fourth
+//! mutex, taken before the pool's and never with a process's.
+//!
 //! Every failure a peer can cause is a reply: malformed or out-of-range
 //! requests get `BadRequest` naming the process and address involved.
 
 use crate::files::FileReader;
 use crate::loader;
 use crate::pool::PagePool;
+use crate::regions::RegionStore;
 use crate::replica::{Link, Links};
 use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
@@ -139,6 +143,8 @@ pub struct MemoryService {
     copies: Mutex<HashMap<ProcessId, CopyProgress>>,
     /// What each process held when last reported (for one busy then).
     held: Mutex<HashMap<ProcessId, HeldBytes>>,
+    /// The regions of processes homed elsewhere held here.
+    regions: Mutex<RegionStore>,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -180,6 +186,7 @@ impl MemoryService {
             me: OnceLock::new(),
             copies: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            regions: Mutex::new(RegionStore::default()),
         }
     }
 
@@ -1730,6 +1737,9 @@ impl Booking {
 
 impl Service for MemoryService {
     fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply {
+        if let Some(reply) = self.serve_held_region(peer, &request) {
+            return reply;
+        }
         let tree = match (&request.message, peer.identity.role) {
             (_, lego_proto::Role::Process) => {
                 let (Some(tree), Some(pid)) = (peer.identity.tree(), peer.identity.pid()) else {
@@ -1771,6 +1781,85 @@ impl Service for MemoryService {
 }
 
 impl MemoryService {
+    /// Serves a runtime's fetch or write-back of pages of its own process
+    /// that lie in regions held here for its home (`None`: the request is
+    /// not one, and goes the usual way).
+    fn serve_held_region(&self, peer: &PeerInfo, request: &Frame) -> Option<Reply> {
+        let (tree, me) = (peer.identity.tree()?, peer.identity.pid()?);
+        let page = PAGE_SIZE as u64;
+        let mut regions = lock(&self.regions);
+        if regions.tree_of(me) != Some(tree) {
+            return None;
+        }
+        match &request.message {
+            Message::FetchPage { pid, addr } if *pid == me && regions.holds(me, *addr) => {
+                if !is_aligned(*addr) {
+                    return Some(bad_request(format!(
+                        "fetch of page {addr:#x} of process {me:#x}: the address is not page-aligned"
+                    )));
+                }
+                let pool = lock(&self.pool);
+                Some(match regions.page(&pool, me, *addr) {
+                    Some(contents) => Reply {
+                        message: Message::Page,
+                        payload: contents.to_vec(),
+                    },
+                    None => Message::ZeroPage.into(),
+                })
+            }
+            Message::FetchPages { pid, addr, count } if *pid == me && regions.holds(me, *addr) => {
+                if !is_aligned(*addr) || *count == 0 || *count > MAX_FETCH_PAGES {
+                    return Some(bad_request(format!(
+                        "fetch of {count} pages at {addr:#x} of process {me:#x}: the address \
+                         must be page-aligned and the count 1-{MAX_FETCH_PAGES}"
+                    )));
+                }
+                // Clamped to the region, as a home clamps to the mapping.
+                let region_end = (lego_proto::region_of(*addr) + 1) * lego_proto::REGION_SIZE;
+                let count = u64::from(*count).min((region_end - addr) / page);
+                let pool = lock(&self.pool);
+                let mut payload = Vec::with_capacity(count as usize * PAGE_SIZE);
+                for i in 0..count {
+                    match regions.page(&pool, me, addr + i * page) {
+                        Some(contents) => payload.extend_from_slice(contents),
+                        None => payload.resize(payload.len() + PAGE_SIZE, 0),
+                    }
+                }
+                Some(Reply {
+                    message: Message::Pages {
+                        count: count as u32,
+                    },
+                    payload,
+                })
+            }
+            Message::WriteBack { pid, addrs }
+                if *pid == me
+                    && !addrs.is_empty()
+                    && addrs.iter().all(|&a| regions.holds(me, a)) =>
+            {
+                if addrs.len() > MAX_WRITEBACK_PAGES
+                    || request.payload.len() != addrs.len() * PAGE_SIZE
+                    || !addrs.iter().all(|&a| is_aligned(a))
+                {
+                    return Some(bad_request(format!(
+                        "write-back of {} pages of process {me:#x} with {} bytes: the \
+                         addresses must be page-aligned, one page of payload each",
+                        addrs.len(),
+                        request.payload.len()
+                    )));
+                }
+                let mut pool = lock(&self.pool);
+                for (addr, contents) in addrs.iter().zip(request.payload.chunks(PAGE_SIZE)) {
+                    if let Err(e) = regions.store(&mut pool, me, *addr, contents) {
+                        return Some(bad_request(e.to_string()));
+                    }
+                }
+                Some(Message::WrittenBack.into())
+            }
+            _ => None,
+        }
+    }
+
     fn serve(&self, peer: &PeerInfo, request: Frame) -> Reply {
         let component = matches!(
             peer.identity.role,
@@ -1824,6 +1913,34 @@ impl MemoryService {
             Message::ReplicaComplete { pid } if peer.identity.role == lego_proto::Role::Memory => {
                 self.replica_complete(pid)
             }
+            Message::HoldRegion { pid, tree, region }
+                if peer.identity.role == lego_proto::Role::Memory =>
+            {
+                let mut regions = lock(&self.regions);
+                match regions.hold(&mut lock(&self.pool), pid, tree, region) {
+                    Ok(()) => Message::RegionsChanged.into(),
+                    Err(e) => Message::error(ErrorCode::BadRequest, e.to_string()).into(),
+                }
+            }
+            Message::ChangeRegions {
+                pid,
+                discard,
+                release,
+                all,
+            } if peer.identity.role == lego_proto::Role::Memory => {
+                let mut regions = lock(&self.regions);
+                let mut pool = lock(&self.pool);
+                for (start, end) in discard {
+                    regions.discard(&mut pool, pid, start, end);
+                }
+                if all {
+                    regions.release(&mut pool, pid, None);
+                }
+                for region in release {
+                    regions.release(&mut pool, pid, Some(region));
+                }
+                Message::RegionsChanged.into()
+            }
             Message::Holdings if peer.identity.role == lego_proto::Role::Monitor => {
                 Message::HoldingList(self.holdings()).into()
             }
@@ -1857,6 +1974,8 @@ impl MemoryService {
                     && matches!(
                         other,
                         Message::Replicate { .. }
+                            | Message::HoldRegion { .. }
+                            | Message::ChangeRegions { .. }
                             | Message::Promote { .. }
                             | Message::Rebackup { .. }
                             | Message::Relinquish { .. }

@@ -1278,3 +1278,195 @@ fn a_copy_still_being_made_is_not_offered_for_a_failover() {
         Message::Promoted
     );
 }
+
+/// A runtime's request with a payload, as process `pid` of tree `tree`.
+fn runtime_call(
+    service: &MemoryService,
+    (tree, pid): (u64, u64),
+    message: Message,
+    payload: Vec<u8>,
+) -> Reply {
+    let peer = PeerInfo {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        identity: Identity::process(tree, pid),
+    };
+    service.handle(
+        &peer,
+        Frame {
+            id: 1,
+            message,
+            payload,
+        },
+    )
+}
+
+/// A region of a process homed elsewhere, held here at its home's word:
+/// the region is reserved, the process's own runtime writes its pages
+/// and reads them back (absent ones as zeros, a run clamped to the
+/// region), another tree's runtime is refused, and the home's discards
+/// and release free pages and reservation.
+#[test]
+fn a_region_held_for_another_home_serves_its_own_runtime_only() {
+    const REGION: u64 = lego_proto::REGION_SIZE;
+    let holder = MemoryService::new(2 * REGION);
+    let hold = Message::HoldRegion {
+        pid: PID,
+        tree: PID,
+        region: 5,
+    };
+    assert_eq!(
+        code(&runtime_call(&holder, (PID, PID), hold.clone(), vec![]).message),
+        Some(ErrorCode::Denied),
+        "only a memory manager places regions"
+    );
+    assert_eq!(
+        code(&call(&holder, hold.clone(), vec![]).message),
+        Some(ErrorCode::Unsupported)
+    );
+    assert_eq!(
+        as_role(&holder, Role::Memory, hold, vec![]),
+        Message::RegionsChanged
+    );
+    let third = Message::HoldRegion {
+        pid: PID,
+        tree: PID,
+        region: 6,
+    };
+    assert_eq!(
+        as_role(&holder, Role::Memory, third, vec![]),
+        Message::RegionsChanged
+    );
+    let full = Message::HoldRegion {
+        pid: PID,
+        tree: PID,
+        region: 7,
+    };
+    let refused = as_role(&holder, Role::Memory, full, vec![]);
+    assert!(
+        matches!(&refused, Message::Error(e) if e.message.contains("cannot reserve region 7")),
+        "{refused:?}"
+    );
+    let Load::Memory { committed, .. } = holder.load() else {
+        unreachable!()
+    };
+    assert_eq!(committed, 2 * REGION);
+
+    let base = 5 * REGION;
+    let me = (PID, PID);
+    let mut pages = vec![0x11u8; PAGE_SIZE];
+    pages.extend(vec![0x22u8; PAGE_SIZE]);
+    let written = runtime_call(
+        &holder,
+        me,
+        Message::WriteBack {
+            pid: PID,
+            addrs: vec![base, base + 2 * PAGE],
+        },
+        pages,
+    );
+    assert_eq!(written.message, Message::WrittenBack);
+    let page = runtime_call(
+        &holder,
+        me,
+        Message::FetchPage {
+            pid: PID,
+            addr: base + 2 * PAGE,
+        },
+        vec![],
+    );
+    assert_eq!((page.message, page.payload[0]), (Message::Page, 0x22));
+    let end = runtime_call(
+        &holder,
+        me,
+        Message::FetchPages {
+            pid: PID,
+            addr: 6 * REGION - PAGE,
+            count: 8,
+        },
+        vec![],
+    );
+    assert_eq!(end.message, Message::Pages { count: 1 });
+    let run = runtime_call(
+        &holder,
+        me,
+        Message::FetchPages {
+            pid: PID,
+            addr: base,
+            count: 3,
+        },
+        vec![],
+    );
+    assert_eq!(run.message, Message::Pages { count: 3 });
+    assert_eq!(
+        (
+            run.payload[0],
+            run.payload[PAGE_SIZE],
+            run.payload[2 * PAGE_SIZE]
+        ),
+        (0x11, 0, 0x22)
+    );
+    // Another tree's runtime naming the process gets nothing of it.
+    let other = runtime_call(
+        &holder,
+        (PID + 1, PID),
+        Message::FetchPage {
+            pid: PID,
+            addr: base,
+        },
+        vec![],
+    );
+    assert!(other.payload.is_empty(), "{:?}", other.message);
+    assert!(code(&other.message).is_some(), "{:?}", other.message);
+    let unaligned = runtime_call(
+        &holder,
+        me,
+        Message::WriteBack {
+            pid: PID,
+            addrs: vec![base + 1],
+        },
+        vec![1; PAGE_SIZE],
+    );
+    assert_eq!(code(&unaligned.message), Some(ErrorCode::BadRequest));
+
+    let discard = Message::ChangeRegions {
+        pid: PID,
+        discard: vec![(base, base + PAGE)],
+        release: vec![],
+        all: false,
+    };
+    assert_eq!(
+        as_role(&holder, Role::Memory, discard, vec![]),
+        Message::RegionsChanged
+    );
+    let gone = runtime_call(
+        &holder,
+        me,
+        Message::FetchPage {
+            pid: PID,
+            addr: base,
+        },
+        vec![],
+    );
+    assert_eq!(gone.message, Message::ZeroPage);
+    let Load::Memory { used, .. } = holder.load() else {
+        unreachable!()
+    };
+    assert_eq!(used, PAGE);
+    let release = Message::ChangeRegions {
+        pid: PID,
+        discard: vec![],
+        release: vec![],
+        all: true,
+    };
+    assert_eq!(
+        as_role(&holder, Role::Memory, release, vec![]),
+        Message::RegionsChanged
+    );
+    let Load::Memory {
+        used, committed, ..
+    } = holder.load()
+    else {
+        unreachable!()
+    };
+    assert_eq!((used, committed), (0, 0));
+}

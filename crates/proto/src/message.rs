@@ -534,6 +534,29 @@ pub enum Message {
     /// Reply to the four above.
     Replicated,
 
+    // --- regions held for other managers' processes ---
+    /// A process's home → the memory manager the monitor placed region
+    /// `region` (of [`crate::REGION_SIZE`]) of process `pid`, of tree
+    /// `tree`, on: reserve the region and keep the pages of it the
+    /// process's runtime writes back (it sends them, and fetches them,
+    /// straight here).
+    HoldRegion {
+        pid: ProcessId,
+        tree: ProcessId,
+        region: u64,
+    },
+    /// The home → a holder: drop the stored pages of `discard` (unmapped
+    /// or discarded), then give up the regions `release` (every region of
+    /// the process with `all`: it ended, or ran a new program).
+    ChangeRegions {
+        pid: ProcessId,
+        discard: Vec<(u64, u64)>,
+        release: Vec<u64>,
+        all: bool,
+    },
+    /// Reply to both.
+    RegionsChanged,
+
     // --- files (storage manager; see `crate::storage`) ---
     /// A file request; `Write` carries its data as the payload. `caller`:
     /// whose credentials it is performed with (required from a runtime).
@@ -618,6 +641,9 @@ impl Message {
             Message::ReplicaPages { .. } => "ReplicaPages",
             Message::ReplicaComplete { .. } => "ReplicaComplete",
             Message::Replicated => "Replicated",
+            Message::HoldRegion { .. } => "HoldRegion",
+            Message::ChangeRegions { .. } => "ChangeRegions",
+            Message::RegionsChanged => "RegionsChanged",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",
             Message::StorageFailed { .. } => "StorageFailed",

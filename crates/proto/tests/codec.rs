@@ -298,6 +298,24 @@ fn process_message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|pid| Message::Holds { pid }),
         Just(Message::Holdings),
         any::<u64>().prop_map(|pid| Message::ReplicaComplete { pid }),
+        any::<(u64, u64, u64)>().prop_map(|(pid, tree, region)| Message::HoldRegion {
+            pid,
+            tree,
+            region
+        }),
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<(u64, u64)>(), 0..3),
+            prop::collection::vec(any::<u64>(), 0..3),
+            any::<bool>()
+        )
+            .prop_map(|(pid, discard, release, all)| Message::ChangeRegions {
+                pid,
+                discard,
+                release,
+                all
+            }),
+        Just(Message::RegionsChanged),
         prop::collection::vec(
             (
                 any::<(u64, u64, u64)>(),
