@@ -341,6 +341,39 @@ impl Membership {
         }
     }
 
+    /// Chooses where region `region` of process `pid` lives: the live
+    /// memory manager, not named in `except` nor being drained, with the
+    /// most room (less what its recent placements may take), if a whole
+    /// region fits there.
+    fn place_region(&self, pid: ProcessId, region: u64, except: &[String]) -> Message {
+        self.detect_failures();
+        let except: Vec<&str> = except.iter().map(String::as_str).collect();
+        let mut members = self.members();
+        let Some(chosen) = most_free_memory(&members, &except)
+            .filter(|m| room_of(m) >= lego_proto::REGION_SIZE)
+            .map(|m| m.registration.name.clone())
+        else {
+            return Message::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "no live memory manager other than {} has room for region {region} of \
+                     process {pid:#x}",
+                    if except.is_empty() {
+                        "none".to_string()
+                    } else {
+                        except.join(", ")
+                    }
+                ),
+            );
+        };
+        let member = members.get_mut(&chosen).expect("chosen from the table");
+        member.recent.push(Instant::now());
+        Message::RegionPlaced(MemoryHolder {
+            name: chosen,
+            addr: member.registration.addr,
+        })
+    }
+
     /// A memory manager of process `pid`'s home is reported lost: if it is
     /// down, the backup becomes the primary, a new backup is chosen, and
     /// the primary is told (`Promote`). Several runtimes (and a primary
@@ -579,16 +612,22 @@ fn most_free_memory<'a>(
         .values()
         .filter(|m| m.health == Health::Alive && m.registration.role == Role::Memory)
         .filter(|m| !except.contains(&m.registration.name.as_str()) && m.draining.is_none())
-        .max_by_key(|m| match &m.load {
-            Load::Memory {
-                capacity,
-                committed,
-                ..
-            } => capacity
-                .saturating_sub(*committed)
-                .saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64)),
-            _ => 0,
-        })
+        .max_by_key(|m| room_of(m))
+}
+
+/// A memory manager's uncommitted memory, less what its recent
+/// placements may commit.
+fn room_of(m: &Member) -> u64 {
+    match &m.load {
+        Load::Memory {
+            capacity,
+            committed,
+            ..
+        } => capacity
+            .saturating_sub(*committed)
+            .saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64)),
+        _ => 0,
+    }
 }
 
 /// A client of memory manager `holder`, as the monitor.
@@ -704,6 +743,11 @@ impl Service for Membership {
             } if matches!(peer.identity.role, Role::Processor | Role::Memory) => {
                 self.failover(pid, home, &failed)
             }
+            Message::PlaceRegion {
+                pid,
+                region,
+                except,
+            } if peer.identity.role == Role::Memory => self.place_region(pid, region, &except),
             Message::Drain { name } => self.start_drain(&name),
             other => Message::error(
                 ErrorCode::Unsupported,
@@ -862,6 +906,71 @@ mod tests {
             Message::Placement { memory, .. } => assert_eq!(memory.name, "memory-1"),
             other => panic!("no placement: {other:?}"),
         }
+    }
+
+    /// A home asks where a region of its process goes: never to the
+    /// managers it names (itself, its backup), spread over the others,
+    /// and refused, naming them, when no other has room for a region.
+    #[test]
+    fn regions_are_placed_off_the_home_by_room() {
+        let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
+        for (i, name) in ["memory-0", "memory-1", "memory-2"].iter().enumerate() {
+            let r = registration(name, 1000 + i as u16, 1 + i as u32);
+            ask(&m, &peer(Role::Memory, name), Message::Register(r));
+        }
+        let home = peer(Role::Memory, "memory-0");
+        let place = |except: &[&str]| {
+            ask(
+                &m,
+                &home,
+                Message::PlaceRegion {
+                    pid: 7,
+                    region: 3,
+                    except: except.iter().map(|e| e.to_string()).collect(),
+                },
+            )
+        };
+        let mut chosen = Vec::new();
+        for _ in 0..4 {
+            match place(&["memory-0"]) {
+                Message::RegionPlaced(holder) => chosen.push(holder.name),
+                other => panic!("not placed: {other:?}"),
+            }
+        }
+        chosen.sort();
+        assert_eq!(chosen, ["memory-1", "memory-1", "memory-2", "memory-2"]);
+        // memory-2 is full: memory-1 is the only one left, then none.
+        let beat = Message::Heartbeat {
+            name: "memory-2".into(),
+            load: Load::Memory {
+                capacity: 1 << 30,
+                used: 0,
+                committed: 1 << 30,
+                copies: Vec::new(),
+                held: Vec::new(),
+            },
+        };
+        ask(&m, &peer(Role::Memory, "memory-2"), beat);
+        assert!(matches!(place(&["memory-0"]), Message::RegionPlaced(h) if h.name == "memory-1"));
+        match place(&["memory-0", "memory-1"]) {
+            Message::Error(e) => assert!(
+                e.message.contains("other than memory-0, memory-1"),
+                "{}",
+                e.message
+            ),
+            other => panic!("placed on a full manager: {other:?}"),
+        }
+        // Only memory managers place regions.
+        let from_processor = ask(
+            &m,
+            &peer(Role::Processor, "processor-0"),
+            Message::PlaceRegion {
+                pid: 7,
+                region: 3,
+                except: Vec::new(),
+            },
+        );
+        assert_eq!(code(from_processor), Some(ErrorCode::Unsupported));
     }
 
     #[test]

@@ -304,6 +304,17 @@ pub enum Message {
     },
     /// Where the process's memory lives now.
     MemoryMoved(MemoryHome),
+    /// A process's home → the monitor: choose a memory manager, other
+    /// than those named in `except` (the home and its backup), to hold
+    /// region `region` of process `pid`; the home then asks it to
+    /// (`HoldRegion`).
+    PlaceRegion {
+        pid: ProcessId,
+        region: u64,
+        except: Vec<String>,
+    },
+    /// Reply: the memory manager chosen.
+    RegionPlaced(MemoryHolder),
     /// The monitor to a memory manager: serve process `pid` as its
     /// primary from now on (its epoch is `epoch`), and make `backup` hold
     /// a copy of it (sent in the background while the process runs).
@@ -594,6 +605,8 @@ impl Message {
             Message::Placement { .. } => "Placement",
             Message::Failover { .. } => "Failover",
             Message::MemoryMoved(_) => "MemoryMoved",
+            Message::PlaceRegion { .. } => "PlaceRegion",
+            Message::RegionPlaced(_) => "RegionPlaced",
             Message::Promote { .. } => "Promote",
             Message::Promoted => "Promoted",
             Message::Holds { .. } => "Holds",

@@ -316,6 +316,16 @@ fn process_message() -> impl Strategy<Value = Message> {
                 all
             }),
         Just(Message::RegionsChanged),
+        (
+            any::<(u64, u64)>(),
+            prop::collection::vec("[a-z0-9-]{0,12}", 0..3)
+        )
+            .prop_map(|((pid, region), except)| Message::PlaceRegion {
+                pid,
+                region,
+                except
+            }),
+        holder().prop_map(Message::RegionPlaced),
         prop::collection::vec(
             (
                 any::<(u64, u64, u64)>(),
