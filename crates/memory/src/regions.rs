@@ -215,6 +215,12 @@ impl RegionStore {
                 addr: regions.first().map_or(0, |r| r.saturating_mul(REGION_SIZE)),
             });
         };
+        if self.tree_of(child).is_some_and(|t| t != tree) {
+            return Err(RegionError::OtherTree { pid: child });
+        }
+        let mut regions = regions.to_vec();
+        regions.sort_unstable();
+        regions.dedup();
         let needed = REGION_SIZE.saturating_mul(regions.len() as u64);
         if !pool.try_commit(needed) {
             let free = pool.capacity_bytes().saturating_sub(pool.committed());
@@ -225,7 +231,7 @@ impl RegionStore {
             });
         }
         let mut copies = BTreeMap::new();
-        for &r in regions {
+        for &r in &regions {
             let pages: BTreeMap<u64, PageId> = self
                 .held
                 .get(&parent)
@@ -384,6 +390,10 @@ mod tests {
         assert_eq!(store.page(&pool, PID, 2 * R + PAGE).unwrap()[0], 4);
         assert_eq!(store.page(&pool, CHILD, 2 * R + PAGE).unwrap()[0], 9);
         assert!(store.fork(&mut pool, PID, 0x53, &[1, 2, 3, 4, 5]).is_err());
+        // A region named twice is reserved once.
+        store.fork(&mut pool, PID, 0x54, &[1, 1]).unwrap();
+        assert_eq!(pool.committed(), 5 * R);
+        store.release(&mut pool, 0x54, None);
         assert_eq!(
             pool.committed(),
             4 * R,

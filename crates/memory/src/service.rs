@@ -1465,6 +1465,12 @@ impl MemoryService {
                 "fetch of page {addr:#x} of process {pid:#x}: the address is not mapped"
             ));
         }
+        if space.is_spilled(addr) {
+            return bad_request(format!(
+                "fetch of page {addr:#x} of process {pid:#x}: it lies in a region held by \
+                 another memory manager"
+            ));
+        }
         match self.page_contents(space, addr) {
             Ok(Some(page)) => Reply {
                 message: Message::Page,
@@ -1496,6 +1502,12 @@ impl MemoryService {
                 "fetch of page {addr:#x} of process {pid:#x}: the address is not mapped"
             ));
         };
+        if space.is_spilled(addr) {
+            return bad_request(format!(
+                "fetch of page {addr:#x} of process {pid:#x}: it lies in a region held by \
+                 another memory manager"
+            ));
+        }
         let count = (count as u64).min((vma.end - addr) / PAGE_SIZE as u64);
         // Built by appending, so each byte is written once (no zeroing
         // pass over pages that are then overwritten).
@@ -1559,6 +1571,9 @@ impl MemoryService {
                     // Only charged mappings may hold pages; a mapping that
                     // was never writable cannot have dirty pages.
                     Some(vma) if !vma.accounted => "was never writable",
+                    Some(_) if space.is_spilled(addr) => {
+                        "lies in a region held by another memory manager"
+                    }
                     Some(_) => continue,
                 }
             };

@@ -276,7 +276,9 @@ impl Membership {
     /// manager with the most uncommitted memory.
     fn place(&self, wanted: Option<&str>) -> Message {
         self.detect_failures();
-        let members = self.members();
+        // One guard for the choice and its booking: concurrent placements
+        // each see the ones before.
+        let mut members = self.members();
         let alive = |m: &&Member| m.health == Health::Alive;
         let processor = match wanted {
             Some(name) => match members.get(name) {
@@ -324,9 +326,7 @@ impl Membership {
             .find(|m| m.registration.role == Role::Storage)
             .map(|m| m.registration.clone());
         let (processor, memory) = (processor.registration.clone(), memory.registration.clone());
-        drop(members);
         let now = Instant::now();
-        let mut members = self.members();
         for name in std::iter::once(&memory.name).chain(backup.as_ref().map(|b| &b.name)) {
             if let Some(m) = members.get_mut(name) {
                 m.placed_at = Some(now);
@@ -349,8 +349,11 @@ impl Membership {
         self.detect_failures();
         let except: Vec<&str> = except.iter().map(String::as_str).collect();
         let mut members = self.members();
+        // Recent placements rank the managers; whether a region fits is
+        // the load's word (counting them again could refuse one with
+        // room; the holder refuses one that does not fit anyway).
         let Some(chosen) = most_free_memory(&members, &except)
-            .filter(|m| room_of(m) >= lego_proto::REGION_SIZE)
+            .filter(|m| uncommitted(m) >= lego_proto::REGION_SIZE)
             .map(|m| m.registration.name.clone())
         else {
             return Message::error(
@@ -618,14 +621,17 @@ fn most_free_memory<'a>(
 /// A memory manager's uncommitted memory, less what its recent
 /// placements may commit.
 fn room_of(m: &Member) -> u64 {
+    uncommitted(m).saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64))
+}
+
+/// A memory manager's uncommitted memory, as its last load reported.
+fn uncommitted(m: &Member) -> u64 {
     match &m.load {
         Load::Memory {
             capacity,
             committed,
             ..
-        } => capacity
-            .saturating_sub(*committed)
-            .saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64)),
+        } => capacity.saturating_sub(*committed),
         _ => 0,
     }
 }

@@ -254,10 +254,12 @@ impl AddressSpace {
         }
     }
 
-    /// A copy of this space's layout without its pages or charge, for a
-    /// dry run of a change (see `memory` in the service): charged to a
-    /// pool of its own.
-    pub fn shape(&self) -> AddressSpace {
+    /// A copy of this space's layout without its pages, for a dry run of a
+    /// change: its charge is made in `scratch` (forced: a scratch pool
+    /// takes any charge), which the dry run then uses.
+    pub fn shape(&self, scratch: &mut PagePool) -> AddressSpace {
+        scratch.set_forced(true);
+        scratch.try_commit(self.committed);
         AddressSpace {
             vmas: self.vmas.clone(),
             pages: BTreeMap::new(),
@@ -272,6 +274,16 @@ impl AddressSpace {
     /// The spilled regions, in order.
     pub fn spilled(&self) -> impl Iterator<Item = u64> + '_ {
         self.spilled.iter().copied()
+    }
+
+    /// Whether a spilled region reaches into `[start, end)`.
+    pub fn touches_spilled(&self, start: u64, end: u64) -> bool {
+        start < end
+            && self
+                .spilled
+                .range(region_of(start)..=region_of(end - 1))
+                .next()
+                .is_some()
     }
 
     /// Whether `addr` lies in a spilled region.

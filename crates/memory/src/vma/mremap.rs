@@ -163,6 +163,11 @@ impl AddressSpace {
             },
         };
         let dest_end = dest + m.new_len;
+        // Pages of a spilled region live on its holder: moving them in or
+        // out of one takes the service, which does not do it yet.
+        if self.touches_spilled(m.old, old_end) || self.touches_spilled(dest, dest_end) {
+            return Outcome::err(Errno::ENOMEM);
+        }
         let add = if m.vma.accounted {
             self.home_len(dest, dest_end)
         } else {

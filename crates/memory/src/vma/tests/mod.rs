@@ -365,8 +365,8 @@ fn spilled_regions_are_charged_elsewhere() {
         libc::ENOMEM
     );
     // What a dry run on the shape finds the change would need.
-    let mut shape = s.shape();
-    let mut scratch = PagePool::new(u64::MAX / 2);
+    let mut scratch = PagePool::new(0);
+    let mut shape = s.shape(&mut scratch);
     ok(shape.mmap(&mut scratch, start, 3 * REGION, RW, FIXED));
     assert_eq!(shape.spillable_in(start, start + 3 * REGION), vec![4, 5, 6]);
     s.spill(&mut p, 5).unwrap();
@@ -386,6 +386,23 @@ fn spilled_regions_are_charged_elsewhere() {
     ok(s.mprotect(&mut p, 7 * REGION, PAGE, RW));
     layout(&s);
     assert_eq!(p.committed(), REGION - 2 * PAGE);
+    // Its pages live elsewhere: a move into or out of it is refused.
+    assert_eq!(
+        errno(s.mremap(
+            &mut p,
+            7 * REGION,
+            PAGE,
+            PAGE,
+            libc::MREMAP_MAYMOVE as u32 | libc::MREMAP_FIXED as u32,
+            8 * REGION
+        )),
+        libc::ENOMEM
+    );
+    // A dry run that removes charge keeps the scratch pool's books.
+    let mut scratch = PagePool::new(0);
+    let mut shape = s.shape(&mut scratch);
+    ok(shape.munmap(&mut scratch, start, REGION));
+    assert_eq!(scratch.committed(), 0);
     // A page of a home region is stored; the region cannot be spilled.
     write(&mut s, &mut p, start, 7);
     assert!(s.spill(&mut p, 4).unwrap_err().contains("holds pages"));
