@@ -87,6 +87,11 @@ impl RegionStore {
         self.trees.get(&pid).copied()
     }
 
+    /// Whether no region is held here.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Whether the page at `addr` of `pid` lies in a region held here.
     pub fn holds(&self, pid: ProcessId, addr: u64) -> bool {
         self.held

@@ -31,6 +31,7 @@ use lego_proto::{
 };
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tracing::{info, warn};
 
@@ -145,6 +146,9 @@ pub struct MemoryService {
     held: Mutex<HashMap<ProcessId, HeldBytes>>,
     /// The regions of processes homed elsewhere held here.
     regions: Mutex<RegionStore>,
+    /// Whether `regions` holds any: a runtime's fetch or write-back, the
+    /// miss path, looks there only then.
+    any_regions: AtomicBool,
 }
 
 /// Locks, ignoring poisoning: nothing here panics while holding a lock, and
@@ -187,6 +191,7 @@ impl MemoryService {
             copies: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             regions: Mutex::new(RegionStore::default()),
+            any_regions: AtomicBool::new(false),
         }
     }
 
@@ -1800,6 +1805,9 @@ impl MemoryService {
     /// that lie in regions held here for its home (`None`: the request is
     /// not one, and goes the usual way).
     fn serve_held_region(&self, peer: &PeerInfo, request: &Frame) -> Option<Reply> {
+        if !self.any_regions.load(Ordering::Acquire) {
+            return None;
+        }
         let (tree, me) = (peer.identity.tree()?, peer.identity.pid()?);
         let page = PAGE_SIZE as u64;
         let mut regions = lock(&self.regions);
@@ -1933,7 +1941,10 @@ impl MemoryService {
             {
                 let mut regions = lock(&self.regions);
                 match regions.hold(&mut lock(&self.pool), pid, tree, region) {
-                    Ok(()) => Message::RegionsChanged.into(),
+                    Ok(()) => {
+                        self.any_regions.store(true, Ordering::Release);
+                        Message::RegionsChanged.into()
+                    }
                     Err(e) => Message::error(ErrorCode::BadRequest, e.to_string()).into(),
                 }
             }
@@ -1954,6 +1965,8 @@ impl MemoryService {
                 for region in release {
                     regions.release(&mut pool, pid, Some(region));
                 }
+                self.any_regions
+                    .store(!regions.is_empty(), Ordering::Release);
                 Message::RegionsChanged.into()
             }
             Message::Holdings if peer.identity.role == lego_proto::Role::Monitor => {

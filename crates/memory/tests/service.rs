@@ -714,26 +714,13 @@ fn fork_wipes_wipeonfork_and_leaves_out_dontfork_ranges() {
 }
 
 /// A request from the runtime of process `pid` of tree `tree`.
-fn call_as(service: &MemoryService, (tree, pid): (u64, u64), message: Message) -> Message {
-    let peer = PeerInfo {
-        addr: "127.0.0.1:9".parse().unwrap(),
-        identity: Identity::process(tree, pid),
-    };
+fn call_as(service: &MemoryService, ids: (u64, u64), message: Message) -> Message {
     let payload = if matches!(message, Message::Exec { .. }) {
         sample(2)
     } else {
         Vec::new()
     };
-    service
-        .handle(
-            &peer,
-            Frame {
-                id: 1,
-                message,
-                payload,
-            },
-        )
-        .message
+    runtime_call(service, ids, message, payload).message
 }
 
 fn denied(message: Message) -> bool {
@@ -1309,39 +1296,44 @@ fn runtime_call(
 fn a_region_held_for_another_home_serves_its_own_runtime_only() {
     const REGION: u64 = lego_proto::REGION_SIZE;
     let holder = MemoryService::new(2 * REGION);
-    let hold = Message::HoldRegion {
+    let hold = |region| Message::HoldRegion {
         pid: PID,
         tree: PID,
-        region: 5,
+        region,
+    };
+    let from_home = |message| as_role(&holder, Role::Memory, message, vec![]);
+    let fetch = |addr| {
+        runtime_call(
+            &holder,
+            (PID, PID),
+            Message::FetchPage { pid: PID, addr },
+            vec![],
+        )
+    };
+    let fetch_run = |addr, count| {
+        runtime_call(
+            &holder,
+            (PID, PID),
+            Message::FetchPages {
+                pid: PID,
+                addr,
+                count,
+            },
+            vec![],
+        )
     };
     assert_eq!(
-        code(&runtime_call(&holder, (PID, PID), hold.clone(), vec![]).message),
+        code(&runtime_call(&holder, (PID, PID), hold(5), vec![]).message),
         Some(ErrorCode::Denied),
         "only a memory manager places regions"
     );
     assert_eq!(
-        code(&call(&holder, hold.clone(), vec![]).message),
+        code(&call(&holder, hold(5), vec![]).message),
         Some(ErrorCode::Unsupported)
     );
-    assert_eq!(
-        as_role(&holder, Role::Memory, hold, vec![]),
-        Message::RegionsChanged
-    );
-    let third = Message::HoldRegion {
-        pid: PID,
-        tree: PID,
-        region: 6,
-    };
-    assert_eq!(
-        as_role(&holder, Role::Memory, third, vec![]),
-        Message::RegionsChanged
-    );
-    let full = Message::HoldRegion {
-        pid: PID,
-        tree: PID,
-        region: 7,
-    };
-    let refused = as_role(&holder, Role::Memory, full, vec![]);
+    assert_eq!(from_home(hold(5)), Message::RegionsChanged);
+    assert_eq!(from_home(hold(6)), Message::RegionsChanged);
+    let refused = from_home(hold(7));
     assert!(
         matches!(&refused, Message::Error(e) if e.message.contains("cannot reserve region 7")),
         "{refused:?}"
@@ -1365,37 +1357,11 @@ fn a_region_held_for_another_home_serves_its_own_runtime_only() {
         pages,
     );
     assert_eq!(written.message, Message::WrittenBack);
-    let page = runtime_call(
-        &holder,
-        me,
-        Message::FetchPage {
-            pid: PID,
-            addr: base + 2 * PAGE,
-        },
-        vec![],
-    );
+    let page = fetch(base + 2 * PAGE);
     assert_eq!((page.message, page.payload[0]), (Message::Page, 0x22));
-    let end = runtime_call(
-        &holder,
-        me,
-        Message::FetchPages {
-            pid: PID,
-            addr: 6 * REGION - PAGE,
-            count: 8,
-        },
-        vec![],
-    );
+    let end = fetch_run(6 * REGION - PAGE, 8);
     assert_eq!(end.message, Message::Pages { count: 1 });
-    let run = runtime_call(
-        &holder,
-        me,
-        Message::FetchPages {
-            pid: PID,
-            addr: base,
-            count: 3,
-        },
-        vec![],
-    );
+    let run = fetch_run(base, 3);
     assert_eq!(run.message, Message::Pages { count: 3 });
     assert_eq!(
         (
@@ -1434,20 +1400,8 @@ fn a_region_held_for_another_home_serves_its_own_runtime_only() {
         release: vec![],
         all: false,
     };
-    assert_eq!(
-        as_role(&holder, Role::Memory, discard, vec![]),
-        Message::RegionsChanged
-    );
-    let gone = runtime_call(
-        &holder,
-        me,
-        Message::FetchPage {
-            pid: PID,
-            addr: base,
-        },
-        vec![],
-    );
-    assert_eq!(gone.message, Message::ZeroPage);
+    assert_eq!(from_home(discard), Message::RegionsChanged);
+    assert_eq!(fetch(base).message, Message::ZeroPage);
     let Load::Memory { used, .. } = holder.load() else {
         unreachable!()
     };
@@ -1458,10 +1412,7 @@ fn a_region_held_for_another_home_serves_its_own_runtime_only() {
         release: vec![],
         all: true,
     };
-    assert_eq!(
-        as_role(&holder, Role::Memory, release, vec![]),
-        Message::RegionsChanged
-    );
+    assert_eq!(from_home(release), Message::RegionsChanged);
     let Load::Memory {
         used, committed, ..
     } = holder.load()

@@ -854,16 +854,41 @@ mod tests {
         }
     }
 
+    /// Registers memory managers `memory-0` .. `memory-{n-1}`, 1 GiB each.
+    fn register_memories(m: &Membership, n: u16) {
+        for i in 0..n {
+            let name = format!("memory-{i}");
+            let r = registration(&name, 1000 + i, 1 + u32::from(i));
+            ask(m, &peer(Role::Memory, &name), Message::Register(r));
+        }
+    }
+
+    /// A heartbeat of memory manager `name` reporting `committed` bytes
+    /// of its 1 GiB committed.
+    fn report_committed(m: &Membership, name: &str, committed: u64) {
+        let beat = Message::Heartbeat {
+            name: name.into(),
+            load: Load::Memory {
+                capacity: 1 << 30,
+                used: 0,
+                committed,
+                copies: Vec::new(),
+                held: Vec::new(),
+            },
+        };
+        assert_eq!(
+            ask(m, &peer(Role::Memory, name), beat),
+            Message::HeartbeatAck
+        );
+    }
+
     /// A burst of launches, placed before any heartbeat shows what the
     /// first ones commit, spreads over the memory managers; once the
     /// loads are reported, the one with most room is chosen again.
     #[test]
     fn a_burst_of_launches_spreads_over_the_memory_managers() {
         let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
-        for (i, name) in ["memory-0", "memory-1", "memory-2"].iter().enumerate() {
-            let r = registration(name, 1000 + i as u16, 1 + i as u32);
-            ask(&m, &peer(Role::Memory, name), Message::Register(r));
-        }
+        register_memories(&m, 3);
         let mut cpu = registration("processor-0", 2000, 9);
         cpu.role = Role::Processor;
         cpu.load = Load::Processor {
@@ -892,21 +917,7 @@ mod tests {
             ("memory-1", 0),
             ("memory-2", 1 << 29),
         ] {
-            let load = Load::Memory {
-                capacity: 1 << 30,
-                used: 0,
-                committed,
-                copies: Vec::new(),
-                held: Vec::new(),
-            };
-            let beat = Message::Heartbeat {
-                name: name.into(),
-                load,
-            };
-            assert_eq!(
-                ask(&m, &peer(Role::Memory, name), beat),
-                Message::HeartbeatAck
-            );
+            report_committed(&m, name, committed);
         }
         match ask(&m, &cpu_peer, Message::PlaceProcess { processor: None }) {
             Message::Placement { memory, .. } => assert_eq!(memory.name, "memory-1"),
@@ -920,10 +931,7 @@ mod tests {
     #[test]
     fn regions_are_placed_off_the_home_by_room() {
         let m = Membership::new(Duration::from_secs(1), Duration::from_secs(60));
-        for (i, name) in ["memory-0", "memory-1", "memory-2"].iter().enumerate() {
-            let r = registration(name, 1000 + i as u16, 1 + i as u32);
-            ask(&m, &peer(Role::Memory, name), Message::Register(r));
-        }
+        register_memories(&m, 3);
         let home = peer(Role::Memory, "memory-0");
         let place = |except: &[&str]| {
             ask(
@@ -946,17 +954,7 @@ mod tests {
         chosen.sort();
         assert_eq!(chosen, ["memory-1", "memory-1", "memory-2", "memory-2"]);
         // memory-2 is full: memory-1 is the only one left, then none.
-        let beat = Message::Heartbeat {
-            name: "memory-2".into(),
-            load: Load::Memory {
-                capacity: 1 << 30,
-                used: 0,
-                committed: 1 << 30,
-                copies: Vec::new(),
-                held: Vec::new(),
-            },
-        };
-        ask(&m, &peer(Role::Memory, "memory-2"), beat);
+        report_committed(&m, "memory-2", 1 << 30);
         assert!(matches!(place(&["memory-0"]), Message::RegionPlaced(h) if h.name == "memory-1"));
         match place(&["memory-0", "memory-1"]) {
             Message::Error(e) => assert!(

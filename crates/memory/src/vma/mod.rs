@@ -330,7 +330,6 @@ impl AddressSpace {
                 }
             }
         }
-        out.dedup();
         out
     }
 
