@@ -151,6 +151,11 @@ impl PagePool {
         }
     }
 
+    /// Whether every charge succeeds now (see `set_forced`).
+    pub fn is_forced(&self) -> bool {
+        self.forced
+    }
+
     /// Makes every charge succeed (past capacity if need be) until set
     /// back; see `forced`.
     pub fn set_forced(&mut self, forced: bool) {

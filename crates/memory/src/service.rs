@@ -26,14 +26,17 @@ use crate::replica::{Link, Links};
 use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
     CopyProgress, ErrorCode, Frame, HeldBytes, HeldCopy, Load, MemoryHolder, MemoryHome, MemoryOp,
-    MemoryOpDone, Message, ProcessId, SpaceLayout, MAX_FETCH_PAGES, MAX_IMAGE_LEN,
+    MemoryOpDone, Message, ProcessId, SpaceLayout, SpilledRegion, MAX_FETCH_PAGES, MAX_IMAGE_LEN,
     MAX_WRITEBACK_PAGES, PAGE_SIZE,
 };
 use lego_transport::{ClusterSecret, PeerInfo, Reply, Service};
+use spill::{discarded, has_spills};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tracing::{info, warn};
+
+mod spill;
 
 /// Most processes one memory manager holds at once.
 pub const MAX_PROCESSES: usize = 4096;
@@ -401,10 +404,23 @@ impl MemoryService {
                 reply
             }
             Message::Fork { child, .. } => self.fork(guard.as_mut(), pid, *child, pool_forced),
-            Message::Memory { op, .. } => match guard.as_mut() {
+            Message::Memory { spill, .. } if forwarded.is_none() && !spill.is_empty() => {
+                return Message::error(
+                    ErrorCode::Denied,
+                    format!("process {pid:#x}: only its home decides where its regions go"),
+                )
+                .into();
+            }
+            Message::Memory { op, spill, .. } => match guard.as_mut() {
                 Some(process) => {
-                    let (reply, source) =
-                        self.memory(process, pid, op.clone(), pool_forced, forwarded.is_some());
+                    let (reply, source) = self.memory(
+                        process,
+                        pid,
+                        op.clone(),
+                        spill,
+                        pool_forced,
+                        forwarded.is_some(),
+                    );
                     mapped = source;
                     reply
                 }
@@ -419,6 +435,9 @@ impl MemoryService {
                 lock(&self.processes).remove(&pid);
                 self.files.forget(pid);
                 if let Some(mut process) = released {
+                    if forwarded.is_none() {
+                        self.release_spilled(pid, &process.space);
+                    }
                     process.space.release(&mut lock(&self.pool));
                     info!(
                         pid = format_args!("{pid:#x}"),
@@ -468,6 +487,27 @@ impl MemoryService {
                 None => request,
             },
             _ => request,
+        };
+        // With the regions spilled to make room for it.
+        let request = match (request, &reply.message) {
+            (
+                Frame {
+                    id,
+                    message: Message::Memory { pid, op, seq, .. },
+                    payload,
+                },
+                Message::MemoryDone(done),
+            ) if !done.spilled.is_empty() && forwarded.is_none() => Frame {
+                id,
+                message: Message::Memory {
+                    pid,
+                    op,
+                    seq,
+                    spill: done.spilled.clone(),
+                },
+                payload,
+            },
+            (request, _) => request,
         };
         // Only what changed something is passed on: a change that failed
         // here with nothing done (ENOMEM, a bad request) might succeed on
@@ -1203,6 +1243,9 @@ impl MemoryService {
         // past execve's point of no return; its memory is free for the new.
         let rep = match guard.take() {
             Some(mut old) => {
+                if !forced {
+                    self.release_spilled(pid, &old.space);
+                }
                 old.space.release(&mut lock(&self.pool));
                 old.rep
             }
@@ -1258,6 +1301,17 @@ impl MemoryService {
                 ));
             }
         }
+        // The regions spilled elsewhere are copied there.
+        let spills = !forced && spill::has_spills(process);
+        if spills {
+            if let Err(why) = self.fork_spilled(parent, child, &process.space) {
+                info!("fork of process {parent:#x}: a holder of its regions refused: {why}");
+                return Message::MemoryFailed {
+                    errno: libc::ENOMEM,
+                }
+                .into();
+            }
+        }
         let copied = {
             let mut pool = lock(&self.pool);
             pool.set_forced(forced);
@@ -1265,6 +1319,10 @@ impl MemoryService {
             pool.set_forced(false);
             copied
         };
+        if copied.is_none() && spills {
+            // The child's holders are the parent's.
+            self.release_spilled(child, &process.space);
+        }
         let Some((copy, changes)) = copied else {
             // Linux's fork fails with ENOMEM when the child's commit
             // charge does not fit.
@@ -1331,6 +1389,7 @@ impl MemoryService {
         process: &mut Process,
         pid: ProcessId,
         op: MemoryOp,
+        spill: &[SpilledRegion],
         forced: bool,
         forwarded: bool,
     ) -> (Reply, Option<FileSource>) {
@@ -1415,41 +1474,68 @@ impl MemoryService {
             }
             _ => None,
         };
+        let backup = process.rep.backup.as_ref().map(|l| l.holder().clone());
         let space = &mut process.space;
-        let pool = &mut lock(&self.pool);
+        let mut pool = lock(&self.pool);
+        if forwarded {
+            // The regions the primary spilled to make room for this call.
+            for s in spill {
+                if let Err(why) = space.spill(&mut pool, s.region, s.holders.clone()) {
+                    warn!(
+                        "process {pid:#x}: the primary's spill of region {}: {why}",
+                        s.region
+                    );
+                }
+            }
+        }
         pool.set_forced(forced);
-        let outcome = match op {
-            MemoryOp::Mmap {
-                addr,
-                len,
-                prot,
-                flags,
-            } => space.mmap(pool, addr, len, prot, flags),
-            MemoryOp::MmapFile {
-                addr,
-                len,
-                prot,
-                flags,
-                offset,
-                ..
-            } => match source.clone() {
-                Some(source) => space.mmap_file(pool, addr, len, prot, flags, (source, offset)),
-                None => unreachable!("every MmapFile has its source made above"),
-            },
-            MemoryOp::Munmap { addr, len } => space.munmap(pool, addr, len),
-            MemoryOp::Mprotect { addr, len, prot } => space.mprotect(pool, addr, len, prot),
-            MemoryOp::Mremap {
-                old_addr,
-                old_len,
-                new_len,
-                flags,
-                new_addr,
-            } => space.mremap(pool, old_addr, old_len, new_len, flags, new_addr),
-            MemoryOp::Brk { addr } => space.brk(pool, addr),
-            MemoryOp::Madvise { addr, len, advice } => space.madvise(pool, addr, len, advice),
-        };
+        let mut outcome = apply(space, &mut pool, &op, &source);
         pool.set_forced(false);
-        (memory_reply(outcome), source)
+        let mut spilled = Vec::new();
+        let enomem = outcome.result == Err(crate::vma::Errno(libc::ENOMEM));
+        if enomem && outcome.changes.is_empty() && !forwarded && self.joined.get().is_some() {
+            let plan = Self::spill_plan(space, &pool, |shape, scratch| {
+                apply(shape, scratch, &op, &source)
+            });
+            drop(pool);
+            let copies = if backup.is_some() { 2 } else { 1 };
+            let placed = match plan {
+                Some(regions) => self.place_spills(pid, backup.as_ref(), copies, &regions),
+                None => Vec::new(),
+            };
+            pool = lock(&self.pool);
+            if !placed.is_empty() {
+                for s in &placed {
+                    // Checked by the plan: no page of it is stored here.
+                    if let Err(why) = space.spill(&mut pool, s.region, s.holders.clone()) {
+                        warn!("process {pid:#x}: spilling region {}: {why}", s.region);
+                    }
+                }
+                outcome = apply(space, &mut pool, &op, &source);
+                if outcome.result.is_err() && outcome.changes.is_empty() {
+                    // Others took the room meanwhile: nothing changes.
+                    for s in &placed {
+                        space.unspill(&mut pool, s.region);
+                    }
+                    drop(pool);
+                    self.give_up_spills(pid, &placed);
+                    return (memory_reply(outcome, Vec::new()), source);
+                }
+                spilled = placed;
+            }
+        }
+        drop(pool);
+        if forwarded {
+            // Answered as the primary did, should it be asked again after
+            // a failover.
+            spilled = spill.to_vec();
+        } else if has_spills(process) {
+            let discard = discarded(&outcome);
+            if !discard.is_empty() {
+                self.discard_spilled(pid, &process.space, &discard);
+            }
+        }
+        (memory_reply(outcome, spilled), source)
     }
 
     fn fetch_page(&self, pid: ProcessId, addr: u64) -> Reply {
@@ -1513,7 +1599,12 @@ impl MemoryService {
                  another memory manager"
             ));
         }
-        let count = (count as u64).min((vma.end - addr) / PAGE_SIZE as u64);
+        let mut count = (count as u64).min((vma.end - addr) / PAGE_SIZE as u64);
+        if space.touches_spilled(addr, addr + count * PAGE_SIZE as u64) {
+            // Not into a region held elsewhere: its pages are not here.
+            let region_end = (lego_proto::region_of(addr) + 1) * lego_proto::REGION_SIZE;
+            count = count.min((region_end - addr) / PAGE_SIZE as u64);
+        }
         // Built by appending, so each byte is written once (no zeroing
         // pass over pages that are then overwritten).
         let mut payload = Vec::with_capacity(count as usize * PAGE_SIZE);
@@ -1639,7 +1730,7 @@ fn with_source(mut request: Frame, source: &FileSource) -> Frame {
 /// address space (Linux's partial mprotect and madvise) cannot be a
 /// `MemoryFailed`, which carries no changes: it is a `MemoryDone` whose
 /// result is the raw syscall return value, `-errno`.
-fn memory_reply(outcome: Outcome) -> Reply {
+fn memory_reply(outcome: Outcome, spilled: Vec<SpilledRegion>) -> Reply {
     let result = match outcome.result {
         Ok(result) => result,
         Err(errno) if outcome.changes.is_empty() && outcome.moves.is_empty() => {
@@ -1651,8 +1742,49 @@ fn memory_reply(outcome: Outcome) -> Reply {
         result,
         moves: outcome.moves,
         changes: outcome.changes,
+        spilled,
     })
     .into()
+}
+
+/// Makes address-space call `op` on `space`, charged to `pool`; a file
+/// mapping reads from `source`.
+fn apply(
+    space: &mut AddressSpace,
+    pool: &mut PagePool,
+    op: &MemoryOp,
+    source: &Option<FileSource>,
+) -> Outcome {
+    match *op {
+        MemoryOp::Mmap {
+            addr,
+            len,
+            prot,
+            flags,
+        } => space.mmap(pool, addr, len, prot, flags),
+        MemoryOp::MmapFile {
+            addr,
+            len,
+            prot,
+            flags,
+            offset,
+            ..
+        } => match source.clone() {
+            Some(source) => space.mmap_file(pool, addr, len, prot, flags, (source, offset)),
+            None => unreachable!("every MmapFile has its source made first"),
+        },
+        MemoryOp::Munmap { addr, len } => space.munmap(pool, addr, len),
+        MemoryOp::Mprotect { addr, len, prot } => space.mprotect(pool, addr, len, prot),
+        MemoryOp::Mremap {
+            old_addr,
+            old_len,
+            new_len,
+            flags,
+            new_addr,
+        } => space.mremap(pool, old_addr, old_len, new_len, flags, new_addr),
+        MemoryOp::Brk { addr } => space.brk(pool, addr),
+        MemoryOp::Madvise { addr, len, advice } => space.madvise(pool, addr, len, advice),
+    }
 }
 
 impl MemoryService {
@@ -1969,6 +2101,17 @@ impl MemoryService {
                     .store(!regions.is_empty(), Ordering::Release);
                 Message::RegionsChanged.into()
             }
+            Message::ForkRegions {
+                parent,
+                child,
+                regions,
+            } if peer.identity.role == lego_proto::Role::Memory => {
+                let mut held = lock(&self.regions);
+                match held.fork(&mut lock(&self.pool), parent, child, &regions) {
+                    Ok(()) => Message::RegionsChanged.into(),
+                    Err(e) => Message::error(ErrorCode::BadRequest, e.to_string()).into(),
+                }
+            }
             Message::Holdings if peer.identity.role == lego_proto::Role::Monitor => {
                 Message::HoldingList(self.holdings()).into()
             }
@@ -2004,6 +2147,7 @@ impl MemoryService {
                         Message::Replicate { .. }
                             | Message::HoldRegion { .. }
                             | Message::ChangeRegions { .. }
+                            | Message::ForkRegions { .. }
                             | Message::Promote { .. }
                             | Message::Rebackup { .. }
                             | Message::Relinquish { .. }

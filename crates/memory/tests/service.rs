@@ -59,6 +59,7 @@ fn memory(service: &MemoryService, op: MemoryOp) -> Message {
             pid: PID,
             op,
             seq: 0,
+            spill: Vec::new(),
         },
         Vec::new(),
     )
@@ -249,6 +250,7 @@ fn memory_calls_reply_like_syscalls() {
             pid: 3,
             op: MemoryOp::Brk { addr: 0 },
             seq: 0,
+            spill: Vec::new(),
         },
         Vec::new(),
     );
@@ -487,6 +489,7 @@ fn processes_are_served_concurrently() {
                     pid,
                     op: mmap_fixed(AREA, 64 * PAGE),
                     seq: 0,
+                    spill: Vec::new(),
                 };
                 assert!(matches!(
                     call(&service, map, Vec::new()).message,
@@ -803,6 +806,7 @@ fn a_runtime_acts_only_on_its_own_address_space() {
             pid: b,
             op: MemoryOp::Brk { addr: 0 },
             seq: 0,
+            spill: Vec::new(),
         },
         Message::ReleaseProcess { pid: b },
         Message::Exec {
@@ -913,6 +917,7 @@ fn a_backup_follows_its_primary_and_takes_over_when_promoted() {
             flags: FIXED,
         },
         seq: 2,
+        spill: Vec::new(),
     };
     assert!(matches!(replicate(0, mmap, vec![]), Message::MemoryDone(_)));
     let write = Message::WriteBack {
@@ -1062,6 +1067,7 @@ fn a_primary_whose_backup_was_promoted_accepts_no_more_writes() {
         pid: PID,
         op: mmap_fixed(AREA, 4096),
         seq: 2,
+        spill: Vec::new(),
     };
     assert!(matches!(
         call_as(&primary, (PID, PID), mmap),

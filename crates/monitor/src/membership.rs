@@ -349,17 +349,18 @@ impl Membership {
         self.detect_failures();
         let except: Vec<&str> = except.iter().map(String::as_str).collect();
         let mut members = self.members();
-        // Recent placements rank the managers; whether a region fits is
-        // the load's word (counting them again could refuse one with
-        // room; the holder refuses one that does not fit anyway).
+        // Room (less what recent placements may take) ranks the managers;
+        // whether a region fits is the holder's word: a load a heartbeat
+        // old may still show memory freed since (the home asks the next
+        // one when a holder refuses).
         let Some(chosen) = most_free_memory(&members, &except)
-            .filter(|m| uncommitted(m) >= lego_proto::REGION_SIZE)
+            .filter(|m| capacity(m) >= lego_proto::REGION_SIZE)
             .map(|m| m.registration.name.clone())
         else {
             return Message::error(
                 ErrorCode::BadRequest,
                 format!(
-                    "no live memory manager other than {} has room for region {region} of \
+                    "no live memory manager other than {} can hold region {region} of \
                      process {pid:#x}",
                     if except.is_empty() {
                         "none".to_string()
@@ -622,6 +623,14 @@ fn most_free_memory<'a>(
 /// placements may commit.
 fn room_of(m: &Member) -> u64 {
     uncommitted(m).saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64))
+}
+
+/// A memory manager's capacity, as its last load reported.
+fn capacity(m: &Member) -> u64 {
+    match &m.load {
+        Load::Memory { capacity, .. } => *capacity,
+        _ => 0,
+    }
 }
 
 /// A memory manager's uncommitted memory, as its last load reported.
@@ -953,16 +962,23 @@ mod tests {
         }
         chosen.sort();
         assert_eq!(chosen, ["memory-1", "memory-1", "memory-2", "memory-2"]);
-        // memory-2 is full: memory-1 is the only one left, then none.
+        // memory-2 reports itself full: memory-1 comes first, and memory-2
+        // is still asked when it is the only one left (its load may be a
+        // heartbeat old; it refuses a region it has no room for).
         report_committed(&m, "memory-2", 1 << 30);
         assert!(matches!(place(&["memory-0"]), Message::RegionPlaced(h) if h.name == "memory-1"));
-        match place(&["memory-0", "memory-1"]) {
+        assert!(matches!(
+            place(&["memory-0", "memory-1"]),
+            Message::RegionPlaced(h) if h.name == "memory-2"
+        ));
+        match place(&["memory-0", "memory-1", "memory-2"]) {
             Message::Error(e) => assert!(
-                e.message.contains("other than memory-0, memory-1"),
+                e.message
+                    .contains("other than memory-0, memory-1, memory-2"),
                 "{}",
                 e.message
             ),
-            other => panic!("placed on a full manager: {other:?}"),
+            other => panic!("placed on an excluded manager: {other:?}"),
         }
         // Only memory managers place regions.
         let from_processor = ask(

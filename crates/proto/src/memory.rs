@@ -45,8 +45,8 @@ pub struct SpaceLayout {
     pub brk_start: u64,
     pub brk: u64,
     pub files: Vec<MappedFile>,
-    /// The regions whose pages live on other memory managers.
-    pub spilled: Vec<u64>,
+    /// The regions whose pages live on other memory managers, and where.
+    pub spilled: Vec<SpilledRegion>,
     pub last_seq: u64,
     pub last_reply: Option<Box<Message>>,
 }
@@ -223,6 +223,20 @@ pub struct MemoryOpDone {
     /// Moves to apply before the changes.
     pub moves: Vec<RangeMove>,
     pub changes: Vec<RangeChange>,
+    /// Regions the call spilled to other memory managers: the runtime
+    /// sends their pages, and asks for them, there.
+    pub spilled: Vec<SpilledRegion>,
+}
+
+/// A region of an address space whose pages live on memory managers other
+/// than the process's home: each of `holders` keeps every page of it the
+/// runtime writes back (the runtime writes to all, reads from the first
+/// that answers).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SpilledRegion {
+    /// The region's number (its address over [`crate::REGION_SIZE`]).
+    pub region: u64,
+    pub holders: Vec<MemoryHolder>,
 }
 
 /// The address space an `Exec` built: what the processor needs to start the

@@ -7,6 +7,7 @@
 
 use crate::memory::{
     ExecImage, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, ProcessId, RangeChange,
+    SpilledRegion,
 };
 use crate::process::{AdoptSpec, ExitReport, LaunchSpec, NotRun, ProcessInfo};
 use crate::storage::{StorageReply, StorageRequest, Voucher};
@@ -469,6 +470,10 @@ pub enum Message {
         pid: ProcessId,
         op: MemoryOp,
         seq: u64,
+        /// Set only by a home passing the call on to its backup: the
+        /// regions it spilled to make room for it, spilled on the backup
+        /// too before the call is made there. A runtime's is empty.
+        spill: Vec<SpilledRegion>,
     },
     MemoryDone(MemoryOpDone),
     /// The call failed with this errno, as Linux would fail it.
@@ -565,7 +570,15 @@ pub enum Message {
         release: Vec<u64>,
         all: bool,
     },
-    /// Reply to both.
+    /// The home → a holder, at a fork: process `child` holds copies of
+    /// `parent`'s regions `regions` here (its own reservations, sharing
+    /// the parent's pages until either writes one).
+    ForkRegions {
+        parent: ProcessId,
+        child: ProcessId,
+        regions: Vec<u64>,
+    },
+    /// Reply to the three above.
     RegionsChanged,
 
     // --- files (storage manager; see `crate::storage`) ---
@@ -656,6 +669,7 @@ impl Message {
             Message::Replicated => "Replicated",
             Message::HoldRegion { .. } => "HoldRegion",
             Message::ChangeRegions { .. } => "ChangeRegions",
+            Message::ForkRegions { .. } => "ForkRegions",
             Message::RegionsChanged => "RegionsChanged",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",

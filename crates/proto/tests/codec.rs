@@ -481,7 +481,8 @@ fn memory_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), memory_op(), any::<u64>()).prop_map(|(pid, op, seq)| Message::Memory {
             pid,
             op,
-            seq
+            seq,
+            spill: Vec::new(),
         }),
         (
             any::<u64>(),
@@ -495,6 +496,10 @@ fn memory_message() -> impl Strategy<Value = Message> {
                         .into_iter()
                         .map(|(from, to, len)| RangeMove { from, to, len })
                         .collect(),
+                    spilled: vec![SpilledRegion {
+                        region: result % 9,
+                        holders: Vec::new(),
+                    }],
                     changes,
                 })
             ),
@@ -518,7 +523,8 @@ fn memory_message() -> impl Strategy<Value = Message> {
                 inner: Box::new(Message::Memory {
                     pid,
                     op,
-                    seq: epoch
+                    seq: epoch,
+                    spill: Vec::new(),
                 }),
             }
         ),
@@ -582,7 +588,19 @@ fn layout() -> impl Strategy<Value = SpaceLayout> {
                     caller,
                 })
                 .collect(),
-            spilled: vec![brk % 7, brk_start % 5],
+            spilled: vec![
+                SpilledRegion {
+                    region: brk % 7,
+                    holders: vec![MemoryHolder {
+                        name: "memory-1".into(),
+                        addr: "127.0.0.1:4100".parse().unwrap(),
+                    }],
+                },
+                SpilledRegion {
+                    region: brk_start % 5,
+                    holders: Vec::new(),
+                },
+            ],
             last_seq: brk ^ brk_start,
             last_reply: (brk % 2 == 0).then(|| Box::new(Message::Promoted)),
         })

@@ -50,10 +50,10 @@ mod tests;
 
 use crate::pool::{PageId, PagePool, PAGE};
 use lego_proto::{
-    region_of, MappedFile, RangeChange, RangeMove, RangeState, SpaceLayout, VmaLayout, REGION_SIZE,
-    USER_END, USER_MIN,
+    region_of, MappedFile, MemoryHolder, RangeChange, RangeMove, RangeState, SpaceLayout,
+    SpilledRegion, VmaLayout, REGION_SIZE, USER_END, USER_MIN,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Top of the initial stack. The highest page of the application range is
@@ -213,7 +213,7 @@ pub struct AddressSpace {
     committed: u64,
     /// Regions whose pages live on another memory manager (see the module
     /// doc).
-    spilled: BTreeSet<u64>,
+    spilled: BTreeMap<u64, Vec<MemoryHolder>>,
     /// Files that file-backed VMAs read from (`FileRef::source`).
     files: Vec<FileSource>,
 }
@@ -249,7 +249,7 @@ impl AddressSpace {
             brk_start,
             brk: brk_start,
             committed: 0,
-            spilled: BTreeSet::new(),
+            spilled: BTreeMap::new(),
             files: Vec::new(),
         }
     }
@@ -273,7 +273,36 @@ impl AddressSpace {
 
     /// The spilled regions, in order.
     pub fn spilled(&self) -> impl Iterator<Item = u64> + '_ {
-        self.spilled.iter().copied()
+        self.spilled.keys().copied()
+    }
+
+    /// The spilled regions and their holders, in order.
+    pub fn spilled_regions(&self) -> Vec<SpilledRegion> {
+        self.spilled
+            .iter()
+            .map(|(&region, holders)| SpilledRegion {
+                region,
+                holders: holders.clone(),
+            })
+            .collect()
+    }
+
+    /// The holders of the spilled regions reaching into `[start, end)`,
+    /// with the regions each holds there.
+    pub fn holders_in(&self, start: u64, end: u64) -> Vec<(MemoryHolder, Vec<u64>)> {
+        let mut out: Vec<(MemoryHolder, Vec<u64>)> = Vec::new();
+        if start >= end {
+            return out;
+        }
+        for (&region, holders) in self.spilled.range(region_of(start)..=region_of(end - 1)) {
+            for holder in holders {
+                match out.iter_mut().find(|(h, _)| h == holder) {
+                    Some((_, regions)) => regions.push(region),
+                    None => out.push((holder.clone(), vec![region])),
+                }
+            }
+        }
+        out
     }
 
     /// Whether a spilled region reaches into `[start, end)`.
@@ -288,14 +317,19 @@ impl AddressSpace {
 
     /// Whether `addr` lies in a spilled region.
     pub fn is_spilled(&self, addr: u64) -> bool {
-        self.spilled.contains(&region_of(addr))
+        self.spilled.contains_key(&region_of(addr))
     }
 
     /// Spills `region`: its accounted bytes stop being charged here (the
     /// manager that holds it now reserved the region). Refused, with
     /// nothing changed, if pages of it are stored here (they would have to
     /// move first).
-    pub fn spill(&mut self, pool: &mut PagePool, region: u64) -> Result<(), String> {
+    pub fn spill(
+        &mut self,
+        pool: &mut PagePool,
+        region: u64,
+        holders: Vec<MemoryHolder>,
+    ) -> Result<(), String> {
         let (start, end) = region_range(region);
         if end > USER_END || start >= end {
             return Err(format!("region {region} lies outside the address space"));
@@ -303,13 +337,14 @@ impl AddressSpace {
         if self.pages.range(start..end).next().is_some() {
             return Err(format!("region {region} holds pages here"));
         }
-        if self.spilled.contains(&region) {
+        if let Some(held) = self.spilled.get_mut(&region) {
+            *held = holders;
             return Ok(());
         }
         let charged = self.accounted_in(start, end);
         pool.uncommit(charged);
         self.committed -= charged;
-        self.spilled.insert(region);
+        self.spilled.insert(region, holders);
         Ok(())
     }
 
@@ -322,7 +357,7 @@ impl AddressSpace {
             let v = v.clipped(start, end);
             for region in region_of(v.start)..=region_of(v.end - 1) {
                 let (rs, re) = region_range(region);
-                if !self.spilled.contains(&region)
+                if !self.spilled.contains_key(&region)
                     && out.last() != Some(&region)
                     && self.pages.range(rs..re).next().is_none()
                 {
@@ -333,6 +368,64 @@ impl AddressSpace {
         out
     }
 
+    /// Takes `region` back (a spill whose change then failed): charged
+    /// here again, in full even past the pool's capacity (the caller
+    /// uncommitted it under the same pool lock).
+    pub fn unspill(&mut self, pool: &mut PagePool, region: u64) {
+        if self.spilled.remove(&region).is_none() {
+            return;
+        }
+        let (start, end) = region_range(region);
+        let charged = self.accounted_in(start, end);
+        let forced = pool.is_forced();
+        pool.set_forced(true);
+        pool.try_commit(charged);
+        pool.set_forced(forced);
+        self.committed += charged;
+    }
+
+    /// Which regions to spill so that `after`, this space once a change
+    /// is made (a dry run on [`AddressSpace::shape`]), is charged `short`
+    /// bytes less here: regions of the ranges the change touched, where
+    /// `after` has accounted memory, no file is mapped (its pages are read
+    /// from the file here) and this space stores no page, from the highest
+    /// down. `None` when those do not add up to `short`.
+    pub fn spill_plan(
+        &self,
+        after: &AddressSpace,
+        touched: &[(u64, u64)],
+        short: u64,
+    ) -> Option<Vec<u64>> {
+        let mut candidates: Vec<u64> = touched
+            .iter()
+            .flat_map(|&(start, end)| after.spillable_in(start, end))
+            .filter(|&region| {
+                let (rs, re) = region_range(region);
+                self.pages.range(rs..re).next().is_none()
+                    && after
+                        .overlapping(rs, re)
+                        .iter()
+                        .all(|v| v.file.is_none() || !v.accounted)
+            })
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut plan = Vec::new();
+        let mut relieved = 0;
+        for region in candidates.into_iter().rev() {
+            if relieved >= short {
+                break;
+            }
+            let (rs, re) = region_range(region);
+            let charge = after.accounted_in(rs, re);
+            if charge > 0 {
+                relieved += charge;
+                plan.push(region);
+            }
+        }
+        (relieved >= short).then_some(plan)
+    }
+
     /// Bytes of `[start, end)` outside the spilled regions.
     fn home_len(&self, start: u64, end: u64) -> u64 {
         if start >= end {
@@ -341,7 +434,7 @@ impl AddressSpace {
         let away: u64 = self
             .spilled
             .range(region_of(start)..=region_of(end - 1))
-            .map(|&r| {
+            .map(|(&r, _)| {
                 let (rs, re) = region_range(r);
                 re.min(end) - rs.max(start)
             })
@@ -432,7 +525,15 @@ impl AddressSpace {
 
     /// The layout of this space for a backup's copy (its pages go
     /// separately, see [`AddressSpace::pages_from`]).
-    pub fn layout(&self) -> (Vec<VmaLayout>, u64, u64, Vec<MappedFile>, Vec<u64>) {
+    pub fn layout(
+        &self,
+    ) -> (
+        Vec<VmaLayout>,
+        u64,
+        u64,
+        Vec<MappedFile>,
+        Vec<SpilledRegion>,
+    ) {
         let vmas = self
             .vmas
             .values()
@@ -464,7 +565,7 @@ impl AddressSpace {
             self.brk_start,
             self.brk,
             files,
-            self.spilled.iter().copied().collect(),
+            self.spilled_regions(),
         )
     }
 
@@ -475,8 +576,12 @@ impl AddressSpace {
         let mut vmas = BTreeMap::new();
         let mut committed = 0u64;
         let mut last_end = USER_MIN;
-        let spilled: BTreeSet<u64> = layout.spilled.iter().copied().collect();
-        if let Some(&bad) = spilled.iter().find(|&&r| region_range(r).1 > USER_END) {
+        let spilled: BTreeMap<u64, Vec<MemoryHolder>> = layout
+            .spilled
+            .iter()
+            .map(|s| (s.region, s.holders.clone()))
+            .collect();
+        if let Some(&bad) = spilled.keys().find(|&&r| region_range(r).1 > USER_END) {
             return Err(format!(
                 "spilled region {bad} lies outside the address space"
             ));

@@ -167,6 +167,7 @@ pub fn install(
                 result: 0,
                 moves: Vec::new(),
                 changes: image.mappings.clone(),
+                spilled: Vec::new(),
             },
         )?;
         drop(change);

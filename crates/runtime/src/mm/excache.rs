@@ -67,7 +67,7 @@ impl WriteBack {
         WriteBack(Box::new(finish))
     }
 
-    fn finish(self) -> Result<(), CacheError> {
+    pub(crate) fn finish(self) -> Result<(), CacheError> {
         (self.0)()
     }
 }

@@ -12,6 +12,7 @@ pub mod excache;
 pub mod fault;
 pub mod ranges;
 pub mod remote;
+pub mod spilled;
 
 use arena::Arena;
 use excache::{ExCache, LayoutChange};

@@ -11,6 +11,7 @@
 //! it is acknowledged, and sending one again is harmless.
 
 use crate::mm::excache::{Backing, CacheError, WriteBack};
+use crate::mm::spilled::{pages_of, Spilled};
 use lego_proto::{
     ExecImage, Frame, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, Message, ProcessId,
     RangeChange, MAX_FETCH_PAGES, MAX_WRITEBACK_PAGES, PAGE_SIZE,
@@ -90,6 +91,8 @@ struct Inner {
     failover: OnceLock<FailOver>,
     /// One failover at a time.
     failing: Mutex<()>,
+    /// The regions spilled to other memory managers.
+    spilled: Spilled,
 }
 
 /// The process's memory, wherever it lives.
@@ -125,6 +128,7 @@ impl RemoteMemory {
             retries: std::sync::atomic::AtomicU32::new(0),
             failover: OnceLock::new(),
             failing: Mutex::new(()),
+            spilled: Spilled::default(),
         }))
     }
 
@@ -300,7 +304,10 @@ impl RemoteMemory {
 
     /// Holds every connection across a fork (none is being opened).
     pub fn hold_for_fork(&self) -> Vec<ClientHold<'static>> {
-        self.links().all().map(Client::hold_for_fork).collect()
+        let mut held: Vec<ClientHold<'static>> =
+            self.links().all().map(Client::hold_for_fork).collect();
+        held.extend(self.0.spilled.hold_for_fork());
+        held
     }
 
     /// In a forked process: speak for `pid` from now on, on connections of
@@ -327,6 +334,7 @@ impl RemoteMemory {
         for client in self.links().all() {
             client.speak_as(key.clone(), identity.clone());
         }
+        self.0.spilled.speak_as(key, &identity);
         for hold in held {
             hold.disconnect();
         }
@@ -343,7 +351,10 @@ impl RemoteMemory {
         };
         let reply = self.call(|l| &l.client, &message, image)?;
         match reply.message {
-            Message::ExecLoaded(image) => Ok(Ok(image)),
+            Message::ExecLoaded(image) => {
+                self.0.spilled.clear();
+                Ok(Ok(image))
+            }
             Message::Error(e) => Ok(Err(e.message)),
             other => Err(self.unexpected("Exec", other)),
         }
@@ -357,10 +368,14 @@ impl RemoteMemory {
             pid: self.pid(),
             op,
             seq: self.next_seq(),
+            spill: Vec::new(),
         };
         let reply = self.call(|l| &l.client, &message, &[])?;
         match reply.message {
-            Message::MemoryDone(done) => Ok(Ok(done)),
+            Message::MemoryDone(done) => {
+                self.0.spilled.learn(&done.spilled, &lock(&self.0.config));
+                Ok(Ok(done))
+            }
             Message::MemoryFailed { errno } => Ok(Err(errno)),
             other => Err(self.unexpected(name, other)),
         }
@@ -429,6 +444,19 @@ impl Backing for RemoteMemory {
             pid: self.pid(),
             addr,
         };
+        if self.0.spilled.is_spilled(addr) {
+            return self
+                .0
+                .spilled
+                .fetch(addr, &message, |reply| match reply.message {
+                    Message::Page if reply.payload.len() == PAGE_SIZE => {
+                        buf[..PAGE_SIZE].copy_from_slice(&reply.payload);
+                        Ok(true)
+                    }
+                    Message::ZeroPage => Ok(false),
+                    other => Err(format!("it answered FetchPage with {}", other.kind())),
+                });
+        }
         let reply = self
             .call(Self::lane, &message, &[])
             .map_err(CacheError::Remote)?;
@@ -449,6 +477,14 @@ impl Backing for RemoteMemory {
             addr,
             count: count as u32,
         };
+        if self.0.spilled.is_spilled(addr) {
+            let (got, pages) = self
+                .0
+                .spilled
+                .fetch(addr, &message, |reply| pages_of(reply, count))?;
+            *buf = pages;
+            return Ok(got);
+        }
         let reply = self
             .call(Self::lane, &message, &[])
             .map_err(CacheError::Remote)?;
@@ -467,6 +503,43 @@ impl Backing for RemoteMemory {
 
     fn write_back(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError> {
         debug_assert!(addrs.len() <= MAX_WRITEBACK_PAGES);
+        if self.0.spilled.any() {
+            // The pages of spilled regions go to their holders, the rest
+            // home; the batch is done when all are.
+            // (`parts` are runs of pages; split, one per address.)
+            let pages: Vec<&[u8]> = parts.iter().flat_map(|p| p.chunks(PAGE_SIZE)).collect();
+            if pages.len() != addrs.len() {
+                return Err(CacheError::Remote(format!(
+                    "a write-back of {} pages with {} pages of contents",
+                    addrs.len(),
+                    pages.len()
+                )));
+            }
+            let mut home = Vec::new();
+            let away = self.0.spilled.send(self.pid(), addrs, &pages, &mut home);
+            if !away.is_empty() {
+                let home_addrs: Vec<u64> = home.iter().map(|&i| addrs[i]).collect();
+                let home_parts: Vec<&[u8]> = home.iter().map(|&i| pages[i]).collect();
+                let homeward = (!home.is_empty())
+                    .then(|| self.write_back_home(&home_addrs, &home_parts))
+                    .transpose()?;
+                let me = self.clone();
+                return Ok(WriteBack::new(move || {
+                    let away = me.0.spilled.wait(away);
+                    if let Some(ticket) = homeward {
+                        ticket.finish()?;
+                    }
+                    away
+                }));
+            }
+        }
+        self.write_back_home(addrs, parts)
+    }
+}
+
+impl RemoteMemory {
+    /// Sends a write-back batch to the home (see `Backing::write_back`).
+    fn write_back_home(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError> {
         let links = self.links();
         // With a backup the batch is kept until acknowledged: if the
         // primary goes before it answers, the batch goes to the new one.

@@ -408,6 +408,7 @@ fn become_child(
         result: 0,
         moves: Vec::new(),
         changes: differences,
+        spilled: Vec::new(),
     };
     rt.mm.apply(&layout, &done).map_err(failed)?;
     drop(layout);

@@ -369,8 +369,8 @@ fn spilled_regions_are_charged_elsewhere() {
     let mut shape = s.shape(&mut scratch);
     ok(shape.mmap(&mut scratch, start, 3 * REGION, RW, FIXED));
     assert_eq!(shape.spillable_in(start, start + 3 * REGION), vec![4, 5, 6]);
-    s.spill(&mut p, 5).unwrap();
-    s.spill(&mut p, 6).unwrap();
+    s.spill(&mut p, 5, Vec::new()).unwrap();
+    s.spill(&mut p, 6, Vec::new()).unwrap();
     ok(s.mmap(&mut p, start, 3 * REGION, RW, FIXED));
     layout(&s);
     assert_eq!(p.committed(), REGION);
@@ -382,7 +382,7 @@ fn spilled_regions_are_charged_elsewhere() {
     assert_eq!(p.committed(), REGION - 2 * PAGE);
     // A read-only mapping made writable in a spilled region costs nothing here.
     ok(s.mmap(&mut p, 7 * REGION, PAGE, PROT_READ, FIXED));
-    s.spill(&mut p, 7).unwrap();
+    s.spill(&mut p, 7, Vec::new()).unwrap();
     ok(s.mprotect(&mut p, 7 * REGION, PAGE, RW));
     layout(&s);
     assert_eq!(p.committed(), REGION - 2 * PAGE);
@@ -405,8 +405,11 @@ fn spilled_regions_are_charged_elsewhere() {
     assert_eq!(scratch.committed(), 0);
     // A page of a home region is stored; the region cannot be spilled.
     write(&mut s, &mut p, start, 7);
-    assert!(s.spill(&mut p, 4).unwrap_err().contains("holds pages"));
-    assert!(s.spill(&mut p, u64::MAX).is_err());
+    assert!(s
+        .spill(&mut p, 4, Vec::new())
+        .unwrap_err()
+        .contains("holds pages"));
+    assert!(s.spill(&mut p, u64::MAX, Vec::new()).is_err());
     s.release(&mut p);
     assert_eq!((p.committed(), p.used()), (0, 0));
     assert_eq!(s.spilled().count(), 0);
@@ -417,7 +420,7 @@ fn spilled_regions_are_charged_elsewhere() {
 #[test]
 fn copies_keep_the_spilled_regions() {
     let (mut s, mut p) = setup(4 * REGION);
-    s.spill(&mut p, 3).unwrap();
+    s.spill(&mut p, 3, Vec::new()).unwrap();
     ok(s.mmap(&mut p, 2 * REGION, 2 * REGION, RW, FIXED));
     assert_eq!(p.committed(), REGION);
     let (child, _) = s.fork_copy(&mut p).unwrap();
@@ -439,7 +442,10 @@ fn copies_keep_the_spilled_regions() {
     assert_eq!(other.committed(), REGION);
     copy.check_invariants().unwrap();
     let bad = SpaceLayout {
-        spilled: vec![u64::MAX / REGION],
+        spilled: vec![lego_proto::SpilledRegion {
+            region: u64::MAX / REGION,
+            holders: Vec::new(),
+        }],
         ..layout_of
     };
     assert!(AddressSpace::from_layout(&bad, &mut PagePool::new(REGION))

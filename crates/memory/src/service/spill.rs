@@ -1,0 +1,301 @@
+//! Spilling: a process's home makes room for a change that does not fit
+//! its pool by moving whole regions of the change's memory to other
+//! memory managers, which the monitor chooses.
+//!
+//! The home stays the one place that decides: it places a spilled region
+//! (`PlaceRegion` to the monitor, once per copy), has each holder reserve
+//! it (`HoldRegion`), and tells the holders what later changes discard,
+//! copy or give up (`ChangeRegions`, `ForkRegions`) before it answers the
+//! runtime, which meanwhile waits with no write-back in flight (it settles
+//! them before every address-space call). The runtime sends the region's
+//! pages to every holder and reads them from one; the home's backup learns
+//! every spill with the change it made room for, so a failover keeps the
+//! map.
+
+use super::{lock, MemoryService, Process};
+use crate::pool::PagePool;
+use crate::vma::{AddressSpace, Outcome};
+use lego_proto::{MemoryHolder, Message, ProcessId, SpilledRegion, USER_END, USER_MIN};
+use tracing::{info, warn};
+
+/// Managers a region's copy may be refused by (their room changed since
+/// the monitor last heard) before the spill is given up.
+const HOLD_TRIES: usize = 3;
+
+impl MemoryService {
+    /// The regions to spill so that `op`, which did not fit, does: a dry
+    /// run of it on the shape of `space` (no pages), against the room
+    /// `pool` has. `None` when spilling cannot make it fit.
+    pub(super) fn spill_plan(
+        space: &AddressSpace,
+        pool: &PagePool,
+        apply: impl FnOnce(&mut AddressSpace, &mut PagePool) -> Outcome,
+    ) -> Option<Vec<u64>> {
+        let mut scratch = PagePool::new(u64::MAX);
+        let mut after = space.shape(&mut scratch);
+        let dry = apply(&mut after, &mut scratch);
+        if dry.result.is_err() {
+            return None;
+        }
+        let room = pool.capacity_bytes().saturating_sub(pool.committed());
+        let short = after
+            .committed()
+            .saturating_sub(space.committed())
+            .saturating_sub(room);
+        if short == 0 {
+            return None;
+        }
+        let touched: Vec<(u64, u64)> = dry
+            .changes
+            .iter()
+            .map(|c| (c.start, c.end))
+            .chain(dry.moves.iter().map(|m| (m.to, m.to + m.len)))
+            .collect();
+        space.spill_plan(&after, &touched, short)
+    }
+
+    /// Has `regions` of process `pid` held elsewhere: `copies` holders
+    /// each, none the home or its `backup`, placed by the monitor and
+    /// reserved there. All or nothing: an empty answer holds nothing.
+    pub(super) fn place_spills(
+        &self,
+        pid: ProcessId,
+        backup: Option<&MemoryHolder>,
+        copies: usize,
+        regions: &[u64],
+    ) -> Vec<SpilledRegion> {
+        let Some((me, monitor)) = self.joined.get().cloned() else {
+            return Vec::new();
+        };
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let mut placed: Vec<SpilledRegion> = Vec::new();
+        for &region in regions {
+            let mut holders: Vec<MemoryHolder> = Vec::new();
+            let mut refused: Vec<String> = Vec::new();
+            for _ in 0..copies {
+                loop {
+                    // Never the home or its backup: the backup's copy of
+                    // the process grows with the home's.
+                    let mut except: Vec<String> = vec![me.name.clone()];
+                    except.extend(backup.map(|b| b.name.clone()));
+                    except.extend(holders.iter().map(|h| h.name.clone()));
+                    except.extend(refused.iter().cloned());
+                    let ask = Message::PlaceRegion {
+                        pid,
+                        region,
+                        except,
+                    };
+                    let holder = match self.links.ask_monitor(monitor, &ask) {
+                        Ok(Message::RegionPlaced(holder)) => holder,
+                        Ok(other) => {
+                            warn!("the monitor answered PlaceRegion with {}", other.kind());
+                            break;
+                        }
+                        Err(why) => {
+                            info!("region {region} of process {pid:#x} not placed: {why}");
+                            break;
+                        }
+                    };
+                    let hold = Message::HoldRegion { pid, tree, region };
+                    match self.tell_holder(&holder, &hold) {
+                        Ok(()) => {
+                            holders.push(holder);
+                            break;
+                        }
+                        Err(why) => {
+                            info!(
+                                "{} cannot hold region {region} of process {pid:#x}: {why}",
+                                holder.name
+                            );
+                            refused.push(holder.name);
+                            if refused.len() >= HOLD_TRIES {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if holders.len() < copies {
+                // A region with fewer copies than the process's home has
+                // would be lost with one manager: not spilled at all.
+                warn!(
+                    "region {region} of process {pid:#x}: {} of its {copies} copies placed; \
+                     the call that needed it fails with ENOMEM",
+                    holders.len()
+                );
+                self.give_up_spills(
+                    pid,
+                    &[SpilledRegion {
+                        region,
+                        holders: std::mem::take(&mut holders),
+                    }],
+                );
+            }
+            if holders.is_empty() {
+                self.give_up_spills(pid, &placed);
+                return Vec::new();
+            }
+            placed.push(SpilledRegion { region, holders });
+        }
+        info!(
+            pid = format_args!("{pid:#x}"),
+            "spilled {} regions: {}",
+            placed.len(),
+            placed
+                .iter()
+                .map(|s| format!(
+                    "{} on {}",
+                    s.region,
+                    s.holders
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join("+")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        placed
+    }
+
+    /// Gives up spilled regions held for process `pid` (a change that
+    /// still did not fit).
+    pub(super) fn give_up_spills(&self, pid: ProcessId, spilled: &[SpilledRegion]) {
+        let mut by_holder: Vec<(MemoryHolder, Vec<u64>)> = Vec::new();
+        for s in spilled {
+            for holder in &s.holders {
+                match by_holder.iter_mut().find(|(h, _)| h == holder) {
+                    Some((_, regions)) => regions.push(s.region),
+                    None => by_holder.push((holder.clone(), vec![s.region])),
+                }
+            }
+        }
+        for (holder, release) in by_holder {
+            let message = Message::ChangeRegions {
+                pid,
+                discard: Vec::new(),
+                release,
+                all: false,
+            };
+            if let Err(why) = self.tell_holder(&holder, &message) {
+                warn!(
+                    "cannot give up regions of process {pid:#x} on {}: {why}",
+                    holder.name
+                );
+            }
+        }
+    }
+
+    /// Tells the holders of `space`'s spilled regions that `discard`
+    /// ranges lost their contents.
+    pub(super) fn discard_spilled(
+        &self,
+        pid: ProcessId,
+        space: &AddressSpace,
+        discard: &[(u64, u64)],
+    ) {
+        let mut by_holder: Vec<(MemoryHolder, Vec<(u64, u64)>)> = Vec::new();
+        for &(start, end) in discard {
+            for (holder, _) in space.holders_in(start, end) {
+                match by_holder.iter_mut().find(|(h, _)| *h == holder) {
+                    Some((_, ranges)) => ranges.push((start, end)),
+                    None => by_holder.push((holder, vec![(start, end)])),
+                }
+            }
+        }
+        for (holder, discard) in by_holder {
+            let message = Message::ChangeRegions {
+                pid,
+                discard,
+                release: Vec::new(),
+                all: false,
+            };
+            // A holder that missed it keeps pages no one reads (the
+            // runtime forgot them) until the region is given up.
+            if let Err(why) = self.tell_holder(&holder, &message) {
+                warn!(
+                    "cannot discard pages of process {pid:#x} on {}: {why}",
+                    holder.name
+                );
+            }
+        }
+    }
+
+    /// Tells every holder of `space`'s regions that process `pid` gives
+    /// them all up (it ended, or runs a new program).
+    pub(super) fn release_spilled(&self, pid: ProcessId, space: &AddressSpace) {
+        for (holder, _) in space.holders_in(USER_MIN, USER_END) {
+            let message = Message::ChangeRegions {
+                pid,
+                discard: Vec::new(),
+                release: Vec::new(),
+                all: true,
+            };
+            if let Err(why) = self.tell_holder(&holder, &message) {
+                warn!(
+                    "cannot give up the regions of process {pid:#x} on {}: {why}",
+                    holder.name
+                );
+            }
+        }
+    }
+
+    /// Has every holder of `space`'s regions hold them for `child` too (a
+    /// fork). All or nothing: `Err` names the holder that refused, and
+    /// leaves nothing held for the child.
+    pub(super) fn fork_spilled(
+        &self,
+        parent: ProcessId,
+        child: ProcessId,
+        space: &AddressSpace,
+    ) -> Result<(), String> {
+        let holders = space.holders_in(USER_MIN, USER_END);
+        for (i, (holder, regions)) in holders.iter().enumerate() {
+            let message = Message::ForkRegions {
+                parent,
+                child,
+                regions: regions.clone(),
+            };
+            if let Err(why) = self.tell_holder(holder, &message) {
+                for (done, _) in &holders[..i] {
+                    let undo = Message::ChangeRegions {
+                        pid: child,
+                        discard: Vec::new(),
+                        release: Vec::new(),
+                        all: true,
+                    };
+                    let _ = self.tell_holder(done, &undo);
+                }
+                return Err(format!("{}: {why}", holder.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `message` to `holder` and waits for it to be done.
+    fn tell_holder(&self, holder: &MemoryHolder, message: &Message) -> Result<(), String> {
+        let link = self
+            .links
+            .to(holder)
+            .ok_or("this memory manager has no cluster secret")?;
+        let sent = link
+            .send_message(message, &[])
+            .ok_or_else(|| format!("{} cannot be reached", holder.name))?;
+        link.wait(sent)
+    }
+}
+
+/// Whether any spilled region of `process` needs telling anything.
+pub(super) fn has_spills(process: &Process) -> bool {
+    process.space.spilled().next().is_some()
+}
+
+/// The ranges a call's `outcome` discarded the contents of.
+pub(super) fn discarded(outcome: &Outcome) -> Vec<(u64, u64)> {
+    outcome
+        .changes
+        .iter()
+        .filter(|c| c.discard)
+        .map(|c| (c.start, c.end))
+        .collect()
+}
