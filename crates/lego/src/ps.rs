@@ -35,6 +35,34 @@ fn held_on(view: &ClusterView, name: &str, pid: u64) -> Option<u64> {
         })
 }
 
+/// The memory managers holding regions of `pid` spilled from its home:
+/// each one's name, regions and bytes.
+fn spilled_on(view: &ClusterView, pid: u64) -> Vec<(&str, u32, u64)> {
+    view.members
+        .iter()
+        .filter(|m| m.health == Health::Alive)
+        .filter_map(|m| match &m.load {
+            Load::Memory { regions, .. } => regions
+                .iter()
+                .find(|r| r.pid == pid)
+                .map(|r| (m.registration.name.as_str(), r.regions, r.bytes)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// "memory-0 (12 MiB), memory-1 (12 MiB)", or "-".
+fn spilled_cell(view: &ClusterView, pid: u64) -> String {
+    let on = spilled_on(view, pid);
+    if on.is_empty() {
+        return "-".into();
+    }
+    on.iter()
+        .map(|(name, _, bytes)| format!("{name} ({})", format_size(*bytes)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A memory manager's name and what it reports holding of `pid`.
 fn holder_cell(view: &ClusterView, name: &str, pid: u64) -> String {
     match held_on(view, name, pid) {
@@ -100,6 +128,11 @@ pub fn ps(args: PsArgs) -> Result<()> {
                     "backup_memory": r.info.backup_memory,
                     "backup_bytes": r.info.backup_memory.as_deref()
                         .and_then(|b| held_on(&view, b, r.info.pid)),
+                    "spilled": spilled_on(&view, r.info.pid).iter().map(|(name, regions, bytes)| json!({
+                        "memory": name,
+                        "regions": regions,
+                        "bytes": bytes,
+                    })).collect::<Vec<_>>(),
                     "excache_quota": r.info.excache_quota,
                     "resident_bytes": r.info.resident_bytes,
                     "misses": r.info.misses,
@@ -117,6 +150,7 @@ pub fn ps(args: PsArgs) -> Result<()> {
         "HOST-PID".into(),
         "MEMORY".into(),
         "BACKUP".into(),
+        "SPILLED".into(),
         "RESIDENT".into(),
         "QUOTA".into(),
         "MISSES".into(),
@@ -133,6 +167,7 @@ pub fn ps(args: PsArgs) -> Result<()> {
                 .backup_memory
                 .as_deref()
                 .map_or_else(|| "-".into(), |b| holder_cell(&view, b, r.info.pid)),
+            spilled_cell(&view, r.info.pid),
             format_size(r.info.resident_bytes),
             format_size(r.info.excache_quota),
             r.info.misses.to_string(),
@@ -146,7 +181,7 @@ pub fn ps(args: PsArgs) -> Result<()> {
         ]);
     }
     // Every column but the last (the command line) padded to its width.
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0))
         .collect();
     for row in &table {
@@ -154,7 +189,7 @@ pub fn ps(args: PsArgs) -> Result<()> {
         for (i, width) in widths.iter().enumerate() {
             line.push_str(&format!("{:<width$}  ", row[i], width = *width));
         }
-        line.push_str(&row[9]);
+        line.push_str(&row[10]);
         println!("{}", line.trim_end());
     }
     if rows.is_empty() {

@@ -64,6 +64,7 @@ fn capacity_and_use(load: &Load) -> (String, String) {
             committed,
             copies,
             held,
+            regions,
         } => {
             let percent = if *capacity == 0 {
                 0.0
@@ -76,6 +77,13 @@ fn capacity_and_use(load: &Load) -> (String, String) {
                 format_size(*committed),
                 held.len()
             );
+            if !regions.is_empty() {
+                use_.push_str(&format!(
+                    ", {} regions of {} processes homed elsewhere",
+                    regions.iter().map(|r| r.regions).sum::<u32>(),
+                    regions.len()
+                ));
+            }
             for copy in copies {
                 use_.push_str(&format!(
                     ", copying {:x} to {} ({} of {})",
@@ -232,6 +240,7 @@ fn load_json(load: &Load) -> serde_json::Value {
             committed,
             copies,
             held,
+            regions,
         } => json!({
             "capacity": capacity,
             "used": used,
@@ -246,6 +255,11 @@ fn load_json(load: &Load) -> serde_json::Value {
                 "pid": h.pid,
                 "bytes": h.bytes,
                 "primary": h.primary,
+            })).collect::<Vec<_>>(),
+            "regions": regions.iter().map(|r| json!({
+                "pid": r.pid,
+                "regions": r.regions,
+                "bytes": r.bytes,
             })).collect::<Vec<_>>(),
         }),
         Load::Storage {

@@ -143,6 +143,7 @@ fn a_programs_own_key_reaches_nothing_but_its_own_process_tree() {
             committed: 0,
             copies: Vec::new(),
             held: Vec::new(),
+            regions: Vec::new(),
         },
         unix_socket: None,
     };

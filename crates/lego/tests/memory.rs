@@ -343,3 +343,88 @@ fn a_child_forked_after_a_drain_is_listed_with_its_real_backup() {
         text(&cluster.lego(&["ps"]).stdout)
     );
 }
+
+/// The home, backup and region holders (with the bytes each holds) of
+/// the first process `lego ps --json` lists with spilled regions.
+fn spilled_process(cluster: &Cluster) -> Option<(String, String, Vec<(String, u64)>)> {
+    let out = cluster.lego(&["ps", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    list.as_array()?.iter().find_map(|p| {
+        let holders: Vec<(String, u64)> = p["spilled"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["memory"].as_str().unwrap_or("").to_string(),
+                    s["bytes"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        (!holders.is_empty()).then(|| {
+            (
+                p["home_memory"].as_str().unwrap_or("").to_string(),
+                p["backup_memory"].as_str().unwrap_or("").to_string(),
+                holders,
+            )
+        })
+    })
+}
+
+/// One process uses the memory of several managers: a 320 MiB workload
+/// on four managers of 256 MiB (its home and backup each hold at most
+/// 256 MiB of it) spills whole regions to the other two, each region on
+/// both, and prints what it prints natively, single- and multi-threaded;
+/// `lego ps` shows the bytes each holder has. It still does when a holder
+/// of its regions is killed mid-run (the runtime goes on with the other
+/// copy), and when its home is (the backup takes over, knowing where the
+/// regions are). Before: "Cannot allocate memory" from malloc.
+#[test]
+fn a_program_larger_than_any_memory_manager_runs_over_several() {
+    let cluster = Cluster::up(&["--memories", "4", "--memory-capacity", "256M"]);
+    let checksum = program("checksum", Build::GlibcStatic);
+    for mode in ["single", "threads"] {
+        let args = ["320", "2", mode];
+        let out = cluster.run(&["--excache", "16M"], &checksum, &args);
+        assert_same(&out, &native(&checksum, &args), &format!("{mode} 320 MiB"));
+    }
+    for victim in ["a holder of its regions", "its home"] {
+        // The last run's process gone from the listing first.
+        poll(Duration::from_secs(20), || {
+            cluster.processes().is_empty().then_some(())
+        })
+        .expect("the last run's process leaves the listing");
+        let args = ["320", "10", "single"];
+        let expected = native(&checksum, &args);
+        let child = start_checksum(&cluster, &checksum, &args);
+        // Regions on two managers other than the home and its backup,
+        // each holding pages (as of one listing).
+        let (home, _, holders) = poll(Duration::from_secs(60), || {
+            spilled_process(&cluster).filter(|(home, backup, holders)| {
+                holders.len() == 2
+                    && holders
+                        .iter()
+                        .all(|(h, bytes)| *bytes > 0 && h != home && h != backup)
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "lego ps never shows two other managers holding pages of its regions: {:?}",
+                spilled_process(&cluster)
+            )
+        });
+        let killed = if victim == "its home" {
+            home
+        } else {
+            holders[0].0.clone()
+        };
+        kill9(cluster.pid(&killed));
+        let out = child.wait_with_output().unwrap();
+        assert_same(
+            &out,
+            &expected,
+            &format!("320 MiB with {victim} ({killed}) killed"),
+        );
+        let restarted = cluster.lego(&["restart", &killed]);
+        assert!(restarted.status.success(), "{restarted:?}");
+    }
+}

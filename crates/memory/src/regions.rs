@@ -286,6 +286,18 @@ impl RegionStore {
         }
     }
 
+    /// How many regions, and bytes of pages, each process holds here.
+    pub fn report(&self) -> Vec<lego_proto::HeldRegions> {
+        self.held
+            .iter()
+            .map(|(&pid, regions)| lego_proto::HeldRegions {
+                pid,
+                regions: regions.len() as u32,
+                bytes: regions.values().map(|r| r.pages.len() as u64).sum::<u64>() * PAGE,
+            })
+            .collect()
+    }
+
     /// Bytes of pages stored for `pid` here.
     pub fn stored_bytes(&self, pid: ProcessId) -> u64 {
         self.held.get(&pid).map_or(0, |regions| {

@@ -245,6 +245,7 @@ impl MemoryService {
 
     /// The load reported with each heartbeat.
     pub fn load(&self) -> Load {
+        let regions = lock(&self.regions).report();
         let pool = lock(&self.pool);
         let used = pool.used();
         let committed = pool.committed();
@@ -255,6 +256,7 @@ impl MemoryService {
             committed,
             copies: lock(&self.copies).values().cloned().collect(),
             held: self.held_bytes(),
+            regions,
         }
     }
 

@@ -458,7 +458,12 @@ impl Membership {
         let backup = (self.replicas > 1)
             .then(|| {
                 let members = self.members();
-                most_free_memory(&members, &[&primary.name, failed]).map(|m| MemoryHolder {
+                // Not one holding regions of it: a backup grows with the
+                // home, into the room those regions reserved.
+                let holders = region_holders(&members, pid);
+                let mut except = vec![primary.name.as_str(), failed];
+                except.extend(holders.iter().map(String::as_str));
+                most_free_memory(&members, &except).map(|m| MemoryHolder {
                     name: m.registration.name.clone(),
                     addr: m.registration.addr,
                 })
@@ -599,8 +604,15 @@ fn holds_nothing(load: &Load) -> bool {
             committed,
             copies,
             held,
+            regions,
             ..
-        } => *used == 0 && *committed == 0 && copies.is_empty() && held.is_empty(),
+        } => {
+            *used == 0
+                && *committed == 0
+                && copies.is_empty()
+                && held.is_empty()
+                && regions.is_empty()
+        }
         _ => true,
     }
 }
@@ -623,6 +635,19 @@ fn most_free_memory<'a>(
 /// placements may commit.
 fn room_of(m: &Member) -> u64 {
     uncommitted(m).saturating_sub(PLACEMENT_GUESS.saturating_mul(m.recent.len() as u64))
+}
+
+/// The live memory managers whose loads report regions of process `pid`.
+fn region_holders(members: &BTreeMap<String, Member>, pid: ProcessId) -> Vec<String> {
+    members
+        .values()
+        .filter(|m| m.health == Health::Alive)
+        .filter(|m| match &m.load {
+            Load::Memory { regions, .. } => regions.iter().any(|r| r.pid == pid),
+            _ => false,
+        })
+        .map(|m| m.registration.name.clone())
+        .collect()
 }
 
 /// A memory manager's capacity, as its last load reported.
@@ -847,6 +872,7 @@ mod tests {
                 committed: 0,
                 copies: Vec::new(),
                 held: Vec::new(),
+                regions: Vec::new(),
             },
             unix_socket: None,
         }
@@ -883,6 +909,7 @@ mod tests {
                 committed,
                 copies: Vec::new(),
                 held: Vec::new(),
+                regions: Vec::new(),
             },
         };
         assert_eq!(
@@ -1051,6 +1078,7 @@ mod tests {
             committed: 8192,
             copies: Vec::new(),
             held: Vec::new(),
+            regions: Vec::new(),
         };
         let spoof = Message::Heartbeat {
             name: "memory-0".into(),

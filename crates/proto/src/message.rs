@@ -79,6 +79,8 @@ pub enum Load {
         copies: Vec<CopyProgress>,
         /// What it holds of each process.
         held: Vec<HeldBytes>,
+        /// The regions it holds of processes homed elsewhere.
+        regions: Vec<HeldRegions>,
     },
     Storage {
         /// The directory tree this storage manager exports.
@@ -97,6 +99,15 @@ impl Load {
             Load::Storage { .. } => Role::Storage,
         }
     }
+}
+
+/// The regions of one process homed elsewhere a memory manager holds
+/// (spilled there): how many, and their stored pages' bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldRegions {
+    pub pid: ProcessId,
+    pub regions: u32,
+    pub bytes: u64,
 }
 
 /// A copy of a process a memory manager is making on a new backup (after

@@ -78,6 +78,11 @@ fn load() -> impl Strategy<Value = Load> {
                     bytes: committed,
                     primary: capacity % 2 == 0,
                 }],
+                regions: vec![HeldRegions {
+                    pid: committed,
+                    regions: (used % 7) as u32,
+                    bytes: capacity,
+                }],
             }
         }),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(export, total, free)| Load::Storage {

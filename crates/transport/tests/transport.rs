@@ -50,6 +50,7 @@ fn heartbeat(name: &str) -> Message {
             committed: 0,
             copies: Vec::new(),
             held: Vec::new(),
+            regions: Vec::new(),
         },
     }
 }

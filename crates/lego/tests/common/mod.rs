@@ -150,7 +150,9 @@ impl Drop for Cluster {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
-        let _ = std::fs::remove_dir_all(&self.state);
+        if std::env::var_os("LEGO_TEST_KEEP_STATE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
     }
 }
 

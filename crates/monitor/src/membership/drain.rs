@@ -11,7 +11,7 @@
 //! the backup is promoted with a new backup of its own. The runtime, told
 //! `NotHeld` by the drained manager, fails over and is told the new home.
 
-use super::{memory_client, most_free_memory, promote, Membership};
+use super::{memory_client, most_free_memory, promote, region_holders, Membership};
 use lego_proto::{
     DrainState, ErrorCode, HeldCopy, Load, MemoryHolder, MemoryHome, Message, ProcessId, Role,
 };
@@ -204,10 +204,14 @@ impl Membership {
         })
     }
 
-    /// A memory manager to take a copy, other than those named.
-    fn pick(&self, except: &[&str]) -> Option<MemoryHolder> {
+    /// A memory manager to take a copy of process `pid`, other than those
+    /// named and those holding regions of it.
+    fn pick(&self, pid: ProcessId, except: &[&str]) -> Option<MemoryHolder> {
         let members = self.members();
-        most_free_memory(&members, except).map(|m| MemoryHolder {
+        let holders = region_holders(&members, pid);
+        let mut except = except.to_vec();
+        except.extend(holders.iter().map(String::as_str));
+        most_free_memory(&members, &except).map(|m| MemoryHolder {
             name: m.registration.name.clone(),
             addr: m.registration.addr,
         })
@@ -232,7 +236,7 @@ impl Membership {
             Some(backup) => backup.clone(),
             None => {
                 let target = self
-                    .pick(&[&from.name])
+                    .pick(pid, &[&from.name])
                     .ok_or("no other live memory manager can take it")?;
                 let asked = Message::Rebackup {
                     pid,
@@ -264,7 +268,7 @@ impl Membership {
         };
         ask(secret, from, &asked, Duration::from_secs(5))?;
         let backup = (self.replicas > 1)
-            .then(|| self.pick(&[&successor.name, &from.name]))
+            .then(|| self.pick(pid, &[&successor.name, &from.name]))
             .flatten();
         let home = MemoryHome {
             primary: successor,
@@ -297,7 +301,7 @@ impl Membership {
             // finds this copy): it goes once the release arrives.
             return Err("no live memory manager serves it as its primary".into());
         };
-        let target = self.pick(&[&primary.name, &from.name]);
+        let target = self.pick(pid, &[&primary.name, &from.name]);
         let asked = Message::Rebackup {
             pid,
             epoch: epoch + 1,
