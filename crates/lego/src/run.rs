@@ -195,7 +195,7 @@ fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
             memory,
             backup,
             storage,
-        } => Ok((processor, memory, backup.map(|b| *b), storage)),
+        } => Ok((processor, memory, backup.map(|b| *b), storage.map(|s| *s))),
         Message::Error(e) => bail!("the monitor cannot place the program: {}", e.message),
         other => bail!("the monitor answered PlaceProcess with {}", other.kind()),
     }

@@ -344,9 +344,13 @@ fn a_child_forked_after_a_drain_is_listed_with_its_real_backup() {
     );
 }
 
-/// The home, backup and region holders (with the bytes each holds) of
-/// the first process `lego ps --json` lists with spilled regions.
-fn spilled_process(cluster: &Cluster) -> Option<(String, String, Vec<(String, u64)>)> {
+/// A process's home, backup and region holders (with the bytes each
+/// holds), as `lego ps --json` lists them.
+type Spread = (String, String, Vec<(String, u64)>);
+
+/// The [`Spread`] of the first process `lego ps --json` lists with
+/// spilled regions.
+fn spilled_process(cluster: &Cluster) -> Option<Spread> {
     let out = cluster.lego(&["ps", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     list.as_array()?.iter().find_map(|p| {

@@ -324,7 +324,7 @@ impl Membership {
             .values()
             .filter(alive)
             .find(|m| m.registration.role == Role::Storage)
-            .map(|m| m.registration.clone());
+            .map(|m| Box::new(m.registration.clone()));
         let (processor, memory) = (processor.registration.clone(), memory.registration.clone());
         let now = Instant::now();
         for name in std::iter::once(&memory.name).chain(backup.as_ref().map(|b| &b.name)) {

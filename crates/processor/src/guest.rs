@@ -107,7 +107,7 @@ pub fn place(
             backup,
             storage,
             ..
-        } => (memory, backup, storage),
+        } => (memory, backup, storage.map(|s| *s)),
         Message::Error(e) => {
             return Err(unplaced(format!(
                 "the monitor cannot place the program: {}",

@@ -302,7 +302,7 @@ pub enum Message {
         processor: Registration,
         memory: Registration,
         backup: Option<Box<Registration>>,
-        storage: Option<Registration>,
+        storage: Option<Box<Registration>>,
     },
     /// A processor reporting that `failed`, a memory manager of `home`,
     /// is lost to process `pid` of tree `tree`: the monitor checks it is

@@ -285,7 +285,7 @@ fn process_message() -> impl Strategy<Value = Message> {
                 processor,
                 memory,
                 backup: backup.map(Box::new),
-                storage
+                storage: storage.map(Box::new)
             }),
         (any::<u64>(), any::<u64>(), home(), text()).prop_map(|(pid, tree, home, failed)| {
             Message::Failover {
