@@ -378,7 +378,8 @@ fn spilled_process(cluster: &Cluster) -> Option<Spread> {
 /// on four managers of 256 MiB (its home and backup each hold at most
 /// 256 MiB of it) spills whole regions to the other two, each region on
 /// both, and prints what it prints natively, single- and multi-threaded;
-/// `lego ps` shows the bytes each holder has. It still does when a holder
+/// `lego ps` shows the bytes each holder has; so do a fork of it and
+/// python growing its heap past the home. It still does when a holder
 /// of its regions is killed mid-run (the runtime goes on with the other
 /// copy), and when its home is (the backup takes over, knowing where the
 /// regions are). Before: "Cannot allocate memory" from malloc.
@@ -391,6 +392,22 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
         let out = cluster.run(&["--excache", "16M"], &checksum, &args);
         assert_same(&out, &native(&checksum, &args), &format!("{mode} 320 MiB"));
     }
+    // A fork copies the spilled regions on their holders: the child reads
+    // them as the fork left them while the parent rewrites its own (the
+    // home full first, so a region that had pages there spills too).
+    let spillfork = program("spillfork", Build::GlibcStatic);
+    let out = cluster.run(&["--excache", "16M"], &spillfork, &["240", "64"]);
+    assert_same(&out, &native(&spillfork, &["240", "64"]), "spillfork");
+    // A heap grown by brk, a little at a time, past its home.
+    let python = std::path::Path::new("/usr/bin/python3");
+    let script = "import hashlib; a = [bytes([i % 251]) * 1000 for i in range(330000)]; \
+                  h = hashlib.sha256(); [h.update(x) for x in a]; print(len(a), h.hexdigest())";
+    let out = cluster.run(&["--excache", "64M"], python, &["-c", script]);
+    assert_same(
+        &out,
+        &native(python, &["-c", script]),
+        "python's 330 MB heap",
+    );
     for victim in ["a holder of its regions", "its home"] {
         // The last run's process gone from the listing first.
         poll(Duration::from_secs(20), || {

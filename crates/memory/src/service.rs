@@ -1494,27 +1494,51 @@ impl MemoryService {
         let mut outcome = apply(space, &mut pool, &op, &source);
         pool.set_forced(false);
         let mut spilled = Vec::new();
-        let enomem = outcome.result == Err(crate::vma::Errno(libc::ENOMEM));
-        if enomem && outcome.changes.is_empty() && !forwarded && self.joined.get().is_some() {
-            let plan = Self::spill_plan(space, &pool, |shape, scratch| {
+        // Whether a call's outcome is its not fitting: ENOMEM, or a break
+        // that stayed below where it was asked to grow (brk's failure).
+        let old_brk = space.current_brk();
+        let refused = |o: &Outcome| {
+            o.changes.is_empty()
+                && match op {
+                    MemoryOp::Brk { addr } => addr > old_brk && o.result != Ok(addr),
+                    _ => o.result == Err(crate::vma::Errno(libc::ENOMEM)),
+                }
+        };
+        if refused(&outcome) && !forwarded && self.joined.get().is_some() {
+            let plan = Self::spill_plan(space, &pool, &refused, |shape, scratch| {
                 apply(shape, scratch, &op, &source)
             });
+            if plan.is_none() {
+                info!(
+                    pid = format_args!("{pid:#x}"),
+                    "{} does not fit, and spilling regions would not make it",
+                    op.name()
+                );
+            }
             drop(pool);
             let copies = if backup.is_some() { 2 } else { 1 };
             let placed = match plan {
                 Some(regions) => self.place_spills(pid, backup.as_ref(), copies, &regions),
                 None => Vec::new(),
             };
+            let placed = match self.move_to_holders(pid, space, placed) {
+                Ok(placed) => placed,
+                Err((placed, why)) => {
+                    warn!("process {pid:#x}: cannot move pages to the regions' holders: {why}");
+                    self.give_up_spills(pid, &placed);
+                    Vec::new()
+                }
+            };
             pool = lock(&self.pool);
             if !placed.is_empty() {
                 for s in &placed {
-                    // Checked by the plan: no page of it is stored here.
+                    // (Its pages here, moved to the holders, go.)
                     if let Err(why) = space.spill(&mut pool, s.region, s.holders.clone()) {
                         warn!("process {pid:#x}: spilling region {}: {why}", s.region);
                     }
                 }
                 outcome = apply(space, &mut pool, &op, &source);
-                if outcome.result.is_err() && outcome.changes.is_empty() {
+                if refused(&outcome) {
                     // Others took the room meanwhile: nothing changes.
                     for s in &placed {
                         space.unspill(&mut pool, s.region);
@@ -2103,6 +2127,28 @@ impl MemoryService {
                     .store(!regions.is_empty(), Ordering::Release);
                 Message::RegionsChanged.into()
             }
+            Message::RegionPages { pid, addrs }
+                if peer.identity.role == lego_proto::Role::Memory =>
+            {
+                if addrs.len() > MAX_WRITEBACK_PAGES
+                    || request.payload.len() != addrs.len() * PAGE_SIZE
+                {
+                    return bad_request(format!(
+                        "pages of the regions of process {pid:#x}: {} addresses with {} bytes \
+                         (at most {MAX_WRITEBACK_PAGES}, one page each)",
+                        addrs.len(),
+                        request.payload.len()
+                    ));
+                }
+                let mut held = lock(&self.regions);
+                let mut pool = lock(&self.pool);
+                for (&addr, contents) in addrs.iter().zip(request.payload.chunks(PAGE_SIZE)) {
+                    if let Err(e) = held.store(&mut pool, pid, addr, contents) {
+                        return bad_request(e.to_string());
+                    }
+                }
+                Message::RegionsChanged.into()
+            }
             Message::ForkRegions {
                 parent,
                 child,
@@ -2150,6 +2196,7 @@ impl MemoryService {
                             | Message::HoldRegion { .. }
                             | Message::ChangeRegions { .. }
                             | Message::ForkRegions { .. }
+                            | Message::RegionPages { .. }
                             | Message::Promote { .. }
                             | Message::Rebackup { .. }
                             | Message::Relinquish { .. }

@@ -581,6 +581,13 @@ pub enum Message {
         release: Vec<u64>,
         all: bool,
     },
+    /// The home → a holder of region(s) it just spilled: the pages of
+    /// them it had stored (`addrs`, one page of payload each), kept here
+    /// from now on.
+    RegionPages {
+        pid: ProcessId,
+        addrs: Vec<u64>,
+    },
     /// The home → a holder, at a fork: process `child` holds copies of
     /// `parent`'s regions `regions` here (its own reservations, sharing
     /// the parent's pages until either writes one).
@@ -589,7 +596,7 @@ pub enum Message {
         child: ProcessId,
         regions: Vec<u64>,
     },
-    /// Reply to the three above.
+    /// Reply to the four above.
     RegionsChanged,
 
     // --- files (storage manager; see `crate::storage`) ---
@@ -681,6 +688,7 @@ impl Message {
             Message::HoldRegion { .. } => "HoldRegion",
             Message::ChangeRegions { .. } => "ChangeRegions",
             Message::ForkRegions { .. } => "ForkRegions",
+            Message::RegionPages { .. } => "RegionPages",
             Message::RegionsChanged => "RegionsChanged",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",

@@ -15,12 +15,16 @@
 use super::{lock, MemoryService, Process};
 use crate::pool::PagePool;
 use crate::vma::{AddressSpace, Outcome};
-use lego_proto::{MemoryHolder, Message, ProcessId, SpilledRegion, USER_END, USER_MIN};
+use lego_proto::{MemoryHolder, Message, ProcessId, SpilledRegion, PAGE_SIZE, USER_END, USER_MIN};
 use tracing::{info, warn};
 
 /// Managers a region's copy may be refused by (their room changed since
 /// the monitor last heard) before the spill is given up.
 const HOLD_TRIES: usize = 3;
+
+/// Pages per message when a spilled region's pages move to its holders
+/// (1 MiB).
+const MOVE_CHUNK: usize = 256;
 
 impl MemoryService {
     /// The regions to spill so that `op`, which did not fit, does: a dry
@@ -29,12 +33,13 @@ impl MemoryService {
     pub(super) fn spill_plan(
         space: &AddressSpace,
         pool: &PagePool,
+        refused: impl Fn(&Outcome) -> bool,
         apply: impl FnOnce(&mut AddressSpace, &mut PagePool) -> Outcome,
     ) -> Option<Vec<u64>> {
         let mut scratch = PagePool::new(u64::MAX);
         let mut after = space.shape(&mut scratch);
         let dry = apply(&mut after, &mut scratch);
-        if dry.result.is_err() {
+        if refused(&dry) {
             return None;
         }
         let room = pool.capacity_bytes().saturating_sub(pool.committed());
@@ -158,6 +163,50 @@ impl MemoryService {
         placed
     }
 
+    /// Gives the holders of `placed`, regions about to spill, the pages of
+    /// them `space` stores (the runtime, waiting for the call, has none in
+    /// flight). The pages are read a chunk at a time, under the pool's
+    /// lock only while copied out.
+    pub(super) fn move_to_holders(
+        &self,
+        pid: ProcessId,
+        space: &AddressSpace,
+        placed: Vec<SpilledRegion>,
+    ) -> Result<Vec<SpilledRegion>, (Vec<SpilledRegion>, String)> {
+        for s in &placed {
+            let (start, end) = (
+                s.region * lego_proto::REGION_SIZE,
+                (s.region + 1) * lego_proto::REGION_SIZE,
+            );
+            let mut from = start;
+            loop {
+                let (addrs, payload) = {
+                    let pool = lock(&self.pool);
+                    let chunk = space.pages_in(from, end, MOVE_CHUNK);
+                    let mut payload = Vec::with_capacity(chunk.len() * PAGE_SIZE);
+                    for (_, id) in &chunk {
+                        payload.extend_from_slice(pool.get(*id));
+                    }
+                    (chunk.iter().map(|(a, _)| *a).collect::<Vec<u64>>(), payload)
+                };
+                let Some(&last) = addrs.last() else {
+                    break;
+                };
+                for holder in &s.holders {
+                    let message = Message::RegionPages {
+                        pid,
+                        addrs: addrs.clone(),
+                    };
+                    if let Err(why) = self.tell_holder_with(holder, &message, &payload) {
+                        return Err((placed.clone(), format!("{}: {why}", holder.name)));
+                    }
+                }
+                from = last + PAGE_SIZE as u64;
+            }
+        }
+        Ok(placed)
+    }
+
     /// Gives up spilled regions held for process `pid` (a change that
     /// still did not fit).
     pub(super) fn give_up_spills(&self, pid: ProcessId, spilled: &[SpilledRegion]) {
@@ -274,12 +323,23 @@ impl MemoryService {
 
     /// Sends `message` to `holder` and waits for it to be done.
     fn tell_holder(&self, holder: &MemoryHolder, message: &Message) -> Result<(), String> {
+        self.tell_holder_with(holder, message, &[])
+    }
+
+    /// Sends `message` with `payload` to `holder` and waits for it to be
+    /// done.
+    fn tell_holder_with(
+        &self,
+        holder: &MemoryHolder,
+        message: &Message,
+        payload: &[u8],
+    ) -> Result<(), String> {
         let link = self
             .links
             .to(holder)
             .ok_or("this memory manager has no cluster secret")?;
         let sent = link
-            .send_message(message, &[])
+            .send_message(message, &[payload])
             .ok_or_else(|| format!("{} cannot be reached", holder.name))?;
         link.wait(sent)
     }

@@ -321,9 +321,8 @@ impl AddressSpace {
     }
 
     /// Spills `region`: its accounted bytes stop being charged here (the
-    /// manager that holds it now reserved the region). Refused, with
-    /// nothing changed, if pages of it are stored here (they would have to
-    /// move first).
+    /// managers that hold it now reserved the region), and its pages here
+    /// are dropped (the caller gave them to the holders first).
     pub fn spill(
         &mut self,
         pool: &mut PagePool,
@@ -334,9 +333,7 @@ impl AddressSpace {
         if end > USER_END || start >= end {
             return Err(format!("region {region} lies outside the address space"));
         }
-        if self.pages.range(start..end).next().is_some() {
-            return Err(format!("region {region} holds pages here"));
-        }
+        self.clear_pages(pool, start, end);
         if let Some(held) = self.spilled.get_mut(&region) {
             *held = holders;
             return Ok(());
@@ -349,18 +346,13 @@ impl AddressSpace {
     }
 
     /// The regions, not spilled, that accounted VMAs reach into within
-    /// `[start, end)` and where no page is stored here: those a change
-    /// that did not fit could spill.
+    /// `[start, end)`: those a change that did not fit could spill.
     pub fn spillable_in(&self, start: u64, end: u64) -> Vec<u64> {
         let mut out = Vec::new();
         for v in self.overlapping(start, end).iter().filter(|v| v.accounted) {
             let v = v.clipped(start, end);
             for region in region_of(v.start)..=region_of(v.end - 1) {
-                let (rs, re) = region_range(region);
-                if !self.spilled.contains_key(&region)
-                    && out.last() != Some(&region)
-                    && self.pages.range(rs..re).next().is_none()
-                {
+                if !self.spilled.contains_key(&region) && out.last() != Some(&region) {
                     out.push(region);
                 }
             }
@@ -387,9 +379,10 @@ impl AddressSpace {
     /// Which regions to spill so that `after`, this space once a change
     /// is made (a dry run on [`AddressSpace::shape`]), is charged `short`
     /// bytes less here: regions of the ranges the change touched, where
-    /// `after` has accounted memory, no file is mapped (its pages are read
-    /// from the file here) and this space stores no page, from the highest
-    /// down. `None` when those do not add up to `short`.
+    /// `after` has accounted memory and no file is mapped (its pages are
+    /// read from the file here), those storing no page here first (nothing
+    /// to move), then from the highest down. `None` when those do not add
+    /// up to `short`.
     pub fn spill_plan(
         &self,
         after: &AddressSpace,
@@ -401,18 +394,22 @@ impl AddressSpace {
             .flat_map(|&(start, end)| after.spillable_in(start, end))
             .filter(|&region| {
                 let (rs, re) = region_range(region);
-                self.pages.range(rs..re).next().is_none()
-                    && after
-                        .overlapping(rs, re)
-                        .iter()
-                        .all(|v| v.file.is_none() || !v.accounted)
+                after
+                    .overlapping(rs, re)
+                    .iter()
+                    .all(|v| v.file.is_none() || !v.accounted)
             })
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
+        candidates.reverse();
+        candidates.sort_by_key(|&region| {
+            let (rs, re) = region_range(region);
+            self.pages.range(rs..re).next().is_some()
+        });
         let mut plan = Vec::new();
         let mut relieved = 0;
-        for region in candidates.into_iter().rev() {
+        for region in candidates {
             if relieved >= short {
                 break;
             }

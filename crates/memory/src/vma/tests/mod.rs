@@ -355,7 +355,8 @@ const REGION: u64 = lego_proto::REGION_SIZE;
 
 /// A mapping larger than the pool fits once the regions it reaches are
 /// spilled: their bytes are charged elsewhere, the rest here, and the
-/// charge stays exact through munmap, mprotect, brk and release.
+/// charge stays exact through munmap, mprotect, spilling a region with
+/// pages and release.
 #[test]
 fn spilled_regions_are_charged_elsewhere() {
     let (mut s, mut p) = setup(REGION);
@@ -403,12 +404,13 @@ fn spilled_regions_are_charged_elsewhere() {
     let mut shape = s.shape(&mut scratch);
     ok(shape.munmap(&mut scratch, start, REGION));
     assert_eq!(scratch.committed(), 0);
-    // A page of a home region is stored; the region cannot be spilled.
+    // A region storing pages here spills without them (the home gave
+    // them to the holders first), and its charge goes.
     write(&mut s, &mut p, start, 7);
-    assert!(s
-        .spill(&mut p, 4, Vec::new())
-        .unwrap_err()
-        .contains("holds pages"));
+    assert_eq!(p.used(), PAGE);
+    s.spill(&mut p, 4, Vec::new()).unwrap();
+    layout(&s);
+    assert_eq!((p.committed(), p.used()), (0, 0));
     assert!(s.spill(&mut p, u64::MAX, Vec::new()).is_err());
     s.release(&mut p);
     assert_eq!((p.committed(), p.used()), (0, 0));
@@ -451,4 +453,31 @@ fn copies_keep_the_spilled_regions() {
     assert!(AddressSpace::from_layout(&bad, &mut PagePool::new(REGION))
         .unwrap_err()
         .contains("outside"));
+}
+
+/// The plan for a change that does not fit spills regions of what it
+/// touches, those without pages here first and then from the top, and
+/// only when they relieve enough.
+#[test]
+fn a_spill_plan_relieves_what_is_short() {
+    let (mut s, mut p) = setup(2 * REGION);
+    // A mapping with a page stored in region 4.
+    ok(s.mmap(&mut p, 4 * REGION, REGION / 2, RW, FIXED));
+    write(&mut s, &mut p, 4 * REGION, 1);
+    let (after_start, after_len) = (4 * REGION + REGION / 2, 4 * REGION);
+    let mut scratch = PagePool::new(0);
+    let mut after = s.shape(&mut scratch);
+    ok(after.mmap(&mut scratch, after_start, after_len, RW, FIXED));
+    let touched = [(after_start, after_start + after_len)];
+    // Short by half a region: the highest region (half of it mapped);
+    // by one, the next too.
+    assert_eq!(s.spill_plan(&after, &touched, REGION / 2), Some(vec![8]));
+    assert_eq!(s.spill_plan(&after, &touched, REGION), Some(vec![8, 7]));
+    // Short by all of it: the pageless ones from the top, then region 4.
+    assert_eq!(
+        s.spill_plan(&after, &touched, after_len),
+        Some(vec![8, 7, 6, 5, 4])
+    );
+    // More than the touched regions hold: no plan.
+    assert_eq!(s.spill_plan(&after, &touched, 5 * REGION), None);
 }
