@@ -1505,7 +1505,7 @@ impl MemoryService {
                 }
         };
         if refused(&outcome) && !forwarded && self.joined.get().is_some() {
-            let plan = Self::spill_plan(space, &pool, &refused, |shape, scratch| {
+            let plan = Self::spill_plan(space, &pool, refused, |shape, scratch| {
                 apply(shape, scratch, &op, &source)
             });
             if plan.is_none() {
