@@ -82,6 +82,11 @@ impl RegionStore {
         Ok(())
     }
 
+    /// The processes with regions here.
+    pub fn pids(&self) -> Vec<ProcessId> {
+        self.held.keys().copied().collect()
+    }
+
     /// The tree of process `pid`, if it has regions here.
     pub fn tree_of(&self, pid: ProcessId) -> Option<ProcessId> {
         self.trees.get(&pid).copied()

@@ -220,6 +220,16 @@ impl MemoryService {
         for slot in &slots {
             self.free_slot(slot);
         }
+        // The regions held for other homes too: their runtimes go on with
+        // the regions' other copies.
+        {
+            let mut regions = lock(&self.regions);
+            let mut pool = lock(&self.pool);
+            for pid in regions.pids() {
+                regions.release(&mut pool, pid, None);
+            }
+            self.any_regions.store(false, Ordering::Release);
+        }
         warn!("fenced: dropped the memory of {} processes", slots.len());
     }
 
@@ -1476,7 +1486,13 @@ impl MemoryService {
             }
             _ => None,
         };
-        let backup = process.rep.backup.as_ref().map(|l| l.holder().clone());
+        // (One being made counts: it is the backup once the copy is done.)
+        let backup = process
+            .rep
+            .backup
+            .as_ref()
+            .or(process.rep.copying.as_ref().map(|c| &c.link))
+            .map(|l| l.holder().clone());
         let space = &mut process.space;
         let mut pool = lock(&self.pool);
         if forwarded {
@@ -1532,36 +1548,54 @@ impl MemoryService {
             pool = lock(&self.pool);
             if !placed.is_empty() {
                 for s in &placed {
-                    // (Its pages here, moved to the holders, go.)
                     if let Err(why) = space.spill(&mut pool, s.region, s.holders.clone()) {
                         warn!("process {pid:#x}: spilling region {}: {why}", s.region);
                     }
                 }
                 outcome = apply(space, &mut pool, &op, &source);
                 if refused(&outcome) {
-                    // Others took the room meanwhile: nothing changes.
+                    // Others took the room meanwhile (or the call cannot
+                    // reach a spilled region, as a move into one): nothing
+                    // changes, and the home keeps its pages.
                     for s in &placed {
                         space.unspill(&mut pool, s.region);
                     }
                     drop(pool);
                     self.give_up_spills(pid, &placed);
-                    return (memory_reply(outcome, Vec::new()), source);
+                    return (memory_reply(outcome, Vec::new(), Vec::new()), source);
                 }
                 spilled = placed;
             }
         }
-        drop(pool);
         if forwarded {
             // Answered as the primary did, should it be asked again after
             // a failover.
             spilled = spill.to_vec();
-        } else if has_spills(process) {
-            let discard = discarded(&outcome);
-            if !discard.is_empty() {
-                self.discard_spilled(pid, &process.space, &discard);
+        }
+        // The holders have the spilled regions' pages now; regions left
+        // with no writable memory come home (the backup decides the same
+        // from the same layout).
+        let regions: Vec<u64> = spilled.iter().map(|s| s.region).collect();
+        space.drop_spilled_pages(&mut pool, &regions);
+        let unspilled = if refused(&outcome) {
+            Vec::new()
+        } else {
+            space.unspill_empty(&mut pool)
+        };
+        drop(pool);
+        if !forwarded {
+            if !unspilled.is_empty() {
+                self.give_up_spills(pid, &unspilled);
+            }
+            if has_spills(process) {
+                let discard = discarded(&outcome);
+                if !discard.is_empty() {
+                    self.discard_spilled(pid, &process.space, &discard);
+                }
             }
         }
-        (memory_reply(outcome, spilled), source)
+        let unspilled = unspilled.into_iter().map(|s| s.region).collect();
+        (memory_reply(outcome, spilled, unspilled), source)
     }
 
     fn fetch_page(&self, pid: ProcessId, addr: u64) -> Reply {
@@ -1756,7 +1790,7 @@ fn with_source(mut request: Frame, source: &FileSource) -> Frame {
 /// address space (Linux's partial mprotect and madvise) cannot be a
 /// `MemoryFailed`, which carries no changes: it is a `MemoryDone` whose
 /// result is the raw syscall return value, `-errno`.
-fn memory_reply(outcome: Outcome, spilled: Vec<SpilledRegion>) -> Reply {
+fn memory_reply(outcome: Outcome, spilled: Vec<SpilledRegion>, unspilled: Vec<u64>) -> Reply {
     let result = match outcome.result {
         Ok(result) => result,
         Err(errno) if outcome.changes.is_empty() && outcome.moves.is_empty() => {
@@ -1769,6 +1803,7 @@ fn memory_reply(outcome: Outcome, spilled: Vec<SpilledRegion>) -> Reply {
         moves: outcome.moves,
         changes: outcome.changes,
         spilled,
+        unspilled,
     })
     .into()
 }

@@ -226,6 +226,9 @@ pub struct MemoryOpDone {
     /// Regions the call spilled to other memory managers: the runtime
     /// sends their pages, and asks for them, there.
     pub spilled: Vec<SpilledRegion>,
+    /// Spilled regions the call left without writable memory: they are
+    /// the home's again (their holders gave them up).
+    pub unspilled: Vec<u64>,
 }
 
 /// A region of an address space whose pages live on memory managers other

@@ -505,6 +505,7 @@ fn memory_message() -> impl Strategy<Value = Message> {
                         region: result % 9,
                         holders: Vec::new(),
                     }],
+                    unspilled: vec![result % 5],
                     changes,
                 })
             ),

@@ -142,6 +142,11 @@ impl AddressSpace {
             }
         };
         let end = start + len;
+        if file.is_some() && self.touches_spilled(start, end) {
+            // A file's pages are read here; a spilled region's live on
+            // its holders, which have only what was written back.
+            return Outcome::err(Errno::ENOMEM);
+        }
         let accounted = prot & PROT_WRITE != 0;
         let replaced = !self.is_free(start, end);
         let add = if accounted {

@@ -321,8 +321,10 @@ impl AddressSpace {
     }
 
     /// Spills `region`: its accounted bytes stop being charged here (the
-    /// managers that hold it now reserved the region), and its pages here
-    /// are dropped (the caller gave them to the holders first).
+    /// managers that hold it now reserved the region). Its pages here, if
+    /// any, stay until [`AddressSpace::drop_spilled_pages`] (once the
+    /// change the spill made room for is made, and the holders have them):
+    /// until then, [`AddressSpace::unspill`] takes it all back.
     pub fn spill(
         &mut self,
         pool: &mut PagePool,
@@ -333,7 +335,6 @@ impl AddressSpace {
         if end > USER_END || start >= end {
             return Err(format!("region {region} lies outside the address space"));
         }
-        self.clear_pages(pool, start, end);
         if let Some(held) = self.spilled.get_mut(&region) {
             *held = holders;
             return Ok(());
@@ -358,6 +359,40 @@ impl AddressSpace {
             }
         }
         out
+    }
+
+    /// Drops the pages stored here of the spilled regions `regions` (the
+    /// holders have them).
+    pub fn drop_spilled_pages(&mut self, pool: &mut PagePool, regions: &[u64]) {
+        for &region in regions {
+            if self.spilled.contains_key(&region) {
+                let (start, end) = region_range(region);
+                self.clear_pages(pool, start, end);
+            }
+        }
+    }
+
+    /// Takes back the spilled regions left with no writable memory (all
+    /// of it unmapped): they cost nothing here, and their holders may give
+    /// them up. Returns them, with the holders they had.
+    pub fn unspill_empty(&mut self, pool: &mut PagePool) -> Vec<SpilledRegion> {
+        let empty: Vec<u64> = self
+            .spilled
+            .keys()
+            .copied()
+            .filter(|&r| {
+                let (start, end) = region_range(r);
+                self.overlapping(start, end).iter().all(|v| !v.accounted)
+            })
+            .collect();
+        empty
+            .into_iter()
+            .map(|region| {
+                let holders = self.spilled.get(&region).cloned().unwrap_or_default();
+                self.unspill(pool, region);
+                SpilledRegion { region, holders }
+            })
+            .collect()
     }
 
     /// Takes `region` back (a spill whose change then failed): charged
@@ -394,10 +429,7 @@ impl AddressSpace {
             .flat_map(|&(start, end)| after.spillable_in(start, end))
             .filter(|&region| {
                 let (rs, re) = region_range(region);
-                after
-                    .overlapping(rs, re)
-                    .iter()
-                    .all(|v| v.file.is_none() || !v.accounted)
+                after.overlapping(rs, re).iter().all(|v| v.file.is_none())
             })
             .collect();
         candidates.sort_unstable();

@@ -168,6 +168,7 @@ pub fn install(
                 moves: Vec::new(),
                 changes: image.mappings.clone(),
                 spilled: Vec::new(),
+                unspilled: Vec::new(),
             },
         )?;
         drop(change);

@@ -373,6 +373,7 @@ impl RemoteMemory {
         let reply = self.call(|l| &l.client, &message, &[])?;
         match reply.message {
             Message::MemoryDone(done) => {
+                self.0.spilled.forget(&done.unspilled);
                 self.0.spilled.learn(&done.spilled, &lock(&self.0.config));
                 Ok(Ok(done))
             }

@@ -64,18 +64,31 @@ impl Spilled {
                 .holders
                 .iter()
                 .map(|h| {
-                    *holders.entry(h.clone()).or_insert_with(|| {
+                    let holder: &'static Holder = holders.entry(h.clone()).or_insert_with(|| {
                         Box::leak(Box::new(Holder {
                             holder: h.clone(),
                             fetch: Client::new(h.addr, config.clone()),
                             writeback: Client::new(h.addr, config.clone()),
                             lost: AtomicBool::new(false),
                         }))
-                    })
+                    });
+                    // The home just had it take a region: it serves again.
+                    holder.lost.store(false, Ordering::Relaxed);
+                    holder
                 })
-                .filter(|h| !h.lost.load(Ordering::Relaxed))
                 .collect();
             regions.insert(s.region, list);
+        }
+    }
+
+    /// Forgets regions the home took back: their pages are its own again.
+    pub fn forget(&self, unspilled: &[u64]) {
+        if unspilled.is_empty() {
+            return;
+        }
+        let mut regions = write(&self.regions);
+        for region in unspilled {
+            regions.remove(region);
         }
     }
 

@@ -409,6 +409,7 @@ fn become_child(
         moves: Vec::new(),
         changes: differences,
         spilled: Vec::new(),
+        unspilled: Vec::new(),
     };
     rt.mm.apply(&layout, &done).map_err(failed)?;
     drop(layout);

@@ -404,13 +404,43 @@ fn spilled_regions_are_charged_elsewhere() {
     let mut shape = s.shape(&mut scratch);
     ok(shape.munmap(&mut scratch, start, REGION));
     assert_eq!(scratch.committed(), 0);
-    // A region storing pages here spills without them (the home gave
-    // them to the holders first), and its charge goes.
+    // A region storing pages here spills; its pages stay until dropped
+    // (the holders have them), so taking the spill back loses nothing.
     write(&mut s, &mut p, start, 7);
-    assert_eq!(p.used(), PAGE);
+    let charged = p.committed();
     s.spill(&mut p, 4, Vec::new()).unwrap();
+    assert_eq!((p.committed(), p.used()), (0, PAGE));
+    s.unspill(&mut p, 4);
+    assert_eq!((p.committed(), p.used()), (charged, PAGE));
+    assert_eq!(byte_at(&s, &p, start), Some(7));
+    s.spill(&mut p, 4, Vec::new()).unwrap();
+    s.drop_spilled_pages(&mut p, &[4]);
     layout(&s);
     assert_eq!((p.committed(), p.used()), (0, 0));
+    // A file is never mapped over a spilled region (its pages are read
+    // here).
+    let file = crate::vma::FileSource {
+        storage: "127.0.0.1:9".parse().unwrap(),
+        handle: lego_proto::FileHandle(vec![1]),
+        caller: lego_proto::Voucher::default(),
+    };
+    assert_eq!(
+        errno(s.mmap_file(
+            &mut p,
+            8 * REGION - PAGE,
+            2 * PAGE,
+            PROT_READ,
+            FIXED,
+            (file, 0)
+        )),
+        libc::ENOMEM
+    );
+    // Unmapped, the spilled regions come home, charging nothing.
+    ok(s.munmap(&mut p, start, 4 * REGION));
+    let home: Vec<u64> = s.unspill_empty(&mut p).iter().map(|r| r.region).collect();
+    assert_eq!(home, vec![4, 5, 6, 7]);
+    assert_eq!(s.spilled().count(), 0);
+    layout(&s);
     assert!(s.spill(&mut p, u64::MAX, Vec::new()).is_err());
     s.release(&mut p);
     assert_eq!((p.committed(), p.used()), (0, 0));
