@@ -133,6 +133,16 @@ impl Membership {
             };
             self.drain_state(name, |state| state.left = copies.len() as u32);
             if copies.is_empty() && !self.awaiting_memory(name) {
+                let regions = self.regions_held(name);
+                if regions > 0 {
+                    // Not drained: say so, rather than let it be stopped
+                    // as holding nothing.
+                    return Err(format!(
+                        "{name} still holds {regions} regions spilled by processes homed \
+                         elsewhere, and moving regions off a manager is not supported yet \
+                         (stopping it leaves each of them only its other copy)"
+                    ));
+                }
                 info!("{name} drained in {:?}", started.elapsed());
                 return Ok(());
             }
@@ -169,6 +179,14 @@ impl Membership {
     /// have made its memory there yet: placed lately (its processor has
     /// not reported it), or reported with `name` as its home or backup
     /// and no decision of the monitor's moving it since.
+    /// The regions of other homes' processes `name` reports holding.
+    fn regions_held(&self, name: &str) -> u32 {
+        match self.members().get(name).map(|m| &m.load) {
+            Some(Load::Memory { regions, .. }) => regions.iter().map(|r| r.regions).sum(),
+            _ => 0,
+        }
+    }
+
     fn awaiting_memory(&self, name: &str) -> bool {
         let homes = self
             .homes()
