@@ -82,6 +82,29 @@ impl RegionStore {
         Ok(())
     }
 
+    /// Up to `max` stored pages of region `region` of `pid` from address
+    /// `from` on, with their contents.
+    pub fn pages_from(
+        &self,
+        pool: &PagePool,
+        pid: ProcessId,
+        region: u64,
+        from: u64,
+        max: usize,
+    ) -> Vec<(u64, Vec<u8>)> {
+        self.held
+            .get(&pid)
+            .and_then(|regions| regions.get(&region))
+            .map(|r| {
+                r.pages
+                    .range(from..)
+                    .take(max)
+                    .map(|(&addr, &id)| (addr, pool.get(id).to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The processes with regions here.
     pub fn pids(&self) -> Vec<ProcessId> {
         self.held.keys().copied().collect()

@@ -1867,7 +1867,8 @@ impl MemoryService {
             Message::Memory { pid, .. }
             | Message::FetchPage { pid, .. }
             | Message::FetchPages { pid, .. }
-            | Message::WriteBack { pid, .. } => mine(pid),
+            | Message::WriteBack { pid, .. }
+            | Message::RegionsLost { pid, .. } => mine(pid),
             // Releasing what is not there is a no-op anyone may ask for.
             Message::ReleaseProcess { pid } => mine(pid) || fresh(pid),
             other => return Err(format!("a runtime may not send {}", other.kind())),
@@ -2162,6 +2163,40 @@ impl MemoryService {
                     .store(!regions.is_empty(), Ordering::Release);
                 Message::RegionsChanged.into()
             }
+            Message::CopyRegion { pid, region, to }
+                if peer.identity.role == lego_proto::Role::Memory =>
+            {
+                match self.copy_region(pid, region, &to) {
+                    Ok(()) => Message::RegionsChanged.into(),
+                    Err(why) => Message::error(
+                        ErrorCode::Internal,
+                        format!(
+                            "copying region {region} of process {pid:#x} to {}: {why}",
+                            to.name
+                        ),
+                    )
+                    .into(),
+                }
+            }
+            Message::RegionsLost { pid, lost } => {
+                let Some(slot) = self.slot(pid) else {
+                    return unknown_process(pid);
+                };
+                let mut guard = lock(&slot);
+                match guard.as_mut() {
+                    Some(process) if !process.rep.is_backup => {
+                        let backup = process.rep.backup.as_ref().map(|l| l.holder().clone());
+                        Message::RegionsMoved(self.replace_holders(
+                            pid,
+                            &mut process.space,
+                            backup.as_ref(),
+                            &lost,
+                        ))
+                        .into()
+                    }
+                    _ => not_served(&guard, pid),
+                }
+            }
             Message::RegionPages { pid, addrs }
                 if peer.identity.role == lego_proto::Role::Memory =>
             {
@@ -2232,6 +2267,7 @@ impl MemoryService {
                             | Message::ChangeRegions { .. }
                             | Message::ForkRegions { .. }
                             | Message::RegionPages { .. }
+                            | Message::CopyRegion { .. }
                             | Message::Promote { .. }
                             | Message::Rebackup { .. }
                             | Message::Relinquish { .. }
@@ -2266,7 +2302,8 @@ fn needs_held(request: &Message, tree: ProcessId) -> Option<ProcessId> {
         Message::Memory { pid, .. }
         | Message::FetchPage { pid, .. }
         | Message::FetchPages { pid, .. }
-        | Message::WriteBack { pid, .. } => Some(*pid),
+        | Message::WriteBack { pid, .. }
+        | Message::RegionsLost { pid, .. } => Some(*pid),
         Message::Fork { parent, .. } => Some(*parent),
         _ => None,
     }

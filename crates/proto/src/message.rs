@@ -588,6 +588,25 @@ pub enum Message {
         pid: ProcessId,
         addrs: Vec<u64>,
     },
+    /// The home → a holder of region `region` of process `pid`: copy its
+    /// pages to `to`, which just took the region (`HoldRegion`) in place
+    /// of a lost holder (`RegionPages` there), and answer once it has them.
+    CopyRegion {
+        pid: ProcessId,
+        region: u64,
+        to: MemoryHolder,
+    },
+    /// A runtime → its home: the memory managers named in `lost` failed
+    /// holding its spilled regions. Sent with no write-back in flight and
+    /// no fault being served, so the home can give each region a new
+    /// holder copied from a survivor while the process waits.
+    RegionsLost {
+        pid: ProcessId,
+        lost: Vec<String>,
+    },
+    /// Reply: the regions that had a lost holder, with their holders now
+    /// (a new one copied in where a manager could take it).
+    RegionsMoved(Vec<SpilledRegion>),
     /// The home → a holder, at a fork: process `child` holds copies of
     /// `parent`'s regions `regions` here (its own reservations, sharing
     /// the parent's pages until either writes one).
@@ -596,7 +615,8 @@ pub enum Message {
         child: ProcessId,
         regions: Vec<u64>,
     },
-    /// Reply to the four above.
+    /// Reply to `HoldRegion`, `ChangeRegions`, `CopyRegion`, `RegionPages`
+    /// and `ForkRegions`.
     RegionsChanged,
 
     // --- files (storage manager; see `crate::storage`) ---
@@ -689,6 +709,9 @@ impl Message {
             Message::ChangeRegions { .. } => "ChangeRegions",
             Message::ForkRegions { .. } => "ForkRegions",
             Message::RegionPages { .. } => "RegionPages",
+            Message::CopyRegion { .. } => "CopyRegion",
+            Message::RegionsLost { .. } => "RegionsLost",
+            Message::RegionsMoved(_) => "RegionsMoved",
             Message::RegionsChanged => "RegionsChanged",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",

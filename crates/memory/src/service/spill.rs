@@ -76,48 +76,15 @@ impl MemoryService {
         let mut placed: Vec<SpilledRegion> = Vec::new();
         for &region in regions {
             let mut holders: Vec<MemoryHolder> = Vec::new();
-            let mut refused: Vec<String> = Vec::new();
             for _ in 0..copies {
-                loop {
-                    // Never the home or its backup: the backup's copy of
-                    // the process grows with the home's.
-                    let mut except: Vec<String> = vec![me.name.clone()];
-                    except.extend(backup.map(|b| b.name.clone()));
-                    except.extend(holders.iter().map(|h| h.name.clone()));
-                    except.extend(refused.iter().cloned());
-                    let ask = Message::PlaceRegion {
-                        pid,
-                        region,
-                        except,
-                    };
-                    let holder = match self.links.ask_monitor(monitor, &ask) {
-                        Ok(Message::RegionPlaced(holder)) => holder,
-                        Ok(other) => {
-                            warn!("the monitor answered PlaceRegion with {}", other.kind());
-                            break;
-                        }
-                        Err(why) => {
-                            info!("region {region} of process {pid:#x} not placed: {why}");
-                            break;
-                        }
-                    };
-                    let hold = Message::HoldRegion { pid, tree, region };
-                    match self.tell_holder(&holder, &hold) {
-                        Ok(()) => {
-                            holders.push(holder);
-                            break;
-                        }
-                        Err(why) => {
-                            info!(
-                                "{} cannot hold region {region} of process {pid:#x}: {why}",
-                                holder.name
-                            );
-                            refused.push(holder.name);
-                            if refused.len() >= HOLD_TRIES {
-                                break;
-                            }
-                        }
-                    }
+                // Never the home or its backup: the backup's copy of the
+                // process grows with the home's.
+                let mut except: Vec<String> = vec![me.name.clone()];
+                except.extend(backup.map(|b| b.name.clone()));
+                except.extend(holders.iter().map(|h| h.name.clone()));
+                match self.place_one(monitor, pid, tree, region, except) {
+                    Some(holder) => holders.push(holder),
+                    None => break,
                 }
             }
             if holders.len() < copies {
@@ -161,6 +128,160 @@ impl MemoryService {
                 .join(", ")
         );
         placed
+    }
+
+    /// One new holder of region `region` of process `pid` (tree `tree`),
+    /// none of `except`: placed by the monitor at `monitor`, reserved
+    /// there (the next is asked when one refuses, a few times).
+    fn place_one(
+        &self,
+        monitor: std::net::SocketAddr,
+        pid: ProcessId,
+        tree: ProcessId,
+        region: u64,
+        mut except: Vec<String>,
+    ) -> Option<MemoryHolder> {
+        for _ in 0..HOLD_TRIES {
+            let ask = Message::PlaceRegion {
+                pid,
+                region,
+                except: except.clone(),
+            };
+            let holder = match self.links.ask_monitor(monitor, &ask) {
+                Ok(Message::RegionPlaced(holder)) => holder,
+                Ok(other) => {
+                    warn!("the monitor answered PlaceRegion with {}", other.kind());
+                    return None;
+                }
+                Err(why) => {
+                    info!("region {region} of process {pid:#x} not placed: {why}");
+                    return None;
+                }
+            };
+            let hold = Message::HoldRegion { pid, tree, region };
+            match self.tell_holder(&holder, &hold) {
+                Ok(()) => return Some(holder),
+                Err(why) => {
+                    info!(
+                        "{} cannot hold region {region} of process {pid:#x}: {why}",
+                        holder.name
+                    );
+                    except.push(holder.name);
+                }
+            }
+        }
+        None
+    }
+
+    /// The runtime of process `pid` lost the holders named in `lost`:
+    /// each region of `space` one of them held gets a new holder, copied
+    /// from a survivor (`CopyRegion`) while the runtime waits, and the
+    /// home's map follows. The answer lists every region that had a lost
+    /// holder, as it is held now. The home's backup keeps the old map (a
+    /// failover then loses the new copies' bookkeeping, not pages).
+    pub(super) fn replace_holders(
+        &self,
+        pid: ProcessId,
+        space: &mut AddressSpace,
+        backup: Option<&MemoryHolder>,
+        lost: &[String],
+    ) -> Vec<SpilledRegion> {
+        let Some((me, monitor)) = self.joined.get().cloned() else {
+            return Vec::new();
+        };
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let mut moved = Vec::new();
+        for s in space.spilled_regions() {
+            if !s.holders.iter().any(|h| lost.contains(&h.name)) {
+                continue;
+            }
+            let mut holders: Vec<MemoryHolder> = s
+                .holders
+                .iter()
+                .filter(|h| !lost.contains(&h.name))
+                .cloned()
+                .collect();
+            if let Some(survivor) = holders.first().cloned() {
+                let mut except: Vec<String> = vec![me.name.clone()];
+                except.extend(backup.map(|b| b.name.clone()));
+                except.extend(s.holders.iter().map(|h| h.name.clone()));
+                if let Some(new) = self.place_one(monitor, pid, tree, s.region, except) {
+                    let copy = Message::CopyRegion {
+                        pid,
+                        region: s.region,
+                        to: new.clone(),
+                    };
+                    let started = std::time::Instant::now();
+                    match self.tell_holder(&survivor, &copy) {
+                        Ok(()) => {
+                            info!(
+                                pid = format_args!("{pid:#x}"),
+                                "region {} copied from {} to {} in {:?}",
+                                s.region,
+                                survivor.name,
+                                new.name,
+                                started.elapsed()
+                            );
+                            holders.push(new);
+                        }
+                        Err(why) => {
+                            warn!(
+                                "region {} of process {pid:#x}: copying it from {} to {} \
+                                 failed: {why}",
+                                s.region, survivor.name, new.name
+                            );
+                            self.give_up_spills(
+                                pid,
+                                &[SpilledRegion {
+                                    region: s.region,
+                                    holders: vec![new],
+                                }],
+                            );
+                        }
+                    }
+                }
+            }
+            let mut pool = lock(&self.pool);
+            // Already spilled: only its holders change.
+            let _ = space.spill(&mut pool, s.region, holders.clone());
+            drop(pool);
+            moved.push(SpilledRegion {
+                region: s.region,
+                holders,
+            });
+        }
+        moved
+    }
+
+    /// Copies this manager's pages of region `region` of process `pid` to
+    /// `to` (a new holder of it), a chunk at a time.
+    pub(super) fn copy_region(
+        &self,
+        pid: ProcessId,
+        region: u64,
+        to: &MemoryHolder,
+    ) -> Result<(), String> {
+        let mut from = region * lego_proto::REGION_SIZE;
+        loop {
+            let chunk = {
+                let regions = lock(&self.regions);
+                let pool = lock(&self.pool);
+                regions.pages_from(&pool, pid, region, from, MOVE_CHUNK)
+            };
+            let Some(&(last, _)) = chunk.last() else {
+                return Ok(());
+            };
+            let mut payload = Vec::with_capacity(chunk.len() * PAGE_SIZE);
+            for (_, page) in &chunk {
+                payload.extend_from_slice(page);
+            }
+            let message = Message::RegionPages {
+                pid,
+                addrs: chunk.iter().map(|(a, _)| *a).collect(),
+            };
+            self.tell_holder_with(to, &message, &payload)?;
+            from = last + PAGE_SIZE as u64;
+        }
     }
 
     /// Gives the holders of `placed`, regions about to spill, the pages of

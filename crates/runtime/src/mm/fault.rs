@@ -23,6 +23,12 @@ static SERVERS: AtomicUsize = AtomicUsize::new(0);
 /// Starts the first fault thread, on the application thread's CPU.
 pub fn spawn(mm: &'static Memory) -> io::Result<()> {
     SERVERS.store(0, Ordering::SeqCst);
+    // A lost holder of spilled regions is replaced off the fault path
+    // (a forked child starts with no thread doing it).
+    super::REPAIRING.store(false, Ordering::SeqCst);
+    mm.remote
+        .spilled()
+        .on_lost(Box::new(move || super::repair_regions(mm)));
     let fd = mm.arena.uffd.raw();
     // Safety: fcntl on our own descriptor.
     unsafe {

@@ -26,6 +26,57 @@ pub struct Memory {
     pub remote: RemoteMemory,
 }
 
+/// Whether a thread is telling the home about lost region holders.
+pub(crate) static REPAIRING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Has the home give the spilled regions that lost a holder a new one:
+/// on a thread of its own, which waits for the faults being served,
+/// settles the write-backs in flight and keeps faults waiting while the
+/// home copies (the pause a holder's loss costs).
+pub fn repair_regions(mm: &'static Memory) {
+    use std::sync::atomic::Ordering;
+    if REPAIRING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("regions-repair".into())
+        .spawn(move || {
+            loop {
+                let change = mm.cache.change_layout();
+                if let Err(e) = mm.cache.settle() {
+                    tracing::warn!("before telling the home of lost region holders: {e}");
+                }
+                let started = std::time::Instant::now();
+                let told = mm.remote.report_lost();
+                drop(change);
+                match told {
+                    Ok(true) => tracing::warn!(
+                        "the home replaced lost holders of spilled regions; faults waited {:?}",
+                        started.elapsed()
+                    ),
+                    Ok(false) => {
+                        REPAIRING.store(false, Ordering::Release);
+                        // A loss reported after the last look starts again.
+                        if mm.remote.spilled().has_lost() {
+                            repair_regions(mm);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot tell the home of lost region holders: {e}");
+                        REPAIRING.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start telling the home of lost region holders: {e}");
+        REPAIRING.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Memory {
     /// Makes the runtime's view match what the memory manager did.
     pub fn apply(&self, change: &LayoutChange, done: &MemoryOpDone) -> Result<(), String> {

@@ -382,6 +382,34 @@ impl RemoteMemory {
         }
     }
 
+    /// The regions spilled to other memory managers.
+    pub fn spilled(&self) -> &Spilled {
+        &self.0.spilled
+    }
+
+    /// Tells the home which holders of spilled regions were lost, and
+    /// learns where those regions are now; `Ok(false)`: none was. Call it
+    /// with no write-back in flight and no fault being served: the home
+    /// copies each region to a new holder before it answers.
+    pub fn report_lost(&self) -> Result<bool, String> {
+        let lost = self.0.spilled.take_lost();
+        if lost.is_empty() {
+            return Ok(false);
+        }
+        let message = Message::RegionsLost {
+            pid: self.pid(),
+            lost,
+        };
+        let reply = self.call(|l| &l.client, &message, &[])?;
+        match reply.message {
+            Message::RegionsMoved(moved) => {
+                self.0.spilled.learn(&moved, &lock(&self.0.config));
+                Ok(true)
+            }
+            other => Err(self.unexpected("RegionsLost", other)),
+        }
+    }
+
     /// The fetch connection of the calling fault thread.
     fn lane(links: &Links) -> &Client {
         match LANE.with(|l| l.get()) {

@@ -29,6 +29,11 @@ pub struct Holder {
 pub struct Spilled {
     regions: RwLock<BTreeMap<u64, Vec<&'static Holder>>>,
     holders: Mutex<HashMap<MemoryHolder, &'static Holder>>,
+    /// Holders lost since the home was last told.
+    lost: Mutex<Vec<String>>,
+    /// Called when a holder is lost (outside every lock here), to have
+    /// the home told (see `mm::repair_regions`).
+    on_lost: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A write-back's part sent to one holder, not yet acknowledged.
@@ -124,6 +129,25 @@ impl Spilled {
         for list in write(&self.regions).values_mut() {
             list.retain(|h| !std::ptr::eq(*h, holder));
         }
+        locked(&self.lost).push(holder.holder.name.clone());
+        if let Some(tell) = self.on_lost.get() {
+            tell();
+        }
+    }
+
+    /// What to call when a holder is lost (set once).
+    pub fn on_lost(&self, tell: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_lost.set(tell);
+    }
+
+    /// Whether a holder was lost since `take_lost` was last asked.
+    pub fn has_lost(&self) -> bool {
+        !locked(&self.lost).is_empty()
+    }
+
+    /// The holders lost since this was last asked.
+    pub fn take_lost(&self) -> Vec<String> {
+        std::mem::take(&mut *locked(&self.lost))
     }
 
     /// Asks the holders of `addr`'s region, in order, for `message` (a
