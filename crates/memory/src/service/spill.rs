@@ -245,6 +245,22 @@ impl MemoryService {
             // Already spilled: only its holders change.
             let _ = space.spill(&mut pool, s.region, holders.clone());
             drop(pool);
+            // A holder reported lost that still runs gives the region up,
+            // off this call's time (a dead one takes a while to fail).
+            let gone = SpilledRegion {
+                region: s.region,
+                holders: s
+                    .holders
+                    .iter()
+                    .filter(|h| lost.contains(&h.name))
+                    .cloned()
+                    .collect(),
+            };
+            if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+                let _ = std::thread::Builder::new()
+                    .name("give up region".into())
+                    .spawn(move || me.give_up_spills(pid, &[gone]));
+            }
             moved.push(SpilledRegion {
                 region: s.region,
                 holders,
