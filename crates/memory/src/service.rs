@@ -336,6 +336,7 @@ impl MemoryService {
             Message::Exec { pid, seq, .. } | Message::Memory { pid, seq, .. } => (*pid, *seq),
             Message::Fork { parent, seq, .. } => (*parent, *seq),
             Message::WriteBack { pid, .. } | Message::ReleaseProcess { pid } => (*pid, 0),
+            Message::Respill { pid, .. } if forwarded.is_some() => (*pid, 0),
             other => return bad_request(format!("{} is not a change", other.kind())),
         };
         let slot = match (&request.message, self.slot(pid)) {
@@ -442,6 +443,22 @@ impl MemoryService {
                 Some(process) => self.write_back(process, pid, addrs, &request.payload),
                 None => unknown_process(pid),
             },
+            Message::Respill { regions, .. } => {
+                match guard.as_mut() {
+                    Some(process) => {
+                        let mut pool = lock(&self.pool);
+                        for r in regions {
+                            if let Err(why) =
+                                process.space.spill(&mut pool, r.region, r.holders.clone())
+                            {
+                                warn!("process {pid:#x}: the primary's new holders of region {}: {why}", r.region);
+                            }
+                        }
+                        Message::RegionsChanged.into()
+                    }
+                    None => unknown_process(pid),
+                }
+            }
             Message::ReleaseProcess { .. } => {
                 let released = guard.take();
                 lock(&self.processes).remove(&pid);
@@ -2186,13 +2203,27 @@ impl MemoryService {
                 match guard.as_mut() {
                     Some(process) if !process.rep.is_backup => {
                         let backup = process.rep.backup.as_ref().map(|l| l.holder().clone());
-                        Message::RegionsMoved(self.replace_holders(
-                            pid,
-                            &mut process.space,
-                            backup.as_ref(),
-                            &lost,
-                        ))
-                        .into()
+                        let moved =
+                            self.replace_holders(pid, &mut process.space, backup.as_ref(), &lost);
+                        // The backup's map follows (a lost backup is the
+                        // next change's to report).
+                        if let (Some(link), false) = (&process.rep.backup, moved.is_empty()) {
+                            let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+                            let respill = Frame {
+                                id: 0,
+                                message: Message::Respill {
+                                    pid,
+                                    regions: moved.clone(),
+                                },
+                                payload: Vec::new(),
+                            };
+                            if let Some(sent) = link.send(pid, tree, process.rep.epoch, &respill) {
+                                if let Err(why) = link.wait(sent) {
+                                    warn!("process {pid:#x}: the backup missed new region holders: {why}");
+                                }
+                            }
+                        }
+                        Message::RegionsMoved(moved).into()
                     }
                     _ => not_served(&guard, pid),
                 }
@@ -2315,6 +2346,7 @@ fn inner_pid(inner: &Message) -> Option<ProcessId> {
         Message::Exec { pid, .. }
         | Message::Memory { pid, .. }
         | Message::WriteBack { pid, .. }
+        | Message::Respill { pid, .. }
         | Message::ReleaseProcess { pid } => Some(*pid),
         Message::Fork { parent, .. } => Some(*parent),
         _ => None,

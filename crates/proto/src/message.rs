@@ -607,6 +607,12 @@ pub enum Message {
     /// Reply: the regions that had a lost holder, with their holders now
     /// (a new one copied in where a manager could take it).
     RegionsMoved(Vec<SpilledRegion>),
+    /// A home → its backup (inside `Replicate`): spilled regions of
+    /// process `pid` that changed holders.
+    Respill {
+        pid: ProcessId,
+        regions: Vec<SpilledRegion>,
+    },
     /// The home → a holder, at a fork: process `child` holds copies of
     /// `parent`'s regions `regions` here (its own reservations, sharing
     /// the parent's pages until either writes one).
@@ -712,6 +718,7 @@ impl Message {
             Message::CopyRegion { .. } => "CopyRegion",
             Message::RegionsLost { .. } => "RegionsLost",
             Message::RegionsMoved(_) => "RegionsMoved",
+            Message::Respill { .. } => "Respill",
             Message::RegionsChanged => "RegionsChanged",
             Message::Storage { .. } => "Storage",
             Message::StorageDone(_) => "StorageDone",
