@@ -52,7 +52,15 @@ pub struct Connection {
     mailbox: Mutex<Mailbox>,
     arrived: Condvar,
     next_id: AtomicU64,
+    /// When the connection was opened: the origin of `last_read`.
+    opened: Instant,
+    /// When a frame last arrived, in nanoseconds since `opened`.
+    last_read: AtomicU64,
 }
+
+/// How long a connection may sit unread before [`Connection::hung_up`]
+/// asks the socket whether the peer went away meanwhile.
+const IDLE_CHECK: Duration = Duration::from_millis(20);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind
@@ -116,6 +124,8 @@ impl Connection {
             }),
             arrived: Condvar::new(),
             next_id: AtomicU64::new(1),
+            opened: Instant::now(),
+            last_read: AtomicU64::new(0),
         })
     }
 
@@ -146,6 +156,55 @@ impl Connection {
     /// True once an error has made this connection unusable.
     pub fn is_broken(&self) -> bool {
         lock(&self.mailbox).broken.is_some()
+    }
+
+    /// True if the peer closed or reset this idle connection: with no
+    /// reader there is nobody to notice a peer that went away between
+    /// calls (a manager killed and restarted at the same address), so
+    /// the next request would be sent to the dead conversation and fail.
+    /// Asked of a connection with nothing in flight, unread for a while;
+    /// a hang-up found breaks the connection. One non-blocking peek.
+    pub fn hung_up(&self) -> bool {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.broken.is_some() {
+            return true;
+        }
+        if !mailbox.waiting.is_empty() || mailbox.reader_busy {
+            return false;
+        }
+        let read = Duration::from_nanos(self.last_read.load(Ordering::Relaxed));
+        if self.opened.elapsed().saturating_sub(read) < IDLE_CHECK {
+            return false;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*lock(&self.writer));
+        let mut byte = 0u8;
+        // SAFETY: `fd` is this connection's open socket (the writer is
+        // held, so it is not closed meanwhile), and the buffer is one
+        // writable byte; MSG_PEEK leaves whatever is there for the reader
+        // and MSG_DONTWAIT keeps the call from blocking.
+        let got = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let reason = match got {
+            0 => ReadError::Closed.to_string(),
+            n if n > 0 => return false,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted
+                {
+                    return false;
+                }
+                format!("read failed: {e}")
+            }
+        };
+        self.break_connection(&mut mailbox, reason);
+        true
     }
 
     /// Sends one request and waits up to `timeout` for its reply.
@@ -266,6 +325,9 @@ impl Connection {
             mailbox.reader_busy = false;
             match result {
                 Ok(frame) => {
+                    let now = self.opened.elapsed().as_nanos();
+                    self.last_read
+                        .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
                     if let Some(slot) = mailbox.waiting.get_mut(&frame.id) {
                         *slot = Some(frame);
                     }
@@ -402,7 +464,7 @@ impl Client {
     pub fn connection(&self) -> Result<Arc<Connection>, TransportError> {
         let mut current = lock(&self.current);
         if let Some(connection) = current.as_ref() {
-            if !connection.is_broken() {
+            if !connection.hung_up() {
                 return Ok(Arc::clone(connection));
             }
         }

@@ -388,3 +388,66 @@ fn a_process_key_authenticates_exactly_its_own_process() {
     assert_eq!(bare.tree(), None);
     assert!(Connection::open(server.local_addr(), &key, &bare, Duration::from_secs(2)).is_err());
 }
+
+/// A TCP relay in front of `to`: `cut` closes every connection relayed
+/// so far, as a peer killed and restarted at the same address would
+/// (new connections are relayed again).
+struct Relay {
+    addr: SocketAddr,
+    streams: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn new(to: SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let streams = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = Arc::clone(&streams);
+        std::thread::spawn(move || {
+            for near in listener.incoming().flatten() {
+                let far = TcpStream::connect(to).unwrap();
+                kept.lock()
+                    .unwrap()
+                    .extend([near.try_clone().unwrap(), far.try_clone().unwrap()]);
+                for (mut from, mut into) in [
+                    (near.try_clone().unwrap(), far.try_clone().unwrap()),
+                    (far, near),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, streams }
+    }
+
+    fn cut(&self) {
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn a_call_after_the_peer_hung_up_goes_over_a_new_connection() {
+    let secret = ClusterSecret::generate().unwrap();
+    let server = server(&secret);
+    let relay = Relay::new(server.local_addr());
+    let client = Client::new(relay.addr, client_config(&secret));
+    assert_eq!(
+        client.call(&Message::Ping, &[]).unwrap().message,
+        Message::Pong
+    );
+    // The peer goes away between two calls, and nobody reads meanwhile.
+    relay.cut();
+    // The connection has been idle long enough to be looked at before use.
+    std::thread::sleep(Duration::from_millis(50));
+    let reply = client.call(&Message::Ping, &[]);
+    assert_eq!(
+        reply.map(|r| r.message).map_err(|e| e.to_string()),
+        Ok(Message::Pong),
+        "the call went to the dead connection"
+    );
+}
