@@ -382,9 +382,10 @@ fn spilled_process(cluster: &Cluster) -> Option<Spread> {
 /// python growing its heap past the home. It still does when a holder of
 /// its regions is killed mid-run (the runtime goes on with the other
 /// copy while the home copies the region to a third manager), when a
-/// second holder is killed after that, and when its home is (the backup
-/// takes over, knowing where the regions are). Before: "Cannot allocate
-/// memory" from malloc.
+/// second holder is killed after that, and when its home is, before or
+/// after a holder (the backup takes over, knowing where the regions
+/// are); every region is given up when it ends. Before: "Cannot
+/// allocate memory" from malloc.
 #[test]
 fn a_program_larger_than_any_memory_manager_runs_over_several() {
     let cluster = Cluster::up(&["--memories", "5", "--memory-capacity", "256M"]);
@@ -414,6 +415,7 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
         "a holder of its regions",
         "its home",
         "two holders, one after the other",
+        "a holder, then its home",
     ] {
         // The last run's process gone from the listing first.
         poll(Duration::from_secs(20), || {
@@ -446,7 +448,7 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
         };
         kill9(cluster.pid(&killed));
         let mut restart = vec![killed.clone()];
-        if victim.starts_with("two") {
+        if victim.starts_with("two") || victim.ends_with("then its home") {
             // The home gives the regions a new holder, copied from the
             // survivor; once listed, a second holder may go too.
             let second = poll(Duration::from_secs(30), || {
@@ -455,6 +457,11 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
                     .map(|(_, _, now)| now[0].0.clone())
             })
             .expect("lego ps shows the regions on two live holders again");
+            let second = if victim.starts_with("two") {
+                second
+            } else {
+                replicated_home(&cluster).0
+            };
             kill9(cluster.pid(&second));
             restart.push(second);
         }
@@ -463,6 +470,24 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
             &out,
             &expected,
             &format!("320 MiB with {victim} ({killed}) killed"),
+        );
+        // Every region goes back once the program ends, wherever its
+        // holders ended up (the home that took over knows them all).
+        let held = || {
+            let status = cluster.status()?;
+            let mut held = Vec::new();
+            for c in status["components"].as_array()? {
+                let regions = c["load"]["regions"].as_array().map_or(0, Vec::len);
+                if c["health"] == "alive" && regions > 0 {
+                    held.push(c["id"].as_str().unwrap_or("").to_string());
+                }
+            }
+            Some(held)
+        };
+        assert!(
+            poll(Duration::from_secs(20), || held().filter(|h| h.is_empty())).is_some(),
+            "after {victim} was killed, regions stay held on {:?}",
+            held()
         );
         for name in restart {
             let restarted = cluster.lego(&["restart", &name]);
