@@ -488,25 +488,94 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
         );
         // Every region goes back once the program ends, wherever its
         // holders ended up (the home that took over knows them all).
-        let held = || {
-            let status = cluster.status()?;
-            let mut held = Vec::new();
-            for c in status["components"].as_array()? {
-                let regions = c["load"]["regions"].as_array().map_or(0, Vec::len);
-                if c["health"] == "alive" && regions > 0 {
-                    held.push(c["id"].as_str().unwrap_or("").to_string());
-                }
-            }
-            Some(held)
-        };
-        assert!(
-            poll(Duration::from_secs(20), || held().filter(|h| h.is_empty())).is_some(),
-            "after {victim} was killed, regions stay held on {:?}",
-            held()
-        );
+        assert_regions_given_up(&cluster, &format!("after {victim} was killed"));
         for name in restart {
             let restarted = cluster.lego(&["restart", &name]);
             assert!(restarted.status.success(), "{restarted:?}");
         }
+    }
+}
+
+/// Waits for no live memory manager to hold a spilled region (every
+/// process that had them ended), failing with `when` and those that do.
+fn assert_regions_given_up(cluster: &Cluster, when: &str) {
+    let held = || {
+        let status = cluster.status()?;
+        let mut held = Vec::new();
+        for c in status["components"].as_array()? {
+            let regions = c["load"]["regions"].as_array().map_or(0, Vec::len);
+            if c["health"] == "alive" && regions > 0 {
+                held.push(c["id"].as_str().unwrap_or("").to_string());
+            }
+        }
+        Some(held)
+    };
+    assert!(
+        poll(Duration::from_secs(20), || held().filter(|h| h.is_empty())).is_some(),
+        "{when}, regions stay held on {:?}",
+        held()
+    );
+}
+
+/// With replicas, a program larger than any one memory manager runs on
+/// three: 288 MiB on managers of 256 MiB, so its home and backup must
+/// each keep one copy of a spilled region for the other (the third holds
+/// the other copy of each). It prints what it prints natively, with no
+/// manager killed, and with each of them in turn (the holder of every
+/// region's first copy, the home, the backup) killed mid-run and then
+/// restarted; every region is given up when it ends. Before: "Cannot
+/// allocate memory" (every region's two copies had to be on managers
+/// other than the home and its backup, and there was only one).
+#[test]
+fn a_program_larger_than_any_memory_manager_runs_on_three_with_replicas() {
+    let cluster = Cluster::up(&["--memories", "3", "--memory-capacity", "256M"]);
+    let checksum = program("checksum", Build::GlibcStatic);
+    let args = ["288", "2", "single"];
+    let out = cluster.run(&["--excache", "16M"], &checksum, &args);
+    assert_same(&out, &native(&checksum, &args), "single 288 MiB");
+    assert_regions_given_up(&cluster, "after a run");
+    let args = ["288", "10", "threads"];
+    let expected = native(&checksum, &args);
+    for victim in ["the third manager", "its home", "its backup"] {
+        poll(Duration::from_secs(20), || {
+            cluster.processes().is_empty().then_some(())
+        })
+        .expect("the last run's process leaves the listing");
+        let child = start_checksum(&cluster, &checksum, &args);
+        // Listed with a backup and regions on all three, the home or
+        // the backup holding some (as of one listing).
+        let (home, backup, holders) = poll(Duration::from_secs(60), || {
+            spilled_process(&cluster).filter(|(home, backup, holders)| {
+                !backup.is_empty()
+                    && holders.len() == 3
+                    && holders.iter().all(|(_, bytes)| *bytes > 0)
+                    && holders.iter().any(|(h, _)| h == home || h == backup)
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "lego ps never shows the regions on all three managers: {:?}",
+                spilled_process(&cluster)
+            )
+        });
+        let killed = match victim {
+            "its home" => home,
+            "its backup" => backup,
+            _ => holders
+                .iter()
+                .map(|(h, _)| h.clone())
+                .find(|h| *h != home && *h != backup)
+                .expect("a holder other than the home and its backup"),
+        };
+        kill9(cluster.pid(&killed));
+        let out = child.wait_with_output().unwrap();
+        assert_same(
+            &out,
+            &expected,
+            &format!("288 MiB on three managers with {victim} ({killed}) killed"),
+        );
+        assert_regions_given_up(&cluster, &format!("after {victim} was killed"));
+        let restarted = cluster.lego(&["restart", &killed]);
+        assert!(restarted.status.success(), "{restarted:?}");
     }
 }

@@ -179,6 +179,31 @@ impl RegionStore {
         Ok(())
     }
 
+    /// Stores pool page `id` (shared with its owner, an address space of
+    /// this manager's) as the page at `addr`: the region's pages move here
+    /// without a copy when this manager keeps a region it spilled.
+    pub fn adopt(
+        &mut self,
+        pool: &mut PagePool,
+        pid: ProcessId,
+        addr: u64,
+        id: PageId,
+    ) -> Result<(), RegionError> {
+        if !addr.is_multiple_of(PAGE) {
+            return Err(RegionError::Unaligned { addr });
+        }
+        let region = self
+            .held
+            .get_mut(&pid)
+            .and_then(|r| r.get_mut(&region_of(addr)))
+            .ok_or(RegionError::NotHeld { pid, addr })?;
+        pool.share(id);
+        if let Some(old) = region.pages.insert(addr, id) {
+            pool.free(old);
+        }
+        Ok(())
+    }
+
     /// The page at `addr`, if one is stored (`None` reads as zeros).
     pub fn page<'p>(&self, pool: &'p PagePool, pid: ProcessId, addr: u64) -> Option<&'p [u8]> {
         let id = *self

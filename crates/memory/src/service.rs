@@ -1510,19 +1510,44 @@ impl MemoryService {
             .as_ref()
             .or(process.rep.copying.as_ref().map(|c| &c.link))
             .map(|l| l.holder().clone());
+        let backup_ready = process.rep.backup.is_some();
         let space = &mut process.space;
-        let mut pool = lock(&self.pool);
+        let me = self.joined.get().map(|(me, _)| me.clone());
+        let kept_here = |s: &&SpilledRegion| me.as_ref().is_some_and(|me| s.holders.contains(me));
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
         if forwarded {
-            // The regions the primary spilled to make room for this call.
+            // The regions the primary spilled to make room for this call;
+            // those it left to this backup to keep take their pages here.
+            let mut held = spill
+                .iter()
+                .any(|s| kept_here(&s))
+                .then(|| lock(&self.regions));
+            let mut pool = lock(&self.pool);
             for s in spill {
+                let fresh = !space.is_spilled(s.region * lego_proto::REGION_SIZE);
                 if let Err(why) = space.spill(&mut pool, s.region, s.holders.clone()) {
                     warn!(
                         "process {pid:#x}: the primary's spill of region {}: {why}",
                         s.region
                     );
+                    continue;
+                }
+                if let (true, true, Some(held)) = (fresh, kept_here(&s), held.as_mut()) {
+                    // Forced, as the backup's every change is: the
+                    // primary counted on this manager's room.
+                    pool.set_forced(true);
+                    let kept = self.keep_region(held, &mut pool, space, (pid, tree), s.region);
+                    pool.set_forced(false);
+                    if let Err(why) = kept {
+                        warn!(
+                            "process {pid:#x}: keeping region {} the primary spilled: {why}",
+                            s.region
+                        );
+                    }
                 }
             }
         }
+        let mut pool = lock(&self.pool);
         pool.set_forced(forced);
         let mut outcome = apply(space, &mut pool, &op, &source);
         pool.set_forced(false);
@@ -1551,10 +1576,10 @@ impl MemoryService {
             drop(pool);
             let copies = if backup.is_some() { 2 } else { 1 };
             let placed = match plan {
-                Some(regions) => self.place_spills(pid, backup.as_ref(), copies, &regions),
+                Some(plan) => self.place_spills(pid, backup.as_ref(), backup_ready, copies, &plan),
                 None => Vec::new(),
             };
-            let placed = match self.move_to_holders(pid, space, placed) {
+            let placed = match self.move_to_holders(pid, space, backup.as_ref(), placed) {
                 Ok(placed) => placed,
                 Err((placed, why)) => {
                     warn!("process {pid:#x}: cannot move pages to the regions' holders: {why}");
@@ -1562,6 +1587,9 @@ impl MemoryService {
                     Vec::new()
                 }
             };
+            let kept: Vec<u64> = placed.iter().filter(kept_here).map(|s| s.region).collect();
+            // The regions store before the pool, as everywhere.
+            let mut held = (!kept.is_empty()).then(|| lock(&self.regions));
             pool = lock(&self.pool);
             if !placed.is_empty() {
                 for s in &placed {
@@ -1569,20 +1597,41 @@ impl MemoryService {
                         warn!("process {pid:#x}: spilling region {}: {why}", s.region);
                     }
                 }
-                outcome = apply(space, &mut pool, &op, &source);
-                if refused(&outcome) {
+                let mut keeping = Ok(());
+                if let Some(held) = held.as_mut() {
+                    for &region in &kept {
+                        keeping = self.keep_region(held, &mut pool, space, (pid, tree), region);
+                        if keeping.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if let Err(why) = &keeping {
+                    warn!("process {pid:#x}: keeping a region it spilled: {why}");
+                } else {
+                    outcome = apply(space, &mut pool, &op, &source);
+                }
+                if keeping.is_err() || refused(&outcome) {
                     // Others took the room meanwhile (or the call cannot
                     // reach a spilled region, as a move into one): nothing
                     // changes, and the home keeps its pages.
+                    if let Some(held) = held.as_mut() {
+                        for &region in &kept {
+                            held.release(&mut pool, pid, Some(region));
+                        }
+                        self.any_regions.store(!held.is_empty(), Ordering::Release);
+                    }
                     for s in &placed {
                         space.unspill(&mut pool, s.region);
                     }
                     drop(pool);
+                    drop(held);
                     self.give_up_spills(pid, &placed);
                     return (memory_reply(outcome, Vec::new(), Vec::new()), source);
                 }
                 spilled = placed;
             }
+            drop(held);
         }
         if forwarded {
             // Answered as the primary did, should it be asked again after

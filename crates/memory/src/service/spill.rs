@@ -14,8 +14,10 @@
 
 use super::{lock, MemoryService, Process};
 use crate::pool::PagePool;
+use crate::regions::{RegionError, RegionStore};
 use crate::vma::{AddressSpace, Outcome};
 use lego_proto::{MemoryHolder, Message, ProcessId, SpilledRegion, PAGE_SIZE, USER_END, USER_MIN};
+use std::sync::atomic::Ordering;
 use tracing::{info, warn};
 
 /// Managers a region's copy may be refused by (their room changed since
@@ -26,16 +28,25 @@ const HOLD_TRIES: usize = 3;
 /// (1 MiB).
 const MOVE_CHUNK: usize = 256;
 
+/// What a change that did not fit is short of, and what could relieve it.
+pub(super) struct SpillPlan {
+    /// Bytes of commit charge the home lacks.
+    pub short: u64,
+    /// The regions that could spill, best first, each with the charge
+    /// spilling it relieves.
+    pub candidates: Vec<(u64, u64)>,
+}
+
 impl MemoryService {
-    /// The regions to spill so that `op`, which did not fit, does: a dry
-    /// run of it on the shape of `space` (no pages), against the room
-    /// `pool` has. `None` when spilling cannot make it fit.
+    /// What spilling would have to relieve for `op`, which did not fit, to
+    /// fit: a dry run of it on the shape of `space` (no pages), against
+    /// the room `pool` has. `None` when spilling cannot make it fit.
     pub(super) fn spill_plan(
         space: &AddressSpace,
         pool: &PagePool,
         refused: impl Fn(&Outcome) -> bool,
         apply: impl FnOnce(&mut AddressSpace, &mut PagePool) -> Outcome,
-    ) -> Option<Vec<u64>> {
+    ) -> Option<SpillPlan> {
         let mut scratch = PagePool::new(u64::MAX);
         let mut after = space.shape(&mut scratch);
         let dry = apply(&mut after, &mut scratch);
@@ -56,29 +67,45 @@ impl MemoryService {
             .map(|c| (c.start, c.end))
             .chain(dry.moves.iter().map(|m| (m.to, m.to + m.len)))
             .collect();
-        space.spill_plan(&after, &touched, short)
+        let candidates = space.spill_candidates(&after, &touched);
+        let all: u64 = candidates.iter().map(|&(_, charge)| charge).sum();
+        (all >= short).then_some(SpillPlan { short, candidates })
     }
 
-    /// Has `regions` of process `pid` held elsewhere: `copies` holders
-    /// each, none the home or its `backup`, placed by the monitor and
-    /// reserved there. All or nothing: an empty answer holds nothing.
+    /// Has regions of process `pid` held elsewhere, from the best of
+    /// `plan`'s candidates on, until the home and its `backup` (whose
+    /// shortage is taken to be the home's: it mirrors the address space)
+    /// are each relieved of what `plan` says is short. Each region gets
+    /// `copies` holders, placed by the monitor and reserved there, on
+    /// managers other than the home and its backup; when only those two
+    /// have room for a region's second copy, one of them keeps it (the
+    /// backup only once `backup_ready`, a complete copy of the pages), which
+    /// relieves the other. So three managers hold a process none of them
+    /// could. All or nothing: an empty answer holds nothing.
     pub(super) fn place_spills(
         &self,
         pid: ProcessId,
         backup: Option<&MemoryHolder>,
+        backup_ready: bool,
         copies: usize,
-        regions: &[u64],
+        plan: &SpillPlan,
     ) -> Vec<SpilledRegion> {
         let Some((me, monitor)) = self.joined.get().cloned() else {
             return Vec::new();
         };
         let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let short = plan.short as i128;
+        // What the home and its backup gave up so far (a region kept by
+        // one costs it the rest of the region's reservation).
+        let (mut home, mut backup_relief) = (0i128, 0i128);
+        let enough = |home: i128, backup: i128| home >= short && (copies < 2 || backup >= short);
         let mut placed: Vec<SpilledRegion> = Vec::new();
-        for &region in regions {
+        for &(region, charge) in &plan.candidates {
+            if enough(home, backup_relief) {
+                break;
+            }
             let mut holders: Vec<MemoryHolder> = Vec::new();
             for _ in 0..copies {
-                // Never the home or its backup: the backup's copy of the
-                // process grows with the home's.
                 let mut except: Vec<String> = vec![me.name.clone()];
                 except.extend(backup.map(|b| b.name.clone()));
                 except.extend(holders.iter().map(|h| h.name.clone()));
@@ -87,27 +114,43 @@ impl MemoryService {
                     None => break,
                 }
             }
-            if holders.len() < copies {
-                // A region with fewer copies than the process's home has
-                // would be lost with one manager: not spilled at all.
-                warn!(
-                    "region {region} of process {pid:#x}: {} of its {copies} copies placed; \
-                     the call that needed it fails with ENOMEM",
-                    holders.len()
-                );
-                self.give_up_spills(
-                    pid,
-                    &[SpilledRegion {
-                        region,
-                        holders: std::mem::take(&mut holders),
-                    }],
-                );
-            }
-            if holders.is_empty() {
-                self.give_up_spills(pid, &placed);
-                return Vec::new();
+            let (charge, whole) = (i128::from(charge), i128::from(lego_proto::REGION_SIZE));
+            match (holders.len() == copies, backup) {
+                (true, _) => {
+                    home += charge;
+                    backup_relief += charge;
+                }
+                (false, Some(backup)) if holders.len() == 1 => {
+                    // The home's side keeps the second copy: whichever of
+                    // the two still needs less relief.
+                    if backup_ready && short - home >= short - backup_relief {
+                        holders.push(backup.clone());
+                        home += charge;
+                        backup_relief += charge - whole;
+                    } else {
+                        holders.push(me.clone());
+                        backup_relief += charge;
+                        home += charge - whole;
+                    }
+                }
+                _ => {
+                    // No manager but the home's side has room for it.
+                    self.give_up_spills(pid, &[SpilledRegion { region, holders }]);
+                    break;
+                }
             }
             placed.push(SpilledRegion { region, holders });
+        }
+        if !enough(home, backup_relief) {
+            warn!(
+                pid = format_args!("{pid:#x}"),
+                "the memory managers have room for {} regions of the {} short: the call \
+                 that needed them fails with ENOMEM",
+                placed.len(),
+                plan.short
+            );
+            self.give_up_spills(pid, &placed);
+            return Vec::new();
         }
         info!(
             pid = format_args!("{pid:#x}"),
@@ -128,6 +171,30 @@ impl MemoryService {
                 .join(", ")
         );
         placed
+    }
+
+    /// Holds region `region` of process `pid` (tree `tree`), spilled from
+    /// `space` a moment ago, here: the home or its backup keeping one of
+    /// its copies. It is reserved in `pool` and takes the pages `space`
+    /// stores of it (shared, so `space` may drop its own).
+    pub(super) fn keep_region(
+        &self,
+        held: &mut RegionStore,
+        pool: &mut PagePool,
+        space: &AddressSpace,
+        (pid, tree): (ProcessId, ProcessId),
+        region: u64,
+    ) -> Result<(), RegionError> {
+        held.hold(pool, pid, tree, region)?;
+        let (start, end) = (
+            region * lego_proto::REGION_SIZE,
+            (region + 1) * lego_proto::REGION_SIZE,
+        );
+        for (addr, id) in space.pages_in(start, end, usize::MAX) {
+            held.adopt(pool, pid, addr, id)?;
+        }
+        self.any_regions.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// One new holder of region `region` of process `pid` (tree `tree`),
@@ -302,15 +369,24 @@ impl MemoryService {
 
     /// Gives the holders of `placed`, regions about to spill, the pages of
     /// them `space` stores (the runtime, waiting for the call, has none in
-    /// flight). The pages are read a chunk at a time, under the pool's
+    /// flight), but for the home and its `backup`, which keep the pages
+    /// they have. The pages are read a chunk at a time, under the pool's
     /// lock only while copied out.
     pub(super) fn move_to_holders(
         &self,
         pid: ProcessId,
         space: &AddressSpace,
+        backup: Option<&MemoryHolder>,
         placed: Vec<SpilledRegion>,
     ) -> Result<Vec<SpilledRegion>, (Vec<SpilledRegion>, String)> {
+        let me = self.joined.get().map(|(me, _)| me.name.clone());
+        let elsewhere = |h: &&MemoryHolder| {
+            Some(&h.name) != me.as_ref() && Some(&h.name) != backup.map(|b| &b.name)
+        };
         for s in &placed {
+            if !s.holders.iter().any(|h| elsewhere(&h)) {
+                continue;
+            }
             let (start, end) = (
                 s.region * lego_proto::REGION_SIZE,
                 (s.region + 1) * lego_proto::REGION_SIZE,
@@ -329,7 +405,7 @@ impl MemoryService {
                 let Some(&last) = addrs.last() else {
                     break;
                 };
-                for holder in &s.holders {
+                for holder in s.holders.iter().filter(elsewhere) {
                     let message = Message::RegionPages {
                         pid,
                         addrs: addrs.clone(),

@@ -411,26 +411,32 @@ impl AddressSpace {
         self.committed += charged;
     }
 
-    /// Which regions to spill so that `after`, this space once a change
-    /// is made (a dry run on [`AddressSpace::shape`]), is charged `short`
-    /// bytes less here: regions of the ranges the change touched, where
-    /// `after` has accounted memory and no file is mapped (its pages are
-    /// read from the file here), those storing no page here first (nothing
-    /// to move), then from the highest down. `None` when those do not add
-    /// up to `short`.
-    pub fn spill_plan(
+    /// The regions that could be spilled so that `after`, this space once
+    /// a change is made (a dry run on [`AddressSpace::shape`]), is charged
+    /// less here, best first, each with the charge spilling it relieves:
+    /// regions of the ranges the change touched, where `after` has
+    /// accounted memory and no file is mapped (its pages are read from the
+    /// file here), those storing no page here first (nothing to move),
+    /// then from the highest down; after them every other region, the
+    /// most charged first (a region kept by the home's side costs its
+    /// keeper the rest of the region).
+    pub fn spill_candidates(
         &self,
         after: &AddressSpace,
         touched: &[(u64, u64)],
-        short: u64,
-    ) -> Option<Vec<u64>> {
+    ) -> Vec<(u64, u64)> {
+        let no_file = |&region: &u64| {
+            let (rs, re) = region_range(region);
+            after.overlapping(rs, re).iter().all(|v| v.file.is_none())
+        };
+        let charge = |region: u64| {
+            let (rs, re) = region_range(region);
+            (region, after.accounted_in(rs, re))
+        };
         let mut candidates: Vec<u64> = touched
             .iter()
             .flat_map(|&(start, end)| after.spillable_in(start, end))
-            .filter(|&region| {
-                let (rs, re) = region_range(region);
-                after.overlapping(rs, re).iter().all(|v| v.file.is_none())
-            })
+            .filter(no_file)
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
@@ -439,20 +445,19 @@ impl AddressSpace {
             let (rs, re) = region_range(region);
             self.pages.range(rs..re).next().is_some()
         });
-        let mut plan = Vec::new();
-        let mut relieved = 0;
-        for region in candidates {
-            if relieved >= short {
-                break;
-            }
-            let (rs, re) = region_range(region);
-            let charge = after.accounted_in(rs, re);
-            if charge > 0 {
-                relieved += charge;
-                plan.push(region);
-            }
-        }
-        (relieved >= short).then_some(plan)
+        let mut others: Vec<(u64, u64)> = after
+            .spillable_in(USER_MIN, USER_END)
+            .into_iter()
+            .filter(|r| no_file(r) && !candidates.contains(r))
+            .map(charge)
+            .collect();
+        others.sort_unstable_by_key(|&(region, charge)| std::cmp::Reverse((charge, region)));
+        candidates
+            .into_iter()
+            .map(charge)
+            .chain(others)
+            .filter(|&(_, charge)| charge > 0)
+            .collect()
     }
 
     /// Bytes of `[start, end)` outside the spilled regions.

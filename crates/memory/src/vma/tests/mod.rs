@@ -485,11 +485,11 @@ fn copies_keep_the_spilled_regions() {
         .contains("outside"));
 }
 
-/// The plan for a change that does not fit spills regions of what it
-/// touches, those without pages here first and then from the top, and
-/// only when they relieve enough.
+/// The regions a change that does not fit could spill are those it
+/// touches, those without pages here first and then from the top, then
+/// the others, the most charged first; each with the charge it relieves.
 #[test]
-fn a_spill_plan_relieves_what_is_short() {
+fn spill_candidates_are_the_touched_regions_pageless_first() {
     let (mut s, mut p) = setup(2 * REGION);
     // A mapping with a page stored in region 4.
     ok(s.mmap(&mut p, 4 * REGION, REGION / 2, RW, FIXED));
@@ -499,15 +499,27 @@ fn a_spill_plan_relieves_what_is_short() {
     let mut after = s.shape(&mut scratch);
     ok(after.mmap(&mut scratch, after_start, after_len, RW, FIXED));
     let touched = [(after_start, after_start + after_len)];
-    // Short by half a region: the highest region (half of it mapped);
-    // by one, the next too.
-    assert_eq!(s.spill_plan(&after, &touched, REGION / 2), Some(vec![8]));
-    assert_eq!(s.spill_plan(&after, &touched, REGION), Some(vec![8, 7]));
-    // Short by all of it: the pageless ones from the top, then region 4.
+    // The highest region is half mapped; region 4, with a page, comes
+    // last, charged for all of it (the old half too).
     assert_eq!(
-        s.spill_plan(&after, &touched, after_len),
-        Some(vec![8, 7, 6, 5, 4])
+        s.spill_candidates(&after, &touched),
+        vec![
+            (8, REGION / 2),
+            (7, REGION),
+            (6, REGION),
+            (5, REGION),
+            (4, REGION)
+        ]
     );
-    // More than the touched regions hold: no plan.
-    assert_eq!(s.spill_plan(&after, &touched, 5 * REGION), None);
+    // Nothing touched: every region, the most charged first.
+    assert_eq!(
+        s.spill_candidates(&after, &[]),
+        vec![
+            (7, REGION),
+            (6, REGION),
+            (5, REGION),
+            (4, REGION),
+            (8, REGION / 2)
+        ]
+    );
 }
