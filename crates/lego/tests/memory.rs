@@ -579,3 +579,106 @@ fn a_program_larger_than_any_memory_manager_runs_on_three_with_replicas() {
         assert!(restarted.status.success(), "{restarted:?}");
     }
 }
+
+/// A spilled region that lost a holder gets a new one whether or not the
+/// program touches it (the monitor has its home move the region off the
+/// lost manager, copying it from the other copy), and `lego drain` of a
+/// holder moves its regions to others while the program runs: the
+/// drained manager then holds nothing, and the program prints what it
+/// prints natively. Before: the region stayed with one copy until the
+/// program wrote to it, and the drain failed naming the regions.
+#[test]
+fn regions_get_new_holders_while_the_program_idles_and_off_a_drained_one() {
+    use std::io::BufRead;
+    let cluster = Cluster::up(&["--memories", "5", "--memory-capacity", "256M"]);
+    let idlefill = program("idlefill", Build::GlibcStatic);
+    // Outside the state directory, which programs cannot see.
+    let flag = std::env::temp_dir().join(format!("lego-test-idle-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let flag_arg = flag.to_str().unwrap().to_string();
+    let args = ["320", flag_arg.as_str()];
+    let mut child = cluster
+        .run_command(&["--excache", "16M"], &idlefill, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "filled\n", "the program fills its memory first");
+    // Filled: written back as the ExCache evicts, and then left alone.
+    let (home, backup, holders) = poll(Duration::from_secs(30), || {
+        spilled_process(&cluster).filter(|(home, backup, holders)| {
+            holders.len() >= 2
+                && holders
+                    .iter()
+                    .all(|(h, bytes)| *bytes > 0 && h != home && h != backup)
+        })
+    })
+    .expect("lego ps shows other managers holding pages of its regions");
+    let killed = holders[0].0.clone();
+    kill9(cluster.pid(&killed));
+    let replaced = poll(Duration::from_secs(30), || {
+        spilled_process(&cluster).filter(|(_, _, now)| {
+            now.len() >= 2 && now.iter().all(|(h, bytes)| *h != killed && *bytes > 0)
+        })
+    });
+    assert!(
+        replaced.is_some(),
+        "the regions on {killed} never got a new holder while the program idled: {:?}",
+        spilled_process(&cluster)
+    );
+    // Restarted, it joins empty and can take the drained one's regions.
+    let restarted = cluster.lego(&["restart", &killed]);
+    assert!(restarted.status.success(), "{restarted:?}");
+    let (_, _, now) = replaced.unwrap();
+    let drained = now[0].0.clone();
+    let out = cluster.lego(&["drain", &drained]);
+    assert!(
+        out.status.success(),
+        "drain {drained}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let off = poll(Duration::from_secs(20), || {
+        let listed = spilled_process(&cluster)?;
+        let status = cluster.status()?;
+        let row = status["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == drained.as_str())?
+            .clone();
+        (listed.2.iter().all(|(h, _)| *h != drained)
+            && row["load"]["regions"].as_array().is_some_and(Vec::is_empty)
+            && row["load"]["committed"] == 0)
+            .then_some(listed)
+    });
+    assert!(
+        off.is_some(),
+        "{drained} still holds regions after its drain: {:?}\n{}",
+        spilled_process(&cluster),
+        text(&cluster.lego(&["status"]).stdout)
+    );
+    std::fs::write(&flag, b"").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&flag);
+    let native_out = {
+        std::fs::write(&flag, b"").unwrap();
+        let out = native(&idlefill, &args);
+        let _ = std::fs::remove_file(&flag);
+        out
+    };
+    let mut lines = native_out.stdout.split(|&b| b == b'\n');
+    assert_eq!(lines.next(), Some(&b"filled"[..]));
+    assert_eq!(
+        rest,
+        text(lines.next().unwrap()) + "\n",
+        "the sum after a holder was lost and another drained (stderr: {}); home {home}, \
+         backup {backup}",
+        text(&out.stderr)
+    );
+    assert_regions_given_up(&cluster, "after the program ended");
+}

@@ -10,13 +10,33 @@
 //! only for pages it wrote back).
 
 use crate::pool::{PageId, PagePool, PAGE};
-use lego_proto::{region_of, ProcessId, PAGE_SIZE, REGION_SIZE, USER_END};
-use std::collections::{BTreeMap, HashMap};
+use lego_proto::{region_of, MemoryHolder, ProcessId, PAGE_SIZE, REGION_SIZE, USER_END};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One held region: its stored pages, by address.
 #[derive(Default)]
 struct Region {
     pages: BTreeMap<u64, PageId>,
+    /// Pages another holder passed on as the runtime wrote them
+    /// (`MirrorPages`) while this copy is still being filled: newer than
+    /// any filled page of the same address. Forgotten at the runtime's
+    /// first own write, which comes only once the filling is done.
+    mirrored: BTreeSet<u64>,
+    /// Where pages written here go too: a holder this region is being
+    /// copied to, which the runtime does not know yet.
+    mirror: Option<MemoryHolder>,
+}
+
+/// How a page comes to be stored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Write {
+    /// The runtime wrote it back.
+    Runtime,
+    /// A holder copying the region here passed on the runtime's write.
+    Mirrored,
+    /// Part of the region's copy (from the home or another holder): older
+    /// than any mirrored page, which it does not replace.
+    Fill,
 }
 
 /// The regions held here, by process.
@@ -135,14 +155,16 @@ impl RegionStore {
             .unwrap_or_default()
     }
 
-    /// Stores the page at `addr`; an all-zero page is dropped instead (it
-    /// reads the same).
+    /// Stores the page at `addr`, written as `how` says (a filled page
+    /// never replaces a mirrored one); an all-zero page is dropped instead
+    /// (it reads the same).
     pub fn store(
         &mut self,
         pool: &mut PagePool,
         pid: ProcessId,
         addr: u64,
         contents: &[u8],
+        how: Write,
     ) -> Result<(), RegionError> {
         if !addr.is_multiple_of(PAGE) || contents.len() != PAGE_SIZE {
             return Err(RegionError::Unaligned { addr });
@@ -152,6 +174,18 @@ impl RegionStore {
             .get_mut(&pid)
             .and_then(|r| r.get_mut(&region_of(addr)))
             .ok_or(RegionError::NotHeld { pid, addr })?;
+        match how {
+            Write::Fill if region.mirrored.contains(&addr) => return Ok(()),
+            Write::Fill => {}
+            Write::Mirrored => {
+                region.mirrored.insert(addr);
+            }
+            Write::Runtime => {
+                if !region.mirrored.is_empty() {
+                    region.mirrored = BTreeSet::new();
+                }
+            }
+        }
         if contents.iter().all(|&b| b == 0) {
             if let Some(old) = region.pages.remove(&addr) {
                 pool.free(old);
@@ -202,6 +236,31 @@ impl RegionStore {
             pool.free(old);
         }
         Ok(())
+    }
+
+    /// Has the pages written to region `region` of `pid` from now on go
+    /// to `to` too (`None`: no longer).
+    pub fn set_mirror(
+        &mut self,
+        pid: ProcessId,
+        region: u64,
+        to: Option<MemoryHolder>,
+    ) -> Result<(), RegionError> {
+        let held = self
+            .held
+            .get_mut(&pid)
+            .and_then(|r| r.get_mut(&region))
+            .ok_or(RegionError::NotHeld {
+                pid,
+                addr: region.saturating_mul(REGION_SIZE),
+            })?;
+        held.mirror = to;
+        Ok(())
+    }
+
+    /// Where the page at `addr` of `pid` goes too when written here.
+    pub fn mirror_of(&self, pid: ProcessId, addr: u64) -> Option<&MemoryHolder> {
+        self.held.get(&pid)?.get(&region_of(addr))?.mirror.as_ref()
     }
 
     /// The page at `addr`, if one is stored (`None` reads as zeros).
@@ -299,7 +358,13 @@ impl RegionStore {
             for &id in pages.values() {
                 pool.share(id);
             }
-            copies.insert(r, Region { pages });
+            copies.insert(
+                r,
+                Region {
+                    pages,
+                    ..Region::default()
+                },
+            );
         }
         // A region the child held already (a repeated fork) is replaced.
         self.trees.insert(child, tree);
@@ -396,17 +461,21 @@ mod tests {
             Err(RegionError::OtherTree { pid: PID })
         );
         assert_eq!(store.tree_of(PID), Some(PID));
-        store.store(&mut pool, PID, 3 * R, &page(7)).unwrap();
-        store.store(&mut pool, PID, 3 * R + PAGE, &page(0)).unwrap();
+        store
+            .store(&mut pool, PID, 3 * R, &page(7), Write::Runtime)
+            .unwrap();
+        store
+            .store(&mut pool, PID, 3 * R + PAGE, &page(0), Write::Runtime)
+            .unwrap();
         assert_eq!(
-            store.store(&mut pool, PID, 5 * R, &page(1)),
+            store.store(&mut pool, PID, 5 * R, &page(1), Write::Runtime),
             Err(RegionError::NotHeld {
                 pid: PID,
                 addr: 5 * R
             })
         );
         assert_eq!(
-            store.store(&mut pool, PID, 3 * R + 1, &page(1)),
+            store.store(&mut pool, PID, 3 * R + 1, &page(1), Write::Runtime),
             Err(RegionError::Unaligned { addr: 3 * R + 1 })
         );
         assert_eq!(store.page(&pool, PID, 3 * R).unwrap()[0], 7);
@@ -436,6 +505,7 @@ mod tests {
                     PID,
                     2 * R - 2 * PAGE + i * PAGE,
                     &page(i as u8 + 1),
+                    Write::Runtime,
                 )
                 .unwrap();
         }
@@ -448,14 +518,16 @@ mod tests {
         assert_eq!(taken[1].1[0], 4);
         assert_eq!(store.stored_bytes(PID), 0);
         for (addr, contents) in &taken {
-            store.store(&mut pool, PID, *addr, contents).unwrap();
+            store
+                .store(&mut pool, PID, *addr, contents, Write::Runtime)
+                .unwrap();
         }
         store.fork(&mut pool, PID, CHILD, &[1, 2]).unwrap();
         assert_eq!(store.tree_of(CHILD), Some(PID));
         assert_eq!(pool.committed(), 4 * R);
         assert_eq!(pool.used(), 2 * PAGE, "the child shares the pages");
         store
-            .store(&mut pool, CHILD, 2 * R + PAGE, &page(9))
+            .store(&mut pool, CHILD, 2 * R + PAGE, &page(9), Write::Runtime)
             .unwrap();
         assert_eq!(store.page(&pool, PID, 2 * R + PAGE).unwrap()[0], 4);
         assert_eq!(store.page(&pool, CHILD, 2 * R + PAGE).unwrap()[0], 9);
@@ -472,5 +544,48 @@ mod tests {
         store.release(&mut pool, PID, None);
         store.release(&mut pool, CHILD, None);
         assert_eq!((pool.committed(), pool.used()), (0, 0));
+    }
+
+    /// A region being copied here while the runtime writes to the copy's
+    /// source: a page passed on (mirrored) is newer than a copied one of
+    /// the same address, whichever comes first, until the runtime writes
+    /// here itself; the source knows where to pass pages on.
+    #[test]
+    fn a_copied_page_never_replaces_a_mirrored_one() {
+        let mut pool = PagePool::new(2 * R);
+        let mut store = RegionStore::default();
+        store.hold(&mut pool, PID, PID, 1).unwrap();
+        store
+            .store(&mut pool, PID, R, &page(5), Write::Mirrored)
+            .unwrap();
+        store
+            .store(&mut pool, PID, R, &page(1), Write::Fill)
+            .unwrap();
+        store
+            .store(&mut pool, PID, R + PAGE, &page(2), Write::Fill)
+            .unwrap();
+        store
+            .store(&mut pool, PID, R + PAGE, &page(6), Write::Mirrored)
+            .unwrap();
+        assert_eq!(store.page(&pool, PID, R).unwrap()[0], 5);
+        assert_eq!(store.page(&pool, PID, R + PAGE).unwrap()[0], 6);
+        // The runtime's own write ends the filling: a fill then counts.
+        store
+            .store(&mut pool, PID, R + 2 * PAGE, &page(7), Write::Runtime)
+            .unwrap();
+        store
+            .store(&mut pool, PID, R, &page(3), Write::Fill)
+            .unwrap();
+        assert_eq!(store.page(&pool, PID, R).unwrap()[0], 3);
+        let to = MemoryHolder {
+            name: "memory-9".into(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        assert_eq!(store.mirror_of(PID, R + PAGE), None);
+        store.set_mirror(PID, 1, Some(to.clone())).unwrap();
+        assert_eq!(store.mirror_of(PID, R + PAGE), Some(&to));
+        assert!(store.set_mirror(PID, 2, None).is_err());
+        store.set_mirror(PID, 1, None).unwrap();
+        assert_eq!(store.mirror_of(PID, R + PAGE), None);
     }
 }

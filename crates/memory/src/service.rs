@@ -21,7 +21,7 @@
 use crate::files::FileReader;
 use crate::loader;
 use crate::pool::PagePool;
-use crate::regions::RegionStore;
+use crate::regions::{RegionStore, Write};
 use crate::replica::{Link, Links};
 use crate::vma::{is_aligned, AddressSpace, FileSource, Outcome};
 use lego_proto::{
@@ -46,6 +46,10 @@ pub const MAX_PROCESSES: usize = 4096;
 pub struct Process {
     pub space: AddressSpace,
     rep: Replication,
+    /// Spilled regions moved to a new holder without the runtime (see
+    /// `MoveRegions`), each with the holder passing the runtime's pages on
+    /// to it until the runtime learns the new holders.
+    mirrors: Vec<(u64, MemoryHolder)>,
 }
 
 /// A process's replication state on this memory manager.
@@ -1191,6 +1195,7 @@ impl MemoryService {
                 copying: None,
                 partial: true,
             },
+            mirrors: Vec::new(),
         });
         Message::Replicated.into()
     }
@@ -1301,7 +1306,11 @@ impl MemoryService {
             pages = space.stored_pages(),
             "process address space created"
         );
-        *guard = Some(Process { space, rep });
+        *guard = Some(Process {
+            space,
+            rep,
+            mirrors: Vec::new(),
+        });
         Message::ExecLoaded(exec).into()
     }
 
@@ -1389,7 +1398,11 @@ impl MemoryService {
         lock(&self.trees).insert(child, tree);
         let replaced = lock(&self.processes).insert(
             child,
-            Arc::new(Mutex::new(Some(Process { space: copy, rep }))),
+            Arc::new(Mutex::new(Some(Process {
+                space: copy,
+                rep,
+                mirrors: Vec::new(),
+            }))),
         );
         if let Some(replaced) = replaced {
             // A concurrent Fork to the same child id: the last one wins.
@@ -1512,17 +1525,22 @@ impl MemoryService {
             .map(|l| l.holder().clone());
         let backup_ready = process.rep.backup.is_some();
         let space = &mut process.space;
-        let me = self.joined.get().map(|(me, _)| me.clone());
-        let kept_here = |s: &&SpilledRegion| me.as_ref().is_some_and(|me| s.holders.contains(me));
+        let me = self.joined.get().map(|(me, _)| me.name.clone());
+        let kept_here = |s: &&SpilledRegion| {
+            me.as_ref()
+                .is_some_and(|me| s.holders.iter().any(|h| h.name == *me))
+        };
         let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        // The spilled regions this manager keeps a copy of itself: reserved
+        // before the call is made, given the address space's pages of them
+        // after it (so what it discards there is gone from the copy too).
+        let mut kept: Vec<u64> = Vec::new();
+        // The regions store before the pool, as everywhere.
+        let mut held =
+            (forwarded && spill.iter().any(|s| kept_here(&s))).then(|| lock(&self.regions));
+        let mut pool = lock(&self.pool);
         if forwarded {
-            // The regions the primary spilled to make room for this call;
-            // those it left to this backup to keep take their pages here.
-            let mut held = spill
-                .iter()
-                .any(|s| kept_here(&s))
-                .then(|| lock(&self.regions));
-            let mut pool = lock(&self.pool);
+            // The regions the primary spilled to make room for this call.
             for s in spill {
                 let fresh = !space.is_spilled(s.region * lego_proto::REGION_SIZE);
                 if let Err(why) = space.spill(&mut pool, s.region, s.holders.clone()) {
@@ -1536,18 +1554,18 @@ impl MemoryService {
                     // Forced, as the backup's every change is: the
                     // primary counted on this manager's room.
                     pool.set_forced(true);
-                    let kept = self.keep_region(held, &mut pool, space, (pid, tree), s.region);
+                    let taken = held.hold(&mut pool, pid, tree, s.region);
                     pool.set_forced(false);
-                    if let Err(why) = kept {
-                        warn!(
+                    match taken {
+                        Ok(()) => kept.push(s.region),
+                        Err(why) => warn!(
                             "process {pid:#x}: keeping region {} the primary spilled: {why}",
                             s.region
-                        );
+                        ),
                     }
                 }
             }
         }
-        let mut pool = lock(&self.pool);
         pool.set_forced(forced);
         let mut outcome = apply(space, &mut pool, &op, &source);
         pool.set_forced(false);
@@ -1587,9 +1605,8 @@ impl MemoryService {
                     Vec::new()
                 }
             };
-            let kept: Vec<u64> = placed.iter().filter(kept_here).map(|s| s.region).collect();
-            // The regions store before the pool, as everywhere.
-            let mut held = (!kept.is_empty()).then(|| lock(&self.regions));
+            let keep: Vec<u64> = placed.iter().filter(kept_here).map(|s| s.region).collect();
+            held = (!keep.is_empty()).then(|| lock(&self.regions));
             pool = lock(&self.pool);
             if !placed.is_empty() {
                 for s in &placed {
@@ -1599,11 +1616,12 @@ impl MemoryService {
                 }
                 let mut keeping = Ok(());
                 if let Some(held) = held.as_mut() {
-                    for &region in &kept {
-                        keeping = self.keep_region(held, &mut pool, space, (pid, tree), region);
+                    for &region in &keep {
+                        keeping = held.hold(&mut pool, pid, tree, region);
                         if keeping.is_err() {
                             break;
                         }
+                        kept.push(region);
                     }
                 }
                 if let Err(why) = &keeping {
@@ -1631,8 +1649,18 @@ impl MemoryService {
                 }
                 spilled = placed;
             }
-            drop(held);
         }
+        if let Some(held) = held.as_mut() {
+            for &region in &kept {
+                if let Err(why) = Self::adopt_region_pages(held, &mut pool, space, pid, region) {
+                    warn!("process {pid:#x}: keeping the pages of region {region}: {why}");
+                }
+            }
+            if !kept.is_empty() {
+                self.any_regions.store(true, Ordering::Release);
+            }
+        }
+        drop(held);
         if forwarded {
             // Answered as the primary did, should it be asked again after
             // a failover.
@@ -2132,15 +2160,61 @@ impl MemoryService {
                     )));
                 }
                 let mut pool = lock(&self.pool);
-                for (addr, contents) in addrs.iter().zip(request.payload.chunks(PAGE_SIZE)) {
-                    if let Err(e) = regions.store(&mut pool, me, *addr, contents) {
+                // Pages of a region being copied to a holder the runtime
+                // does not know yet go there too, before the write counts.
+                let mut mirrors: Vec<(MemoryHolder, Vec<usize>)> = Vec::new();
+                for (i, (addr, contents)) in addrs
+                    .iter()
+                    .zip(request.payload.chunks(PAGE_SIZE))
+                    .enumerate()
+                {
+                    if let Err(e) = regions.store(&mut pool, me, *addr, contents, Write::Runtime) {
                         return Some(bad_request(e.to_string()));
                     }
+                    if let Some(to) = regions.mirror_of(me, *addr) {
+                        match mirrors.iter_mut().find(|(h, _)| h == to) {
+                            Some((_, pages)) => pages.push(i),
+                            None => mirrors.push((to.clone(), vec![i])),
+                        }
+                    }
+                }
+                drop(pool);
+                drop(regions);
+                for (to, pages) in mirrors {
+                    self.mirror_pages(me, &to, addrs, &request.payload, &pages);
                 }
                 Some(Message::WrittenBack.into())
             }
             _ => None,
         }
+    }
+
+    /// Stores pages of regions of process `pid` held here that another
+    /// memory manager sent (`RegionPages`, `MirrorPages`), written as
+    /// `how` says.
+    fn store_region_pages(
+        &self,
+        pid: ProcessId,
+        addrs: &[u64],
+        payload: &[u8],
+        how: Write,
+    ) -> Reply {
+        if addrs.len() > MAX_WRITEBACK_PAGES || payload.len() != addrs.len() * PAGE_SIZE {
+            return bad_request(format!(
+                "pages of the regions of process {pid:#x}: {} addresses with {} bytes \
+                 (at most {MAX_WRITEBACK_PAGES}, one page each)",
+                addrs.len(),
+                payload.len()
+            ));
+        }
+        let mut held = lock(&self.regions);
+        let mut pool = lock(&self.pool);
+        for (&addr, contents) in addrs.iter().zip(payload.chunks(PAGE_SIZE)) {
+            if let Err(e) = held.store(&mut pool, pid, addr, contents, how) {
+                return bad_request(e.to_string());
+            }
+        }
+        Message::RegionsChanged.into()
     }
 
     fn serve(&self, peer: &PeerInfo, request: Frame) -> Reply {
@@ -2229,20 +2303,45 @@ impl MemoryService {
                     .store(!regions.is_empty(), Ordering::Release);
                 Message::RegionsChanged.into()
             }
-            Message::CopyRegion { pid, region, to }
-                if peer.identity.role == lego_proto::Role::Memory =>
-            {
+            Message::CopyRegion {
+                pid,
+                region,
+                to,
+                mirror,
+            } if peer.identity.role == lego_proto::Role::Memory => {
+                if mirror {
+                    if let Err(e) = lock(&self.regions).set_mirror(pid, region, Some(to.clone())) {
+                        return Message::error(ErrorCode::BadRequest, e.to_string()).into();
+                    }
+                }
                 match self.copy_region(pid, region, &to) {
                     Ok(()) => Message::RegionsChanged.into(),
-                    Err(why) => Message::error(
-                        ErrorCode::Internal,
-                        format!(
-                            "copying region {region} of process {pid:#x} to {}: {why}",
-                            to.name
-                        ),
-                    )
-                    .into(),
+                    Err(why) => {
+                        if mirror {
+                            let _ = lock(&self.regions).set_mirror(pid, region, None);
+                        }
+                        Message::error(
+                            ErrorCode::Internal,
+                            format!(
+                                "copying region {region} of process {pid:#x} to {}: {why}",
+                                to.name
+                            ),
+                        )
+                        .into()
+                    }
                 }
+            }
+            Message::EndMirror { pid, region }
+                if peer.identity.role == lego_proto::Role::Memory =>
+            {
+                // Given up meanwhile: nothing passes its pages on anyway.
+                let _ = lock(&self.regions).set_mirror(pid, region, None);
+                Message::RegionsChanged.into()
+            }
+            Message::MoveRegions { pid, from }
+                if peer.identity.role == lego_proto::Role::Monitor =>
+            {
+                self.move_regions(pid, &from)
             }
             Message::RegionsLost { pid, lost } => {
                 let Some(slot) = self.slot(pid) else {
@@ -2254,25 +2353,17 @@ impl MemoryService {
                         let backup = process.rep.backup.as_ref().map(|l| l.holder().clone());
                         let moved =
                             self.replace_holders(pid, &mut process.space, backup.as_ref(), &lost);
-                        // The backup's map follows (a lost backup is the
-                        // next change's to report).
-                        if let (Some(link), false) = (&process.rep.backup, moved.is_empty()) {
-                            let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
-                            let respill = Frame {
-                                id: 0,
-                                message: Message::Respill {
-                                    pid,
-                                    regions: moved.clone(),
-                                },
-                                payload: Vec::new(),
-                            };
-                            if let Some(sent) = link.send(pid, tree, process.rep.epoch, &respill) {
-                                if let Err(why) = link.wait(sent) {
-                                    warn!("process {pid:#x}: the backup missed new region holders: {why}");
-                                }
+                        self.respill(pid, process, moved);
+                        // The runtime, nothing in flight, learns every
+                        // region's holders now: those moved without it
+                        // need no pages passed on any more.
+                        for (region, source) in std::mem::take(&mut process.mirrors) {
+                            let end = Message::EndMirror { pid, region };
+                            if let Err(why) = self.tell_holder(&source, &end) {
+                                info!("{} keeps passing pages of region {region} of process {pid:#x} on: {why}", source.name);
                             }
                         }
-                        Message::RegionsMoved(moved).into()
+                        Message::RegionsMoved(process.space.spilled_regions()).into()
                     }
                     _ => not_served(&guard, pid),
                 }
@@ -2280,24 +2371,12 @@ impl MemoryService {
             Message::RegionPages { pid, addrs }
                 if peer.identity.role == lego_proto::Role::Memory =>
             {
-                if addrs.len() > MAX_WRITEBACK_PAGES
-                    || request.payload.len() != addrs.len() * PAGE_SIZE
-                {
-                    return bad_request(format!(
-                        "pages of the regions of process {pid:#x}: {} addresses with {} bytes \
-                         (at most {MAX_WRITEBACK_PAGES}, one page each)",
-                        addrs.len(),
-                        request.payload.len()
-                    ));
-                }
-                let mut held = lock(&self.regions);
-                let mut pool = lock(&self.pool);
-                for (&addr, contents) in addrs.iter().zip(request.payload.chunks(PAGE_SIZE)) {
-                    if let Err(e) = held.store(&mut pool, pid, addr, contents) {
-                        return bad_request(e.to_string());
-                    }
-                }
-                Message::RegionsChanged.into()
+                self.store_region_pages(pid, &addrs, &request.payload, Write::Fill)
+            }
+            Message::MirrorPages { pid, addrs }
+                if peer.identity.role == lego_proto::Role::Memory =>
+            {
+                self.store_region_pages(pid, &addrs, &request.payload, Write::Mirrored)
             }
             Message::ForkRegions {
                 parent,
@@ -2347,6 +2426,9 @@ impl MemoryService {
                             | Message::ChangeRegions { .. }
                             | Message::ForkRegions { .. }
                             | Message::RegionPages { .. }
+                            | Message::MirrorPages { .. }
+                            | Message::EndMirror { .. }
+                            | Message::MoveRegions { .. }
                             | Message::CopyRegion { .. }
                             | Message::Promote { .. }
                             | Message::Rebackup { .. }

@@ -1,6 +1,7 @@
 //! The monitor's membership table and its request handling.
 
 mod drain;
+mod regions;
 
 use lego_proto::{
     ClusterView, DrainState, ErrorCode, Frame, Health, Load, MemberStatus, MemoryHolder,
@@ -256,6 +257,7 @@ impl Membership {
     /// logging each transition once.
     pub fn detect_failures(&self) {
         let now = Instant::now();
+        let mut lost = Vec::new();
         for (name, member) in self.members().iter_mut() {
             let silent = now.duration_since(member.last_heard);
             if member.health == Health::Alive && silent >= self.dead_after {
@@ -267,7 +269,13 @@ impl Membership {
                     member.registration.addr,
                     member.registration.pid
                 );
+                if let Load::Memory { regions, .. } = &member.load {
+                    lost.push((name.clone(), regions.clone()));
+                }
             }
+        }
+        for (name, regions) in lost {
+            self.replace_lost_regions(&name, regions);
         }
     }
 

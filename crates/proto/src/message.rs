@@ -590,11 +590,38 @@ pub enum Message {
     },
     /// The home → a holder of region `region` of process `pid`: copy its
     /// pages to `to`, which just took the region (`HoldRegion`) in place
-    /// of a lost holder (`RegionPages` there), and answer once it has them.
+    /// of a lost or leaving holder (`RegionPages` there), and answer once
+    /// it has them. With `mirror` (the runtime goes on writing meanwhile,
+    /// not knowing `to`), every page written back here from then on goes
+    /// to `to` too (`MirrorPages`) before it is acknowledged, until
+    /// `EndMirror`.
     CopyRegion {
         pid: ProcessId,
         region: u64,
         to: MemoryHolder,
+        mirror: bool,
+    },
+    /// A holder copying a region (`CopyRegion` with `mirror`) → the new
+    /// holder: pages the runtime wrote back since the copy began, newer
+    /// than any copied page of the same address.
+    MirrorPages {
+        pid: ProcessId,
+        addrs: Vec<u64>,
+    },
+    /// The home → a holder: the runtime knows the region's new holder now;
+    /// stop passing its pages on.
+    EndMirror {
+        pid: ProcessId,
+        region: u64,
+    },
+    /// The monitor → process `pid`'s home: give every region of it held
+    /// by memory manager `from` (drained, or lost) a new holder, copied
+    /// from another copy while the program runs. Answered with
+    /// `RegionsMoved` (the regions moved), or an error naming those that
+    /// could not.
+    MoveRegions {
+        pid: ProcessId,
+        from: String,
     },
     /// A runtime → its home: the memory managers named in `lost` failed
     /// holding its spilled regions. Sent with no write-back in flight and
@@ -604,8 +631,9 @@ pub enum Message {
         pid: ProcessId,
         lost: Vec<String>,
     },
-    /// Reply: the regions that had a lost holder, with their holders now
-    /// (a new one copied in where a manager could take it).
+    /// Reply: every spilled region with its holders now (a new one copied
+    /// in for a lost holder where a manager could take it; some may have
+    /// moved without the runtime since, see `MoveRegions`).
     RegionsMoved(Vec<SpilledRegion>),
     /// A home → its backup (inside `Replicate`): spilled regions of
     /// process `pid` that changed holders.
@@ -621,8 +649,8 @@ pub enum Message {
         child: ProcessId,
         regions: Vec<u64>,
     },
-    /// Reply to `HoldRegion`, `ChangeRegions`, `CopyRegion`, `RegionPages`
-    /// and `ForkRegions`.
+    /// Reply to `HoldRegion`, `ChangeRegions`, `CopyRegion`, `RegionPages`,
+    /// `MirrorPages`, `EndMirror` and `ForkRegions`.
     RegionsChanged,
 
     // --- files (storage manager; see `crate::storage`) ---
@@ -716,6 +744,9 @@ impl Message {
             Message::ForkRegions { .. } => "ForkRegions",
             Message::RegionPages { .. } => "RegionPages",
             Message::CopyRegion { .. } => "CopyRegion",
+            Message::MirrorPages { .. } => "MirrorPages",
+            Message::EndMirror { .. } => "EndMirror",
+            Message::MoveRegions { .. } => "MoveRegions",
             Message::RegionsLost { .. } => "RegionsLost",
             Message::RegionsMoved(_) => "RegionsMoved",
             Message::Respill { .. } => "Respill",

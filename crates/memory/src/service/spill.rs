@@ -12,12 +12,13 @@
 //! every spill with the change it made room for, so a failover keeps the
 //! map.
 
-use super::{lock, MemoryService, Process};
+use super::{lock, not_served, unknown_process, MemoryService, Process};
 use crate::pool::PagePool;
 use crate::regions::{RegionError, RegionStore};
 use crate::vma::{AddressSpace, Outcome};
+use lego_proto::{ErrorCode, Frame};
 use lego_proto::{MemoryHolder, Message, ProcessId, SpilledRegion, PAGE_SIZE, USER_END, USER_MIN};
-use std::sync::atomic::Ordering;
+use lego_transport::Reply;
 use tracing::{info, warn};
 
 /// Managers a region's copy may be refused by (their room changed since
@@ -80,8 +81,10 @@ impl MemoryService {
     /// managers other than the home and its backup; when only those two
     /// have room for a region's second copy, one of them keeps it (the
     /// backup only once `backup_ready`, a complete copy of the pages), which
-    /// relieves the other. So three managers hold a process none of them
-    /// could. All or nothing: an empty answer holds nothing.
+    /// relieves the other, and from then on the most charged regions go
+    /// first (each more than half charged). So three managers hold a
+    /// process none of them could. All or nothing: an empty answer holds
+    /// nothing.
     pub(super) fn place_spills(
         &self,
         pid: ProcessId,
@@ -99,13 +102,29 @@ impl MemoryService {
         // one costs it the rest of the region's reservation).
         let (mut home, mut backup_relief) = (0i128, 0i128);
         let enough = |home: i128, backup: i128| home >= short && (copies < 2 || backup >= short);
+        let whole = i128::from(lego_proto::REGION_SIZE);
+        // Kept by one of the two, a region relieves the other of its charge
+        // and costs the keeper the rest of the region: worth it only when
+        // more than half charged, and (the backup not being ready to keep
+        // one) not while the home itself is short.
+        let worth_keeping =
+            |charge: i128, home: i128| 2 * charge > whole && (backup_ready || home >= short);
+        // Whether regions still find all their copies room outside the
+        // home's side: once one does not, none after it will (each needs
+        // the same room), and the most charged are taken first from then on.
+        let mut outside = true;
+        let mut queue = plan.candidates.clone();
+        let mut next = 0;
         let mut placed: Vec<SpilledRegion> = Vec::new();
-        for &(region, charge) in &plan.candidates {
-            if enough(home, backup_relief) {
+        while next < queue.len() && !enough(home, backup_relief) {
+            let (region, charge) = queue[next];
+            next += 1;
+            let charge = i128::from(charge);
+            if !outside && !worth_keeping(charge, home) {
                 break;
             }
             let mut holders: Vec<MemoryHolder> = Vec::new();
-            for _ in 0..copies {
+            for _ in 0..if outside { copies } else { 1 } {
                 let mut except: Vec<String> = vec![me.name.clone()];
                 except.extend(backup.map(|b| b.name.clone()));
                 except.extend(holders.iter().map(|h| h.name.clone()));
@@ -114,30 +133,35 @@ impl MemoryService {
                     None => break,
                 }
             }
-            let (charge, whole) = (i128::from(charge), i128::from(lego_proto::REGION_SIZE));
-            match (holders.len() == copies, backup) {
-                (true, _) => {
-                    home += charge;
-                    backup_relief += charge;
-                }
-                (false, Some(backup)) if holders.len() == 1 => {
-                    // The home's side keeps the second copy: whichever of
-                    // the two still needs less relief.
-                    if backup_ready && short - home >= short - backup_relief {
-                        holders.push(backup.clone());
-                        home += charge;
-                        backup_relief += charge - whole;
-                    } else {
-                        holders.push(me.clone());
-                        backup_relief += charge;
-                        home += charge - whole;
-                    }
-                }
-                _ => {
-                    // No manager but the home's side has room for it.
+            if holders.len() == copies {
+                home += charge;
+                backup_relief += charge;
+                placed.push(SpilledRegion { region, holders });
+                continue;
+            }
+            let Some(backup) = backup.filter(|_| !holders.is_empty()) else {
+                // No room outside the home's side at all.
+                self.give_up_spills(pid, &[SpilledRegion { region, holders }]);
+                break;
+            };
+            if outside {
+                outside = false;
+                queue[next..].sort_unstable_by_key(|&(r, c)| std::cmp::Reverse((c, r)));
+                if !worth_keeping(charge, home) {
                     self.give_up_spills(pid, &[SpilledRegion { region, holders }]);
-                    break;
+                    continue;
                 }
+            }
+            // The home's side keeps the second copy: whichever of the two
+            // still needs less relief.
+            if backup_ready && home <= backup_relief {
+                holders.push(backup.clone());
+                home += charge;
+                backup_relief += charge - whole;
+            } else {
+                holders.push(me.clone());
+                backup_relief += charge;
+                home += charge - whole;
             }
             placed.push(SpilledRegion { region, holders });
         }
@@ -173,19 +197,17 @@ impl MemoryService {
         placed
     }
 
-    /// Holds region `region` of process `pid` (tree `tree`), spilled from
-    /// `space` a moment ago, here: the home or its backup keeping one of
-    /// its copies. It is reserved in `pool` and takes the pages `space`
-    /// stores of it (shared, so `space` may drop its own).
-    pub(super) fn keep_region(
-        &self,
+    /// Gives region `region` of process `pid`, which this manager keeps a
+    /// copy of (the home or its backup, see `place_spills`) and holds in
+    /// `held` already, the pages `space` stores of it, shared (`space`
+    /// then drops its own).
+    pub(super) fn adopt_region_pages(
         held: &mut RegionStore,
         pool: &mut PagePool,
         space: &AddressSpace,
-        (pid, tree): (ProcessId, ProcessId),
+        pid: ProcessId,
         region: u64,
     ) -> Result<(), RegionError> {
-        held.hold(pool, pid, tree, region)?;
         let (start, end) = (
             region * lego_proto::REGION_SIZE,
             (region + 1) * lego_proto::REGION_SIZE,
@@ -193,7 +215,6 @@ impl MemoryService {
         for (addr, id) in space.pages_in(start, end, usize::MAX) {
             held.adopt(pool, pid, addr, id)?;
         }
-        self.any_regions.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -273,10 +294,12 @@ impl MemoryService {
                 except.extend(backup.map(|b| b.name.clone()));
                 except.extend(s.holders.iter().map(|h| h.name.clone()));
                 if let Some(new) = self.place_one(monitor, pid, tree, s.region, except) {
+                    // The runtime waits: nothing to pass on meanwhile.
                     let copy = Message::CopyRegion {
                         pid,
                         region: s.region,
                         to: new.clone(),
+                        mirror: false,
                     };
                     let started = std::time::Instant::now();
                     match self.tell_holder(&survivor, &copy) {
@@ -334,6 +357,194 @@ impl MemoryService {
             });
         }
         moved
+    }
+
+    /// Tells the backup of `process` (`pid`) the new holders of `moved`
+    /// (`Respill`, passed on like a change).
+    pub(super) fn respill(&self, pid: ProcessId, process: &Process, moved: Vec<SpilledRegion>) {
+        let (Some(link), false) = (&process.rep.backup, moved.is_empty()) else {
+            return;
+        };
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let respill = Frame {
+            id: 0,
+            message: Message::Respill {
+                pid,
+                regions: moved,
+            },
+            payload: Vec::new(),
+        };
+        if let Some(sent) = link.send(pid, tree, process.rep.epoch, &respill) {
+            if let Err(why) = link.wait(sent) {
+                warn!("process {pid:#x}: the backup missed new region holders: {why}");
+            }
+        }
+    }
+
+    /// The monitor's `MoveRegions`: every region of process `pid` held by
+    /// `from` gets a new holder, copied from another copy while the
+    /// program runs (that copy passes the runtime's pages on to the new
+    /// holder until the runtime learns of it, see `CopyRegion`); `from`
+    /// then gives its copy up, and the runtime, refused or failing there,
+    /// asks the home (`RegionsLost`) and learns the new holders. Faults on
+    /// the home's own pages wait meanwhile (about 0.1 s per region).
+    pub(super) fn move_regions(&self, pid: ProcessId, from: &str) -> Reply {
+        let Some(slot) = self.slot(pid) else {
+            return unknown_process(pid);
+        };
+        let mut guard = lock(&slot);
+        let Some(process) = guard.as_mut().filter(|p| !p.rep.is_backup) else {
+            return not_served(&guard, pid);
+        };
+        let Some((me, monitor)) = self.joined.get().cloned() else {
+            return Message::error(ErrorCode::Unsupported, "this memory manager has not joined")
+                .into();
+        };
+        let backup = process
+            .rep
+            .backup
+            .as_ref()
+            .or(process.rep.copying.as_ref().map(|c| &c.link))
+            .map(|l| l.holder().clone());
+        let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
+        let mut moved = Vec::new();
+        let mut failed = Vec::new();
+        for s in process.space.spilled_regions() {
+            let Some(leaving) = s.holders.iter().find(|h| h.name == from).cloned() else {
+                continue;
+            };
+            let mut holders: Vec<MemoryHolder> = s
+                .holders
+                .iter()
+                .filter(|h| h.name != from)
+                .cloned()
+                .collect();
+            let Some(source) = holders.first().cloned() else {
+                failed.push(format!("region {} has no other copy", s.region));
+                continue;
+            };
+            let mut except: Vec<String> = vec![me.name.clone()];
+            except.extend(backup.as_ref().map(|b| b.name.clone()));
+            except.extend(s.holders.iter().map(|h| h.name.clone()));
+            let Some(new) = self.place_one(monitor, pid, tree, s.region, except) else {
+                failed.push(format!(
+                    "no other memory manager can take region {}",
+                    s.region
+                ));
+                continue;
+            };
+            let copy = Message::CopyRegion {
+                pid,
+                region: s.region,
+                to: new.clone(),
+                mirror: true,
+            };
+            let started = std::time::Instant::now();
+            if let Err(why) = self.tell_holder(&source, &copy) {
+                self.give_up_spills(
+                    pid,
+                    &[SpilledRegion {
+                        region: s.region,
+                        holders: vec![new.clone()],
+                    }],
+                );
+                failed.push(format!(
+                    "copying region {} from {} to {} failed: {why}",
+                    s.region, source.name, new.name
+                ));
+                continue;
+            }
+            info!(
+                pid = format_args!("{pid:#x}"),
+                "region {} moved off {from} to {} (copied from {} in {:?})",
+                s.region,
+                new.name,
+                source.name,
+                started.elapsed()
+            );
+            holders.push(new);
+            let _ = process
+                .space
+                .spill(&mut lock(&self.pool), s.region, holders.clone());
+            process.mirrors.push((s.region, source));
+            moved.push(SpilledRegion {
+                region: s.region,
+                holders,
+            });
+            let gone = SpilledRegion {
+                region: s.region,
+                holders: vec![leaving],
+            };
+            if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+                let _ = std::thread::Builder::new()
+                    .name("give up region".into())
+                    .spawn(move || me.give_up_spills(pid, &[gone]));
+            }
+        }
+        self.respill(pid, process, moved.clone());
+        if failed.is_empty() {
+            Message::RegionsMoved(moved).into()
+        } else {
+            Message::error(
+                ErrorCode::Internal,
+                format!(
+                    "process {pid:#x}: {} regions moved off {from}, not: {}",
+                    moved.len(),
+                    failed.join("; ")
+                ),
+            )
+            .into()
+        }
+    }
+
+    /// Passes the pages `pages` (indexes into `addrs`, one page of
+    /// `payload` each) of process `pid`, written back here, on to `to`,
+    /// a holder their regions are being copied to. Should that fail, the
+    /// copy there is given up (it would serve pages older than the
+    /// runtime's) and the pages are passed on no more.
+    pub(super) fn mirror_pages(
+        &self,
+        pid: ProcessId,
+        to: &MemoryHolder,
+        addrs: &[u64],
+        payload: &[u8],
+        pages: &[usize],
+    ) {
+        let mut data = Vec::with_capacity(pages.len() * PAGE_SIZE);
+        for &i in pages {
+            data.extend_from_slice(&payload[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+        }
+        let message = Message::MirrorPages {
+            pid,
+            addrs: pages.iter().map(|&i| addrs[i]).collect(),
+        };
+        let Err(why) = self.tell_holder_with(to, &message, &data) else {
+            return;
+        };
+        let mut regions: Vec<u64> = pages
+            .iter()
+            .map(|&i| lego_proto::region_of(addrs[i]))
+            .collect();
+        regions.dedup();
+        warn!(
+            "cannot pass pages of process {pid:#x} on to {}, which regions {regions:?} are \
+             copied to: {why}; it gives them up",
+            to.name
+        );
+        {
+            let mut held = lock(&self.regions);
+            for &region in &regions {
+                let _ = held.set_mirror(pid, region, None);
+            }
+        }
+        let gone: Vec<SpilledRegion> = regions
+            .into_iter()
+            .map(|region| SpilledRegion {
+                region,
+                holders: vec![to.clone()],
+            })
+            .collect();
+        self.give_up_spills(pid, &gone);
     }
 
     /// Copies this manager's pages of region `region` of process `pid` to
@@ -535,7 +746,11 @@ impl MemoryService {
     }
 
     /// Sends `message` to `holder` and waits for it to be done.
-    fn tell_holder(&self, holder: &MemoryHolder, message: &Message) -> Result<(), String> {
+    pub(super) fn tell_holder(
+        &self,
+        holder: &MemoryHolder,
+        message: &Message,
+    ) -> Result<(), String> {
         self.tell_holder_with(holder, message, &[])
     }
 

@@ -10,6 +10,8 @@
 //! the process's lock, so every change it answered is on the backup, and
 //! the backup is promoted with a new backup of its own. The runtime, told
 //! `NotHeld` by the drained manager, fails over and is told the new home.
+//! Regions other homes spilled onto it move last, each home copying them
+//! to new holders (see `regions`).
 
 use super::{memory_client, most_free_memory, promote, region_holders, Membership};
 use lego_proto::{
@@ -23,6 +25,10 @@ use tracing::{info, warn};
 /// address space takes seconds; a process that never stops copying would
 /// hold a drain forever).
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+
+/// How long moving a drained manager's regions may keep failing (a
+/// process ending gives them up meanwhile) before the drain fails.
+const REGION_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long a new backup's whole copy may take (1 GiB copies in about
 /// 1.5 s here).
@@ -126,25 +132,41 @@ impl Membership {
             .holder(name)
             .ok_or_else(|| format!("{name} left the cluster"))?;
         info!("draining {name}");
+        // Since when moving its regions off has failed.
+        let mut region_trouble: Option<Instant> = None;
         loop {
             let copies = match ask(secret, &holder, &Message::Holdings, Duration::from_secs(5))? {
                 Message::HoldingList(copies) => copies,
                 other => return Err(format!("{name} answered Holdings with {}", other.kind())),
             };
-            self.drain_state(name, |state| state.left = copies.len() as u32);
+            let held = self.held_regions(name);
+            let regions: u32 = held.iter().map(|h| h.regions).sum();
+            self.drain_state(name, |state| state.left = copies.len() as u32 + regions);
             if copies.is_empty() && !self.awaiting_memory(name) {
-                let regions = self.regions_held(name);
-                if regions > 0 {
-                    // Not drained: say so, rather than let it be stopped
-                    // as holding nothing.
-                    return Err(format!(
-                        "{name} still holds {regions} regions spilled by processes homed \
-                         elsewhere, and moving regions off a manager is not supported yet \
-                         (stopping it leaves each of them only its other copy)"
-                    ));
+                if regions == 0 {
+                    info!("{name} drained in {:?}", started.elapsed());
+                    return Ok(());
                 }
-                info!("{name} drained in {:?}", started.elapsed());
-                return Ok(());
+                // Regions spilled by processes homed elsewhere: their
+                // homes move them (given up here in the background; the
+                // next heartbeats tell).
+                match self.move_regions_off(secret, name, &held) {
+                    Ok(moved) => {
+                        region_trouble = None;
+                        self.drain_state(name, |state| state.moved += moved as u32);
+                    }
+                    Err(why) => {
+                        // A process that just ended gives its regions up
+                        // anyway: the same trouble for a while fails the
+                        // drain.
+                        let since = *region_trouble.get_or_insert_with(Instant::now);
+                        if since.elapsed() > REGION_PATIENCE {
+                            return Err(format!("{name} still holds regions: {why}"));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
             }
             if started.elapsed() > DRAIN_LIMIT {
                 return Err(format!(
@@ -179,14 +201,6 @@ impl Membership {
     /// have made its memory there yet: placed lately (its processor has
     /// not reported it), or reported with `name` as its home or backup
     /// and no decision of the monitor's moving it since.
-    /// The regions of other homes' processes `name` reports holding.
-    fn regions_held(&self, name: &str) -> u32 {
-        match self.members().get(name).map(|m| &m.load) {
-            Some(Load::Memory { regions, .. }) => regions.iter().map(|r| r.regions).sum(),
-            _ => 0,
-        }
-    }
-
     fn awaiting_memory(&self, name: &str) -> bool {
         let homes = self
             .homes()
