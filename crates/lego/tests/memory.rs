@@ -499,6 +499,11 @@ fn a_program_larger_than_any_memory_manager_runs_over_several() {
 /// Waits for no live memory manager to hold a spilled region (every
 /// process that had them ended), failing with `when` and those that do.
 fn assert_regions_given_up(cluster: &Cluster, when: &str) {
+    assert_regions_given_up_within(cluster, when, Duration::from_secs(20));
+}
+
+/// [`assert_regions_given_up`], waiting up to `limit`.
+fn assert_regions_given_up_within(cluster: &Cluster, when: &str, limit: Duration) {
     let held = || {
         let status = cluster.status()?;
         let mut held = Vec::new();
@@ -511,7 +516,7 @@ fn assert_regions_given_up(cluster: &Cluster, when: &str) {
         Some(held)
     };
     assert!(
-        poll(Duration::from_secs(20), || held().filter(|h| h.is_empty())).is_some(),
+        poll(limit, || held().filter(|h| h.is_empty())).is_some(),
         "{when}, regions stay held on {:?}",
         held()
     );
@@ -681,4 +686,49 @@ fn regions_get_new_holders_while_the_program_idles_and_off_a_drained_one() {
         text(&out.stderr)
     );
     assert_regions_given_up(&cluster, "after the program ended");
+}
+
+/// A process that lost its home and its backup at once is lost (the cost
+/// of a simultaneous loss of both), but the regions it spilled to other
+/// managers are not kept for it forever: the monitor, seeing them
+/// reported for a process no processor runs, has their holders give them
+/// up (15 s after the process is gone). Before: held until the holders
+/// were restarted.
+#[test]
+fn regions_of_a_process_lost_with_its_home_and_backup_are_given_up() {
+    use std::io::BufRead;
+    let cluster = Cluster::up(&["--memories", "4", "--memory-capacity", "256M"]);
+    let idlefill = program("idlefill", Build::GlibcStatic);
+    let flag = std::env::temp_dir().join(format!("lego-test-orphan-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let flag_arg = flag.to_str().unwrap().to_string();
+    let mut child = cluster
+        .run_command(&["--excache", "16M"], &idlefill, &["320", &flag_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "filled\n", "the program fills its memory first");
+    let (home, backup, _) = poll(Duration::from_secs(30), || {
+        spilled_process(&cluster).filter(|(_, _, holders)| holders.iter().all(|(_, b)| *b > 0))
+    })
+    .expect("lego ps shows other managers holding pages of its regions");
+    kill9(cluster.pid(&home));
+    kill9(cluster.pid(&backup));
+    std::fs::write(&flag, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&flag);
+    assert!(
+        !out.status.success(),
+        "the program survived losing its home and backup at once: {out:?}"
+    );
+    assert_regions_given_up_within(
+        &cluster,
+        "after the process was lost with its home and backup",
+        Duration::from_secs(45),
+    );
 }

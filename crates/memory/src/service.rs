@@ -2282,12 +2282,18 @@ impl MemoryService {
                     Err(e) => Message::error(ErrorCode::BadRequest, e.to_string()).into(),
                 }
             }
+            // From the home, or from the monitor for a process no
+            // processor runs any more.
             Message::ChangeRegions {
                 pid,
                 discard,
                 release,
                 all,
-            } if peer.identity.role == lego_proto::Role::Memory => {
+            } if matches!(
+                peer.identity.role,
+                lego_proto::Role::Memory | lego_proto::Role::Monitor
+            ) =>
+            {
                 let mut regions = lock(&self.regions);
                 let mut pool = lock(&self.pool);
                 for (start, end) in discard {

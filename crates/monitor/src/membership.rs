@@ -85,6 +85,9 @@ pub struct Membership {
     failing_over: Mutex<()>,
     /// The table itself, for the threads that drain memory managers.
     me: std::sync::OnceLock<std::sync::Weak<Membership>>,
+    /// Regions a memory manager reports of a process no processor lists:
+    /// since when, by manager and process (see `release_orphaned_regions`).
+    orphans: Mutex<regions::Orphans>,
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -106,6 +109,7 @@ impl Membership {
             homes: Mutex::new(HashMap::new()),
             failing_over: Mutex::new(()),
             me: std::sync::OnceLock::new(),
+            orphans: Mutex::new(regions::Orphans::default()),
         }
     }
 
@@ -835,6 +839,7 @@ impl MonitorServer {
             .spawn(move || {
                 while let Some(membership) = detector.upgrade() {
                     membership.detect_failures();
+                    membership.release_orphaned_regions();
                     drop(membership);
                     thread::sleep(tick);
                 }

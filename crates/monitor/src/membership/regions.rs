@@ -3,13 +3,34 @@
 //! (its heartbeats say) and where each process's home is; the home moves
 //! them (`MoveRegions`), copying each from another of its copies while the
 //! program runs, so a region that lost a copy gets a new one whether or
-//! not the program touches it.
+//! not the program touches it. Regions of a process no processor runs any
+//! more (its home was lost as it ended, or between placing a region and
+//! its backup learning of it) are given up on their holders.
 
 use super::{memory_client, Membership};
-use lego_proto::{HeldRegions, Load, MemoryHolder, Message, ProcessId};
+use lego_proto::{Health, HeldRegions, Load, MemoryHolder, Message, ProcessId, Role};
 use lego_transport::ClusterSecret;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+/// How long a memory manager may report regions of a process no live
+/// processor lists before it is told to give them up: a fork's child holds
+/// its regions a moment before its processor lists it, and a restarted
+/// monitor hears from every processor within a heartbeat or two.
+const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+
+/// How often the reports are looked over for such regions.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(1);
+
+/// Regions reported for processes no processor lists.
+#[derive(Default)]
+pub(super) struct Orphans {
+    /// When the reports were last looked over.
+    swept: Option<Instant>,
+    /// Since when each manager has reported regions of each such process.
+    since: std::collections::HashMap<(String, ProcessId), Instant>,
+}
 
 /// How long a home may take to move a process's regions (a 64 MiB region
 /// copies in about 0.1 s here; a loaded host, many regions).
@@ -102,6 +123,101 @@ impl Membership {
             });
         if let Err(e) = spawned {
             warn!("cannot start replacing the regions lost with {name}: {e}");
+        }
+    }
+
+    /// Has every live memory manager that reported regions of a process no
+    /// live processor has listed for [`ORPHAN_GRACE`] give them up (their
+    /// home could not: it was lost as the process ended, or between placing
+    /// a region and its backup learning of it). At most once per
+    /// [`ORPHAN_SWEEP`].
+    pub fn release_orphaned_regions(&self) {
+        let Some(secret) = self.secret.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut due: Vec<(MemoryHolder, ProcessId)> = Vec::new();
+        {
+            let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+            if orphans
+                .swept
+                .is_some_and(|at| now.duration_since(at) < ORPHAN_SWEEP)
+            {
+                return;
+            }
+            orphans.swept = Some(now);
+            let members = self.members();
+            let alive = |role: Role| {
+                members
+                    .values()
+                    .filter(move |m| m.health == Health::Alive && m.registration.role == role)
+            };
+            let listed: HashSet<ProcessId> = alive(Role::Processor)
+                .flat_map(|m| match &m.load {
+                    Load::Processor { processes, .. } => {
+                        processes.iter().map(|p| p.pid).collect::<Vec<_>>()
+                    }
+                    _ => Vec::new(),
+                })
+                .collect();
+            let mut seen = HashSet::new();
+            for m in alive(Role::Memory) {
+                let Load::Memory { regions, .. } = &m.load else {
+                    continue;
+                };
+                for pid in regions
+                    .iter()
+                    .map(|r| r.pid)
+                    .filter(|p| !listed.contains(p))
+                {
+                    let key = (m.registration.name.clone(), pid);
+                    let since = *orphans.since.entry(key.clone()).or_insert(now);
+                    if now.duration_since(since) >= ORPHAN_GRACE {
+                        due.push((
+                            MemoryHolder {
+                                name: m.registration.name.clone(),
+                                addr: m.registration.addr,
+                            },
+                            pid,
+                        ));
+                    } else {
+                        seen.insert(key);
+                    }
+                }
+            }
+            // Those told now start over, should they still report them.
+            orphans.since.retain(|key, _| seen.contains(key));
+        }
+        if due.is_empty() {
+            return;
+        }
+        // Off the failure detector's thread.
+        let spawned = std::thread::Builder::new()
+            .name("orphaned regions".into())
+            .spawn(move || {
+                for (holder, pid) in due {
+                    warn!(
+                        "{} holds regions of process {pid:#x}, which no processor runs: it \
+                         gives them up",
+                        holder.name
+                    );
+                    let release = Message::ChangeRegions {
+                        pid,
+                        discard: Vec::new(),
+                        release: Vec::new(),
+                        all: true,
+                    };
+                    let client = memory_client(&secret, &holder, Duration::from_secs(2));
+                    if let Err(e) = client.call(&release, &[]) {
+                        warn!(
+                            "cannot have {} give up regions of process {pid:#x}: {e}",
+                            holder.name
+                        );
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start giving up orphaned regions: {e}");
         }
     }
 }
