@@ -25,6 +25,9 @@ struct Region {
     /// Where pages written here go too: a holder this region is being
     /// copied to, which the runtime does not know yet.
     mirror: Option<MemoryHolder>,
+    /// Passing a page on failed since `mirror` was set: that holder's
+    /// copy misses a write.
+    mirror_broken: bool,
 }
 
 /// How a page comes to be stored.
@@ -255,7 +258,26 @@ impl RegionStore {
                 addr: region.saturating_mul(REGION_SIZE),
             })?;
         held.mirror = to;
+        held.mirror_broken = false;
         Ok(())
+    }
+
+    /// Passing the pages of region `region` of `pid` on failed: they are
+    /// passed on no more, and [`RegionStore::mirror_broken`] says so.
+    pub fn break_mirror(&mut self, pid: ProcessId, region: u64) {
+        if let Some(held) = self.held.get_mut(&pid).and_then(|r| r.get_mut(&region)) {
+            held.mirror = None;
+            held.mirror_broken = true;
+        }
+    }
+
+    /// Whether passing the pages of region `region` of `pid` on failed
+    /// since it began.
+    pub fn mirror_broken(&self, pid: ProcessId, region: u64) -> bool {
+        self.held
+            .get(&pid)
+            .and_then(|r| r.get(&region))
+            .is_some_and(|r| r.mirror_broken)
     }
 
     /// Where the page at `addr` of `pid` goes too when written here.
@@ -585,7 +607,10 @@ mod tests {
         store.set_mirror(PID, 1, Some(to.clone())).unwrap();
         assert_eq!(store.mirror_of(PID, R + PAGE), Some(&to));
         assert!(store.set_mirror(PID, 2, None).is_err());
-        store.set_mirror(PID, 1, None).unwrap();
+        store.break_mirror(PID, 1);
         assert_eq!(store.mirror_of(PID, R + PAGE), None);
+        assert!(store.mirror_broken(PID, 1));
+        store.set_mirror(PID, 1, None).unwrap();
+        assert!(!store.mirror_broken(PID, 1));
     }
 }

@@ -71,6 +71,18 @@ impl Link {
         })
     }
 
+    /// Sends `message` and waits for the answer, an error answer
+    /// included; `Err` when none came.
+    pub fn ask(&self, message: &Message) -> Result<Message, String> {
+        let sent = self
+            .send_message(message, &[])
+            .ok_or("it cannot be reached")?;
+        sent.connection
+            .wait(sent.pending, BACKUP_TIMEOUT)
+            .map(|reply| reply.message)
+            .map_err(|e| e.to_string())
+    }
+
     /// Waits for the backup to hold a change sent with `send`.
     pub fn wait(&self, sent: Sent) -> Result<(), String> {
         self.wait_change(sent).map_err(|refused| refused.why)

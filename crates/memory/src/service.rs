@@ -47,9 +47,16 @@ pub struct Process {
     pub space: AddressSpace,
     rep: Replication,
     /// Spilled regions moved to a new holder without the runtime (see
-    /// `MoveRegions`), each with the holder passing the runtime's pages on
-    /// to it until the runtime learns the new holders.
-    mirrors: Vec<(u64, MemoryHolder)>,
+    /// `MoveRegions`), until the runtime learns the new holders.
+    mirrors: Vec<Mirror>,
+}
+
+/// A spilled region moved without the runtime: `source` passes the
+/// runtime's pages of it on to `target` until told to stop.
+pub(crate) struct Mirror {
+    region: u64,
+    source: MemoryHolder,
+    target: MemoryHolder,
 }
 
 /// A process's replication state on this memory manager.
@@ -2274,7 +2281,13 @@ impl MemoryService {
                 if peer.identity.role == lego_proto::Role::Memory =>
             {
                 let mut regions = lock(&self.regions);
-                match regions.hold(&mut lock(&self.pool), pid, tree, region) {
+                let mut pool = lock(&self.pool);
+                // A new copy starts empty: whatever an earlier give-up that
+                // did not arrive left here is stale.
+                if regions.tree_of(pid) == Some(tree) {
+                    regions.release(&mut pool, pid, Some(region));
+                }
+                match regions.hold(&mut pool, pid, tree, region) {
                     Ok(()) => {
                         self.any_regions.store(true, Ordering::Release);
                         Message::RegionsChanged.into()
@@ -2320,7 +2333,13 @@ impl MemoryService {
                         return Message::error(ErrorCode::BadRequest, e.to_string()).into();
                     }
                 }
-                match self.copy_region(pid, region, &to) {
+                match self.copy_region(pid, region, &to).and_then(|()| {
+                    if mirror && lock(&self.regions).mirror_broken(pid, region) {
+                        Err("passing the pages written meanwhile on failed".to_string())
+                    } else {
+                        Ok(())
+                    }
+                }) {
                     Ok(()) => Message::RegionsChanged.into(),
                     Err(why) => {
                         if mirror {
@@ -2340,8 +2359,20 @@ impl MemoryService {
             Message::EndMirror { pid, region }
                 if peer.identity.role == lego_proto::Role::Memory =>
             {
+                let mut held = lock(&self.regions);
+                let broken = held.mirror_broken(pid, region);
                 // Given up meanwhile: nothing passes its pages on anyway.
-                let _ = lock(&self.regions).set_mirror(pid, region, None);
+                let _ = held.set_mirror(pid, region, None);
+                if broken {
+                    return Message::error(
+                        ErrorCode::Internal,
+                        format!(
+                            "passing pages of region {region} of process {pid:#x} on failed: \
+                             the copy it was passing them to misses some"
+                        ),
+                    )
+                    .into();
+                }
                 Message::RegionsChanged.into()
             }
             Message::MoveRegions { pid, from }
@@ -2360,15 +2391,7 @@ impl MemoryService {
                         let moved =
                             self.replace_holders(pid, &mut process.space, backup.as_ref(), &lost);
                         self.respill(pid, process, moved);
-                        // The runtime, nothing in flight, learns every
-                        // region's holders now: those moved without it
-                        // need no pages passed on any more.
-                        for (region, source) in std::mem::take(&mut process.mirrors) {
-                            let end = Message::EndMirror { pid, region };
-                            if let Err(why) = self.tell_holder(&source, &end) {
-                                info!("{} keeps passing pages of region {region} of process {pid:#x} on: {why}", source.name);
-                            }
-                        }
+                        self.end_mirrors(pid, process);
                         Message::RegionsMoved(process.space.spilled_regions()).into()
                     }
                     _ => not_served(&guard, pid),

@@ -183,6 +183,19 @@ impl Membership {
                 registration.role, registration.addr, registration.pid
             ),
         }
+        // A restarted memory manager lost the regions its last incarnation
+        // held (perhaps before it was found dead): they get new copies.
+        let lost = members
+            .get(&name)
+            .filter(|old| {
+                old.registration.addr != registration.addr
+                    || old.registration.pid != registration.pid
+            })
+            .map(|old| match &old.load {
+                Load::Memory { regions, .. } => regions.clone(),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
         // The same incarnation registering again (it lost contact for a
         // moment) keeps its drain; a restarted one joins empty.
         let (draining, placed_at, recent) = members
@@ -194,6 +207,7 @@ impl Membership {
             .map_or((None, None, Vec::new()), |old| {
                 (old.draining.clone(), old.placed_at, old.recent.clone())
             });
+        let rejoined = name.clone();
         members.insert(
             name,
             Member {
@@ -207,6 +221,8 @@ impl Membership {
                 recent,
             },
         );
+        drop(members);
+        self.replace_lost_regions(&rejoined, lost);
         Message::Registered {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
         }
@@ -578,13 +594,18 @@ impl Membership {
 
     /// Takes member `name` for dead, and fences it should it speak again.
     fn fence(&self, name: &str) {
+        let mut lost = Vec::new();
         if let Some(member) = self.members().get_mut(name) {
             if member.health == Health::Alive {
                 warn!("{name} marked dead: it does not answer");
+                if let Load::Memory { regions, .. } = &member.load {
+                    lost = regions.clone();
+                }
             }
             member.health = Health::Dead;
             member.fenced = true;
         }
+        self.replace_lost_regions(name, lost);
     }
 
     pub fn view(&self) -> ClusterView {

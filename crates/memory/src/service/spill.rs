@@ -12,7 +12,7 @@
 //! every spill with the change it made room for, so a failover keeps the
 //! map.
 
-use super::{lock, not_served, unknown_process, MemoryService, Process};
+use super::{lock, not_served, unknown_process, MemoryService, Mirror, Process};
 use crate::pool::PagePool;
 use crate::regions::{RegionError, RegionStore};
 use crate::vma::{AddressSpace, Outcome};
@@ -409,19 +409,39 @@ impl MemoryService {
         let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
         let mut moved = Vec::new();
         let mut failed = Vec::new();
+        let mut leaving = None;
         for s in process.space.spilled_regions() {
-            let Some(leaving) = s.holders.iter().find(|h| h.name == from).cloned() else {
+            let Some(off) = s.holders.iter().find(|h| h.name == from).cloned() else {
                 continue;
             };
+            leaving = Some(off);
             let mut holders: Vec<MemoryHolder> = s
                 .holders
                 .iter()
                 .filter(|h| h.name != from)
                 .cloned()
                 .collect();
-            let Some(source) = holders.first().cloned() else {
-                failed.push(format!("region {} has no other copy", s.region));
-                continue;
+            // A region moved lately, the runtime not knowing where yet: it
+            // writes only to the copy passing its pages on, which must
+            // stay, and passes them on to the next new holder instead.
+            let pending = process.mirrors.iter().position(|m| m.region == s.region);
+            let source = match pending.map(|i| &process.mirrors[i]) {
+                Some(m) if m.source.name == from => {
+                    failed.push(format!(
+                        "region {} moved lately, and the program has not learned where yet \
+                         ({from} is the only copy it knows)",
+                        s.region
+                    ));
+                    continue;
+                }
+                Some(m) => m.source.clone(),
+                None => match holders.first() {
+                    Some(h) => h.clone(),
+                    None => {
+                        failed.push(format!("region {} has no other copy", s.region));
+                        continue;
+                    }
+                },
             };
             let mut except: Vec<String> = vec![me.name.clone()];
             except.extend(backup.as_ref().map(|b| b.name.clone()));
@@ -462,26 +482,51 @@ impl MemoryService {
                 source.name,
                 started.elapsed()
             );
-            holders.push(new);
+            holders.push(new.clone());
             let _ = process
                 .space
                 .spill(&mut lock(&self.pool), s.region, holders.clone());
-            process.mirrors.push((s.region, source));
-            moved.push(SpilledRegion {
+            match pending {
+                Some(i) => process.mirrors[i].target = new.clone(),
+                None => process.mirrors.push(Mirror {
+                    region: s.region,
+                    source,
+                    target: new.clone(),
+                }),
+            }
+            let region = SpilledRegion {
                 region: s.region,
                 holders,
-            });
-            let gone = SpilledRegion {
-                region: s.region,
-                holders: vec![leaving],
+            };
+            // The backup knows before the leaving copy goes.
+            self.respill(pid, process, vec![region.clone()]);
+            moved.push(region);
+        }
+        if let Some(leaving) = leaving {
+            // Off this call's time: every region of the process it had,
+            // when all are elsewhere now (any left over from an earlier
+            // give-up too), else those that moved.
+            let release: Vec<u64> = moved.iter().map(|m| m.region).collect();
+            let all = failed.is_empty();
+            let give_up = Message::ChangeRegions {
+                pid,
+                discard: Vec::new(),
+                release,
+                all,
             };
             if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
                 let _ = std::thread::Builder::new()
-                    .name("give up region".into())
-                    .spawn(move || me.give_up_spills(pid, &[gone]));
+                    .name("give up regions".into())
+                    .spawn(move || {
+                        if let Err(why) = me.tell_holder(&leaving, &give_up) {
+                            info!(
+                                "{} did not give up regions of process {pid:#x}: {why}",
+                                leaving.name
+                            );
+                        }
+                    });
             }
         }
-        self.respill(pid, process, moved.clone());
         if failed.is_empty() {
             Message::RegionsMoved(moved).into()
         } else {
@@ -497,11 +542,65 @@ impl MemoryService {
         }
     }
 
+    /// The runtime of `process` (`pid`), with nothing in flight, learns
+    /// every region's holders now: the holders passing its pages on to
+    /// regions' new holders stop. One whose passing on failed meanwhile
+    /// takes that new holder out of the map (its copy misses a write).
+    pub(super) fn end_mirrors(&self, pid: ProcessId, process: &mut Process) {
+        let mut dropped = Vec::new();
+        for m in std::mem::take(&mut process.mirrors) {
+            let end = Message::EndMirror {
+                pid,
+                region: m.region,
+            };
+            match self.links.to(&m.source).map(|link| link.ask(&end)) {
+                Some(Ok(Message::Error(e))) if e.code == ErrorCode::Internal => {
+                    warn!(
+                        "process {pid:#x}: {} missed pages of region {}: {}",
+                        m.target.name, m.region, e.message
+                    );
+                    dropped.push(m);
+                }
+                Some(Ok(_)) => {}
+                // Unreachable: a failure there gave the new copy up itself.
+                _ => info!(
+                    "{} may keep passing pages of region {} of process {pid:#x} on",
+                    m.source.name, m.region
+                ),
+            }
+        }
+        let mut changed = Vec::new();
+        for m in dropped {
+            let Some(s) = process
+                .space
+                .spilled_regions()
+                .into_iter()
+                .find(|s| s.region == m.region)
+            else {
+                continue;
+            };
+            let holders: Vec<MemoryHolder> = s
+                .holders
+                .into_iter()
+                .filter(|h| h.name != m.target.name)
+                .collect();
+            let _ = process
+                .space
+                .spill(&mut lock(&self.pool), m.region, holders.clone());
+            changed.push(SpilledRegion {
+                region: m.region,
+                holders,
+            });
+        }
+        self.respill(pid, process, changed);
+    }
+
     /// Passes the pages `pages` (indexes into `addrs`, one page of
     /// `payload` each) of process `pid`, written back here, on to `to`,
     /// a holder their regions are being copied to. Should that fail, the
     /// copy there is given up (it would serve pages older than the
-    /// runtime's) and the pages are passed on no more.
+    /// runtime's), the pages are passed on no more, and the home hears of
+    /// it (`CopyRegion`, `EndMirror` fail).
     pub(super) fn mirror_pages(
         &self,
         pid: ProcessId,
@@ -534,7 +633,7 @@ impl MemoryService {
         {
             let mut held = lock(&self.regions);
             for &region in &regions {
-                let _ = held.set_mirror(pid, region, None);
+                held.break_mirror(pid, region);
             }
         }
         let gone: Vec<SpilledRegion> = regions

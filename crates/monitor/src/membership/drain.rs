@@ -28,7 +28,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
 /// How long moving a drained manager's regions may keep failing (a
 /// process ending gives them up meanwhile) before the drain fails.
-const REGION_PATIENCE: Duration = Duration::from_secs(5);
+const REGION_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long a new backup's whole copy may take (1 GiB copies in about
 /// 1.5 s here).
@@ -150,19 +150,24 @@ impl Membership {
                 // Regions spilled by processes homed elsewhere: their
                 // homes move them (given up here in the background; the
                 // next heartbeats tell).
-                match self.move_regions_off(secret, name, &held) {
-                    Ok(moved) => {
+                // Moved, its heartbeats stop reporting them within one or
+                // two; a process that just ended gives them up anyway. No
+                // progress for a while fails the drain.
+                let why = match self.move_regions_off(secret, name, &held, true) {
+                    Ok(moved) if moved > 0 => {
                         region_trouble = None;
                         self.drain_state(name, |state| state.moved += moved as u32);
+                        None
                     }
-                    Err(why) => {
-                        // A process that just ended gives its regions up
-                        // anyway: the same trouble for a while fails the
-                        // drain.
-                        let since = *region_trouble.get_or_insert_with(Instant::now);
-                        if since.elapsed() > REGION_PATIENCE {
-                            return Err(format!("{name} still holds regions: {why}"));
-                        }
+                    Ok(_) => Some(format!(
+                        "its heartbeats still report {regions} regions no home maps there"
+                    )),
+                    Err(why) => Some(why),
+                };
+                if let Some(why) = why {
+                    let since = *region_trouble.get_or_insert_with(Instant::now);
+                    if since.elapsed() > REGION_PATIENCE {
+                        return Err(format!("{name} still holds regions: {why}"));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(200));

@@ -67,39 +67,89 @@ impl Membership {
     }
 
     /// Has the home of every process in `held` move its regions off
-    /// `from`: the number of regions moved, or why one could not be.
+    /// `from`: the number of regions moved, or why some could not be (the
+    /// others are moved all the same). With `drained` (nothing new is
+    /// placed on `from`), regions of a process whose home maps none there
+    /// are stale, and `from` gives them up.
     pub(super) fn move_regions_off(
         &self,
         secret: &ClusterSecret,
         from: &str,
         held: &[HeldRegions],
+        drained: bool,
     ) -> Result<usize, String> {
         let mut moved = 0;
+        let mut failed = Vec::new();
         for h in held {
-            let pid = h.pid;
-            let home = self.home_of(pid).ok_or_else(|| {
-                format!("process {pid:#x} has regions on {from}, and its home is not known")
-            })?;
-            let ask = Message::MoveRegions {
-                pid,
-                from: from.to_string(),
-            };
-            let reply = memory_client(secret, &home, MOVE_LIMIT)
-                .call(&ask, &[])
-                .map_err(|e| format!("cannot reach {}: {e}", home.name))?;
-            match reply.message {
-                Message::RegionsMoved(regions) => moved += regions.len(),
-                Message::Error(e) => return Err(format!("{}: {}", home.name, e.message)),
-                other => {
-                    return Err(format!(
-                        "{} answered MoveRegions with {}",
-                        home.name,
-                        other.kind()
-                    ))
-                }
+            match self.move_regions_of(secret, from, h.pid) {
+                Ok(0) if drained => self.release_stale(secret, from, h.pid),
+                Ok(n) => moved += n,
+                Err(why) => failed.push(why),
             }
         }
-        Ok(moved)
+        if failed.is_empty() {
+            Ok(moved)
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Has process `pid`'s home move its regions off `from`: how many.
+    fn move_regions_of(
+        &self,
+        secret: &ClusterSecret,
+        from: &str,
+        pid: ProcessId,
+    ) -> Result<usize, String> {
+        let home = self.home_of(pid).ok_or_else(|| {
+            format!("process {pid:#x} has regions on {from}, and its home is not known")
+        })?;
+        if home.name == from {
+            return Err(format!(
+                "process {pid:#x} has its home on {from}, which holds its regions"
+            ));
+        }
+        let ask = Message::MoveRegions {
+            pid,
+            from: from.to_string(),
+        };
+        let reply = memory_client(secret, &home, MOVE_LIMIT)
+            .call(&ask, &[])
+            .map_err(|e| format!("cannot reach {}: {e}", home.name))?;
+        match reply.message {
+            Message::RegionsMoved(regions) => Ok(regions.len()),
+            Message::Error(e) => Err(format!("{}: {}", home.name, e.message)),
+            other => Err(format!(
+                "{} answered MoveRegions with {}",
+                home.name,
+                other.kind()
+            )),
+        }
+    }
+
+    /// Has live memory manager `name` give up the regions of process
+    /// `pid` it holds, which the process's home maps elsewhere.
+    fn release_stale(&self, secret: &ClusterSecret, name: &str, pid: ProcessId) {
+        let holder = {
+            let members = self.members();
+            let Some(m) = members.get(name).filter(|m| m.health == Health::Alive) else {
+                return;
+            };
+            MemoryHolder {
+                name: m.registration.name.clone(),
+                addr: m.registration.addr,
+            }
+        };
+        let release = Message::ChangeRegions {
+            pid,
+            discard: Vec::new(),
+            release: Vec::new(),
+            all: true,
+        };
+        match memory_client(secret, &holder, Duration::from_secs(2)).call(&release, &[]) {
+            Ok(_) => info!("{name} gave up stale regions of process {pid:#x}"),
+            Err(e) => warn!("cannot have {name} give up stale regions of process {pid:#x}: {e}"),
+        }
     }
 
     /// Memory manager `name` was lost holding the regions `held`: their
@@ -116,11 +166,13 @@ impl Membership {
         let from = name.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("regions off {name}"))
-            .spawn(move || match me.move_regions_off(&secret, &from, &held) {
-                Ok(moved) => info!("{moved} regions lost with {from} have new copies"),
-                // The runtime finds the loss too, and asks the home itself.
-                Err(why) => warn!("regions lost with {from}: {why}"),
-            });
+            .spawn(
+                move || match me.move_regions_off(&secret, &from, &held, false) {
+                    Ok(moved) => info!("{moved} regions lost with {from} have new copies"),
+                    // The runtime finds the loss too, and asks the home itself.
+                    Err(why) => warn!("regions lost with {from}: {why}"),
+                },
+            );
         if let Err(e) = spawned {
             warn!("cannot start replacing the regions lost with {name}: {e}");
         }

@@ -398,15 +398,24 @@ impl RemoteMemory {
         }
         let message = Message::RegionsLost {
             pid: self.pid(),
-            lost,
+            lost: lost.clone(),
         };
-        let reply = self.call(|l| &l.client, &message, &[])?;
-        match reply.message {
-            Message::RegionsMoved(moved) => {
+        let reply = self
+            .call(|l| &l.client, &message, &[])
+            .and_then(|reply| match reply.message {
+                Message::RegionsMoved(moved) => Ok(moved),
+                other => Err(self.unexpected("RegionsLost", other)),
+            });
+        match reply {
+            Ok(moved) => {
                 self.0.spilled.learn(&moved, &lock(&self.0.config));
                 Ok(true)
             }
-            other => Err(self.unexpected("RegionsLost", other)),
+            Err(e) => {
+                // Told with the next loss.
+                self.0.spilled.lost_again(lost);
+                Err(e)
+            }
         }
     }
 

@@ -150,6 +150,16 @@ impl Spilled {
         std::mem::take(&mut *locked(&self.lost))
     }
 
+    /// Puts back holders `take_lost` gave, which the home was not told.
+    pub fn lost_again(&self, names: Vec<String>) {
+        let mut lost = locked(&self.lost);
+        for name in names {
+            if !lost.contains(&name) {
+                lost.push(name);
+            }
+        }
+    }
+
     /// Asks the holders of `addr`'s region, in order, for `message` (a
     /// fetch); the first good answer `accept` takes is the answer.
     pub fn fetch<T>(
