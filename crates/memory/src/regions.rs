@@ -11,17 +11,17 @@
 
 use crate::pool::{PageId, PagePool, PAGE};
 use lego_proto::{region_of, MemoryHolder, ProcessId, PAGE_SIZE, REGION_SIZE, USER_END};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// One held region: its stored pages, by address.
 #[derive(Default)]
 struct Region {
     pages: BTreeMap<u64, PageId>,
-    /// Pages another holder passed on as the runtime wrote them
-    /// (`MirrorPages`) while this copy is still being filled: newer than
-    /// any filled page of the same address. Forgotten at the runtime's
-    /// first own write, which comes only once the filling is done.
-    mirrored: BTreeSet<u64>,
+    /// Pages written since the region was taken, by the runtime or passed
+    /// on by another holder (`MirrorPages`), one bit each (none until one
+    /// is): newer than any page of a copy filling the region, which does
+    /// not replace them.
+    written: Vec<u64>,
     /// Where pages written here go too: a holder this region is being
     /// copied to, which the runtime does not know yet.
     mirror: Option<MemoryHolder>,
@@ -38,7 +38,8 @@ pub enum Write {
     /// A holder copying the region here passed on the runtime's write.
     Mirrored,
     /// Part of the region's copy (from the home or another holder): older
-    /// than any mirrored page, which it does not replace.
+    /// than any page written here since the region was taken, which it
+    /// does not replace.
     Fill,
 }
 
@@ -159,8 +160,8 @@ impl RegionStore {
     }
 
     /// Stores the page at `addr`, written as `how` says (a filled page
-    /// never replaces a mirrored one); an all-zero page is dropped instead
-    /// (it reads the same).
+    /// never replaces one written since the region was taken); an all-zero
+    /// page is dropped instead (it reads the same).
     pub fn store(
         &mut self,
         pool: &mut PagePool,
@@ -177,16 +178,22 @@ impl RegionStore {
             .get_mut(&pid)
             .and_then(|r| r.get_mut(&region_of(addr)))
             .ok_or(RegionError::NotHeld { pid, addr })?;
+        let bit = ((addr % REGION_SIZE) / PAGE) as usize;
         match how {
-            Write::Fill if region.mirrored.contains(&addr) => return Ok(()),
-            Write::Fill => {}
-            Write::Mirrored => {
-                region.mirrored.insert(addr);
-            }
-            Write::Runtime => {
-                if !region.mirrored.is_empty() {
-                    region.mirrored = BTreeSet::new();
+            Write::Fill => {
+                if region
+                    .written
+                    .get(bit / 64)
+                    .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+                {
+                    return Ok(());
                 }
+            }
+            Write::Mirrored | Write::Runtime => {
+                if region.written.is_empty() {
+                    region.written = vec![0; (REGION_SIZE / PAGE) as usize / 64];
+                }
+                region.written[bit / 64] |= 1 << (bit % 64);
             }
         }
         if contents.iter().all(|&b| b == 0) {
@@ -569,9 +576,9 @@ mod tests {
     }
 
     /// A region being copied here while the runtime writes to the copy's
-    /// source: a page passed on (mirrored) is newer than a copied one of
-    /// the same address, whichever comes first, until the runtime writes
-    /// here itself; the source knows where to pass pages on.
+    /// source: a page passed on (mirrored) or written here is newer than a
+    /// copied one of the same address, whichever comes first; the source
+    /// knows where to pass pages on.
     #[test]
     fn a_copied_page_never_replaces_a_mirrored_one() {
         let mut pool = PagePool::new(2 * R);
@@ -591,14 +598,19 @@ mod tests {
             .unwrap();
         assert_eq!(store.page(&pool, PID, R).unwrap()[0], 5);
         assert_eq!(store.page(&pool, PID, R + PAGE).unwrap()[0], 6);
-        // The runtime's own write ends the filling: a fill then counts.
+        // Nor one the runtime wrote here (say, knowing this holder from
+        // before it restarted); a page no one wrote is filled.
         store
             .store(&mut pool, PID, R + 2 * PAGE, &page(7), Write::Runtime)
             .unwrap();
         store
-            .store(&mut pool, PID, R, &page(3), Write::Fill)
+            .store(&mut pool, PID, R + 2 * PAGE, &page(3), Write::Fill)
             .unwrap();
-        assert_eq!(store.page(&pool, PID, R).unwrap()[0], 3);
+        store
+            .store(&mut pool, PID, R + 3 * PAGE, &page(4), Write::Fill)
+            .unwrap();
+        assert_eq!(store.page(&pool, PID, R + 2 * PAGE).unwrap()[0], 7);
+        assert_eq!(store.page(&pool, PID, R + 3 * PAGE).unwrap()[0], 4);
         let to = MemoryHolder {
             name: "memory-9".into(),
             addr: "127.0.0.1:9".parse().unwrap(),

@@ -2216,10 +2216,24 @@ impl MemoryService {
         }
         let mut held = lock(&self.regions);
         let mut pool = lock(&self.pool);
-        for (&addr, contents) in addrs.iter().zip(payload.chunks(PAGE_SIZE)) {
+        // Passed on here, passed on again where this copy is being copied
+        // to in turn (the region moved twice before the runtime learned).
+        let mut mirrors: Vec<(MemoryHolder, Vec<usize>)> = Vec::new();
+        for (i, (&addr, contents)) in addrs.iter().zip(payload.chunks(PAGE_SIZE)).enumerate() {
             if let Err(e) = held.store(&mut pool, pid, addr, contents, how) {
                 return bad_request(e.to_string());
             }
+            if let (Write::Mirrored, Some(to)) = (how, held.mirror_of(pid, addr)) {
+                match mirrors.iter_mut().find(|(h, _)| h == to) {
+                    Some((_, pages)) => pages.push(i),
+                    None => mirrors.push((to.clone(), vec![i])),
+                }
+            }
+        }
+        drop(pool);
+        drop(held);
+        for (to, pages) in mirrors {
+            self.mirror_pages(pid, &to, addrs, payload, &pages);
         }
         Message::RegionsChanged.into()
     }
@@ -2391,7 +2405,12 @@ impl MemoryService {
                         let moved =
                             self.replace_holders(pid, &mut process.space, backup.as_ref(), &lost);
                         self.respill(pid, process, moved);
-                        self.end_mirrors(pid, process);
+                        // Told of no loss, the runtime only asks where
+                        // the regions are, perhaps with write-backs in
+                        // flight: the passing on goes on.
+                        if !lost.is_empty() {
+                            self.end_mirrors(pid, process);
+                        }
                         Message::RegionsMoved(process.space.spilled_regions()).into()
                     }
                     _ => not_served(&guard, pid),

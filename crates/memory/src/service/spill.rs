@@ -422,21 +422,18 @@ impl MemoryService {
                 .cloned()
                 .collect();
             // A region moved lately, the runtime not knowing where yet: it
-            // writes only to the copy passing its pages on, which must
-            // stay, and passes them on to the next new holder instead.
-            let pending = process.mirrors.iter().position(|m| m.region == s.region);
-            let source = match pending.map(|i| &process.mirrors[i]) {
-                Some(m) if m.source.name == from => {
-                    failed.push(format!(
-                        "region {} moved lately, and the program has not learned where yet \
-                         ({from} is the only copy it knows)",
-                        s.region
-                    ));
-                    continue;
-                }
-                Some(m) => m.source.clone(),
+            // writes to the copy passing its pages on (the source). Off
+            // the new copy, the source passes them on to the next one
+            // instead; off the source, the new copy is copied from and
+            // passes on what it is passed (the runtime, refused by the
+            // source, asks the home where the region is and sends its
+            // write-back again).
+            let pending = process.mirrors.iter().rposition(|m| m.region == s.region);
+            let (source, retarget) = match pending.map(|i| &process.mirrors[i]) {
+                Some(m) if m.source.name == from => (m.target.clone(), false),
+                Some(m) => (m.source.clone(), true),
                 None => match holders.first() {
-                    Some(h) => h.clone(),
+                    Some(h) => (h.clone(), false),
                     None => {
                         failed.push(format!("region {} has no other copy", s.region));
                         continue;
@@ -487,8 +484,8 @@ impl MemoryService {
                 .space
                 .spill(&mut lock(&self.pool), s.region, holders.clone());
             match pending {
-                Some(i) => process.mirrors[i].target = new.clone(),
-                None => process.mirrors.push(Mirror {
+                Some(i) if retarget => process.mirrors[i].target = new.clone(),
+                _ => process.mirrors.push(Mirror {
                     region: s.region,
                     source,
                     target: new.clone(),

@@ -29,6 +29,9 @@ pub fn spawn(mm: &'static Memory) -> io::Result<()> {
     mm.remote
         .spilled()
         .on_lost(Box::new(move || super::repair_regions(mm)));
+    mm.remote
+        .spilled()
+        .on_refresh(Box::new(move || mm.remote.refresh_holders()));
     let fd = mm.arena.uffd.raw();
     // Safety: fcntl on our own descriptor.
     unsafe {

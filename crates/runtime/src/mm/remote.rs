@@ -561,9 +561,19 @@ impl Backing for RemoteMemory {
                 let homeward = (!home.is_empty())
                     .then(|| self.write_back_home(&home_addrs, &home_parts))
                     .transpose()?;
+                // Kept until acknowledged: a region its holders no longer
+                // hold (moved without this runtime) goes where the home
+                // says.
+                let kept: Vec<(u64, Vec<u8>)> = (0..addrs.len())
+                    .filter(|i| !home.contains(i))
+                    .map(|i| (addrs[i], pages[i].to_vec()))
+                    .collect();
                 let me = self.clone();
                 return Ok(WriteBack::new(move || {
-                    let away = me.0.spilled.wait(away);
+                    let away = match me.0.spilled.wait(away) {
+                        Ok(()) => Ok(()),
+                        Err(missed) => me.write_back_moved(missed, &kept),
+                    };
                     if let Some(ticket) = homeward {
                         ticket.finish()?;
                     }
@@ -576,6 +586,54 @@ impl Backing for RemoteMemory {
 }
 
 impl RemoteMemory {
+    /// Asks the home where every spilled region is now and learns it:
+    /// `false` if it did not answer. Safe with write-backs in flight (the
+    /// home changes nothing for it).
+    pub fn refresh_holders(&self) -> bool {
+        let message = Message::RegionsLost {
+            pid: self.pid(),
+            lost: Vec::new(),
+        };
+        match self.call(|l| &l.client, &message, &[]) {
+            Ok(reply) => match reply.message {
+                Message::RegionsMoved(regions) => {
+                    self.0.spilled.learn(&regions, &lock(&self.0.config));
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// The pages of `kept` in the regions `missed` names reached no holder
+    /// this runtime knew: sent again, once, where the home says the
+    /// regions are now.
+    fn write_back_moved(
+        &self,
+        missed: crate::mm::spilled::Missed,
+        kept: &[(u64, Vec<u8>)],
+    ) -> Result<(), CacheError> {
+        if !self.refresh_holders() {
+            return Err(missed.into());
+        }
+        let again: Vec<&(u64, Vec<u8>)> = kept
+            .iter()
+            .filter(|(addr, _)| missed.regions.contains(&lego_proto::region_of(*addr)))
+            .collect();
+        let addrs: Vec<u64> = again.iter().map(|(a, _)| *a).collect();
+        let pages: Vec<&[u8]> = again.iter().map(|(_, p)| p.as_slice()).collect();
+        let mut home = Vec::new();
+        let sent = self.0.spilled.send(self.pid(), &addrs, &pages, &mut home);
+        if !home.is_empty() {
+            // Come home meanwhile.
+            let home_addrs: Vec<u64> = home.iter().map(|&i| addrs[i]).collect();
+            let home_parts: Vec<&[u8]> = home.iter().map(|&i| pages[i]).collect();
+            self.write_back_home(&home_addrs, &home_parts)?.finish()?;
+        }
+        self.0.spilled.wait(sent).map_err(CacheError::from)
+    }
+
     /// Sends a write-back batch to the home (see `Backing::write_back`).
     fn write_back_home(&self, addrs: &[u64], parts: &[&[u8]]) -> Result<WriteBack, CacheError> {
         let links = self.links();

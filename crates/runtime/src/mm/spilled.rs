@@ -34,6 +34,26 @@ pub struct Spilled {
     /// Called when a holder is lost (outside every lock here), to have
     /// the home told (see `mm::repair_regions`).
     on_lost: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Asks the home where every region is now and learns it (`false`:
+    /// it could not): for a region left with no holder this runtime
+    /// knows, which the home may have moved without it.
+    refresh: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// Regions a write-back reached no holder of, and why.
+pub struct Missed {
+    pub regions: Vec<u64>,
+    pub why: String,
+}
+
+impl From<Missed> for CacheError {
+    fn from(missed: Missed) -> CacheError {
+        CacheError::Remote(format!(
+            "lost region {}: no holder of it took a write-back ({})",
+            missed.regions.first().copied().unwrap_or_default(),
+            missed.why
+        ))
+    }
 }
 
 /// A write-back's part sent to one holder, not yet acknowledged.
@@ -140,6 +160,16 @@ impl Spilled {
         let _ = self.on_lost.set(tell);
     }
 
+    /// How to ask the home where the regions are (set once).
+    pub fn on_refresh(&self, refresh: Box<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.refresh.set(refresh);
+    }
+
+    /// Asks the home where the regions are: `true` if it answered.
+    pub fn refresh(&self) -> bool {
+        self.refresh.get().is_some_and(|refresh| refresh())
+    }
+
     /// Whether a holder was lost since `take_lost` was last asked.
     pub fn has_lost(&self) -> bool {
         !locked(&self.lost).is_empty()
@@ -169,8 +199,15 @@ impl Spilled {
         mut accept: impl FnMut(Frame) -> Result<T, String>,
     ) -> Result<T, CacheError> {
         let region = region_of(addr);
+        let mut asked = false;
         loop {
             let Some(holder) = self.holders_of(addr).and_then(|h| h.first().copied()) else {
+                // Moved without this runtime knowing, perhaps: the home
+                // says where (once).
+                if !asked && self.refresh() {
+                    asked = true;
+                    continue;
+                }
                 return Err(CacheError::Remote(format!(
                     "lost region {region} (page {addr:#x}): no holder of it is left"
                 )));
@@ -253,9 +290,9 @@ impl Spilled {
         sent
     }
 
-    /// Waits for the parts `send` sent: `Err` when a region has no
-    /// holder that took its pages.
-    pub fn wait(&self, parts: Vec<SentPart>) -> Result<(), CacheError> {
+    /// Waits for the parts `send` sent: `Err` naming the regions no
+    /// holder took the pages of.
+    pub fn wait(&self, parts: Vec<SentPart>) -> Result<(), Missed> {
         let mut took: Vec<u64> = Vec::new();
         let mut missed: Vec<(u64, String)> = Vec::new();
         for part in parts {
@@ -281,11 +318,18 @@ impl Spilled {
                 }
             }
         }
-        match missed.into_iter().find(|(r, _)| !took.contains(r)) {
-            Some((region, why)) => Err(CacheError::Remote(format!(
-                "lost region {region}: no holder of it took a write-back ({why})"
-            ))),
-            None => Ok(()),
+        let mut regions: Vec<u64> = Vec::new();
+        let mut why = String::new();
+        for (region, reason) in missed {
+            if !took.contains(&region) && !regions.contains(&region) {
+                regions.push(region);
+                why = reason;
+            }
+        }
+        if regions.is_empty() {
+            Ok(())
+        } else {
+            Err(Missed { regions, why })
         }
     }
 
