@@ -2188,7 +2188,12 @@ impl MemoryService {
                 drop(pool);
                 drop(regions);
                 for (to, pages) in mirrors {
-                    self.mirror_pages(me, &to, addrs, &request.payload, &pages);
+                    // Not taken, then: this copy may be on its way out (moved
+                    // off), and the runtime sends it again where the home
+                    // says the region is.
+                    if let Err(why) = self.mirror_pages(me, &to, addrs, &request.payload, &pages) {
+                        return Some(Message::error(ErrorCode::Internal, why).into());
+                    }
                 }
                 Some(Message::WrittenBack.into())
             }
@@ -2233,7 +2238,8 @@ impl MemoryService {
         drop(pool);
         drop(held);
         for (to, pages) in mirrors {
-            self.mirror_pages(pid, &to, addrs, payload, &pages);
+            // That copy is given up; this one has the pages.
+            let _ = self.mirror_pages(pid, &to, addrs, payload, &pages);
         }
         Message::RegionsChanged.into()
     }

@@ -597,7 +597,7 @@ impl MemoryService {
     /// a holder their regions are being copied to. Should that fail, the
     /// copy there is given up (it would serve pages older than the
     /// runtime's), the pages are passed on no more, and the home hears of
-    /// it (`CopyRegion`, `EndMirror` fail).
+    /// it (`CopyRegion`, `EndMirror` fail); `Err` says so.
     pub(super) fn mirror_pages(
         &self,
         pid: ProcessId,
@@ -605,7 +605,7 @@ impl MemoryService {
         addrs: &[u64],
         payload: &[u8],
         pages: &[usize],
-    ) {
+    ) -> Result<(), String> {
         let mut data = Vec::with_capacity(pages.len() * PAGE_SIZE);
         for &i in pages {
             data.extend_from_slice(&payload[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
@@ -615,7 +615,7 @@ impl MemoryService {
             addrs: pages.iter().map(|&i| addrs[i]).collect(),
         };
         let Err(why) = self.tell_holder_with(to, &message, &data) else {
-            return;
+            return Ok(());
         };
         let mut regions: Vec<u64> = pages
             .iter()
@@ -641,6 +641,7 @@ impl MemoryService {
             })
             .collect();
         self.give_up_spills(pid, &gone);
+        Err(format!("passing its pages on to {} failed: {why}", to.name))
     }
 
     /// Copies this manager's pages of region `region` of process `pid` to

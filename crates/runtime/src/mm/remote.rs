@@ -564,8 +564,12 @@ impl Backing for RemoteMemory {
                 // Kept until acknowledged: a region its holders no longer
                 // hold (moved without this runtime) goes where the home
                 // says.
+                let mut homeward_page = vec![false; addrs.len()];
+                for &i in &home {
+                    homeward_page[i] = true;
+                }
                 let kept: Vec<(u64, Vec<u8>)> = (0..addrs.len())
-                    .filter(|i| !home.contains(i))
+                    .filter(|&i| !homeward_page[i])
                     .map(|i| (addrs[i], pages[i].to_vec()))
                     .collect();
                 let me = self.clone();
@@ -597,7 +601,7 @@ impl RemoteMemory {
         match self.call(|l| &l.client, &message, &[]) {
             Ok(reply) => match reply.message {
                 Message::RegionsMoved(regions) => {
-                    self.0.spilled.learn(&regions, &lock(&self.0.config));
+                    self.0.spilled.learn_answer(&regions, &lock(&self.0.config));
                     true
                 }
                 _ => false,

@@ -79,6 +79,19 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Spilled {
     /// Learns regions the home spilled, connecting as `config` says.
     pub fn learn(&self, spilled: &[SpilledRegion], config: &ClientConfig) {
+        self.learn_holders(spilled, config, true);
+    }
+
+    /// Learns where regions are, as the home answered a question
+    /// (`refresh`): a holder found lost since stays out (the home hears of
+    /// it from the repair thread, and replaces it).
+    pub fn learn_answer(&self, spilled: &[SpilledRegion], config: &ClientConfig) {
+        self.learn_holders(spilled, config, false);
+    }
+
+    /// Learns regions' holders; with `revive`, a holder known as lost
+    /// serves again (the home just had it take a region).
+    fn learn_holders(&self, spilled: &[SpilledRegion], config: &ClientConfig, revive: bool) {
         if spilled.is_empty() {
             return;
         }
@@ -88,7 +101,7 @@ impl Spilled {
             let list = s
                 .holders
                 .iter()
-                .map(|h| {
+                .filter_map(|h| {
                     let holder: &'static Holder = holders.entry(h.clone()).or_insert_with(|| {
                         Box::leak(Box::new(Holder {
                             holder: h.clone(),
@@ -97,9 +110,10 @@ impl Spilled {
                             lost: AtomicBool::new(false),
                         }))
                     });
-                    // The home just had it take a region: it serves again.
-                    holder.lost.store(false, Ordering::Relaxed);
-                    holder
+                    if revive {
+                        holder.lost.store(false, Ordering::Relaxed);
+                    }
+                    (!holder.lost.load(Ordering::Relaxed)).then_some(holder)
                 })
                 .collect();
             regions.insert(s.region, list);
