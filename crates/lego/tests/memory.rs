@@ -645,18 +645,25 @@ fn regions_get_new_holders_while_the_program_idles_and_off_a_drained_one() {
     // The new holder drained in turn, before the program (idle) learned
     // of it: the copy it knows passes its pages on to the next one. (Its
     // name is in the home's log: `lego ps` sums the bytes by manager.)
+    // The home moved the region (the monitor asked), or copied it when
+    // the runtime told it of the loss (a write-back it still had to do).
     let marker = format!("moved off {killed} to ");
-    let (moved_to, copied_from) = cluster
-        .log(&home)
-        .lines()
-        .find_map(|l| {
-            let after = &l[l.find(&marker)? + marker.len()..];
-            let mut words = after.split_whitespace();
-            let to = words.next()?.to_string();
-            let from = words.nth(2)?.to_string();
+    let (moved_to, copied_from) = poll(Duration::from_secs(10), || {
+        cluster.log(&home).lines().find_map(|l| {
+            if let Some(at) = l.find(&marker) {
+                let mut words = l[at + marker.len()..].split_whitespace();
+                let to = words.next()?.to_string();
+                let from = words.nth(2)?.trim_start_matches('(').to_string();
+                return Some((to, from));
+            }
+            let at = l.find(" copied from ")?;
+            let mut words = l[at + " copied from ".len()..].split_whitespace();
+            let from = words.next()?.to_string();
+            let to = words.nth(1)?.to_string();
             Some((to, from))
         })
-        .unwrap_or_else(|| panic!("the home's log names no new holder for {killed}'s regions"));
+    })
+    .unwrap_or_else(|| panic!("the home's log names no new holder for {killed}'s regions"));
     let drain = |drained: &str| {
         let out = cluster.lego(&["drain", drained]);
         assert!(
@@ -692,7 +699,7 @@ fn regions_get_new_holders_while_the_program_idles_and_off_a_drained_one() {
     // Then the copy the program knows, which passed the pages on: the
     // program, refused there when it reads the region, asks its home
     // where the region is now.
-    drain(copied_from.trim_start_matches('('));
+    drain(&copied_from);
     std::fs::write(&flag, b"").unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
