@@ -173,11 +173,7 @@ impl RegionStore {
         if !addr.is_multiple_of(PAGE) || contents.len() != PAGE_SIZE {
             return Err(RegionError::Unaligned { addr });
         }
-        let region = self
-            .held
-            .get_mut(&pid)
-            .and_then(|r| r.get_mut(&region_of(addr)))
-            .ok_or(RegionError::NotHeld { pid, addr })?;
+        let region = self.region_mut(pid, addr)?;
         let bit = ((addr % REGION_SIZE) / PAGE) as usize;
         match how {
             Write::Fill => {
@@ -223,6 +219,42 @@ impl RegionStore {
         Ok(())
     }
 
+    /// The held region page `addr` of `pid` lies in.
+    fn region_mut(&mut self, pid: ProcessId, addr: u64) -> Result<&mut Region, RegionError> {
+        self.held
+            .get_mut(&pid)
+            .and_then(|r| r.get_mut(&region_of(addr)))
+            .ok_or(RegionError::NotHeld { pid, addr })
+    }
+
+    /// Stores the pages `addrs` of `pid` (one page of `payload` each),
+    /// written as `how` says, and tells where written pages go too (see
+    /// [`RegionStore::set_mirror`]): each holder with the indexes of its
+    /// pages. `payload` holds a page per address (checked by the caller).
+    pub fn store_all(
+        &mut self,
+        pool: &mut PagePool,
+        pid: ProcessId,
+        addrs: &[u64],
+        payload: &[u8],
+        how: Write,
+    ) -> Result<Vec<(MemoryHolder, Vec<usize>)>, RegionError> {
+        let mut mirrors: Vec<(MemoryHolder, Vec<usize>)> = Vec::new();
+        for (i, (&addr, contents)) in addrs.iter().zip(payload.chunks(PAGE_SIZE)).enumerate() {
+            self.store(pool, pid, addr, contents, how)?;
+            if how == Write::Fill {
+                continue;
+            }
+            if let Some(to) = self.mirror_of(pid, addr) {
+                match mirrors.iter_mut().find(|(h, _)| h == to) {
+                    Some((_, pages)) => pages.push(i),
+                    None => mirrors.push((to.clone(), vec![i])),
+                }
+            }
+        }
+        Ok(mirrors)
+    }
+
     /// Stores pool page `id` (shared with its owner, an address space of
     /// this manager's) as the page at `addr`: the region's pages move here
     /// without a copy when this manager keeps a region it spilled.
@@ -236,11 +268,7 @@ impl RegionStore {
         if !addr.is_multiple_of(PAGE) {
             return Err(RegionError::Unaligned { addr });
         }
-        let region = self
-            .held
-            .get_mut(&pid)
-            .and_then(|r| r.get_mut(&region_of(addr)))
-            .ok_or(RegionError::NotHeld { pid, addr })?;
+        let region = self.region_mut(pid, addr)?;
         pool.share(id);
         if let Some(old) = region.pages.insert(addr, id) {
             pool.free(old);

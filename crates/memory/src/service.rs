@@ -79,6 +79,17 @@ struct Replication {
     partial: bool,
 }
 
+impl Replication {
+    /// The backup, or the one a copy is being made on (it is the backup
+    /// once the copy is done).
+    fn backup_or_copy(&self) -> Option<MemoryHolder> {
+        self.backup
+            .as_ref()
+            .or(self.copying.as_ref().map(|c| &c.link))
+            .map(|l| l.holder().clone())
+    }
+}
+
 /// A copy of a process being made on a new backup while it runs.
 struct Copying {
     link: Arc<Link>,
@@ -1523,13 +1534,7 @@ impl MemoryService {
             }
             _ => None,
         };
-        // (One being made counts: it is the backup once the copy is done.)
-        let backup = process
-            .rep
-            .backup
-            .as_ref()
-            .or(process.rep.copying.as_ref().map(|c| &c.link))
-            .map(|l| l.holder().clone());
+        let backup = process.rep.backup_or_copy();
         let backup_ready = process.rep.backup.is_some();
         let space = &mut process.space;
         let me = self.joined.get().map(|(me, _)| me.name.clone());
@@ -2169,22 +2174,12 @@ impl MemoryService {
                 let mut pool = lock(&self.pool);
                 // Pages of a region being copied to a holder the runtime
                 // does not know yet go there too, before the write counts.
-                let mut mirrors: Vec<(MemoryHolder, Vec<usize>)> = Vec::new();
-                for (i, (addr, contents)) in addrs
-                    .iter()
-                    .zip(request.payload.chunks(PAGE_SIZE))
-                    .enumerate()
-                {
-                    if let Err(e) = regions.store(&mut pool, me, *addr, contents, Write::Runtime) {
-                        return Some(bad_request(e.to_string()));
-                    }
-                    if let Some(to) = regions.mirror_of(me, *addr) {
-                        match mirrors.iter_mut().find(|(h, _)| h == to) {
-                            Some((_, pages)) => pages.push(i),
-                            None => mirrors.push((to.clone(), vec![i])),
-                        }
-                    }
-                }
+                let mirrors =
+                    match regions.store_all(&mut pool, me, addrs, &request.payload, Write::Runtime)
+                    {
+                        Ok(mirrors) => mirrors,
+                        Err(e) => return Some(bad_request(e.to_string())),
+                    };
                 drop(pool);
                 drop(regions);
                 for (to, pages) in mirrors {
@@ -2223,18 +2218,10 @@ impl MemoryService {
         let mut pool = lock(&self.pool);
         // Passed on here, passed on again where this copy is being copied
         // to in turn (the region moved twice before the runtime learned).
-        let mut mirrors: Vec<(MemoryHolder, Vec<usize>)> = Vec::new();
-        for (i, (&addr, contents)) in addrs.iter().zip(payload.chunks(PAGE_SIZE)).enumerate() {
-            if let Err(e) = held.store(&mut pool, pid, addr, contents, how) {
-                return bad_request(e.to_string());
-            }
-            if let (Write::Mirrored, Some(to)) = (how, held.mirror_of(pid, addr)) {
-                match mirrors.iter_mut().find(|(h, _)| h == to) {
-                    Some((_, pages)) => pages.push(i),
-                    None => mirrors.push((to.clone(), vec![i])),
-                }
-            }
-        }
+        let mirrors = match held.store_all(&mut pool, pid, addrs, payload, how) {
+            Ok(mirrors) => mirrors,
+            Err(e) => return bad_request(e.to_string()),
+        };
         drop(pool);
         drop(held);
         for (to, pages) in mirrors {

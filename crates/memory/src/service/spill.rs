@@ -400,12 +400,7 @@ impl MemoryService {
             return Message::error(ErrorCode::Unsupported, "this memory manager has not joined")
                 .into();
         };
-        let backup = process
-            .rep
-            .backup
-            .as_ref()
-            .or(process.rep.copying.as_ref().map(|c| &c.link))
-            .map(|l| l.holder().clone());
+        let backup = process.rep.backup_or_copy();
         let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
         let mut moved = Vec::new();
         let mut failed = Vec::new();
