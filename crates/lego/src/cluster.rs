@@ -106,13 +106,20 @@ pub struct KillArgs {
 
 /// A client of the cluster's monitor, for the user's commands.
 pub fn monitor_client(dir: &StateDir, monitor: SocketAddr) -> Result<Client> {
-    let secret = ClusterSecret::load(&dir.secret())?;
+    Ok(monitor_client_with(
+        ClusterSecret::load(&dir.secret())?,
+        monitor,
+    ))
+}
+
+/// A client of the monitor at `monitor`, holding `secret`.
+pub fn monitor_client_with(secret: ClusterSecret, monitor: SocketAddr) -> Client {
     let mut config = ClientConfig::new(secret, Identity::new(Role::Client, "lego-cli"));
     config.backoff = Backoff {
         give_up_after: Duration::from_millis(500),
         ..Backoff::default()
     };
-    Ok(Client::new(monitor, config))
+    Client::new(monitor, config)
 }
 
 /// Asks the monitor for its view of the cluster.

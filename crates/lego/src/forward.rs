@@ -5,10 +5,9 @@
 //! processor (`SignalProcess`). A SIGKILL cannot be forwarded; the processor
 //! kills the program when `lego run`'s connection drops instead.
 
+use crate::stdio::{self, Sender};
 use lego_proto::{Message, ProcessId};
-use lego_transport::write_frame;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
 /// The signals forwarded to the program.
@@ -27,7 +26,11 @@ static TARGET: AtomicI32 = AtomicI32::new(0);
 /// For a user who may not signal the program's runtime (another user's
 /// cluster runs it as a host identity of its own): the launch connection
 /// and the program's pid, to ask the processor instead.
-static VIA: Mutex<Option<(UnixStream, ProcessId)>> = Mutex::new(None);
+static VIA: Mutex<Option<(Sender, ProcessId)>> = Mutex::new(None);
+
+/// Whether the program's terminal is on its processor (relayed stdio):
+/// window size changes are sent there.
+static REMOTE_TERMINAL: AtomicBool = AtomicBool::new(false);
 
 fn forwarded_set() -> libc::sigset_t {
     // Safety: sigemptyset/sigaddset initialise and fill a local set.
@@ -63,13 +66,20 @@ pub fn start() {
                 continue;
             }
             if sig == libc::SIGWINCH {
-                crate::tty::resize();
+                if !REMOTE_TERMINAL.load(Ordering::SeqCst) {
+                    crate::tty::resize();
+                } else if let (Some((sender, _)), Some(size)) = (
+                    VIA.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+                    stdio::current_size(),
+                ) {
+                    stdio::send(sender, 0, &Message::Resize(size), &[]);
+                }
                 continue;
             }
             let target = TARGET.load(Ordering::SeqCst);
             let group = matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP);
             let mut via = VIA.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((stream, pid)) = via.as_mut() {
+            if let Some((sender, pid)) = via.as_mut() {
                 let ask = Message::SignalProcess {
                     pid: *pid,
                     signal: sig,
@@ -77,7 +87,7 @@ pub fn start() {
                 };
                 // A lost processor ends `lego run` through its own
                 // connection; nothing to do here.
-                let _ = write_frame(stream, 0, &ask, &[]);
+                stdio::send(sender, 0, &ask, &[]);
             } else if target > 0 {
                 // What a terminal sends its foreground group (Ctrl-C,
                 // Ctrl-\, a hang-up) goes to the program's process group,
@@ -105,8 +115,9 @@ pub fn target(host_pid: u32) {
 }
 
 /// From now on, forwarded signals go to program `pid` through its
-/// processor, over `stream` (the launch connection, on which nothing else
-/// is written from here on).
-pub fn through_processor(stream: UnixStream, pid: ProcessId) {
-    *VIA.lock().unwrap_or_else(|p| p.into_inner()) = Some((stream, pid));
+/// processor, over the launch connection `sender` writes; and window size
+/// changes too if `terminal` (its terminal is there).
+pub fn through_processor(sender: Sender, pid: ProcessId, terminal: bool) {
+    *VIA.lock().unwrap_or_else(|p| p.into_inner()) = Some((sender, pid));
+    REMOTE_TERMINAL.store(terminal, Ordering::SeqCst);
 }

@@ -9,6 +9,7 @@ mod run;
 mod serve;
 mod state;
 mod status;
+mod stdio;
 mod tty;
 mod units;
 

@@ -3,18 +3,22 @@
 //! signal N, as a shell reports it). With no cluster running, it starts an
 //! embedded one for the duration of the run.
 
-use crate::cluster::{self, monitor_client, UpArgs};
+use crate::cluster::{self, monitor_client_with, UpArgs};
 use crate::state::StateDir;
+use crate::stdio;
 use crate::tty;
 use crate::units::{format_size, parse_size};
 use crate::StateArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lego_proto::NotRun;
-use lego_proto::{ExcacheStats, ExitReport, FrameLimits, LaunchSpec, Message, Registration, Role};
+use lego_proto::{
+    ExcacheStats, ExitReport, FrameLimits, LaunchSpec, Message, Registration, RelayedStdio, Role,
+    StdioSpec,
+};
 use lego_transport::fdpass::send_fds;
 use lego_transport::{
-    handshake, write_frame, Client, ClientConfig, ClusterSecret, FrameReader, Identity,
+    handshake, write_frame, Client, ClientConfig, ClusterSecret, FrameReader, Identity, Stream,
 };
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, RawFd};
@@ -23,6 +27,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -38,6 +43,22 @@ pub struct RunArgs {
     /// Print the ExCache counters when the program ends
     #[arg(long)]
     pub stats: bool,
+    /// The monitor of a cluster to run on (on this host or another), with
+    /// its secret from --secret-file or the state directory; no cluster
+    /// record is needed
+    #[arg(long, value_name = "ADDR")]
+    pub cluster: Option<std::net::SocketAddr>,
+    /// File holding the cluster's secret, with --cluster [default:
+    /// DIR/secret of --state]
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub secret_file: Option<PathBuf>,
+    /// How the program's stdin, stdout and stderr reach it: `relay` copies
+    /// them over the launch connection (the program may run on another
+    /// host, and move); `pass` hands this process's own descriptors to a
+    /// processor on this host (exactly native stdio: a file stays a file,
+    /// but the program cannot move)
+    #[arg(long, value_enum, env = "LEGO_STDIO", default_value = "relay")]
+    pub stdio: StdioMode,
     /// How long the program waits for a storage manager that went away
     /// (say, restarting) before it fails
     #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration, default_value = "10s")]
@@ -50,6 +71,13 @@ pub struct RunArgs {
         value_name = "PROGRAM"
     )]
     pub command: Vec<OsString>,
+}
+
+/// How a program's stdio reaches it (`--stdio`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdioMode {
+    Relay,
+    Pass,
 }
 
 /// Finds the program as execvp would (`lego_proto::resolve_program`,
@@ -101,6 +129,9 @@ impl Drop for Embedded {
 /// else a new embedded one.
 fn cluster(args: &RunArgs) -> Result<(StateDir, Option<Embedded>)> {
     let dir = args.state.dir();
+    if args.cluster.is_some() {
+        return Ok((dir, None));
+    }
     if std::fs::metadata(dir.record_path())
         .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
     {
@@ -183,12 +214,15 @@ type Placement = (
     Option<Registration>,
 );
 
-fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
-    let record = dir.require()?;
-    let client = monitor_client(dir, record.monitor)?;
+fn place(
+    monitor: std::net::SocketAddr,
+    secret: &ClusterSecret,
+    wanted: Option<String>,
+) -> Result<Placement> {
+    let client = monitor_client_with(secret.clone(), monitor);
     let reply = client
         .call(&Message::PlaceProcess { processor: wanted }, &[])
-        .with_context(|| format!("cannot reach the monitor at {}", record.monitor))?;
+        .with_context(|| format!("cannot reach the monitor at {monitor}"))?;
     match reply.message {
         Message::Placement {
             processor,
@@ -204,7 +238,7 @@ fn place(dir: &StateDir, wanted: Option<String>) -> Result<Placement> {
 /// The program's stdin, stdout and stderr: `lego run`'s own, except that
 /// those on the user's terminal become the program's terminal when it has
 /// one.
-fn stdio(pty: Option<&tty::Pty>) -> [RawFd; 3] {
+fn stdio_fds(pty: Option<&tty::Pty>) -> [RawFd; 3] {
     let Some(pty) = pty else {
         return [0, 1, 2];
     };
@@ -242,20 +276,123 @@ fn connect_owner(
     Ok((stream, reader))
 }
 
-/// Starts the program on processor `name` over a launch connection and
-/// waits for it to end; for a guest, signals are forwarded through the
-/// processor.
-fn launch(
-    (mut stream, mut reader): (UnixStream, FrameReader<UnixStream>),
+/// The owner's connection to `processor`: its launch socket if it is on
+/// this host and `remote` is not asked for, else its TCP address; both
+/// authenticated with the cluster secret.
+fn connect(secret: &ClusterSecret, processor: &Registration, remote: bool) -> Result<Connection> {
+    if !remote && processor.unix_socket.is_some() {
+        match connect_owner(secret, processor) {
+            Ok((stream, reader)) => return Ok(Connection::Unix(stream, reader)),
+            // Not on this host (or not this host's view of it): over TCP.
+            Err(e) if !is_unreachable_socket(&e) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let addr = processor.addr;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot reach processor {} at {addr}", processor.name))?;
+    let _ = stream.set_nodelay(true);
+    let mut reader = FrameReader::new(stream.try_clone()?, FrameLimits::HANDSHAKE);
+    handshake::client(
+        &mut stream,
+        &mut reader,
+        &addr.into(),
+        secret,
+        &Identity::new(Role::Client, "lego-run"),
+        Duration::from_secs(5),
+    )?;
+    Ok(Connection::Tcp(stream, reader))
+}
+
+/// Whether `e` is a launch socket that is not there to connect to.
+fn is_unreachable_socket(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            )
+        })
+    })
+}
+
+/// A launch connection.
+enum Connection {
+    Unix(UnixStream, FrameReader<UnixStream>),
+    Tcp(std::net::TcpStream, FrameReader<std::net::TcpStream>),
+}
+
+/// How the program's stdio reaches it.
+enum ProgramStdio {
+    /// This process's descriptors, those on the terminal replaced by a
+    /// terminal of the program's own (if any) that `lego run` relays.
+    Passed(Option<tty::Pty>),
+    /// Relayed over the launch connection, routed so.
+    Relayed(RelayedStdio),
+}
+
+impl ProgramStdio {
+    /// As `--stdio` asks, for a run whose program gets a terminal of its
+    /// own if `terminal`.
+    fn new(mode: StdioMode, terminal: bool) -> ProgramStdio {
+        match mode {
+            StdioMode::Pass => ProgramStdio::Passed(terminal.then(own_terminal).flatten()),
+            StdioMode::Relay => ProgramStdio::Relayed(stdio::routes(terminal)),
+        }
+    }
+
+    /// The spec's `controlling_tty` and `stdio`.
+    fn spec(&self) -> (bool, StdioSpec) {
+        match self {
+            ProgramStdio::Passed(pty) => (pty.is_some(), StdioSpec::Passed),
+            ProgramStdio::Relayed(relayed) => (
+                relayed.terminal.is_some(),
+                StdioSpec::Relayed(relayed.clone()),
+            ),
+        }
+    }
+}
+
+/// Starts the program over `connection` and waits for it to end.
+fn launch_on(
+    connection: Connection,
     name: &str,
     spec: LaunchSpec,
-    pty: Option<tty::Pty>,
+    stdio: ProgramStdio,
     guest: bool,
 ) -> Result<Result<ExitReport, NotRun>> {
-    send_fds(&stream, &stdio(pty.as_ref())).context("cannot hand the terminal to the processor")?;
+    match connection {
+        Connection::Unix(stream, reader) => {
+            let fds = match &stdio {
+                ProgramStdio::Passed(pty) => self::stdio_fds(pty.as_ref()).to_vec(),
+                ProgramStdio::Relayed(_) => Vec::new(),
+            };
+            send_fds(&stream, &fds).context("cannot hand the terminal to the processor")?;
+            launch((stream, reader), name, spec, stdio, guest)
+        }
+        Connection::Tcp(stream, reader) => {
+            if matches!(stdio, ProgramStdio::Passed(_)) {
+                bail!(
+                    "--stdio pass hands descriptors to a processor on this host, and processor {name} is reached over TCP"
+                );
+            }
+            launch((stream, reader), name, spec, stdio, guest)
+        }
+    }
+}
+
+/// Starts the program on processor `name` over a launch connection and
+/// waits for it to end; for a guest or relayed stdio, signals are
+/// forwarded through the processor.
+fn launch<S: Stream + Send + 'static>(
+    (mut stream, mut reader): (S, FrameReader<S>),
+    name: &str,
+    spec: LaunchSpec,
+    stdio: ProgramStdio,
+    guest: bool,
+) -> Result<Result<ExitReport, NotRun>> {
+    reader.set_limits(FrameLimits::DEFAULT);
     write_frame(&mut stream, 1, &Message::Launch(spec), &[])?;
-    // The program holds its terminal now; ours would keep it open.
-    let master = pty.map(|pty| pty.master);
     let gone = |e| anyhow!("lost processor {name}: {e}");
     let (pid, host_pid) = match reader.read_frame().map_err(gone)?.message {
         Message::Launched { pid, host_pid } => (pid, host_pid),
@@ -263,6 +400,16 @@ fn launch(
         Message::Error(e) => bail!("processor {name} cannot start the program: {}", e.message),
         other => bail!("processor {name} answered Launch with {}", other.kind()),
     };
+    let sender: stdio::Sender = Arc::new(Mutex::new(stream));
+    let pty = match stdio {
+        ProgramStdio::Relayed(relayed) => {
+            crate::forward::through_processor(Arc::clone(&sender), pid, relayed.terminal.is_some());
+            return stdio::attach(sender, &mut reader, pid, &relayed, name).map(Ok);
+        }
+        ProgramStdio::Passed(pty) => pty,
+    };
+    // The program holds its terminal now; ours would keep it open.
+    let master = pty.map(|pty| pty.master);
     if !guest {
         crate::forward::target(host_pid);
     }
@@ -273,9 +420,11 @@ fn launch(
         }
         None => None,
     };
-    write_frame(&mut stream, 2, &Message::WaitProcess { pid }, &[])?;
+    if !stdio::send(&sender, 2, &Message::WaitProcess { pid }, &[]) {
+        bail!("lost processor {name}: the connection closed");
+    }
     if guest {
-        crate::forward::through_processor(stream, pid);
+        crate::forward::through_processor(sender, pid, false);
     }
     let ended = reader.read_frame().map_err(gone);
     if let Some(relay) = relay {
@@ -343,15 +492,27 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
     }
     let (dir, _embedded) = cluster(&args)?;
-    if is_guest(&dir) {
+    if args.cluster.is_none() && is_guest(&dir) {
         return run_as_guest(&args, &dir);
     }
-    let (processor, memory, backup, storage) = place(&dir, args.processor.clone())?;
+    let (monitor, secret) = match args.cluster {
+        Some(monitor) => {
+            let file = args.secret_file.clone().unwrap_or_else(|| dir.secret());
+            let secret = ClusterSecret::load(&file).with_context(|| {
+                format!(
+                    "--cluster {monitor} needs the cluster's secret: give --secret-file FILE \
+                     (the `secret` in its state directory)"
+                )
+            })?;
+            (monitor, secret)
+        }
+        None => (dir.require()?.monitor, ClusterSecret::load(&dir.secret())?),
+    };
+    let (processor, memory, backup, storage) = place(monitor, &secret, args.processor.clone())?;
     let storage = storage.filter(|_| !host_files);
     if storage.is_none() && require_storage {
         bail!("LEGO_FILES=storage, but the cluster has no live storage manager");
     }
-    let secret = ClusterSecret::load(&dir.secret())?;
     let program = match (program, &storage) {
         (Some(path), _) => path,
         (None, Some(storage)) => {
@@ -381,7 +542,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         } => (capacity, capacity.saturating_sub(committed)),
         _ => (0, 0),
     };
-    let pty = own_terminal();
+    let stdio = ProgramStdio::new(args.stdio, terminal_wanted());
     let spec = LaunchSpec {
         program: program.into_os_string().into_vec(),
         excache,
@@ -395,10 +556,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         memory_available,
         storage: storage.as_ref().map(|s| s.addr),
         storage_name: storage.map(|s| s.name).unwrap_or_default(),
-        ..unplaced_spec(&args, pty.is_some())?
+        ..unplaced_spec(&args, &stdio)?
     };
-    let connection = connect_owner(&secret, &processor)?;
-    let report = launch(connection, &processor.name, spec, pty, false);
+    let connection = connect(&secret, &processor, args.cluster.is_some())?;
+    let report = launch_on(connection, &processor.name, spec, stdio, false);
     tty::restore();
     let report = match report? {
         Ok(report) => report,
@@ -409,10 +570,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// In the foreground of a terminal, the program gets a terminal of its
 /// own (job control, Ctrl-C and Ctrl-Z through its line discipline).
+fn terminal_wanted() -> bool {
+    tty::wanted() && std::env::var_os("LEGO_NO_TTY").is_none()
+}
+
+/// A terminal of the program's own that `lego run` relays (with passed
+/// stdio).
 fn own_terminal() -> Option<tty::Pty> {
-    if !tty::wanted() || std::env::var_os("LEGO_NO_TTY").is_some() {
-        return None;
-    }
     match tty::open() {
         Ok(pty) => Some(pty),
         Err(e) => {
@@ -427,7 +591,8 @@ fn own_terminal() -> Option<tty::Pty> {
 /// The launch as the user asked for it, before placement: the program as
 /// named, no memory or storage manager, the processor's ExCache quota
 /// unless `--excache` says otherwise.
-fn unplaced_spec(args: &RunArgs, controlling_tty: bool) -> Result<LaunchSpec> {
+fn unplaced_spec(args: &RunArgs, stdio: &ProgramStdio) -> Result<LaunchSpec> {
+    let (controlling_tty, stdio) = stdio.spec();
     Ok(LaunchSpec {
         program: args.command[0].as_bytes().to_vec(),
         argv: args.command.iter().map(|a| a.as_bytes().to_vec()).collect(),
@@ -450,6 +615,7 @@ fn unplaced_spec(args: &RunArgs, controlling_tty: bool) -> Result<LaunchSpec> {
         storage_name: String::new(),
         storage_retry_ms: args.storage_retry.as_millis() as u64,
         controlling_tty,
+        stdio,
     })
 }
 
@@ -511,9 +677,15 @@ fn run_as_guest(args: &RunArgs, dir: &StateDir) -> Result<ExitCode> {
             other.kind()
         ),
     }
-    let pty = own_terminal();
-    let spec = unplaced_spec(args, pty.is_some())?;
-    let report = launch((stream, reader), &processor.name, spec, pty, true);
+    let stdio = ProgramStdio::new(args.stdio, terminal_wanted());
+    let spec = unplaced_spec(args, &stdio)?;
+    let report = launch_on(
+        Connection::Unix(stream, reader),
+        &processor.name,
+        spec,
+        stdio,
+        true,
+    );
     tty::restore();
     match report? {
         Ok(report) => finish(args, report),

@@ -10,19 +10,20 @@
 //! If the connection drops before the program ends (the user's `lego run`
 //! died), the program is killed: nobody could see its output or status.
 
+use crate::relay;
 use crate::spawn;
 use crate::Processor;
 use lego_proto::live::LiveStats;
 use lego_proto::runtime::{RuntimeReport, RuntimeSpec};
 use lego_proto::AdoptSpec;
 use lego_proto::{
-    ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, Voucher, MAX_ARGS,
-    MAX_ARGS_BYTES,
+    ErrorCode, ExitReport, FrameLimits, LaunchSpec, Message, ProcessInfo, Role, StdioSpec, Voucher,
+    MAX_ARGS, MAX_ARGS_BYTES,
 };
 use lego_transport::fdpass::recv_fds;
 use lego_transport::peercred::{peer_credentials, peer_still_runs, PeerCredentials};
-use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer};
-use std::io::Read;
+use lego_transport::{handshake, write_frame, FrameReader, Identity, Peer, Stream};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
@@ -303,7 +304,7 @@ fn unsafe_zeroed_sockaddr() -> libc::sockaddr_un {
     unsafe { std::mem::zeroed() }
 }
 
-fn reply(stream: &mut UnixStream, id: u64, message: Message) -> Result<(), String> {
+fn reply(stream: &mut impl Write, id: u64, message: Message) -> Result<(), String> {
     write_frame(stream, id, &message, &[]).map_err(|e| format!("cannot reply to lego run: {e}"))
 }
 
@@ -449,12 +450,6 @@ fn serve_connection(
             ),
         );
     }
-    let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
-        return Err(format!(
-            "{} sent the wrong number of descriptors (want stdin, stdout, stderr)",
-            client.name
-        ));
-    };
     let Message::Launch(spec) = frame.message else {
         reply(
             &mut writer,
@@ -463,13 +458,16 @@ fn serve_connection(
         )?;
         return Err(format!("expected Launch, got {}", frame.message.kind()));
     };
-    if let Err(why) = check_spec(&spec) {
-        return reply(
-            &mut writer,
-            frame.id,
-            Message::error(ErrorCode::BadRequest, why),
-        );
-    }
+    let stdio = match program_stdio(&spec, fds) {
+        Ok(stdio) => stdio,
+        Err(why) => {
+            return reply(
+                &mut writer,
+                frame.id,
+                Message::error(ErrorCode::BadRequest, why),
+            )
+        }
+    };
     start(
         processor,
         Launcher {
@@ -483,10 +481,114 @@ fn serve_connection(
     )
 }
 
+/// The cluster's owner's `lego run` over TCP (it proved the secret): its
+/// program's stdio is relayed, and it runs as this processor's own user.
+pub(crate) fn serve_tcp(
+    processor: &Arc<Processor>,
+    request: lego_proto::Frame,
+    stream: std::net::TcpStream,
+    reader: FrameReader<std::net::TcpStream>,
+) -> Result<(), String> {
+    let mut writer = stream;
+    let Message::Launch(spec) = request.message else {
+        return reply(
+            &mut writer,
+            request.id,
+            Message::error(ErrorCode::BadRequest, "expected Launch"),
+        );
+    };
+    let stdio = match program_stdio(&spec, Vec::new()) {
+        Ok(ProgramStdio::Passed(_)) => {
+            Err("descriptors cannot be passed over TCP: a remote launch's stdio is relayed".into())
+        }
+        other => other,
+    };
+    let stdio = match stdio {
+        Ok(stdio) => stdio,
+        Err(why) => {
+            return reply(
+                &mut writer,
+                request.id,
+                Message::error(ErrorCode::BadRequest, why),
+            )
+        }
+    };
+    let caller = own_credentials();
+    start(
+        processor,
+        Launcher {
+            writer,
+            reader,
+            id: request.id,
+            caller,
+        },
+        spec,
+        stdio,
+    )
+}
+
+/// Who this processor runs as: whom a launch by the secret's holder runs
+/// as (they could run anything as this user anyway).
+fn own_credentials() -> PeerCredentials {
+    // Safety: the id getters have no preconditions; getgroups writes at
+    // most `groups.len()` ids into our buffer.
+    unsafe {
+        let mut groups = vec![0 as libc::gid_t; 65536];
+        let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+        groups.truncate(n.max(0) as usize);
+        groups.sort_unstable();
+        groups.dedup();
+        PeerCredentials {
+            pid: libc::getpid() as u32,
+            uid: libc::geteuid(),
+            gid: libc::getegid(),
+            groups,
+        }
+    }
+}
+
+/// The program's stdin, stdout and stderr as the launch brings them.
+enum ProgramStdio {
+    /// `lego run`'s own descriptors.
+    Passed([OwnedFd; 3]),
+    /// Made here and relayed over the launch connection.
+    Relayed(relay::Opened),
+}
+
+/// Checks `spec` and makes its program's stdio from the descriptors that
+/// came with it (three when passed, none when relayed).
+fn program_stdio(spec: &LaunchSpec, fds: Vec<OwnedFd>) -> Result<ProgramStdio, String> {
+    check_spec(spec)?;
+    match &spec.stdio {
+        StdioSpec::Passed => <[OwnedFd; 3]>::try_from(fds)
+            .map(ProgramStdio::Passed)
+            .map_err(|fds| {
+                format!(
+                    "{} descriptors came with the launch; passed stdio is stdin, stdout and stderr",
+                    fds.len()
+                )
+            }),
+        StdioSpec::Relayed(relayed) => {
+            if !fds.is_empty() {
+                return Err("descriptors came with a launch whose stdio is relayed".into());
+            }
+            if relayed.terminal.is_some() != spec.controlling_tty {
+                return Err(
+                    "a relayed terminal is the program's controlling terminal, and only then"
+                        .into(),
+                );
+            }
+            relay::open(relayed)
+                .map(ProgramStdio::Relayed)
+                .map_err(|e| format!("cannot make the program's stdio: {e}"))
+        }
+    }
+}
+
 /// The connection of whoever asked for a launch, and who they are.
-struct Launcher {
-    writer: UnixStream,
-    reader: FrameReader<UnixStream>,
+struct Launcher<S> {
+    writer: S,
+    reader: FrameReader<S>,
     /// The `Launch` request's id.
     id: u64,
     caller: PeerCredentials,
@@ -547,23 +649,23 @@ fn serve_guest(
         .read_frame()
         .map_err(|e| format!("reading a guest's launch request: {e}"))?;
     launcher.id = frame.id;
-    let (Ok(stdio), Message::Launch(spec)) = (<[OwnedFd; 3]>::try_from(fds), frame.message) else {
+    let Message::Launch(spec) = frame.message else {
         return reply(
             &mut launcher.writer,
             frame.id,
-            Message::error(
-                ErrorCode::BadRequest,
-                "expected stdin, stdout and stderr, then Launch",
-            ),
+            Message::error(ErrorCode::BadRequest, "expected Launch"),
         );
     };
-    if let Err(why) = check_spec(&spec) {
-        return reply(
-            &mut launcher.writer,
-            frame.id,
-            Message::error(ErrorCode::BadRequest, why),
-        );
-    }
+    let stdio = match program_stdio(&spec, fds) {
+        Ok(stdio) => stdio,
+        Err(why) => {
+            return reply(
+                &mut launcher.writer,
+                frame.id,
+                Message::error(ErrorCode::BadRequest, why),
+            )
+        }
+    };
     match crate::guest::place(processor, spec, &launcher.caller) {
         Ok(spec) => start(processor, launcher, spec, stdio),
         Err(refusal) => reply(&mut launcher.writer, frame.id, *refusal),
@@ -572,18 +674,24 @@ fn serve_guest(
 
 /// Starts the program `launcher` asked for and serves its connection
 /// until the program ends.
-fn start(
+fn start<S: Stream + Send + 'static>(
     processor: &Arc<Processor>,
-    launcher: Launcher,
+    launcher: Launcher<S>,
     spec: LaunchSpec,
-    stdio: [OwnedFd; 3],
+    stdio: ProgramStdio,
 ) -> Result<(), String> {
     let Launcher {
-        mut writer,
+        writer,
         mut reader,
         id,
         caller,
     } = launcher;
+    let closer = writer.duplicate().map_err(|e| e.to_string())?;
+    let writer: relay::Writer = Arc::new(Mutex::new(writer));
+    let (stdio, relay_ends) = match stdio {
+        ProgramStdio::Passed(fds) => (fds, None),
+        ProgramStdio::Relayed(opened) => (opened.program, Some(opened.ends)),
+    };
     let pid = processor.new_pid();
     let command = spec
         .argv
@@ -619,15 +727,27 @@ fn start(
     } else {
         spawn::HostIdentity::Processor
     };
+    let failed = |e: std::io::Error| {
+        processor.untrack(pid);
+        send_reply(
+            &writer,
+            id,
+            Message::error(ErrorCode::Internal, format!("cannot start a runtime: {e}")),
+        )
+    };
     let runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty, identity) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            processor.untrack(pid);
-            return reply(
-                &mut writer,
-                id,
-                Message::error(ErrorCode::Internal, format!("cannot start a runtime: {e}")),
-            );
+        Err(e) => return failed(e),
+    };
+    // (The program holds its ends now; the relay has ours.)
+    let relay = match relay_ends.map(|ends| relay::Relay::start(ends, Arc::clone(&writer))) {
+        None => None,
+        Some(Ok(relay)) => Some(relay),
+        Some(Err(e)) => {
+            // Safety: kill(2) of our own unreaped child.
+            unsafe { libc::kill(runtime.host_pid() as i32, libc::SIGKILL) };
+            let _ = runtime.wait();
+            return failed(e);
         }
     };
     let host_pid = runtime.host_pid();
@@ -649,7 +769,8 @@ fn start(
         },
         std::sync::Arc::clone(&runtime.live),
     );
-    reply(&mut writer, id, Message::Launched { pid, host_pid })?;
+    send_reply(&writer, id, Message::Launched { pid, host_pid })?;
+    let relay = Arc::new(Mutex::new(relay));
 
     // The waiter reports the end to whoever asked (if anyone still listens).
     let (asked_tx, asked_rx) = mpsc::channel::<u64>();
@@ -661,7 +782,8 @@ fn start(
         let processor = Arc::clone(processor);
         let memory = spec.memory;
         let running = Arc::clone(&running);
-        let mut writer = writer.try_clone().map_err(|e| e.to_string())?;
+        let writer = Arc::clone(&writer);
+        let relay = Arc::clone(&relay);
         thread::Builder::new()
             .name(format!("wait {pid:x}"))
             .spawn(move || {
@@ -681,10 +803,14 @@ fn start(
                     .home_of(pid)
                     .map_or(memory, |home| home.primary.addr);
                 processor.untrack(pid);
+                // Everything the program wrote goes out before its end.
+                if let Some(relay) = relay.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    relay.finish();
+                }
                 // Answer first: releasing may wait on a memory manager
                 // that is gone, and the user should not wait for that.
                 if let Ok(id) = asked_rx.recv() {
-                    let _ = write_frame(&mut writer, id, &Message::Exited(report), &[]);
+                    let _ = send_reply(&writer, id, Message::Exited(report));
                 }
                 processor.release(memory, pid);
             })
@@ -697,6 +823,10 @@ fn start(
             Message::WaitProcess { pid: wanted } if wanted == pid => {
                 let _ = asked_tx.send(frame.id);
             }
+            // Relayed stdio (nothing to do if it is not relayed).
+            Message::Input => with_relay(&relay, |r| r.input(&frame.payload)),
+            Message::OutputClosed { stream } => with_relay(&relay, |r| r.output_closed(stream)),
+            Message::Resize(size) => with_relay(&relay, |r| r.resize(size)),
             // What the user's signals would do natively: reach their
             // program (and its group), which may not be theirs to signal
             // on the host. No answer: `lego run` sends from its signal
@@ -717,8 +847,8 @@ fn start(
                     }
                 }
             }
-            other => reply(
-                &mut writer,
+            other => send_reply(
+                &writer,
                 frame.id,
                 Message::error(
                     ErrorCode::BadRequest,
@@ -727,6 +857,7 @@ fn start(
             )?,
         }
     }
+    closer.close();
     // lego run went away: if the program still runs, nobody can see it.
     {
         let running = running.lock().unwrap_or_else(|p| p.into_inner());
@@ -744,6 +875,20 @@ fn start(
     }
     let _ = waiter.join();
     Ok(())
+}
+
+/// Writes a reply on a launch connection several threads write.
+fn send_reply(writer: &relay::Writer, id: u64, message: Message) -> Result<(), String> {
+    let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+    reply(&mut &mut *writer, id, message)
+}
+
+/// Runs `act` on the process's relay while it runs (if its stdio is
+/// relayed).
+fn with_relay(relay: &Mutex<Option<relay::Relay>>, act: impl FnOnce(&relay::Relay)) {
+    if let Some(relay) = relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        act(relay);
+    }
 }
 
 /// A forked process's runtime announcing itself: it is tracked (and shown

@@ -13,6 +13,7 @@
 pub mod guest;
 mod hostids;
 mod launch;
+mod relay;
 mod spawn;
 
 use lego_monitor::{join_cluster, ComponentConfig, JoinedComponent};
@@ -121,6 +122,8 @@ pub struct Processor {
     /// Homes the monitor moved of processes not listed here (the last
     /// `UNLISTED_HOMES`), for a child that announces itself later.
     unlisted_homes: Mutex<Unlisted>,
+    /// Itself, for the connections its TCP server hands over.
+    me: std::sync::Weak<Processor>,
 }
 
 /// How many homes of processes not listed are remembered.
@@ -415,6 +418,25 @@ impl Service for Processor {
         )
         .into()
     }
+
+    /// A launch over TCP: the owner's `lego run` from anywhere, with its
+    /// program's stdio relayed on the connection.
+    fn takes_over(&self, peer: &PeerInfo, request: &Message) -> bool {
+        matches!(request, Message::Launch(_)) && peer.identity.role == Role::Client
+    }
+
+    fn take_over(
+        &self,
+        peer: &PeerInfo,
+        request: Frame,
+        stream: std::net::TcpStream,
+        reader: lego_transport::FrameReader<std::net::TcpStream>,
+    ) {
+        let Some(me) = self.me.upgrade() else { return };
+        if let Err(e) = launch::serve_tcp(&me, request, stream, reader) {
+            warn!("launch from {}: {e}", peer.addr);
+        }
+    }
 }
 
 /// A running processor manager.
@@ -434,13 +456,14 @@ fn runtime_socket_name(name: &str) -> std::io::Result<Vec<u8>> {
 impl ProcessorManager {
     pub fn start(mut config: ProcessorConfig) -> std::io::Result<ProcessorManager> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let processor = Arc::new(Processor {
+        let runtime_socket = runtime_socket_name(&config.component.name)?;
+        let processor = Arc::new_cyclic(|me| Processor {
             name: config.component.name.clone(),
             secret: config.component.secret.clone(),
             cores,
             excache_quota: config.excache,
             processes: Mutex::new(HashMap::new()),
-            runtime_socket: runtime_socket_name(&config.component.name)?,
+            runtime_socket,
             // Safety: geteuid has no preconditions.
             isolates: unsafe { libc::geteuid() } == 0,
             last_issued: AtomicU64::new(0),
@@ -450,6 +473,7 @@ impl ProcessorManager {
             unlisted_homes: Mutex::new(Unlisted::default()),
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
+            me: me.clone(),
         });
         launch::serve(&config.launch_socket, Arc::clone(&processor))?;
         config.component.unix_socket = Some(config.launch_socket.display().to_string());

@@ -36,7 +36,7 @@ pub use storage::*;
 /// The protocol version this build speaks. Bump it whenever the encoding of
 /// any [`Message`] changes; peers with a different version are refused during
 /// the handshake.
-pub const PROTOCOL_VERSION: u32 = 15;
+pub const PROTOCOL_VERSION: u32 = 16;
 
 /// The four bytes every Lego connection starts with.
 pub const MAGIC: [u8; 4] = *b"LEGO";

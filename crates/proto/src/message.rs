@@ -9,7 +9,7 @@ use crate::memory::{
     ExecImage, MemoryHolder, MemoryHome, MemoryOp, MemoryOpDone, ProcessId, RangeChange,
     SpilledRegion,
 };
-use crate::process::{AdoptSpec, ExitReport, LaunchSpec, NotRun, ProcessInfo};
+use crate::process::{AdoptSpec, ExitReport, LaunchSpec, NotRun, ProcessInfo, WindowSize};
 use crate::storage::{StorageReply, StorageRequest, Voucher};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -388,8 +388,9 @@ pub enum Message {
     Fenced,
 
     // --- processes (processor, over its launch socket) ---
-    /// Start a program; the request carries the program's stdin, stdout and
-    /// stderr as descriptors.
+    /// Start a program. On a Unix socket the request follows a message
+    /// carrying the program's stdin, stdout and stderr as descriptors
+    /// (none when its stdio is relayed); over TCP its stdio is relayed.
     Launch(LaunchSpec),
     Launched {
         pid: ProcessId,
@@ -410,6 +411,29 @@ pub enum Message {
     /// The answer to a `Launch` whose program cannot be run (not found,
     /// not executable), as a shell reports it.
     NotRun(NotRun),
+    /// Relayed stdio, `lego run` to the processor: bytes of the program's
+    /// stdin in the payload; an empty payload is its end.
+    Input,
+    /// The processor to `lego run`: `bytes` more of its input reached the
+    /// program's stdin (or were dropped: the program closed it).
+    InputTaken {
+        bytes: u64,
+    },
+    /// Relayed stdio, the processor to `lego run`: bytes the program wrote
+    /// to `stream` (`STDOUT`, `STDERR`, or its `TERMINAL`) in the
+    /// payload; an empty payload: every writer closed it.
+    Output {
+        stream: u8,
+    },
+    /// `lego run` can no longer write where `stream` goes (its reader
+    /// went away): the program's writes to it now fail as natively
+    /// (EPIPE, SIGPIPE).
+    OutputClosed {
+        stream: u8,
+    },
+    /// The user's terminal has a new size: the program's terminal gets it
+    /// (and its foreground group SIGWINCH).
+    Resize(WindowSize),
     /// `lego run` forwarding a signal to the program it launched (to its
     /// process group if `group`), for a user who may not signal the
     /// program's runtime on the host itself.
@@ -711,6 +735,11 @@ impl Message {
             Message::Exited(_) => "Exited",
             Message::GuestAccepted { .. } => "GuestAccepted",
             Message::NotRun(_) => "NotRun",
+            Message::Input => "Input",
+            Message::InputTaken { .. } => "InputTaken",
+            Message::Output { .. } => "Output",
+            Message::OutputClosed { .. } => "OutputClosed",
+            Message::Resize(_) => "Resize",
             Message::SignalProcess { .. } => "SignalProcess",
             Message::Adopt(_) => "Adopt",
             Message::Adopted { .. } => "Adopted",

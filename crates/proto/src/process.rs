@@ -40,7 +40,78 @@ pub struct LaunchSpec {
     /// `lego run` relays): make it the controlling terminal of the
     /// program's session.
     pub controlling_tty: bool,
+    /// How the program's stdin, stdout and stderr reach it.
+    pub stdio: StdioSpec,
 }
+
+/// How a launched program's stdin, stdout and stderr reach it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum StdioSpec {
+    /// `lego run` passed its descriptors with the request (SCM_RIGHTS on
+    /// the same host): the program uses them as they are, and cannot move
+    /// to another processor.
+    Passed,
+    /// Relayed over the launch connection: the processor gives the program
+    /// pipes (or a terminal of its own) and copies bytes between them and
+    /// `Input`/`Output` frames.
+    Relayed(RelayedStdio),
+}
+
+/// The program's streams when relayed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RelayedStdio {
+    /// A pseudo-terminal of the program's own, opened by the processor
+    /// with these settings (the user's terminal's).
+    pub terminal: Option<TerminalSettings>,
+    /// Where stdin, stdout and stderr go.
+    pub routes: [StreamRoute; 3],
+}
+
+/// Where one of a relayed program's standard streams goes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRoute {
+    /// The program's terminal (`RelayedStdio::terminal`).
+    Terminal,
+    /// A pipe of its own.
+    Pipe,
+    /// stderr only: the same pipe as stdout (they were one open file at
+    /// `lego run`, as after `2>&1`, so their order is kept).
+    Stdout,
+}
+
+/// A terminal's settings (`struct termios`) and size.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TerminalSettings {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    /// Control characters (`c_cc`, 32 on Linux).
+    pub cc: Vec<u8>,
+    pub ispeed: u32,
+    pub ospeed: u32,
+    pub size: WindowSize,
+}
+
+/// A terminal's size (`struct winsize`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+}
+
+/// Relayed stdio's stream numbers in `Output` and `OutputClosed`: the
+/// program's terminal, stdout, stderr.
+pub const TERMINAL: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+
+/// Most bytes of stdin `lego run` sends ahead of the processor's
+/// `InputTaken`: what a program that reads no input makes it hold back.
+pub const INPUT_WINDOW: u64 = 256 << 10;
 
 /// How a process ended.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

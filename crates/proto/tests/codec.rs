@@ -401,6 +401,32 @@ fn process_message() -> impl Strategy<Value = Message> {
                         storage_name: memory_name,
                         storage_retry_ms: excache.rotate_left(7),
                         controlling_tty: excache % 2 == 1,
+                        stdio: match excache % 3 {
+                            0 => StdioSpec::Passed,
+                            n => StdioSpec::Relayed(RelayedStdio {
+                                terminal: (n == 1).then(|| TerminalSettings {
+                                    iflag: excache as u32,
+                                    oflag: 1,
+                                    cflag: 2,
+                                    lflag: 3,
+                                    line: 0,
+                                    cc: vec![3; 32],
+                                    ispeed: 38400,
+                                    ospeed: 38400,
+                                    size: WindowSize {
+                                        rows: 24,
+                                        cols: 80,
+                                        xpixel: 0,
+                                        ypixel: 0,
+                                    },
+                                }),
+                                routes: [
+                                    StreamRoute::Terminal,
+                                    StreamRoute::Pipe,
+                                    StreamRoute::Stdout,
+                                ],
+                            }),
+                        },
                     })
                 }
             ),
@@ -412,6 +438,16 @@ fn process_message() -> impl Strategy<Value = Message> {
             .prop_map(|(status, message)| Message::NotRun(NotRun { status, message })),
         (any::<u64>(), any::<i32>(), any::<bool>())
             .prop_map(|(pid, signal, group)| Message::SignalProcess { pid, signal, group }),
+        Just(Message::Input),
+        any::<u64>().prop_map(|bytes| Message::InputTaken { bytes }),
+        any::<u8>().prop_map(|stream| Message::Output { stream }),
+        any::<u8>().prop_map(|stream| Message::OutputClosed { stream }),
+        (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| Message::Resize(WindowSize {
+            rows,
+            cols,
+            xpixel: 1,
+            ypixel: 2
+        })),
         (
             any::<u64>(),
             exit_status(),

@@ -14,13 +14,29 @@ fn cmsg_space() -> usize {
     unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize }
 }
 
-/// Sends `fds` with one marker byte.
+/// Sends `fds` with one marker byte (the byte alone for none: the
+/// receiver's `recv_fds` then returns no descriptor).
 pub fn send_fds(socket: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    if fds.is_empty() || fds.len() > MAX_FDS {
+    if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "1 to 16 descriptors per message",
+            "at most 16 descriptors per message",
         ));
+    }
+    if fds.is_empty() {
+        // Safety: send reads one byte of a live buffer.
+        let sent = unsafe {
+            libc::send(
+                socket.as_raw_fd(),
+                [0u8].as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        return match sent {
+            1 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        };
     }
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {

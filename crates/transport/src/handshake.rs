@@ -375,9 +375,16 @@ fn server_unscrubbed<S: Stream, R: Read>(
     Ok(peer)
 }
 
-/// A connection the handshake can run on.
+/// A connection the handshake can run on (and a launch's frames travel
+/// on, whichever kind of socket it is).
 pub trait Stream: Read + Write {
     fn set_timeouts(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+    /// Another handle on the same connection.
+    fn duplicate(&self) -> std::io::Result<Self>
+    where
+        Self: Sized;
+    /// Ends the connection both ways: a thread blocked reading it wakes.
+    fn close(&self);
 }
 
 impl Stream for TcpStream {
@@ -385,12 +392,24 @@ impl Stream for TcpStream {
         self.set_read_timeout(timeout)?;
         self.set_write_timeout(timeout)
     }
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Stream for UnixStream {
     fn set_timeouts(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(timeout)?;
         self.set_write_timeout(timeout)
+    }
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
     }
 }
 

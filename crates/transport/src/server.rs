@@ -45,6 +45,24 @@ pub trait Service: Send + Sync + 'static {
     /// Serves one request and returns its reply. Errors are replies too
     /// ([`Message::Error`]); nothing a peer sends may panic here.
     fn handle(&self, peer: &PeerInfo, request: Frame) -> Reply;
+
+    /// Whether `request`, the first on its connection, takes the
+    /// connection over: a long-lived exchange of frames both ways (a
+    /// launch whose stdio is relayed) rather than requests and replies.
+    fn takes_over(&self, _peer: &PeerInfo, _request: &Message) -> bool {
+        false
+    }
+
+    /// Serves a connection `takes_over` claimed, from that request on;
+    /// the connection closes when this returns.
+    fn take_over(
+        &self,
+        _peer: &PeerInfo,
+        _request: Frame,
+        _stream: TcpStream,
+        _reader: FrameReader<TcpStream>,
+    ) {
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +222,7 @@ fn serve_connection(mut stream: TcpStream, addr: SocketAddr, shared: &Shared) {
     };
     debug!(peer = %addr, role = %identity.role, name = %identity.name, "connection authenticated");
     let peer = PeerInfo { addr, identity };
+    let mut first = true;
     loop {
         let frame = match reader.read_frame_spinning(shared.config.spin) {
             Ok(frame) => frame,
@@ -216,6 +235,10 @@ fn serve_connection(mut stream: TcpStream, addr: SocketAddr, shared: &Shared) {
                 return;
             }
         };
+        if std::mem::take(&mut first) && shared.service.takes_over(&peer, &frame.message) {
+            shared.service.take_over(&peer, frame, stream, reader);
+            return;
+        }
         let id = frame.id;
         let request = frame.message.kind();
         let reply = match frame.message {
