@@ -1,8 +1,9 @@
 //! Signals sent to `lego run` are the program's: Ctrl-C at the terminal,
-//! `kill -TERM` or a hang-up reach the program's runtime (on this host:
-//! the launch socket is local), and `lego run` keeps waiting to report
-//! how the program ended; for another user's cluster, through the
-//! processor (`SignalProcess`). A SIGKILL cannot be forwarded; the processor
+//! `kill -TERM` or a hang-up reach the program, and `lego run` keeps
+//! waiting to report how the program ended. They go through the
+//! processor (`SignalProcess`) when the program's stdio is relayed (it may
+//! run on another host) or it is another user's cluster; straight to the
+//! runtime with `--stdio pass`. A SIGKILL cannot be forwarded; the processor
 //! kills the program when `lego run`'s connection drops instead.
 
 use crate::stdio::{self, Sender};
@@ -43,6 +44,9 @@ fn forwarded_set() -> libc::sigset_t {
         // Not forwarded: a new window size is copied to the program's
         // terminal, whose kernel tells the program.
         libc::sigaddset(&mut set, libc::SIGWINCH);
+        // Job control: the program stops and continues with `lego run`.
+        libc::sigaddset(&mut set, libc::SIGTSTP);
+        libc::sigaddset(&mut set, libc::SIGCONT);
         set
     }
 }
@@ -76,36 +80,68 @@ pub fn start() {
                 }
                 continue;
             }
-            let target = TARGET.load(Ordering::SeqCst);
-            let group = matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP);
-            let mut via = VIA.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((sender, pid)) = via.as_mut() {
-                let ask = Message::SignalProcess {
-                    pid: *pid,
-                    signal: sig,
-                    group,
-                };
-                // A lost processor ends `lego run` through its own
-                // connection; nothing to do here.
-                stdio::send(sender, 0, &ask, &[]);
-            } else if target > 0 {
-                // What a terminal sends its foreground group (Ctrl-C,
-                // Ctrl-\, a hang-up) goes to the program's process group,
-                // its children included; the rest to the program, as a
-                // `kill` of its pid would. The program leads its group
-                // unless it left it.
-                // Safety: kill(2) with plain integers.
-                if !group || unsafe { libc::kill(-target, sig) } != 0 {
-                    // Safety: as above.
-                    unsafe { libc::kill(target, sig) };
+            if sig == libc::SIGTSTP {
+                // Ctrl-Z at the user's terminal (when the program has none
+                // of its own) or `kill -TSTP`: the program's group stops,
+                // then `lego run`, with the user's terminal as it was. A
+                // SIGSTOP: the program leads a session of its own, so its
+                // group is orphaned and the kernel would drop a SIGTSTP
+                // of default action (a program's handler for SIGTSTP is
+                // not run; on a terminal of its own, Ctrl-Z is its
+                // terminal's and reaches it as natively).
+                send_on(libc::SIGSTOP, true);
+                let raw = crate::tty::restore();
+                // Safety: kill(2) of ourselves with a plain signal.
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                if raw {
+                    let _ = crate::tty::make_raw();
                 }
-            } else {
+                continue;
+            }
+            if sig == libc::SIGCONT {
+                // Continued (`fg`, `bg`, `kill -CONT`): so is the program.
+                send_on(libc::SIGCONT, true);
+                continue;
+            }
+            let group = matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP);
+            if !send_on(sig, group) {
                 crate::tty::restore();
                 std::process::exit(128 + sig);
             }
         });
     if let Err(e) = spawned {
         eprintln!("lego: cannot forward signals to the program: {e}");
+    }
+}
+
+/// Sends `sig` on to the program (to its group if `group`); false if it
+/// does not run yet.
+fn send_on(sig: libc::c_int, group: bool) -> bool {
+    let target = TARGET.load(Ordering::SeqCst);
+    let mut via = VIA.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((sender, pid)) = via.as_mut() {
+        let ask = Message::SignalProcess {
+            pid: *pid,
+            signal: sig,
+            group,
+        };
+        // A lost processor ends `lego run` through its own connection;
+        // nothing to do here.
+        stdio::send(sender, 0, &ask, &[]);
+        true
+    } else if target > 0 {
+        // What a terminal sends its foreground group (Ctrl-C, Ctrl-\, a
+        // hang-up, Ctrl-Z) goes to the program's process group, its
+        // children included; the rest to the program, as a `kill` of its
+        // pid would. The program leads its group unless it left it.
+        // Safety: kill(2) with plain integers.
+        if !group || unsafe { libc::kill(-target, sig) } != 0 {
+            // Safety: as above.
+            unsafe { libc::kill(target, sig) };
+        }
+        true
+    } else {
+        false
     }
 }
 

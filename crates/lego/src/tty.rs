@@ -82,12 +82,14 @@ pub fn make_raw() -> io::Result<()> {
 }
 
 /// Gives the user's terminal its settings back (if `make_raw` changed
-/// them). Safe to call more than once, from any thread.
-pub fn restore() {
-    if let Some(saved) = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        // Safety: tcsetattr reads our saved struct.
-        unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &saved) };
-    }
+/// them); whether it did. Safe to call more than once, from any thread.
+pub fn restore() -> bool {
+    let Some(saved) = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return false;
+    };
+    // Safety: tcsetattr reads our saved struct.
+    unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &saved) };
+    true
 }
 
 /// The descriptor of the program's terminal while it runs: where window

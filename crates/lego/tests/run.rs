@@ -315,7 +315,7 @@ fn debians_own_static_ldconfig_runs_unmodified() {
 #[test]
 fn a_terminal_stays_a_terminal() {
     // `script` gives lego run a pseudo-terminal as its stdout; the program
-    // must see a terminal too (its descriptors are lego run's own).
+    // must see a terminal too (one of its own, relayed).
     let cluster = Cluster::up(&["--memories", "1"]);
     let hello = program("hello", Build::GlibcStatic);
     let command = format!(

@@ -1,12 +1,14 @@
 //! The launch socket: a Unix socket on which `lego run` asks this
 //! processor to start a program, hands over the program's stdin, stdout
-//! and stderr, and waits for the program to end.
+//! and stderr (or has them relayed), and waits for the program to end.
 //!
 //! One connection per process:
 //! ```text
-//! handshake; descriptors 0-2 (SCM_RIGHTS); Launch → Launched;
-//! WaitProcess → Exited (when it ends)
+//! handshake; descriptors 0-2 (SCM_RIGHTS; none if relayed); Launch →
+//! Launched; WaitProcess → Exited (when it ends)
 //! ```
+//! The same over TCP (no descriptors: relayed). Relayed stdio travels on
+//! the connection meanwhile (`relay`).
 //! If the connection drops before the program ends (the user's `lego run`
 //! died), the program is killed: nobody could see its output or status.
 
