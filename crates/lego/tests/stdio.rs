@@ -362,7 +362,7 @@ fn state_of(pid: u32) -> Option<char> {
 fn stopping_and_continuing_lego_run_stops_and_continues_the_program() {
     let cluster = Cluster::up(&["--memories", "1", "--memory-capacity", "2G"]);
     let counter = "i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done; exit 3";
-    let mut child = cluster
+    let child = cluster
         .run_command(&[], std::path::Path::new("/bin/sh"), &["-c", counter])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
