@@ -1,6 +1,7 @@
 //! `lego`: every Lego component and every user command, in one binary.
 
 mod bench;
+mod checkpoint;
 mod cluster;
 mod drain;
 mod forward;
@@ -53,6 +54,9 @@ enum Command {
     /// Move everything a memory manager holds to the others while programs run, so it can be
     /// stopped with no program affected
     Drain(drain::DrainArgs),
+    /// Freeze a running process where it runs (every thread stopped, dirty pages written back,
+    /// its state taken) and let it run on, saying what that took
+    Checkpoint(checkpoint::CheckpointArgs),
     /// Run a program on the cluster (starting an embedded cluster if none is up)
     Run(run::RunArgs),
     /// Measure Lego against baselines taken in the same run (miss, syscall, files, threads,
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
         Command::Restart(args) => cluster::restart(args),
         Command::Kill(args) => cluster::kill(args),
         Command::Drain(args) => drain::drain(args),
+        Command::Checkpoint(args) => checkpoint::checkpoint(args),
         Command::Monitor(args) => serve::monitor(args),
         Command::Processor(args) => serve::processor(args),
         Command::Memory(args) => serve::memory(args),

@@ -737,7 +737,7 @@ fn start<S: Stream + Send + 'static>(
             Message::error(ErrorCode::Internal, format!("cannot start a runtime: {e}")),
         )
     };
-    let runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty, identity) {
+    let mut runtime = match spawn::spawn(&runtime_spec, stdio, spec.controlling_tty, identity) {
         Ok(runtime) => runtime,
         Err(e) => return failed(e),
     };
@@ -771,6 +771,9 @@ fn start<S: Stream + Send + 'static>(
         },
         std::sync::Arc::clone(&runtime.live),
     );
+    if let Some(control) = runtime.control.take() {
+        processor.control(pid, control);
+    }
     send_reply(&writer, id, Message::Launched { pid, host_pid })?;
     let relay = Arc::new(Mutex::new(relay));
 

@@ -24,6 +24,7 @@ use lego_proto::{
 use lego_transport::{Client, ClientConfig, ClusterSecret, Identity, PeerInfo, Reply, Service};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,7 +125,12 @@ pub struct Processor {
     unlisted_homes: Mutex<Unlisted>,
     /// Itself, for the connections its TCP server hands over.
     me: std::sync::Weak<Processor>,
+    /// The control sockets of the runtimes of the trees' first processes.
+    controls: Mutex<HashMap<ProcessId, Arc<Mutex<UnixStream>>>>,
 }
+
+/// How long a runtime gets to freeze its process, and to thaw it.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How many homes of processes not listed are remembered.
 const UNLISTED_HOMES: usize = 1024;
@@ -204,6 +210,10 @@ impl Processor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&pid);
+        self.controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
         let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tree) = trees.live.remove(&pid) {
             if trees.ended_order.len() >= ENDED_TREES {
@@ -213,6 +223,91 @@ impl Processor {
             }
             trees.ended.insert(pid, tree);
             trees.ended_order.push_back(pid);
+        }
+    }
+
+    /// Keeps the control socket of process `pid`'s runtime.
+    fn control(&self, pid: ProcessId, control: UnixStream) {
+        self.controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid, Arc::new(Mutex::new(control)));
+    }
+
+    /// Freezes process `pid` (every thread stopped at a boundary, its
+    /// dirty pages written back, its state taken) and thaws it: what it
+    /// took, and how long the process was stopped as seen from here.
+    fn checkpoint(&self, pid: ProcessId) -> Message {
+        let control = self
+            .controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .cloned();
+        let Some(control) = control else {
+            let runs = self
+                .processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&pid);
+            let why = if runs {
+                "is a forked process: only a tree's first process can be frozen yet"
+            } else {
+                "does not run here"
+            };
+            return Message::error(
+                ErrorCode::BadRequest,
+                format!("process {pid:x} {why} (processor {})", self.name),
+            );
+        };
+        let mut stream = control.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
+        let exchange = |stream: &mut UnixStream, ask: Message| -> Result<Frame, String> {
+            stream
+                .set_read_timeout(Some(FREEZE_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            lego_transport::write_frame(&mut *stream, 0, &ask, &[]).map_err(|e| e.to_string())?;
+            let reader = stream.try_clone().map_err(|e| e.to_string())?;
+            lego_transport::FrameReader::new(reader, lego_proto::FrameLimits::DEFAULT)
+                .read_frame()
+                .map_err(|e| e.to_string())
+        };
+        let frozen = match exchange(&mut stream, Message::Freeze) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return Message::error(
+                    ErrorCode::Internal,
+                    format!("process {pid:x}'s runtime did not answer Freeze: {e}"),
+                )
+            }
+        };
+        let thawed = exchange(&mut stream, Message::Thaw);
+        let stopped_us = started.elapsed().as_micros() as u64;
+        match (frozen.message, thawed) {
+            (
+                Message::Frozen(report),
+                Ok(Frame {
+                    message: Message::Thawed,
+                    ..
+                }),
+            ) => {
+                tracing::info!(
+                    "froze process {pid:x} for {stopped_us} us: {} threads, {} bytes written back, state {} bytes",
+                    report.threads,
+                    report.written_back_bytes,
+                    report.state_bytes
+                );
+                Message::Checkpointed { report, stopped_us }
+            }
+            (Message::Error(e), _) => Message::Error(e),
+            (other, thawed) => Message::error(
+                ErrorCode::Internal,
+                format!(
+                    "process {pid:x}'s runtime answered Freeze with {} and Thaw with {}",
+                    other.kind(),
+                    thawed.map_or_else(|e| e, |f| f.message.kind().to_string())
+                ),
+            ),
         }
     }
 
@@ -409,6 +504,10 @@ impl Service for Processor {
             self.home_changed(*pid, home.clone());
             return Message::MemoryMoved(home.clone()).into();
         }
+        if let (Message::Checkpoint { pid }, Role::Client) = (&request.message, peer.identity.role)
+        {
+            return self.checkpoint(*pid).into();
+        }
         Message::error(
             ErrorCode::Unsupported,
             format!(
@@ -474,6 +573,7 @@ impl ProcessorManager {
             memory_clients: Mutex::new(HashMap::new()),
             trees: Mutex::new(Trees::default()),
             me: me.clone(),
+            controls: Mutex::new(HashMap::new()),
         });
         launch::serve(&config.launch_socket, Arc::clone(&processor))?;
         config.component.unix_socket = Some(config.launch_socket.display().to_string());

@@ -2,7 +2,8 @@
 
 use lego_proto::live::{LiveStats, STATS_FD};
 use lego_proto::runtime::{
-    RuntimeReport, RuntimeSpec, LOG_FD, REPORT_FD, RUNTIME_FAILURE_EXIT, SPEC_FD, USERFAULTFD_FD,
+    RuntimeReport, RuntimeSpec, CONTROL_FD, LOG_FD, REPORT_FD, RUNTIME_FAILURE_EXIT, SPEC_FD,
+    USERFAULTFD_FD,
 };
 use lego_proto::{ExitReport, ExitStatus, ProcessId};
 use std::fs::File;
@@ -19,6 +20,8 @@ pub struct RuntimeProcess {
     report: File,
     /// The counters the runtime publishes while it runs.
     pub live: Arc<LiveStats>,
+    /// The processor's end of the runtime's control socket.
+    pub control: Option<std::os::unix::net::UnixStream>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -84,7 +87,11 @@ pub fn spawn(
     let (live, live_fd) = LiveStats::create()?;
     let live_src = high_dup(live_fd.as_raw_fd())?;
     let device = userfaultfd_device();
+    let (control, control_child) = std::os::unix::net::UnixStream::pair()?;
+    let control_src = high_dup(control_child.as_raw_fd())?;
+    drop(control_child);
     let mut sources = vec![
+        (control_src.as_raw_fd(), CONTROL_FD),
         (spec_src.as_raw_fd(), SPEC_FD),
         (report_src.as_raw_fd(), REPORT_FD),
         (log_src.as_raw_fd(), LOG_FD),
@@ -220,7 +227,15 @@ pub fn spawn(
         }
         (Err(e), _) => return Err(e),
     };
-    drop((spec_r, report_w, spec_src, report_src, log_src, device));
+    drop((
+        spec_r,
+        report_w,
+        spec_src,
+        report_src,
+        log_src,
+        device,
+        control_src,
+    ));
     drop((live_fd, live_src));
     let bytes = postcard::to_stdvec(spec).map_err(io::Error::other)?;
     let mut spec_w = File::from(spec_w);
@@ -233,6 +248,7 @@ pub fn spawn(
         child,
         report: File::from(report_r),
         live: Arc::new(live),
+        control: Some(control),
     })
 }
 

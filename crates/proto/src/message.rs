@@ -442,6 +442,24 @@ pub enum Message {
         signal: i32,
         group: bool,
     },
+    /// The processor to a runtime, on its control socket: stop every
+    /// thread at a boundary, write dirty pages back, take the state.
+    Freeze,
+    /// The answer; the payload is the `state::ProcessState`.
+    Frozen(crate::runtime::FreezeReport),
+    /// Let the frozen process run on.
+    Thaw,
+    Thawed,
+    /// `lego checkpoint` to the processor running process `pid`.
+    Checkpoint {
+        pid: ProcessId,
+    },
+    /// The answer: what freezing took, and how long the process was
+    /// stopped as the processor saw it (µs).
+    Checkpointed {
+        report: crate::runtime::FreezeReport,
+        stopped_us: u64,
+    },
     /// A forked process's runtime announcing itself; the request carries
     /// its live-counters page as a descriptor.
     Adopt(AdoptSpec),
@@ -741,6 +759,12 @@ impl Message {
             Message::OutputClosed { .. } => "OutputClosed",
             Message::Resize(_) => "Resize",
             Message::SignalProcess { .. } => "SignalProcess",
+            Message::Freeze => "Freeze",
+            Message::Frozen(_) => "Frozen",
+            Message::Thaw => "Thaw",
+            Message::Thawed => "Thawed",
+            Message::Checkpoint { .. } => "Checkpoint",
+            Message::Checkpointed { .. } => "Checkpointed",
             Message::Adopt(_) => "Adopt",
             Message::Adopted { .. } => "Adopted",
             Message::Vouch { .. } => "Vouch",

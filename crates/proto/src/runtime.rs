@@ -20,6 +20,24 @@ pub const LOG_FD: RawFd = 5;
 /// `/dev/userfaultfd`, opened by the processor, for a runtime whose own
 /// host identity may not open it (absent when the processor could not).
 pub const USERFAULTFD_FD: RawFd = 7;
+/// A socket on which the processor asks the tree's first process to
+/// freeze (`Freeze`: every thread stopped at a boundary, its dirty pages
+/// written back, its state taken) and to thaw (`Thaw`).
+pub const CONTROL_FD: RawFd = 8;
+
+/// What freezing a process took (`Message::Frozen`; the state itself is
+/// the payload, a `state::ProcessState`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct FreezeReport {
+    pub threads: u32,
+    pub files: u32,
+    /// Dirty ExCache pages written back to the memory manager.
+    pub written_back_bytes: u64,
+    /// How long stopping every thread took, and writing back, in µs.
+    pub stop_us: u64,
+    pub flush_us: u64,
+    pub state_bytes: u64,
+}
 
 /// What a processor tells a new runtime (written to [`SPEC_FD`]).
 #[derive(Serialize, Deserialize, Debug, Clone)]

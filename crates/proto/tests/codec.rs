@@ -439,6 +439,21 @@ fn process_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), any::<i32>(), any::<bool>())
             .prop_map(|(pid, signal, group)| Message::SignalProcess { pid, signal, group }),
         Just(Message::Input),
+        Just(Message::Freeze),
+        Just(Message::Thaw),
+        Just(Message::Thawed),
+        any::<u64>().prop_map(|pid| Message::Checkpoint { pid }),
+        (any::<u32>(), any::<u64>()).prop_map(|(threads, us)| Message::Checkpointed {
+            report: lego_proto::runtime::FreezeReport {
+                threads,
+                files: threads / 2,
+                written_back_bytes: us,
+                stop_us: us / 3,
+                flush_us: us / 5,
+                state_bytes: us / 7,
+            },
+            stopped_us: us,
+        }),
         any::<u64>().prop_map(|bytes| Message::InputTaken { bytes }),
         any::<u8>().prop_map(|stream| Message::Output { stream }),
         any::<u8>().prop_map(|stream| Message::OutputClosed { stream }),

@@ -89,6 +89,7 @@ fn default_fault_signals() {
 pub fn main() -> ! {
     lego_transport::fdfloor::set_floor(host::fds::descriptor_floor());
     host::report::lift_report_fd();
+    process::control::lift();
     host::uffd::adopt_device();
     host::live::attach();
     init_logging();
@@ -223,6 +224,7 @@ fn start(spec: RuntimeSpec) -> Result<(), String> {
         process::processor::fail_over(rt, home, failed)
     }));
     mm::fault::spawn(&rt.mm).map_err(|e| format!("cannot start the fault thread: {e}"))?;
+    process::control::serve(rt)?;
     let change = rt.mm.cache.change_layout();
     let sp = image::install(rt, change, &loaded, &prepared, &spec.envp, &spec.program)?;
 

@@ -9,6 +9,7 @@
 //! May call: `mm`, `vfs`, `task`, `host`. Invariant: nothing here calls
 //! up into `syscall` or `trap`.
 
+pub mod control;
 pub mod credentials;
 pub mod processor;
 pub mod procfs;

@@ -11,10 +11,13 @@ use super::Runtime;
 use crate::error::SysError;
 use crate::task::dispatch::ThreadCtl;
 use crate::task::threads::{pending_of, thread_state, StopError};
-use lego_proto::state::{Credentials, FileState, ImageState, Limit, OpenState, ProcessState, Stop};
+use lego_proto::runtime::FreezeReport;
+use lego_proto::state::{
+    Credentials, FileState, ImageState, Limit, OpenState, ProcessState, Stop, ThreadState,
+};
 use lego_proto::Errno;
 use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the other threads get to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
@@ -59,8 +62,62 @@ impl Runtime {
             }
         };
         let _resume = Resume(self);
-        let mut threads = vec![thread_state(ctl, uc, Stop::Taker)];
-        let mut others = others;
+        Ok(self.state_of(vec![thread_state(ctl, uc, Stop::Taker)], others))
+    }
+
+    /// Stops every application thread at a boundary (for the runtime's
+    /// control thread: no application thread takes part), writes every
+    /// dirty page back and takes the state. The threads stay stopped until
+    /// [`Runtime::thaw`].
+    pub fn freeze(&self) -> Result<(ProcessState, FreezeReport), String> {
+        let started = Instant::now();
+        let others = match self.threads.stop_others(STOP_LIMIT) {
+            Ok(others) => others,
+            Err(StopError::Stopping) => {
+                return Err("a thread of the program is taking its state".into())
+            }
+            Err(StopError::Exec) => return Err("the program is running execve".into()),
+            Err(StopError::Timeout(n)) => {
+                return Err(format!("{n} threads did not stop within {STOP_LIMIT:?}"))
+            }
+        };
+        let stopped = started.elapsed();
+        let written = self.mm.cache.stats().bytes_written_back;
+        let flushed = {
+            let change = self.mm.cache.change_layout();
+            self.mm
+                .cache
+                .flush(&change, &self.mm.arena, &self.mm.remote)
+        };
+        if let Err(e) = flushed {
+            self.threads.resume_others();
+            return Err(format!("cannot write the dirty pages back: {e}"));
+        }
+        let flush = started.elapsed() - stopped;
+        let state = self.state_of(Vec::new(), others);
+        let report = FreezeReport {
+            threads: state.threads.len() as u32,
+            files: state.files.len() as u32,
+            written_back_bytes: self.mm.cache.stats().bytes_written_back - written,
+            stop_us: stopped.as_micros() as u64,
+            flush_us: flush.as_micros() as u64,
+            state_bytes: 0,
+        };
+        Ok((state, report))
+    }
+
+    /// Lets the threads [`Runtime::freeze`] stopped run on.
+    pub fn thaw(&self) {
+        self.threads.resume_others();
+    }
+
+    /// The state of the process whose threads are stopped: `first`, then
+    /// the stopped `others` by tid.
+    fn state_of(
+        &self,
+        mut threads: Vec<ThreadState>,
+        mut others: Vec<ThreadState>,
+    ) -> ProcessState {
         others.sort_by_key(|t| t.tid);
         threads.extend(others);
         let image = {
@@ -81,7 +138,7 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .state(pending_of("/proc/self/status", "ShdPnd:"));
-        Ok(ProcessState {
+        ProcessState {
             image,
             threads,
             signals,
@@ -96,7 +153,7 @@ impl Runtime {
                     .nofile,
             ),
             memory: self.mm.arena.layout(),
-        })
+        }
     }
 
     /// Every descriptor of the application's, by number.

@@ -345,8 +345,10 @@ fn become_child(
 ) -> Result<(), SysError> {
     let rt = cx.rt;
     let parent = rt.mm.remote.pid();
-    // Reports go to our own processor connection, never the parent's.
+    // Reports go to our own processor connection, never the parent's;
+    // the parent's control socket is its own.
     crate::host::report::set_report_fd(-1);
+    crate::process::control::forget_after_fork();
     let inherited = rt
         .forks
         .vfork_done

@@ -214,7 +214,10 @@ impl Threads {
                 .into_iter()
                 .filter(|t| *t != me && !parked.contains(t))
                 .collect();
-            if others.is_empty() && parked.len() + 1 >= self.count() {
+            // The caller counts when it is an application thread (taking
+            // the state in a call), not when it is the runtime's own.
+            let caller = usize::from(self.tids().contains(&me));
+            if others.is_empty() && parked.len() + caller >= self.count() {
                 return Ok(lock(&self.parked).clone());
             }
             if self.exec_tid.load(Ordering::SeqCst) != 0 {
