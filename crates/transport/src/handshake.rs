@@ -155,6 +155,12 @@ fn exchange_preambles<S: Stream>(stream: &mut S, addr: &Peer) -> Result<(), Tran
         | std::io::ErrorKind::ConnectionAborted
         | std::io::ErrorKind::BrokenPipe
         | std::io::ErrorKind::UnexpectedEof => io_err(addr, "reading the preamble", e),
+        // No answer in time: a peer that is slow, stopped or cut off (a
+        // partition), which may answer the next try; not proof of a
+        // foreign server either.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            io_err(addr, "waiting for the preamble", "no answer in time")
+        }
         _ => TransportError::NotLego {
             addr: addr.clone(),
             detail: format!("no preamble ({e})"),
