@@ -1059,17 +1059,7 @@ impl MemoryService {
         link: &Link,
     ) -> Result<crate::replica::Sent, String> {
         let process = guard.as_ref().ok_or("the process ended")?;
-        let (vmas, brk_start, brk, files, spilled) = process.space.layout();
-        let last = process.rep.last.as_ref();
-        let layout = SpaceLayout {
-            vmas,
-            brk_start,
-            brk,
-            files,
-            spilled,
-            last_seq: last.map_or(0, |(seq, _)| *seq),
-            last_reply: last.map(|(_, m)| Box::new(m.clone())),
-        };
+        let layout = space_layout(process);
         let tree = lock(&self.trees).get(&pid).copied().unwrap_or(pid);
         let message = Message::ReplicaOf {
             pid,
@@ -1974,7 +1964,8 @@ impl MemoryService {
             | Message::FetchPage { pid, .. }
             | Message::FetchPages { pid, .. }
             | Message::WriteBack { pid, .. }
-            | Message::RegionsLost { pid, .. } => mine(pid),
+            | Message::RegionsLost { pid, .. }
+            | Message::GetLayout { pid } => mine(pid),
             // Releasing what is not there is a no-op anyone may ask for.
             Message::ReleaseProcess { pid } => mine(pid) || fresh(pid),
             other => return Err(format!("a runtime may not send {}", other.kind())),
@@ -2387,6 +2378,18 @@ impl MemoryService {
             {
                 self.move_regions(pid, &from)
             }
+            Message::GetLayout { pid } => {
+                let Some(slot) = self.slot(pid) else {
+                    return unknown_process(pid);
+                };
+                let guard = lock(&slot);
+                match guard.as_ref() {
+                    Some(process) if !process.rep.is_backup => {
+                        Message::Layout(space_layout(process)).into()
+                    }
+                    _ => not_served(&guard, pid),
+                }
+            }
             Message::RegionsLost { pid, lost } => {
                 let Some(slot) = self.slot(pid) else {
                     return unknown_process(pid);
@@ -2496,6 +2499,21 @@ impl MemoryService {
     }
 }
 
+/// The whole layout of `process`'s address space, with its last change.
+fn space_layout(process: &Process) -> SpaceLayout {
+    let (vmas, brk_start, brk, files, spilled) = process.space.layout();
+    let last = process.rep.last.as_ref();
+    SpaceLayout {
+        vmas,
+        brk_start,
+        brk,
+        files,
+        spilled,
+        last_seq: last.map_or(0, |(seq, _)| *seq),
+        last_reply: last.map(|(_, m)| Box::new(m.clone())),
+    }
+}
+
 /// The process a runtime's request of tree `tree` needs this manager to
 /// hold (`None`: one that makes it, or needs none).
 fn needs_held(request: &Message, tree: ProcessId) -> Option<ProcessId> {
@@ -2506,7 +2524,8 @@ fn needs_held(request: &Message, tree: ProcessId) -> Option<ProcessId> {
         | Message::FetchPage { pid, .. }
         | Message::FetchPages { pid, .. }
         | Message::WriteBack { pid, .. }
-        | Message::RegionsLost { pid, .. } => Some(*pid),
+        | Message::RegionsLost { pid, .. }
+        | Message::GetLayout { pid } => Some(*pid),
         Message::Fork { parent, .. } => Some(*parent),
         _ => None,
     }

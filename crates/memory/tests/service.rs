@@ -1427,3 +1427,89 @@ fn a_region_held_for_another_home_serves_its_own_runtime_only() {
     };
     assert_eq!((used, committed), (0, 0));
 }
+
+/// A runtime taking over a running process asks its home for the whole
+/// layout: every VMA with its protection, the break and the last change's
+/// seq (from which it goes on); another process's runtime is refused.
+#[test]
+fn a_runtime_gets_its_own_process_layout_and_no_other() {
+    let service = MemoryService::new(64 << 20);
+    let as_runtime = |message| runtime_call(&service, (PID, PID), message, Vec::new());
+    // The tree's first exec, then changes numbered as a runtime numbers them.
+    let exec = as_runtime(Message::Exec {
+        pid: PID,
+        seq: 1,
+        backup: None,
+    });
+    assert!(
+        matches!(exec.message, Message::Error(_)),
+        "an exec carries its image"
+    );
+    let loaded = runtime_call(
+        &service,
+        (PID, PID),
+        Message::Exec {
+            pid: PID,
+            seq: 1,
+            backup: None,
+        },
+        sample(2),
+    );
+    assert!(
+        matches!(loaded.message, Message::ExecLoaded(_)),
+        "{:?}",
+        loaded.message
+    );
+    for (seq, op) in [
+        (2, mmap_fixed(AREA, 4 * PAGE)),
+        (
+            3,
+            MemoryOp::Mprotect {
+                addr: AREA + PAGE,
+                len: PAGE,
+                prot: libc::PROT_READ as u32,
+            },
+        ),
+    ] {
+        let reply = as_runtime(Message::Memory {
+            pid: PID,
+            op,
+            seq,
+            spill: Vec::new(),
+        });
+        assert!(
+            matches!(reply.message, Message::MemoryDone(_)),
+            "{:?}",
+            reply.message
+        );
+    }
+    let layout = match as_runtime(Message::GetLayout { pid: PID }).message {
+        Message::Layout(layout) => layout,
+        other => panic!("expected Layout, got {other:?}"),
+    };
+    assert_eq!(layout.last_seq, 3);
+    let at = |addr: u64| {
+        layout
+            .vmas
+            .iter()
+            .find(|v| (v.start..v.end).contains(&addr))
+            .map(|v| v.prot)
+    };
+    assert_eq!(at(AREA), Some(RW));
+    assert_eq!(at(AREA + PAGE), Some(libc::PROT_READ as u32));
+    assert_eq!(at(AREA + 3 * PAGE), Some(RW));
+    assert_eq!(at(AREA + 4 * PAGE), None);
+    assert!(layout.brk >= layout.brk_start && layout.brk_start > 0);
+    // Another tree's runtime may not read it.
+    let other = runtime_call(
+        &service,
+        (PID + 1, PID + 1),
+        Message::GetLayout { pid: PID },
+        Vec::new(),
+    );
+    assert!(
+        matches!(other.message, Message::Error(_)),
+        "{:?}",
+        other.message
+    );
+}

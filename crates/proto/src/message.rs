@@ -665,6 +665,14 @@ pub enum Message {
         pid: ProcessId,
         from: String,
     },
+    /// A runtime → its home: the whole layout of its process's address
+    /// space (every VMA with its protection, the break, the spilled
+    /// regions, the last change's `seq`): what a runtime taking over a
+    /// running process (moved, or restarted from a checkpoint) mirrors.
+    GetLayout {
+        pid: ProcessId,
+    },
+    Layout(crate::memory::SpaceLayout),
     /// A runtime → its home: the memory managers named in `lost` failed
     /// holding its spilled regions. Sent with no write-back in flight and
     /// no fault being served, so the home can give each region a new
@@ -789,6 +797,8 @@ impl Message {
             Message::Released => "Released",
             Message::Replicate { .. } => "Replicate",
             Message::ReplicaOf { .. } => "ReplicaOf",
+            Message::GetLayout { .. } => "GetLayout",
+            Message::Layout(_) => "Layout",
             Message::ReplicaPages { .. } => "ReplicaPages",
             Message::ReplicaComplete { .. } => "ReplicaComplete",
             Message::Replicated => "Replicated",

@@ -593,6 +593,8 @@ fn memory_message() -> impl Strategy<Value = Message> {
                 layout
             }
         ),
+        any::<u64>().prop_map(|pid| Message::GetLayout { pid }),
+        layout().prop_map(Message::Layout),
         (
             any::<u64>(),
             prop::collection::vec((any::<u64>(), any::<u64>()), 0..3),
