@@ -62,6 +62,12 @@ int main(int argc, char **argv) {
     else
         snprintf(scratch_dir, sizeof scratch_dir, "/tmp/lego-sysfuzz-%d", getpid());
     mkdir(scratch_dir, 0755);
+    /* Calls relative to the working directory (AT_FDCWD, garbage paths)
+       create, chmod and chown what they find: only in the scratch dir. */
+    if (chdir(scratch_dir) != 0) {
+        perror(scratch_dir);
+        return 2;
+    }
     /* Some real descriptors to play with: a file and a directory (no pipe:
        random writes would fill it and block the program for good). */
     char path[128];
