@@ -292,6 +292,8 @@ fn connect(secret: &ClusterSecret, processor: &Registration, remote: bool) -> Re
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot reach processor {} at {addr}", processor.name))?;
     let _ = stream.set_nodelay(true);
+    // A lost processor is found out even while the program is silent.
+    let _ = lego_transport::keep_alive(&stream);
     let mut reader = FrameReader::new(stream.try_clone()?, FrameLimits::HANDSHAKE);
     handshake::client(
         &mut stream,
@@ -560,7 +562,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let connection = connect(&secret, &processor, args.cluster.is_some())?;
     let report = launch_on(connection, &processor.name, spec, stdio, false);
-    tty::restore();
+    tty::finish();
     let report = match report? {
         Ok(report) => report,
         Err(not_run) => return Ok(not_run_exit(not_run)),
@@ -686,7 +688,7 @@ fn run_as_guest(args: &RunArgs, dir: &StateDir) -> Result<ExitCode> {
         stdio,
         true,
     );
-    tty::restore();
+    tty::finish();
     match report? {
         Ok(report) => finish(args, report),
         Err(not_run) => Ok(not_run_exit(not_run)),

@@ -153,6 +153,11 @@ fn send_input(sender: Sender, window: Arc<Window>) {
         if n < 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => continue,
+                // A non-blocking stdin (another program set it so): wait.
+                Some(libc::EAGAIN) => {
+                    wait_for(0, libc::POLLIN);
+                    continue;
+                }
                 Some(libc::EIO) if terminal => {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
@@ -169,13 +174,32 @@ fn send_input(sender: Sender, window: Arc<Window>) {
     }
 }
 
+/// Waits until `fd` is ready for `events` (or fails).
+fn wait_for(fd: RawFd, events: libc::c_short) {
+    let mut ready = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // Safety: poll reads and writes our one pollfd.
+    unsafe { libc::poll(&mut ready, 1, -1) };
+}
+
 /// Writes all of `bytes` to `fd`; false if it cannot take them.
 fn write_all(fd: RawFd, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         // Safety: writes bytes of a live buffer.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
+        if n < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // A non-blocking stdout (another program set it so): wait.
+                Some(libc::EAGAIN) => {
+                    wait_for(fd, libc::POLLOUT);
+                    continue;
+                }
+                _ => return false,
+            }
         }
         if n <= 0 {
             return false;
@@ -186,7 +210,7 @@ fn write_all(fd: RawFd, mut bytes: &[u8]) -> bool {
 }
 
 /// Relays the program's stdio until it ends (asking for its end first)
-/// and returns how it ended; `lost` names the processor for an error.
+/// and returns how it ended (`processor` names it in errors).
 /// The caller restores the terminal.
 pub fn attach<S: std::io::Read>(
     sender: Sender,

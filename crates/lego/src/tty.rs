@@ -65,6 +65,10 @@ pub fn open() -> io::Result<Pty> {
 /// Puts the user's terminal in raw mode (keys go to the program's
 /// terminal as typed; its line discipline does the rest).
 pub fn make_raw() -> io::Result<()> {
+    let mut saved_slot = SAVED.lock().unwrap_or_else(|p| p.into_inner());
+    if DONE.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
     // Safety: tcgetattr/tcsetattr on fd 0 with our own structs.
     unsafe {
         let mut termios: libc::termios = std::mem::zeroed();
@@ -76,9 +80,19 @@ pub fn make_raw() -> io::Result<()> {
         if libc::tcsetattr(0, libc::TCSADRAIN, &termios) != 0 {
             return Err(io::Error::last_os_error());
         }
-        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+        *saved_slot = Some(saved);
     }
     Ok(())
+}
+
+/// Set once `lego run` is done with the terminal: no raw mode again (a
+/// `lego run` continued after its program ended must not leave it raw).
+static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Gives the user's terminal its settings back for good.
+pub fn finish() {
+    DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+    restore();
 }
 
 /// Gives the user's terminal its settings back (if `make_raw` changed

@@ -39,7 +39,7 @@ fn relayed_stdio_carries_bytes_order_ends_and_status_as_natively() {
     for (i, b) in input.iter_mut().enumerate() {
         *b = (i.wrapping_mul(2654435761) >> 13) as u8;
     }
-    let cases: [(&str, &[u8]); 7] = [
+    let cases: [(&str, &[u8]); 8] = [
         // Megabytes both ways, byte for byte.
         ("cat", &input),
         // stdout and stderr apart, and an exit status.
@@ -56,6 +56,8 @@ fn relayed_stdio_carries_bytes_order_ends_and_status_as_natively() {
         // A reader that goes away: the program dies of SIGPIPE (the
         // pipeline's status is its last command's; `echo $?` of the first).
         ("sh -c 'seq 1 10000000; echo seq $? >&2' | head -2", b""),
+        // Input pouring in while the output's reader goes away.
+        ("head -c 2000000 | head -c 5", &input),
         // Killed by a signal: 128 + N, as a shell says.
         ("sh -c 'sh -c \"kill -TERM \\$\\$\"; echo status $?'", b""),
     ];
@@ -392,4 +394,67 @@ fn stopping_and_continuing_lego_run_stops_and_continues_the_program() {
     let expected: String = (0..30).map(|i| format!("{i}\n")).collect();
     assert_eq!(text(&out.stdout), expected, "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// Launches that make no sense, sent over TCP by a holder of the secret:
+/// each is refused with an error naming what is wrong, and the processor
+/// goes on launching.
+#[test]
+fn malformed_relayed_launches_are_refused_and_the_processor_goes_on() {
+    use lego_proto::{LaunchSpec, Message, RelayedStdio, Role, StdioSpec, StreamRoute};
+    use lego_transport::{Client, ClientConfig, Identity};
+    let cluster = Cluster::up(&["--memories", "1"]);
+    let status = cluster.status().expect("the cluster answers");
+    let processor: std::net::SocketAddr = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "processor-0")
+        .and_then(|c| c["address"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let spec = |routes: [StreamRoute; 3], controlling_tty: bool| LaunchSpec {
+        program: b"/bin/true".to_vec(),
+        argv: vec![b"true".to_vec()],
+        envp: Vec::new(),
+        cwd: b"/".to_vec(),
+        excache: 16 << 20,
+        memory: "127.0.0.1:9".parse().unwrap(),
+        memory_name: "memory-0".into(),
+        memory_backup: None,
+        memory_capacity: 0,
+        memory_available: 0,
+        storage: None,
+        storage_name: String::new(),
+        storage_retry_ms: 1000,
+        controlling_tty,
+        stdio: StdioSpec::Relayed(RelayedStdio {
+            terminal: None,
+            routes,
+        }),
+    };
+    use StreamRoute::*;
+    for (routes, tty, why) in [
+        ([Terminal, Pipe, Pipe], false, "terminal"),
+        ([Stdout, Pipe, Pipe], false, "stdin cannot go"),
+        ([Pipe, Stdout, Pipe], false, "stdout cannot go"),
+        ([Pipe, Pipe, Pipe], true, "controlling terminal"),
+    ] {
+        let client = Client::new(
+            processor,
+            ClientConfig::new(cluster.secret(), Identity::new(Role::Client, "test")),
+        );
+        let reply = client
+            .call(&Message::Launch(spec(routes, tty)), &[])
+            .expect("the processor answers");
+        match reply.message {
+            Message::Error(e) => assert!(e.message.contains(why), "{routes:?}: {}", e.message),
+            other => panic!("{routes:?} was answered with {other:?}"),
+        }
+    }
+    let hello = program("hello", Build::GlibcStatic);
+    let out = cluster.run(&[], &hello, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!cluster.log("processor-0").contains("panicked"));
 }

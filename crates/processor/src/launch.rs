@@ -492,6 +492,10 @@ pub(crate) fn serve_tcp(
     reader: FrameReader<std::net::TcpStream>,
 ) -> Result<(), String> {
     let mut writer = stream;
+    // A lost `lego run` is found out even while the program is silent.
+    if let Err(e) = lego_transport::keep_alive(&writer) {
+        warn!("launch connection: cannot turn keepalive on: {e}");
+    }
     let Message::Launch(spec) = request.message else {
         return reply(
             &mut writer,
@@ -774,7 +778,9 @@ fn start<S: Stream + Send + 'static>(
     if let Some(control) = runtime.control.take() {
         processor.control(pid, control);
     }
-    send_reply(&writer, id, Message::Launched { pid, host_pid })?;
+    // (If lego run is gone already, the loop below finds it so and
+    // ends the program as for any disconnection.)
+    let _ = send_reply(&writer, id, Message::Launched { pid, host_pid });
     let relay = Arc::new(Mutex::new(relay));
 
     // The waiter reports the end to whoever asked (if anyone still listens).
@@ -808,8 +814,11 @@ fn start<S: Stream + Send + 'static>(
                     .home_of(pid)
                     .map_or(memory, |home| home.primary.addr);
                 processor.untrack(pid);
-                // Everything the program wrote goes out before its end.
-                if let Some(relay) = relay.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                // Everything the program wrote goes out before its end
+                // (the relay taken out first: the connection's reader
+                // must not wait for the drain to hand it input).
+                let ending = relay.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(relay) = ending {
                     relay.finish();
                 }
                 // Answer first: releasing may wait on a memory manager
@@ -829,7 +838,14 @@ fn start<S: Stream + Send + 'static>(
                 let _ = asked_tx.send(frame.id);
             }
             // Relayed stdio (nothing to do if it is not relayed).
-            Message::Input => with_relay(&relay, |r| r.input(&frame.payload)),
+            Message::Input => {
+                let mut within = true;
+                with_relay(&relay, |r| within = r.input(&frame.payload));
+                if !within {
+                    warn!("lego run for process {pid:x} sent more input than its window; cut off");
+                    break;
+                }
+            }
             Message::OutputClosed { stream } => with_relay(&relay, |r| r.output_closed(stream)),
             Message::Resize(size) => with_relay(&relay, |r| r.resize(size)),
             // What the user's signals would do natively: reach their
@@ -852,17 +868,20 @@ fn start<S: Stream + Send + 'static>(
                     }
                 }
             }
-            other => send_reply(
-                &writer,
-                frame.id,
-                Message::error(
+            other => {
+                let refused = Message::error(
                     ErrorCode::BadRequest,
                     format!("unexpected {}", other.kind()),
-                ),
-            )?,
+                );
+                if send_reply(&writer, frame.id, refused).is_err() {
+                    break;
+                }
+            }
         }
     }
     closer.close();
+    // Nobody asks for the end any more: the waiter does not wait for it.
+    drop(asked_tx);
     // lego run went away: if the program still runs, nobody can see it.
     {
         let running = running.lock().unwrap_or_else(|p| p.into_inner());

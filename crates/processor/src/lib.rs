@@ -126,7 +126,21 @@ pub struct Processor {
     /// Itself, for the connections its TCP server hands over.
     me: std::sync::Weak<Processor>,
     /// The control sockets of the runtimes of the trees' first processes.
-    controls: Mutex<HashMap<ProcessId, Arc<Mutex<UnixStream>>>>,
+    controls: Mutex<HashMap<ProcessId, Arc<Mutex<Control>>>>,
+}
+
+/// A runtime's control socket, and what was read of it.
+struct Control {
+    stream: UnixStream,
+    reader: lego_transport::FrameReader<UnixStream>,
+}
+
+impl Control {
+    /// Asks `ask` and reads the answer, within [`FREEZE_TIMEOUT`].
+    fn exchange(&mut self, ask: &Message) -> Result<Frame, String> {
+        lego_transport::write_frame(&mut self.stream, 0, ask, &[]).map_err(|e| e.to_string())?;
+        self.reader.read_frame().map_err(|e| e.to_string())
+    }
 }
 
 /// How long a runtime gets to freeze its process, and to thaw it.
@@ -227,11 +241,27 @@ impl Processor {
     }
 
     /// Keeps the control socket of process `pid`'s runtime.
-    fn control(&self, pid: ProcessId, control: UnixStream) {
-        self.controls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pid, Arc::new(Mutex::new(control)));
+    fn control(&self, pid: ProcessId, stream: UnixStream) {
+        let timeouts = stream
+            .set_read_timeout(Some(FREEZE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(FREEZE_TIMEOUT)));
+        let reader = timeouts.and_then(|()| stream.try_clone());
+        match reader {
+            Ok(reader) => {
+                let control = Control {
+                    stream,
+                    reader: lego_transport::FrameReader::new(
+                        reader,
+                        lego_proto::FrameLimits::DEFAULT,
+                    ),
+                };
+                self.controls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pid, Arc::new(Mutex::new(control)));
+            }
+            Err(e) => warn!("process {pid:x} cannot be frozen: its control socket: {e}"),
+        }
     }
 
     /// Freezes process `pid` (every thread stopped at a boundary, its
@@ -260,28 +290,31 @@ impl Processor {
                 format!("process {pid:x} {why} (processor {})", self.name),
             );
         };
-        let mut stream = control.lock().unwrap_or_else(|p| p.into_inner());
+        let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
-        let exchange = |stream: &mut UnixStream, ask: Message| -> Result<Frame, String> {
-            stream
-                .set_read_timeout(Some(FREEZE_TIMEOUT))
-                .map_err(|e| e.to_string())?;
-            lego_transport::write_frame(&mut *stream, 0, &ask, &[]).map_err(|e| e.to_string())?;
-            let reader = stream.try_clone().map_err(|e| e.to_string())?;
-            lego_transport::FrameReader::new(reader, lego_proto::FrameLimits::DEFAULT)
-                .read_frame()
-                .map_err(|e| e.to_string())
+        // A runtime that does not answer in time (stopped, or stuck) is
+        // not asked again: its socket is closed, which thaws it when it
+        // runs on, and it can no longer be frozen.
+        let give_up = |control: &Control, e: String| {
+            warn!("process {pid:x} can no longer be frozen: {e}");
+            let _ = control.stream.shutdown(std::net::Shutdown::Both);
+            self.controls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+            Message::error(
+                ErrorCode::Internal,
+                format!("process {pid:x}'s runtime did not answer in time: {e}"),
+            )
         };
-        let frozen = match exchange(&mut stream, Message::Freeze) {
+        let frozen = match control.exchange(&Message::Freeze) {
             Ok(frame) => frame,
-            Err(e) => {
-                return Message::error(
-                    ErrorCode::Internal,
-                    format!("process {pid:x}'s runtime did not answer Freeze: {e}"),
-                )
-            }
+            Err(e) => return give_up(&control, e),
         };
-        let thawed = exchange(&mut stream, Message::Thaw);
+        let thawed = match control.exchange(&Message::Thaw) {
+            Ok(frame) => Ok(frame),
+            Err(e) => return give_up(&control, e),
+        };
         let stopped_us = started.elapsed().as_micros() as u64;
         match (frozen.message, thawed) {
             (

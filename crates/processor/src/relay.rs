@@ -11,7 +11,8 @@
 //! holds back what the program does not read (`INPUT_WINDOW`).
 
 use lego_proto::{
-    Message, RelayedStdio, StreamRoute, TerminalSettings, WindowSize, STDERR, STDOUT, TERMINAL,
+    Message, RelayedStdio, StreamRoute, TerminalSettings, WindowSize, INPUT_WINDOW, STDERR, STDOUT,
+    TERMINAL,
 };
 use lego_transport::write_frame;
 use std::collections::VecDeque;
@@ -23,10 +24,14 @@ use std::time::{Duration, Instant};
 /// How much one read of an output takes at most (one `Output` frame).
 const CHUNK: usize = 64 << 10;
 
-/// After the program ended, how long and how much of what is still in
-/// its pipes is passed on (a process it left behind may go on writing).
-const DRAIN_TIME: Duration = Duration::from_millis(300);
+/// After the program ended, how much of what is still in its streams is
+/// passed on at most (a process it left behind may go on writing), and
+/// how long a terminal may stay quiet before it counts as drained (its
+/// line discipline passes output on asynchronously, so an empty read
+/// does not mean an empty terminal).
 const DRAIN_BYTES: usize = 16 << 20;
+const TERMINAL_QUIET: Duration = Duration::from_millis(200);
+const TERMINAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// The program's ends of its streams and the processor's.
 pub struct Opened {
@@ -92,22 +97,32 @@ fn open_terminal(settings: &TerminalSettings) -> io::Result<(OwnedFd, OwnedFd)> 
     termios.c_ispeed = settings.ispeed;
     termios.c_ospeed = settings.ospeed;
     let size = winsize(settings.size);
-    let (mut master, mut slave) = (-1, -1);
-    // Safety: openpty writes two new descriptors and reads our structs.
-    unsafe {
-        if libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            &termios,
-            &size,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
+    let check = |ret: libc::c_int| {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
         }
-        libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(slave, libc::F_SETFD, libc::FD_CLOEXEC);
-        Ok((OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)))
+    };
+    // Both ends close-on-exec from their creation: a runtime another
+    // launch thread starts meanwhile inherits neither.
+    // Safety: posix_openpt returns a new descriptor, owned from here on;
+    // grantpt, unlockpt and TIOCGPTPEER act on it (the last returns the
+    // slave, a new descriptor); tcsetattr and TIOCSWINSZ read our structs.
+    unsafe {
+        let master = OwnedFd::from_raw_fd(check(libc::posix_openpt(
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?);
+        check(libc::grantpt(master.as_raw_fd()))?;
+        check(libc::unlockpt(master.as_raw_fd()))?;
+        let slave = OwnedFd::from_raw_fd(check(libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?);
+        check(libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &termios))?;
+        check(libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size))?;
+        Ok((master, slave))
     }
 }
 
@@ -128,19 +143,20 @@ pub fn open(spec: &RelayedStdio) -> io::Result<Opened> {
         outputs: Vec::new(),
         master: None,
     };
-    let stdin = match spec.routes[0] {
-        StreamRoute::Terminal => {
-            let (master, _) = terminal.as_ref().expect("slave() checked it");
-            let stdin = slave("stdin")?;
+    let stdin = match (spec.routes[0], &terminal) {
+        (StreamRoute::Terminal, Some((master, _))) => {
             ends.input = Some(master.try_clone()?);
-            stdin
+            slave("stdin")?
         }
-        StreamRoute::Pipe => {
+        (StreamRoute::Terminal, None) => {
+            return Err(bad("stdin routed to a terminal, but none was asked for"))
+        }
+        (StreamRoute::Pipe, _) => {
             let (read, write) = pipe()?;
             ends.input = Some(write);
             read
         }
-        StreamRoute::Stdout => return Err(bad("stdin cannot go where stdout goes")),
+        (StreamRoute::Stdout, _) => return Err(bad("stdin cannot go where stdout goes")),
     };
     let stdout = match spec.routes[1] {
         StreamRoute::Terminal => slave("stdout")?,
@@ -269,15 +285,21 @@ impl Relay {
         self.shared.wake();
     }
 
-    /// Bytes of `lego run`'s stdin; none: its end.
-    pub fn input(&self, bytes: &[u8]) {
+    /// Bytes of `lego run`'s stdin; none: its end. False when `lego run`
+    /// sent more than its window lets it (it is then cut off: a client
+    /// that ignores it would fill the processor's memory).
+    pub fn input(&self, bytes: &[u8]) -> bool {
+        let mut within = true;
         self.request(|r| {
             if bytes.is_empty() {
                 r.input_ended = true;
+            } else if (r.input.len() + bytes.len()) as u64 > 2 * INPUT_WINDOW {
+                within = false;
             } else {
                 r.input.extend(bytes);
             }
         });
+        within
     }
 
     /// `lego run` can no longer write `stream`.
@@ -481,25 +503,41 @@ impl Worker {
         taken == 0 || send(&self.writer, &Message::InputTaken { bytes: taken }, &[])
     }
 
-    /// Passes on what the program left in its streams, within bounds.
+    /// Passes on what the program left in its streams, within bounds: a
+    /// pipe until it is empty (what the program wrote before it ended is
+    /// all there), its terminal until nobody holds it or it stays quiet.
     fn drain(&mut self, buf: &mut [u8]) {
-        let deadline = Instant::now() + DRAIN_TIME;
         let mut passed = 0;
-        // Until a round finds nothing more (what the program wrote before
-        // it ended is all in its pipes by now).
-        let mut any = true;
-        while any && Instant::now() < deadline && passed < DRAIN_BYTES {
-            any = false;
-            for (stream, fd) in &self.outputs {
-                if let Read::Bytes(n) = read_some(fd.as_raw_fd(), buf) {
-                    any = true;
-                    passed += n;
-                    if !send(
-                        &self.writer,
-                        &Message::Output { stream: *stream },
-                        &buf[..n],
-                    ) {
-                        return;
+        for (stream, fd) in &self.outputs {
+            let terminal = *stream == TERMINAL;
+            let give_up = Instant::now() + TERMINAL_DRAIN;
+            while passed < DRAIN_BYTES {
+                match read_some(fd.as_raw_fd(), buf) {
+                    Read::Bytes(n) => {
+                        passed += n;
+                        if !send(
+                            &self.writer,
+                            &Message::Output { stream: *stream },
+                            &buf[..n],
+                        ) {
+                            return;
+                        }
+                    }
+                    Read::Ended => break,
+                    Read::Nothing if !terminal || Instant::now() > give_up => break,
+                    Read::Nothing => {
+                        let mut ready = libc::pollfd {
+                            fd: fd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // Safety: poll reads and writes our one pollfd.
+                        let n = unsafe {
+                            libc::poll(&mut ready, 1, TERMINAL_QUIET.as_millis() as libc::c_int)
+                        };
+                        if n == 0 {
+                            break;
+                        }
                     }
                 }
             }

@@ -237,6 +237,34 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Has the kernel probe an idle TCP connection, so that a peer cut off
+/// for good (its host gone, a partition) is found out within about half
+/// a minute rather than never: for long-lived connections on which one
+/// side may wait in silence (a launch whose program writes nothing).
+pub fn keep_alive(stream: &std::net::TcpStream) -> io::Result<()> {
+    let set = |level, name, value: libc::c_int| {
+        // Safety: setsockopt reads one int of ours.
+        let ret = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4)
+}
+
 /// Writes one frame: the encoded header, then the payload straight from the
 /// caller's buffer (no copy through the serializer).
 pub fn write_frame(

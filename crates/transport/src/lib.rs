@@ -24,6 +24,6 @@ mod server;
 pub use client::{Backoff, Client, ClientConfig, ClientHold, Connection, Pending};
 pub use error::{Peer, TransportError};
 pub use handshake::{Identity, Stream};
-pub use io::{write_frame, write_frame_parts, FrameReader, ReadError};
+pub use io::{keep_alive, write_frame, write_frame_parts, FrameReader, ReadError};
 pub use secret::{ClusterSecret, SecretError};
 pub use server::{PeerInfo, Reply, Server, ServerConfig, Service};

@@ -187,8 +187,16 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
         let spawned = thread::Builder::new()
             .name(format!("conn {addr}"))
             .spawn(move || {
+                // Given back however the connection ends, a panic in the
+                // service included.
+                struct Counted<'a>(&'a AtomicUsize);
+                impl Drop for Counted<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _counted = Counted(&shared.connections);
                 serve_connection(stream, addr, &shared);
-                shared.connections.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
             warn!(peer = %addr, "cannot start a thread for the connection: {e}");

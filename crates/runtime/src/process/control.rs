@@ -10,10 +10,11 @@
 use super::Runtime;
 use lego_proto::runtime::CONTROL_FD;
 use lego_proto::{ErrorCode, FrameLimits, Message};
-use lego_transport::{write_frame, FrameReader};
+use lego_transport::{write_frame, FrameReader, ReadError};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 /// Where [`CONTROL_FD`] was moved, above the program's descriptors (-1:
 /// none).
@@ -62,11 +63,28 @@ pub fn serve(rt: &'static Runtime) -> Result<(), String> {
         .map_err(|e| format!("cannot start the control thread: {e}"))
 }
 
+/// How long a frozen process waits for `Thaw` before it thaws itself
+/// (its processor gave up on it, or is stuck).
+const FROZEN_LIMIT: Duration = Duration::from_secs(60);
+
 fn control_loop(rt: &'static Runtime, mut writer: UnixStream, mut reader: FrameReader<UnixStream>) {
     let mut frozen = false;
-    // The processor's end closing is the processor's end (the process dies
-    // with it): nothing more to serve.
-    while let Ok(frame) = reader.read_frame() {
+    loop {
+        let _ = reader
+            .get_ref()
+            .set_read_timeout(frozen.then_some(FROZEN_LIMIT));
+        let frame = match reader.read_frame() {
+            Ok(frame) => frame,
+            Err(ReadError::TimedOut) => {
+                tracing::warn!("no Thaw within {FROZEN_LIMIT:?} of a Freeze: running on");
+                frozen = false;
+                rt.thaw();
+                continue;
+            }
+            // The processor's end closing is the processor's end (the
+            // process dies with it), or its giving up on this socket.
+            Err(_) => break,
+        };
         let (answer, payload) = match frame.message {
             Message::Freeze if !frozen => match freeze(rt) {
                 Ok((report, state)) => {
