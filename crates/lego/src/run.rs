@@ -262,13 +262,22 @@ fn connect_owner(
         .as_deref()
         .with_context(|| format!("processor {} has no launch socket", processor.name))?;
     let path = Path::new(socket);
-    let mut stream = UnixStream::connect(path)
+    let stream = UnixStream::connect(path)
         .with_context(|| format!("cannot reach processor {} at {socket}", processor.name))?;
-    let mut reader = FrameReader::new(stream.try_clone()?, FrameLimits::HANDSHAKE);
+    authenticate(stream, &path.into(), secret)
+}
+
+/// Proves the cluster secret on `stream`, a connection to `peer`.
+fn authenticate<S: Stream>(
+    mut stream: S,
+    peer: &lego_transport::Peer,
+    secret: &ClusterSecret,
+) -> Result<(S, FrameReader<S>)> {
+    let mut reader = FrameReader::new(stream.duplicate()?, FrameLimits::HANDSHAKE);
     handshake::client(
         &mut stream,
         &mut reader,
-        &path.into(),
+        peer,
         secret,
         &Identity::new(Role::Client, "lego-run"),
         Duration::from_secs(5),
@@ -289,20 +298,12 @@ fn connect(secret: &ClusterSecret, processor: &Registration, remote: bool) -> Re
         }
     }
     let addr = processor.addr;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot reach processor {} at {addr}", processor.name))?;
     let _ = stream.set_nodelay(true);
     // A lost processor is found out even while the program is silent.
     let _ = lego_transport::keep_alive(&stream);
-    let mut reader = FrameReader::new(stream.try_clone()?, FrameLimits::HANDSHAKE);
-    handshake::client(
-        &mut stream,
-        &mut reader,
-        &addr.into(),
-        secret,
-        &Identity::new(Role::Client, "lego-run"),
-        Duration::from_secs(5),
-    )?;
+    let (stream, reader) = authenticate(stream, &addr.into(), secret)?;
     Ok(Connection::Tcp(stream, reader))
 }
 

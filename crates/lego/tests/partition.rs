@@ -11,20 +11,6 @@ use lego_transport::{Client, ClientConfig, Identity};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Runs `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
-    let out = Command::new(require("ip"))
-        .args(args)
-        .output()
-        .expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-}
-
 /// A network namespace joined to this one by a veth pair: `host_ip` on
 /// this side, `inner_ip` inside. Removed (with the link) when dropped.
 struct Namespace {

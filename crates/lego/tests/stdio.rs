@@ -119,20 +119,6 @@ fn a_relayed_terminal_is_the_programs_own_with_its_size() {
     assert_eq!(status, native_status);
 }
 
-/// Runs `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
-    let out = Command::new(require("ip"))
-        .args(args)
-        .output()
-        .expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-}
-
 /// Network namespaces on one bridge (in a namespace of its own, so the
 /// host's network is untouched): member `i` has address `10.214.N.(i+2)`.
 /// Removed when dropped.

@@ -10,6 +10,7 @@
 //! acknowledged (`InputTaken`) as it reaches the program, so `lego run`
 //! holds back what the program does not read (`INPUT_WINDOW`).
 
+use crate::spawn::pipe;
 use lego_proto::{
     Message, RelayedStdio, StreamRoute, TerminalSettings, WindowSize, INPUT_WINDOW, STDERR, STDOUT,
     TERMINAL,
@@ -45,20 +46,12 @@ pub struct Opened {
 pub struct Ends {
     /// Where input goes: the stdin pipe's write end, or the terminal.
     input: Option<OwnedFd>,
+    /// Whether that is the terminal (whose end is no end of input).
+    input_is_terminal: bool,
     /// What is read and sent on, with its stream number.
     outputs: Vec<(u8, OwnedFd)>,
     /// The terminal, for its size.
     master: Option<OwnedFd>,
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // Safety: pipe2 writes two new descriptors into `fds`, owned by us.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Safety: both were just created and are owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -140,6 +133,7 @@ pub fn open(spec: &RelayedStdio) -> io::Result<Opened> {
     };
     let mut ends = Ends {
         input: None,
+        input_is_terminal: spec.routes[0] == StreamRoute::Terminal,
         outputs: Vec::new(),
         master: None,
     };
@@ -257,6 +251,7 @@ impl Relay {
         let thread_shared = Arc::clone(&shared);
         let mut worker = Worker {
             input: ends.input,
+            input_is_terminal: ends.input_is_terminal,
             input_failed: false,
             outputs: ends.outputs,
             writer,
@@ -337,6 +332,7 @@ impl Relay {
 
 struct Worker {
     input: Option<OwnedFd>,
+    input_is_terminal: bool,
     /// The program closed its stdin: input is dropped (and acknowledged).
     input_failed: bool,
     outputs: Vec<(u8, OwnedFd)>,
@@ -390,7 +386,7 @@ impl Worker {
                     return;
                 }
             }
-            if input_ended && pending.is_empty() && !self.input_is_terminal() {
+            if input_ended && pending.is_empty() && !self.input_is_terminal {
                 // The program sees the end of its input.
                 self.input = None;
             }
@@ -461,14 +457,6 @@ impl Worker {
                 return;
             }
         }
-    }
-
-    fn input_is_terminal(&self) -> bool {
-        self.outputs.iter().any(|(s, _)| *s == TERMINAL)
-            && self.input.as_ref().is_some_and(|fd| {
-                // Safety: isatty only queries our descriptor.
-                unsafe { libc::isatty(fd.as_raw_fd()) == 1 }
-            })
     }
 
     /// Writes what the program's stdin takes now; false if `lego run` is

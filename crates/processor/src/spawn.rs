@@ -24,7 +24,7 @@ pub struct RuntimeProcess {
     pub control: Option<std::os::unix::net::UnixStream>,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // Safety: pipe2 writes two new descriptors into `fds`, owned by us.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

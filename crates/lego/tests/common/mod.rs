@@ -455,3 +455,17 @@ pub fn assert_same(lego: &std::process::Output, native: &std::process::Output, w
         text(&lego.stderr)
     );
 }
+
+/// Runs `ip ARGS`, which must succeed.
+pub fn ip(args: &[&str]) {
+    let out = Command::new(require("ip"))
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+}
